@@ -1,0 +1,23 @@
+"""Helpers shared by subcommands: settings honoring --data-dir, clear startup errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def settings_for(data_dir: Path | None = None, **overrides: Any):  # -> storage.settings.Settings
+    """Settings from the environment, with `--data-dir` applied; exits with the message on invalid settings."""
+    from storage.settings import SettingsError, load_settings
+
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    settings.ensure_data_dir()
+    return settings

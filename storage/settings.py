@@ -1,0 +1,168 @@
+"""Settings shared by the API, the workers and the CLI.
+
+One `Settings` object, read from `UNIPIC_*` environment variables. The defaults are the embedded ones (a SQLite
+file, a local-directory object store and a SQLite-backed Celery broker under `UNIPIC_DATA_DIR`), so a fresh
+machine runs with no configuration; production points the same code at Postgres, Redis and S3 by URL.
+
+It deliberately knows nothing of how the values are used: engines, stores and apps are built from it by
+factories (`make_engine`, `make_object_store`, `make_celery`, `create_app`), never at import time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL = "Skywork/Skywork-UniPic-1.5B"
+KINDS = ("generate", "edit", "understand")
+
+
+class SettingsError(ValueError):
+    """Raised at start when the environment holds an invalid value; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field `x` is read from `UNIPIC_X`."""
+
+    model_config = SettingsConfigDict(env_prefix="UNIPIC_", extra="ignore", validate_default=True)
+
+    # where the embedded defaults live
+    data_dir: Path = Field(default=Path(".unipic"), description="Embedded database, objects and broker")
+    # connections (empty = embedded default under data_dir)
+    database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite file in data_dir")
+    broker_url: str = Field(default="", description="Celery broker URL (redis://...); default embedded SQLite")
+    redis_url: str = Field(default="", description="Redis for progress/rate limits; default: broker if redis")
+    storage_url: str = Field(default="", description="s3://bucket/prefix or file:///dir; default data_dir/objects")
+    s3_endpoint_url: str = Field(default="", description="S3-compatible endpoint (MinIO, R2, moto)")
+    s3_region: str = "us-east-1"
+    s3_path_style: bool = Field(default=True, description="Path-style addressing (MinIO, moto)")
+    db_schema: str = Field(default="", description="Postgres schema to use (tests isolate by schema)")
+    # the model
+    model: str = Field(default=DEFAULT_MODEL, description="HF repo id, local path, or 'tiny'")
+    model_dtype: str = Field(default="bfloat16", description="bfloat16, float16 or float32")
+    model_cache_dir: str = Field(default="", description="Hugging Face cache dir (default HF_HOME)")
+    # workers
+    worker_kinds: Annotated[list[str], NoDecode] = Field(default=list(KINDS))
+    worker_max_batch: int = Field(default=8, ge=1, le=64)
+    worker_max_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
+    worker_batch_pixel_budget: int = Field(default=8 * 1024 * 1024, ge=64 * 64)
+    batch_wait_ms: int = Field(default=0, ge=0, le=60_000)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    sweep_interval_seconds: float = Field(default=10.0, gt=0)
+    requeue_after_seconds: float = Field(default=120.0, gt=0, description="queued with no live message")
+    progress_interval_ms: int = Field(default=250, ge=0)
+    time_limit_floor_seconds: float = Field(default=120.0, gt=0)
+    time_limit_seconds_per_megapixel_step: float = Field(default=2.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # API limits
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_upload_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
+    max_batch_items: int = Field(default=10_000, ge=1)
+    max_prompt_tokens: int = Field(default=512, ge=1)
+    max_steps: int = Field(default=128, ge=1)
+    max_new_tokens_limit: int = Field(default=1024, ge=1)
+    allowed_sizes: Annotated[list[int], NoDecode] = Field(default=[256, 512, 1024])
+    rate_limit_per_minute: int = Field(default=600, ge=1)
+    max_active_jobs_per_key: int = Field(default=20_000, ge=1)
+    max_queue_depth: int = Field(default=100_000, ge=1)
+    presign_expiry_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    job_deadline_seconds: float = Field(default=24 * 3600.0, gt=0, description="queued longer -> expired")
+    # webhooks
+    webhook_allowlist: Annotated[list[str], NoDecode] = Field(default=[], description="CIDRs admitted by SSRF guard")
+    webhook_allow_http: bool = False
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0)
+    webhook_secret_overlap_seconds: float = Field(default=24 * 3600.0, ge=0)
+    # the API server and the CLI client
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str = ""
+    public_url: str = Field(default="", description="Base URL the API is reached at (local download links)")
+
+    @field_validator("worker_kinds", mode="before")
+    @classmethod
+    def _split_kinds(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        bad = [k for k in v if k not in KINDS]
+        if bad:
+            raise ValueError(f"unknown kinds {bad}; expected a subset of {list(KINDS)}")
+        return v
+
+    @field_validator("allowed_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [int(p) for p in v.split(",") if p.strip()]
+        if any(s <= 0 or s % 16 for s in v):
+            raise ValueError("sizes must be positive multiples of 16")
+        return v
+
+    @field_validator("webhook_allowlist", mode="before")
+    @classmethod
+    def _split_cidrs(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        for cidr in v:
+            ipaddress.ip_network(cidr, strict=False)  # raises ValueError naming the bad CIDR
+        return v
+
+    @field_validator("model_dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in ("bfloat16", "float16", "float32"):
+            raise ValueError("expected bfloat16, float16 or float32")
+        return v
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if v and not (v.startswith("s3://") or v.startswith("file://")):
+            raise ValueError("expected s3://bucket[/prefix] or file:///directory")
+        return v
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        data = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{data / 'unipic.sqlite'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{data / 'broker.sqlite'}"
+        if not self.storage_url:
+            self.storage_url = (data / "objects").as_uri()
+        if not self.redis_url and self.broker_url.startswith(("redis://", "rediss://")):
+            self.redis_url = self.broker_url
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when nothing external is configured: SQLite, local files, SQLite broker."""
+        return self.database_url.startswith("sqlite") and self.broker_url.startswith("sqla+sqlite")
+
+    def ensure_data_dir(self) -> None:
+        """Create the directory the embedded defaults write into."""
+        self.data_dir.expanduser().resolve().mkdir(parents=True, exist_ok=True)
+        if self.storage_url.startswith("file://"):
+            Path(self.storage_url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (plus overrides); turn validation errors into one clear message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = "UNIPIC_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "UNIPIC_*"
+            lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests build their own with `load_settings`."""
+    return load_settings()
