@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-DataDir = typer.Option(None, "--data-dir", envvar="UNIPIC_DATA_DIR", help="Where embedded state lives")
+from cli.runtime import DataDir
 
 
 def register(app: typer.Typer) -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import typer
 
-from cli import model_cmd, admin_cmd
+from cli import admin_cmd, batch_cmd, jobs_cmd, model_cmd, submit_cmd, up
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Skywork UniPic job queue")
 app.add_typer(model_cmd.app, name="model", help="Inspect model configurations and checkpoints")
 admin_cmd.register(app)
+up.register(app)
+submit_cmd.register(app)
+jobs_cmd.register(app)
+app.add_typer(batch_cmd.app, name="batch")
 
 if __name__ == "__main__":
     app()

@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+DataDir = typer.Option(None, "--data-dir", envvar="UNIPIC_DATA_DIR", help="Where embedded state lives")
+
 
 def settings_for(data_dir: Path | None = None, **overrides: Any):  # -> storage.settings.Settings
     """Settings from the environment, with `--data-dir` applied; exits with the message on invalid settings."""

@@ -1,0 +1,83 @@
+"""Dependencies for routes, as `Annotated` aliases: the process's services and the authenticated caller.
+
+`Caller` resolves `Authorization: Bearer <key>` against `storage.keys.KeyStore` (keys are stored hashed; a
+revoked or unknown key is 401 `unauthorized`) and charges the key's rate limit. Every route that touches jobs
+or batches takes a `Caller` and scopes its queries by `caller.id`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.errors import ApiError
+from api.services import Services
+
+_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer upk_...`")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated API key: its id owns jobs and batches; optional per-key limits."""
+
+    id: str
+    name: str
+    rate_limit_per_minute: int | None = None
+    max_active_jobs: int | None = None
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def authenticate(
+    services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Caller:
+    """The caller for a valid, unrevoked key (401 otherwise), after charging its rate limit (429)."""
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise _unauthorized("missing bearer API key")
+    record = services.keys.authenticate(credentials.credentials)
+    if record is None:
+        raise _unauthorized("invalid or revoked API key")
+    caller = Caller(
+        id=record.id, name=record.name, rate_limit_per_minute=record.rate_limit_per_minute,
+        max_active_jobs=record.max_active_jobs,
+    )
+    services.admission.check_rate(caller.id, caller.rate_limit_per_minute)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def checked_id(value: str) -> bool:
+    """Whether `value` looks like one of our ids (a UUID); anything else can't name a row."""
+    return bool(_ID.fullmatch(value))
+
+
+def _job_id(job_id: str) -> str:
+    if not checked_id(job_id):
+        raise ApiError(404, "not_found", "job not found")
+    return job_id.lower()
+
+
+def _batch_id(batch_id: str) -> str:
+    if not checked_id(batch_id):
+        raise ApiError(404, "not_found", "batch not found")
+    return batch_id.lower()
+
+
+JobId = Annotated[str, Depends(_job_id)]
+BatchId = Annotated[str, Depends(_batch_id)]

@@ -1,0 +1,107 @@
+"""`/v1/jobs`: submit, read (optionally waiting until done), list with filters and cursors, cancel.
+
+Routes stay thin: bodies are read by `api.bodies`, accepted by `api.submission`, rendered by `api.views`.
+Every query is scoped to the caller; another key's job answers 404 like a missing one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.bodies import read_job_body
+from api.deps import CallerDep, JobId, ServicesDep, checked_id
+from api.errors import validation_error
+from api.openapi import errors, json_or_multipart_body
+from api.schemas import JobOut, JobsPage, JobStatus, Kind
+from api.services import Services
+from api.submission import Submitter
+from api.views import job_out
+from storage.records import JobRecord
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+MAX_WAIT_SECONDS = 60
+WAIT_POLL_SECONDS = 0.25
+
+
+def render(services: Services, job: JobRecord, with_position: bool = True) -> JobOut:
+    """The job as shown, with live progress and (for a queued job) its queue position."""
+    position = services.jobs.queue_position(job) if with_position and job.status == "queued" else None
+    live = None
+    if job.status == "running":
+        try:
+            live = services.ephemeral.read_progress(job.id)
+        except Exception:  # noqa: BLE001 - progress is best effort; the row has the last write
+            live = None
+    return job_out(job, services.presign, position, live)
+
+
+@router.post(
+    "", status_code=202, response_model=JobOut, summary="Submit a job",
+    responses={200: {"model": JobOut, "description": "Idempotent replay: the job made by the same key and body"},
+               **errors(400, 404, 409, 413, 415)},
+    openapi_extra=json_or_multipart_body(),
+)
+async def create_job(
+    request: Request, response: Response, services: ServicesDep, caller: CallerDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobOut:
+    """Submit a `generate`, `edit` or `understand` job (JSON, or multipart with an `image` file part)."""
+    body = await read_job_body(request)
+    submitted = await run_in_threadpool(
+        Submitter(services).submit_job, caller.id, body.body, body.image_bytes, idempotency_key or None,
+        body.digest(), caller.max_active_jobs,
+    )
+    if not submitted.created:
+        response.status_code = 200
+    return await run_in_threadpool(render, services, submitted.job)
+
+
+@router.get("", response_model=JobsPage, summary="List jobs", responses=errors())
+def list_jobs(
+    services: ServicesDep, caller: CallerDep,
+    status: JobStatus | None = None, kind: Kind | None = None, batch_id: str | None = None,
+    created_after: datetime | None = None, created_before: datetime | None = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobsPage:
+    """The caller's jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    if created_after and created_after.tzinfo is None or created_before and created_before.tzinfo is None:
+        raise validation_error("timestamps need a time zone (e.g. 2026-01-01T00:00:00Z)", "created_after")
+    if cursor is not None and not checked_id(cursor):
+        raise validation_error("cursor is not one this API returned", "cursor")
+    if batch_id is not None and not checked_id(batch_id):
+        return JobsPage(data=[], next_cursor=None)
+    records, next_cursor = services.jobs.list(
+        caller.id, status=status, kind=kind, batch_id=batch_id, created_after=created_after,
+        created_before=created_before, cursor=cursor, limit=limit,
+    )
+    return JobsPage(data=[render(services, r, with_position=False) for r in records], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="Get a job", responses=errors(404))
+async def get_job(
+    services: ServicesDep, caller: CallerDep, job_id: JobId,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Block up to N s until done")] = 0,
+) -> JobOut:
+    """The job; with `wait=N`, answers as soon as it is finished or after N seconds."""
+    job = await run_in_threadpool(services.jobs.get, job_id, caller.id)
+    deadline = time.monotonic() + wait
+    while not job.terminal and time.monotonic() < deadline:
+        await asyncio.sleep(min(WAIT_POLL_SECONDS, max(deadline - time.monotonic(), 0)))
+        job = await run_in_threadpool(services.jobs.get, job_id, caller.id)
+    return await run_in_threadpool(render, services, job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job", responses=errors(404, 409))
+def cancel_job(services: ServicesDep, caller: CallerDep, job_id: JobId) -> JobOut:
+    """A queued job is canceled at once; a running one stops at its next step (`cancel_requested`).
+    Canceling a finished job is 409 `illegal_transition`."""
+    job = services.jobs.request_cancel(job_id, caller.id)
+    return render(services, job)

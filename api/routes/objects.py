@@ -1,0 +1,80 @@
+"""`/v1/objects/{key}`: signed links for the local-directory object store (the embedded default).
+
+S3 hands out presigned URLs itself; the local backend signs `(method, key, expires)` with an HMAC secret and
+points links here. `GET` streams the file (results, manifests); `PUT` takes an upload's bytes (only under
+`uploads/`). No API key is needed: the signature is the authorization, as with S3. With the S3 backend these
+routes answer 404.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ServicesDep
+from api.errors import ApiError
+from api.openapi import DESCRIPTIONS
+from api.routes.uploads import spool_body, store_upload
+from api.schemas import ErrorOut, UploadDone
+from api.services import Services
+from storage.errors import InvalidKey
+
+router = APIRouter(prefix="/v1/objects", tags=["objects"])
+
+SIGNED_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": DESCRIPTIONS[status]} for status in (400, 401, 404, 413, 415, 422)
+}
+Expires = Annotated[int, Query(ge=0, le=2**40, description="Unix time the link expires")]
+Signature = Annotated[str, Query(min_length=1, max_length=128, description="HMAC-SHA256 signature")]
+
+
+def _local_store(services: Services) -> Any:
+    store = services.objects
+    if not hasattr(store, "verify_signature"):
+        raise ApiError(404, "not_found", "this deployment serves objects from S3")
+    return store
+
+
+def _verify(services: Services, key: str, expires: int, sig: str, method: str) -> Any:
+    store = _local_store(services)
+    try:
+        ok = store.verify_signature(key, expires, sig, method)
+    except InvalidKey:
+        raise ApiError(404, "not_found", "object not found") from None
+    if not ok:
+        raise ApiError(401, "unauthorized", "invalid or expired signature")
+    return store
+
+
+@router.get(
+    "/{key:path}", summary="Download an object (signed link)", response_class=FileResponse,
+    responses={200: {"description": "The object's bytes", "content": {"application/octet-stream": {}}},
+               **SIGNED_ERRORS},
+)
+def get_object(services: ServicesDep, key: str, expires: Expires, sig: Signature) -> FileResponse:
+    store = _verify(services, key, expires, sig, "GET")
+    try:
+        info = store.stat(key)
+        path = store.path(key)
+    except InvalidKey:
+        raise ApiError(404, "not_found", "object not found") from None
+    return FileResponse(path, media_type=info.content_type, headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.put(
+    "/{key:path}", summary="Upload an object (signed link)", response_model=UploadDone, responses=SIGNED_ERRORS,
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+)
+async def put_object(request: Request, services: ServicesDep, key: str, expires: Expires, sig: Signature,
+                     method: Annotated[str, Query(pattern="^PUT$")] = "PUT") -> UploadDone:
+    if not key.startswith("uploads/"):
+        raise ApiError(404, "not_found", "only uploads can be written")
+    _verify(services, key, expires, sig, "PUT")
+    data, size = await spool_body(request, services.settings.max_upload_bytes)
+    with data:
+        await run_in_threadpool(store_upload, services, key, data, size)
+    return UploadDone(upload_id=key.removeprefix("uploads/"), bytes=size)

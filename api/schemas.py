@@ -1,0 +1,221 @@
+"""The API's request and response schemas, in families (`JobCreate`, `JobOut`, `JobsPage`, `BatchOut`, ...).
+
+They describe the wire format only: static bounds live here (so the OpenAPI document shows them), bounds that
+depend on settings (allowed sizes, max steps, token limits) are checked by `api.params`. They are separate from
+the storage tables and records on purpose; `api.views` turns records into these.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+Kind = Literal["generate", "edit", "understand"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+WebhookEventName = Literal[
+    "job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled", "batch.completed"
+]
+OutputFormat = Literal["png", "webp", "jpeg"]
+GuidanceSchedule = Literal["constant", "linear"]
+
+MAX_SEED = 2**63 - 1
+MAX_METADATA_BYTES = 16 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UploadRef(_Strict):
+    """An image previously uploaded through `POST /v1/uploads`."""
+
+    upload_id: str = Field(min_length=1, max_length=64)
+
+
+ImageInput = Annotated[
+    str | UploadRef,
+    Field(description="A base64 `data:image/...;base64,` URL, or `{\"upload_id\": ...}` from POST /v1/uploads"),
+]
+
+
+class _JobCommon(_Strict):
+    priority: int = Field(0, ge=-100, le=100, description="Higher runs first among compatible queued jobs")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random if absent; the value used is returned")
+    metadata: dict[str, Any] | None = Field(None, description="Client metadata, at most 16 KB of JSON")
+    custom_id: str | None = Field(None, min_length=1, max_length=200)
+    webhook_url: str | None = Field(None, min_length=1, max_length=2048)
+    webhook_events: list[WebhookEventName] | None = Field(None, max_length=6)
+
+
+class _Sampling(BaseModel):
+    width: int | None = Field(None, ge=16, le=8192, description="Square sizes only; default 1024 (or the largest)")
+    height: int | None = Field(None, ge=16, le=8192)
+    num_images: int = Field(1, ge=1, le=4)
+    steps: int = Field(32, ge=1, le=1024, description="Autoregressive (MAR) steps; at most UNIPIC_MAX_STEPS")
+    guidance_scale: float = Field(3.0, ge=0.0, le=30.0)
+    guidance_schedule: GuidanceSchedule = "constant"
+    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    output_format: OutputFormat = "png"
+
+
+class GenerateCreate(_JobCommon, _Sampling):
+    """Text to image."""
+
+    kind: Literal["generate"]
+    prompt: str = Field(min_length=1, max_length=20_000)
+    negative_prompt: str | None = Field(None, max_length=20_000)
+
+
+class EditCreate(_JobCommon, _Sampling):
+    """Edit an image following an instruction."""
+
+    kind: Literal["edit"]
+    image: ImageInput | None = Field(None, description="Required unless sent as a multipart `image` file part")
+    instruction: str = Field(min_length=1, max_length=20_000)
+
+
+class UnderstandCreate(_JobCommon):
+    """Answer a question about an image."""
+
+    kind: Literal["understand"]
+    image: ImageInput | None = Field(None, description="Required unless sent as a multipart `image` file part")
+    question: str = Field(min_length=1, max_length=20_000)
+    size: int | None = Field(None, ge=16, le=8192, description="Side the image is resized to; default 1024")
+    max_new_tokens: int = Field(256, ge=1, le=65_536)
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
+
+
+JobCreate = Annotated[GenerateCreate | EditCreate | UnderstandCreate, Field(discriminator="kind")]
+JOB_CREATE = TypeAdapter(JobCreate)
+
+
+class BatchCreate(_Strict):
+    """A batch as a JSON object (a bare JSON array or a JSONL body are accepted too)."""
+
+    requests: list[dict[str, Any]] = Field(min_length=1, description="Job bodies, each with optional custom_id")
+    webhook_url: str | None = Field(None, min_length=1, max_length=2048)
+    webhook_events: list[WebhookEventName] | None = Field(None, max_length=6)
+    metadata: dict[str, Any] | None = None
+
+
+class Progress(BaseModel):
+    step: int
+    total: int
+
+
+class ImageOut(BaseModel):
+    url: str
+    expires_at: datetime
+    width: int
+    height: int
+
+
+class ResultOut(BaseModel):
+    images: list[ImageOut] = Field(default_factory=list)
+    text: str | None = None
+
+
+class JobErrorOut(BaseModel):
+    code: str
+    message: str | None = None
+
+
+class ExecutionOut(BaseModel):
+    worker: str | None = None
+    batch_size: int | None = None
+    attempts: int = 0
+    queue_seconds: float | None = None
+    model_seconds: float | None = None
+    upload_seconds: float | None = None
+    model_id: str | None = None
+    model_revision: str | None = None
+
+
+class JobOut(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    kind: Kind
+    status: JobStatus
+    priority: int
+    params: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress | None = None
+    queue_position: int | None = None
+    result: ResultOut | None = None
+    error: JobErrorOut | None = None
+    execution: ExecutionOut
+    batch_id: str | None = None
+    custom_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    cancel_requested: bool = False
+
+
+class JobsPage(BaseModel):
+    data: list[JobOut]
+    next_cursor: str | None = None
+
+
+class BatchCounts(BaseModel):
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    canceled: int = 0
+    expired: int = 0
+
+
+class BatchOut(BaseModel):
+    id: str
+    status: Literal["in_progress", "completed", "canceled"]
+    total: int
+    counts: BatchCounts
+    created_at: datetime
+    finished_at: datetime | None = None
+    canceled_at: datetime | None = None
+    metadata: dict[str, Any] | None = None
+    manifest_url: str | None = Field(None, description="JSONL results manifest, once the batch is done")
+    manifest_expires_at: datetime | None = None
+
+
+class BatchesPage(BaseModel):
+    data: list[BatchOut]
+    next_cursor: str | None = None
+
+
+class UploadCreate(_Strict):
+    content_type: Literal["image/png", "image/jpeg", "image/webp"] | None = None
+
+
+class UploadOut(BaseModel):
+    upload_id: str
+    url: str
+    method: Literal["PUT"] = "PUT"
+    expires_at: datetime
+    max_bytes: int
+    headers: dict[str, str] = Field(default_factory=dict, description="Headers the PUT must carry")
+
+
+class UploadDone(BaseModel):
+    upload_id: str
+    bytes: int
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable code")
+    message: str
+    field: str | None = None
+    line: int | None = Field(None, description="For batches: the 1-based line/item that failed")
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class HealthOut(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

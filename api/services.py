@@ -1,0 +1,71 @@
+"""The long-lived objects one API process uses, built from settings when the app starts.
+
+`Services.build(settings)` makes the database engine, the stores, the object store, the ephemeral store, the
+Celery sender, the prompt counter and the admission checks once; routes reach them through `api.deps`.
+Nothing is built at import time, so a test can point a fresh app at its own schema, Redis db and bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from api.admission import Admission
+from api.enqueue import Enqueuer
+from api.images import configure_pil
+from api.params import JobPreparer
+from api.tokens import PromptCounter
+from storage.batches import BatchStore
+from storage.db import make_engine, make_session_factory
+from storage.ephemeral import make_ephemeral
+from storage.jobs import JobStore
+from storage.keys import KeyStore
+from storage.objects import ObjectStore, make_object_store
+from storage.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    jobs: JobStore
+    batches: BatchStore
+    keys: KeyStore
+    objects: ObjectStore
+    ephemeral: Any
+    enqueuer: Enqueuer
+    preparer: JobPreparer
+    admission: Admission
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        if settings.embedded:
+            settings.ensure_data_dir()
+        engine = make_engine(settings)
+        sessions = make_session_factory(engine)
+        jobs = JobStore(sessions)
+        ephemeral = make_ephemeral(settings, sessions)
+        configure_pil(settings.max_upload_pixels)
+        counter = PromptCounter(settings.max_prompt_tokens)
+        return cls(
+            settings=settings, engine=engine, jobs=jobs, batches=BatchStore(sessions), keys=KeyStore(sessions),
+            objects=make_object_store(settings), ephemeral=ephemeral, enqueuer=Enqueuer(settings, jobs),
+            preparer=JobPreparer(settings, counter), admission=Admission(settings, jobs, ephemeral),
+        )
+
+    def presign(self, key: str) -> tuple[str, datetime]:
+        """A time-limited GET link for an object."""
+        return self.objects.presign_get(key, self.settings.presign_expiry_seconds)
+
+    def close(self) -> None:
+        self.enqueuer.close()
+        close = getattr(self.ephemeral, "close", None)
+        if close is not None:
+            close()
+        self.engine.dispose()

@@ -1,0 +1,214 @@
+"""Accepting work: one job or a whole batch, from a parsed body to rows in Postgres and messages on the broker.
+
+The order is what makes submission safe: validate everything (types, settings bounds, prompt tokens, images)
+before writing anything; admit against quota and queue depth; store input images at their final keys; insert
+(one transaction for a batch, all or nothing; an idempotent replay returns the original job and drops the new
+input); then enqueue. A crash
+after the insert leaves `queued` rows with no message, which the sweeper re-enqueues.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from api.errors import ApiError, from_validation_errors, validation_error
+from api.images import NormalizedImage, decode_data_url, normalize_image
+from api.params import AnyCreate, PreparedJob, request_hash, with_idempotency
+from api.schemas import JOB_CREATE, BatchCreate, UploadRef
+from api.services import Services
+from storage.errors import IdempotencyConflict, NotFound
+from storage.ids import new_id
+from storage.objects import input_key, upload_key
+from storage.records import BatchRecord, JobRecord, NewBatch
+
+log = logging.getLogger(__name__)
+
+IMAGE_KINDS = ("edit", "understand")
+
+
+@dataclass
+class Submitted:
+    job: JobRecord
+    created: bool
+
+
+def parse_job(body: Any, line: int | None = None) -> AnyCreate:
+    """A JSON value as a `JobCreate`, or a 422 naming the field (and line)."""
+    prefix = f"line {line}: " if line is not None else ""
+    if not isinstance(body, dict):
+        raise ApiError(422, "validation_error", f"{prefix}a job is a JSON object", None, line=line)
+    try:
+        return JOB_CREATE.validate_python(body)
+    except ValidationError as exc:
+        err = from_validation_errors(exc.errors(include_url=False), prefix)
+        err.line = line
+        raise err from None
+
+
+def upload_id_for(owner_id: str, token: str) -> str:
+    """Upload ids carry their owner, so another key can never reference them (it answers 404)."""
+    return f"{owner_id}.{token}"
+
+
+class Submitter:
+    """Creates jobs and batches for a caller."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    # ---- one job ----
+    def submit_job(self, owner_id: str, body: Any, image_bytes: bytes | None, idempotency_key: str | None,
+                   image_digest: str | None, max_active: int | None = None) -> Submitted:
+        req = parse_job(body)
+        prepared = self.s.preparer.prepare(owner_id, req)
+        if idempotency_key:
+            prepared = with_idempotency(prepared, idempotency_key, request_hash(body, image_digest))
+        image = self._image_for(owner_id, prepared, image_bytes, field="image")
+        self.s.admission.admit(owner_id, 1, max_active)
+        job_id = new_id()
+        prepared = self._store_input(prepared, job_id, image)
+        try:
+            record = self.s.jobs.create(prepared.new)
+        except IdempotencyConflict as exc:
+            self._forget_inputs([prepared])
+            raise ApiError(409, "idempotency_conflict", exc.message, "Idempotency-Key") from None
+        except BaseException:
+            self._forget_inputs([prepared])
+            raise
+        if record.id != job_id:  # a replay: the same key and body made this job before
+            self._forget_inputs([prepared])
+            log.info("job %s replayed for idempotency key owner=%s", record.id, owner_id)
+            return Submitted(record, created=False)
+        self.s.enqueuer.enqueue([record])
+        log.info("job %s accepted kind=%s owner=%s queue=%s", record.id, record.kind, owner_id, record.queue)
+        return Submitted(record, created=True)
+
+    # ---- a batch ----
+    def submit_batch(self, owner_id: str, items: Sequence[Any], lines: Sequence[int], options: dict[str, Any],
+                     max_active: int | None = None) -> BatchRecord:
+        batch_opts = self._batch_options(options)
+        limit = self.s.settings.max_batch_items
+        if not items:
+            raise validation_error("a batch needs at least one request", "requests")
+        if len(items) > limit:
+            raise validation_error(f"a batch has at most {limit} requests (got {len(items)})", "requests")
+        reqs = [parse_job(body, line) for body, line in zip(items, lines, strict=True)]
+        _check_custom_ids(reqs, lines)
+        prepared = self._prepare_lines(owner_id, reqs, lines)
+        images = [self._image_for(owner_id, p, None, field="image", line=line) if p.image is not None or
+                  p.new.kind in IMAGE_KINDS else None for p, line in zip(prepared, lines, strict=True)]
+        self.s.admission.admit(owner_id, len(prepared), max_active)
+        prepared = [self._store_input(p, new_id(), img) for p, img in zip(prepared, images, strict=True)]
+        batch = NewBatch(owner_id=owner_id, id=new_id(), **batch_opts)
+        try:
+            record, jobs = self.s.jobs.create_many([p.new for p in prepared], batch)
+        except BaseException:
+            self._forget_inputs(prepared)
+            raise
+        assert record is not None
+        self.s.enqueuer.enqueue(jobs)
+        log.info("batch %s accepted: %d jobs owner=%s", record.id, len(jobs), owner_id)
+        return record
+
+    def _prepare_lines(self, owner_id: str, reqs: list[AnyCreate], lines: Sequence[int]) -> list[PreparedJob]:
+        contiguous = list(lines) == list(range(lines[0], lines[0] + len(lines))) if lines else True
+        if contiguous:
+            return self.s.preparer.prepare_many(owner_id, reqs, line_offset=lines[0] if lines else 1)
+        out = []
+        for req, line in zip(reqs, lines, strict=True):
+            out.extend(self.s.preparer.prepare_many(owner_id, [req], line_offset=line))
+        return out
+
+    def _batch_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        try:
+            parsed = BatchCreate.model_validate({"requests": [{}], **options})
+        except ValidationError as exc:
+            raise from_validation_errors(exc.errors(include_url=False)) from None
+        if parsed.webhook_url:
+            self.s.preparer.check_webhook(parsed.webhook_url)
+        if parsed.metadata is not None:
+            self.s.preparer.check_metadata(parsed.metadata)
+        events = list(parsed.webhook_events) if parsed.webhook_events else None
+        return {"webhook_url": parsed.webhook_url, "webhook_events": events, "metadata": parsed.metadata}
+
+    # ---- images ----
+    def _image_for(self, owner_id: str, prepared: PreparedJob, image_bytes: bytes | None, field: str,
+                   line: int | None = None) -> NormalizedImage | None:
+        kind = prepared.new.kind
+        source = prepared.image
+        if kind not in IMAGE_KINDS:
+            if image_bytes is not None or source is not None:
+                raise _at(validation_error(f"a {kind} job takes no image", field), line)
+            return None
+        if image_bytes is not None and source is not None:
+            raise _at(validation_error("send the image either as a file part or in the body, not both", field),
+                      line)
+        try:
+            return self._decode(owner_id, source, image_bytes, field)
+        except ApiError as err:
+            raise _at(err, line) from None
+
+    def _decode(self, owner_id: str, source: Any, image_bytes: bytes | None, field: str) -> NormalizedImage:
+        settings = self.s.settings
+        if image_bytes is None and source is None:
+            raise validation_error("this kind of job needs an image", field)
+        if image_bytes is None and isinstance(source, str):
+            image_bytes = decode_data_url(source, settings.max_upload_bytes, field)
+        elif image_bytes is None and isinstance(source, UploadRef):
+            image_bytes = self._read_upload(owner_id, source.upload_id, field)
+        assert image_bytes is not None
+        return normalize_image(image_bytes, settings.max_upload_pixels, settings.max_upload_bytes, field)
+
+    def _read_upload(self, owner_id: str, upload_id: str, field: str) -> bytes:
+        if not upload_id.startswith(owner_id + ".") or "/" in upload_id:
+            raise ApiError(404, "not_found", f"upload {upload_id} not found", f"{field}.upload_id")
+        key = upload_key(upload_id)
+        try:
+            size = self.s.objects.size(key)
+            if size > self.s.settings.max_upload_bytes:
+                raise ApiError(413, "payload_too_large",
+                               f"upload is larger than {self.s.settings.max_upload_bytes} bytes", field)
+            return self.s.objects.get(key)
+        except NotFound:
+            raise ApiError(404, "not_found", f"upload {upload_id} not found (not uploaded yet?)",
+                           f"{field}.upload_id") from None
+
+    def _store_input(self, prepared: PreparedJob, job_id: str, image: NormalizedImage | None) -> PreparedJob:
+        new = replace(prepared.new, id=job_id)
+        if image is not None:
+            key = input_key(job_id)
+            self.s.objects.put(key, image.png, content_type="image/png")
+            new = replace(new, input_key=key)
+        return replace(prepared, new=new)
+
+    def _forget_inputs(self, prepared: Sequence[PreparedJob]) -> None:
+        for p in prepared:
+            if p.new.input_key:
+                try:
+                    self.s.objects.delete(p.new.input_key)
+                except Exception:  # noqa: BLE001 - best effort cleanup of an orphan input
+                    log.warning("could not delete orphan input %s", p.new.input_key)
+
+
+def _at(err: ApiError, line: int | None) -> ApiError:
+    if line is None:
+        return err
+    return ApiError(err.status, err.code, f"line {line}: {err.message}", err.field, err.headers, line=line)
+
+
+def _check_custom_ids(reqs: Sequence[AnyCreate], lines: Sequence[int]) -> None:
+    seen: dict[str, int] = {}
+    for req, line in zip(reqs, lines, strict=True):
+        if req.custom_id is None:
+            continue
+        if req.custom_id in seen:
+            raise ApiError(422, "validation_error",
+                           f"line {line}: custom_id {req.custom_id!r} repeats line {seen[req.custom_id]}",
+                           "custom_id", line=line)
+        seen[req.custom_id] = line
+

@@ -1,0 +1,302 @@
+"""The whole stack as separate processes, for the reliability suite (`tests/system`) and `bench/soak.py`.
+
+It owns private Postgres and Redis servers (so a scenario may restart them without touching the machine's
+shared ones), the S3-compatible HTTP server, and the service processes started exactly as the CLI starts them
+in production: the API under uvicorn, model workers, the webhook worker and the sweeper. It knows nothing
+of how those services work inside; it only starts, stops, kills and restarts them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll `predicate` until it returns a truthy value; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - readiness probes fail in many ways until ready
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last_exc})" if last_exc else ""))
+
+
+class PrivatePostgres:
+    """A throwaway Postgres cluster on a free port, restartable by scenarios."""
+
+    def __init__(self, root: Path) -> None:
+        self.bindir = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
+        self.root = root
+        self.datadir = root / "pgdata"
+        self.port = free_port()
+        self._as_user: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/unipic"
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run([*self._as_user, *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:2])} failed: {done.stderr or done.stdout}")
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
+            shutil.chown(self.root, "postgres")
+            for parent in self.root.parents:  # mkdtemp makes 0700 directories the postgres user cannot enter
+                if parent.stat().st_uid == 0 and str(parent).startswith(tempfile.gettempdir() + "/"):
+                    parent.chmod(0o755)
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+        if not self.datadir.exists():
+            self._run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
+                      "--no-sync")
+        self._pg_ctl("start")
+        wait_until(self._ready, 30, "private postgres")
+        subprocess.run([str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                        "unipic"], capture_output=True)
+
+    def _pg_ctl(self, action: str) -> None:
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -k {self.root}"
+        args = [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w", "-l", str(self.root / "pg.log")]
+        if action in ("start", "restart"):
+            args += ["-o", opts]
+        if action in ("stop", "restart"):
+            args += ["-m", "fast"]
+        self._run(*args, action)
+
+    def _ready(self) -> bool:
+        return subprocess.run([str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+                              ).returncode == 0
+
+    def stop(self) -> None:
+        self._pg_ctl("stop")
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_seconds)
+        self._pg_ctl("start")
+        wait_until(self._ready, 30, "private postgres after restart")
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        except RuntimeError:
+            pass
+
+
+class PrivateRedis:
+    """A Redis server on a free port that keeps nothing on disk: a restart loses every message."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.root)], stdout=open(self.root / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        import redis
+
+        wait_until(lambda: redis.Redis(port=self.port).ping(), 15, "private redis")
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop (losing all data, as a crashed Redis without persistence does) and start again."""
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    close = stop
+
+
+@dataclass
+class Service:
+    """One service process of the stack, started by its CLI command line."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    logdir: Path
+    proc: subprocess.Popen | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        log = open(self.logdir / f"{self.name}.log", "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.starts += 1
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            assert self.proc is not None
+            os.killpg(self.proc.pid, sig) if sig == signal.SIGKILL else self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, wait for a graceful exit, then SIGKILL the whole process group."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait(10)
+
+    def log_tail(self, n: int = 40) -> str:
+        path = self.logdir / f"{self.name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
+
+
+@dataclass
+class StackConfig:
+    checkpoint: Path
+    workers: int = 2
+    lease_seconds: float = 8.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Stack:
+    """Postgres + Redis + S3 server + API + N model workers + webhook worker + sweeper, all separate processes."""
+
+    BUCKET = "unipic-system"
+
+    def __init__(self, config: StackConfig, root: Path | None = None) -> None:
+        self.config = config
+        self.root = root or Path(tempfile.mkdtemp(prefix="unipic-stack-"))
+        self.logdir = self.root / "logs"
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.pg = PrivatePostgres(self.root / "pg")
+        self.redis = PrivateRedis(self.root / "redis")
+        self.s3 = None
+        self.api_port = free_port()
+        self.services: dict[str, Service] = {}
+        self.restarts: dict[str, int] = {}
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def env(self) -> dict[str, str]:
+        assert self.s3 is not None
+        host, port = self.s3._server.server_address[:2]  # moto's ThreadedMotoServer
+        env = dict(os.environ)
+        env.update({
+            "UNIPIC_DATA_DIR": str(self.root / "data"),
+            "UNIPIC_DATABASE_URL": self.pg.url,
+            "UNIPIC_BROKER_URL": self.redis.url,
+            "UNIPIC_REDIS_URL": self.redis.url,
+            "UNIPIC_STORAGE_URL": f"s3://{self.BUCKET}",
+            "UNIPIC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "UNIPIC_MODEL": str(self.config.checkpoint),
+            "UNIPIC_MODEL_DTYPE": "float32",
+            "UNIPIC_ALLOWED_SIZES": "64,128,256,512,1024",
+            "UNIPIC_LEASE_SECONDS": str(self.config.lease_seconds),
+            "UNIPIC_SWEEP_INTERVAL_SECONDS": "1",
+            "UNIPIC_REQUEUE_AFTER_SECONDS": "6",
+            "UNIPIC_HEARTBEAT_SECONDS": "2",
+            "UNIPIC_WEBHOOK_ALLOWLIST": "127.0.0.0/8",
+            "UNIPIC_WEBHOOK_ALLOW_HTTP": "true",
+            "UNIPIC_RATE_LIMIT_PER_MINUTE": "100000",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.config.extra_env)
+        return env
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.pg.start()
+        self.redis.start()
+        self.s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+        self.s3.start()
+        env = self.env()
+        import boto3
+
+        boto3.client("s3", endpoint_url=env["UNIPIC_S3_ENDPOINT_URL"], region_name="us-east-1",
+                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=self.BUCKET)
+        subprocess.run([sys.executable, "-m", "cli.main", "migrate"], env=env, cwd=ROOT, check=True,
+                       capture_output=True)
+        unipic = [sys.executable, "-m", "cli.main"]
+        self.services["api"] = Service("api", [*unipic, "api", "--host", "127.0.0.1", "--port", str(self.api_port)],
+                                       env, self.logdir)
+        for i in range(self.config.workers):
+            self.services[f"worker-{i}"] = Service(
+                f"worker-{i}", [*unipic, "worker", "--device", "cpu", "--name", f"w{i}-{self.api_port}"], env,
+                self.logdir)
+        self.services["webhooks"] = Service("webhooks", [*unipic, "webhooks"], env, self.logdir)
+        self.services["sweeper"] = Service("sweeper", [*unipic, "sweeper"], env, self.logdir)
+        for svc in self.services.values():
+            svc.start()
+        wait_until(lambda: httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200, 60, "API /readyz")
+
+    def restart_service(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop a service (gracefully with SIGTERM, or by SIGKILL) and start it again, as a supervisor would."""
+        svc = self.services[name]
+        if sig == signal.SIGKILL:
+            svc.signal(signal.SIGKILL)
+            svc.proc.wait(10) if svc.proc else None
+        else:
+            svc.stop()
+        svc.start()
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+
+    def close(self) -> None:
+        for svc in self.services.values():
+            svc.stop(timeout=10)
+        if self.s3 is not None:
+            self.s3.stop()
+        self.redis.close()
+        self.pg.close()
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

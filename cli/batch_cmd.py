@@ -1,0 +1,153 @@
+"""`unipic batch submit|wait|show|cancel|download`: JSONL batches over HTTP.
+
+`submit` checks the file line by line before sending it as one all-or-nothing `POST /v1/batches`; `wait` is
+resumable (it only needs the batch id); `download` writes each item's results named by its `custom_id` (the job
+id when there is none) and skips files already there, so an interrupted download just runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import typer
+
+from cli.client import ApiClient, ApiError, ApiKey, ApiUrl, dumps, fail, open_client
+from cli.waiting import batch_counts, batch_done, wait_batch
+
+app = typer.Typer(no_args_is_help=True, help="Submit a JSONL batch, follow it, download its results")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@app.command("submit")
+def submit(
+    items: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL: one job body per line"),
+    wait: bool = typer.Option(False, "--wait", help="Wait with a progress bar until every item is done"),
+    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+) -> None:
+    """Submit a batch (all-or-nothing); print its id."""
+    body = _checked_jsonl(items)
+    with open_client(api_url, api_key) as client:
+        try:
+            batch = client.create_batch(body)
+        except ApiError as exc:
+            raise fail(exc) from None
+        typer.echo(batch["id"])
+        if wait:
+            _wait_and_report(client, batch)
+
+
+@app.command("wait")
+def wait_cmd(batch_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+    """Wait for a batch already submitted (resumable: run it again any time)."""
+    with open_client(api_url, api_key) as client:
+        try:
+            _wait_and_report(client, client.get_batch(batch_id))
+        except ApiError as exc:
+            raise fail(exc) from None
+
+
+@app.command("show")
+def show(batch_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+    """A batch as JSON (counts per status; the manifest link when done)."""
+    with open_client(api_url, api_key) as client:
+        try:
+            typer.echo(dumps(client.get_batch(batch_id)))
+        except ApiError as exc:
+            raise fail(exc) from None
+
+
+@app.command("cancel")
+def cancel(batch_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+    """Cancel every item of a batch that has not finished."""
+    with open_client(api_url, api_key) as client:
+        try:
+            typer.echo(dumps(client.cancel_batch(batch_id)))
+        except ApiError as exc:
+            raise fail(exc) from None
+
+
+@app.command("download")
+def download(
+    batch_id: str,
+    directory: Path = typer.Argument(..., file_okay=False, help="Where to write results"),
+    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+) -> None:
+    """Download results named by custom_id: images as NAME.png (NAME-1.png, ... for several), answers NAME.txt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = skipped = failed = 0
+    with open_client(api_url, api_key) as client:
+        try:
+            for job in client.iter_jobs(batch_id=batch_id, limit=100):
+                if job["status"] != "succeeded":
+                    failed += job["status"] in ("failed", "canceled", "expired")
+                    continue
+                w, s = _save_job(client, job, directory)
+                written, skipped = written + w, skipped + s
+        except ApiError as exc:
+            raise fail(exc) from None
+    typer.echo(f"{written} files written, {skipped} already present, {failed} items without results, in {directory}")
+
+
+# ---- helpers --------------------------------------------------------------------------------------------------
+def _checked_jsonl(path: Path) -> bytes:
+    """The file's non-empty lines, each checked to be a JSON object; exits 2 naming the first bad line."""
+    lines = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            typer.secho(f"error: {path}:{number}: not JSON ({exc.msg})", err=True, fg="red")
+            raise typer.Exit(2) from None
+        if not isinstance(obj, dict):
+            typer.secho(f"error: {path}:{number}: expected a JSON object", err=True, fg="red")
+            raise typer.Exit(2)
+        lines.append(json.dumps(obj))
+    if not lines:
+        typer.secho(f"error: {path} holds no items", err=True, fg="red")
+        raise typer.Exit(2)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _wait_and_report(client: ApiClient, batch: dict[str, Any]) -> None:
+    batch = wait_batch(client, batch)
+    counts = batch_counts(batch)
+    typer.echo(" ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v))
+    if not batch_done(batch) or any(v for k, v in counts.items() if k != "succeeded"):
+        raise typer.Exit(1)
+
+
+def item_name(job: dict[str, Any]) -> str:
+    """A safe file stem for a batch item: its custom_id (sanitized) or its job id."""
+    name = _UNSAFE.sub("_", job.get("custom_id") or "").strip("._")
+    return name or job["id"]
+
+
+def _save_job(client: ApiClient, job: dict[str, Any], directory: Path) -> tuple[int, int]:
+    name = item_name(job)
+    result = job.get("result") or {}
+    images = result.get("images") or []
+    targets: list[tuple[Path, Optional[str]]] = []
+    for i, image in enumerate(images):
+        suffix = Path(urlsplit(image["url"]).path).suffix or ".png"
+        stem = name if len(images) == 1 else f"{name}-{i + 1}"
+        targets.append((directory / f"{stem}{suffix}", image["url"]))
+    if result.get("text") is not None:
+        targets.append((directory / f"{name}.txt", None))
+    written = skipped = 0
+    for path, url in targets:
+        if path.exists():
+            skipped += 1
+            continue
+        data = client.download(url) if url else str(result["text"]).encode()
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # never leave a half file under the final name
+        written += 1
+    return written, skipped

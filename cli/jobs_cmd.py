@@ -1,0 +1,118 @@
+"""`unipic jobs list|show|cancel|wait` and `unipic workers`: inspecting a deployment over HTTP.
+
+Tables go to stdout through rich; `--json` prints the API's own JSON for scripts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.client import ApiError, ApiKey, ApiUrl, dumps, fail, open_client
+from cli.waiting import wait_job
+
+app = typer.Typer(no_args_is_help=True, help="List, show, wait for and cancel jobs")
+console = Console()
+
+
+@app.command("list")
+def list_jobs(
+    status: Optional[str] = typer.Option(None, "--status"),
+    kind: Optional[str] = typer.Option(None, "--kind"),
+    batch_id: Optional[str] = typer.Option(None, "--batch"),
+    limit: int = typer.Option(20, "--limit", min=1, max=1000, help="Rows per page"),
+    cursor: Optional[str] = typer.Option(None, "--cursor", help="Continue from a previous page"),
+    as_json: bool = typer.Option(False, "--json"),
+    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+) -> None:
+    """Your jobs, newest first (one page; the next cursor is printed)."""
+    with open_client(api_url, api_key) as client:
+        try:
+            page = client.list_jobs(status=status, kind=kind, batch_id=batch_id, limit=limit, cursor=cursor)
+        except ApiError as exc:
+            raise fail(exc) from None
+    if as_json:
+        typer.echo(dumps(page))
+        return
+    table = Table("id", "kind", "status", "progress", "created", "custom_id", "error")
+    for job in page.get("data") or []:
+        table.add_row(job["id"], job["kind"], job["status"], _progress_text(job), str(job.get("created_at", "")),
+                      job.get("custom_id") or "", (job.get("error") or {}).get("code") or "")
+    console.print(table)
+    if page.get("next_cursor"):
+        console.print(f"next page: --cursor {page['next_cursor']}")
+
+
+@app.command("show")
+def show(job_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+    """One job as JSON."""
+    with open_client(api_url, api_key) as client:
+        try:
+            typer.echo(dumps(client.get_job(job_id)))
+        except ApiError as exc:
+            raise fail(exc) from None
+
+
+@app.command("wait")
+def wait(job_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+    """Wait for a job with a progress bar, then print it as JSON (exit 1 unless it succeeded)."""
+    with open_client(api_url, api_key) as client:
+        try:
+            job = wait_job(client, client.get_job(job_id))
+        except ApiError as exc:
+            raise fail(exc) from None
+    typer.echo(dumps(job))
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command("cancel")
+def cancel(job_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+    """Cancel a job (queued: at once; running: between sampling steps)."""
+    with open_client(api_url, api_key) as client:
+        try:
+            job = client.cancel_job(job_id)
+        except ApiError as exc:
+            raise fail(exc) from None
+    typer.echo(f"{job['id']} {job['status']}")
+
+
+def workers(
+    as_json: bool = typer.Option(False, "--json"),
+    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+) -> None:
+    """Live workers: device, model, what they serve, batches run, last heartbeat."""
+    with open_client(api_url, api_key) as client:
+        try:
+            answer = client.workers()
+        except ApiError as exc:
+            raise fail(exc) from None
+    if as_json:
+        typer.echo(dumps(answer))
+        return
+    table = Table("worker", "device", "model", "kinds", "batches", "jobs", "last heartbeat", "status")
+    for w in _items(answer):
+        table.add_row(str(w.get("id") or w.get("worker_id")), str(w.get("device", "")), str(w.get("model_id", "")),
+                      ",".join(w.get("kinds") or []), str(w.get("batches_served", "")),
+                      str(w.get("jobs_served", "")), str(w.get("last_heartbeat_at", "")),
+                      str(w.get("status", "live" if w.get("live", True) else "gone")))
+    console.print(table)
+
+
+def _items(answer: Any) -> list[dict[str, Any]]:
+    if isinstance(answer, list):
+        return answer
+    return answer.get("data") or []
+
+
+def _progress_text(job: dict[str, Any]) -> str:
+    prog = job.get("progress") or {}
+    return f"{prog.get('step', 0)}/{prog['total']}" if prog.get("total") else ""
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="jobs")
+    root.command("workers")(workers)

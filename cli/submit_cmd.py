@@ -1,0 +1,138 @@
+"""`unipic generate`, `unipic edit` and `unipic ask`: submit one job over HTTP, wait with a progress bar, save.
+
+Each command builds a `POST /v1/jobs` body (field names of api.schemas / design.md §1), polls the job with
+`cli.waiting`, then downloads the images to `-o` or prints the answer. Job failures exit 1 with the job's error
+code; `--no-wait` prints the job id and returns at once (`unipic jobs show ID` later).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from cli.client import ApiClient, ApiError, ApiKey, ApiUrl, data_url, dumps, fail, open_client
+from cli.waiting import image_paths, save_images, wait_job
+
+Size = typer.Option(None, "--size", help="Square side in pixels (one of the server's allowed sizes)")
+Steps = typer.Option(None, "--steps", help="Sampling (MAR) steps")
+Seed = typer.Option(None, "--seed", help="Random seed (the one used is reported either way)")
+Guidance = typer.Option(None, "--guidance", help="Classifier-free guidance scale")
+NumImages = typer.Option(1, "--num-images", "-n", min=1, max=4)
+Format = typer.Option(None, "--format", help="png, webp or jpeg (default: from -o's suffix)")
+Priority = typer.Option(0, "--priority")
+NoWait = typer.Option(False, "--no-wait", help="Print the job id and return without waiting")
+AsJson = typer.Option(False, "--json", help="Print the final job as JSON")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
+    app.command("edit")(edit)
+    app.command("ask")(ask)
+
+
+def generate(
+    prompt: str = typer.Argument(..., help="What to draw"),
+    output: Path = typer.Option(Path("out.png"), "--output", "-o", help="Where to write the image"),
+    size: Optional[int] = Size, steps: Optional[int] = Steps, seed: Optional[int] = Seed,
+    guidance: Optional[float] = Guidance, num_images: int = NumImages,
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    fmt: Optional[str] = Format, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
+    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+) -> None:
+    """Text to image: submit, wait with a progress bar, download to -o."""
+    body = {"kind": "generate", "prompt": prompt, "negative_prompt": negative, "num_images": num_images,
+            **_sampling(size, steps, seed, guidance, temperature, fmt or _format_of(output), priority)}
+    _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json)
+
+
+def edit(
+    image: Path = typer.Argument(..., exists=True, dir_okay=False, help="The image to edit"),
+    instruction: str = typer.Argument(..., help="What to change"),
+    output: Path = typer.Option(Path("out.png"), "--output", "-o"),
+    size: Optional[int] = Size, steps: Optional[int] = Steps, seed: Optional[int] = Seed,
+    guidance: Optional[float] = Guidance, num_images: int = NumImages,
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    fmt: Optional[str] = Format, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
+    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+) -> None:
+    """Edit an image following an instruction: submit, wait, download to -o."""
+    body = {"kind": "edit", "image": data_url(image), "instruction": instruction, "num_images": num_images,
+            **_sampling(size, steps, seed, guidance, temperature, fmt or _format_of(output), priority)}
+    _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json)
+
+
+def ask(
+    image: Path = typer.Argument(..., exists=True, dir_okay=False, help="The image to ask about"),
+    question: str = typer.Argument(...),
+    size: Optional[int] = typer.Option(None, "--size", help="Side the image is resized to"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    seed: Optional[int] = Seed, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
+    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+) -> None:
+    """Image understanding: print the model's answer to a question about an image."""
+    body = _compact({"kind": "understand", "image": data_url(image), "question": question, "size": size,
+                     "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+                     "priority": priority or None})
+    with open_client(api_url, api_key) as client:
+        job = _submit_and_wait(client, body, no_wait)
+        if job is None:
+            return
+        if as_json:
+            typer.echo(dumps(job))
+        else:
+            typer.echo((job.get("result") or {}).get("text") or "")
+
+
+# ---- shared ---------------------------------------------------------------------------------------------------
+def _sampling(size: Optional[int], steps: Optional[int], seed: Optional[int], guidance: Optional[float],
+              temperature: Optional[float], fmt: Optional[str], priority: int) -> dict[str, Any]:
+    return _compact({"width": size, "height": size, "steps": steps, "seed": seed, "guidance_scale": guidance,
+                     "temperature": temperature, "output_format": fmt, "priority": priority or None})
+
+
+def _compact(body: dict[str, Any]) -> dict[str, Any]:
+    """Leave unset options out so the server's defaults apply."""
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _format_of(path: Path) -> Optional[str]:
+    return {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg"}.get(path.suffix.lower())
+
+
+def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool) -> Optional[dict[str, Any]]:
+    """Submit; unless no_wait, wait until terminal. Exits 1 on API errors and on jobs that did not succeed."""
+    try:
+        job = client.create_job(_compact(body))
+        if no_wait:
+            typer.echo(job["id"])
+            return None
+        job = wait_job(client, job)
+    except ApiError as exc:
+        raise fail(exc) from None
+    if job["status"] != "succeeded":
+        err = job.get("error") or {}
+        typer.secho(f"job {job['id']} {job['status']}: {err.get('code', '')} {err.get('message', '')}".rstrip(),
+                    err=True, fg="red")
+        raise typer.Exit(1)
+    return job
+
+
+def _run_image_job(api_url: str, api_key: Optional[str], body: dict[str, Any], output: Path, count: int,
+                   no_wait: bool, as_json: bool) -> None:
+    with open_client(api_url, api_key) as client:
+        job = _submit_and_wait(client, body, no_wait)
+        if job is None:
+            return
+        try:
+            written = save_images(client, job, image_paths(output, count))
+        except ApiError as exc:
+            raise fail(exc) from None
+        if as_json:
+            typer.echo(dumps(job))
+        else:
+            for path in written:
+                typer.echo(str(path))

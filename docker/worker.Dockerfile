@@ -1,0 +1,20 @@
+# The model worker image: CUDA torch + the model. One worker process per GPU (`unipic worker --device cuda:0`).
+# Build from the repository root: docker build -f docker/worker.Dockerfile -t unipic-worker .
+# The CUDA runtime comes inside the torch wheels; the host needs only the NVIDIA driver + container toolkit.
+FROM python:3.11-slim
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
+ARG TORCH_VERSION=2.5.1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/models
+WORKDIR /app
+
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+COPY . /app
+RUN pip install ".[model]" \
+    && useradd --create-home --uid 10001 unipic \
+    && mkdir -p /models && chown unipic /models
+USER unipic
+VOLUME ["/models"]
+
+CMD ["unipic", "worker", "--device", "cuda:0"]

@@ -1,0 +1,116 @@
+"""Database engines and sessions, built from settings (never at import).
+
+SQLite (the embedded default) gets WAL, a busy timeout and enforced foreign keys on every connection, and
+transactions that start with `BEGIN IMMEDIATE` when asked for a write lock (see `write_session`). Postgres gets
+`pool_pre_ping` and, when `settings.db_schema` is set, a `search_path` pinned to that schema so tests and
+tenants can share one database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for plain `postgresql://` URLs (the driver we ship)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(settings: Settings, **kwargs: Any) -> Engine:
+    """An engine for `settings.database_url`, configured per backend."""
+    url = make_url(normalize_url(settings.database_url))
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, **kwargs)
+    return _postgres_engine(url, settings.db_schema, **kwargs)
+
+
+def _sqlite_engine(url: Any, **kwargs: Any) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # let SQLAlchemy emit BEGIN itself so BEGIN IMMEDIATE can be chosen per transaction
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+    return engine
+
+
+def _postgres_engine(url: Any, schema: str, **kwargs: Any) -> Engine:
+    kwargs.setdefault("pool_pre_ping", True)
+    if "poolclass" not in kwargs:
+        kwargs.setdefault("pool_size", 5)
+        kwargs.setdefault("max_overflow", 20)
+    engine = create_engine(url, **kwargs)
+    if schema:
+        if not schema.replace("_", "").isalnum():
+            raise ValueError(f"UNIPIC_DB_SCHEMA: not a plain identifier: {schema!r}")
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute(f'SET search_path TO "{schema}"')
+            cur.close()
+            dbapi_conn.commit()
+
+    return engine
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """True for the embedded SQLite backend."""
+    return engine.dialect.name == "sqlite"
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded attributes after commit (records are returned to callers)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def write_session(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose transaction takes SQLite's write lock at BEGIN (no-op on Postgres); commits on success."""
+    with factory() as session:
+        with session.begin():
+            if is_sqlite(session.get_bind()):  # type: ignore[arg-type]
+                session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})
+            yield session
+
+
+def create_schema_if_needed(engine: Engine, schema: str = "") -> None:
+    """Create the schema (Postgres) and all tables directly. For tests and throwaway setups; prod uses Alembic."""
+    from storage.tables import metadata
+
+    if schema and not is_sqlite(engine):
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    metadata.create_all(engine)
+
+
+create_all_for_tests = create_schema_if_needed

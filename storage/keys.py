@@ -1,0 +1,147 @@
+"""KeyStore: API keys and the webhook signing secrets that belong to them.
+
+A key is shown once, as `upk_<random>`; only its sha256 is stored (with a short prefix to recognise it in
+listings). Authentication hashes the presented key, looks the hash up and compares in constant time. Each key
+has a Standard Webhooks secret (`whsec_<base64>`); rotation keeps the previous secret valid for an overlap
+window so receivers can switch without dropping deliveries (both signatures are sent meanwhile).
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.db import write_session
+from storage.errors import NotFound
+from storage.ids import new_id
+from storage.tables import ApiKey, utcnow
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "upk_"
+SECRET_PREFIX = "whsec_"
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key as the service sees it (never the plaintext, never the hash)."""
+
+    id: str
+    name: str
+    key_prefix: str
+    webhook_secret: str
+    previous_webhook_secret: str | None
+    previous_secret_expires_at: datetime | None
+    default_webhook_url: str | None
+    rate_limit_per_minute: int | None
+    max_active_jobs: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiKey) -> ApiKeyRecord:
+        return cls(row.id, row.name, row.key_prefix, row.webhook_secret, row.previous_webhook_secret,
+                   row.previous_secret_expires_at, row.default_webhook_url, row.rate_limit_per_minute,
+                   row.max_active_jobs, row.created_at, row.revoked_at)
+
+    def webhook_secrets(self, now: datetime | None = None) -> builtins.list[str]:
+        """Secrets to sign with now: the current one, plus the previous one during the rotation overlap."""
+        now = now or utcnow()
+        secrets_ = [self.webhook_secret]
+        if self.previous_webhook_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
+            secrets_.append(self.previous_webhook_secret)
+        return secrets_
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def new_webhook_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+class KeyStore:
+    """Creates, authenticates, lists and revokes API keys."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self.sessions = session_factory
+
+    def create(self, name: str, rate_limit_per_minute: int | None = None, max_active_jobs: int | None = None,
+               default_webhook_url: str | None = None) -> tuple[ApiKeyRecord, str]:
+        """A new key: its record and the plaintext, which is never stored and cannot be shown again."""
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKey(id=new_id(), name=name, key_prefix=plaintext[:12], key_hash=hash_key(plaintext),
+                     webhook_secret=new_webhook_secret(), default_webhook_url=default_webhook_url,
+                     rate_limit_per_minute=rate_limit_per_minute, max_active_jobs=max_active_jobs,
+                     created_at=utcnow())
+        with write_session(self.sessions) as s:
+            s.add(row)
+        log.info("api key %s created (%s)", row.id, name)
+        return ApiKeyRecord.of(row), plaintext
+
+    def authenticate(self, plaintext: str) -> ApiKeyRecord | None:
+        """The live key this plaintext belongs to, or None (unknown, malformed or revoked)."""
+        if not plaintext or not plaintext.startswith(KEY_PREFIX) or len(plaintext) > 200:
+            return None
+        digest = hash_key(plaintext)
+        with self.sessions() as s:
+            row = s.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+        if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
+            return None
+        return ApiKeyRecord.of(row)
+
+    def get(self, key_id: str) -> ApiKeyRecord:
+        with self.sessions() as s:
+            row = s.get(ApiKey, key_id)
+            if row is None:
+                raise NotFound(f"api key {key_id} not found")
+            return ApiKeyRecord.of(row)
+
+    def list(self, include_revoked: bool = False) -> builtins.list[ApiKeyRecord]:
+        stmt = select(ApiKey).order_by(ApiKey.created_at)
+        if not include_revoked:
+            stmt = stmt.where(ApiKey.revoked_at.is_(None))
+        with self.sessions() as s:
+            return [ApiKeyRecord.of(r) for r in s.scalars(stmt)]
+
+    def revoke(self, key_id: str) -> ApiKeyRecord:
+        """Revoke a key (idempotent); its jobs stay, it can no longer authenticate."""
+        with write_session(self.sessions) as s:
+            row = self._row(s, key_id)
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            log.info("api key %s revoked", key_id)
+            return ApiKeyRecord.of(row)
+
+    def rotate_webhook_secret(self, key_id: str, overlap_seconds: float) -> ApiKeyRecord:
+        """A new current secret; the old one stays valid (signatures sent with both) for `overlap_seconds`."""
+        with write_session(self.sessions) as s:
+            row = self._row(s, key_id)
+            row.previous_webhook_secret = row.webhook_secret
+            row.previous_secret_expires_at = utcnow() + timedelta(seconds=overlap_seconds)
+            row.webhook_secret = new_webhook_secret()
+            log.info("api key %s webhook secret rotated (overlap %ss)", key_id, overlap_seconds)
+            return ApiKeyRecord.of(row)
+
+    def set_default_webhook_url(self, key_id: str, url: str | None) -> ApiKeyRecord:
+        with write_session(self.sessions) as s:
+            row = self._row(s, key_id)
+            row.default_webhook_url = url
+            return ApiKeyRecord.of(row)
+
+    @staticmethod
+    def _row(s: Session, key_id: str) -> ApiKey:
+        row = s.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"api key {key_id} not found")
+        return row

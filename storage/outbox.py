@@ -1,0 +1,125 @@
+"""The webhook outbox: event rows written in the same transaction as the state change they report.
+
+`OutboxWriter` is used by `JobStore`/`BatchStore` inside their transactions; it decides where an event goes
+(the job's own webhook, else its batch's, else the owner's default endpoint) and whether that target is
+subscribed, and stores a payload snapshot in the Standard Webhooks shape `{"type", "timestamp", "data"}`.
+Delivery (signing, retries, backoff) belongs to `workers.webhooks`; this module only writes rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.ids import new_message_id
+from storage.tables import ApiKey, Batch, Job, WebhookEvent
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled", "batch.completed")
+# what a webhook gets when it names no events: every state change, not progress
+DEFAULT_EVENTS = ("job.started", "job.succeeded", "job.failed", "job.canceled", "batch.completed")
+
+
+def iso(dt: datetime | None) -> str | None:
+    return dt.isoformat().replace("+00:00", "Z") if dt else None
+
+
+def job_payload(job: Job) -> dict[str, Any]:
+    """The `data` of a job event: the job's public state at the time of the change (result keys, not URLs)."""
+    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
+    return {
+        "id": job.id,
+        "object": "job",
+        "kind": job.kind,
+        "status": job.status,
+        "batch_id": job.batch_id,
+        "custom_id": job.custom_id,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "result_keys": list(job.result_keys or []),
+        "result_text": job.result_text,
+        "error": error,
+        "attempts": job.attempts,
+        "worker_id": job.worker_id,
+        "metadata": job.metadata_,
+    }
+
+
+def batch_payload(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "status": batch.status,
+        "total": batch.total,
+        "counts": counts,
+        "created_at": iso(batch.created_at),
+        "finished_at": iso(batch.finished_at),
+        "canceled_at": iso(batch.canceled_at),
+        "metadata": batch.metadata_,
+    }
+
+
+def subscribed(events: list[str] | None, event_type: str) -> bool:
+    return event_type in (events if events else DEFAULT_EVENTS)
+
+
+class OutboxWriter:
+    """Writes outbox rows into one session; caches batch and owner lookups for the transaction's length."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._batches: dict[str, Batch | None] = {}
+        self._defaults: dict[str, str | None] = {}
+
+    def job_event(self, job: Job, event_type: str, now: datetime) -> WebhookEvent | None:
+        """Record `event_type` for this job if its target is subscribed; returns the row or None."""
+        target = self._job_target(job)
+        if target is None or not subscribed(target[1], event_type):
+            return None
+        return self._add(job.owner_id, job.id, job.batch_id, event_type, target[0], now, job_payload(job))
+
+    def batch_event(self, batch: Batch, event_type: str, now: datetime, counts: dict[str, int]) -> WebhookEvent | None:
+        url, events = batch.webhook_url, batch.webhook_events
+        if not url:
+            url, events = self._owner_default(batch.owner_id), None
+        if not url or not subscribed(events, event_type):
+            return None
+        return self._add(batch.owner_id, None, batch.id, event_type, url, now, batch_payload(batch, counts))
+
+    def _job_target(self, job: Job) -> tuple[str, list[str] | None] | None:
+        if job.webhook_url:
+            return job.webhook_url, job.webhook_events
+        if job.batch_id:
+            batch = self._batch(job.batch_id)
+            if batch is not None and batch.webhook_url:
+                return batch.webhook_url, batch.webhook_events
+        default = self._owner_default(job.owner_id)
+        return (default, None) if default else None
+
+    def _batch(self, batch_id: str) -> Batch | None:
+        if batch_id not in self._batches:
+            self._batches[batch_id] = self.session.get(Batch, batch_id)
+        return self._batches[batch_id]
+
+    def _owner_default(self, owner_id: str) -> str | None:
+        if owner_id not in self._defaults:
+            stmt = select(ApiKey.default_webhook_url).where(ApiKey.id == owner_id)
+            self._defaults[owner_id] = self.session.scalar(stmt)
+        return self._defaults[owner_id]
+
+    def _add(self, owner_id: str, job_id: str | None, batch_id: str | None, event_type: str, url: str,
+             now: datetime, data: dict[str, Any]) -> WebhookEvent:
+        row = WebhookEvent(
+            id=new_message_id(), owner_id=owner_id, job_id=job_id, batch_id=batch_id, event_type=event_type,
+            url=url, status="pending", attempts=0, next_attempt_at=now, created_at=now,
+            payload={"type": event_type, "timestamp": iso(now), "data": data},
+        )
+        self.session.add(row)
+        log.debug("outbox %s %s for job=%s batch=%s", row.id, event_type, job_id, batch_id)
+        return row

@@ -1,0 +1,102 @@
+"""WorkerRegistry: which worker processes exist, what they serve, and when they last showed signs of life.
+
+Workers register at start, heartbeat while alive (adding what they served since the last beat) and mark
+themselves stopped on graceful shutdown. A worker whose heartbeat is older than a threshold counts as gone;
+its jobs come back through lease expiry (JobStore.requeue_expired), not through this table.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.db import write_session
+from storage.tables import Worker, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    id: str
+    hostname: str
+    pid: int
+    device: str | None
+    model_id: str | None
+    kinds: builtins.list[str]
+    max_pixels: int | None
+    max_batch: int | None
+    queues: builtins.list[str]
+    started_at: datetime
+    last_heartbeat_at: datetime
+    stopped_at: datetime | None
+    batches_served: int
+    jobs_served: int
+
+    @classmethod
+    def of(cls, row: Worker) -> WorkerRecord:
+        return cls(row.id, row.hostname, row.pid, row.device, row.model_id, builtins.list(row.kinds or []),
+                   row.max_pixels, row.max_batch, builtins.list(row.queues or []), row.started_at,
+                   row.last_heartbeat_at, row.stopped_at, row.batches_served, row.jobs_served)
+
+
+class WorkerRegistry:
+    """The `workers` table."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self.sessions = session_factory
+
+    def register(self, worker_id: str, hostname: str, pid: int, device: str | None = None,
+                 model_id: str | None = None, kinds: builtins.list[str] | None = None,
+                 max_pixels: int | None = None, max_batch: int | None = None,
+                 queues: builtins.list[str] | None = None) -> WorkerRecord:
+        """Insert or refresh this worker (a restarted worker with the same id starts anew)."""
+        now = utcnow()
+        values: dict[str, Any] = dict(hostname=hostname, pid=pid, device=device, model_id=model_id,
+                                      kinds=kinds or [], max_pixels=max_pixels, max_batch=max_batch,
+                                      queues=queues or [], started_at=now, last_heartbeat_at=now,
+                                      stopped_at=None, batches_served=0, jobs_served=0)
+        with write_session(self.sessions) as s:
+            row = s.get(Worker, worker_id)
+            if row is None:
+                row = Worker(id=worker_id, **values)
+                s.add(row)
+            else:
+                for name, value in values.items():
+                    setattr(row, name, value)
+            s.flush()
+            log.info("worker %s registered on %s pid=%s device=%s", worker_id, hostname, pid, device)
+            return WorkerRecord.of(row)
+
+    def heartbeat(self, worker_id: str, batches: int = 0, jobs: int = 0) -> bool:
+        """Record a sign of life (and work done since the last one). False if the worker is unknown."""
+        stmt = (update(Worker).where(Worker.id == worker_id)
+                .values(last_heartbeat_at=utcnow(), batches_served=Worker.batches_served + batches,
+                        jobs_served=Worker.jobs_served + jobs))
+        with write_session(self.sessions) as s:
+            return s.execute(stmt, execution_options={"synchronize_session": False}).rowcount == 1  # type: ignore[attr-defined]
+
+    def stop(self, worker_id: str) -> None:
+        """Mark a graceful stop."""
+        with write_session(self.sessions) as s:
+            s.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow()),
+                      execution_options={"synchronize_session": False})
+        log.info("worker %s stopped", worker_id)
+
+    def live(self, stale_after_seconds: float) -> builtins.list[WorkerRecord]:
+        """Workers not stopped whose last heartbeat is within `stale_after_seconds`."""
+        cutoff = utcnow() - timedelta(seconds=stale_after_seconds)
+        stmt = (select(Worker).where(Worker.stopped_at.is_(None), Worker.last_heartbeat_at >= cutoff)
+                .order_by(Worker.started_at))
+        with self.sessions() as s:
+            return [WorkerRecord.of(r) for r in s.scalars(stmt)]
+
+    def all(self) -> builtins.list[WorkerRecord]:
+        with self.sessions() as s:
+            return [WorkerRecord.of(r) for r in s.scalars(select(Worker).order_by(Worker.started_at))]

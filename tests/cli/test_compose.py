@@ -1,0 +1,122 @@
+"""compose.yaml and the Dockerfiles: the production layout is complete and every command it runs exists.
+
+Docker is not available to the tests, so the file is checked structurally (PyYAML) and each service command
+of our own images is run locally with `--help`: a renamed or missing CLI command fails here, not at deploy.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cli.stack import REPO, clean_env
+
+ONE_SHOT = {"createbucket", "migrate"}
+REQUIRED = {"postgres", "redis", "minio", "createbucket", "migrate", "api", "worker", "sweeper"}
+OPTIONAL = {"prometheus": "monitoring", "flower": "flower"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "compose.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def test_every_service_of_the_production_layout_is_there(services: dict[str, Any]) -> None:
+    assert REQUIRED <= set(services)
+    for name, profile in OPTIONAL.items():
+        assert profile in services[name]["profiles"], name
+    for name in REQUIRED:
+        assert "profiles" not in services[name], f"{name} must start by default"
+
+
+def test_long_running_services_have_healthchecks_and_one_shots_do_not_restart(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service.get("restart") == "no", name
+        else:
+            assert service["healthcheck"]["test"], name
+
+
+def test_start_order_waits_for_health_and_for_the_one_shots(services: dict[str, Any]) -> None:
+    assert services["createbucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("api", "worker", "sweeper"):
+        deps = services[name]["depends_on"]
+        assert deps["postgres"]["condition"] == "service_healthy", name
+        assert deps["redis"]["condition"] == "service_healthy", name
+        assert deps["migrate"]["condition"] == "service_completed_successfully", name
+        assert deps["createbucket"]["condition"] == "service_completed_successfully", name
+
+
+def test_workers_reserve_a_gpu_scale_and_keep_the_model_cache(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] and d["driver"] == "nvidia" for d in devices)
+    assert "replicas" in worker["deploy"]
+    assert worker["environment"]["HF_HOME"] == "/models"
+    assert any(v.endswith(":/models") for v in worker["volumes"])
+    assert "--device" in worker["command"]
+
+
+def test_services_share_the_production_urls(services: dict[str, Any]) -> None:
+    for name in ("migrate", "api", "worker", "sweeper"):
+        env = services[name]["environment"]
+        assert env["UNIPIC_DATABASE_URL"].startswith("postgresql://"), name
+        assert env["UNIPIC_BROKER_URL"].startswith("redis://redis:6379"), name
+        assert env["UNIPIC_STORAGE_URL"].startswith("s3://"), name
+        assert env["UNIPIC_S3_ENDPOINT_URL"] == "http://minio:9000", name
+
+
+def _our_commands(services: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(label, argv) of every command that runs our CLI: service commands and healthchecks."""
+    found = []
+    for name, service in services.items():
+        if "build" in service:
+            found.append((name, service["command"]))
+        test = service.get("healthcheck", {}).get("test", [])
+        if test[:2] == ["CMD", "unipic"]:
+            found.append((f"{name} healthcheck", test[1:]))
+    return found
+
+
+def test_every_service_command_is_a_real_cli_entry_point(services: dict[str, Any]) -> None:
+    commands = _our_commands(services)
+    assert {label for label, _ in commands} >= {"migrate", "api", "worker", "sweeper"}
+    for label, argv in commands:
+        assert argv[0] == "unipic", label
+        # strip option values, keep the subcommand path, ask for its help
+        words = [a for a in argv[1:] if not a.startswith("-") and not re.fullmatch(r"[\d.:]+|cuda:\d+", a)]
+        result = subprocess.run([sys.executable, "-m", "cli.main", *words[:2], "--help"], cwd=REPO,
+                                env=clean_env(), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{label}: {argv}\n{result.stdout}\n{result.stderr}"
+        for option in [a for a in argv[1:] if a.startswith("--")]:
+            assert option in result.stdout, f"{label}: option {option} unknown to `unipic {' '.join(words)}`"
+
+
+def test_dockerfiles_exist_and_run_the_cli(services: dict[str, Any]) -> None:
+    for name in ("api", "worker"):
+        dockerfile = REPO / services[name]["build"]["dockerfile"]
+        text = dockerfile.read_text()
+        assert re.search(r'^CMD \["unipic"', text, re.M), dockerfile
+    api_docker = (REPO / "docker/api.Dockerfile").read_text()
+    assert '".[api]"' in api_docker and "torch" not in api_docker.split("RUN pip install")[1].split("\n")[0]
+    assert "torch" in (REPO / "docker/worker.Dockerfile").read_text()
+
+
+def test_prometheus_scrapes_the_api(compose: dict[str, Any]) -> None:
+    config = yaml.safe_load((REPO / "deploy/prometheus.yml").read_text())
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert "api:8000" in targets
+    mount = compose["services"]["prometheus"]["volumes"][0]
+    assert Path(REPO / mount.split(":")[0]).resolve() == (REPO / "deploy/prometheus.yml").resolve()

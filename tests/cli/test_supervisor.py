@@ -1,0 +1,88 @@
+"""The supervisor of `unipic up`, with real child processes: prefixed output, restart with backoff, clean stop."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+from cli import supervisor as supervisor_mod
+from cli.supervisor import ChildSpec, Supervisor
+
+
+def _python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def _until(predicate, seconds: float = 20.0) -> bool:  # noqa: ANN001 - tiny polling helper
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); look at its state
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_output_is_prefixed_per_child_and_crashed_children_restart(tmp_path: Path, monkeypatch) -> None:
+    # Given: a child that prints and crashes, and one that keeps running
+    monkeypatch.setattr(supervisor_mod, "BACKOFF_START_S", 0.1)
+    counter = tmp_path / "runs"
+    crasher = _python(f"import pathlib; p = pathlib.Path({str(counter)!r}); "
+                      "p.write_text(str(int(p.read_text() or 0) + 1) if p.exists() else '1'); "
+                      "print('hello from crasher', flush=True); raise SystemExit(3)")
+    sleeper = _python("import time; print('sleeping', flush=True); time.sleep(60)")
+    out = io.StringIO()
+    sup = Supervisor([ChildSpec("crasher", crasher, dict(os.environ)), ChildSpec("sleeper", sleeper, dict(os.environ))],
+                     grace_s=5.0, out=out)
+
+    # When: it supervises for a while
+    sup.start()
+    assert _until(lambda: (sup.poll(), counter.exists() and int(counter.read_text()) >= 3)[1])
+    sup.stop_all()
+
+    # Then: lines carry their child's name, the crasher was restarted with growing backoff, the sleeper never
+    text = out.getvalue()
+    assert "crasher | hello from crasher" in text
+    assert "sleeper | sleeping" in text
+    assert "crasher exited with code 3; restarting" in text
+    crasher_child, sleeper_child = sup.children
+    assert crasher_child.restarts >= 2
+    assert crasher_child.backoff_s > 0.1
+    assert sleeper_child.restarts == 0
+
+
+def test_stop_terms_then_kills_children_that_ignore_sigterm(tmp_path: Path) -> None:
+    # Given: a polite child and one that ignores SIGTERM (and has a grandchild in its group)
+    polite = _python("import time; print('ready', flush=True); time.sleep(60)")
+    stubborn = _python("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                       "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                       "print('grandchild', g.pid, flush=True); time.sleep(60)")
+    out = io.StringIO()
+    sup = Supervisor([ChildSpec("polite", polite, dict(os.environ)), ChildSpec("stubborn", stubborn, dict(os.environ))],
+                     grace_s=1.0, out=out)
+    sup.start()
+    assert _until(lambda: "grandchild" in out.getvalue() and "ready" in out.getvalue())
+    grandchild = int(out.getvalue().split("grandchild ")[1].split()[0])
+    pids = [c.proc.pid for c in sup.children]
+
+    # When: the supervisor is asked to stop
+    sup.request_stop()
+    sup.run_until_stopped(tick_s=0.01)
+
+    # Then: everything is gone: SIGTERM for the polite one, SIGKILL for the group of the stubborn one
+    assert sup.children[0].proc.returncode == -15
+    assert sup.children[1].proc.returncode == -9
+    assert "stubborn did not stop within 1 s; killing it" in out.getvalue()
+    assert _until(lambda: not any(_alive(p) for p in [*pids, grandchild]), 5.0)

@@ -1,0 +1,167 @@
+"""`unipic up` in embedded mode, driven by the client commands exactly as a user would.
+
+One real stack (API, tiny-model worker, webhook worker + beat, SQLite broker) serves the whole module; its
+shutdown test runs last and stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.cli.stack import REPO, Stack, clean_env, unipic_argv
+
+pytestmark = pytest.mark.system
+
+GEN = ("--size", "64", "--steps", "2")
+
+
+def _ok(result) -> str:  # noqa: ANN001 - CompletedProcess
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result.stdout
+
+
+def test_up_prints_the_first_key_and_the_urls(stack: Stack) -> None:
+    log = stack.log()
+    for path in ("", "/docs", "/ui"):
+        assert f"{stack.url}{path}" in log
+    assert "UNIPIC_API_KEY=upk_" in log
+    assert "embedded" in log
+    assert {"api", "worker", "webhooks"} <= set(stack.child_pids())
+    # every child's lines are prefixed with its name
+    assert any(line.startswith("api ") and "|" in line for line in log.splitlines())
+
+
+def test_generate_edit_and_ask_round_trip(stack: Stack, tmp_path: Path) -> None:
+    # Given: the stack's first key in the environment
+    # When: a user generates, edits the result, and asks about it
+    out = tmp_path / "gen.png"
+    printed = _ok(stack.cli("generate", "a red square", "-o", str(out), *GEN, "--seed", "7"))
+    edited = tmp_path / "edit.png"
+    _ok(stack.cli("edit", str(out), "make it blue", "-o", str(edited), *GEN, "--seed", "7"))
+    answer = _ok(stack.cli("ask", str(edited), "What color is it?", "--size", "64", "--max-new-tokens", "4"))
+
+    # Then: decodable PNGs of the requested size, and a non-empty answer on stdout
+    assert str(out) in printed
+    for path in (out, edited):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == (64, 64)
+    assert answer.strip()
+
+
+def test_generate_several_images_and_json_output(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "many.png"
+    job = json.loads(_ok(stack.cli("generate", "two cats", "-o", str(out), "-n", "2", *GEN, "--json")))
+    assert job["status"] == "succeeded" and len(job["result"]["images"]) == 2
+    for path in (tmp_path / "many-1.png", tmp_path / "many-2.png"):
+        with Image.open(path) as image:
+            assert image.size == (64, 64)
+
+
+def test_client_errors_exit_1_with_the_api_error_code(stack: Stack, tmp_path: Path) -> None:
+    bad_key = stack.cli("generate", "x", "-o", str(tmp_path / "x.png"), *GEN, key="upk_not-a-key")
+    assert bad_key.returncode == 1 and "unauthorized" in bad_key.stderr and "Traceback" not in bad_key.stderr
+    bad_size = stack.cli("generate", "x", "-o", str(tmp_path / "x.png"), "--size", "100", "--steps", "2")
+    assert bad_size.returncode == 1 and "validation_error" in bad_size.stderr
+    no_key = stack.cli("jobs", "list", key="")
+    assert no_key.returncode == 2 and "UNIPIC_API_KEY" in no_key.stderr
+    missing = stack.cli("jobs", "show", "0190d4b2-0000-7000-8000-000000000000")
+    assert missing.returncode == 1 and "not_found" in missing.stderr
+
+
+def test_batch_submit_wait_and_download_by_custom_id(stack: Stack, tmp_path: Path) -> None:
+    # Given: a JSONL file of three items with custom ids (one understand item about an uploaded image)
+    items = tmp_path / "items.jsonl"
+    lines = [{"custom_id": f"cat/{i}", "kind": "generate", "prompt": f"cat {i}", "width": 64, "height": 64,
+              "steps": 2, "seed": i} for i in range(2)]
+    items.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+
+    # When: it is submitted without waiting, then waited for (resumable by id), then downloaded twice
+    batch_id = _ok(stack.cli("batch", "submit", str(items))).strip().splitlines()[-1]
+    waited = _ok(stack.cli("batch", "wait", batch_id))
+    first = _ok(stack.cli("batch", "download", batch_id, str(tmp_path / "out")))
+    again = _ok(stack.cli("batch", "download", batch_id, str(tmp_path / "out")))
+
+    # Then: every item succeeded; files are named by sanitized custom_id; a second download skips them
+    assert "succeeded=2" in waited
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cat_0.png", "cat_1.png"]
+    assert first.startswith("2 files written") and again.startswith("0 files written, 2 already present")
+    listed = json.loads(_ok(stack.cli("jobs", "list", "--batch", batch_id, "--json")))
+    assert {j["custom_id"] for j in listed["data"]} == {"cat/0", "cat/1"}
+
+
+def test_batch_submit_refuses_a_bad_line_before_sending(stack: Stack, tmp_path: Path) -> None:
+    items = tmp_path / "bad.jsonl"
+    items.write_text('{"kind": "generate", "prompt": "ok"}\nnot json\n')
+    result = stack.cli("batch", "submit", str(items))
+    assert result.returncode == 2 and "bad.jsonl:2" in result.stderr
+
+
+def test_jobs_list_show_cancel_and_workers(stack: Stack) -> None:
+    # Given: a job submitted without waiting, far down the queue (low priority, many steps)
+    job_id = _ok(stack.cli("generate", "later", "--size", "64", "--steps", "40", "--priority", "-50",
+                           "--no-wait")).strip()
+
+    # When: it is shown, listed and canceled
+    shown = json.loads(_ok(stack.cli("jobs", "show", job_id)))
+    listed = _ok(stack.cli("jobs", "list", "--limit", "5"))
+    canceled = _ok(stack.cli("jobs", "cancel", job_id))
+    workers = json.loads(_ok(stack.cli("workers", "--json")))
+
+    # Then
+    assert shown["id"] == job_id and shown["kind"] == "generate"
+    assert job_id in listed
+    assert canceled.startswith(job_id)
+    final = json.loads(_ok(stack.cli("jobs", "show", job_id)))
+    assert final["status"] == "canceled" or final.get("cancel_requested")
+    (worker,) = workers["data"]
+    assert worker["device"] == "cpu" and worker["model_id"] and worker["batches_served"] >= 1
+
+
+def test_keys_created_against_the_data_dir_work_while_up_runs(stack: Stack) -> None:
+    created = _ok(stack.cli("keys", "create", "--name", "second", "--json", "--data-dir", str(stack.data_dir)))
+    key = json.loads(created)["key"]
+    assert _ok(stack.cli("jobs", "list", key=key))
+
+
+def test_up_refuses_a_model_it_cannot_load_offline(tmp_path: Path) -> None:
+    env = clean_env(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    import subprocess
+
+    result = subprocess.run(unipic_argv("up", "--data-dir", str(tmp_path / "d"), "--port", "1"), env=env,
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Skywork/Skywork-UniPic-1.5B" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_sigterm_stops_every_child_cleanly(stack: Stack) -> None:
+    # Given: the running stack's children
+    pids = stack.child_pids()
+    # When: the supervisor gets SIGTERM
+    code = stack.stop(signal.SIGTERM)
+    # Then: it exits 0 after every child is gone
+    assert code == 0, stack.log()[-3000:]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids.values())
+    assert "stopped" in stack.log().splitlines()[-1]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{stack.url}/healthz", timeout=2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"

@@ -1,0 +1,186 @@
+"""Session fixtures shared by every test package: real Postgres, Redis and an S3 HTTP server.
+
+Each session gets its own Postgres schema (`t_<random>` in database `test`), its own Redis db number and a
+moto S3 server on a free port, all torn down at the end. A missing service is a failure, never a skip. The
+schema is built by Alembic (`upgrade head`), so every run exercises the migrations. Tests sharing the session
+schema isolate themselves by owner (`owner_id`) or by unique compat keys, never by wiping tables.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# set before anything imports huggingface_hub or boto3; inherited by subprocesses the tests start
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+for _name in [n for n in os.environ if n.startswith("UNIPIC_")]:
+    del os.environ[_name]  # tests build their settings explicitly
+
+PG_BASE_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+TEST_BUCKET = "unipic-test"
+
+
+@pytest.fixture(scope="session")
+def pg_schema() -> Iterator[str]:
+    """A fresh schema in database `test`, dropped at the end of the session."""
+    import psycopg
+
+    schema = f"t_{secrets.token_hex(6)}"
+    dsn = PG_BASE_URL.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"Postgres is required at {dsn}: {exc}", pytrace=False)
+    with conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        yield schema
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_schema: str) -> str:
+    """The Postgres URL of the test database (use together with `pg_schema`)."""
+    return PG_BASE_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number private to this session, flushed at start and end."""
+    import redis
+
+    try:
+        admin = redis.Redis.from_url(f"{REDIS_BASE_URL}/0", socket_connect_timeout=5)
+        n = int(admin.incr("unipic:test:db-counter"))
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is required at {REDIS_BASE_URL}: {exc}", pytrace=False)
+    url = f"{REDIS_BASE_URL}/{1 + n % 15}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A moto S3 server over HTTP on a free port, with the test bucket; yields its endpoint URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=TEST_BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(pg_url: str, pg_schema: str, redis_url: str, s3_server: str,
+             tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Settings pointing at this session's Postgres schema, Redis db and S3 server."""
+    from storage.settings import load_settings
+
+    return load_settings(
+        data_dir=tmp_path_factory.mktemp("unipic-data"), database_url=pg_url, db_schema=pg_schema,
+        redis_url=redis_url, broker_url=redis_url, storage_url=f"s3://{TEST_BUCKET}/objects",
+        s3_endpoint_url=s3_server, model="tiny", model_dtype="float32",
+        webhook_allowlist=["127.0.0.0/8"], webhook_allow_http=True, api_url="http://127.0.0.1:8000",
+    )
+
+
+@pytest.fixture(scope="session")
+def settings_env(settings: Any) -> dict[str, str]:
+    """`settings` as UNIPIC_* environment variables, for subprocesses (workers, API servers)."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"UNIPIC_{name.upper()}"] = str(value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def migrated(settings: Any) -> Any:
+    """The session schema brought to Alembic head (migrations are exercised, not `create_all`)."""
+    from storage.migrate import upgrade
+
+    upgrade(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def engine(migrated: Any) -> Iterator[Any]:
+    from storage.db import make_engine
+
+    eng = make_engine(migrated)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def session_factory(engine: Any) -> Any:
+    from storage.db import make_session_factory
+
+    return make_session_factory(engine)
+
+
+@pytest.fixture(scope="session")
+def job_store(session_factory: Any) -> Any:
+    from storage.jobs import JobStore
+
+    return JobStore(session_factory)
+
+
+@pytest.fixture(scope="session")
+def object_store(settings: Any) -> Any:
+    """The S3 object store on the moto server."""
+    from storage.object_s3 import S3ObjectStore
+
+    return S3ObjectStore.from_settings(settings, create_bucket=True)
+
+
+@pytest.fixture
+def owner_id(session_factory: Any) -> str:
+    """A fresh API key row: its id owns the jobs a test creates, isolating tests that share the schema."""
+    from storage.ids import new_id
+    from storage.tables import ApiKey
+
+    key_id = new_id()
+    with session_factory.begin() as s:
+        s.add(ApiKey(id=key_id, name="test", key_prefix="upk_test", key_hash=secrets.token_hex(32),
+                     webhook_secret="whsec_" + secrets.token_hex(24)))
+    return key_id
+
+
+@pytest.fixture
+def embedded_settings(tmp_path: Path) -> Any:
+    """Embedded-mode settings (SQLite file, local objects, SQLite broker) in a fresh directory, migrated."""
+    from storage.migrate import upgrade
+    from storage.settings import load_settings
+
+    s = load_settings(data_dir=tmp_path / "data", model="tiny", model_dtype="float32")
+    upgrade(s)
+    return s
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny UniPic checkpoint in the official layout, written once per session."""
+    from model.testing import write_tiny_checkpoint
+
+    return Path(write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt")))

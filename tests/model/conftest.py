@@ -1,0 +1,41 @@
+"""Fixtures for the model tests: one tiny engine per session (random weights, fixed seed), a tiny checkpoint."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from model.inference import load_engine
+
+    return load_engine("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from model.testing import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"))
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[Image.Image]:
+    """Four synthetic RGB images of different sizes and aspect ratios."""
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40 + 12 * i, 70 - 5 * i, 3), dtype=np.uint8)) for i in range(4)]
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def max_diff(a: list[Image.Image], b: list[Image.Image]) -> int:
+    assert len(a) == len(b)
+    return max(int(np.abs(pixels(x) - pixels(y)).max()) for x, y in zip(a, b))

@@ -1,0 +1,36 @@
+"""Time limits scale with pixels x steps, with a floor."""
+
+from __future__ import annotations
+
+from workers.limits import BatchClock, hard_limit_seconds, job_pixels, soft_limit_seconds, work_steps
+
+
+def test_small_batches_get_the_floor() -> None:
+    jobs = [("generate", {"width": 64, "height": 64, "num_images": 1, "steps": 4})]
+    assert soft_limit_seconds(jobs, floor_seconds=120, seconds_per_megapixel_step=2.0) == 120
+
+
+def test_limit_grows_with_pixels_steps_and_items() -> None:
+    one = ("generate", {"width": 1024, "height": 1024, "num_images": 2, "steps": 64})
+    # 2.097152 MP x 64 steps x 2 s = 268.4 s, above the floor
+    assert abs(soft_limit_seconds([one], 120, 2.0) - 2 * 1.048576 * 64 * 2.0) < 1e-9
+    assert soft_limit_seconds([one, one], 120, 2.0) == 2 * soft_limit_seconds([one], 120, 2.0)
+
+
+def test_understand_counts_tokens_as_steps() -> None:
+    params = {"size": 512, "max_new_tokens": 320}
+    assert work_steps("understand", params) == 20
+    assert job_pixels("understand", params) == 512 * 512
+    assert work_steps("generate", {"steps": 0}) == 1
+
+
+def test_hard_limit_leaves_a_lease_of_grace() -> None:
+    assert hard_limit_seconds(100, lease_seconds=60) == 160
+    assert hard_limit_seconds(1000, lease_seconds=60) == 1250
+
+
+def test_batch_clock_expiry() -> None:
+    clock = BatchClock(soft_seconds=10, hard_seconds=20, started=0.0)  # started long ago (monotonic origin)
+    assert clock.soft_expired() and clock.hard_expired()
+    fresh = BatchClock(soft_seconds=1e6, hard_seconds=2e6)
+    assert not fresh.soft_expired() and not fresh.hard_expired()

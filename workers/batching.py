@@ -1,0 +1,253 @@
+"""Dynamic batching: one `run_batch` message becomes one model call over every compatible queued job.
+
+On a message the worker claims that job plus queued jobs with the same compatibility key (priority first, then
+age) up to its item and pixel budget; a message whose job is already taken is a no-op. Then:
+decode inputs -> build requests -> run the engine (leases renewed, progress reported, cancellations and time
+limits checked between steps) -> encode -> upload -> `complete()`. Failures stay with the items they belong to,
+as in TGI's batch filter: an undecodable input fails only its job (`invalid_input`); an out-of-memory error
+splits the batch in halves (a single item that cannot fit fails with `out_of_memory`); any other model error is
+bisected down to the items that raise it (`model_error`). Jobs whose lease was lost are dropped silently: the
+store's fencing token would refuse a stale write anyway. The worker stays alive through all of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from storage.jobs import JobStore
+from storage.objects import ObjectStore
+from storage.records import Claim, JobRecord
+from storage.settings import Settings
+from workers.encoding import InvalidInput
+from workers.faults import FaultInjector
+from workers.inputs import ModelRequest, prepare
+from workers.leases import LeaseKeeper
+from workers.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
+from workers.metrics import WorkerMetrics
+from workers.oom import halves, is_oom, release_cached_memory
+from workers.progress import CancelWatcher, ProgressReporter
+from workers.results import UploadFailed, write_result
+from workers.shutdown import ShutdownGate
+
+log = logging.getLogger(__name__)
+
+CANCEL_CHECK_SECONDS = 0.25
+
+
+@dataclass
+class Item:
+    """One claimed job on its way through the batch."""
+
+    job: JobRecord
+    claim: Claim
+    request: ModelRequest
+    done: bool = False
+
+
+@dataclass
+class BatchState:
+    """What the checks between sampling steps need to know about the running batch."""
+
+    claims: dict[str, Claim]
+    clock: BatchClock
+    keeper: LeaseKeeper
+    reporter: ProgressReporter
+    watcher: CancelWatcher
+    released: list[Claim] = field(default_factory=list)
+
+
+class BatchRunner:
+    """Runs `run_batch(job_id)` messages against one loaded engine."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        objects: ObjectStore,
+        engine: Any,
+        settings: Settings,
+        worker_id: str,
+        metrics: WorkerMetrics,
+        shutdown: ShutdownGate,
+        enqueue: Callable[[Sequence[JobRecord]], None],
+        faults: FaultInjector | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.store, self.objects, self.engine, self.settings = store, objects, engine, settings
+        self.worker_id, self.metrics, self.shutdown, self.enqueue = worker_id, metrics, shutdown, enqueue
+        self.faults = faults or FaultInjector()
+        self.device = device
+        self.batches_served = 0
+        self.jobs_served = 0
+
+    # ---- one message ----------------------------------------------------------------------------------------
+    def run(self, job_id: str) -> int:
+        """Claim and run the batch `job_id` seeds; returns how many jobs were claimed (0 = no-op)."""
+        if self.settings.batch_wait_ms:
+            time.sleep(self.settings.batch_wait_ms / 1000)  # let compatible jobs arrive for a fuller batch
+        s = self.settings
+        claims = self.store.claim_batch(
+            job_id, self.worker_id, s.lease_seconds, s.worker_max_batch, s.worker_batch_pixel_budget,
+            kinds=s.worker_kinds,
+        )
+        if not claims:
+            log.debug("job %s: already taken or no longer queued; message acked as a no-op", job_id)
+            return 0
+        jobs = {j.id: j for j in self.store.get_many([c.job_id for c in claims])}
+        self._observe_claimed(jobs.values())
+        items = [item for item in (self._prepare(c, jobs[c.job_id]) for c in claims) if item is not None]
+        if items:
+            self._run_items(claims, items)
+        self.batches_served += 1
+        self.jobs_served += len(claims)
+        self.metrics.observe_gpu_memory(self.device)
+        return len(claims)
+
+    def _observe_claimed(self, jobs: Any) -> None:
+        jobs = list(jobs)
+        self.metrics.batch_size.observe(len(jobs))
+        for job in jobs:
+            if job.queue_seconds is not None:
+                self.metrics.queue_wait.observe(job.queue_seconds)
+        log.info("batch of %d (%s): %s", len(jobs), jobs[0].compat_key, [j.id for j in jobs])
+
+    def _prepare(self, claim: Claim, job: JobRecord) -> Item | None:
+        try:
+            return Item(job, claim, prepare(self.objects, job))
+        except InvalidInput as exc:
+            log.warning("job %s: invalid input: %s", job.id, exc)
+            self._fail(claim, "invalid_input", str(exc))
+            return None
+
+    def _run_items(self, claims: list[Claim], items: list[Item]) -> None:
+        s = self.settings
+        soft = soft_limit_seconds(
+            [(i.job.kind, i.job.params) for i in items], s.time_limit_floor_seconds,
+            s.time_limit_seconds_per_megapixel_step,
+        )
+        clock = BatchClock(soft, hard_limit_seconds(soft, s.lease_seconds))
+        by_id = {c.job_id: c for c in claims}
+        with LeaseKeeper(self.store, claims, s.lease_seconds, stop_renewing=clock.hard_expired) as keeper:
+            reporter = ProgressReporter(self.store, by_id, s.progress_interval_ms / 1000, self.faults.on_step)
+            state = BatchState(by_id, clock, keeper, reporter, CancelWatcher(self.store, []))
+            state.watcher = CancelWatcher(
+                self.store, list(by_id), CANCEL_CHECK_SECONDS, local=lambda: self._local_drops(state)
+            )
+            self._run_group(items, state)
+            for item in items:
+                keeper.finish(item.job.id)
+        if state.released:
+            self._release(state.released)
+
+    # ---- the model call, with out-of-memory splitting -------------------------------------------------------
+    def _run_group(self, items: list[Item], state: BatchState) -> None:
+        drops = state.watcher()
+        if drops:  # dropped before the call (e.g. shutdown during an OOM retry): settle without running
+            for item in [i for i in items if i.job.id in drops]:
+                self._settle_dropped(item, state)
+            items = [i for i in items if not i.done]
+            if not items:
+                return
+        kind = items[0].job.kind
+        state.reporter.reset()
+        started = time.perf_counter()
+        try:
+            self.faults.before_model_call(len(items), sum(i.job.pixels for i in items))
+            results = getattr(self.engine, kind)(
+                [i.request for i in items], progress=state.reporter, should_cancel=state.watcher
+            )
+        except Exception as exc:  # noqa: BLE001 - classified below; the worker must survive any of it
+            self._on_model_error(items, state, exc)
+            return
+        seconds = time.perf_counter() - started
+        by_id = {r.id: r for r in results}
+        for item in items:
+            result = by_id.get(item.job.id)
+            if result is None:
+                self._fail(item.claim, "model_error", "the engine returned no result for this job")
+                item.done = True
+            elif result.canceled:
+                self._settle_dropped(item, state)
+            else:
+                self._succeed(item, result, getattr(result, "seconds", None) or seconds, len(items))
+
+    def _on_model_error(self, items: list[Item], state: BatchState, exc: Exception) -> None:
+        oom = is_oom(exc)
+        if oom:
+            release_cached_memory()
+        ids = [i.job.id for i in items]
+        if len(items) == 1:
+            code = "out_of_memory" if oom else "model_error"
+            log.warning("job %s: %s: %s", ids[0], code, exc)
+            self._fail(items[0].claim, code, str(exc) or type(exc).__name__)
+            items[0].done = True
+            return
+        if oom:
+            self.metrics.oom_splits.inc()
+            log.warning("out of memory on a batch of %d %s: splitting in halves", len(items), ids)
+        else:
+            log.exception("model error on a batch of %d %s: bisecting to find the failing items", len(items), ids)
+        for half in halves(items):
+            self._run_group(half, state)
+
+    # ---- settling each item ---------------------------------------------------------------------------------
+    def _succeed(self, item: Item, result: Any, model_seconds: float, call_size: int) -> None:
+        job = item.job
+        item.done = True
+        try:
+            written = write_result(self.objects, job, result, self.engine.model_id)
+        except UploadFailed as exc:
+            log.error("job %s: %s; handing it back to the queue", job.id, exc)
+            self._release([item.claim])
+            return
+        except Exception as exc:  # noqa: BLE001 - an encoding error is this job's alone
+            log.exception("job %s: encoding its result failed", job.id)
+            self._fail(item.claim, "model_error", f"encoding the result failed: {exc}")
+            return
+        timings = {"model_seconds": model_seconds, "upload_seconds": written.upload_seconds}
+        ok = self.store.complete(
+            item.claim, written.keys, written.text, timings, self.engine.model_id,
+            getattr(self.engine, "revision", None),
+        )
+        self.metrics.model_seconds.observe(model_seconds / call_size)
+        self.metrics.jobs.labels("succeeded" if ok else "stale").inc()
+        log.info("job %s succeeded in a call of %d (model %.3fs, upload %.3fs)%s", job.id, call_size,
+                 model_seconds, written.upload_seconds, "" if ok else " but its lease was lost")
+
+    def _settle_dropped(self, item: Item, state: BatchState) -> None:
+        """An item the engine dropped (or we skipped): say why in the store."""
+        job_id = item.job.id
+        item.done = True
+        if job_id in state.keeper.lost():
+            log.warning("job %s: lease lost; dropped without writing", job_id)
+        elif job_id in state.watcher.requested:
+            self.store.cancel_running(item.claim)
+            self.metrics.jobs.labels("canceled").inc()
+        elif state.clock.soft_expired():
+            self._fail(item.claim, "timeout", f"batch exceeded its time limit of {state.clock.soft_seconds:.0f}s")
+        else:  # shutdown (or anything else that stopped us): hand it back untouched
+            state.released.append(item.claim)
+
+    def _local_drops(self, state: BatchState) -> set[str]:
+        drops = set(state.keeper.lost())
+        if state.clock.soft_expired() or self.shutdown.should_abandon(state.clock.started, state.reporter.fraction):
+            drops |= set(state.claims)
+        return drops
+
+    def _fail(self, claim: Claim, code: str, message: str) -> None:
+        self.store.fail(claim, code, message)
+        self.metrics.jobs.labels(code).inc()
+
+    def _release(self, claims: list[Claim]) -> None:
+        """Hand jobs back to the queue (attempts unchanged) and send them a fresh message."""
+        released = self.store.release(claims)
+        log.warning("released %d jobs %s back to the queue", released, [c.job_id for c in claims])
+        jobs = [j for j in self.store.get_many([c.job_id for c in claims]) if j.status == "queued"]
+        try:
+            self.enqueue(jobs)
+        except Exception:  # the sweeper re-enqueues queued jobs with no live message
+            log.exception("re-enqueue of released jobs failed; the sweeper will pick them up")

@@ -1,0 +1,108 @@
+"""The sweeper: puts the queue back in line with Postgres, the source of truth.
+
+Each pass (a Celery beat task in `workers.cpu`, or a plain loop with `unipic sweeper` for the embedded stack):
+1. running jobs whose lease expired go back to `queued` with attempts+1 (or fail `worker_lost` at the maximum)
+   and get a fresh message;
+2. queued jobs past their deadline become `expired`;
+3. queued jobs with no recent message (`requeue_after_seconds`, e.g. after Redis lost its data) are re-enqueued;
+4. workers whose heartbeat is older than three intervals are marked gone.
+Duplicate messages are harmless: a message whose job was already claimed is a no-op. Torch-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from celery import Celery
+
+from storage.db import make_engine, make_session_factory
+from storage.jobs import JobStore
+from storage.workers_registry import WorkerRegistry
+from storage.routing import SWEEP_TASK
+from storage.settings import Settings
+from workers.app import enqueue_jobs, make_celery
+
+log = logging.getLogger(__name__)
+
+HEARTBEATS_BEFORE_GONE = 3
+
+
+@dataclass
+class SweepReport:
+    requeued: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    reenqueued: list[str] = field(default_factory=list)
+    workers_gone: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Sweeper:
+    store: JobStore
+    registry: WorkerRegistry
+    celery: Celery
+    settings: Settings
+
+    @classmethod
+    def from_settings(cls, settings: Settings, celery: Celery | None = None) -> Sweeper:
+        sessions = make_session_factory(make_engine(settings))
+        return cls(JobStore(sessions), WorkerRegistry(sessions), celery or make_celery(settings), settings)
+
+    def sweep(self) -> SweepReport:
+        """One pass; returns what it did."""
+        report = SweepReport()
+        report.requeued = self.store.requeue_expired()
+        if report.requeued:
+            queued = [j for j in self.store.get_many(report.requeued) if j.status == "queued"]
+            self.store.mark_enqueued(enqueue_jobs(self.celery, queued))
+        report.expired = self.store.expire_overdue()
+        stale = self.store.stale_queued(self.settings.requeue_after_seconds)
+        if stale:
+            report.reenqueued = enqueue_jobs(self.celery, stale)
+            self.store.mark_enqueued(report.reenqueued)
+        report.workers_gone = self._mark_gone_workers()
+        if any((report.requeued, report.expired, report.reenqueued, report.workers_gone)):
+            log.info(
+                "sweep: requeued %s, expired %s, re-enqueued %d stale, workers gone %s",
+                report.requeued, report.expired, len(report.reenqueued), report.workers_gone,
+            )
+        return report
+
+    def _mark_gone_workers(self) -> list[str]:
+        """Workers not stopped whose heartbeat is older than a few intervals: record them as stopped."""
+        threshold = HEARTBEATS_BEFORE_GONE * self.settings.heartbeat_seconds
+        live = {w.id for w in self.registry.live(threshold)}
+        gone = [w.id for w in self.registry.all() if w.stopped_at is None and w.id not in live]
+        for worker_id in gone:
+            log.warning("worker %s: no heartbeat for %.0fs, marked gone", worker_id, threshold)
+            self.registry.stop(worker_id)
+        return gone
+
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        """Sweep every `sweep_interval_seconds` until `stop` is set; a failed pass is logged and retried."""
+        stop = stop or threading.Event()
+        log.info("sweeper running every %.1fs", self.settings.sweep_interval_seconds)
+        while True:
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("sweep failed; retrying next interval")
+            if stop.wait(self.settings.sweep_interval_seconds):
+                return
+
+
+def register(app: Celery, settings: Settings) -> None:
+    """Add the sweep task to a (CPU) Celery app, built lazily on its first run."""
+    holder: dict[str, Sweeper] = {}
+
+    @app.task(name=SWEEP_TASK, ignore_result=True, acks_late=False)
+    def sweep() -> None:
+        if "sweeper" not in holder:
+            holder["sweeper"] = Sweeper.from_settings(settings, celery=app)
+        holder["sweeper"].sweep()
+
+    app.conf.beat_schedule = {
+        **(app.conf.beat_schedule or {}),
+        "unipic-sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds},
+    }

@@ -1,0 +1,207 @@
+"""Webhook delivery: the dispatcher that drains the outbox, its policy, and its Celery tasks.
+
+A beat entry runs `unipic.cpu.dispatch_webhooks` about every second on the CPU webhook worker (queue
+`unipic.webhooks`; GPU workers never deliver). Each tick writes due `job.progress` events, leases due outbox
+events (`workers.webhook_store`) and delivers them in a small thread pool. For each one it:
+
+1. re-checks the URL with the SSRF guard (re-resolving the name) and connects to the checked address;
+2. renders the body fresh (`workers.webhook_payload`: result URLs presigned now) and signs it with every live
+   secret of the owner (`workers.signing`), `webhook-id` = the outbox id, stable across retries;
+3. decides: 2xx delivered; 410 Gone disables the endpoint and drops its pending events; anything else (3xx,
+   4xx, 5xx, timeout, refused connection) is retried on the schedule of `workers.backoff` or its `Retry-After`,
+   up to 8 attempts over about a day, then failed. `job.progress` is never retried. A URL the guard now refuses
+   fails at once; a name that does not resolve is retried.
+
+A worker killed mid-delivery loses nothing: the event's lease runs out and the next tick sends it again with the
+same `webhook-id`. Time is injected (`clock`) so tests drive the schedule without sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.batch_completion import batch_counts
+from storage.errors import NotFound
+from storage.keys import KeyStore
+from storage.objects import ObjectStore
+from storage.records import BatchRecord, JobRecord
+from storage.routing import DELIVER_WEBHOOK_TASK, DISPATCH_WEBHOOKS_TASK, WEBHOOK_QUEUE
+from storage.settings import Settings
+from storage.ssrf import Resolver, UnresolvableWebhookUrl, UnsafeWebhookUrl, check_webhook_url
+from storage.tables import Batch, Job, utcnow
+from workers import backoff
+from workers.delivery import SendResult, post_webhook
+from workers.signing import webhook_headers
+from workers.webhook_payload import batch_data, job_data, render_body
+from workers.webhook_progress import emit_progress_events
+from workers.webhook_store import AttemptOutcome, ClaimedEvent, WebhookStore
+
+log = logging.getLogger(__name__)
+
+DISPATCH_INTERVAL_SECONDS = 1.0
+PROGRESS_INTERVAL_SECONDS = 3.0
+CLAIM_LIMIT = 16
+CONCURRENCY = 8
+
+
+def lease_seconds(settings: Settings) -> float:
+    """How long a claimed event is held: past the longest attempt the timeout allows, plus a margin."""
+    return 2 * settings.webhook_timeout_seconds + 5.0
+
+
+class WebhookDispatcher:
+    """Claims due outbox events and delivers them; one per worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        object_store: ObjectStore,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        resolver: Resolver | None = None,
+        rng: random.Random | None = None,
+        progress_interval: float = PROGRESS_INTERVAL_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.sessions = session_factory
+        self.objects = object_store
+        self.clock = clock
+        self.resolver = resolver
+        self.rng = rng or random.Random()
+        self.progress_interval = progress_interval
+        self.store = WebhookStore(session_factory, lease_seconds(settings), progress_interval)
+        self.keys = KeyStore(session_factory)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookDispatcher:
+        """A dispatcher with its own engine and object store (one per worker process)."""
+        from storage.db import make_engine, make_session_factory
+        from storage.objects import make_object_store
+
+        return cls(settings, make_session_factory(make_engine(settings)), make_object_store(settings))
+
+    def dispatch_due(self, limit: int = CLAIM_LIMIT) -> dict[str, int]:
+        """One tick: emit progress events, claim what is due, deliver it. Returns counts per final status."""
+        emit_progress_events(self.sessions, self.clock(), self.progress_interval)
+        events = self.store.claim_due(self.clock(), limit)
+        if len(events) <= 1:
+            outcomes = [self.deliver(e) for e in events]
+        else:
+            with ThreadPoolExecutor(max_workers=min(CONCURRENCY, len(events))) as pool:
+                outcomes = list(pool.map(self.deliver, events))
+        counts: dict[str, int] = {}
+        for outcome in outcomes:
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
+
+    def deliver_one(self, event_id: str) -> str | None:
+        """Claim and deliver one event if it is due now; None when it is not (or another worker holds it)."""
+        events = self.store.claim_due(self.clock(), 1, event_id=event_id)
+        return self.deliver(events[0]) if events else None
+
+    def deliver(self, event: ClaimedEvent) -> str:
+        """Send one leased event and record the outcome; returns the event's status afterwards."""
+        try:
+            target = check_webhook_url(event.url, self.settings, self.resolver)
+        except UnresolvableWebhookUrl as exc:
+            return self._settle(event, SendResult(None, 0.0, error=exc.message))
+        except UnsafeWebhookUrl as exc:
+            log.warning("webhook %s refused by the SSRF guard job=%s: %s", event.id, event.job_id, exc.message)
+            return self._finish(event, SendResult(None, 0.0, error=exc.message), "failed", None)
+        secrets = self._secrets(event.owner_id)
+        if not secrets:
+            return self._finish(event, SendResult(None, 0.0, error="owner has no signing secret"), "failed", None)
+        body = render_body(event.event_type, event.payload, self._data(event))
+        timestamp = int(self.clock().timestamp())
+        headers = webhook_headers(secrets, event.id, timestamp, body)
+        result = post_webhook(target, headers, body, self.settings.webhook_timeout_seconds)
+        log.info("webhook %s %s attempt %d -> %s job=%s batch=%s", event.id, event.event_type, event.attempt,
+                 result.status_code or result.error, event.job_id, event.batch_id)
+        return self._settle(event, result)
+
+    def _settle(self, event: ClaimedEvent, result: SendResult) -> str:
+        now = self.clock()
+        if result.ok:
+            return self._finish(event, result, "delivered", None)
+        if result.status_code == 410:
+            self._finish(event, result, "failed", None)
+            dropped = self.store.disable_endpoint(event.owner_id, event.url, "410 Gone", now)
+            log.warning("webhook endpoint disabled (410 Gone) owner=%s, %d pending events dropped",
+                        event.owner_id, dropped)
+            return "failed"
+        if event.event_type == "job.progress":
+            return self._finish(event, result, "failed", None)
+        retry_at = backoff.next_attempt_at(now, event.attempt, result.retry_after, self.rng)
+        return self._finish(event, result, "pending" if retry_at else "failed", retry_at)
+
+    def _finish(self, event: ClaimedEvent, result: SendResult, status: str, retry_at: datetime | None) -> str:
+        outcome = AttemptOutcome(result.status_code, result.latency_ms, result.snippet, result.error)
+        if not self.store.finish(event, outcome, status, retry_at, self.clock()):
+            log.warning("webhook %s: lease lost before attempt %d was recorded", event.id, event.attempt)
+            return "lost"
+        return status
+
+    def _secrets(self, owner_id: str) -> list[str]:
+        try:
+            return self.keys.get(owner_id).webhook_secrets(self.clock())
+        except NotFound:
+            return []
+
+    def _data(self, event: ClaimedEvent) -> dict[str, Any]:
+        snapshot = dict(event.payload.get("data") or {})
+        expiry = self.settings.presign_expiry_seconds
+        with self.sessions() as session:
+            if event.job_id is not None:
+                job = session.get(Job, event.job_id)
+                if job is not None:
+                    return job_data(JobRecord.of(job), snapshot, self.objects, expiry)
+            elif event.batch_id is not None:
+                batch = session.get(Batch, event.batch_id)
+                if batch is not None:
+                    record = BatchRecord.of(batch, batch_counts(session, batch.id))
+                    return batch_data(record, snapshot, self.objects, expiry)
+        return snapshot  # the row is gone: send what the outbox recorded
+
+
+# -- Celery wiring ------------------------------------------------------------------------------------------------
+def register(app: Celery, settings: Settings) -> None:
+    """Add the dispatch and single-delivery tasks and the beat tick to a (CPU) Celery app.
+
+    The dispatcher (engine, object store) is built on the first run in each worker process, after the fork.
+    """
+    holder: dict[str, WebhookDispatcher] = {}
+
+    def dispatcher() -> WebhookDispatcher:
+        if "dispatcher" not in holder:
+            holder["dispatcher"] = WebhookDispatcher.from_settings(settings)
+        return holder["dispatcher"]
+
+    @app.task(name=DISPATCH_WEBHOOKS_TASK, ignore_result=True, acks_late=False)
+    def dispatch_webhooks() -> dict[str, int]:
+        return dispatcher().dispatch_due()
+
+    @app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True, acks_late=False)
+    def deliver_webhook(event_id: str) -> str | None:
+        return dispatcher().deliver_one(event_id)
+
+    app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **beat_schedule()}
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    """One dispatch tick per second; a tick nobody picked up within 5 s expires (the next one comes anyway)."""
+    return {
+        "unipic-dispatch-webhooks": {
+            "task": DISPATCH_WEBHOOKS_TASK,
+            "schedule": DISPATCH_INTERVAL_SECONDS,
+            "options": {"queue": WEBHOOK_QUEUE, "expires": 5.0},
+        }
+    }
