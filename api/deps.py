@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -17,7 +17,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.errors import ApiError
 from api.services import Services
 
-_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+ID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_ID = re.compile(ID_PATTERN.strip("^$"))
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer upk_...`")
 
 
@@ -29,6 +30,34 @@ class Caller:
     name: str
     rate_limit_per_minute: int | None = None
     max_active_jobs: int | None = None
+
+
+def reject_unknown_query(request: Request) -> None:
+    """422 for query parameters the route does not declare (a typo like `?stauts=` must not pass silently)."""
+    route = request.scope.get("route")
+    allowed = _declared_query(route)
+    for name in request.query_params:
+        if name not in allowed:
+            raise ApiError(422, "validation_error", f"unknown query parameter {name[:100]!r}", name[:100])
+
+
+def _declared_query(route: object) -> frozenset[str]:
+    cached = getattr(route, "_unipic_query_names", None)
+    if cached is None:
+        dependant = getattr(route, "dependant", None)
+        cached = frozenset(_query_names(dependant)) if dependant is not None else frozenset()
+        try:
+            route._unipic_query_names = cached  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+    return cached
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
 
 
 def get_services(request: Request) -> Services:

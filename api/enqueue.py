@@ -40,9 +40,11 @@ def make_sender(settings: Settings) -> Celery:
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
-        broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 3, "max_retries": 2},
         timezone="UTC",
     )
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # fail fast when Redis is down: the job is safe in Postgres and the sweeper re-enqueues it
+        app.conf.broker_transport_options = {"socket_timeout": 5, "socket_connect_timeout": 3, "max_retries": 2}
     return app
 
 

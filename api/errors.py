@@ -119,7 +119,7 @@ def from_validation_errors(errors: list[Any], prefix: str = "") -> ApiError:
         return validation_error(f"{prefix}invalid request".strip())
     first = errors[0]
     loc = [p for p in first.get("loc", ()) if not _is_union_tag(p)]
-    field = field_path(loc)
+    field = "kind" if first.get("type") in ("union_tag_not_found", "union_tag_invalid") else field_path(loc)
     message = str(first.get("msg", "invalid value"))
     if field:
         message = f"{field}: {message}"

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
-from api.schemas import JOB_CREATE, BatchCreate, ErrorOut
+from api.schemas import JOB_CREATE, BatchCreate, EditCreate, ErrorOut, GenerateCreate, UnderstandCreate
 
 REF = "#/components/schemas/{model}"
 DESCRIPTIONS = {
@@ -45,13 +45,16 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def json_or_multipart_body() -> dict[str, Any]:
     """The request body of `POST /v1/jobs`."""
+    fields = {name: {"type": "string"} for model in (GenerateCreate, EditCreate, UnderstandCreate)
+              for name in model.model_fields if name != "image"}
     multipart = {
         "type": "object",
         "properties": {
+            **fields,
             "image": {"type": "string", "format": "binary", "description": "The input image (edit, understand)"},
             "request": {"type": "string", "description": "The job as JSON (`JobCreate` without `image`)"},
-            "kind": {"type": "string", "enum": ["generate", "edit", "understand"]},
         },
+        "additionalProperties": False,
         "description": "An `image` file part plus either a `request` JSON part or the job's fields as form fields",
     }
     return {"requestBody": {"required": True, "content": {

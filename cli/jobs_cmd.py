@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -16,6 +17,8 @@ from cli.waiting import wait_job
 
 app = typer.Typer(no_args_is_help=True, help="List, show, wait for and cancel jobs")
 console = Console()
+if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+    console = Console(width=200)
 
 
 @app.command("list")
@@ -37,9 +40,12 @@ def list_jobs(
     if as_json:
         typer.echo(dumps(page))
         return
-    table = Table("id", "kind", "status", "progress", "created", "custom_id", "error")
+    table = Table(box=box.SIMPLE)
+    table.add_column("id", no_wrap=True, min_width=36)  # ids are what people copy: never cut them
+    for name in ("kind", "status", "progress", "created", "custom_id", "error"):
+        table.add_column(name)
     for job in page.get("data") or []:
-        table.add_row(job["id"], job["kind"], job["status"], _progress_text(job), str(job.get("created_at", "")),
+        table.add_row(job["id"], job["kind"], job["status"], _progress_text(job), _short_time(job.get("created_at")),
                       job.get("custom_id") or "", (job.get("error") or {}).get("code") or "")
     console.print(table)
     if page.get("next_cursor"):
@@ -93,12 +99,11 @@ def workers(
     if as_json:
         typer.echo(dumps(answer))
         return
-    table = Table("worker", "device", "model", "kinds", "batches", "jobs", "last heartbeat", "status")
+    table = Table("worker", "device", "model", "serves", "batches", "jobs", "heartbeat", box=box.SIMPLE)
     for w in _items(answer):
-        table.add_row(str(w.get("id") or w.get("worker_id")), str(w.get("device", "")), str(w.get("model_id", "")),
+        table.add_row(str(w.get("id")), str(w.get("device") or ""), str(w.get("model_id") or ""),
                       ",".join(w.get("kinds") or []), str(w.get("batches_served", "")),
-                      str(w.get("jobs_served", "")), str(w.get("last_heartbeat_at", "")),
-                      str(w.get("status", "live" if w.get("live", True) else "gone")))
+                      str(w.get("jobs_served", "")), f"{w['heartbeat_age_s']} s ago" if "heartbeat_age_s" in w else "")
     console.print(table)
 
 
@@ -106,6 +111,11 @@ def _items(answer: Any) -> list[dict[str, Any]]:
     if isinstance(answer, list):
         return answer
     return answer.get("data") or []
+
+
+def _short_time(value: Any) -> str:
+    """`2026-11-23T10:51:40.123+00:00` -> `2026-11-23 10:51:40`."""
+    return str(value or "").replace("T", " ")[:19]
 
 
 def _progress_text(job: dict[str, Any]) -> str:

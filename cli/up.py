@@ -9,8 +9,12 @@ Every child is a `unipic` subcommand, so what `up` runs is exactly what compose.
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
+import re
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -23,6 +27,7 @@ from cli.runtime import DataDir, settings_for
 from cli.supervisor import ChildSpec, Supervisor
 
 READY_TIMEOUT_S = 300.0
+_KEY_IN_QUERY = re.compile(r"([?&]key=)[^&\s]+")
 
 
 def register(app: typer.Typer) -> None:
@@ -41,6 +46,7 @@ def up(
 ) -> None:
     """Run the whole stack (API, model worker, webhook worker + sweeper) until Ctrl-C."""
     settings = settings_for(data_dir, **({"model": model} if model else {}))
+    _check_port(host, port)
     _check_model(settings.model)
     _migrate(settings)
     key = _first_key(settings)
@@ -67,14 +73,15 @@ def api(
 
     settings = settings_for(data_dir)
     _configure_logging(log_level)
+    options: dict[str, Any] = dict(host=host, port=port, log_level=log_level, proxy_headers=True,
+                                   log_config=_uvicorn_log_config())
     if workers == 1:
         from api.app import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, proxy_headers=True)
+        uvicorn.run(create_app(settings), **options)
     else:  # each process builds its own app from the environment
         os.environ["UNIPIC_DATA_DIR"] = str(settings.data_dir.expanduser().resolve())
-        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level, proxy_headers=True)
+        uvicorn.run("api.app:create_app_from_env", factory=True, workers=workers, **options)
 
 
 # ---- steps of `up` ----------------------------------------------------------------------------------------------
@@ -87,6 +94,18 @@ def _check_model(source: str) -> None:
     except WeightsUnavailable as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
+
+
+def _check_port(host: str, port: int) -> None:
+    """Exit with a clear message when the API's address is taken (another stack would answer our probes)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is fine
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            typer.secho(f"error: cannot listen on {host}:{port}: {exc.strerror}; pick another --port",
+                        err=True, fg="red")
+            raise typer.Exit(1) from None
 
 
 def _migrate(settings: Any) -> None:
@@ -129,13 +148,10 @@ def _children(settings: Any, host: str, port: int, device: str, base: str) -> li
     env.setdefault("UNIPIC_PUBLIC_URL", base)
     env.setdefault("PYTHONUNBUFFERED", "1")
     unipic = [sys.executable, "-m", "cli.main"]
-    schedule = settings.data_dir.expanduser().resolve() / "celerybeat-schedule"
     return [
         ChildSpec("api", [*unipic, "api", "--host", host, "--port", str(port)], env),
         ChildSpec("worker", [*unipic, "worker", "--device", device], env),
-        ChildSpec("webhooks", [sys.executable, "-m", "celery", "-A", "workers.cpu", "worker", "--beat",
-                               "--schedule", str(schedule), "--pool", "threads", "--concurrency", "4",
-                               "--hostname", "cpu@%h", "--loglevel", "INFO"], env),
+        ChildSpec("webhooks", [*unipic, "cpu-worker", "--beat"], env),
     ]
 
 
@@ -174,7 +190,23 @@ def _banner(supervisor: Supervisor, settings: Any, base: str, key: str | None) -
         supervisor.say("up", line)
 
 
-def _configure_logging(level: str) -> None:
-    import logging
+class RedactKeys(logging.Filter):
+    """Hide `key=` query values (the status page's one-time sign-in link) in uvicorn's access log."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_KEY_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def _uvicorn_log_config() -> dict[str, Any]:
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_keys"] = {"()": "cli.up.RedactKeys"}
+    config["handlers"]["access"]["filters"] = ["redact_keys"]
+    return config
+
+
+def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

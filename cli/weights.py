@@ -12,6 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+# the files model.checkpoint.resolve fetches (copied: that module imports torch, which `up` must not)
+WEIGHT_FILES = ("pytorch_model.bin", "kl16.ckpt")
+ALLOW_PATTERNS = [*WEIGHT_FILES, "*.json", "merges.txt", "vocab.json"]
+
+
 class WeightsUnavailable(RuntimeError):
     """The model named by the source cannot be loaded on this machine."""
 
@@ -33,18 +38,20 @@ def ensure_weights(source: str, echo: Callable[[str], None] = print) -> str:
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
-        return snapshot_download(source, local_files_only=True)
+        cached = Path(snapshot_download(source, allow_patterns=ALLOW_PATTERNS, local_files_only=True))
+        if all((cached / name).exists() for name in WEIGHT_FILES):
+            return str(cached)
     except HFValidationError as exc:
         raise WeightsUnavailable(f"{source!r} is neither 'tiny', a directory nor a repo id: {exc}") from None
     except LocalEntryNotFoundError:
         pass
-    hint = (f"download it once with `huggingface-cli download {source}` (or `unipic model download {source}`) on "
-            "a machine with network access and point HF_HOME at that cache, or use `--model tiny` for a smoke run")
+    hint = (f"download it once with `huggingface-cli download {source}` where the hub is reachable (HF_HOME "
+            "names the cache), pass a local directory with --model, or use `--model tiny` for a smoke run")
     if _offline():
         raise WeightsUnavailable(f"the weights of {source} are not in the local Hugging Face cache and "
                                  f"HF_HUB_OFFLINE is set; {hint}")
     echo(f"downloading {source} into the Hugging Face cache (once per machine)...")
     try:
-        return snapshot_download(source)
+        return snapshot_download(source, allow_patterns=ALLOW_PATTERNS)
     except Exception as exc:  # network, auth, missing repo: all end the same way for the user
         raise WeightsUnavailable(f"could not download {source}: {type(exc).__name__}: {exc}; {hint}") from None

@@ -243,19 +243,20 @@ def check_keys(model_shapes: dict[str, tuple], got: dict[str, tuple], vae_got: d
 
 
 def build_empty(cfg: UniPicConfig, device: torch.device, dtype: torch.dtype) -> UniPic:
+    """The module tree with uninitialised parameters on `device` (no host-side init of 1.5 B weights)."""
     with torch.device("meta"):
         model = UniPic(cfg)
     model = model.to(dtype).to_empty(device=device)
     model.tie_lm_head()
+    model.reset_rotary(device)
     return model.eval().requires_grad_(False)
 
 
 def build_random(cfg: UniPicConfig, seed: int, device: torch.device, dtype: torch.dtype) -> UniPic:
     """Random weights from a fixed seed (built on CPU in float32 so every process gets the same values)."""
-    model = UniPic(cfg)
+    model = build_empty(cfg, torch.device("cpu"), torch.float32)
     init_random_(model, seed)
-    model.tie_lm_head()
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return model.to(device=device, dtype=dtype)
 
 
 def load_weights(directory: Path, cfg: UniPicConfig, device: torch.device, dtype: torch.dtype) -> UniPic:
@@ -296,6 +297,11 @@ def load_model(source: str, device: str | torch.device = "cpu", dtype: str | tor
     if source == "tiny":
         model = build_random(TINY, TINY_SEED, dev, dt)
         return LoadedModel(model, TINY, None, "tiny", f"random-seed{TINY_SEED}", TINY.repetition_penalty)
+    if source.startswith("random:"):  # benchmarks: random weights drawn on the target device (not portable)
+        cfg = get_config(source.split(":", 1)[1])
+        model = build_empty(cfg, dev, dt)
+        init_random_(model, TINY_SEED)
+        return LoadedModel(model, cfg, None, source, "random", cfg.repetition_penalty)
     directory, model_id, revision = resolve(source)
     conf = _read_config_file(directory)
     try:

@@ -102,8 +102,9 @@ class QwenRunner:
             keys, values = kv.keys[i][:, :, :end], kv.values[i][:, :, :end]
             if mask is None:
                 out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
-            else:
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+            else:  # expand kv heads: the masked (memory-efficient) CUDA kernels take no GQA flag
+                keys, values = (t.repeat_interleave(nh // nkv, dim=1) for t in (keys, values))
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(r, q_len, hidden))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.llm.model.norm(x)

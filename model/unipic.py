@@ -19,11 +19,20 @@ def bridge(cin: int, hidden: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(cin, hidden), nn.SiLU(), nn.Linear(hidden, cout))
 
 
+class SiglipTower(nn.Module):
+    """Holds the vision transformer as `vision_model` so keys read `siglip2.vision_model.*` as in the checkpoint
+    (transformers 5 flattened `SiglipVisionModel`, older versions nest it under `vision_model`)."""
+
+    def __init__(self, vision: nn.Module) -> None:
+        super().__init__()
+        self.vision_model = getattr(vision, "vision_model", vision)
+
+
 def build_siglip(cfg: UniPicConfig) -> nn.Module:
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     s = cfg.siglip
-    return SiglipVisionModel(
+    return SiglipTower(SiglipVisionModel(
         SiglipVisionConfig(
             hidden_size=s.hidden_size,
             intermediate_size=s.intermediate_size,
@@ -34,7 +43,7 @@ def build_siglip(cfg: UniPicConfig) -> nn.Module:
             layer_norm_eps=1e-6,
             hidden_act="gelu_pytorch_tanh",
         )
-    )
+    ))
 
 
 class UniPic(nn.Module):
@@ -53,6 +62,11 @@ class UniPic(nn.Module):
 
     def tie_lm_head(self) -> None:
         self.llm.lm_head.weight = self.llm.model.embed_tokens.weight
+
+    def reset_rotary(self, device: torch.device) -> None:
+        """Recreate HF's non-persistent rotary buffers (left uninitialised by a meta-device build)."""
+        rotary = self.llm.model.rotary_emb
+        self.llm.model.rotary_emb = type(rotary)(config=self.llm.config).to(device)
 
 
 def module_parameter_counts(model: UniPic) -> dict[str, int]:
@@ -80,7 +94,8 @@ def init_random_(model: UniPic, seed: int) -> None:
 
     Norm weights 1, biases and ≥2-D weights ~ N(0, σ) with σ = fan_in^-1/2 (0.02 for embedding tables).
     """
-    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     tables = ("embed_tokens", "pos_embed", "fake_latent", "mask_token", "class_emb", "position_embedding")
     norm_names = ("norm", "_ln", "layernorm", "layer_norm")
     with torch.no_grad():
@@ -96,4 +111,4 @@ def init_random_(model: UniPic, seed: int) -> None:
                 std = param[0].numel() ** -0.5
             else:
                 std = 0.02
-            param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32) * std)
+            param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32, device=device) * std)

@@ -27,7 +27,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 def normalize_url(url: str) -> str:
     """Use psycopg 3 for plain `postgresql://` URLs (the driver we ship)."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
+    if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
 
@@ -96,11 +96,10 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 @contextmanager
 def write_session(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose transaction takes SQLite's write lock at BEGIN (no-op on Postgres); commits on success."""
-    with factory() as session:
-        with session.begin():
-            if is_sqlite(session.get_bind()):  # type: ignore[arg-type]
-                session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})
-            yield session
+    with factory() as session, session.begin():
+        if is_sqlite(session.get_bind()):  # type: ignore[arg-type]
+            session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})
+        yield session
 
 
 def create_schema_if_needed(engine: Engine, schema: str = "") -> None:

@@ -89,8 +89,13 @@ class RedisEphemeral:
         self.client.publish(self.prefix + channel, json.dumps(event))
 
     def subscribe(self, channel: str) -> Subscription:
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.client.pubsub()
         pubsub.subscribe(self.prefix + channel)
+        # wait for the confirmation, so events published after subscribe() returns are never missed
+        confirmation = pubsub.get_message(timeout=5)
+        if confirmation is None or confirmation["type"] != "subscribe":
+            pubsub.close()
+            raise ConnectionError(f"redis did not confirm the subscription to {channel}")
         return _RedisSubscription(pubsub)
 
     def ping(self) -> None:
@@ -102,8 +107,13 @@ class _RedisSubscription:
         self.pubsub = pubsub
 
     def get(self, timeout: float) -> dict[str, Any] | None:
-        message = self.pubsub.get_message(timeout=timeout)
-        return json.loads(message["data"]) if message else None
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.pubsub.get_message(timeout=max(deadline - time.monotonic(), 0))
+            if message is not None and message["type"] == "message":
+                return dict(json.loads(message["data"]))
+            if time.monotonic() >= deadline:
+                return None
 
     def close(self) -> None:
         self.pubsub.close()

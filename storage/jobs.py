@@ -28,21 +28,22 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from storage.batch_completion import finish_batch_if_done
 from storage.db import write_session
-from storage.errors import IdempotencyConflict, IllegalTransition, NotFound
+from storage.errors import Conflict, IdempotencyConflict, IllegalTransition, NotFound
 from storage.ids import new_id
+from storage.job_queries import ACTIVE_STATUSES, JobQueries
 from storage.outbox import OutboxWriter
 from storage.records import BatchRecord, Claim, JobRecord, NewBatch, NewJob
-from storage.tables import JOB_STATUSES, TERMINAL_STATUSES, Batch, Job, utcnow
+from storage.tables import TERMINAL_STATUSES, Batch, Job, utcnow
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATUSES = ("queued", "running")
+__all__ = ["ACTIVE_STATUSES", "Claim", "JobRecord", "JobStore", "NewBatch", "NewJob", "pixels_of"]
 
 
 def pixels_of(kind: str, params: dict[str, Any]) -> int:
@@ -53,11 +54,8 @@ def pixels_of(kind: str, params: dict[str, Any]) -> int:
     return int(params.get("width", 0)) * int(params.get("height", 0)) * int(params.get("num_images", 1))
 
 
-class JobStore:
+class JobStore(JobQueries):
     """Creates, reads and moves jobs. Thread-safe: every call runs in its own session and transaction."""
-
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
-        self.sessions = session_factory
 
     # ---- creating -------------------------------------------------------------------------------------------
     def create(self, new: NewJob) -> JobRecord:
@@ -114,100 +112,22 @@ class JobStore:
                 batch_record = BatchRecord.of(batch_row, {"queued": len(news)})
             values = [self._values(n, now, batch_id) for n in news]
             if values:
-                s.execute(Job.__table__.insert(), [_column_values(v) for v in values])
+                s.execute(insert(_JOBS_TABLE), [_column_values(v) for v in values])
         records = [_record_from_values(v) for v in values]
         log.info("created %d jobs batch=%s", len(records), batch_id)
         return batch_record, records
 
     @staticmethod
     def _values(new: NewJob, now: datetime, batch_id: str | None) -> dict[str, Any]:
-        return dict(
-            id=new.id or new_id(), owner_id=new.owner_id, batch_id=batch_id, custom_id=new.custom_id,
-            kind=new.kind, status="queued", priority=new.priority, params=new.params,
-            compat_key=new.compat_key, queue=new.queue, attempts=0, max_attempts=new.max_attempts,
-            cancel_requested=False, created_at=now, queued_at=now, deadline_at=new.deadline_at,
-            seed=new.seed, webhook_url=new.webhook_url, webhook_events=new.webhook_events,
-            metadata_=new.metadata, idempotency_key=new.idempotency_key, request_hash=new.request_hash,
-            input_key=new.input_key, pixels=new.pixels or pixels_of(new.kind, new.params),
-        )
-
-    # ---- reading --------------------------------------------------------------------------------------------
-    def get(self, job_id: str, owner_id: str | None = None) -> JobRecord:
-        """The job; `NotFound` if it does not exist or belongs to another owner."""
-        with self.sessions() as s:
-            row = s.get(Job, job_id)
-            if row is None or (owner_id is not None and row.owner_id != owner_id):
-                raise NotFound(f"job {job_id} not found")
-            return JobRecord.of(row)
-
-    def get_many(self, job_ids: Iterable[str]) -> builtins.list[JobRecord]:
-        """The jobs that exist among `job_ids`, in the order given."""
-        ids = builtins.list(job_ids)
-        with self.sessions() as s:
-            rows = {r.id: r for r in s.scalars(select(Job).where(Job.id.in_(ids)))}
-            return [JobRecord.of(rows[i]) for i in ids if i in rows]
-
-    def list(
-        self, owner_id: str, status: str | None = None, kind: str | None = None, batch_id: str | None = None,
-        created_after: datetime | None = None, created_before: datetime | None = None,
-        cursor: str | None = None, limit: int = 50,
-    ) -> tuple[builtins.list[JobRecord], str | None]:
-        """Newest first. `cursor` is the last id of the previous page; the next cursor is None at the end."""
-        stmt = select(Job).where(Job.owner_id == owner_id)
-        for column, value in ((Job.status, status), (Job.kind, kind), (Job.batch_id, batch_id)):
-            if value is not None:
-                stmt = stmt.where(column == value)
-        if created_after is not None:
-            stmt = stmt.where(Job.created_at >= created_after)
-        if created_before is not None:
-            stmt = stmt.where(Job.created_at < created_before)
-        if cursor:
-            stmt = stmt.where(Job.id < cursor)
-        stmt = stmt.order_by(Job.id.desc()).limit(limit + 1)
-        with self.sessions() as s:
-            rows = builtins.list(s.scalars(stmt))
-        page = [JobRecord.of(r) for r in rows[:limit]]
-        return page, (page[-1].id if len(rows) > limit else None)
-
-    def counts_by_status(self, owner_id: str | None = None) -> dict[str, int]:
-        """Number of jobs per status (every status present, zeros included)."""
-        stmt = select(Job.status, func.count()).group_by(Job.status)
-        if owner_id is not None:
-            stmt = stmt.where(Job.owner_id == owner_id)
-        counts = dict.fromkeys(JOB_STATUSES, 0)
-        with self.sessions() as s:
-            counts.update({status: n for status, n in s.execute(stmt).all()})
-        return counts
-
-    def active_count(self, owner_id: str | None = None) -> int:
-        """Queued plus running jobs (quota and backpressure checks)."""
-        stmt = select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE_STATUSES))
-        if owner_id is not None:
-            stmt = stmt.where(Job.owner_id == owner_id)
-        with self.sessions() as s:
-            return int(s.scalar(stmt) or 0)
-
-    def queue_position(self, job: JobRecord) -> int:
-        """How many queued jobs in the same queue come before this one (0 = next); 0 if not queued."""
-        if job.status != "queued":
-            return 0
-        ahead = or_(
-            Job.priority > job.priority,
-            and_(Job.priority == job.priority, Job.created_at < job.created_at),
-            and_(Job.priority == job.priority, Job.created_at == job.created_at, Job.id < job.id),
-        )
-        stmt = select(func.count()).select_from(Job).where(Job.status == "queued", Job.queue == job.queue, ahead)
-        with self.sessions() as s:
-            return int(s.scalar(stmt) or 0)
-
-    def cancel_requested_ids(self, job_ids: Iterable[str]) -> set[str]:
-        """Those of `job_ids` whose owner asked to cancel them (the worker drops them between steps)."""
-        ids = builtins.list(job_ids)
-        if not ids:
-            return set()
-        stmt = select(Job.id).where(Job.id.in_(ids), Job.cancel_requested.is_(True))
-        with self.sessions() as s:
-            return set(s.scalars(stmt))
+        return {
+            "id": new.id or new_id(), "owner_id": new.owner_id, "batch_id": batch_id, "custom_id": new.custom_id,
+            "kind": new.kind, "status": "queued", "priority": new.priority, "params": new.params,
+            "compat_key": new.compat_key, "queue": new.queue, "attempts": 0, "max_attempts": new.max_attempts,
+            "cancel_requested": False, "created_at": now, "queued_at": now, "deadline_at": new.deadline_at,
+            "seed": new.seed, "webhook_url": new.webhook_url, "webhook_events": new.webhook_events,
+            "metadata_": new.metadata, "idempotency_key": new.idempotency_key, "request_hash": new.request_hash,
+            "input_key": new.input_key, "pixels": new.pixels or pixels_of(new.kind, new.params),
+        }
 
     # ---- claiming and leases --------------------------------------------------------------------------------
     def claim_batch(
@@ -331,37 +251,46 @@ class JobStore:
     def request_cancel(self, job_id: str, owner_id: str | None) -> JobRecord:
         """Owner's cancel: queued -> canceled at once; running -> cancel_requested (the worker acknowledges);
         terminal -> `IllegalTransition`; missing or another owner's -> `NotFound`."""
-        now = utcnow()
-        with write_session(self.sessions) as s:
-            row = s.get(Job, job_id)
-            if row is None or (owner_id is not None and row.owner_id != owner_id):
-                raise NotFound(f"job {job_id} not found")
-            if row.status in TERMINAL_STATUSES:
-                raise IllegalTransition(f"job {job_id} is already {row.status}", status=row.status)
-            if row.status == "queued":
-                updated = _cas(s, job_id, "queued", None, status="canceled", finished_at=now,
-                               error_code="canceled", error_message="canceled by request")
-                if updated is not None:
-                    outbox = OutboxWriter(s)
-                    outbox.job_event(updated, "job.canceled", now)
-                    finish_batch_if_done(s, outbox, updated.batch_id, now)
-                    log.info("job %s canceled while queued", job_id)
-                    return JobRecord.of(updated)
+        for _ in range(5):  # a concurrent claim or finish moved it: look again
+            with write_session(self.sessions) as s:
+                record = self._cancel_once(s, job_id, owner_id, utcnow())
+            if record is not None:
+                return record
+        raise Conflict(f"job {job_id} keeps changing state; retry the cancel")
+
+    @staticmethod
+    def _cancel_once(s: Session, job_id: str, owner_id: str | None, now: datetime) -> JobRecord | None:
+        row = s.get(Job, job_id, populate_existing=True)
+        if row is None or (owner_id is not None and row.owner_id != owner_id):
+            raise NotFound(f"job {job_id} not found")
+        if row.status in TERMINAL_STATUSES:
+            raise IllegalTransition(f"job {job_id} is already {row.status}", status=row.status)
+        if row.status == "running":
             updated = _cas(s, job_id, "running", row.lease_token, cancel_requested=True)
-            if updated is None:  # it moved under us (SQLite can't: we hold the write lock)
-                raise IllegalTransition(f"job {job_id} changed state, retry", status=row.status)
-            log.info("job %s cancel requested while running on %s", job_id, updated.worker_id)
-            return JobRecord.of(updated)
+            if updated is not None:
+                log.info("job %s cancel requested while running on %s", job_id, updated.worker_id)
+                return JobRecord.of(updated)
+            return None
+        updated = _cas(s, job_id, "queued", None, status="canceled", finished_at=now,
+                       error_code="canceled", error_message="canceled by request")
+        if updated is None:
+            return None
+        outbox = OutboxWriter(s)
+        outbox.job_event(updated, "job.canceled", now)
+        finish_batch_if_done(s, outbox, updated.batch_id, now)
+        log.info("job %s canceled while queued", job_id)
+        return JobRecord.of(updated)
 
     # ---- sweeping -------------------------------------------------------------------------------------------
-    def requeue_expired(self, now: datetime | None = None) -> builtins.list[str]:
-        """Running jobs whose lease expired: back to queued with attempts+1, or failed `worker_lost` once
-        attempts reach max_attempts. Returns the ids put back in the queue (re-enqueue them)."""
+    def requeue_expired(self, now: datetime | None = None, limit: int = 500) -> builtins.list[str]:
+        """Running jobs whose lease expired (oldest first, up to `limit` per call): back to queued with
+        attempts+1, or failed `worker_lost` once attempts reach max_attempts. Returns the ids put back in
+        the queue (re-enqueue them)."""
         now = now or utcnow()
         requeued = []
         with write_session(self.sessions) as s:
             stmt = (select(Job).where(Job.status == "running", Job.lease_expires_at < now)
-                    .with_for_update(skip_locked=True))
+                    .order_by(Job.lease_expires_at).limit(limit).with_for_update(skip_locked=True))
             outbox = OutboxWriter(s)
             for row in builtins.list(s.scalars(stmt)):
                 attempts, lost_worker = row.attempts + 1, row.worker_id
@@ -380,13 +309,13 @@ class JobStore:
                     log.warning("job %s lease expired on %s, requeued (attempt %d)", row.id, lost_worker, attempts)
         return requeued
 
-    def expire_overdue(self, now: datetime | None = None) -> builtins.list[str]:
+    def expire_overdue(self, now: datetime | None = None, limit: int = 1000) -> builtins.list[str]:
         """Queued jobs past their deadline -> expired (webhook event `job.failed` with status expired)."""
         now = now or utcnow()
         expired = []
         with write_session(self.sessions) as s:
             stmt = (select(Job.id).where(Job.status == "queued", Job.deadline_at < now)
-                    .with_for_update(skip_locked=True))
+                    .order_by(Job.deadline_at).limit(limit).with_for_update(skip_locked=True))
             outbox = OutboxWriter(s)
             for job_id in builtins.list(s.scalars(stmt)):
                 row = _cas(s, job_id, "queued", None, status="expired", finished_at=now, error_code="expired",
@@ -398,15 +327,6 @@ class JobStore:
         if expired:
             log.info("expired %d overdue jobs", len(expired))
         return expired
-
-    def stale_queued(self, older_than_seconds: float, limit: int = 1000) -> builtins.list[JobRecord]:
-        """Queued jobs not enqueued for `older_than_seconds` (or never): their message may be lost."""
-        cutoff = utcnow() - timedelta(seconds=older_than_seconds)
-        stmt = (select(Job).where(Job.status == "queued")
-                .where(or_(Job.last_enqueued_at.is_(None), Job.last_enqueued_at < cutoff))
-                .order_by(Job.priority.desc(), Job.created_at).limit(limit))
-        with self.sessions() as s:
-            return [JobRecord.of(r) for r in s.scalars(stmt)]
 
     def mark_enqueued(self, job_ids: Iterable[str]) -> None:
         """Record that a message for these jobs was just sent."""
@@ -429,11 +349,13 @@ def _cas(s: Session, job_id: str, expected: str, token: str | None, **values: An
 
 
 def _requeue_values(now: datetime) -> dict[str, Any]:
-    return dict(status="queued", queued_at=now, lease_token=None, lease_expires_at=None, worker_id=None,
-                started_at=None, progress_step=None, progress_total=None, batch_size=None, last_enqueued_at=None)
+    return {"status": "queued", "queued_at": now, "lease_token": None, "lease_expires_at": None,
+            "worker_id": None, "started_at": None, "progress_step": None, "progress_total": None,
+            "batch_size": None, "last_enqueued_at": None}
 
 
 _ATTR_TO_COLUMN = {"metadata_": "metadata"}
+_JOBS_TABLE: Table = Job.__table__  # type: ignore[assignment]
 
 
 def _column_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -441,7 +363,7 @@ def _column_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _record_from_values(values: dict[str, Any]) -> JobRecord:
-    full = {c.key: None for c in Job.__mapper__.column_attrs}
+    full: dict[str, Any] = {c.key: None for c in Job.__mapper__.column_attrs}
     full.update(values)
     full["metadata"] = full.pop("metadata_")
     return JobRecord(**full)

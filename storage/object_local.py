@@ -19,7 +19,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 from urllib.parse import quote, urlencode
 
 from storage.errors import ChecksumMismatch, InvalidKey, NotFound
@@ -168,7 +168,7 @@ class LocalObjectStore:
         return url, datetime.fromtimestamp(expires, UTC)
 
 
-def _copy(src: BinaryIO, dst: BinaryIO) -> None:
+def _copy(src: IO[bytes], dst: IO[bytes]) -> None:
     while chunk := src.read(1024 * 1024):
         dst.write(chunk)
 

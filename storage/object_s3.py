@@ -109,7 +109,7 @@ class S3ObjectStore:
 
     def list(self, prefix: str = "") -> builtins.list[str]:
         validate_prefix(prefix)
-        keys = []
+        keys: builtins.list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
             keys.extend(obj["Key"][len(self.prefix):] for obj in page.get("Contents", []))

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     @field_validator("storage_url")
     @classmethod
     def _storage(cls, v: str) -> str:
-        if v and not (v.startswith("s3://") or v.startswith("file://")):
+        if v and not v.startswith(("s3://", "file://")):
             raise ValueError("expected s3://bucket[/prefix] or file:///directory")
         return v
 

@@ -60,6 +60,9 @@ class EndpointRecord:
     is_default: bool
 
 
+_HAS_DEFAULT_EVENTS = hasattr(ApiKey, "default_webhook_events")
+
+
 class WebhookAdmin:
     """Owner-scoped reads and writes on webhook events and endpoints."""
 
@@ -106,14 +109,21 @@ class WebhookAdmin:
             ).all()
             return [_endpoint(r, default) for r in rows]
 
-    def set_default(self, owner_id: str, url: str | None, now: datetime | None = None) -> EndpointRecord | None:
-        """Set (or clear, with None) the key's default endpoint; returns its endpoint row."""
+    def set_default(self, owner_id: str, url: str | None, events: builtins.list[str] | None = None,
+                    now: datetime | None = None) -> EndpointRecord | None:
+        """Set (or clear, with None) the key's default endpoint and its events; returns its endpoint row.
+
+        The events are kept once `api_keys` has a `default_webhook_events` column (until then every state change
+        goes to the default URL, `storage.outbox.DEFAULT_EVENTS`).
+        """
         now = now or utcnow()
         with write_session(self.sessions) as s:
             key = s.get(ApiKey, owner_id)
             if key is None:
                 raise NotFound(f"api key {owner_id} not found")
             key.default_webhook_url = url
+            if _HAS_DEFAULT_EVENTS:
+                key.default_webhook_events = events if url else None  # type: ignore[attr-defined]
             if url is None:
                 return None
             ensure_endpoint(s, owner_id, url, now)

@@ -58,10 +58,11 @@ class WorkerRegistry:
                  queues: builtins.list[str] | None = None) -> WorkerRecord:
         """Insert or refresh this worker (a restarted worker with the same id starts anew)."""
         now = utcnow()
-        values: dict[str, Any] = dict(hostname=hostname, pid=pid, device=device, model_id=model_id,
-                                      kinds=kinds or [], max_pixels=max_pixels, max_batch=max_batch,
-                                      queues=queues or [], started_at=now, last_heartbeat_at=now,
-                                      stopped_at=None, batches_served=0, jobs_served=0)
+        values: dict[str, Any] = {
+            "hostname": hostname, "pid": pid, "device": device, "model_id": model_id, "kinds": kinds or [],
+            "max_pixels": max_pixels, "max_batch": max_batch, "queues": queues or [], "started_at": now,
+            "last_heartbeat_at": now, "stopped_at": None, "batches_served": 0, "jobs_served": 0,
+        }
         with write_session(self.sessions) as s:
             row = s.get(Worker, worker_id)
             if row is None:

@@ -25,7 +25,24 @@ os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 for _name in [n for n in os.environ if n.startswith("UNIPIC_")]:
     del os.environ[_name]  # tests build their settings explicitly
 
-PG_BASE_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+def _pg_base_url() -> str:
+    """TEST_PG_URL, else database `test` on 127.0.0.1 as `postgres`, else as the current user (trust auth)."""
+    if os.environ.get("TEST_PG_URL"):
+        return os.environ["TEST_PG_URL"]
+    import getpass
+
+    import psycopg
+
+    for user in ("postgres", getpass.getuser()):
+        try:
+            psycopg.connect(f"postgresql://{user}@127.0.0.1:5432/test", connect_timeout=5).close()
+        except psycopg.OperationalError:
+            continue
+        return f"postgresql+psycopg://{user}@127.0.0.1:5432/test"
+    return "postgresql+psycopg://postgres@127.0.0.1:5432/test"  # pg_schema fails loudly with the reason
+
+
+PG_BASE_URL = _pg_base_url()
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TEST_BUCKET = "unipic-test"
 
@@ -180,7 +197,19 @@ def embedded_settings(tmp_path: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny UniPic checkpoint in the official layout, written once per session."""
-    from model.testing import write_tiny_checkpoint
+    """A tiny UniPic checkpoint in the official layout, written once per session.
 
-    return Path(write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt")))
+    Written by `model.testing.write_tiny_checkpoint` in a child process, so the test process never computes
+    with torch before it forks workers."""
+    import subprocess
+    import sys
+
+    directory = tmp_path_factory.mktemp("ckpt")
+    code = "import sys; from model.testing import write_tiny_checkpoint; print(write_tiny_checkpoint(sys.argv[1]))"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code, str(directory)], check=False, capture_output=True,
+                            text=True, env=env, timeout=600)
+    if result.returncode != 0:
+        pytest.fail(f"writing the tiny checkpoint failed:\n{result.stderr[-4000:]}", pytrace=False)
+    return Path(result.stdout.strip().splitlines()[-1])

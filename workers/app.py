@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from storage.routing import (
     DELIVER_WEBHOOK_TASK,
@@ -50,6 +51,11 @@ def visibility_timeout(settings: Settings) -> float:
     return max(MIN_VISIBILITY_TIMEOUT_SECONDS, 2 * longest_batch)
 
 
+def queue(name: str) -> Queue:
+    """A queue bound to a direct exchange of its own name, as `send_task(queue=name)` publishes to it."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
 def make_celery(settings: Settings, name: str = "unipic") -> Celery:
     """A Celery app configured from `settings` (no tasks registered; entry modules add theirs)."""
     app = Celery(name, broker=settings.broker_url, set_as_current=False)
@@ -66,6 +72,8 @@ def make_celery(settings: Settings, name: str = "unipic") -> Celery:
         broker_transport_options={"visibility_timeout": visibility_timeout(settings)},
         task_create_missing_queues=True,
         task_default_queue=MAINTENANCE_QUEUE,
+        task_default_exchange=MAINTENANCE_QUEUE,
+        task_default_routing_key=MAINTENANCE_QUEUE,
         task_routes={
             SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
             DELIVER_WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},

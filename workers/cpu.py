@@ -5,16 +5,14 @@ It only builds the app and lets each task module register its tasks (and beat en
 
 from __future__ import annotations
 
-from kombu import Queue
-
 from storage.routing import MAINTENANCE_QUEUE, WEBHOOK_QUEUE
 from storage.settings import get_settings
 from workers import sweeper, webhooks
-from workers.app import make_celery
+from workers.app import make_celery, queue
 
 settings = get_settings()
 app = make_celery(settings, name="unipic-cpu")
-app.conf.task_queues = [Queue(MAINTENANCE_QUEUE), Queue(WEBHOOK_QUEUE)]
+app.conf.task_queues = [queue(MAINTENANCE_QUEUE), queue(WEBHOOK_QUEUE)]
 
 sweeper.register(app, settings)
 webhooks.register(app, settings)

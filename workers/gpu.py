@@ -13,10 +13,9 @@ import logging
 from typing import Any
 
 from celery import signals
-from kombu import Queue
 
 from storage.routing import RUN_BATCH_TASK, gpu_queues
-from workers.app import make_celery
+from workers.app import make_celery, queue
 from workers.config import load_worker_settings
 from workers.runtime import WorkerRuntime
 
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 
 settings = load_worker_settings()
 app = make_celery(settings, name="unipic-gpu")
-app.conf.task_queues = [Queue(q) for q in gpu_queues(settings.worker_kinds, settings.worker_max_pixels)]
+app.conf.task_queues = [queue(q) for q in gpu_queues(settings.worker_kinds, settings.worker_max_pixels)]
 
 _runtime: WorkerRuntime | None = None
 

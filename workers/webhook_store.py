@@ -161,24 +161,25 @@ class WebhookStore:
                     .where(WebhookEndpoint.owner_id == event.owner_id, WebhookEndpoint.url == event.url)
                     .values(last_success_at=now)
                 )
-            return bool(result.rowcount)
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def disable_endpoint(self, owner_id: str, url: str, reason: str, now: datetime) -> int:
         """Disable the owner's endpoint and drop its pending events; returns how many were dropped."""
+        # lock order as in `finish` (event rows, then the endpoint row), so the two never deadlock
         with write_session(self.session_factory) as session:
-            ensure_endpoint(session, owner_id, url, now)
-            session.execute(
-                update(WebhookEndpoint)
-                .where(WebhookEndpoint.owner_id == owner_id, WebhookEndpoint.url == url)
-                .values(enabled=False, disabled_at=now, disabled_reason=reason)
-            )
             dropped = session.execute(
                 update(WebhookEvent)
                 .where(WebhookEvent.owner_id == owner_id, WebhookEvent.url == url,
                        WebhookEvent.status == "pending")
                 .values(status="dropped", next_attempt_at=None)
             )
-            return int(dropped.rowcount or 0)
+            ensure_endpoint(session, owner_id, url, now)
+            session.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.owner_id == owner_id, WebhookEndpoint.url == url)
+                .values(enabled=False, disabled_at=now, disabled_reason=reason)
+            )
+            return int(dropped.rowcount or 0)  # type: ignore[attr-defined]
 
     # -- reads ------------------------------------------------------------------------------------------------
     @staticmethod

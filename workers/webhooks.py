@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -50,6 +51,7 @@ DISPATCH_INTERVAL_SECONDS = 1.0
 PROGRESS_INTERVAL_SECONDS = 3.0
 CLAIM_LIMIT = 16
 CONCURRENCY = 8
+TICK_BUDGET_SECONDS = 20.0
 
 
 def lease_seconds(settings: Settings) -> float:
@@ -89,19 +91,25 @@ class WebhookDispatcher:
 
         return cls(settings, make_session_factory(make_engine(settings)), make_object_store(settings))
 
-    def dispatch_due(self, limit: int = CLAIM_LIMIT) -> dict[str, int]:
-        """One tick: emit progress events, claim what is due, deliver it. Returns counts per final status."""
+    def dispatch_due(self, limit: int = CLAIM_LIMIT, budget_seconds: float = TICK_BUDGET_SECONDS) -> dict[str, int]:
+        """One tick: emit progress events, then claim and deliver due events in rounds of `limit` while rounds
+        come back full and the tick's time budget lasts (a backlog drains faster than one round a second).
+        Returns counts per final status."""
         emit_progress_events(self.sessions, self.clock(), self.progress_interval)
-        events = self.store.claim_due(self.clock(), limit)
-        if len(events) <= 1:
-            outcomes = [self.deliver(e) for e in events]
-        else:
-            with ThreadPoolExecutor(max_workers=min(CONCURRENCY, len(events))) as pool:
-                outcomes = list(pool.map(self.deliver, events))
         counts: dict[str, int] = {}
-        for outcome in outcomes:
-            counts[outcome] = counts.get(outcome, 0) + 1
-        return counts
+        started = time.monotonic()
+        while True:
+            events = self.store.claim_due(self.clock(), limit)
+            for outcome in self._deliver_all(events):
+                counts[outcome] = counts.get(outcome, 0) + 1
+            if len(events) < limit or time.monotonic() - started > budget_seconds:
+                return counts
+
+    def _deliver_all(self, events: list[ClaimedEvent]) -> list[str]:
+        if len(events) <= 1:
+            return [self.deliver(e) for e in events]
+        with ThreadPoolExecutor(max_workers=min(CONCURRENCY, len(events))) as pool:
+            return list(pool.map(self.deliver, events))
 
     def deliver_one(self, event_id: str) -> str | None:
         """Claim and deliver one event if it is due now; None when it is not (or another worker holds it)."""
@@ -110,6 +118,14 @@ class WebhookDispatcher:
 
     def deliver(self, event: ClaimedEvent) -> str:
         """Send one leased event and record the outcome; returns the event's status afterwards."""
+        try:
+            return self._deliver(event)
+        except Exception as exc:  # a bug or an outage while rendering: retry on the schedule, keep the tick alive
+            log.exception("webhook %s attempt %d crashed job=%s batch=%s", event.id, event.attempt, event.job_id,
+                          event.batch_id)
+            return self._settle(event, SendResult(None, 0.0, error=f"internal error: {type(exc).__name__}"))
+
+    def _deliver(self, event: ClaimedEvent) -> str:
         try:
             target = check_webhook_url(event.url, self.settings, self.resolver)
         except UnresolvableWebhookUrl as exc:

@@ -12,8 +12,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import read_batch_body
-from api.deps import BatchId, CallerDep, ServicesDep, checked_id
-from api.errors import validation_error
+from api.deps import ID_PATTERN, BatchId, CallerDep, ServicesDep
 from api.manifests import write_manifest
 from api.openapi import batch_body, errors
 from api.schemas import BatchesPage, BatchOut
@@ -50,12 +49,11 @@ async def create_batch(request: Request, services: ServicesDep, caller: CallerDe
 
 @router.get("", response_model=BatchesPage, summary="List batches", responses=errors())
 def list_batches(
-    services: ServicesDep, caller: CallerDep, cursor: Annotated[str | None, Query(max_length=64)] = None,
+    services: ServicesDep, caller: CallerDep,
+    cursor: Annotated[str | None, Query(pattern=ID_PATTERN, description="`next_cursor` of a previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> BatchesPage:
     """The caller's batches, newest first (counts are in `GET /v1/batches/{id}`)."""
-    if cursor is not None and not checked_id(cursor):
-        raise validation_error("cursor is not one this API returned", "cursor")
     records, next_cursor = services.batches.list(caller.id, cursor=cursor, limit=limit)
     return BatchesPage(data=[batch_out(r) for r in records], next_cursor=next_cursor)
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import read_job_body
-from api.deps import CallerDep, JobId, ServicesDep, checked_id
+from api.deps import ID_PATTERN, CallerDep, JobId, ServicesDep, checked_id
 from api.errors import validation_error
 from api.openapi import errors, json_or_multipart_body
 from api.schemas import JobOut, JobsPage, JobStatus, Kind
@@ -68,14 +68,12 @@ def list_jobs(
     services: ServicesDep, caller: CallerDep,
     status: JobStatus | None = None, kind: Kind | None = None, batch_id: str | None = None,
     created_after: datetime | None = None, created_before: datetime | None = None,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(pattern=ID_PATTERN, description="`next_cursor` of a previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobsPage:
     """The caller's jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     if created_after and created_after.tzinfo is None or created_before and created_before.tzinfo is None:
         raise validation_error("timestamps need a time zone (e.g. 2026-01-01T00:00:00Z)", "created_after")
-    if cursor is not None and not checked_id(cursor):
-        raise validation_error("cursor is not one this API returned", "cursor")
     if batch_id is not None and not checked_id(batch_id):
         return JobsPage(data=[], next_cursor=None)
     records, next_cursor = services.jobs.list(

@@ -33,7 +33,7 @@ SPOOL_IN_MEMORY = 2 * 1024 * 1024
 UPLOAD_ID = r"^[0-9a-fA-F-]{36}\.[A-Za-z0-9_-]{16,64}$"
 
 
-@router.post("", status_code=201, response_model=UploadOut, summary="Start an upload", responses=errors())
+@router.post("", status_code=201, response_model=UploadOut, summary="Start an upload", responses=errors(400))
 def create_upload(services: ServicesDep, caller: CallerDep, body: UploadCreate | None = None) -> UploadOut:
     """An upload id and the URL to PUT the image bytes to (valid until `expires_at`)."""
     upload_id = upload_id_for(caller.id, secrets.token_urlsafe(18))

@@ -6,8 +6,15 @@ import pytest
 
 from tests.cli.stack import SharedStack, Stack
 
+STOPS_STACK = "test_sigterm_stops_every_child_cleanly"
+
 
 @pytest.fixture
 def stack(request: pytest.FixtureRequest) -> Stack:
     """The running embedded stack (started once per session, restarted if a test stopped it)."""
     return SharedStack.get(request.config)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the test that stops the shared stack after every other user of it (tests/ui included)."""
+    items.sort(key=lambda item: item.name == STOPS_STACK)  # stable: the rest keep their order

@@ -25,7 +25,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 180.0
-TEST_SIZES = "64,256,512,1024"  # 64 px keeps the tiny model quick on CPU
+# 64 px keeps the tiny model quick on CPU; 2048 px goes to a queue (`.xl`) the test worker does not serve, so
+# such a job stays queued for as long as a test needs
+TEST_SIZES = "64,256,512,1024,2048"
 
 
 def free_port() -> int:
@@ -83,13 +85,17 @@ class Stack:
         return int(self.proc.returncode)
 
 
-def start_stack(tmp_root: Path) -> Stack:
-    """Start `unipic up --model tiny`, wait for /readyz and for a live worker; fail with the log otherwise."""
+def start_stack(tmp_root: Path, extra_env: dict[str, str] | None = None, key: str | None = None) -> Stack:
+    """Start `unipic up --model tiny`, wait for /readyz and for a live worker; fail with the log otherwise.
+
+    With no `extra_env` that is the embedded stack; UNIPIC_* URLs in `extra_env` make it the production path.
+    `key`: an API key made beforehand (else the first key that `up` prints)."""
     data_dir = tmp_root / "data"
     log_path = tmp_root / "up.log"
     port = free_port()
     env = clean_env(UNIPIC_ALLOWED_SIZES=TEST_SIZES, UNIPIC_MODEL_DTYPE="float32",
                     UNIPIC_HEARTBEAT_SECONDS="2", UNIPIC_SWEEP_INTERVAL_SECONDS="2")
+    env.update(extra_env or {})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             unipic_argv("up", "--model", "tiny", "--port", str(port), "--data-dir", str(data_dir),
@@ -99,10 +105,10 @@ def start_stack(tmp_root: Path) -> Stack:
     stack = Stack(proc, data_dir, log_path, f"http://127.0.0.1:{port}", env)
     _wait_ready(stack)
     match = re.search(r"UNIPIC_API_KEY=(upk_\S+)", stack.log())
-    if not match:
+    if key is None and not match:
         stack.stop()
         pytest.fail(f"`unipic up` printed no first API key:\n{stack.log()}", pytrace=False)
-    stack.key = match.group(1)
+    stack.key = key or match.group(1)  # type: ignore[union-attr]
     _wait_worker(stack)
     return stack
 

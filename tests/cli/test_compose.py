@@ -18,7 +18,9 @@ import yaml
 from tests.cli.stack import REPO, clean_env
 
 ONE_SHOT = {"createbucket", "migrate"}
-REQUIRED = {"postgres", "redis", "minio", "createbucket", "migrate", "api", "worker", "sweeper"}
+# beat is a single scheduler process: Docker's restart policy is its health (it answers no ping)
+NO_HEALTHCHECK = ONE_SHOT | {"beat"}
+REQUIRED = {"postgres", "redis", "minio", "createbucket", "migrate", "api", "worker", "webhooks", "beat"}
 OPTIONAL = {"prometheus": "monitoring", "flower": "flower"}
 
 
@@ -41,17 +43,18 @@ def test_every_service_of_the_production_layout_is_there(services: dict[str, Any
 
 
 def test_long_running_services_have_healthchecks_and_one_shots_do_not_restart(services: dict[str, Any]) -> None:
+    assert services["beat"]["deploy"]["replicas"] == 1
     for name, service in services.items():
         if name in ONE_SHOT:
             assert service.get("restart") == "no", name
-        else:
+        elif name not in NO_HEALTHCHECK:
             assert service["healthcheck"]["test"], name
 
 
 def test_start_order_waits_for_health_and_for_the_one_shots(services: dict[str, Any]) -> None:
     assert services["createbucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "worker", "sweeper"):
+    for name in ("api", "worker", "webhooks", "beat"):
         deps = services[name]["depends_on"]
         assert deps["postgres"]["condition"] == "service_healthy", name
         assert deps["redis"]["condition"] == "service_healthy", name
@@ -70,7 +73,7 @@ def test_workers_reserve_a_gpu_scale_and_keep_the_model_cache(services: dict[str
 
 
 def test_services_share_the_production_urls(services: dict[str, Any]) -> None:
-    for name in ("migrate", "api", "worker", "sweeper"):
+    for name in ("migrate", "api", "worker", "webhooks", "beat"):
         env = services[name]["environment"]
         assert env["UNIPIC_DATABASE_URL"].startswith("postgresql://"), name
         assert env["UNIPIC_BROKER_URL"].startswith("redis://redis:6379"), name
@@ -92,12 +95,14 @@ def _our_commands(services: dict[str, Any]) -> list[tuple[str, list[str]]]:
 
 def test_every_service_command_is_a_real_cli_entry_point(services: dict[str, Any]) -> None:
     commands = _our_commands(services)
-    assert {label for label, _ in commands} >= {"migrate", "api", "worker", "sweeper"}
+    assert {label for label, _ in commands} >= {"migrate", "api", "worker", "webhooks", "beat",
+                                                "api healthcheck", "worker healthcheck", "webhooks healthcheck"}
     for label, argv in commands:
         assert argv[0] == "unipic", label
-        # strip option values, keep the subcommand path, ask for its help
-        words = [a for a in argv[1:] if not a.startswith("-") and not re.fullmatch(r"[\d.:]+|cuda:\d+", a)]
-        result = subprocess.run([sys.executable, "-m", "cli.main", *words[:2], "--help"], cwd=REPO,
+        # the subcommand path is everything before the first option; ask for its help
+        first_option = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+        words = argv[1:first_option]
+        result = subprocess.run([sys.executable, "-m", "cli.main", *words, "--help"], cwd=REPO,
                                 env=clean_env(), capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{label}: {argv}\n{result.stdout}\n{result.stderr}"
         for option in [a for a in argv[1:] if a.startswith("--")]:

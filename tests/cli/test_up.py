@@ -105,9 +105,8 @@ def test_batch_submit_refuses_a_bad_line_before_sending(stack: Stack, tmp_path: 
 
 
 def test_jobs_list_show_cancel_and_workers(stack: Stack) -> None:
-    # Given: a job submitted without waiting, far down the queue (low priority, many steps)
-    job_id = _ok(stack.cli("generate", "later", "--size", "64", "--steps", "40", "--priority", "-50",
-                           "--no-wait")).strip()
+    # Given: a job submitted without waiting, on a queue no worker of this stack serves (2048 px)
+    job_id = _ok(stack.cli("generate", "later", "--size", "2048", "--steps", "2", "--no-wait")).strip()
 
     # When: it is shown, listed and canceled
     shown = json.loads(_ok(stack.cli("jobs", "show", job_id)))
@@ -119,8 +118,9 @@ def test_jobs_list_show_cancel_and_workers(stack: Stack) -> None:
     assert shown["id"] == job_id and shown["kind"] == "generate"
     assert job_id in listed
     assert canceled.startswith(job_id)
-    final = json.loads(_ok(stack.cli("jobs", "show", job_id)))
-    assert final["status"] == "canceled" or final.get("cancel_requested")
+    assert shown["status"] == "queued" and shown["queue_position"] == 0
+    waited = stack.cli("jobs", "wait", job_id)
+    assert waited.returncode == 1 and json.loads(waited.stdout)["status"] == "canceled"
     (worker,) = workers["data"]
     assert worker["device"] == "cpu" and worker["model_id"] and worker["batches_served"] >= 1
 

@@ -13,7 +13,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def engine():
+    import torch
+
     from model.inference import load_engine
+
+    # The box has 2 cores shared with other suites: one intra-op thread avoids spin-wait contention.
+    torch.set_num_threads(1)
 
     return load_engine("tiny")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 
 import pytest
@@ -11,7 +10,6 @@ import torch
 
 from model.checkpoint import load_model
 from model.errors import CheckpointError
-from model.testing import tiny_state_dicts
 
 
 def test_round_trip_equals_tiny_weights(tiny_dir, engine):
@@ -32,6 +30,18 @@ def test_dtype_and_reuse_of_conversion(tiny_dir):
     loaded = load_model(str(tiny_dir), dtype="bfloat16")
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
     assert (tiny_dir / "pytorch_model.safetensors").stat().st_mtime_ns == stamp  # converted once
+
+
+@pytest.fixture(scope="module")
+def states():
+    from model.testing import tiny_state_dicts
+
+    return tiny_state_dicts()
+
+
+def tiny_state_dicts_from(states):
+    main, vae = states
+    return dict(main), dict(vae)
 
 
 def copy_ckpt(src, dst):
@@ -61,18 +71,18 @@ def write_main(dirpath, state):
         (lambda sd: sd.__setitem__("proj_in.0.weight", torch.zeros(64, 47)), "shape mismatches: proj_in.0.weight"),
     ],
 )
-def test_key_and_shape_mismatches_are_named(tiny_dir, tmp_path, change, message):
+def test_key_and_shape_mismatches_are_named(tiny_dir, tmp_path, change, message, states):
     bad = copy_ckpt(tiny_dir, tmp_path / "bad")
-    main, _ = tiny_state_dicts()
+    main, _ = tiny_state_dicts_from(states)
     change(main)
     write_main(bad, main)
     with pytest.raises(CheckpointError, match=message.replace("(", r"\(")):
         load_model(str(bad))
 
 
-def test_ignorable_keys_are_tolerated(tiny_dir, tmp_path):
+def test_ignorable_keys_are_tolerated(tiny_dir, tmp_path, states):
     ok = copy_ckpt(tiny_dir, tmp_path / "ok")
-    main, _ = tiny_state_dicts()
+    main, _ = tiny_state_dicts_from(states)
     main["siglip2.vision_model.post_layernorm.weight"] = torch.ones(4)
     main["siglip2_proj.0.weight"] = torch.ones(4, 4)
     main["llm.model.rotary_emb.inv_freq"] = torch.ones(8)
@@ -82,9 +92,9 @@ def test_ignorable_keys_are_tolerated(tiny_dir, tmp_path):
     assert loaded.model.llm.lm_head.weight is loaded.model.llm.model.embed_tokens.weight
 
 
-def test_untied_lm_head_is_kept(tiny_dir, tmp_path):
+def test_untied_lm_head_is_kept(tiny_dir, tmp_path, states):
     d = copy_ckpt(tiny_dir, tmp_path / "untied")
-    main, _ = tiny_state_dicts()
+    main, _ = tiny_state_dicts_from(states)
     main["llm.lm_head.weight"] = torch.randn_like(main["llm.model.embed_tokens.weight"])
     write_main(d, main)
     loaded = load_model(str(d))
@@ -92,9 +102,9 @@ def test_untied_lm_head_is_kept(tiny_dir, tmp_path):
     assert loaded.model.llm.lm_head.weight is not loaded.model.llm.model.embed_tokens.weight
 
 
-def test_missing_vae_key_is_named(tiny_dir, tmp_path):
+def test_missing_vae_key_is_named(tiny_dir, tmp_path, states):
     bad = copy_ckpt(tiny_dir, tmp_path / "vae")
-    _, vae = tiny_state_dicts()
+    _, vae = tiny_state_dicts_from(states)
     vae.pop("decoder.conv_out.bias")
     torch.save({"model": vae, "discriminator": {}}, bad / "kl16.ckpt")
     with pytest.raises(CheckpointError, match=r"missing VAE keys \(kl16.ckpt\): decoder.conv_out.bias"):
@@ -114,11 +124,11 @@ class Exploit:
         return (os.system, ("echo pwned",))
 
 
-def test_pickle_with_code_is_refused(tiny_dir, tmp_path):
+def test_pickle_with_code_is_refused(tiny_dir, tmp_path, states):
     bad = copy_ckpt(tiny_dir, tmp_path / "evil")
-    main, _ = tiny_state_dicts()
+    main, _ = tiny_state_dicts_from(states)
     main["payload"] = Exploit()
-    torch.save(main, bad / "pytorch_model.bin", pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    torch.save(main, bad / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="refused to unpickle"):
         load_model(str(bad))
 

@@ -12,8 +12,11 @@ import threading
 from collections import Counter
 from typing import Any
 
+from sqlalchemy import update
+
 from storage.db import make_engine, make_session_factory
 from storage.jobs import JobStore
+from storage.tables import Job
 from tests.storage.conftest import add_owner, job
 
 
@@ -23,7 +26,7 @@ def _race(store: JobStore, job_ids: list[str], threads: int, worker_prefix: str)
     for job_id in job_ids:
         messages.put(job_id)
     claimed: list[str] = []
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
     lock = threading.Lock()
 
     def run(n: int) -> None:
@@ -36,7 +39,7 @@ def _race(store: JobStore, job_ids: list[str], threads: int, worker_prefix: str)
                 claims = store.claim_batch(job_id, f"{worker_prefix}-{n}", 60, max_items=8, max_pixels=10**9)
                 with lock:
                     claimed.extend(c.job_id for c in claims)
-        except BaseException as exc:  # surfaced by the assertion below
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(exc)
 
     workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
@@ -48,29 +51,37 @@ def _race(store: JobStore, job_ids: list[str], threads: int, worker_prefix: str)
     return claimed
 
 
+def _retire(store: JobStore, compat: str) -> None:
+    """Test cleanup: finish the claimed jobs so later table-wide sweeps in this schema don't wade through them."""
+    with store.sessions.begin() as s:
+        s.execute(update(Job).where(Job.compat_key == compat).values(status="failed", lease_token=None))
+
+
 def _create(store: JobStore, owner: str, n: int) -> tuple[str, list[str]]:
     compat = f"generate:256:8:3.0:{secrets.token_hex(4)}"
     _, recs = store.create_many([job(owner, compat) for _ in range(n)])
     return compat, [r.id for r in recs]
 
 
-def test_fifty_threads_claim_a_thousand_jobs_exactly_once(settings: Any, migrated: Any) -> None:
-    engine = make_engine(settings, pool_size=50, max_overflow=5)
+def test_fifty_threads_claim_a_thousand_jobs_exactly_once(storage_settings: Any) -> None:
+    engine = make_engine(storage_settings, pool_size=50, max_overflow=5)
     try:
         store = JobStore(make_session_factory(engine))
-        _, ids = _create(store, add_owner(store.sessions), 1000)
+        compat, ids = _create(store, add_owner(store.sessions), 1000)
         claimed = _race(store, ids, threads=50, worker_prefix="t")
         assert Counter(claimed) == Counter(ids)  # each exactly once, none missed
         assert {r.status for r in store.get_many(ids)} == {"running"}
+        _retire(store, compat)
     finally:
         engine.dispose()
 
 
 def test_sqlite_threads_claim_exactly_once(sqlite_sessions: Any) -> None:
     store = JobStore(sqlite_sessions)
-    _, ids = _create(store, add_owner(sqlite_sessions), 200)
+    compat, ids = _create(store, add_owner(sqlite_sessions), 200)
     claimed = _race(store, ids, threads=8, worker_prefix="s")
     assert Counter(claimed) == Counter(ids)
+    _retire(store, compat)
 
 
 def _claim_in_process(settings_json: str, job_ids: list[str], out: Any) -> None:
@@ -86,12 +97,13 @@ def _claim_in_process(settings_json: str, job_ids: list[str], out: Any) -> None:
     engine.dispose()
 
 
-def test_processes_claim_exactly_once(settings: Any, job_store: JobStore) -> None:
+def test_processes_claim_exactly_once(storage_settings: Any, storage_jobs: JobStore) -> None:
+    job_store = storage_jobs
     # Given 120 queued jobs and 2 processes that all receive every message
-    _, ids = _create(job_store, add_owner(job_store.sessions), 120)
+    compat, ids = _create(job_store, add_owner(job_store.sessions), 120)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_in_process, args=(settings.model_dump_json(), ids, out)) for _ in range(2)]
+    procs = [ctx.Process(target=_claim_in_process, args=(storage_settings.model_dump_json(), ids, out)) for _ in range(2)]
     for p in procs:
         p.start()
     # When they race, Then the union of their claims covers every job exactly once
@@ -100,3 +112,33 @@ def test_processes_claim_exactly_once(settings: Any, job_store: JobStore) -> Non
         p.join(timeout=60)
         assert p.exitcode == 0
     assert Counter(j for r in results for j in r) == Counter(ids)
+    _retire(job_store, compat)
+
+
+def test_cancel_racing_claims_never_loses_a_cancel(storage_jobs: JobStore) -> None:
+    # Given 40 queued jobs, When one thread claims them while another cancels them all
+    compat, ids = _create(storage_jobs, add_owner(storage_jobs.sessions), 40)
+    owner = storage_jobs.get(ids[0]).owner_id
+    errors: list[Exception] = []
+
+    def claim() -> None:
+        for job_id in ids:
+            storage_jobs.claim_batch(job_id, "w", 60, max_items=3, max_pixels=10**9)
+
+    def cancel() -> None:
+        for job_id in ids:
+            try:
+                storage_jobs.request_cancel(job_id, owner)
+            except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=claim), threading.Thread(target=cancel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Then every job is either canceled outright or running with its cancel requested
+    assert not errors, errors
+    for rec in storage_jobs.get_many(ids):
+        assert rec.status == "canceled" or (rec.status == "running" and rec.cancel_requested), rec
+    _retire(storage_jobs, compat)

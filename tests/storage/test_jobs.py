@@ -203,9 +203,9 @@ def test_renew_extends_lease(stores: Stores, compat: str) -> None:
 
 def test_stale_queued_and_mark_enqueued(stores: Stores, compat: str) -> None:
     rec = stores.jobs.create(job(stores.owner_id, compat))
-    assert rec.id in {r.id for r in stores.jobs.stale_queued(0)}
+    assert rec.id in {r.id for r in stores.jobs.stale_queued(0, limit=100_000)}
     stores.jobs.mark_enqueued([rec.id])
-    assert rec.id not in {r.id for r in stores.jobs.stale_queued(3600)}
+    assert rec.id not in {r.id for r in stores.jobs.stale_queued(3600, limit=100_000)}
 
 
 # ---- outbox, batches, idempotency, listing -------------------------------------------------------------------------
@@ -283,6 +283,7 @@ def test_list_pagination_counts_and_position(stores: Stores, compat: str) -> Non
     page2, cursor2 = stores.jobs.list(stores.owner_id, limit=2, cursor=cursor)
     page3, cursor3 = stores.jobs.list(stores.owner_id, limit=2, cursor=cursor2)
     assert [r.id for r in page + page2 + page3] == [r.id for r in reversed(recs)] and cursor3 is None
+    assert stores.jobs.list(stores.owner_id, cursor="not-an-id") == ([], None)
     stores.jobs.request_cancel(recs[0].id, stores.owner_id)
     assert [r.id for r in stores.jobs.list(stores.owner_id, status="canceled")[0]] == [recs[0].id]
     counts = stores.jobs.counts_by_status(stores.owner_id)
@@ -290,3 +291,9 @@ def test_list_pagination_counts_and_position(stores: Stores, compat: str) -> Non
     assert stores.jobs.active_count(stores.owner_id) == 4
     positions = [stores.jobs.queue_position(stores.jobs.get(r.id)) for r in recs[1:]]
     assert positions == [1, 0, 2, 3]
+    # jobs created together (one created_at) still page newest-first by id
+    _, batch_recs = stores.jobs.create_many([job(stores.owner_id, compat, queue="other") for _ in range(3)])
+    assert [r.id for r in stores.jobs.list(stores.owner_id, limit=3)[0]] == [r.id for r in reversed(batch_recs)]
+    assert len(stores.jobs.list(stores.owner_id, limit=100)[0]) == 8
+    for r in batch_recs:
+        stores.jobs.request_cancel(r.id, stores.owner_id)

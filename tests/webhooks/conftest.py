@@ -24,20 +24,21 @@ from workers.webhooks import WebhookDispatcher
 
 
 class Clock:
-    """Real time plus an offset that `advance(seconds)` grows; the dispatcher and the test read the same time.
+    """A frozen clock that only `advance(seconds)` moves; the dispatcher and the test read the same time.
 
-    Rows the stores write with the real time are therefore never in this clock's future.
+    It starts a minute ahead of the real time, so rows the stores write with the real time during a test are
+    due at once, and exact schedule arithmetic holds (no real time passes between two readings).
     """
 
     def __init__(self) -> None:
-        self.offset = timedelta(0)
+        self.now = utcnow() + timedelta(minutes=1)
 
     def __call__(self) -> datetime:
-        return utcnow() + self.offset
+        return self.now
 
     def advance(self, seconds: float) -> datetime:
-        self.offset += timedelta(seconds=seconds)
-        return self()
+        self.now += timedelta(seconds=seconds)
+        return self.now
 
 
 @pytest.fixture

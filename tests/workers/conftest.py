@@ -80,6 +80,41 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis db held exclusively by this session (a lock key in db 0), flushed at start and end.
+
+    Overrides the shared fixture for worker tests: the broker's queues live in this db, and a db shared with
+    another concurrent session (whose workers would eat our messages, or whose teardown would flush them)
+    makes these tests fail for reasons that are not ours.
+    """
+    import redis
+
+    base = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+    try:
+        admin = redis.Redis.from_url(f"{base}/0", socket_connect_timeout=5)
+        admin.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is required at {base}: {exc}", pytrace=False)
+    token = f"{os.getpid()}-{time.time()}"
+    start = int(admin.incr("unipic:test:db-counter"))
+    for offset in range(15):
+        db = 1 + (start + offset) % 15
+        if admin.set(f"unipic:test:db-lock:{db}", token, nx=True, ex=1800):
+            break
+    else:
+        pytest.fail("no free Redis db for the worker tests (all 15 locked)", pytrace=False)
+    url = f"{base}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    if admin.get(f"unipic:test:db-lock:{db}") == token.encode():
+        admin.delete(f"unipic:test:db-lock:{db}")
+    client.close()
+    admin.close()
+
+
+@pytest.fixture(scope="session")
 def worker_env(settings_env: dict[str, str], tiny_checkpoint: Path, migrated: Any) -> dict[str, str]:
     """The environment of a worker process: this session's services and the tiny checkpoint."""
     env = dict(settings_env)
@@ -105,24 +140,52 @@ def celery_app(settings: Any) -> Any:
     return make_celery(settings)
 
 
-@pytest.fixture
-def start_worker(
-    worker_env: dict[str, str], registry: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start a worker process (stopped at the end of the test) and wait until it is ready."""
-    started: list[WorkerProcess] = []
-    log_dir = tmp_path_factory.mktemp("worker-logs")
+class WorkerStarter:
+    """Starts worker processes and stops them all at teardown."""
 
-    def start(name: str, wait: bool = True, **extra_env: str) -> WorkerProcess:
-        worker = WorkerProcess(worker_env, f"{name}-{len(started)}", log_dir, extra_env)
-        started.append(worker)
+    def __init__(self, env: dict[str, str], registry: Any, log_dir: Path, prefix: str) -> None:
+        self.env, self.registry, self.log_dir, self.prefix = env, registry, log_dir, prefix
+        self.started: list[WorkerProcess] = []
+
+    def __call__(self, name: str, wait: bool = True, **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess(self.env, f"{self.prefix}{name}-{len(self.started)}", self.log_dir, extra_env)
+        self.started.append(worker)
         if wait:
-            worker.wait_ready(registry)
+            worker.wait_ready(self.registry)
         return worker
 
-    yield start
-    for worker in started:
-        worker.stop()
+    def stop_all(self) -> None:
+        for worker in self.started:
+            worker.stop()
+
+
+def _log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    kept = os.environ.get("TEST_WORKER_LOGS")  # set it to keep worker logs for a look afterwards
+    log_dir = Path(kept) if kept else tmp_path_factory.mktemp("worker-logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return log_dir
+
+
+@pytest.fixture
+def start_worker(
+    worker_env: dict[str, str], registry: Any, tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[WorkerStarter]:
+    """Start worker processes for one test (stopped at its end); each waits until ready."""
+    starter = WorkerStarter(worker_env, registry, _log_dir(tmp_path_factory), f"{request.node.name[:30]}-")
+    yield starter
+    starter.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_worker(
+    worker_env: dict[str, str], registry: Any, tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[WorkerProcess]:
+    """One plain worker shared by the tests of a module."""
+    starter = WorkerStarter(worker_env, registry, _log_dir(tmp_path_factory), f"{request.module.__name__}-")
+    yield starter("shared")
+    starter.stop_all()
 
 
 # ---- jobs ---------------------------------------------------------------------------------------------------
@@ -153,13 +216,13 @@ def make_job(
     job_id = new_id()
     key = None
     if kind == "understand":
-        params: dict[str, Any] = {"question": f"what is this? {tag}", "size": size, "max_new_tokens": 4,
+        params: dict[str, Any] = {"question": "what is this?", "size": size, "max_new_tokens": 4,
                                   "temperature": 0.0, "seed": seed}
     else:
         params = {"width": size, "height": size, "num_images": num_images, "steps": steps,
                   "guidance_scale": guidance_scale, "guidance_schedule": "constant", "temperature": 1.0,
                   "seed": seed, "output_format": output_format}
-        params["prompt" if kind == "generate" else "instruction"] = f"a red cube {tag}"
+        params["prompt" if kind == "generate" else "instruction"] = "a red cube"
         if kind == "generate":
             params["negative_prompt"] = None
     if kind in ("edit", "understand"):

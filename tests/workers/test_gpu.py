@@ -13,9 +13,9 @@ from tests.workers.conftest import decode, enqueue, make_job, wait_terminal
 
 
 def test_forty_mixed_jobs_all_succeed_in_compatible_batches(
-    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
+    module_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
 ) -> None:
-    # Given 40 jobs of three kinds at two resolutions, created and enqueued before a worker runs
+    # Given 40 jobs of three kinds at two resolutions, all created before any is enqueued
     specs = [(kind, size) for kind in ("generate", "edit", "understand") for size in (64, 128)]
     jobs = []
     for i in range(40):
@@ -26,8 +26,7 @@ def test_forty_mixed_jobs_all_succeed_in_compatible_batches(
     enqueue(job_store, celery_app, jobs)
 
     # When a worker serves them
-    worker = start_worker("mixed")
-    done = wait_terminal(job_store, [j.id for j in jobs], workers=[worker])
+    done = wait_terminal(job_store, [j.id for j in jobs], workers=[module_worker])
 
     # Then every job succeeded with readable results of the right size
     assert {j.status for j in done.values()} == {"succeeded"}, {j.id: j.error_message for j in done.values()}
@@ -59,17 +58,16 @@ def test_forty_mixed_jobs_all_succeed_in_compatible_batches(
 
 
 def test_an_undecodable_input_fails_only_its_own_job(
-    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
+    module_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
 ) -> None:
     # Given three edit jobs of one batch, one of whose input is not an image
     good = [make_job(job_store, object_store, owner_id, "edit", 64, seed=s, tag="bad-input") for s in (1, 2)]
     bad = make_job(job_store, object_store, owner_id, "edit", 64, seed=3, input_bytes=b"not an image",
                    tag="bad-input")
-    enqueue(job_store, celery_app, [good[0]])
 
     # When a worker takes the batch
-    worker = start_worker("bad-input")
-    done = wait_terminal(job_store, [j.id for j in [*good, bad]], workers=[worker])
+    enqueue(job_store, celery_app, [good[0]])
+    done = wait_terminal(job_store, [j.id for j in [*good, bad]], workers=[module_worker])
 
     # Then only the bad one failed, with invalid_input
     assert done[bad.id].status == "failed" and done[bad.id].error_code == "invalid_input"

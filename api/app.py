@@ -1,0 +1,105 @@
+"""The HTTP application: `create_app(settings)` wires services, routes, middleware and error handling.
+
+Nothing is built at import time. `create_app` builds the process's services (engine, stores, Celery sender)
+eagerly so a misconfiguration fails at start, and disposes them at shutdown; uvicorn runs
+`uvicorn --factory api.app:create_app_from_env`. This package never imports torch, the model or the workers
+(import-linter enforces it): jobs reach the GPU workers only as Celery messages sent by task name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from api.bodies import BodyLimit
+from api.deps import reject_unknown_query
+from api.errors import install_error_handlers
+from api.metrics import Metrics, MetricsMiddleware
+from api.openapi import install_openapi
+from api.routes import batches, events, health, jobs, objects, uploads
+from api.services import Services
+from storage.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Serve Skywork UniPic: text-to-image (`generate`), image editing (`edit`) and image understanding
+(`understand`) as queued jobs. Authenticate with `Authorization: Bearer <key>`. Errors are
+`{"error": {"code", "message", "field"}}` with stable codes."""
+OPTIONAL_ROUTERS = ("api.routes.webhooks", "api.routes.ui")  # built alongside; included when present
+JSON_SLACK_BYTES = 1024 * 1024
+MIN_BATCH_BODY_BYTES = 64 * 1024 * 1024
+
+
+def body_limits(settings: Settings) -> dict[str, int]:
+    """Largest accepted body per path prefix: an image (base64 in JSON) plus room for the rest."""
+    job = settings.max_upload_bytes * 4 // 3 + JSON_SLACK_BYTES
+    return {
+        "/v1/batches": max(MIN_BATCH_BODY_BYTES, job),
+        "/v1/uploads": settings.max_upload_bytes,
+        "/v1/objects": settings.max_upload_bytes,
+        "": job,
+    }
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A fresh application for these settings."""
+    services = Services.build(settings)
+    metrics = Metrics()
+    metrics.watch_jobs(lambda: services.jobs.counts_by_status())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        services.close()
+
+    app = FastAPI(title="unipic-queue", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  dependencies=[Depends(reject_unknown_query)])
+    app.state.services = services
+    app.state.metrics = metrics
+    for module in (jobs, events, batches, uploads, objects, health):
+        app.include_router(module.router)
+    for name in OPTIONAL_ROUTERS:
+        _include_optional(app, name)
+    install_error_handlers(app)
+    install_openapi(app)
+    limits = body_limits(settings)
+    app.add_middleware(BodyLimit, limit_for=lambda path: _limit_for(limits, path))
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    log.info("API ready: database %s, broker %s, objects %s", _safe(settings.database_url),
+             _safe(settings.broker_url), settings.storage_url)
+    return app
+
+
+def _limit_for(limits: dict[str, int], path: str) -> int:
+    for prefix, limit in limits.items():
+        if prefix and path.startswith(prefix):
+            return limit
+    return limits[""]
+
+
+def _include_optional(app: FastAPI, name: str) -> None:
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return
+    app.include_router(module.router)
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def create_app_from_env() -> FastAPI:
+    """The app for the environment's `UNIPIC_*` settings (uvicorn's `--factory` entry)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return create_app(get_settings())

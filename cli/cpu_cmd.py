@@ -1,0 +1,64 @@
+"""`unipic cpu-worker` (webhook delivery + maintenance tasks, optionally with beat) and `unipic beat`.
+
+Both run the torch-free Celery app of `workers.cpu` in this process. The CPU worker is scalable; beat (the
+periodic sweeper and outbox dispatch) must run exactly once per deployment: `unipic up` runs
+`cpu-worker --beat`, compose runs `webhooks` replicas plus one `beat`. Options become `UNIPIC_*` variables
+before `workers.cpu` is imported, since it reads the settings at import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from cli.runtime import DataDir, settings_for
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cpu-worker")(cpu_worker)
+    app.command("beat")(beat)
+
+
+def cpu_worker(
+    with_beat: bool = typer.Option(False, "--beat", help="Also run beat in this process (one per deployment)"),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Threads delivering webhooks"),
+    name: str = typer.Option("cpu@%h", "--name", help="Celery node name"),
+    loglevel: str = typer.Option("INFO", "--loglevel"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Run the CPU worker: webhook delivery and maintenance tasks (no model, no torch)."""
+    settings = _prepare(data_dir)
+    from workers.cpu import app
+
+    argv = ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--hostname", name,
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+    if with_beat:
+        argv += ["--beat", "--schedule", str(_schedule(settings))]
+    app.worker_main(argv)
+
+
+def beat(
+    loglevel: str = typer.Option("INFO", "--loglevel"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Run beat alone: it schedules the sweeper and the outbox dispatch (run exactly one)."""
+    settings = _prepare(data_dir)
+    from workers.cpu import app
+
+    app.start(["beat", "--schedule", str(_schedule(settings)), "--loglevel", loglevel])
+
+
+def _prepare(data_dir: Optional[Path]) -> Settings:
+    if data_dir is not None:
+        os.environ["UNIPIC_DATA_DIR"] = str(data_dir)
+    return settings_for(data_dir)
+
+
+def _schedule(settings: Settings) -> Path:
+    return settings.data_dir.expanduser().resolve() / "celerybeat-schedule"

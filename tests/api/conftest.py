@@ -1,0 +1,103 @@
+"""Fixtures for the API tests: an app on the session's Postgres schema, Redis db and S3 server, API keys,
+and helpers to read what was put on the broker's queues.
+
+The app is built once per module with `create_app` and driven with Starlette's TestClient (the real ASGI app,
+in process). Tests isolate themselves by API key (every key sees only its own jobs), never by wiping tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+# small limits so the size and pixel checks are cheap to exercise
+TEST_MAX_UPLOAD_BYTES = 256 * 1024
+TEST_MAX_UPLOAD_PIXELS = 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def api_settings(migrated: Any) -> Any:
+    """The session settings with small upload bounds."""
+    return migrated.model_copy(update={
+        "max_upload_bytes": TEST_MAX_UPLOAD_BYTES, "max_upload_pixels": TEST_MAX_UPLOAD_PIXELS,
+        "rate_limit_per_minute": 100_000,
+    })
+
+
+@pytest.fixture(scope="module")
+def app(api_settings: Any) -> Iterator[Any]:
+    from api.app import create_app
+
+    yield create_app(api_settings)
+
+
+@pytest.fixture(scope="module")
+def client(app: Any) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def key_store(app: Any) -> Any:
+    return app.state.services.keys
+
+
+@pytest.fixture
+def make_key(key_store: Any) -> Callable[..., tuple[Any, dict[str, str]]]:
+    """A new API key: (record, headers with its bearer token)."""
+
+    def make(**limits: Any) -> tuple[Any, dict[str, str]]:
+        record, plaintext = key_store.create("test", **limits)
+        return record, {"Authorization": f"Bearer {plaintext}"}
+
+    return make
+
+
+@pytest.fixture
+def auth(make_key: Callable[..., tuple[Any, dict[str, str]]]) -> dict[str, str]:
+    """Headers of a fresh key."""
+    return make_key()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url: str) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def queued_job_ids(redis_client: Any, queue: str) -> list[str]:
+    """The job id of every `run_batch` message waiting on a broker queue (kombu's Redis list)."""
+    ids = []
+    for raw in redis_client.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        assert message["headers"]["task"] == "unipic.gpu.run_batch"
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        ids.append(args[0])
+    return ids
+
+
+def png_bytes(width: int = 32, height: int = 32, color: tuple[int, int, int] = (200, 10, 10),
+              fmt: str = "PNG", **save: Any) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, format=fmt, **save)
+    return out.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def generate_body(**over: Any) -> dict[str, Any]:
+    body = {"kind": "generate", "prompt": "a red fox in the snow", "width": 256, "height": 256, "steps": 4}
+    body.update(over)
+    return body

@@ -1,0 +1,80 @@
+"""BatchStore: counts, cancellation, manifest bookkeeping; concurrent finishes complete a batch exactly once."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from storage.errors import IllegalTransition, NotFound
+from storage.jobs import JobStore
+from storage.records import NewBatch
+from storage.tables import WebhookEvent
+from tests.storage.conftest import Stores, add_owner, job
+
+
+def test_get_counts_and_owner(stores: Stores, compat: str) -> None:
+    batch, recs = stores.jobs.create_many([job(stores.owner_id, compat, custom_id=f"c{i}") for i in range(4)],
+                                          NewBatch(stores.owner_id, metadata={"run": 1}))
+    assert batch is not None
+    stores.jobs.claim_batch(recs[0].id, "w", 30, max_items=1, max_pixels=10**9)
+    got = stores.batches.get(batch.id, stores.owner_id)
+    assert got.counts["queued"] == 3 and got.counts["running"] == 1 and got.metadata == {"run": 1}
+    with pytest.raises(NotFound):
+        stores.batches.get(batch.id, stores.new_owner())
+    assert [j.custom_id for j in stores.batches.jobs(batch.id)] == ["c0", "c1", "c2", "c3"]
+    assert batch.id in {b.id for b in stores.batches.list(stores.owner_id)[0]}
+
+
+def test_cancel_batch(stores: Stores, compat: str) -> None:
+    batch, recs = stores.jobs.create_many([job(stores.owner_id, compat) for _ in range(3)],
+                                          NewBatch(stores.owner_id, webhook_url="http://127.0.0.1/b"))
+    assert batch is not None
+    [claim] = stores.jobs.claim_batch(recs[0].id, "w", 30, max_items=1, max_pixels=10**9)
+    canceled = stores.batches.cancel(batch.id, stores.owner_id)
+    assert canceled.counts["canceled"] == 2 and canceled.counts["running"] == 1 and canceled.finished_at is None
+    assert stores.jobs.cancel_requested_ids([recs[0].id]) == {recs[0].id}
+    assert stores.jobs.cancel_running(claim)
+    done = stores.batches.get(batch.id)
+    assert done.status == "canceled" and done.finished_at is not None and done.canceled_at is not None
+    with pytest.raises(IllegalTransition):
+        stores.batches.cancel(batch.id, stores.owner_id)
+    with stores.sessions() as s:
+        kinds = [e.event_type for e in s.scalars(select(WebhookEvent).where(WebhookEvent.batch_id == batch.id))]
+    assert sorted(kinds) == ["batch.completed"] + ["job.canceled"] * 3 + ["job.started"]
+    assert batch.id in stores.batches.finished_without_manifest(limit=10_000)
+    stores.batches.set_manifest_key(batch.id, f"manifests/{batch.id}.jsonl")
+    assert stores.batches.get(batch.id).manifest_key == f"manifests/{batch.id}.jsonl"
+    assert batch.id not in stores.batches.finished_without_manifest(limit=10_000)
+
+
+def test_concurrent_finishes_complete_the_batch_once(storage_jobs: JobStore, compat: str) -> None:
+    # Given a running batch of 16 jobs
+    job_store = storage_jobs
+    owner = add_owner(job_store.sessions)
+    batch, recs = job_store.create_many([job(owner, compat) for _ in range(16)],
+                                        NewBatch(owner, webhook_url="http://127.0.0.1/b"))
+    assert batch is not None
+    claims = [c for r in recs for c in job_store.claim_batch(r.id, "w", 60, 1, 10**9)]
+    # When 16 threads finish them at once
+    barrier = threading.Barrier(len(claims))
+
+    def finish(claim: Any) -> None:
+        barrier.wait()
+        assert job_store.complete(claim, ["k"])
+
+    threads = [threading.Thread(target=finish, args=(c,)) for c in claims]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Then the batch is completed and reported exactly once
+    with job_store.sessions() as s:
+        done = s.scalars(select(WebhookEvent).where(WebhookEvent.batch_id == batch.id,
+                                                    WebhookEvent.event_type == "batch.completed")).all()
+    assert len(done) == 1
+    from storage.batches import BatchStore
+
+    assert BatchStore(job_store.sessions).get(batch.id).status == "completed"

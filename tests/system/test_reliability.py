@@ -1,0 +1,187 @@
+"""The reliability suite: the whole stack as processes under load, crashes, restarts and hostile input.
+
+Each scenario drives the running stack through the API with a load generator, does something bad to it, and
+ends with the invariant check of `bench.invariants` (every accepted job terminal, exactly its result objects, no
+orphans, subscribed webhooks delivered under a stable id). Bounded for CI: a few hundred tiny jobs in all;
+`bench/soak.py` runs the long form.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from bench.invariants import check, s3_client, wait_all_terminal
+from bench.loadgen import LoadConfig, LoadGenerator
+from bench.stack import wait_until
+
+pytestmark = pytest.mark.system
+
+SETTLE_TIMEOUT = 150.0
+
+
+def run_scenario(system, name: str, action=None, submissions: int = 24, rate: float = 6.0, **load_kw):
+    """Given load of `submissions` requests, when `action(stack)` runs midway, then every invariant holds."""
+    stack, receiver, keys, engine = system["stack"], system["receiver"], system["keys"], system["engine"]
+    load = LoadGenerator(stack.api_url, keys[0]["key"], LoadConfig(webhook_url=receiver.url, **load_kw),
+                         seed=hash(name) % 10_000)
+    started = time.monotonic()
+    load.start(threads=2, rate=rate, limit=submissions)
+    if action is not None:
+        action(stack, load)
+    load.wait()
+    wait_all_terminal(engine, load.state.accepted, SETTLE_TIMEOUT)
+    # webhooks for the last jobs may still be in flight: give the dispatcher a moment
+    wait_until(lambda: _webhooks_settled(engine, load.state.accepted), 60, "webhook outbox to drain")
+    report = check(engine, system["s3"], stack.BUCKET, load.state.accepted, receiver.snapshot(),
+                   load.state.subscribed, {keys[0]["id"]: keys[0]["webhook_secret"]},
+                   wall_seconds=time.monotonic() - started)
+    report.worker_restarts = sum(v for k, v in stack.restarts.items() if k.startswith("worker"))
+    print("\n" + report.table(f"scenario: {name}"))
+    assert not load.state.server_errors, load.state.server_errors[:5]
+    assert report.accepted >= submissions // 2, "too few jobs were accepted to judge the scenario"
+    assert report.ok, report.table(name)
+    return report, load
+
+
+def _webhooks_settled(engine: sa.Engine, job_ids: list[str]) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(
+            "select count(*) from webhook_events where status = 'pending' and event_type <> 'job.progress' "
+            "and (job_id = any(:ids) or job_id is null)"), {"ids": job_ids}).scalar_one() == 0
+
+
+def _running_on(engine: sa.Engine, worker_prefix: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("select count(*) from jobs where status = 'running' and worker_id like :w"),
+                            {"w": f"%{worker_prefix}%"}).scalar_one()
+
+
+def test_steady_mixed_load(system):
+    report, load = run_scenario(system, "steady mixed load", submissions=30)
+    assert report.succeeded == report.accepted
+    assert load.state.batches, "the load included batch submissions"
+
+
+def test_sigkill_worker_mid_batch_twice(system):
+    def kill_twice(stack, load):
+        engine = system["engine"]
+        for _ in range(2):
+            name = "worker-0"
+            prefix = stack.services[name].argv[stack.services[name].argv.index("--name") + 1]
+            wait_until(lambda: _running_on(engine, prefix), 60, f"a batch running on {name}", interval=0.05)
+            stack.restart_service(name, signal.SIGKILL)
+
+    report, _ = run_scenario(system, "SIGKILL a worker mid-batch, twice", kill_twice, submissions=30)
+    assert report.succeeded == report.accepted
+    assert report.attempts_over_one >= 1, "the killed batches were retried (attempts recorded)"
+
+
+def test_redis_restarted_and_flushed_under_load(system):
+    def restart_redis(stack, load):
+        time.sleep(2)
+        stack.redis.restart(down_seconds=1.0)  # no persistence: every queued message is gone
+
+    report, _ = run_scenario(system, "Redis restarted (and flushed) under load", restart_redis, submissions=24)
+    assert report.succeeded == report.accepted
+
+
+def test_postgres_restarted_under_load(system):
+    seen: dict[int, int] = {}
+    missing_retry_after: list[int] = []
+
+    def restart_postgres(stack, load):
+        time.sleep(2)
+        stack.pg.stop()
+        key = system["keys"][0]["key"]
+        deadline = time.monotonic() + 4
+        with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=10) as client:
+            while time.monotonic() < deadline:  # while the database is down the API answers 503, never 500
+                for resp in (client.get(f"{stack.api_url}/v1/jobs"),
+                             client.post(f"{stack.api_url}/v1/jobs", json=load.job_body(999_999))):
+                    seen[resp.status_code] = seen.get(resp.status_code, 0) + 1
+                    if resp.status_code == 503 and "retry-after" not in resp.headers:
+                        missing_retry_after.append(resp.status_code)
+                time.sleep(0.2)
+        stack.pg._pg_ctl("start")
+        wait_until(stack.pg._ready, 30, "postgres back")
+
+    report, _ = run_scenario(system, "Postgres restarted under load", restart_postgres, submissions=24)
+    assert seen.get(503), f"the API answered 503 while the database was down: {seen}"
+    assert not any(code >= 500 and code != 503 for code in seen), seen
+    assert not missing_retry_after
+    assert report.succeeded == report.accepted
+
+
+def test_webhook_receiver_down_then_back(system):
+    receiver = system["receiver"]
+
+    def receiver_outage(stack, load):
+        time.sleep(1)
+        receiver.down()
+        time.sleep(3)  # shorter than the first retry delay (5 s): the retry finds it back
+        receiver.up()
+
+    report, _ = run_scenario(system, "webhook receiver down, then back", receiver_outage, submissions=20)
+    assert report.webhook_events_missing == 0
+
+
+def test_graceful_rolling_restart_of_workers(system):
+    def rolling_restart(stack, load):
+        for name in [n for n in stack.services if n.startswith("worker")]:
+            time.sleep(2)
+            stack.restart_service(name, signal.SIGTERM)
+
+    report, _ = run_scenario(system, "graceful rolling restart of workers", rolling_restart, submissions=24)
+    assert report.succeeded == report.accepted
+
+
+def test_hostile_input(system):
+    from bench.hostile import run_hostile
+
+    stack, keys = system["stack"], system["keys"]
+    outcome = run_hostile(stack.api_url, keys[0]["key"], keys[1]["key"])
+    print("\n" + outcome.table())
+    assert not outcome.server_errors, outcome.server_errors[:10]
+    assert not outcome.unexpected, outcome.unexpected[:10]
+    assert outcome.rate_limited > 0, "a burst over the rate limit was answered 429"
+    # and the hostile traffic did not disturb honest work
+    report, _ = run_scenario(system, "honest load after hostile input", submissions=12)
+    assert report.succeeded == report.accepted
+
+
+@pytest.fixture(scope="module")
+def system(tiny_checkpoint, tmp_path_factory):
+    import json
+    import subprocess
+    import sys
+
+    from bench.receiver import WebhookReceiver
+    from bench.stack import ROOT, Stack, StackConfig
+
+    config = StackConfig(checkpoint=tiny_checkpoint, workers=2, lease_seconds=6.0,
+                         extra_env={"UNIPIC_RATE_LIMIT_PER_MINUTE": "100000"})
+    stack = Stack(config, tmp_path_factory.mktemp("stack"))
+    receiver = WebhookReceiver()
+    try:
+        stack.start()
+        keys = []
+        for name in ("tenant-a", "tenant-b"):
+            out = subprocess.run([sys.executable, "-m", "cli.main", "keys", "create", "--name", name, "--json"],
+                                 env=stack.env(), cwd=ROOT, check=True, capture_output=True, text=True).stdout
+            keys.append(json.loads(out.strip().splitlines()[-1]))
+        engine = sa.create_engine(stack.pg.url, pool_pre_ping=True)
+        s3 = s3_client(stack.env()["UNIPIC_S3_ENDPOINT_URL"])
+        yield {"stack": stack, "receiver": receiver, "keys": keys, "engine": engine, "s3": s3}
+        engine.dispose()
+    except BaseException:
+        for svc in stack.services.values():
+            print(f"--- {svc.name} log ---\n{svc.log_tail(60)}")
+        raise
+    finally:
+        stack.close()
+        receiver.close()

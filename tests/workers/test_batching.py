@@ -1,0 +1,78 @@
+"""Batches under stress: cancellation while queued and while running, and out-of-memory splitting.
+
+Faults come from the worker's test-only fault injector (`workers.faults`): slowed sampling steps to catch a
+batch mid-run, and simulated out-of-memory errors above a batch size or a pixel count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tests.workers.conftest import decode, enqueue, make_job, wait_for, wait_terminal
+
+STEPS = 6
+
+
+def test_cancel_while_queued_and_while_running_leaves_batch_mates_unchanged(
+    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
+) -> None:
+    worker = start_worker("cancel", UNIPIC_FAULT_STEP_DELAY_MS="200")
+
+    # Given four compatible jobs, one of them canceled while still queued
+    jobs = [make_job(job_store, object_store, owner_id, "generate", 64, seed=500 + i, steps=STEPS, tag="cancel")
+            for i in range(4)]
+    keep_a, victim, keep_b, queued_victim = jobs
+    assert job_store.request_cancel(queued_victim.id, owner_id).status == "canceled"
+
+    # When the other three run as one batch and one of them is canceled mid-run
+    enqueue(job_store, celery_app, jobs)
+    wait_for(lambda: job_store.get(victim.id).status == "running", "the batch to start")
+    job_store.request_cancel(victim.id, owner_id)
+    done = wait_terminal(job_store, [j.id for j in jobs], workers=[worker])
+
+    # Then the canceled ones end canceled and the others succeed in that same batch of three
+    assert done[queued_victim.id].status == "canceled" and done[queued_victim.id].started_at is None
+    assert done[victim.id].status == "canceled" and done[victim.id].error_code == "canceled"
+    assert done[victim.id].result_keys is None and not object_store.list(f"results/{victim.id}/")
+    for job in (keep_a, keep_b):
+        assert done[job.id].status == "succeeded" and done[job.id].batch_size == 3
+
+    # And their images equal those of the same seeds run alone
+    for job in (keep_a, keep_b):
+        alone = make_job(job_store, object_store, owner_id, "generate", 64, seed=job.params["seed"], steps=STEPS,
+                         tag="cancel-alone")
+        enqueue(job_store, celery_app, [alone])
+        alone_done = wait_terminal(job_store, [alone.id], workers=[worker])[alone.id]
+        assert alone_done.status == "succeeded" and alone_done.batch_size == 1
+        batched = np.asarray(decode(object_store, done[job.id].result_keys[0]), dtype=np.int16)
+        solo = np.asarray(decode(object_store, alone_done.result_keys[0]), dtype=np.int16)
+        assert np.abs(batched - solo).max() <= 2
+
+
+def test_out_of_memory_splits_the_batch_and_an_item_that_cannot_fit_fails_alone(
+    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
+) -> None:
+    # Given a worker that runs out of memory above one item per call or above 64x64 pixels
+    worker = start_worker("oom", UNIPIC_FAULT_OOM_ABOVE="1", UNIPIC_FAULT_OOM_ABOVE_PIXELS=str(64 * 64))
+    small = [make_job(job_store, object_store, owner_id, "generate", 64, seed=700 + i, tag="oom") for i in range(4)]
+    big = make_job(job_store, object_store, owner_id, "generate", 128, seed=777, tag="oom")
+
+    # When a batch of four small jobs and one large job arrive
+    enqueue(job_store, celery_app, [small[0], big])
+    done = wait_terminal(job_store, [j.id for j in [*small, big]], workers=[worker])
+
+    # Then the batch was split down to single items that all succeeded
+    for job in small:
+        assert done[job.id].status == "succeeded" and done[job.id].batch_size == 4
+        assert decode(object_store, done[job.id].result_keys[0]).size == (64, 64)
+    assert worker.log().count("splitting in halves") == 3  # 4 -> 2+2 -> 1+1, 1+1
+    # And the single item that cannot fit failed with out_of_memory
+    assert done[big.id].status == "failed" and done[big.id].error_code == "out_of_memory"
+
+    # And the worker is still healthy afterwards
+    after = make_job(job_store, object_store, owner_id, "understand", 64, seed=9, tag="oom-after")
+    enqueue(job_store, celery_app, [after])
+    assert wait_terminal(job_store, [after.id], workers=[worker])[after.id].status == "succeeded"
+    assert worker.proc.poll() is None
