@@ -1,8 +1,10 @@
 """Dependencies for routes, as `Annotated` aliases: the process's services and the authenticated caller.
 
-`Caller` resolves `Authorization: Bearer <key>` against `storage.keys.KeyStore` (keys are stored hashed; a
-revoked or unknown key is 401 `unauthorized`) and charges the key's rate limit. Every route that touches jobs
-or batches takes a `Caller` and scopes its queries by `caller.id`.
+`Caller` resolves `Authorization: Bearer <key>` against `storage.keys.KeyStore` (through `api.auth.KeyCache`;
+keys are stored hashed; a revoked or unknown key is 401 `unauthorized`) and charges the key's rate limit. Every
+route that touches jobs or batches takes a `Caller` and scopes its queries by `caller.id`. The cheap
+dependencies are `async` so they run on the event loop, not in the thread pool; `authenticate` may query the
+database and stays sync.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class Caller:
     max_active_jobs: int | None = None
 
 
-def reject_unknown_query(request: Request) -> None:
+async def reject_unknown_query(request: Request) -> None:
     """422 for query parameters the route does not declare (a typo like `?stauts=` must not pass silently)."""
     route = request.scope.get("route")
     allowed = _declared_query(route)
@@ -60,7 +62,7 @@ def _query_names(dependant: Any) -> set[str]:
     return names
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
@@ -77,7 +79,7 @@ def authenticate(
     """The caller for a valid, unrevoked key (401 otherwise), after charging its rate limit (429)."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise _unauthorized("missing bearer API key")
-    record = services.keys.authenticate(credentials.credentials)
+    record = services.key_cache.authenticate(credentials.credentials)
     if record is None:
         raise _unauthorized("invalid or revoked API key")
     caller = Caller(
@@ -96,13 +98,13 @@ def checked_id(value: str) -> bool:
     return bool(_ID.fullmatch(value))
 
 
-def _job_id(job_id: str) -> str:
+async def _job_id(job_id: str) -> str:
     if not checked_id(job_id):
         raise ApiError(404, "not_found", "job not found")
     return job_id.lower()
 
 
-def _batch_id(batch_id: str) -> str:
+async def _batch_id(batch_id: str) -> str:
     if not checked_id(batch_id):
         raise ApiError(404, "not_found", "batch not found")
     return batch_id.lower()

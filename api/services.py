@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from api.admission import Admission
+from api.auth import KeyCache
 from api.enqueue import Enqueuer
 from api.images import configure_pil
 from api.params import JobPreparer
@@ -42,6 +43,7 @@ class Services:
     enqueuer: Enqueuer
     preparer: JobPreparer
     admission: Admission
+    key_cache: KeyCache
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -53,10 +55,12 @@ class Services:
         ephemeral = make_ephemeral(settings, sessions)
         configure_pil(settings.max_upload_pixels)
         counter = PromptCounter(settings.max_prompt_tokens)
+        keys = KeyStore(sessions)
         return cls(
-            settings=settings, engine=engine, jobs=jobs, batches=BatchStore(sessions), keys=KeyStore(sessions),
+            settings=settings, engine=engine, jobs=jobs, batches=BatchStore(sessions), keys=keys,
             objects=make_object_store(settings), ephemeral=ephemeral, enqueuer=Enqueuer(settings, jobs),
             preparer=JobPreparer(settings, counter), admission=Admission(settings, jobs, ephemeral),
+            key_cache=KeyCache(keys),
         )
 
     def presign(self, key: str) -> tuple[str, datetime]:

@@ -48,9 +48,9 @@ class HostileOutcome:
                 f"{len(self.unexpected)} |\n| rate limited (429) | {self.rate_limited} |")
 
 
-def png_bytes(size: tuple[int, int] = (32, 32)) -> bytes:
+def _encoded(fmt: str) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", size, (1, 2, 3)).save(buf, format="PNG")
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(buf, format=fmt)
     return buf.getvalue()
 
 
@@ -92,7 +92,11 @@ def run_hostile(api_url: str, key: str, other_key: str, seed: int = 0,
              json={"kind": "understand", "question": "what?", "image": data_url(b"not an image at all")})
         post("decompression bomb", {400, 413, 422}, "image_too_large",
              json={"kind": "understand", "question": "what?", "image": data_url(png_bomb())})
-        post("unsupported format", {415}, "unsupported_media_type",
+        post("unsupported format (BMP)", {415}, "unsupported_media_type",
+             files={"image": ("x.bmp", _encoded("BMP"), "image/bmp")}, data={"kind": "understand", "question": "what?"})
+        post("unsupported format (GIF data URL)", {415}, "unsupported_media_type",
+             json={"kind": "understand", "question": "what?", "image": data_url(_encoded("GIF"), "image/gif")})
+        post("not an image (SVG)", {400, 415}, None,
              files={"image": ("x.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml")},
              data={"kind": "understand", "question": "what?"})
         post("oversized upload", {413}, "payload_too_large",

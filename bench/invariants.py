@@ -63,7 +63,7 @@ class Report:
             ("expired", self.expired), ("lost (must be 0)", self.lost),
             ("duplicated (must be 0)", self.duplicated), ("orphan objects (must be 0)", self.orphans),
             ("missing result objects (must be 0)", self.missing_objects),
-            ("jobs retried (attempts > 1)", self.attempts_over_one),
+            ("jobs retried after a lost worker", self.attempts_over_one),
             ("latency p50 / p99 (s)", f"{self.percentile(50):.2f} / {self.percentile(99):.2f}"),
             ("throughput (succeeded jobs/s)", f"{thr:.2f}"), ("wall time (s)", f"{self.wall_seconds:.1f}"),
             ("worker restarts", self.worker_restarts), ("webhook attempts", self.webhook_attempts),
@@ -117,7 +117,7 @@ def check(engine: sa.Engine, s3: Any, bucket: str, accepted: list[str], deliveri
             report.lost += 1
             report.problems.append(f"job {job['id']} not terminal: {status}")
             continue
-        if job["attempts"] and job["attempts"] > 1:
+        if job["attempts"]:  # counts lost leases: 0 on a first run
             report.attempts_over_one += 1
         if status == "succeeded":
             report.succeeded += 1

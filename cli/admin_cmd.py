@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,7 +18,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(dist_version("unipic-queue"))
 
     @app.command()
-    def migrate(data_dir: Optional[Path] = DataDir, revision: str = "head") -> None:
+    def migrate(data_dir: Path | None = DataDir, revision: str = "head") -> None:
         """Apply database migrations (alembic upgrade) to the configured database."""
         from cli.runtime import settings_for
         from storage.migrate import upgrade

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 import typer
@@ -27,7 +27,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def submit(
     items: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL: one job body per line"),
     wait: bool = typer.Option(False, "--wait", help="Wait with a progress bar until every item is done"),
-    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+    api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Submit a batch (all-or-nothing); print its id."""
     body = _checked_jsonl(items)
@@ -42,7 +42,7 @@ def submit(
 
 
 @app.command("wait")
-def wait_cmd(batch_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+def wait_cmd(batch_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> None:
     """Wait for a batch already submitted (resumable: run it again any time)."""
     with open_client(api_url, api_key) as client:
         try:
@@ -52,7 +52,7 @@ def wait_cmd(batch_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiK
 
 
 @app.command("show")
-def show(batch_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+def show(batch_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> None:
     """A batch as JSON (counts per status; the manifest link when done)."""
     with open_client(api_url, api_key) as client:
         try:
@@ -62,7 +62,7 @@ def show(batch_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) 
 
 
 @app.command("cancel")
-def cancel(batch_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+def cancel(batch_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> None:
     """Cancel every item of a batch that has not finished."""
     with open_client(api_url, api_key) as client:
         try:
@@ -75,7 +75,7 @@ def cancel(batch_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey
 def download(
     batch_id: str,
     directory: Path = typer.Argument(..., file_okay=False, help="Where to write results"),
-    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+    api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Download results named by custom_id: images as NAME.png (NAME-1.png, ... for several), answers NAME.txt."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def _save_job(client: ApiClient, job: dict[str, Any], directory: Path) -> tuple[
     name = item_name(job)
     result = job.get("result") or {}
     images = result.get("images") or []
-    targets: list[tuple[Path, Optional[str]]] = []
+    targets: list[tuple[Path, str | None]] = []
     for i, image in enumerate(images):
         suffix = Path(urlsplit(image["url"]).path).suffix or ".png"
         stem = name if len(images) == 1 else f"{name}-{i + 1}"

@@ -13,11 +13,13 @@ import json
 import mimetypes
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urljoin, urlsplit
 
-import httpx
 import typer
+
+if TYPE_CHECKING:  # httpx is imported when a client is made: `unipic --help` stays quick
+    import httpx
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 
@@ -39,6 +41,8 @@ class ApiClient:
     """A thin synchronous client over the public API."""
 
     def __init__(self, base_url: str, api_key: str | None, timeout: float = 60.0) -> None:
+        import httpx
+
         self.base_url = base_url.rstrip("/") + "/"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
@@ -46,7 +50,7 @@ class ApiClient:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> ApiClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -55,6 +59,8 @@ class ApiClient:
     # ---- transport ----------------------------------------------------------------------------------------
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request to the API; return the decoded JSON body (None when empty) or raise `ApiError`."""
+        import httpx
+
         try:
             response = self.http.request(method, path.lstrip("/"), **kwargs)
         except httpx.TransportError as exc:
@@ -83,7 +89,7 @@ class ApiClient:
 
     def iter_jobs(self, **filters: Any) -> Iterator[dict[str, Any]]:
         """Every job matching the filters, following the cursor."""
-        cursor: Optional[str] = None
+        cursor: str | None = None
         while True:
             page = self.list_jobs(cursor=cursor, **filters)
             yield from page.get("data") or []
@@ -112,6 +118,8 @@ class ApiClient:
     # ---- results ------------------------------------------------------------------------------------------
     def download(self, url: str) -> bytes:
         """Fetch a result URL: same-origin links with the API key, presigned links of other origins without."""
+        import httpx
+
         absolute = urljoin(self.base_url, url)
         same_origin = urlsplit(absolute)[:2] == urlsplit(self.base_url)[:2]
         try:

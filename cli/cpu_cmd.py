@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -30,7 +30,7 @@ def cpu_worker(
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Threads delivering webhooks"),
     name: str = typer.Option("cpu@%h", "--name", help="Celery node name"),
     loglevel: str = typer.Option("INFO", "--loglevel"),
-    data_dir: Optional[Path] = DataDir,
+    data_dir: Path | None = DataDir,
 ) -> None:
     """Run the CPU worker: webhook delivery and maintenance tasks (no model, no torch)."""
     settings = _prepare(data_dir)
@@ -45,7 +45,7 @@ def cpu_worker(
 
 def beat(
     loglevel: str = typer.Option("INFO", "--loglevel"),
-    data_dir: Optional[Path] = DataDir,
+    data_dir: Path | None = DataDir,
 ) -> None:
     """Run beat alone: it schedules the sweeper and the outbox dispatch (run exactly one)."""
     settings = _prepare(data_dir)
@@ -54,7 +54,7 @@ def beat(
     app.start(["beat", "--schedule", str(_schedule(settings)), "--loglevel", loglevel])
 
 
-def _prepare(data_dir: Optional[Path]) -> Settings:
+def _prepare(data_dir: Path | None) -> Settings:
     if data_dir is not None:
         os.environ["UNIPIC_DATA_DIR"] = str(data_dir)
     return settings_for(data_dir)

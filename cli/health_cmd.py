@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -37,9 +36,9 @@ def api(url: str = typer.Option("http://127.0.0.1:8000", "--url", help="The API 
 
 @app.command("worker")
 def worker(
-    hostname: Optional[str] = typer.Option(None, "--hostname", help="Default: this host's name"),
-    max_age: Optional[float] = typer.Option(None, "--max-age", help="Seconds; default 3 heartbeat intervals"),
-    data_dir: Optional[Path] = DataDir,
+    hostname: str | None = typer.Option(None, "--hostname", help="Default: this host's name"),
+    max_age: float | None = typer.Option(None, "--max-age", help="Seconds; default 3 heartbeat intervals"),
+    data_dir: Path | None = DataDir,
 ) -> None:
     """A model worker on this host has a fresh heartbeat."""
     from storage.db import make_engine, make_session_factory
@@ -63,7 +62,7 @@ def worker(
 def celery(
     node: str = typer.Option(..., "--node", help="Node name, e.g. cpu@$HOSTNAME"),
     timeout: float = typer.Option(5.0, "--timeout"),
-    data_dir: Optional[Path] = DataDir,
+    data_dir: Path | None = DataDir,
 ) -> None:
     """A Celery worker answers a ping over the broker."""
     from workers.app import make_celery

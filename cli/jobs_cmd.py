@@ -5,7 +5,7 @@ Tables go to stdout through rich; `--json` prints the API's own JSON for scripts
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich import box
@@ -23,13 +23,13 @@ if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
 
 @app.command("list")
 def list_jobs(
-    status: Optional[str] = typer.Option(None, "--status"),
-    kind: Optional[str] = typer.Option(None, "--kind"),
-    batch_id: Optional[str] = typer.Option(None, "--batch"),
+    status: str | None = typer.Option(None, "--status"),
+    kind: str | None = typer.Option(None, "--kind"),
+    batch_id: str | None = typer.Option(None, "--batch"),
     limit: int = typer.Option(20, "--limit", min=1, max=1000, help="Rows per page"),
-    cursor: Optional[str] = typer.Option(None, "--cursor", help="Continue from a previous page"),
+    cursor: str | None = typer.Option(None, "--cursor", help="Continue from a previous page"),
     as_json: bool = typer.Option(False, "--json"),
-    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+    api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Your jobs, newest first (one page; the next cursor is printed)."""
     with open_client(api_url, api_key) as client:
@@ -53,7 +53,7 @@ def list_jobs(
 
 
 @app.command("show")
-def show(job_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+def show(job_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> None:
     """One job as JSON."""
     with open_client(api_url, api_key) as client:
         try:
@@ -63,7 +63,7 @@ def show(job_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) ->
 
 
 @app.command("wait")
-def wait(job_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+def wait(job_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> None:
     """Wait for a job with a progress bar, then print it as JSON (exit 1 unless it succeeded)."""
     with open_client(api_url, api_key) as client:
         try:
@@ -76,7 +76,7 @@ def wait(job_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) ->
 
 
 @app.command("cancel")
-def cancel(job_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) -> None:
+def cancel(job_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> None:
     """Cancel a job (queued: at once; running: between sampling steps)."""
     with open_client(api_url, api_key) as client:
         try:
@@ -88,7 +88,7 @@ def cancel(job_id: str, api_url: str = ApiUrl, api_key: Optional[str] = ApiKey) 
 
 def workers(
     as_json: bool = typer.Option(False, "--json"),
-    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+    api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Live workers: device, model, what they serve, batches run, last heartbeat."""
     with open_client(api_url, api_key) as client:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
 
 DataDir = typer.Option(None, "--data-dir", envvar="UNIPIC_DATA_DIR", help="Where embedded state lives")
 
 
-def settings_for(data_dir: Path | None = None, **overrides: Any):  # -> storage.settings.Settings
+def settings_for(data_dir: Path | None = None, **overrides: Any) -> Settings:
     """Settings from the environment, with `--data-dir` applied; exits with the message on invalid settings."""
     from storage.settings import SettingsError, load_settings
 

@@ -8,7 +8,7 @@ code; `--no-wait` prints the job id and returns at once (`unipic jobs show ID` l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -35,12 +35,12 @@ def register(app: typer.Typer) -> None:
 def generate(
     prompt: str = typer.Argument(..., help="What to draw"),
     output: Path = typer.Option(Path("out.png"), "--output", "-o", help="Where to write the image"),
-    size: Optional[int] = Size, steps: Optional[int] = Steps, seed: Optional[int] = Seed,
-    guidance: Optional[float] = Guidance, num_images: int = NumImages,
-    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt"),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    fmt: Optional[str] = Format, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
-    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+    size: int | None = Size, steps: int | None = Steps, seed: int | None = Seed,
+    guidance: float | None = Guidance, num_images: int = NumImages,
+    negative: str | None = typer.Option(None, "--negative", help="Negative prompt"),
+    temperature: float | None = typer.Option(None, "--temperature"),
+    fmt: str | None = Format, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
+    api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Text to image: submit, wait with a progress bar, download to -o."""
     body = {"kind": "generate", "prompt": prompt, "negative_prompt": negative, "num_images": num_images,
@@ -52,11 +52,11 @@ def edit(
     image: Path = typer.Argument(..., exists=True, dir_okay=False, help="The image to edit"),
     instruction: str = typer.Argument(..., help="What to change"),
     output: Path = typer.Option(Path("out.png"), "--output", "-o"),
-    size: Optional[int] = Size, steps: Optional[int] = Steps, seed: Optional[int] = Seed,
-    guidance: Optional[float] = Guidance, num_images: int = NumImages,
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    fmt: Optional[str] = Format, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
-    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+    size: int | None = Size, steps: int | None = Steps, seed: int | None = Seed,
+    guidance: float | None = Guidance, num_images: int = NumImages,
+    temperature: float | None = typer.Option(None, "--temperature"),
+    fmt: str | None = Format, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
+    api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Edit an image following an instruction: submit, wait, download to -o."""
     body = {"kind": "edit", "image": data_url(image), "instruction": instruction, "num_images": num_images,
@@ -67,11 +67,11 @@ def edit(
 def ask(
     image: Path = typer.Argument(..., exists=True, dir_okay=False, help="The image to ask about"),
     question: str = typer.Argument(...),
-    size: Optional[int] = typer.Option(None, "--size", help="Side the image is resized to"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    seed: Optional[int] = Seed, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
-    api_url: str = ApiUrl, api_key: Optional[str] = ApiKey,
+    size: int | None = typer.Option(None, "--size", help="Side the image is resized to"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens"),
+    temperature: float | None = typer.Option(None, "--temperature"),
+    seed: int | None = Seed, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
+    api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Image understanding: print the model's answer to a question about an image."""
     body = _compact({"kind": "understand", "image": data_url(image), "question": question, "size": size,
@@ -88,8 +88,8 @@ def ask(
 
 
 # ---- shared ---------------------------------------------------------------------------------------------------
-def _sampling(size: Optional[int], steps: Optional[int], seed: Optional[int], guidance: Optional[float],
-              temperature: Optional[float], fmt: Optional[str], priority: int) -> dict[str, Any]:
+def _sampling(size: int | None, steps: int | None, seed: int | None, guidance: float | None,
+              temperature: float | None, fmt: str | None, priority: int) -> dict[str, Any]:
     return _compact({"width": size, "height": size, "steps": steps, "seed": seed, "guidance_scale": guidance,
                      "temperature": temperature, "output_format": fmt, "priority": priority or None})
 
@@ -99,11 +99,11 @@ def _compact(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
-def _format_of(path: Path) -> Optional[str]:
+def _format_of(path: Path) -> str | None:
     return {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg"}.get(path.suffix.lower())
 
 
-def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool) -> Optional[dict[str, Any]]:
+def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool) -> dict[str, Any] | None:
     """Submit; unless no_wait, wait until terminal. Exits 1 on API errors and on jobs that did not succeed."""
     try:
         job = client.create_job(_compact(body))
@@ -121,7 +121,7 @@ def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool) -> 
     return job
 
 
-def _run_image_job(api_url: str, api_key: Optional[str], body: dict[str, Any], output: Path, count: int,
+def _run_image_job(api_url: str, api_key: str | None, body: dict[str, Any], output: Path, count: int,
                    no_wait: bool, as_json: bool) -> None:
     with open_client(api_url, api_key) as client:
         job = _submit_and_wait(client, body, no_wait)

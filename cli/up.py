@@ -18,13 +18,15 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import typer
 
 from cli.runtime import DataDir, settings_for
 from cli.supervisor import ChildSpec, Supervisor
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
 
 READY_TIMEOUT_S = 300.0
 _KEY_IN_QUERY = re.compile(r"([?&]key=)[^&\s]+")
@@ -36,11 +38,11 @@ def register(app: typer.Typer) -> None:
 
 
 def up(
-    model: Optional[str] = typer.Option(None, "--model", envvar="UNIPIC_MODEL",
+    model: str | None = typer.Option(None, "--model", envvar="UNIPIC_MODEL",
                                         help="'tiny', a Hugging Face repo id or a local directory"),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the API listens on"),
     port: int = typer.Option(8000, "--port", help="Port the API listens on"),
-    data_dir: Optional[Path] = DataDir,
+    data_dir: Path | None = DataDir,
     device: str = typer.Option("auto", "--device", help="Model worker device: auto, cpu, cuda:N"),
     grace: float = typer.Option(30.0, "--grace", help="Seconds children get to stop before SIGKILL"),
 ) -> None:
@@ -65,7 +67,7 @@ def api(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     workers: int = typer.Option(1, "--workers", min=1, help="uvicorn worker processes"),
-    data_dir: Optional[Path] = DataDir,
+    data_dir: Path | None = DataDir,
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the HTTP API (uvicorn on `api.app:create_app`)."""
@@ -73,8 +75,8 @@ def api(
 
     settings = settings_for(data_dir)
     _configure_logging(log_level)
-    options: dict[str, Any] = dict(host=host, port=port, log_level=log_level, proxy_headers=True,
-                                   log_config=_uvicorn_log_config())
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "proxy_headers": True,
+                               "log_config": _uvicorn_log_config()}
     if workers == 1:
         from api.app import create_app
 
@@ -108,13 +110,13 @@ def _check_port(host: str, port: int) -> None:
             raise typer.Exit(1) from None
 
 
-def _migrate(settings: Any) -> None:
+def _migrate(settings: Settings) -> None:
     from storage.migrate import upgrade
 
     upgrade(settings)
 
 
-def _first_key(settings: Any) -> str | None:
+def _first_key(settings: Settings) -> str | None:
     """Create and return a first API key when the database has none (shown once); else None."""
     from storage.db import make_engine, make_session_factory
     from storage.keys import KeyStore
@@ -141,7 +143,7 @@ def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def _children(settings: Any, host: str, port: int, device: str, base: str) -> list[ChildSpec]:
+def _children(settings: Settings, host: str, port: int, device: str, base: str) -> list[ChildSpec]:
     env = dict(os.environ)
     env["UNIPIC_DATA_DIR"] = str(settings.data_dir.expanduser().resolve())
     env["UNIPIC_MODEL"] = settings.model
@@ -157,6 +159,8 @@ def _children(settings: Any, host: str, port: int, device: str, base: str) -> li
 
 def _wait_ready(base: str, supervisor: Supervisor) -> bool:
     """Poll /readyz while supervising; False if we were asked to stop first."""
+    import httpx
+
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline and not supervisor.stopping:
         supervisor.poll()
@@ -171,7 +175,7 @@ def _wait_ready(base: str, supervisor: Supervisor) -> bool:
     return False
 
 
-def _banner(supervisor: Supervisor, settings: Any, base: str, key: str | None) -> None:
+def _banner(supervisor: Supervisor, settings: Settings, base: str, key: str | None) -> None:
     mode = "embedded (SQLite, local objects, SQLite broker)" if settings.embedded else "external services"
     lines = [
         f"unipic is up ({mode}); data dir {settings.data_dir.expanduser().resolve()}",

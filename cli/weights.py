@@ -11,7 +11,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-
 # the files model.checkpoint.resolve fetches (copied: that module imports torch, which `up` must not)
 WEIGHT_FILES = ("pytorch_model.bin", "kl16.ckpt")
 ALLOW_PATTERNS = [*WEIGHT_FILES, "*.json", "merges.txt", "vocab.json"]
@@ -53,5 +52,5 @@ def ensure_weights(source: str, echo: Callable[[str], None] = print) -> str:
     echo(f"downloading {source} into the Hugging Face cache (once per machine)...")
     try:
         return snapshot_download(source, allow_patterns=ALLOW_PATTERNS)
-    except Exception as exc:  # network, auth, missing repo: all end the same way for the user
+    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all end the same way for the user
         raise WeightsUnavailable(f"could not download {source}: {type(exc).__name__}: {exc}; {hint}") from None

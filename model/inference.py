@@ -107,6 +107,7 @@ class UniPicEngine:
     tokenizer: Tokenizer
     device: torch.device
     dtype: torch.dtype
+    cuda_graphs: bool = True
     runner: QwenRunner = field(init=False)
     sampler: MARSampler = field(init=False)
 
@@ -115,7 +116,7 @@ class UniPicEngine:
         self.runner = QwenRunner(self.model.llm, cfg.llm)
         schedule = DiffusionSchedule.create(cfg.diffloss.num_train_steps, cfg.diffloss.respacing,
                                             cfg.diffloss.max_beta)
-        self.sampler = MARSampler(self.model, self.runner, schedule)
+        self.sampler = MARSampler(self.model, self.runner, schedule, self.cuda_graphs)
 
     @property
     def model(self):  # -> UniPic

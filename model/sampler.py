@@ -15,6 +15,7 @@ import torch
 
 from model.diffloss import cfg_mix
 from model.diffusion import DiffusionSchedule, masked_after, p_sample_loop
+from model.head_graph import HeadGraphs
 from model.llm import KVBuffer, QwenRunner
 from model.unipic import UniPic
 
@@ -78,11 +79,14 @@ def cfg_scale(scale: float, schedule: str, seq_len: int, masked_next: int) -> fl
 
 
 class MARSampler:
-    def __init__(self, model: UniPic, runner: QwenRunner, schedule: DiffusionSchedule) -> None:
+    def __init__(self, model: UniPic, runner: QwenRunner, schedule: DiffusionSchedule,
+                 cuda_graphs: bool = True) -> None:
         self.model = model
         self.runner = runner
         self.schedule = schedule
+        self.cuda_graphs = cuda_graphs
         self._t_emb: dict[tuple, torch.Tensor] = {}
+        self._graphs: HeadGraphs | None = None
 
     def time_embeddings(self) -> torch.Tensor:
         """(K, W) time embeddings of the used original timesteps, computed once per device/dtype."""
@@ -179,7 +183,12 @@ class MARSampler:
         temp = torch.cat(temps).to(dev)
         t_emb = self.time_embeddings()
         cond = net.cond_embed(cond_z)
-        if uncond_z is not None and scale != 1.0:
+        use_cfg = uncond_z is not None and scale != 1.0
+        if self.cuda_graphs and x.is_cuda:
+            if self._graphs is None or self._graphs.t_emb is not t_emb:
+                self._graphs = HeadGraphs(net, self.schedule, t_emb)
+            return self._graphs.run(x, xi, temp, cond, net.cond_embed(uncond_z) if use_cfg else None, scale)
+        if use_cfg:
             both = torch.cat([cond, net.cond_embed(uncond_z)])
 
             def denoise(state: torch.Tensor, step: int) -> torch.Tensor:

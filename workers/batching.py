@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage.errors import NotFound
 from storage.jobs import JobStore
 from storage.objects import ObjectStore
 from storage.records import Claim, JobRecord
@@ -36,6 +37,7 @@ from workers.shutdown import ShutdownGate
 log = logging.getLogger(__name__)
 
 CANCEL_CHECK_SECONDS = 0.25
+CLAIM_RETRY_PAUSES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 @dataclass
@@ -89,11 +91,7 @@ class BatchRunner:
         """Claim and run the batch `job_id` seeds; returns how many jobs were claimed (0 = no-op)."""
         if self.settings.batch_wait_ms:
             time.sleep(self.settings.batch_wait_ms / 1000)  # let compatible jobs arrive for a fuller batch
-        s = self.settings
-        claims = self.store.claim_batch(
-            job_id, self.worker_id, s.lease_seconds, s.worker_max_batch, s.worker_batch_pixel_budget,
-            kinds=s.worker_kinds,
-        )
+        claims = self._claim(job_id)
         if not claims:
             log.debug("job %s: already taken or no longer queued; message acked as a no-op", job_id)
             return 0
@@ -106,6 +104,27 @@ class BatchRunner:
         self.jobs_served += len(claims)
         self.metrics.observe_gpu_memory(self.device)
         return len(claims)
+
+    def _claim(self, job_id: str) -> list[Claim]:
+        """Claim the batch; retry briefly while the job is queued but its row is locked (SKIP LOCKED skips a row
+        that the enqueuer's `mark_enqueued` still holds, a window of milliseconds right after the send)."""
+        s = self.settings
+        for pause in (*CLAIM_RETRY_PAUSES, None):
+            claims = self.store.claim_batch(
+                job_id, self.worker_id, s.lease_seconds, s.worker_max_batch, s.worker_batch_pixel_budget,
+                kinds=s.worker_kinds,
+            )
+            if claims or pause is None:
+                return claims
+            try:
+                job = self.store.get(job_id)
+            except NotFound:
+                log.warning("job %s: message for an unknown job, acked as a no-op", job_id)
+                return []
+            if job.status != "queued" or job.kind not in s.worker_kinds:
+                return []
+            time.sleep(pause)
+        return []
 
     def _observe_claimed(self, jobs: Any) -> None:
         jobs = list(jobs)
@@ -131,8 +150,8 @@ class BatchRunner:
         )
         clock = BatchClock(soft, hard_limit_seconds(soft, s.lease_seconds))
         by_id = {c.job_id: c for c in claims}
-        with LeaseKeeper(self.store, claims, s.lease_seconds, stop_renewing=clock.hard_expired) as keeper:
-            reporter = ProgressReporter(self.store, by_id, s.progress_interval_ms / 1000, self.faults.on_step)
+        reporter = ProgressReporter(self.store, by_id, s.progress_interval_ms / 1000, self.faults.on_step)
+        with LeaseKeeper(self.store, claims, s.lease_seconds, stop_renewing=clock.hard_expired) as keeper, reporter:
             state = BatchState(by_id, clock, keeper, reporter, CancelWatcher(self.store, []))
             state.watcher = CancelWatcher(
                 self.store, list(by_id), CANCEL_CHECK_SECONDS, local=lambda: self._local_drops(state)

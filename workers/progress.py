@@ -1,8 +1,7 @@
 """Progress reports and cancellation checks of a running batch, both throttled.
 
 `ProgressReporter` is the engine's `progress(ids, step, total)` callback: it forwards step/total per job to the
-store (which fans it out to the ephemeral layer for the API and SSE) at most every `interval` per job, and
-always forwards the final step. `CancelWatcher` is the engine's `should_cancel()`: it asks the store which
+store at most every `interval` per job, from a background thread (the sampler never waits on a write). `CancelWatcher` is the engine's `should_cancel()`: it asks the store which
 jobs of the batch have a cancel request, at most every `interval`, and merges in the jobs the batch must drop
 for its own reasons (lost leases, time limit, shutdown). Neither knows the model; errors here are logged and
 never fail a batch.
@@ -20,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class ProgressReporter:
-    """Throttled per-job progress writes."""
+    """Throttled per-job progress, written by a background thread so the sampler never waits on the database."""
 
     def __init__(
         self,
@@ -34,7 +33,21 @@ class ProgressReporter:
         self._interval = interval_seconds
         self._last: dict[str, float] = {}
         self._on_step = on_step
+        self._pending: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._write_loop, name="progress-writer", daemon=True)
         self.fraction = 0.0  # of the current model call, for the shutdown estimate
+
+    def __enter__(self) -> ProgressReporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed = True  # what is still pending is superseded by the jobs' final states
+        self._wake.set()
+        self._thread.join(timeout=5)
 
     def reset(self) -> None:
         """A new model call starts (e.g. after an out-of-memory split)."""
@@ -46,15 +59,28 @@ class ProgressReporter:
         if total > 0:
             self.fraction = max(self.fraction, min(1.0, step / total))
         now = time.monotonic()
-        for job_id in ids:
-            due = now - self._last.get(job_id, float("-inf")) >= self._interval
-            if not (due or step >= total) or job_id not in self._claims:
-                continue
-            self._last[job_id] = now
-            try:
-                self._store.set_progress(self._claims[job_id], step, total)
-            except Exception:  # progress is best effort
-                log.exception("progress update failed for job %s", job_id)
+        due = [j for j in ids if j in self._claims and now - self._last.get(j, float("-inf")) >= self._interval]
+        if not due:
+            return
+        with self._lock:
+            for job_id in due:
+                self._last[job_id] = now
+                self._pending[job_id] = (step, total)
+        self._wake.set()
+
+    def _write_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closed:
+                return
+            with self._lock:
+                batch, self._pending = self._pending, {}
+            for job_id, (step, total) in batch.items():
+                try:
+                    self._store.set_progress(self._claims[job_id], step, total)
+                except Exception:  # progress is best effort
+                    log.exception("progress update failed for job %s", job_id)
 
 
 class CancelWatcher:
@@ -72,7 +98,9 @@ class CancelWatcher:
         self._interval = interval_seconds
         self._local = local
         self._requested: set[str] = set()
-        self._checked = float("-inf")
+        # the claim just cleared cancel flags and a queued cancel never reaches a worker: first look one
+        # interval from now, so short jobs pay no query at all
+        self._checked = time.monotonic()
         self._lock = threading.Lock()
 
     @property

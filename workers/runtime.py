@@ -64,7 +64,8 @@ class WorkerRuntime:
         shutdown = ShutdownGate(settings.worker_shutdown_grace_seconds)
 
         def enqueue(jobs: Sequence[JobRecord]) -> None:
-            store.mark_enqueued(enqueue_jobs(celery, jobs))
+            store.mark_enqueued([j.id for j in jobs])  # before sending, so no claim meets the stamp's row lock
+            enqueue_jobs(celery, jobs)
 
         runner = BatchRunner(
             store=store, objects=make_object_store(settings), engine=engine, settings=settings,

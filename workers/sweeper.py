@@ -19,6 +19,7 @@ from celery import Celery
 
 from storage.db import make_engine, make_session_factory
 from storage.jobs import JobStore
+from storage.records import JobRecord
 from storage.workers_registry import WorkerRegistry
 from storage.routing import SWEEP_TASK
 from storage.settings import Settings
@@ -54,13 +55,9 @@ class Sweeper:
         report = SweepReport()
         report.requeued = self.store.requeue_expired()
         if report.requeued:
-            queued = [j for j in self.store.get_many(report.requeued) if j.status == "queued"]
-            self.store.mark_enqueued(enqueue_jobs(self.celery, queued))
+            self._enqueue([j for j in self.store.get_many(report.requeued) if j.status == "queued"])
         report.expired = self.store.expire_overdue()
-        stale = self.store.stale_queued(self.settings.requeue_after_seconds)
-        if stale:
-            report.reenqueued = enqueue_jobs(self.celery, stale)
-            self.store.mark_enqueued(report.reenqueued)
+        report.reenqueued = self._enqueue(self.store.stale_queued(self.settings.requeue_after_seconds))
         report.workers_gone = self._mark_gone_workers()
         if any((report.requeued, report.expired, report.reenqueued, report.workers_gone)):
             log.info(
@@ -68,6 +65,13 @@ class Sweeper:
                 report.requeued, report.expired, len(report.reenqueued), report.workers_gone,
             )
         return report
+
+    def _enqueue(self, jobs: list[JobRecord]) -> list[str]:
+        # stamp first, send second: a worker's claim must never meet the row locked by our own stamp
+        if not jobs:
+            return []
+        self.store.mark_enqueued([j.id for j in jobs])
+        return enqueue_jobs(self.celery, jobs)
 
     def _mark_gone_workers(self) -> list[str]:
         """Workers not stopped whose heartbeat is older than a few intervals: record them as stopped."""

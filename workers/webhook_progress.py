@@ -38,6 +38,8 @@ def emit_progress_events(session_factory: sessionmaker[Session], now: datetime, 
         ).all()
         outbox = OutboxWriter(session)
         for job in jobs:
+            if job.webhook_url and PROGRESS_EVENT not in (job.webhook_events or []):
+                continue  # its own webhook does not subscribe (the common case: no query needed)
             if not _due(session, job, now, interval_seconds):
                 continue
             row = outbox.job_event(job, PROGRESS_EVENT, now)

@@ -81,17 +81,21 @@ class WebhookStore:
             stmt = stmt.where(WebhookEvent.id == event_id)
         claimed: list[ClaimedEvent] = []
         with write_session(self.session_factory) as session:
+            enabled: dict[tuple[str, str], bool] = {}  # endpoint state, looked up once per claim
             for row in session.scalars(stmt).all():
-                if self._hold_back(session, row, now):
-                    continue
-                claimed.append(self._lease(session, row, now))
+                endpoint = (row.owner_id, row.url)
+                if endpoint not in enabled:
+                    enabled[endpoint] = self._endpoint_enabled(session, *endpoint)
+                if not enabled[endpoint]:
+                    _drop(row, "endpoint disabled")
+                elif not self._hold_back(session, row, now):
+                    claimed.append(self._lease(session, row, now))
+            for owner_id, url in {(e.owner_id, e.url) for e in claimed}:
+                ensure_endpoint(session, owner_id, url, now)
         return claimed
 
     def _hold_back(self, session: Session, row: WebhookEvent, now: datetime) -> bool:
-        """Drop or defer an event instead of sending it now; True when it was held back."""
-        if not self._endpoint_enabled(session, row.owner_id, row.url):
-            _drop(row, "endpoint disabled")
-            return True
+        """Drop or defer a progress event instead of sending it now; True when it was held back."""
         if row.event_type != PROGRESS_EVENT or row.job_id is None:
             return False
         job_status = session.scalar(select(Job.status).where(Job.id == row.job_id))
@@ -115,17 +119,17 @@ class WebhookStore:
         return False
 
     def _lease(self, session: Session, row: WebhookEvent, now: datetime) -> ClaimedEvent:
-        session.execute(
-            update(WebhookAttempt)
-            .where(WebhookAttempt.event_id == row.id, WebhookAttempt.latency_ms.is_(None),
-                   WebhookAttempt.error.is_(None))
-            .values(error=INTERRUPTED)
-        )
+        if row.attempts:  # a previous attempt that never reported: its worker died or its lease ran out
+            session.execute(
+                update(WebhookAttempt)
+                .where(WebhookAttempt.event_id == row.id, WebhookAttempt.latency_ms.is_(None),
+                       WebhookAttempt.error.is_(None))
+                .values(error=INTERRUPTED)
+            )
         row.attempts += 1
         row.next_attempt_at = now + self.lease
         attempt = WebhookAttempt(id=new_id(), event_id=row.id, attempt=row.attempts, started_at=now)
         session.add(attempt)
-        ensure_endpoint(session, row.owner_id, row.url, now)
         return ClaimedEvent(
             id=row.id, owner_id=row.owner_id, job_id=row.job_id, batch_id=row.batch_id,
             event_type=row.event_type, url=row.url, attempt=row.attempts, attempt_id=attempt.id,

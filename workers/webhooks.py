@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -192,20 +193,23 @@ class WebhookDispatcher:
 def register(app: Celery, settings: Settings) -> None:
     """Add the dispatch and single-delivery tasks and the beat tick to a (CPU) Celery app.
 
-    The dispatcher (engine, object store) is built on the first run in each worker process, after the fork.
+    The dispatcher (engine, object store) is built on the first run in each worker process, after the fork;
+    it is thread-safe (the `threads` pool of `unipic cpu-worker` runs several ticks at once).
     """
     holder: dict[str, WebhookDispatcher] = {}
+    lock = threading.Lock()  # the threads pool runs ticks concurrently: build one dispatcher per process
 
     def dispatcher() -> WebhookDispatcher:
-        if "dispatcher" not in holder:
-            holder["dispatcher"] = WebhookDispatcher.from_settings(settings)
-        return holder["dispatcher"]
+        with lock:
+            if "dispatcher" not in holder:
+                holder["dispatcher"] = WebhookDispatcher.from_settings(settings)
+            return holder["dispatcher"]
 
-    @app.task(name=DISPATCH_WEBHOOKS_TASK, ignore_result=True, acks_late=False)
+    @app.task(name=DISPATCH_WEBHOOKS_TASK, ignore_result=True, acks_late=False, shared=False)
     def dispatch_webhooks() -> dict[str, int]:
         return dispatcher().dispatch_due()
 
-    @app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True, acks_late=False)
+    @app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True, acks_late=False, shared=False)
     def deliver_webhook(event_id: str) -> str | None:
         return dispatcher().deliver_one(event_id)
 

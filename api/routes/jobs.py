@@ -49,18 +49,19 @@ def render(services: Services, job: JobRecord, with_position: bool = True) -> Jo
     openapi_extra=json_or_multipart_body(),
 )
 async def create_job(
-    request: Request, response: Response, services: ServicesDep, caller: CallerDep,
+    request: Request, services: ServicesDep, caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> JobOut:
-    """Submit a `generate`, `edit` or `understand` job (JSON, or multipart with an `image` file part)."""
+) -> Response:
+    """Submit a `generate`, `edit` or `understand` job (JSON, or multipart with an `image` file part).
+    `queue_position` is left out here (counting the queue would cost more than the rest); GET shows it."""
     body = await read_job_body(request)
     submitted = await run_in_threadpool(
         Submitter(services).submit_job, caller.id, body.body, body.image_bytes, idempotency_key or None,
         body.digest(), caller.max_active_jobs,
     )
-    if not submitted.created:
-        response.status_code = 200
-    return await run_in_threadpool(render, services, submitted.job)
+    view = job_out(submitted.job, services.presign)
+    return Response(view.model_dump_json(), status_code=202 if submitted.created else 200,
+                    media_type="application/json")
 
 
 @router.get("", response_model=JobsPage, summary="List jobs", responses=errors())

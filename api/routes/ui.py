@@ -4,7 +4,8 @@ Auth, by design: without a key the page shows only aggregates that reveal no one
 jobs per status, live workers). With a key it also shows that key's recent jobs (with result thumbnails) and
 batches. A key is given once as `/ui?key=upk_...`: it is checked, stored in an HttpOnly, SameSite=Strict cookie
 scoped to `/ui` (Secure over https), and the browser is redirected to `/ui` so the key leaves the address bar
-and history; `/ui/logout` forgets it. The page refreshes itself every few seconds with a meta refresh.
+and history; `/ui/logout` forgets it. The page refreshes itself with a meta refresh: every 5 s while work is
+queued or running, else every 30 s.
 
 The queue/worker figures come from a small read model over the tables (`storage.tables`, allowed for API read
 models); everything the caller owns goes through the stores and `api.views`, like the JSON routes.
@@ -12,7 +13,7 @@ models); everything the caller owns goes through the stores and `api.views`, lik
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from storage.workers_registry import WorkerRecord, WorkerRegistry
 
 COOKIE = "unipic_ui_key"
 COOKIE_MAX_AGE_S = 7 * 24 * 3600
-REFRESH_S = 5
+REFRESH_S = 5  # while anything is queued or running
+IDLE_REFRESH_S = 30  # otherwise: result thumbnails are not fetched again every few seconds for nothing
 RECENT_JOBS = 12
 RECENT_BATCHES = 5
 ACTIVE = ("queued", "running")
@@ -48,7 +50,8 @@ def status_page(request: Request, services: ServicesDep, key: str | None = None)
         return _sign_in(request, services, key)
     caller = services.keys.authenticate(request.cookies.get(COOKIE, ""))
     context = _aggregates(services)
-    context.update(caller=caller, refresh_s=REFRESH_S, now=datetime.now(timezone.utc),
+    busy = any(context["counts"].get(status) for status in ACTIVE)
+    context.update(caller=caller, refresh_s=REFRESH_S if busy else IDLE_REFRESH_S, now=datetime.now(UTC),
                    signed_out=request.query_params.get("signed_out") is not None)
     if caller is not None:
         context.update(_owned(services, caller.id))
@@ -120,7 +123,7 @@ def _worker_view(w: WorkerRecord) -> dict[str, Any]:
         "kinds": w.kinds, "max_pixels": w.max_pixels, "max_batch": w.max_batch, "queues": w.queues,
         "started_at": w.started_at.isoformat(), "last_heartbeat_at": w.last_heartbeat_at.isoformat(),
         "batches_served": w.batches_served, "jobs_served": w.jobs_served,
-        "heartbeat_age_s": round((datetime.now(timezone.utc) - _aware(w.last_heartbeat_at)).total_seconds(), 1),
+        "heartbeat_age_s": round((datetime.now(UTC) - _aware(w.last_heartbeat_at)).total_seconds(), 1),
     }
 
 
@@ -142,4 +145,4 @@ def _batch_view(batch: Any) -> dict[str, Any]:
 
 
 def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

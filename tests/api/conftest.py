@@ -35,7 +35,9 @@ def api_settings(migrated: Any) -> Any:
 def app(api_settings: Any) -> Iterator[Any]:
     from api.app import create_app
 
-    yield create_app(api_settings)
+    app = create_app(api_settings)
+    app.state.services.key_cache.ttl = 0  # revocation takes effect at once (its cache is tested on its own)
+    yield app
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def test_submit_generate_returns_the_job_and_enqueues_it(client: Any, auth: dict
     assert job["kind"] == "generate" and job["status"] == "queued"
     assert job["params"]["width"] == 256 and job["params"]["guidance_schedule"] == "constant"
     assert isinstance(job["params"]["seed"], int)  # filled in
-    assert isinstance(job["queue_position"], int)
+    assert isinstance(client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["queue_position"], int)
     assert job["metadata"] == {"user": "u1"}
     assert set(job["execution"]) >= {"worker", "batch_size", "attempts", "queue_seconds", "model_seconds"}
     assert queued_job_ids(redis_client, "unipic.generate.s").count(job["id"]) == 1
@@ -313,3 +313,17 @@ def test_quota_is_429_with_retry_after(client: Any, make_key: Any) -> None:
     assert int(r.headers["Retry-After"]) >= 1
     r = client.post("/v1/batches", json=[generate_body()], headers=headers)
     assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded"
+
+
+def test_key_cache_lets_a_revocation_lag_by_at_most_its_ttl(client: Any, app: Any, make_key: Any,
+                                                            key_store: Any) -> None:
+    cache = app.state.services.key_cache
+    cache.ttl = 0.3
+    try:
+        record, headers = make_key()
+        assert client.get("/v1/jobs", headers=headers).status_code == 200
+        key_store.revoke(record.id)
+        time.sleep(0.35)  # past the cache's ttl
+        assert client.get("/v1/jobs", headers=headers).status_code == 401
+    finally:
+        cache.ttl = 0

@@ -119,6 +119,7 @@ def test_local_backend_embedded_submit_and_batch(local_client: tuple[TestClient,
     r = client.post("/v1/jobs", json=generate_body(), headers=auth)
     assert r.status_code == 202, r.text
     services = client.app.state.services  # type: ignore[attr-defined]
+    services.enqueuer.marks.flush()
     assert services.jobs.get(r.json()["id"]).last_enqueued_at is not None  # sent on the SQLite broker
     r = client.post("/v1/batches", json=[generate_body(), generate_body()], headers=auth)
     assert r.status_code == 202 and r.json()["counts"]["queued"] == 2

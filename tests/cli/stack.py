@@ -67,7 +67,7 @@ class Stack:
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run `unipic ARGS` against this stack (URL and key in the environment)."""
         env = dict(self.env, UNIPIC_API_URL=self.url, UNIPIC_API_KEY=self.key if key is None else key)
-        return subprocess.run(unipic_argv(*args), env=env, cwd=cwd or REPO, capture_output=True, text=True,
+        return subprocess.run(unipic_argv(*args), env=env, cwd=cwd or REPO, capture_output=True, text=True, check=False,
                               timeout=timeout)
 
     def child_pids(self) -> dict[str, int]:
@@ -148,16 +148,23 @@ class SharedStack:
 
     _stack: Stack | None = None
     _tmp: Path | None = None
+    _failure: str | None = None  # a stack that would not start fails its later users at once
 
     @classmethod
     def get(cls, config: pytest.Config) -> Stack:
         if cls._stack is not None and cls._stack.proc.poll() is None:
             return cls._stack
+        if cls._failure is not None:
+            pytest.fail(f"the shared stack did not start (see the first failure): {cls._failure}", pytrace=False)
         if cls._tmp is None:
             cls._tmp = Path(tempfile.mkdtemp(prefix="unipic-up-"))
             config.add_cleanup(cls._cleanup)
         run_dir = Path(tempfile.mkdtemp(dir=cls._tmp))
-        cls._stack = start_stack(run_dir)
+        try:
+            cls._stack = start_stack(run_dir)
+        except pytest.fail.Exception as exc:
+            cls._failure = str(exc).splitlines()[0]
+            raise
         return cls._stack
 
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +94,23 @@ def _our_commands(services: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return found
 
 
+def _help(argv: list[str]) -> tuple[list[str], list[str], subprocess.CompletedProcess[str]]:
+    """Run `unipic <subcommand path> --help` for a service's argv (the path ends at the first option)."""
+    first_option = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    words = argv[1:first_option]
+    result = subprocess.run([sys.executable, "-m", "cli.main", *words, "--help"], cwd=REPO, env=clean_env(),
+                            capture_output=True, text=True, check=False, timeout=60)
+    return argv, words, result
+
+
 def test_every_service_command_is_a_real_cli_entry_point(services: dict[str, Any]) -> None:
     commands = _our_commands(services)
     assert {label for label, _ in commands} >= {"migrate", "api", "worker", "webhooks", "beat",
                                                 "api healthcheck", "worker healthcheck", "webhooks healthcheck"}
-    for label, argv in commands:
-        assert argv[0] == "unipic", label
-        # the subcommand path is everything before the first option; ask for its help
-        first_option = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
-        words = argv[1:first_option]
-        result = subprocess.run([sys.executable, "-m", "cli.main", *words, "--help"], cwd=REPO,
-                                env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert all(argv[0] == "unipic" for _, argv in commands)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # interpreter start-ups overlap
+        helps = list(pool.map(_help, [argv for _, argv in commands]))
+    for (label, _), (argv, words, result) in zip(commands, helps, strict=True):
         assert result.returncode == 0, f"{label}: {argv}\n{result.stdout}\n{result.stderr}"
         for option in [a for a in argv[1:] if a.startswith("--")]:
             assert option in result.stdout, f"{label}: option {option} unknown to `unipic {' '.join(words)}`"
@@ -113,7 +120,7 @@ def test_dockerfiles_exist_and_run_the_cli(services: dict[str, Any]) -> None:
     for name in ("api", "worker"):
         dockerfile = REPO / services[name]["build"]["dockerfile"]
         text = dockerfile.read_text()
-        assert re.search(r'^CMD \["unipic"', text, re.M), dockerfile
+        assert re.search(r'^CMD \["unipic"', text, re.MULTILINE), dockerfile
     api_docker = (REPO / "docker/api.Dockerfile").read_text()
     assert '".[api]"' in api_docker and "torch" not in api_docker.split("RUN pip install")[1].split("\n")[0]
     assert "torch" in (REPO / "docker/worker.Dockerfile").read_text()

@@ -16,7 +16,7 @@ def _python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def _until(predicate, seconds: float = 20.0) -> bool:  # noqa: ANN001 - tiny polling helper
+def _until(predicate, seconds: float = 20.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if predicate():

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.system
 GEN = ("--size", "64", "--steps", "2")
 
 
-def _ok(result) -> str:  # noqa: ANN001 - CompletedProcess
+def _ok(result) -> str:
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return result.stdout
 
@@ -131,15 +131,42 @@ def test_keys_created_against_the_data_dir_work_while_up_runs(stack: Stack) -> N
     assert _ok(stack.cli("jobs", "list", key=key))
 
 
+def test_healthchecks_see_the_worker_and_the_api(stack: Stack) -> None:
+    worker = stack.cli("healthcheck", "worker", "--data-dir", str(stack.data_dir))
+    assert worker.returncode == 0 and worker.stdout.strip(), worker.stderr
+    assert stack.cli("healthcheck", "api", "--url", stack.url).returncode == 0
+    down = stack.cli("healthcheck", "api", "--url", "http://127.0.0.1:9")
+    assert down.returncode == 1 and "unhealthy" in down.stderr
+    elsewhere = stack.cli("healthcheck", "worker", "--hostname", "no-such-host", "--data-dir", str(stack.data_dir))
+    assert elsewhere.returncode == 1 and "no model worker on no-such-host" in elsewhere.stderr
+
+
 def test_up_refuses_a_model_it_cannot_load_offline(tmp_path: Path) -> None:
     env = clean_env(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
     import subprocess
 
     result = subprocess.run(unipic_argv("up", "--data-dir", str(tmp_path / "d"), "--port", "1"), env=env,
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+                            cwd=REPO, capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 1
     assert "Skywork/Skywork-UniPic-1.5B" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_killed_worker_is_restarted_and_serves_again(stack: Stack, tmp_path: Path) -> None:
+    # Given: the stack's model worker
+    old = stack.child_pids()["worker"]
+    # When: it dies without warning
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and stack.child_pids()["worker"] == old:
+        time.sleep(0.2)
+    # Then: the supervisor starts a new one, which serves the next job
+    assert stack.child_pids()["worker"] != old, stack.log()[-3000:]
+    assert "worker exited with code -9; restarting" in stack.log()
+    out = tmp_path / "after.png"
+    _ok(stack.cli("generate", "after the crash", "-o", str(out), *GEN))
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
 
 
 def test_sigterm_stops_every_child_cleanly(stack: Stack) -> None:

@@ -7,6 +7,7 @@ presigned S3 URLs of another origin that the client downloads without the API ke
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,13 @@ def test_up_with_postgres_redis_and_s3_urls(settings_env: dict[str, str], sessio
         # Then: the stack says it runs on external services, the result came from S3, and the file is right
         assert result.returncode == 0, result.stderr + stack.log()[-3000:]
         assert "external services" in stack.log()
+        ping = stack.cli("healthcheck", "celery", "--node", "cpu@%h")  # remote control works over Redis
+        assert ping.returncode == 0, ping.stderr
         (image,) = json.loads(result.stdout)["result"]["images"]
         assert image["url"].startswith(s3_server)
         with Image.open(out) as decoded:
             assert decoded.format == "PNG" and decoded.size == (64, 64)
     finally:
-        code = stack.stop()
+        code = stack.stop(signal.SIGINT)  # what Ctrl-C in a terminal sends
     assert code == 0, stack.log()[-3000:]
+    assert stack.log().splitlines()[-1].endswith("stopped")

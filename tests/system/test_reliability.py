@@ -144,7 +144,7 @@ def test_hostile_input(system):
     from bench.hostile import run_hostile
 
     stack, keys = system["stack"], system["keys"]
-    outcome = run_hostile(stack.api_url, keys[0]["key"], keys[1]["key"])
+    outcome = run_hostile(stack.api_url, keys[0]["key"], keys[1]["key"], burst=80)
     print("\n" + outcome.table())
     assert not outcome.server_errors, outcome.server_errors[:10]
     assert not outcome.unexpected, outcome.unexpected[:10]
@@ -170,8 +170,10 @@ def system(tiny_checkpoint, tmp_path_factory):
     try:
         stack.start()
         keys = []
-        for name in ("tenant-a", "tenant-b"):
-            out = subprocess.run([sys.executable, "-m", "cli.main", "keys", "create", "--name", name, "--json"],
+        # tenant-b has a small per-key rate limit, so the hostile burst meets it
+        for name, limit in (("tenant-a", "100000"), ("tenant-b", "40")):
+            out = subprocess.run([sys.executable, "-m", "cli.main", "keys", "create", "--name", name, "--json",
+                                  "--rate-limit", limit],
                                  env=stack.env(), cwd=ROOT, check=True, capture_output=True, text=True).stdout
             keys.append(json.loads(out.strip().splitlines()[-1]))
         engine = sa.create_engine(stack.pg.url, pool_pre_ping=True)

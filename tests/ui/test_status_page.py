@@ -31,7 +31,7 @@ def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args],
-            capture_output=True, text=True, timeout=90,
+            capture_output=True, text=True, check=False, timeout=90,
         )
 
 
@@ -42,7 +42,7 @@ def _dom(url: str) -> str:
 
 
 def _row(dom: str, attr: str, value: str) -> str:
-    match = re.search(rf'<tr[^>]*{attr}="{re.escape(value)}"[^>]*>(.*?)</tr>', dom, re.S)
+    match = re.search(rf'<tr[^>]*{attr}="{re.escape(value)}"[^>]*>(.*?)</tr>', dom, re.DOTALL)
     assert match, f"no row with {attr}={value} in the page"
     return match.group(0)
 
@@ -126,3 +126,20 @@ def test_user_text_is_escaped_not_rendered(stack: Stack, tmp_path: Path) -> None
     assert "&lt;script&gt;document.title" in row and '&lt;b id="injected"&gt;' in row
     assert '<b id="injected">' not in dom and "<script>" not in dom
     assert "<title>unipic status</title>" in dom
+
+
+def test_queue_depth_counts_waiting_jobs_per_queue(stack: Stack) -> None:
+    # Given: two jobs on a queue no worker of this stack serves (2048 px -> unipic.generate.xl)
+    ids = [_ok(stack.cli("generate", f"big {i}", "--size", "2048", "--steps", "2", "--no-wait")).strip()
+           for i in range(2)]
+    try:
+        # When: anyone (no key) looks at the page
+        dom = _dom(f"{stack.url}/ui")
+        # Then: the queue shows both waiting, and the page refreshes at the busy pace
+        row = _row(dom, "data-queue", "unipic.generate.xl")
+        assert re.search(r'class="num queued">2<', row), row
+        assert 'content="5"' in dom
+    finally:
+        for job_id in ids:
+            _ok(stack.cli("jobs", "cancel", job_id))
+    assert 'data-queue="unipic.generate.xl"' not in _dom(f"{stack.url}/ui")

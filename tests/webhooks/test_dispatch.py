@@ -42,6 +42,7 @@ def test_succeeded_event_is_signed_and_shows_the_job_as_the_api_does(
     assert standard_webhook_valid(owner_secret, got.headers, got.body, now=clock().timestamp())
     assert not standard_webhook_valid(owner_secret, got.headers, got.body.replace(b"succeeded", b"failed!!!"),
                                       now=clock().timestamp())
+    assert not standard_webhook_valid(owner_secret, got.headers, got.body, now=clock().timestamp() + 3600)  # stale
     (event,) = events_of(session_factory, job.id)
     assert got.headers["webhook-id"] == event.id and event.status == "delivered"
     body = got.json

@@ -41,7 +41,7 @@ def test_the_name_is_resolved_at_send_time_and_the_checked_address_is_used(
     dispatcher: WebhookDispatcher,
 ) -> None:
     answers = {"hooks.example.test": ["127.0.0.1"]}
-    resolver = lambda host, port: answers[host]  # noqa: E731 - a test DNS
+    resolver = lambda host, port: answers[host]
     job = jobs.create(f"http://hooks.example.test:{receiver.port}/named", ["job.started", "job.succeeded"])
     jobs.succeed(job)
     allowed = WebhookDispatcher(settings, session_factory, object_store, clock=dispatcher.clock,

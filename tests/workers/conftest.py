@@ -237,6 +237,7 @@ def make_job(
 def enqueue(store: JobStore, celery: Any, jobs: Iterable[JobRecord]) -> None:
     from workers.app import enqueue_jobs
 
+    # send, then stamp: the order api/enqueue.py uses, so the worker's claim can meet the stamp's row lock
     store.mark_enqueued(enqueue_jobs(celery, list(jobs)))
 
 

@@ -1,9 +1,12 @@
-"""The graceful-shutdown decision: finish when the batch fits in the grace period, release otherwise."""
+"""Graceful shutdown: finish the batch when it fits in the grace period, release it to the queue otherwise."""
 
 from __future__ import annotations
 
+import signal
 import time
+from typing import Any
 
+from tests.workers.conftest import enqueue, make_job, wait_for, wait_terminal
 from workers.shutdown import ShutdownGate
 
 
@@ -30,3 +33,41 @@ def test_the_grace_period_running_out_abandons_everything() -> None:
     gate = ShutdownGate(grace_seconds=0)
     gate.request()
     assert gate.should_abandon(time.monotonic(), 0.99)
+
+
+def test_sigterm_finishes_a_batch_that_fits_the_grace_period_and_releases_one_that_does_not(
+    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any, registry: Any
+) -> None:
+    # Given two slowed workers mid-batch: one with a long grace period (generate), one with none (edit)
+    patient = start_worker("patient", wait=False, UNIPIC_WORKER_KINDS="generate",
+                           UNIPIC_FAULT_STEP_DELAY_MS="150", UNIPIC_WORKER_SHUTDOWN_GRACE_SECONDS="120")
+    hasty = start_worker("hasty", wait=False, UNIPIC_WORKER_KINDS="edit",
+                         UNIPIC_FAULT_STEP_DELAY_MS="300", UNIPIC_WORKER_SHUTDOWN_GRACE_SECONDS="0")
+    patient.wait_ready(registry)
+    hasty.wait_ready(registry)
+    finishing = [make_job(job_store, object_store, owner_id, "generate", 64, seed=60 + i, steps=6, tag="term")
+                 for i in range(2)]
+    releasing = [make_job(job_store, object_store, owner_id, "edit", 64, seed=70 + i, steps=6, tag="term")
+                 for i in range(2)]
+    enqueue(job_store, celery_app, [*finishing, *releasing])
+    everything = [j.id for j in [*finishing, *releasing]]
+    wait_for(lambda: all(j.status == "running" and (j.progress_step or 0) >= 1
+                         for j in job_store.get_many(everything)), "both batches to be mid-run")
+
+    # When both receive SIGTERM (a deploy)
+    patient.proc.send_signal(signal.SIGTERM)
+    hasty.proc.send_signal(signal.SIGTERM)
+    assert patient.proc.wait(timeout=120) == 0 and hasty.proc.wait(timeout=120) == 0
+
+    # Then the patient worker finished its batch before exiting
+    finished = {j.id: j for j in job_store.get_many([j.id for j in finishing])}
+    assert {j.status for j in finished.values()} == {"succeeded"}
+    # and the hasty one handed its jobs back, queued again with attempts unchanged
+    released = job_store.get_many([j.id for j in releasing])
+    assert {(j.status, j.attempts) for j in released} == {("queued", 0)}
+    assert "released 2 jobs" in hasty.log()
+
+    # And a fresh worker completes the released jobs from the message the hasty worker re-sent
+    fresh = start_worker("fresh")
+    done = wait_terminal(job_store, [j.id for j in releasing], workers=[fresh, hasty])
+    assert {(j.status, j.attempts) for j in done.values()} == {("succeeded", 0)}

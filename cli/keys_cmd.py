@@ -1,0 +1,85 @@
+"""`unipic keys create|list|revoke`: manage API keys in the configured database (same settings as the server).
+
+A key's plaintext is printed once, at creation, and never stored. In embedded mode the SQLite database is
+migrated first, so `unipic keys create` works on a fresh data directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from cli.runtime import DataDir
+
+app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys")
+
+
+def _key_store(data_dir: Path | None) -> Any:
+    from cli.runtime import settings_for
+    from storage.db import make_engine, make_session_factory
+    from storage.keys import KeyStore
+
+    settings = settings_for(data_dir)
+    if settings.embedded:
+        from storage.migrate import upgrade
+
+        upgrade(settings)
+    return KeyStore(make_session_factory(make_engine(settings)))
+
+
+@app.command("create")
+def create(
+    name: str = typer.Option(..., "--name", help="A label for the key"),
+    rate_limit: Optional[int] = typer.Option(None, "--rate-limit", min=1, help="Requests per minute"),
+    max_active: Optional[int] = typer.Option(None, "--max-active", min=1, help="Queued+running jobs allowed"),
+    as_json: bool = typer.Option(False, "--json", help='Print {"id", "key", "webhook_secret"}'),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Create a key and print it (shown only this once)."""
+    record, plaintext = _key_store(data_dir).create(name, rate_limit_per_minute=rate_limit,
+                                                    max_active_jobs=max_active)
+    if as_json:
+        typer.echo(json.dumps({"id": record.id, "key": plaintext, "webhook_secret": record.webhook_secret}))
+        return
+    typer.echo(f"id:             {record.id}")
+    typer.echo(f"key:            {plaintext}   (shown once: store it now)")
+    typer.echo(f"webhook secret: {record.webhook_secret}")
+
+
+@app.command("list")
+def list_keys(
+    include_revoked: bool = typer.Option(False, "--all", help="Include revoked keys"),
+    as_json: bool = typer.Option(False, "--json"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """List keys (id, name, prefix, created, revoked); never the key itself."""
+    records = _key_store(data_dir).list(include_revoked=include_revoked)
+    rows = [{"id": r.id, "name": r.name, "prefix": r.key_prefix, "created_at": r.created_at.isoformat(),
+             "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None} for r in records]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        revoked = f"  revoked {row['revoked_at']}" if row["revoked_at"] else ""
+        typer.echo(f"{row['id']}  {row['prefix']}…  {row['name']}  {row['created_at']}{revoked}")
+
+
+@app.command("revoke")
+def revoke(key_id: str = typer.Argument(..., help="The key's id"), data_dir: Optional[Path] = DataDir) -> None:
+    """Revoke a key: it can no longer authenticate; its jobs stay."""
+    from storage.errors import NotFound
+
+    try:
+        record = _key_store(data_dir).revoke(key_id)
+    except NotFound:
+        typer.echo(f"no key {key_id}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"revoked {record.id} ({record.name})")
+
+
+def register(parent: typer.Typer) -> None:
+    """Add `unipic keys ...` to the root command."""
+    parent.add_typer(app, name="keys")

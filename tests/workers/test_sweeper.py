@@ -1,0 +1,80 @@
+"""Recovery through the sweeper: a worker killed mid-batch, and a broker that lost every message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import redis
+
+from storage.routing import queue_for
+from workers.sweeper import Sweeper
+from tests.workers.conftest import REPO, enqueue, make_job, wait_for, wait_terminal
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(
+    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any, registry: Any,
+    settings: Any,
+) -> None:
+    # Given a batch of four running on a worker with short leases
+    doomed = start_worker("doomed", UNIPIC_LEASE_SECONDS="2", UNIPIC_FAULT_STEP_DELAY_MS="300")
+    jobs = [make_job(job_store, object_store, owner_id, "generate", 64, seed=300 + i, steps=6, tag="kill")
+            for i in range(4)]
+    ids = [j.id for j in jobs]
+    enqueue(job_store, celery_app, jobs)
+    wait_for(lambda: all(j.status == "running" and (j.progress_step or 0) >= 1 for j in job_store.get_many(ids)),
+             "the batch to be mid-run")
+
+    # When that worker is SIGKILLed and another worker plus the sweeper take over
+    doomed.kill()
+    rescuer = start_worker("rescuer", wait=False)
+    sweeper = Sweeper.from_settings(settings.model_copy(update={"sweep_interval_seconds": 0.3}))
+    stop = threading.Event()
+    thread = threading.Thread(target=sweeper.run_forever, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        rescuer.wait_ready(registry)
+        done = wait_terminal(job_store, ids, workers=[doomed, rescuer])
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+    # Then every job succeeded exactly once, on the second worker, on its second attempt
+    rescuer_ids = {w.id for w in registry.all() if w.pid == rescuer.pid}
+    for job in done.values():
+        assert job.status == "succeeded", (job.id, job.error_code, job.error_message)
+        assert job.attempts == 1 and job.worker_id in rescuer_ids and job.batch_size == 4
+        # and its result objects are exactly the recorded keys: no orphan, no duplicate
+        assert sorted(object_store.list(f"results/{job.id}/")) == sorted(job.result_keys) == [
+            f"results/{job.id}/0.png"]
+
+
+def test_jobs_survive_the_broker_losing_every_message(
+    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any, redis_url: str,
+    worker_env: dict[str, str],
+) -> None:
+    # Given queued jobs whose messages are in Redis
+    jobs = [make_job(job_store, object_store, owner_id, kind, 64, seed=40 + i, tag="flush")
+            for i, kind in enumerate(["generate", "generate", "understand", "edit", "understand"])]
+    enqueue(job_store, celery_app, jobs)
+    broker = redis.Redis.from_url(redis_url)
+    assert broker.llen(queue_for("generate", 64)) >= 2
+
+    # When Redis loses its data before any worker ran
+    broker.flushdb()
+    assert broker.llen(queue_for("generate", 64)) == 0
+
+    # Then the sweeper (`unipic sweeper`) re-enqueues them and a worker completes every one
+    env = {**worker_env, "UNIPIC_REQUEUE_AFTER_SECONDS": "1", "UNIPIC_SWEEP_INTERVAL_SECONDS": "0.5"}
+    sweeper = subprocess.Popen([sys.executable, "-m", "cli.main", "sweeper"], env=env, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        worker = start_worker("after-flush")
+        done = wait_terminal(job_store, [j.id for j in jobs], workers=[worker])
+    finally:
+        sweeper.terminate()
+        sweeper.wait(timeout=30)
+    for job in done.values():
+        assert job.status == "succeeded" and job.attempts == 0, (job.id, job.error_message)
