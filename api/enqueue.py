@@ -120,8 +120,9 @@ class Enqueuer:
         self._declared.add(queue)
         return {}
 
-    def enqueue(self, jobs: Sequence[Enqueueable]) -> list[str]:
-        """Send one message per job (one producer for all), then mark them enqueued; returns the ids sent."""
+    def enqueue(self, jobs: Sequence[Enqueueable], mark_later: bool = False) -> list[str]:
+        """Send one message per job (one producer for all), then mark them enqueued (now, or with `mark_later`
+        in the next coalesced update); returns the ids sent."""
         sent: list[str] = []
         if not jobs:
             return sent
@@ -134,7 +135,7 @@ class Enqueuer:
         except Exception:  # noqa: BLE001 - the jobs are safe in Postgres; the sweeper re-enqueues them
             log.exception("enqueue failed after %d of %d jobs (first %s); the sweeper will re-enqueue",
                           len(sent), len(jobs), jobs[0].id)
-        if len(sent) == 1:
+        if sent and (mark_later or len(sent) == 1):
             self.marks.add(sent)
         elif sent:
             self.job_store.mark_enqueued(sent)

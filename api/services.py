@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from api.admission import Admission
 from api.auth import KeyCache
 from api.enqueue import Enqueuer
+from api.intake import JobIntake
 from api.images import configure_pil
 from api.params import JobPreparer
 from api.tokens import PromptCounter
@@ -44,6 +45,7 @@ class Services:
     preparer: JobPreparer
     admission: Admission
     key_cache: KeyCache
+    intake: JobIntake
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -56,11 +58,12 @@ class Services:
         configure_pil(settings.max_upload_pixels)
         counter = PromptCounter(settings.max_prompt_tokens)
         keys = KeyStore(sessions)
+        enqueuer = Enqueuer(settings, jobs)
         return cls(
             settings=settings, engine=engine, jobs=jobs, batches=BatchStore(sessions), keys=keys,
-            objects=make_object_store(settings), ephemeral=ephemeral, enqueuer=Enqueuer(settings, jobs),
+            objects=make_object_store(settings), ephemeral=ephemeral, enqueuer=enqueuer,
             preparer=JobPreparer(settings, counter), admission=Admission(settings, jobs, ephemeral),
-            key_cache=KeyCache(keys),
+            key_cache=KeyCache(keys), intake=JobIntake(jobs, enqueuer),
         )
 
     def presign(self, key: str) -> tuple[str, datetime]:
@@ -68,6 +71,7 @@ class Services:
         return self.objects.presign_get(key, self.settings.presign_expiry_seconds)
 
     def close(self) -> None:
+        self.intake.close()
         self.enqueuer.close()
         close = getattr(self.ephemeral, "close", None)
         if close is not None:

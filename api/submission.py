@@ -84,15 +84,18 @@ class Submitter:
             self._forget_inputs([prepared])
             log.info("job %s replayed for idempotency key owner=%s", record.id, owner_id)
             return Submitted(record, created=False)
-        self.s.enqueuer.enqueue([record])
         log.info("job %s accepted kind=%s owner=%s queue=%s", record.id, record.kind, owner_id, record.queue)
         return Submitted(record, created=True)
 
     def _create(self, prepared: PreparedJob) -> JobRecord:
+        """Store and enqueue: with an idempotency key on its own (the key is looked up first), otherwise in a
+        group with concurrent submissions (api.intake)."""
         if prepared.new.idempotency_key:
-            return self.s.jobs.create(prepared.new)  # looks the key up first
-        _, [record] = self.s.jobs.create_many([prepared.new])  # a Core insert: cheaper than the ORM path
-        return record
+            record = self.s.jobs.create(prepared.new)
+            if record.id == prepared.new.id:
+                self.s.enqueuer.enqueue([record])
+            return record
+        return self.s.intake.write(prepared.new)
 
     # ---- a batch ----
     def submit_batch(self, owner_id: str, items: Sequence[Any], lines: Sequence[int], options: dict[str, Any],

@@ -2,10 +2,12 @@
 
 Runs the API under uvicorn (as production does: `--factory api.app:create_app_from_env`) on local Postgres
 (a private schema in database `test`, dropped afterwards) and Redis (one db, flushed), with a local object
-store, and checks that every accepted job got exactly one broker message. The load generator is httpx async
-with a fixed number of concurrent connections.
+store, and checks that every accepted job got exactly one broker message. The load generator keeps a fixed
+number of concurrent keep-alive connections, over plain asyncio sockets (default; it costs the shared machine
+little, so the figures are the server's) or httpx.AsyncClient (`--client httpx`, ~1-6 ms of CPU per request).
+Server and load-generator CPU per submit are reported, so runs on a busy machine can be read fairly.
 
-    python -m bench.api [--batch-items 10000] [--submits 3000] [--concurrency 32] [--workers 2]
+    python -m bench.api [--batch-items 10000] [--submits 3000] [--concurrency 32] [--workers 2] [--client raw]
 
 Targets: batch accepted in < 5 s; >= 300 submits/s. Prints one JSON object with the figures.
 """
@@ -165,6 +167,43 @@ async def _submit_load(stack: Stack, total: int, concurrency: int) -> tuple[list
     return latencies, ids, elapsed
 
 
+async def _raw_load(stack: Stack, total: int, concurrency: int) -> tuple[list[float], list[str], float]:
+    """The same load over plain asyncio sockets (HTTP/1.1 keep-alive): a load generator that costs the
+    machine a few tens of microseconds per request, so the server gets the CPU (httpx costs milliseconds)."""
+    latencies: list[float] = []
+    ids: list[str] = []
+    counter = iter(range(total))
+    auth = stack.headers["Authorization"]
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+        try:
+            for i in counter:
+                body = json.dumps({"kind": "generate", "prompt": f"a small red boat {i}", "width": 256,
+                                   "height": 256, "steps": 8}).encode()
+                head = (f"POST /v1/jobs HTTP/1.1\r\nHost: bench\r\nAuthorization: {auth}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                t0 = time.perf_counter()
+                writer.write(head + body)
+                await writer.drain()
+                status = int((await reader.readline()).split()[1])
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                payload = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - t0)
+                if status != 202:
+                    raise RuntimeError(f"submit answered {status}: {payload[:200]!r}")
+                ids.append(json.loads(payload)["id"])
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, ids, time.perf_counter() - started
+
+
 def server_cpu_seconds(pid: int) -> float:
     """User+system CPU seconds of a process and its children so far (Linux /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -176,25 +215,29 @@ def server_cpu_seconds(pid: int) -> float:
     return total
 
 
-def bench_submits(stack: Stack, total: int, concurrency: int) -> dict[str, Any]:
+def bench_submits(stack: Stack, total: int, concurrency: int, client: str) -> dict[str, Any]:
     """`total` single-job submissions over `concurrency` connections: rate and latency percentiles."""
-    asyncio.run(_submit_load(stack, min(200, total), concurrency))  # warm up connections and caches
+    load = _raw_load if client == "raw" else _submit_load
+    asyncio.run(load(stack, min(200, total), concurrency))  # warm up connections and caches
     stack.redis.delete(SUBMIT_QUEUE)
     assert stack.proc is not None
     cpu_before = server_cpu_seconds(stack.proc.pid)
-    latencies, ids, elapsed = asyncio.run(_submit_load(stack, total, concurrency))
+    client_before = time.process_time()
+    latencies, ids, elapsed = asyncio.run(load(stack, total, concurrency))
     server_cpu = server_cpu_seconds(stack.proc.pid) - cpu_before
+    client_cpu = time.process_time() - client_before
     latencies.sort()
     sent = Counter(message_job_ids(stack.redis, SUBMIT_QUEUE))
     rate = total / elapsed
     return {
-        "submits": total, "concurrency": concurrency, "seconds": round(elapsed, 2),
+        "submits": total, "concurrency": concurrency, "client": client, "seconds": round(elapsed, 2),
         "per_second": round(rate, 1), "p50_ms": round(statistics.median(latencies) * 1000, 1),
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1),
         "enqueued_exactly_once": set(sent) == set(ids) and set(sent.values()) == {1},
         "messages": len(sent), "duplicates": sum(1 for n in sent.values() if n > 1),
         "missing": len(set(ids) - set(sent)), "unexpected": len(set(sent) - set(ids)),
         "server_cpu_ms_per_submit": round(server_cpu / total * 1000, 2),
+        "load_generator_cpu_ms_per_submit": round(client_cpu / total * 1000, 2),
         "target_per_second": 300, "met": rate >= 300,
     }
 
@@ -205,12 +248,14 @@ def main() -> None:
     parser.add_argument("--submits", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                        help="load generator: plain asyncio sockets (cheap) or httpx.AsyncClient")
     args = parser.parse_args()
     with Stack(args.workers) as stack:
         result = {"cpus": os.cpu_count(), "load_average_before": os.getloadavg()[0],
                   "uvicorn_workers": args.workers,
                   "batch": bench_batch(stack, args.batch_items),
-                  "submit": bench_submits(stack, args.submits, args.concurrency)}
+                  "submit": bench_submits(stack, args.submits, args.concurrency, args.client)}
     result["load_average_after"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
 

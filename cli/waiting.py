@@ -22,6 +22,14 @@ POLL_S = 0.5
 err_console = Console(stderr=True)
 
 
+class WaitTimeout(Exception):
+    """Still not finished after the time the user allowed; carries the last state seen."""
+
+    def __init__(self, last: dict[str, Any], seconds: float) -> None:
+        super().__init__(f"{last['id']} still {last.get('status', 'in progress')} after {seconds:.0f} s")
+        self.last = last
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err_console, transient=False)
@@ -34,11 +42,20 @@ def _describe(job: dict[str, Any]) -> str:
     return f"{job['id'][:13]} {status}"
 
 
-def wait_job(client: ApiClient, job: dict[str, Any], show: bool = True) -> dict[str, Any]:
-    """Poll a job until it is terminal, drawing its sampling progress; return the final job."""
+def _deadline(timeout: float | None) -> float:
+    return time.monotonic() + timeout if timeout else float("inf")
+
+
+def wait_job(client: ApiClient, job: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """Poll a job until it is terminal, drawing its sampling progress; return the final job.
+
+    Raises `WaitTimeout` after `timeout` seconds (None: wait as long as it takes)."""
+    deadline = _deadline(timeout)
     with _progress() as bar:
-        task = bar.add_task(_describe(job), total=None, visible=show)
+        task = bar.add_task(_describe(job), total=None)
         while job["status"] not in TERMINAL:
+            if time.monotonic() > deadline:
+                raise WaitTimeout(job, timeout or 0)
             time.sleep(POLL_S)
             job = client.get_job(job["id"])
             prog = job.get("progress") or {}
@@ -50,11 +67,14 @@ def wait_job(client: ApiClient, job: dict[str, Any], show: bool = True) -> dict[
     return job
 
 
-def wait_batch(client: ApiClient, batch: dict[str, Any]) -> dict[str, Any]:
+def wait_batch(client: ApiClient, batch: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     """Poll a batch until every item is terminal, drawing done/total; return the final batch."""
+    deadline = _deadline(timeout)
     with _progress() as bar:
         task = bar.add_task(f"batch {batch['id'][:13]}", total=batch_total(batch))
         while not batch_done(batch):
+            if time.monotonic() > deadline:
+                raise WaitTimeout(batch, timeout or 0)
             bar.update(task, completed=batch_finished(batch), total=batch_total(batch),
                        description=f"batch {batch['id'][:13]} {_count_text(batch)}")
             time.sleep(POLL_S)

@@ -15,12 +15,12 @@ import logging
 import os
 import pickle
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from model.config import TINY, UniPicConfig, get_config
@@ -163,13 +163,15 @@ def _flat_tensors(path: Path, key: str | None) -> dict[str, torch.Tensor]:
 def convert(src: Path, key: str | None = None) -> Path:
     """Convert a torch pickle to safetensors once (atomic write); returns the safetensors path."""
     dst = _converted_path(src)
+    if not src.exists() and dst.exists():  # only the converted file was kept
+        return dst
     stamp = _stamp(src) if src.exists() else None
     if dst.exists() and stamp is not None:
         try:
             with safe_open(str(dst), framework="pt") as f:
                 if (f.metadata() or {}).get("source_stamp") == stamp:
                     return dst
-        except Exception:  # a broken earlier conversion: redo it
+        except (OSError, SafetensorError):  # a broken earlier conversion: redo it
             log.warning("re-converting %s: existing %s unreadable", src, dst)
     tensors = _flat_tensors(src, key)
     seen: dict[tuple, str] = {}
@@ -192,13 +194,9 @@ def convert(src: Path, key: str | None = None) -> Path:
 class _TensorSource:
     path: Path
 
-    def keys(self) -> list[str]:
-        with safe_open(str(self.path), framework="pt") as f:
-            return list(f.keys())
-
     def shapes(self) -> dict[str, tuple[int, ...]]:
         with safe_open(str(self.path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
 
     def items(self, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
         with safe_open(str(self.path), framework="pt") as f:

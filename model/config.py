@@ -115,7 +115,7 @@ class UniPicConfig:
         grid = size // self.vae.stride
         return grid * grid
 
-    def with_flags(self, **changes: object) -> "UniPicConfig":
+    def with_flags(self, **changes: object) -> UniPicConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 

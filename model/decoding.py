@@ -7,6 +7,7 @@ generators for sampling. Token ids in, token ids out; the engine does the text.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -47,8 +48,8 @@ def decode(
     rows: list[DecodeRow],
     stop_ids: tuple[int, ...],
     repetition_penalty: float,
-    should_stop: callable = lambda: set(),
-    progress: callable | None = None,
+    should_stop: Callable[[], set[str]] = lambda: set(),
+    progress: Callable[[list[str], int, int], None] | None = None,
 ) -> list[list[int] | None]:
     """embeds (R, T, H) right-padded, text_mask (R, T) -> generated ids per row (None if canceled)."""
     r_count = embeds.shape[0]

@@ -8,8 +8,8 @@ numbers itself: callers pass the initial state and the per-step noise, each draw
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class DiffusionSchedule:
         return len(self.timesteps)
 
     @classmethod
-    def create(cls, num_train_steps: int = 1000, respacing: str = "100", max_beta: float = 0.2) -> "DiffusionSchedule":
+    def create(cls, num_train_steps: int = 1000, respacing: str = "100", max_beta: float = 0.2) -> DiffusionSchedule:
         base = base_betas(num_train_steps, max_beta)
         alphas_cumprod = np.cumprod(1.0 - base)
         used = space_timesteps(num_train_steps, respacing)

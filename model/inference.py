@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from PIL import Image
@@ -21,8 +21,16 @@ from model.decoding import DecodeRow, decode
 from model.diffusion import DiffusionSchedule
 from model.images import edit_pixels, to_pil, understand_pixels
 from model.llm import QwenRunner
-from model.prompts import (DEFAULT_QUESTION, EDIT_UNCOND, Tokenizer, image_input, load_tokenizer, pad_rows,
-                           t2i_input, t2i_uncond_input)
+from model.prompts import (
+    DEFAULT_QUESTION,
+    EDIT_UNCOND,
+    Tokenizer,
+    image_input,
+    load_tokenizer,
+    pad_rows,
+    t2i_input,
+    t2i_uncond_input,
+)
 from model.sampler import MARSampler, SampleItem
 
 log = logging.getLogger(__name__)
@@ -91,6 +99,20 @@ class TextResult:
 def item_generator(seed: int) -> torch.Generator:
     """The item's own CPU generator: draws are then moved to the device, never taken from device RNG state."""
     return torch.Generator(device="cpu").manual_seed(int(seed) % (2**63))
+
+
+SCHEDULES = ("constant", "linear")
+
+
+def _check_sampling(requests: list) -> None:
+    """Reject bad sampling parameters before any work starts (ValueError names the request)."""
+    for r in requests:
+        if r.guidance_schedule not in SCHEDULES:
+            raise ValueError(f"request {r.id}: guidance_schedule must be one of {SCHEDULES}")
+        if r.steps < 1 or r.num_images < 1:
+            raise ValueError(f"request {r.id}: steps and num_images must be >= 1")
+        if r.temperature < 0 or r.guidance_scale < 0:
+            raise ValueError(f"request {r.id}: temperature and guidance_scale must be >= 0")
 
 
 def _same_key(requests: list, fields: tuple[str, ...]) -> None:
@@ -172,7 +194,7 @@ class UniPicEngine:
         state = self.sampler.init_state(items, kv, mask.index_select(0, src), seq_len, scale != 1.0, con_rows)
         return self.sampler.run(state, grid, steps, scale, schedule, progress, should_cancel)
 
-    def _finish(self, state, requests, seeds_t0: float) -> list[ImageResult]:
+    def _finish(self, state, requests, t0: float) -> list[ImageResult]:
         b = state.cond_rows
         grid = int(state.tokens.shape[1] ** 0.5)
         images: list[Image.Image] = []
@@ -183,13 +205,14 @@ class UniPicEngine:
         for it in state.items:
             out[it.id] = images[at : at + it.rows]
             at += it.rows
-        elapsed = time.perf_counter() - seeds_t0
+        elapsed = time.perf_counter() - t0
         return [ImageResult(r.id, out.get(r.id, []), r.seed, elapsed, r.id not in out) for r in requests]
 
     # ---- tasks ------------------------------------------------------------------------------------------
     def generate(self, requests: list[GenerateRequest], progress: ProgressFn | None = None,
                  should_cancel: CancelFn | None = None) -> list[ImageResult]:
         _same_key(requests, ("size", "steps", "guidance_scale", "guidance_schedule"))
+        _check_sampling(requests)
         if not requests:
             return []
         t0 = time.perf_counter()
@@ -211,6 +234,7 @@ class UniPicEngine:
     def edit(self, requests: list[EditRequest], progress: ProgressFn | None = None,
              should_cancel: CancelFn | None = None) -> list[ImageResult]:
         _same_key(requests, ("size", "steps", "guidance_scale", "guidance_schedule"))
+        _check_sampling(requests)
         if not requests:
             return []
         t0 = time.perf_counter()
@@ -248,8 +272,8 @@ class UniPicEngine:
         grid = self._grid(first.size)
         slots = grid[0] * grid[1] + self.config.mar.buffer_size
         for r in requests:
-            if r.max_new_tokens < 1:
-                raise ValueError(f"max_new_tokens must be >= 1 (request {r.id})")
+            if r.max_new_tokens < 1 or r.temperature < 0:
+                raise ValueError(f"request {r.id}: max_new_tokens must be >= 1 and temperature >= 0")
         with torch.inference_mode():
             pixels = understand_pixels([r.image for r in requests], first.size, self.dtype, self.device)
             _, z_img = self._image_embeddings(pixels, grid)
@@ -264,7 +288,12 @@ class UniPicEngine:
 
 
 def load_engine(source: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> UniPicEngine:
-    """Load weights and tokenizer once; the engine then serves any number of calls."""
+    """Load weights and tokenizer once; the engine then serves any number of calls.
+
+    source: "tiny" (random tiny weights, fixed seed, identical in every process), a local checkpoint directory
+    (official layout, see `model.checkpoint`), a Hugging Face repo id such as "Skywork/Skywork-UniPic-1.5B", or
+    "random:<config>" (random weights drawn on the device; benchmarks only). dtype: float32 / bfloat16 / float16.
+    """
     loaded = load_model(source, device, dtype)
     tokenizer = load_tokenizer(loaded.directory, loaded.config.llm.vocab_size)
     params = next(loaded.model.parameters())

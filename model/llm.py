@@ -43,7 +43,7 @@ class KVBuffer:
     values: list[torch.Tensor]
     prefix_len: int
 
-    def select(self, rows: torch.Tensor, capacity: int | None = None) -> "KVBuffer":
+    def select(self, rows: torch.Tensor, capacity: int | None = None) -> KVBuffer:
         """New buffer with these rows (index into this one), optionally grown to `capacity` slots."""
         cap = capacity or self.keys[0].shape[2]
 
@@ -112,7 +112,7 @@ class QwenRunner:
     def new_buffer(self, rows: int, capacity: int, like: torch.Tensor) -> KVBuffer:
         shape = (rows, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
         n = self.cfg.num_layers
-        mk = lambda: [like.new_empty(shape) for _ in range(n)]  # noqa: E731
+        mk = lambda: [like.new_empty(shape) for _ in range(n)]
         return KVBuffer(mk(), mk(), 0)
 
     def prefix(self, embeds: torch.Tensor, capacity: int | None = None) -> tuple[torch.Tensor, KVBuffer]:

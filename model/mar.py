@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import MARConfig
+from model.config import DiffLossConfig, MARConfig
 from model.diffloss import DiffLoss
-from model.config import DiffLossConfig
 
 
 class Attention(nn.Module):
@@ -59,7 +58,7 @@ class Block(nn.Module):
 def interpolate_pos_embed(table: torch.Tensor, buffers: int, grid: tuple[int, int]) -> torch.Tensor:
     """(1, buffers + g0², D) -> (1, buffers + m·n, D): bilinear resize of the image part (spec §3.4)."""
     image = table[:, buffers:]
-    g0 = int(round(image.shape[1] ** 0.5))
+    g0 = round(image.shape[1] ** 0.5)
     if (g0, g0) == tuple(grid):
         return table
     d = table.shape[-1]

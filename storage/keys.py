@@ -42,6 +42,7 @@ class ApiKeyRecord:
     previous_webhook_secret: str | None
     previous_secret_expires_at: datetime | None
     default_webhook_url: str | None
+    default_webhook_events: builtins.list[str] | None
     rate_limit_per_minute: int | None
     max_active_jobs: int | None
     created_at: datetime
@@ -50,7 +51,8 @@ class ApiKeyRecord:
     @classmethod
     def of(cls, row: ApiKey) -> ApiKeyRecord:
         return cls(row.id, row.name, row.key_prefix, row.webhook_secret, row.previous_webhook_secret,
-                   row.previous_secret_expires_at, row.default_webhook_url, row.rate_limit_per_minute,
+                   row.previous_secret_expires_at, row.default_webhook_url, row.default_webhook_events,
+                   row.rate_limit_per_minute,
                    row.max_active_jobs, row.created_at, row.revoked_at)
 
     def webhook_secrets(self, now: datetime | None = None) -> builtins.list[str]:

@@ -75,7 +75,7 @@ class OutboxWriter:
     def __init__(self, session: Session) -> None:
         self.session = session
         self._batches: dict[str, Batch | None] = {}
-        self._defaults: dict[str, str | None] = {}
+        self._defaults: dict[str, tuple[str | None, list[str] | None]] = {}
 
     def job_event(self, job: Job, event_type: str, now: datetime) -> WebhookEvent | None:
         """Record `event_type` for this job if its target is subscribed; returns the row or None."""
@@ -87,7 +87,7 @@ class OutboxWriter:
     def batch_event(self, batch: Batch, event_type: str, now: datetime, counts: dict[str, int]) -> WebhookEvent | None:
         url, events = batch.webhook_url, batch.webhook_events
         if not url:
-            url, events = self._owner_default(batch.owner_id), None
+            url, events = self._owner_default(batch.owner_id)
         if not url or not subscribed(events, event_type):
             return None
         return self._add(batch.owner_id, None, batch.id, event_type, url, now, batch_payload(batch, counts))
@@ -99,18 +99,20 @@ class OutboxWriter:
             batch = self._batch(job.batch_id)
             if batch is not None and batch.webhook_url:
                 return batch.webhook_url, batch.webhook_events
-        default = self._owner_default(job.owner_id)
-        return (default, None) if default else None
+        url, events = self._owner_default(job.owner_id)
+        return (url, events) if url else None
 
     def _batch(self, batch_id: str) -> Batch | None:
         if batch_id not in self._batches:
             self._batches[batch_id] = self.session.get(Batch, batch_id)
         return self._batches[batch_id]
 
-    def _owner_default(self, owner_id: str) -> str | None:
+    def _owner_default(self, owner_id: str) -> tuple[str | None, list[str] | None]:
+        """The key's default endpoint and the events it subscribed (None = DEFAULT_EVENTS)."""
         if owner_id not in self._defaults:
-            stmt = select(ApiKey.default_webhook_url).where(ApiKey.id == owner_id)
-            self._defaults[owner_id] = self.session.scalar(stmt)
+            stmt = select(ApiKey.default_webhook_url, ApiKey.default_webhook_events).where(ApiKey.id == owner_id)
+            row = self.session.execute(stmt).first()
+            self._defaults[owner_id] = (row[0], row[1]) if row is not None else (None, None)
         return self._defaults[owner_id]
 
     def _add(self, owner_id: str, job_id: str | None, batch_id: str | None, event_type: str, url: str,

@@ -94,6 +94,7 @@ class ApiKey(Base):
     previous_webhook_secret: Mapped[str | None] = mapped_column(String(100))
     previous_secret_expires_at: Mapped[datetime | None]
     default_webhook_url: Mapped[str | None] = mapped_column(Text)
+    default_webhook_events: Mapped[list[Any] | None]
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_active_jobs: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -60,9 +60,6 @@ class EndpointRecord:
     is_default: bool
 
 
-_HAS_DEFAULT_EVENTS = hasattr(ApiKey, "default_webhook_events")
-
-
 class WebhookAdmin:
     """Owner-scoped reads and writes on webhook events and endpoints."""
 
@@ -113,8 +110,7 @@ class WebhookAdmin:
                     now: datetime | None = None) -> EndpointRecord | None:
         """Set (or clear, with None) the key's default endpoint and its events; returns its endpoint row.
 
-        The events are kept once `api_keys` has a `default_webhook_events` column (until then every state change
-        goes to the default URL, `storage.outbox.DEFAULT_EVENTS`).
+        No events (None) means `storage.outbox.DEFAULT_EVENTS`: every state change but progress.
         """
         now = now or utcnow()
         with write_session(self.sessions) as s:
@@ -122,8 +118,7 @@ class WebhookAdmin:
             if key is None:
                 raise NotFound(f"api key {owner_id} not found")
             key.default_webhook_url = url
-            if _HAS_DEFAULT_EVENTS:
-                key.default_webhook_events = events if url else None  # type: ignore[attr-defined]
+            key.default_webhook_events = events if url else None
             if url is None:
                 return None
             ensure_endpoint(s, owner_id, url, now)

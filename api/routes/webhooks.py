@@ -174,8 +174,7 @@ def _secret_out(services: Services, owner_id: str) -> WebhookSecretOut:
 
 
 def _default_events(services: Services, owner_id: str) -> list[str]:
-    events = getattr(services.keys.get(owner_id), "default_webhook_events", None)
-    return list(events or DEFAULT_EVENTS)
+    return list(services.keys.get(owner_id).default_webhook_events or DEFAULT_EVENTS)
 
 
 def _event_out(e: EventRecord) -> WebhookEventOut:

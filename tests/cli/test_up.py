@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -20,7 +21,8 @@ from tests.cli.stack import REPO, Stack, clean_env, unipic_argv
 
 pytestmark = pytest.mark.system
 
-GEN = ("--size", "64", "--steps", "2")
+WAIT = ("--timeout", "90")  # a stuck job fails the test with a message, not a hung subprocess
+GEN = ("--size", "64", "--steps", "2", *WAIT)
 
 
 def _ok(result) -> str:
@@ -46,7 +48,7 @@ def test_generate_edit_and_ask_round_trip(stack: Stack, tmp_path: Path) -> None:
     printed = _ok(stack.cli("generate", "a red square", "-o", str(out), *GEN, "--seed", "7"))
     edited = tmp_path / "edit.png"
     _ok(stack.cli("edit", str(out), "make it blue", "-o", str(edited), *GEN, "--seed", "7"))
-    answer = _ok(stack.cli("ask", str(edited), "What color is it?", "--size", "64", "--max-new-tokens", "4"))
+    answer = _ok(stack.cli("ask", str(edited), "What color is it?", "--size", "64", "--max-new-tokens", "4", *WAIT))
 
     # Then: decodable PNGs of the requested size, and a non-empty answer on stdout
     assert str(out) in printed
@@ -85,13 +87,14 @@ def test_batch_submit_wait_and_download_by_custom_id(stack: Stack, tmp_path: Pat
 
     # When: it is submitted without waiting, then waited for (resumable by id), then downloaded twice
     batch_id = _ok(stack.cli("batch", "submit", str(items))).strip().splitlines()[-1]
-    waited = _ok(stack.cli("batch", "wait", batch_id))
+    waited = _ok(stack.cli("batch", "wait", batch_id, *WAIT))
     first = _ok(stack.cli("batch", "download", batch_id, str(tmp_path / "out")))
     again = _ok(stack.cli("batch", "download", batch_id, str(tmp_path / "out")))
 
-    # Then: every item succeeded; files are named by sanitized custom_id; a second download skips them
+    # Then: every item succeeded; files are named by custom_id; a second download skips them
     assert "succeeded=2" in waited
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cat_0.png", "cat_1.png"]
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == [
+        "cat/0.png", "cat/1.png"]
     assert first.startswith("2 files written") and again.startswith("0 files written, 2 already present")
     listed = json.loads(_ok(stack.cli("jobs", "list", "--batch", batch_id, "--json")))
     assert {j["custom_id"] for j in listed["data"]} == {"cat/0", "cat/1"}
@@ -119,10 +122,21 @@ def test_jobs_list_show_cancel_and_workers(stack: Stack) -> None:
     assert job_id in listed
     assert canceled.startswith(job_id)
     assert shown["status"] == "queued" and shown["queue_position"] == 0
-    waited = stack.cli("jobs", "wait", job_id)
+    waited = stack.cli("jobs", "wait", job_id, *WAIT)
     assert waited.returncode == 1 and json.loads(waited.stdout)["status"] == "canceled"
     (worker,) = workers["data"]
     assert worker["device"] == "cpu" and worker["model_id"] and worker["batches_served"] >= 1
+
+
+def test_waiting_gives_up_after_the_timeout_and_the_job_goes_on(stack: Stack, tmp_path: Path) -> None:
+    # Given: a job that no worker of this stack will run (2048 px)
+    result = stack.cli("generate", "never", "-o", str(tmp_path / "n.png"), "--size", "2048", "--steps", "2",
+                       "--timeout", "1")
+    # Then: the client gives up with the job id, and the job is still there, queued
+    assert result.returncode == 1 and "gave up waiting" in result.stderr
+    job_id = re.search(r"jobs wait (\S+)", result.stderr).group(1)  # type: ignore[union-attr]
+    assert json.loads(_ok(stack.cli("jobs", "show", job_id)))["status"] == "queued"
+    _ok(stack.cli("jobs", "cancel", job_id))
 
 
 def test_keys_created_against_the_data_dir_work_while_up_runs(stack: Stack) -> None:

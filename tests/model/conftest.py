@@ -35,12 +35,3 @@ def photos() -> list[Image.Image]:
     """Four synthetic RGB images of different sizes and aspect ratios."""
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 255, (40 + 12 * i, 70 - 5 * i, 3), dtype=np.uint8)) for i in range(4)]
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
-
-
-def max_diff(a: list[Image.Image], b: list[Image.Image]) -> int:
-    assert len(a) == len(b)
-    return max(int(np.abs(pixels(x) - pixels(y)).max()) for x, y in zip(a, b))

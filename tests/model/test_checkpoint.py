@@ -147,3 +147,25 @@ def test_hub_source_offline_is_a_checkpoint_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(CheckpointError, match="cannot fetch 'Skywork/not-here'"):
         load_model("Skywork/not-here")
+
+
+def test_unknown_config_name_is_a_checkpoint_error(tiny_dir, tmp_path):
+    bad = copy_ckpt(tiny_dir, tmp_path / "cfg")
+    (bad / "unipic_config.json").write_text('{"config": "huge"}')
+    with pytest.raises(CheckpointError, match="unknown model config 'huge'"):
+        load_model(str(bad))
+
+
+def test_converted_files_alone_are_enough(tiny_dir, tmp_path):
+    d = tmp_path / "converted"
+    shutil.copytree(tiny_dir, d)
+    load_model(str(d))  # makes sure the safetensors exist
+    (d / "pytorch_model.bin").unlink()
+    (d / "kl16.ckpt").unlink()
+    assert load_model(str(d)).config.name == "tiny"
+
+
+def test_random_source_builds_any_config():
+    loaded = load_model("random:tiny")
+    assert loaded.config.name == "tiny" and loaded.revision == "random"
+    assert torch.isfinite(loaded.model.mar.z_proj.weight).all()

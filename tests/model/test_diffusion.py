@@ -68,3 +68,10 @@ def test_reverse_loop_with_perfect_eps_recovers_x0():
     noise = torch.randn(3, 5, 16)
     out = p_sample_loop(sched, denoise, x, noise, torch.ones(5, 1))
     torch.testing.assert_close(out, x0, rtol=1e-4, atol=1e-4)
+
+
+def test_head_graph_buckets_bound_padding():
+    from model.head_graph import bucket
+
+    assert [bucket(n) for n in (1, 64, 65, 300, 512, 513, 2496)] == [64, 64, 128, 512, 512, 1024, 2560]
+    assert all(n <= bucket(n) < n + 512 or bucket(n) <= 2 * n for n in range(1, 5000))

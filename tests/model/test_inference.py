@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from model.inference import EditRequest, GenerateRequest, UnderstandRequest
-from tests.model.conftest import max_diff
+
+
+def max_diff(a: list[Image.Image], b: list[Image.Image]) -> int:
+    """Largest per-pixel difference (uint8 levels) between two equally long image lists."""
+    assert len(a) == len(b)
+    return max(int(np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).max()) for x, y in zip(a, b))
+
 
 TOL = 2  # uint8 levels: float noise across batch shapes can flip a truncation
 
@@ -84,6 +92,10 @@ def test_mixed_compatibility_keys_raise(engine, photos):
                            UnderstandRequest("b", photos[0], "q", 1, size=128)])
     with pytest.raises(ValueError, match="multiple of 16"):
         engine.generate([gen("a", size=70)])
+    with pytest.raises(ValueError, match="guidance_schedule"):
+        engine.generate([gen("a", guidance_schedule="cosine")])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        engine.understand([UnderstandRequest("a", photos[0], "q", 1, size=64, max_new_tokens=0)])
 
 
 def test_progress_reports_every_step(engine):

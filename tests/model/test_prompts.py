@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from model.prompts import (EDIT_UNCOND, T2I_UNCOND, TEMPLATE, image_input, load_tokenizer, pad_rows, t2i_input)
+from model.prompts import EDIT_UNCOND, T2I_UNCOND, TEMPLATE, image_input, load_tokenizer, pad_rows, t2i_input
 
 
 def test_tokenizer_is_qwen25_with_image_token_151665(engine):

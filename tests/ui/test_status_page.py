@@ -55,13 +55,13 @@ def _ok(result: subprocess.CompletedProcess[str]) -> str:
 def test_signed_in_page_shows_workers_queues_jobs_with_thumbnails_and_batches(stack: Stack, tmp_path: Path) -> None:
     # Given: a finished image job, a finished understand job and a finished batch of this key
     job = json.loads(_ok(stack.cli("generate", "a lighthouse", "-o", str(tmp_path / "a.png"), "--size", "64",
-                                   "--steps", "2", "--json")))
+                                   "--steps", "2", "--json", "--timeout", "90")))
     answer = json.loads(_ok(stack.cli("ask", str(tmp_path / "a.png"), "what is it?", "--size", "64",
-                                      "--max-new-tokens", "3", "--json")))
+                                      "--max-new-tokens", "3", "--json", "--timeout", "90")))
     items = tmp_path / "b.jsonl"
     items.write_text(json.dumps({"custom_id": "one", "kind": "generate", "prompt": "p", "width": 64,
                                  "height": 64, "steps": 2}) + "\n")
-    batch_id = _ok(stack.cli("batch", "submit", str(items), "--wait")).split()[0]
+    batch_id = _ok(stack.cli("batch", "submit", str(items), "--wait", "--timeout", "90")).split()[0]
 
     # When: Chromium opens /ui?key=... (sign-in redirect, cookie) and renders it; and takes a screenshot
     dom = _dom(f"{stack.url}/ui?key={stack.key}")
@@ -118,7 +118,7 @@ def test_user_text_is_escaped_not_rendered(stack: Stack, tmp_path: Path) -> None
     # Given: a job whose prompt is markup
     prompt = "<script>document.title='owned'</script><b id=\"injected\">x</b>"
     job = json.loads(_ok(stack.cli("generate", prompt, "-o", str(tmp_path / "x.png"), "--size", "64",
-                                   "--steps", "2", "--json")))
+                                   "--steps", "2", "--json", "--timeout", "90")))
     # When: the page renders in the browser
     dom = _dom(f"{stack.url}/ui?key={stack.key}")
     # Then: the markup shows as text; nothing was injected or run
