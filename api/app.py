@@ -8,19 +8,17 @@ eagerly so a misconfiguration fails at start, and disposes them at shutdown; uvi
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from api.bodies import BodyLimit
-from api.deps import reject_unknown_query
 from api.errors import install_error_handlers
 from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import install_openapi
-from api.routes import batches, events, health, jobs, objects, uploads
+from api.routes import batches, events, health, jobs, objects, ui, uploads, webhooks
 from api.services import Services
 from storage.settings import Settings, get_settings
 
@@ -29,7 +27,6 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """Serve Skywork UniPic: text-to-image (`generate`), image editing (`edit`) and image understanding
 (`understand`) as queued jobs. Authenticate with `Authorization: Bearer <key>`. Errors are
 `{"error": {"code", "message", "field"}}` with stable codes."""
-OPTIONAL_ROUTERS = ("api.routes.webhooks", "api.routes.ui")  # built alongside; included when present
 JSON_SLACK_BYTES = 1024 * 1024
 MIN_BATCH_BODY_BYTES = 64 * 1024 * 1024
 
@@ -53,17 +50,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.open()
         yield
         services.close()
 
-    app = FastAPI(title="unipic-queue", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  dependencies=[Depends(reject_unknown_query)])
+    app = FastAPI(title="unipic-queue", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.services = services
     app.state.metrics = metrics
-    for module in (jobs, events, batches, uploads, objects, health):
+    for module in (jobs, events, batches, uploads, objects, webhooks, health, ui):
         app.include_router(module.router)
-    for name in OPTIONAL_ROUTERS:
-        _include_optional(app, name)
     install_error_handlers(app)
     install_openapi(app)
     limits = body_limits(settings)
@@ -79,16 +74,6 @@ def _limit_for(limits: dict[str, int], path: str) -> int:
         if prefix and path.startswith(prefix):
             return limit
     return limits[""]
-
-
-def _include_optional(app: FastAPI, name: str) -> None:
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        return
-    app.include_router(module.router)
 
 
 def _safe(url: str) -> str:

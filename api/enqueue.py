@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from celery import Celery
 
@@ -23,12 +24,22 @@ from storage.routing import RUN_BATCH_TASK
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PUBLISH_BATCH = 1000  # Redis commands per pipeline round trip
 MARK_INTERVAL_SECONDS = 0.05
 
 
 class Enqueueable(Protocol):
+    """What a message needs: the job id and its queue (a JobRecord, or a JobRef before the row exists)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+
+
+class JobRef(NamedTuple):
     id: str
     queue: str
 
@@ -99,9 +110,20 @@ class SentMarks:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5)
         self.flush()
+        self._stop.clear()  # reusable: the next `add` starts a new thread
+
+
+def holds_messages(broker_url: str) -> bool:
+    """Whether this broker can hold published messages in one pipeline until a context exits: kombu's Redis
+    transport with producer batches (kombu >= 5.7)."""
+    from kombu import Producer
+
+    return broker_url.startswith(("redis://", "rediss://")) and hasattr(Producer, "batch")
 
 
 class Enqueuer:
@@ -112,6 +134,11 @@ class Enqueuer:
         self.job_store = job_store
         self.marks = SentMarks(job_store)
         self._declared: set[str] = set()
+        self._holds = holds_messages(settings.broker_url)
+
+    def _send(self, producer: Any, job: Enqueueable) -> None:
+        self.celery.send_task(RUN_BATCH_TASK, args=[job.id], queue=job.queue, producer=producer,
+                              argsrepr=f"['{job.id}']", kwargsrepr="{}", **self._declare(job.queue))
 
     def _declare(self, queue: str) -> dict[str, Any]:
         # declaring a queue is needed once per process, not per message (it costs a third of a send)
@@ -129,10 +156,9 @@ class Enqueuer:
         try:
             with self.celery.producer_or_acquire() as producer, _pipelined(producer, len(jobs)):
                 for job in jobs:
-                    self.celery.send_task(RUN_BATCH_TASK, args=[job.id], queue=job.queue, producer=producer,
-                                          argsrepr=f"['{job.id}']", kwargsrepr="{}", **self._declare(job.queue))
+                    self._send(producer, job)
                     sent.append(job.id)
-        except Exception:  # noqa: BLE001 - the jobs are safe in Postgres; the sweeper re-enqueues them
+        except Exception:
             log.exception("enqueue failed after %d of %d jobs (first %s); the sweeper will re-enqueue",
                           len(sent), len(jobs), jobs[0].id)
         if sent and (mark_later or len(sent) == 1):
@@ -140,6 +166,32 @@ class Enqueuer:
         elif sent:
             self.job_store.mark_enqueued(sent)
         return sent
+
+    def send_after(self, jobs: Sequence[Enqueueable], write: Callable[[], T]) -> T:
+        """Run `write()` (which stores `jobs`) while their messages are built and held in one Redis pipeline;
+        send the pipeline only once `write` returned, then mark them. Returns what `write` returned and raises
+        what it raised (nothing is sent then). Messages are never sent before their rows are committed."""
+        if not jobs or not self._holds:
+            result = write()
+            self.enqueue(jobs)
+            return result
+        with ThreadPoolExecutor(1, thread_name_prefix="unipic-write") as pool:
+            written = pool.submit(write)
+            sent = False
+            try:
+                with self.celery.producer_or_acquire() as producer, producer.batch(len(jobs) + 1):
+                    for job in jobs:
+                        self._send(producer, job)
+                    written.result()  # a failed write aborts the held pipeline: nothing goes out
+                sent = True
+            except Exception:
+                if not (written.done() and written.exception() is not None):
+                    log.exception("enqueue of %d jobs failed (first %s); the sweeper will re-enqueue",
+                                  len(jobs), jobs[0].id)
+            result = written.result()
+        if sent:
+            self.job_store.mark_enqueued([job.id for job in jobs])
+        return result
 
     def close(self) -> None:
         self.marks.close()

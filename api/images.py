@@ -4,8 +4,8 @@ Every image a job receives (JSON `data:` URL, multipart file part, or a presigne
 `normalize_image` before the job exists: the format is sniffed (PNG, JPEG and WebP accepted; other images are
 415 `unsupported_media_type`), the pixel count is read from the header and compared to the limit *before* the
 pixels are decoded (a decompression bomb never reaches memory), the image is fully decoded (corrupt data is
-400 `invalid_image`), EXIF orientation is applied and the result is stored as an RGB PNG, so workers read one
-format. It knows nothing of HTTP routes or the object store.
+400 `invalid_image`), EXIF orientation is applied, transparency is flattened onto white and the result is
+stored as an RGB PNG, so workers read one format. It knows nothing of HTTP routes or the object store.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from api.errors import ApiError
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 ACCEPTED_MIME = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.IGNORECASE)
 PNG_COMPRESS_LEVEL = 3
 
 
@@ -81,7 +81,7 @@ def normalize_image(data: bytes, max_pixels: int, max_bytes: int, field: str = "
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
             image = ImageOps.exif_transpose(image)
-            rgb = image.convert("RGB")
+            rgb = _to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ApiError(413, "image_too_large", f"image exceeds {max_pixels} pixels", field) from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
@@ -100,6 +100,15 @@ def sniff_image(stream: IO[bytes], max_pixels: int, field: str = "image") -> str
             413, "image_too_large", f"image is {width}x{height} pixels; the limit is {max_pixels} pixels", field
         )
     return {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}[str(image.format)]
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB; transparent areas become white (not whatever colour the transparent pixels happen to hold)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _open(data: bytes | IO[bytes], field: str) -> Image.Image:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from storage.errors import Unavailable
 from storage.records import JobRecord, NewJob
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,10 @@ class JobIntake:
                 self._thread = threading.Thread(target=self._run, name="unipic-intake", daemon=True)
                 self._thread.start()
             self._ready.notify()
-        return future.result(timeout=RESULT_TIMEOUT_SECONDS)
+        try:
+            return future.result(timeout=RESULT_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise Unavailable("the database did not store the job in time; retry") from None
 
     def _run(self) -> None:
         while True:
@@ -73,8 +77,15 @@ class JobIntake:
             future.set_result(record)
 
     def close(self) -> None:
+        """Finish what is pending and stop the writer (`open` starts over, e.g. on the next app startup)."""
         with self._ready:
             self._closed = True
             self._ready.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)
+
+    def open(self) -> None:
+        with self._ready:
+            self._closed = False
+            self._thread = None

@@ -31,7 +31,7 @@ class _Strict(BaseModel):
 class UploadRef(_Strict):
     """An image previously uploaded through `POST /v1/uploads`."""
 
-    upload_id: str = Field(min_length=1, max_length=64)
+    upload_id: str = Field(min_length=1, max_length=128)
 
 
 ImageInput = Annotated[
@@ -89,6 +89,7 @@ class UnderstandCreate(_JobCommon):
 
 JobCreate = Annotated[GenerateCreate | EditCreate | UnderstandCreate, Field(discriminator="kind")]
 JOB_CREATE = TypeAdapter(JobCreate)
+JOB_CREATE_LIST = TypeAdapter(list[JobCreate])  # a whole batch in one call into pydantic-core
 
 
 class BatchCreate(_Strict):

@@ -17,8 +17,8 @@ from sqlalchemy import Engine
 from api.admission import Admission
 from api.auth import KeyCache
 from api.enqueue import Enqueuer
-from api.intake import JobIntake
 from api.images import configure_pil
+from api.intake import JobIntake
 from api.params import JobPreparer
 from api.tokens import PromptCounter
 from storage.batches import BatchStore
@@ -69,6 +69,10 @@ class Services:
     def presign(self, key: str) -> tuple[str, datetime]:
         """A time-limited GET link for an object."""
         return self.objects.presign_get(key, self.settings.presign_expiry_seconds)
+
+    def open(self) -> None:
+        """(Re)start background writers: at app startup, which may follow a shutdown (tests, reloads)."""
+        self.intake.open()
 
     def close(self) -> None:
         self.intake.close()

@@ -16,10 +16,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from api.enqueue import JobRef
 from api.errors import ApiError, from_validation_errors, validation_error
 from api.images import NormalizedImage, decode_data_url, normalize_image
 from api.params import AnyCreate, PreparedJob, request_hash, with_idempotency
-from api.schemas import JOB_CREATE, BatchCreate, UploadRef
+from api.schemas import JOB_CREATE, JOB_CREATE_LIST, BatchCreate, UploadRef
 from api.services import Services
 from storage.errors import IdempotencyConflict, NotFound
 from storage.ids import new_id
@@ -48,6 +49,17 @@ def parse_job(body: Any, line: int | None = None) -> AnyCreate:
         err = from_validation_errors(exc.errors(include_url=False), prefix)
         err.line = line
         raise err from None
+
+
+def parse_jobs(items: Sequence[Any], lines: Sequence[int]) -> list[AnyCreate]:
+    """Many JSON values at once (fast); the first invalid one is a 422 naming its line and field."""
+    try:
+        return JOB_CREATE_LIST.validate_python(list(items))
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        index = first["loc"][0] if first["loc"] and isinstance(first["loc"][0], int) else 0
+        parse_job(items[index], lines[index])  # raises the item's own error, named by its line
+        raise  # unreachable unless the item is valid alone; then report pydantic's error as is
 
 
 def upload_id_for(owner_id: str, token: str) -> str:
@@ -106,23 +118,36 @@ class Submitter:
             raise validation_error("a batch needs at least one request", "requests")
         if len(items) > limit:
             raise validation_error(f"a batch has at most {limit} requests (got {len(items)})", "requests")
-        reqs = [parse_job(body, line) for body, line in zip(items, lines, strict=True)]
+        reqs = parse_jobs(items, lines)
         _check_custom_ids(reqs, lines)
         prepared = self._prepare_lines(owner_id, reqs, lines)
-        images = [self._image_for(owner_id, p, None, field="image", line=line) if p.image is not None or
-                  p.new.kind in IMAGE_KINDS else None for p, line in zip(prepared, lines, strict=True)]
         self.s.admission.admit(owner_id, len(prepared), max_active)
-        prepared = [self._store_input(p, new_id(), img) for p, img in zip(prepared, images, strict=True)]
+        prepared = self._store_inputs(owner_id, prepared, lines)
         batch = NewBatch(owner_id=owner_id, id=new_id(), **batch_opts)
+        news = [p.new for p in prepared]
         try:
-            record, jobs = self.s.jobs.create_many([p.new for p in prepared], batch)
+            # the messages are built while the rows are written and sent once they are committed
+            refs = [JobRef(str(n.id), n.queue) for n in news]
+            record, jobs = self.s.enqueuer.send_after(refs, lambda: self.s.jobs.create_many(news, batch))
         except BaseException:
             self._forget_inputs(prepared)
             raise
         assert record is not None
-        self.s.enqueuer.enqueue(jobs)
         log.info("batch %s accepted: %d jobs owner=%s", record.id, len(jobs), owner_id)
         return record
+
+    def _store_inputs(self, owner_id: str, prepared: list[PreparedJob], lines: Sequence[int]) -> list[PreparedJob]:
+        """Validate and store each item's image one at a time (never all decoded at once); if one is bad,
+        delete those already stored and raise its error, naming its line."""
+        done: list[PreparedJob] = []
+        try:
+            for p, line in zip(prepared, lines, strict=True):
+                image = self._image_for(owner_id, p, None, field="image", line=line)
+                done.append(self._store_input(p, new_id(), image))
+        except BaseException:
+            self._forget_inputs(done)
+            raise
+        return done
 
     def _prepare_lines(self, owner_id: str, reqs: list[AnyCreate], lines: Sequence[int]) -> list[PreparedJob]:
         contiguous = list(lines) == list(range(lines[0], lines[0] + len(lines))) if lines else True

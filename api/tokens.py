@@ -62,7 +62,11 @@ class PromptCounter:
         except ImportError:
             log.warning("tokenizers not installed; counting prompt bytes as tokens")
             return None
-        return Tokenizer.from_file(str(path))
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - an unreadable file must not take the API down
+            log.warning("cannot load %s (%s); counting prompt bytes as tokens", path, exc)
+            return None
 
     def count(self, text: str) -> int:
         """The number of tokens of `text` (bytes when no tokenizer is available)."""

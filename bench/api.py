@@ -1,8 +1,8 @@
 """API benchmark: (a) a 10,000-item batch accepted, (b) single-job submit throughput, against a real server.
 
 Runs the API under uvicorn (as production does: `--factory api.app:create_app_from_env`) on local Postgres
-(a private schema in database `test`, dropped afterwards) and Redis (one db, flushed), with a local object
-store, and checks that every accepted job got exactly one broker message. The load generator keeps a fixed
+(a private schema in database `test`, dropped afterwards) and Redis (db 0; only its two queues are cleared),
+with a local object store, and checks that every accepted job got exactly one broker message. The load generator keeps a fixed
 number of concurrent keep-alive connections, over plain asyncio sockets (default; it costs the shared machine
 little, so the figures are the server's) or httpx.AsyncClient (`--client httpx`, ~1-6 ms of CPU per request).
 Server and load-generator CPU per submit are reported, so runs on a busy machine can be read fairly.
@@ -28,13 +28,14 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+# db 0: test sessions take dbs 1-15 (tests/conftest.py); only the two queues below are touched, never flushed
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 BATCH_QUEUE = "unipic.generate.l"  # 1024 px items
 SUBMIT_QUEUE = "unipic.generate.s"  # 256 px items
 
@@ -68,7 +69,7 @@ class Stack:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Stack:
+    def __enter__(self) -> Self:
         import psycopg
         import redis
 
@@ -85,7 +86,7 @@ class Stack:
         _, self.key = KeyStore(make_session_factory(engine)).create("bench")
         self.engine = engine
         self.redis = redis.Redis.from_url(REDIS)
-        self.redis.flushdb()
+        self.redis.delete(BATCH_QUEUE, SUBMIT_QUEUE)
         cmd = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app_from_env", "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", str(self.workers), "--no-access-log", "--log-level", "warning"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env)
@@ -116,7 +117,7 @@ class Stack:
             self.proc.terminate()
             self.proc.wait(timeout=30)
         self.engine.dispose()
-        self.redis.flushdb()
+        self.redis.delete(BATCH_QUEUE, SUBMIT_QUEUE)
         with psycopg.connect(PG.replace("+psycopg", ""), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
 
@@ -126,10 +127,13 @@ def bench_batch(stack: Stack, items: int) -> dict[str, Any]:
     lines = [json.dumps({"kind": "generate", "prompt": f"a lighthouse at dusk, variation {i}", "width": 1024,
                          "height": 1024, "steps": 16, "custom_id": f"b{i}"}) for i in range(items)]
     body = ("\n".join(lines)).encode()
+    assert stack.proc is not None
+    cpu_before = server_cpu_seconds(stack.proc.pid)
     started = time.perf_counter()
     r = httpx.post(f"{stack.url}/v1/batches", content=body, timeout=120,
                    headers={**stack.headers, "Content-Type": "application/x-ndjson"})
     seconds = time.perf_counter() - started
+    server_cpu = server_cpu_seconds(stack.proc.pid) - cpu_before
     r.raise_for_status()
     batch = r.json()
     from sqlalchemy import text
@@ -139,7 +143,8 @@ def bench_batch(stack: Stack, items: int) -> dict[str, Any]:
                                                   {"b": batch["id"]})}
     sent = Counter(message_job_ids(stack.redis, BATCH_QUEUE))
     exactly_once = len(job_ids) == items and set(sent) == job_ids and set(sent.values()) == {1}
-    return {"items": items, "accepted_seconds": round(seconds, 3), "body_bytes": len(body),
+    return {"items": items, "accepted_seconds": round(seconds, 3), "server_cpu_seconds": round(server_cpu, 2),
+            "body_bytes": len(body),
             "enqueued_exactly_once": exactly_once, "target_seconds": 5.0, "met": seconds < 5.0 and exactly_once}
 
 

@@ -21,28 +21,44 @@ import argparse
 import json
 import os
 import secrets
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from celery import Celery
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+REDIS_BASE = os.environ.get("BENCH_REDIS_BASE", "redis://127.0.0.1:6379")
+REDIS = os.environ.get("BENCH_REDIS_URL", "")  # default: an empty db locked for this run (see free_redis_db)
 NOOP_QUEUE = "bench.noop"
 NOOP_TASK = "bench.noop"
+
+
+def free_redis_db() -> str:
+    """An empty Redis db, locked (a key in db 0) for this run so concurrent test sessions do not share it."""
+    import redis
+
+    admin = redis.Redis.from_url(f"{REDIS_BASE}/0")
+    for db in range(15, 0, -1):
+        if admin.set(f"unipic:test:db-lock:{db}", f"bench-{os.getpid()}", nx=True, ex=3600):
+            if redis.Redis.from_url(f"{REDIS_BASE}/{db}").dbsize() == 0:
+                return f"{REDIS_BASE}/{db}"
+            admin.delete(f"unipic:test:db-lock:{db}")
+    raise SystemExit("no free Redis db; set BENCH_REDIS_URL")
 
 
 def _noop_app() -> Celery:
     from storage.settings import load_settings
     from workers.app import make_celery, queue
 
-    app = make_celery(load_settings(broker_url=os.environ.get("BENCH_NOOP_BROKER", REDIS)), name="bench-noop")
+    broker = os.environ.get("BENCH_NOOP_BROKER") or REDIS or "redis://127.0.0.1:6379/15"
+    app = make_celery(load_settings(broker_url=broker), name="bench-noop")
     app.conf.task_queues = [queue(NOOP_QUEUE)]
     return app
 
@@ -66,8 +82,25 @@ def _reply_client() -> Any:
     if _client is None:
         import redis
 
-        _client = redis.Redis.from_url(os.environ.get("BENCH_NOOP_BROKER", REDIS))
+        _client = redis.Redis.from_url(os.environ["BENCH_NOOP_BROKER"])
     return _client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(host: str, port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listening on {host}:{port}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,27 +119,29 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.moto: Any = None
 
-    def __enter__(self) -> Stack:
+    def __enter__(self) -> Self:
         import psycopg
         import redis
 
         with psycopg.connect(PG.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{self.schema}"')
         redis.Redis.from_url(REDIS).flushdb()
-        overrides: dict[str, Any] = dict(
-            data_dir=self.tmp, database_url=PG, db_schema=self.schema, broker_url=REDIS, redis_url=REDIS,
-            model="tiny", model_dtype="float32",
-        )
+        overrides: dict[str, Any] = {
+            "data_dir": self.tmp, "database_url": PG, "db_schema": self.schema, "broker_url": REDIS, "redis_url": REDIS,
+            "model": "tiny", "model_dtype": "float32",
+        }
         if self.storage == "s3":
             import boto3
-            from moto.server import ThreadedMotoServer
 
             for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
                                 ("AWS_DEFAULT_REGION", "us-east-1")):
                 os.environ.setdefault(name, value)
-            self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-            self.moto.start()
-            host, port = self.moto.get_host_and_port()
+            # its own process, as a real S3 endpoint would be: not competing with this loop for the GIL
+            port = free_port()
+            self.moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            host = "127.0.0.1"
+            _wait_port(host, port)
             endpoint = f"http://{host}:{port}"
             boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
             overrides.update(storage_url="s3://bench/objects", s3_endpoint_url=endpoint)
@@ -148,6 +183,7 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         import psycopg
+        import redis
 
         for proc in self.procs:
             proc.terminate()
@@ -157,7 +193,10 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
         if self.moto is not None:
-            self.moto.stop()
+            self.moto.terminate()
+            self.moto.wait(timeout=30)
+        redis.Redis.from_url(REDIS).flushdb()
+        redis.Redis.from_url(f"{REDIS_BASE}/0").delete(f"unipic:test:db-lock:{REDIS.rsplit('/', 1)[1]}")
         with psycopg.connect(PG.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
 
@@ -197,11 +236,14 @@ def one_job(store: Any, sender: Celery, owner_id: str, kind: str, seed: int, obj
     job = store.create(NewJob(id=job_id, owner_id=owner_id, kind=kind, params=params, compat_key=compat,
                               queue=queue_for(kind, 64), seed=seed, input_key=key))
     store.mark_enqueued(enqueue_jobs(sender, [job]))  # the API's order: send, then stamp
+    deadline = time.monotonic() + 120
     while True:
         done = store.get(job_id)
         if done.terminal:
             break
-        time.sleep(0.002)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"job {job_id} still {done.status} after 120 s")
+        time.sleep(0.01)  # latency comes from finished_at, not from when we look
     if done.status != "succeeded":
         raise SystemExit(f"job {job_id} ended {done.status}: {done.error_message}")
     latency = (done.finished_at - submitted).total_seconds()
@@ -230,6 +272,9 @@ def main() -> None:
     parser.add_argument("--storage", choices=["s3", "local"], default="s3")
     parser.add_argument("--gap-ms", type=float, default=20.0, help="idle time between submissions")
     args = parser.parse_args()
+    global REDIS
+    REDIS = REDIS or free_redis_db()
+    os.environ["BENCH_NOOP_BROKER"] = REDIS
 
     import redis
 

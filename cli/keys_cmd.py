@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -33,10 +33,10 @@ def _key_store(data_dir: Path | None) -> Any:
 @app.command("create")
 def create(
     name: str = typer.Option(..., "--name", help="A label for the key"),
-    rate_limit: Optional[int] = typer.Option(None, "--rate-limit", min=1, help="Requests per minute"),
-    max_active: Optional[int] = typer.Option(None, "--max-active", min=1, help="Queued+running jobs allowed"),
+    rate_limit: int | None = typer.Option(None, "--rate-limit", min=1, help="Requests per minute"),
+    max_active: int | None = typer.Option(None, "--max-active", min=1, help="Queued+running jobs allowed"),
     as_json: bool = typer.Option(False, "--json", help='Print {"id", "key", "webhook_secret"}'),
-    data_dir: Optional[Path] = DataDir,
+    data_dir: Path | None = DataDir,
 ) -> None:
     """Create a key and print it (shown only this once)."""
     record, plaintext = _key_store(data_dir).create(name, rate_limit_per_minute=rate_limit,
@@ -53,7 +53,7 @@ def create(
 def list_keys(
     include_revoked: bool = typer.Option(False, "--all", help="Include revoked keys"),
     as_json: bool = typer.Option(False, "--json"),
-    data_dir: Optional[Path] = DataDir,
+    data_dir: Path | None = DataDir,
 ) -> None:
     """List keys (id, name, prefix, created, revoked); never the key itself."""
     records = _key_store(data_dir).list(include_revoked=include_revoked)
@@ -68,7 +68,7 @@ def list_keys(
 
 
 @app.command("revoke")
-def revoke(key_id: str = typer.Argument(..., help="The key's id"), data_dir: Optional[Path] = DataDir) -> None:
+def revoke(key_id: str = typer.Argument(..., help="The key's id"), data_dir: Path | None = DataDir) -> None:
     """Revoke a key: it can no longer authenticate; its jobs stay."""
     from storage.errors import NotFound
 

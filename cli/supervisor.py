@@ -20,6 +20,7 @@ from typing import IO
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0  # a child that ran this long gets its backoff reset
+COLORS = ("36", "35", "33", "32", "34")  # ANSI: cyan, magenta, yellow, green, blue (terminals only)
 
 
 @dataclass
@@ -53,13 +54,18 @@ class Supervisor:
         self.out = out or sys.stdout
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._width = max((len(s.name) for s in specs), default=0)
+        self._width = max((len(s.name) for s in specs), default=2)
+        tty = getattr(self.out, "isatty", lambda: False)()
+        self._colors = {s.name: COLORS[i % len(COLORS)] for i, s in enumerate(specs)} if tty else {}
 
     # ---- output -------------------------------------------------------------------------------------------
     def say(self, name: str, line: str) -> None:
         """Write one line prefixed with `name`, never interleaving with another child's line."""
+        prefix = f"{name:<{self._width}} |"
+        if name in self._colors:
+            prefix = f"\033[{self._colors[name]}m{prefix}\033[0m"
         with self._lock:
-            self.out.write(f"{name:<{self._width}} | {line.rstrip()}\n")
+            self.out.write(f"{prefix} {line.rstrip()}\n")
             self.out.flush()
 
     def _pump(self, child: Child, stream: IO[bytes]) -> None:

@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -22,15 +21,15 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def worker(
         device: str = typer.Option("cpu", "--device", envvar="UNIPIC_WORKER_DEVICE", help="cpu, cuda or cuda:N"),
-        model: Optional[str] = typer.Option(None, "--model", help="HF repo id, local path, or 'tiny'"),
-        kinds: Optional[str] = typer.Option(None, "--kinds", help="Comma-separated: generate,edit,understand"),
-        max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Jobs per batch at most"),
-        max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Largest image (pixels) served"),
-        queues: Optional[str] = typer.Option(None, "--queues", "-Q", help="Override the subscribed queues"),
-        metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics"),
-        name: Optional[str] = typer.Option(None, "--name", help="Worker name (default: the host name)"),
+        model: str | None = typer.Option(None, "--model", help="HF repo id, local path, or 'tiny'"),
+        kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: generate,edit,understand"),
+        max_batch: int | None = typer.Option(None, "--max-batch", help="Jobs per batch at most"),
+        max_pixels: int | None = typer.Option(None, "--max-pixels", help="Largest image (pixels) served"),
+        queues: str | None = typer.Option(None, "--queues", "-Q", help="Override the subscribed queues"),
+        metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics"),
+        name: str | None = typer.Option(None, "--name", help="Worker name (default: the host name)"),
         loglevel: str = typer.Option("INFO", "--loglevel"),
-        data_dir: Optional[Path] = DataDir,
+        data_dir: Path | None = DataDir,
     ) -> None:
         """Start a model worker: one model on one device, serving batches from the GPU queues."""
         from cli.runtime import settings_for
@@ -57,8 +56,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def sweeper(
         once: bool = typer.Option(False, "--once", help="Sweep once and exit"),
-        interval: Optional[float] = typer.Option(None, "--interval", help="Seconds between sweeps"),
-        data_dir: Optional[Path] = DataDir,
+        interval: float | None = typer.Option(None, "--interval", help="Seconds between sweeps"),
+        data_dir: Path | None = DataDir,
     ) -> None:
         """Run the queue sweeper: requeue lost work, expire overdue jobs, re-enqueue jobs with no message."""
         from cli.runtime import settings_for

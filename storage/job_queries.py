@@ -112,7 +112,9 @@ class JobQueries:
         """Queued jobs not enqueued for `older_than_seconds` (or never): their message may be lost."""
         cutoff = utcnow() - timedelta(seconds=older_than_seconds)
         stmt = (select(Job).where(Job.status == "queued")
-                .where(or_(Job.last_enqueued_at.is_(None), Job.last_enqueued_at < cutoff))
+                # a job just created may still be on its way to the broker: judge it by its age until the API
+                # has stamped its send, so the sweeper does not race fresh submissions
+                .where(func.coalesce(Job.last_enqueued_at, Job.created_at) < cutoff)
                 .order_by(Job.priority.desc(), Job.created_at).limit(limit))
         with self.sessions() as s:
             return [JobRecord.of(r) for r in s.scalars(stmt)]

@@ -37,8 +37,10 @@ MIN_VISIBILITY_TIMEOUT_SECONDS = 3600.0
 class EnqueueableJob(Protocol):
     """What `enqueue_jobs` needs from a job record."""
 
-    id: str
-    queue: str
+    @property
+    def id(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
 
 
 def visibility_timeout(settings: Settings) -> float:
@@ -56,6 +58,14 @@ def queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
+def _transport_options(settings: Settings) -> dict[str, float]:
+    # Redis (and SQS) redeliver unacked messages after a visibility timeout; the embedded SQLAlchemy transport
+    # has none and hands its options to `create_engine`, which rejects unknown ones
+    if settings.broker_url.startswith(("redis://", "rediss://", "sqs://")):
+        return {"visibility_timeout": visibility_timeout(settings)}
+    return {}
+
+
 def make_celery(settings: Settings, name: str = "unipic") -> Celery:
     """A Celery app configured from `settings` (no tasks registered; entry modules add theirs)."""
     app = Celery(name, broker=settings.broker_url, set_as_current=False)
@@ -69,7 +79,7 @@ def make_celery(settings: Settings, name: str = "unipic") -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": visibility_timeout(settings)},
+        broker_transport_options=_transport_options(settings),
         task_create_missing_queues=True,
         task_default_queue=MAINTENANCE_QUEUE,
         task_default_exchange=MAINTENANCE_QUEUE,

@@ -152,10 +152,11 @@ class BatchRunner:
         by_id = {c.job_id: c for c in claims}
         reporter = ProgressReporter(self.store, by_id, s.progress_interval_ms / 1000, self.faults.on_step)
         with LeaseKeeper(self.store, claims, s.lease_seconds, stop_renewing=clock.hard_expired) as keeper, reporter:
-            state = BatchState(by_id, clock, keeper, reporter, CancelWatcher(self.store, []))
-            state.watcher = CancelWatcher(
-                self.store, list(by_id), CANCEL_CHECK_SECONDS, local=lambda: self._local_drops(state)
+            watcher = CancelWatcher(
+                self.store, list(by_id), CANCEL_CHECK_SECONDS,
+                local=lambda: self._local_drops(set(by_id), clock, keeper, reporter),
             )
+            state = BatchState(by_id, clock, keeper, reporter, watcher)
             self._run_group(items, state)
             for item in items:
                 keeper.finish(item.job.id)
@@ -193,6 +194,7 @@ class BatchRunner:
                 self._settle_dropped(item, state)
             else:
                 self._succeed(item, result, getattr(result, "seconds", None) or seconds, len(items))
+            state.keeper.finish(item.job.id)  # settled: stop renewing its lease
 
     def _on_model_error(self, items: list[Item], state: BatchState, exc: Exception) -> None:
         oom = is_oom(exc)
@@ -204,6 +206,7 @@ class BatchRunner:
             log.warning("job %s: %s: %s", ids[0], code, exc)
             self._fail(items[0].claim, code, str(exc) or type(exc).__name__)
             items[0].done = True
+            state.keeper.finish(ids[0])
             return
         if oom:
             self.metrics.oom_splits.inc()
@@ -223,7 +226,7 @@ class BatchRunner:
             log.error("job %s: %s; handing it back to the queue", job.id, exc)
             self._release([item.claim])
             return
-        except Exception as exc:  # noqa: BLE001 - an encoding error is this job's alone
+        except Exception as exc:
             log.exception("job %s: encoding its result failed", job.id)
             self._fail(item.claim, "model_error", f"encoding the result failed: {exc}")
             return
@@ -251,10 +254,14 @@ class BatchRunner:
         else:  # shutdown (or anything else that stopped us): hand it back untouched
             state.released.append(item.claim)
 
-    def _local_drops(self, state: BatchState) -> set[str]:
-        drops = set(state.keeper.lost())
-        if state.clock.soft_expired() or self.shutdown.should_abandon(state.clock.started, state.reporter.fraction):
-            drops |= set(state.claims)
+    def _local_drops(
+        self, job_ids: set[str], clock: BatchClock, keeper: LeaseKeeper, reporter: ProgressReporter
+    ) -> set[str]:
+        """Jobs to drop for the worker's own reasons: lost leases; everything past the time limit or when a
+        shutdown cannot wait for the batch."""
+        drops = keeper.lost()
+        if clock.soft_expired() or self.shutdown.should_abandon(clock.started, reporter.fraction):
+            drops |= job_ids
         return drops
 
     def _fail(self, claim: Claim, code: str, message: str) -> None:

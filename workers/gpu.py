@@ -10,14 +10,16 @@ or hands it back to the queue. Configuration comes from `UNIPIC_*` variables (se
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
 from storage.routing import RUN_BATCH_TASK, gpu_queues
 from workers.app import make_celery, queue
 from workers.config import load_worker_settings
-from workers.runtime import WorkerRuntime
+
+if TYPE_CHECKING:  # the runtime pulls in torch and the model: imported when a worker process starts
+    from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ def runtime() -> WorkerRuntime:
 def _start_runtime(sender: Any = None, **_: Any) -> None:
     global _runtime
     if _runtime is None:
+        from workers.runtime import WorkerRuntime
+
         _runtime = WorkerRuntime.start(settings, app, hostname=str(sender) if sender else None)
 
 

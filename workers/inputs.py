@@ -46,12 +46,12 @@ def build_request(job: JobRecord, image: Image.Image | None) -> ModelRequest:
     width, height = int(p["width"]), int(p["height"])
     if width != height:
         raise InvalidInput(f"only square sizes are supported, got {width}x{height}")
-    common: dict[str, Any] = dict(
-        seed=seed, size=width, num_images=int(p.get("num_images", 1)), steps=int(p["steps"]),
-        guidance_scale=float(p.get("guidance_scale", 3.0)),
-        guidance_schedule=str(p.get("guidance_schedule", "constant")),
-        temperature=float(p.get("temperature", 1.0)),
-    )
+    common: dict[str, Any] = {
+        "seed": seed, "size": width, "num_images": int(p.get("num_images", 1)), "steps": int(p["steps"]),
+        "guidance_scale": float(p.get("guidance_scale", 3.0)),
+        "guidance_schedule": str(p.get("guidance_schedule", "constant")),
+        "temperature": float(p.get("temperature", 1.0)),
+    }
     if job.kind == "edit":
         assert image is not None
         return EditRequest(id=job.id, image=image, instruction=str(p.get("instruction", "")), **common)

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Self
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ProgressReporter:
         self._thread = threading.Thread(target=self._write_loop, name="progress-writer", daemon=True)
         self.fraction = 0.0  # of the current model call, for the shutdown estimate
 
-    def __enter__(self) -> ProgressReporter:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

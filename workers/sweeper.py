@@ -20,9 +20,9 @@ from celery import Celery
 from storage.db import make_engine, make_session_factory
 from storage.jobs import JobStore
 from storage.records import JobRecord
-from storage.workers_registry import WorkerRegistry
 from storage.routing import SWEEP_TASK
 from storage.settings import Settings
+from storage.workers_registry import WorkerRegistry
 from workers.app import enqueue_jobs, make_celery
 
 log = logging.getLogger(__name__)

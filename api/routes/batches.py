@@ -1,19 +1,19 @@
 """`/v1/batches`: submit up to `max_batch_items` jobs at once (all or nothing), follow and cancel them.
 
 `GET` answers the per-status counts and, once every job is finished, a link to the JSONL results manifest,
-which it writes on first request if no one has yet (see api.manifests).
+which it writes on first request if no one has yet (see storage.manifests).
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import read_batch_body
-from api.deps import ID_PATTERN, BatchId, CallerDep, ServicesDep
-from api.manifests import write_manifest
+from api.deps import ID_PATTERN, BatchId, CallerDep, ServicesDep, reject_unknown_query
+from storage.manifests import write_manifest
 from api.openapi import batch_body, errors
 from api.schemas import BatchesPage, BatchOut
 from api.services import Services
@@ -21,7 +21,7 @@ from api.submission import Submitter
 from api.views import batch_out
 from storage.records import BatchRecord
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(reject_unknown_query)])
 
 
 def render(services: Services, batch: BatchRecord) -> BatchOut:

@@ -14,18 +14,19 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, JobId, ServicesDep
+from api.deps import CallerDep, JobId, ServicesDep, reject_unknown_query
 from api.openapi import errors
 from api.routes.jobs import render
 from api.services import Services
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(reject_unknown_query)])
 
-TICK_SECONDS = 0.25
+TICK_SECONDS = 0.25  # while running: progress is published about this often
+QUEUED_TICK_SECONDS = 1.0  # while queued: only the status can change
 KEEPALIVE_SECONDS = 15.0
 MAX_STREAM_SECONDS = 24 * 3600.0
 
@@ -64,7 +65,7 @@ async def job_events(request: Request, services: Services, owner_id: str, job_id
             last_sent = time.monotonic()
         if await request.is_disconnected():
             return
-        await asyncio.sleep(TICK_SECONDS)
+        await asyncio.sleep(TICK_SECONDS if job.status == "running" else QUEUED_TICK_SECONDS)
 
 
 @router.get(

@@ -10,17 +10,17 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ServicesDep
+from api.deps import ServicesDep, reject_unknown_query
 from api.schemas import HealthOut
 from api.services import Services
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[Depends(reject_unknown_query)])
 
 CHECK_TIMEOUT_SECONDS = 3.0
 

@@ -11,11 +11,11 @@ import time
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import read_job_body
-from api.deps import ID_PATTERN, CallerDep, JobId, ServicesDep, checked_id
+from api.deps import ID_PATTERN, CallerDep, JobId, ServicesDep, checked_id, reject_unknown_query
 from api.errors import validation_error
 from api.openapi import errors, json_or_multipart_body
 from api.schemas import JobOut, JobsPage, JobStatus, Kind
@@ -24,7 +24,7 @@ from api.submission import Submitter
 from api.views import job_out
 from storage.records import JobRecord
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(reject_unknown_query)])
 
 MAX_WAIT_SECONDS = 60
 WAIT_POLL_SECONDS = 0.25

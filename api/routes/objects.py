@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ServicesDep
+from api.deps import ServicesDep, reject_unknown_query
 from api.errors import ApiError
 from api.openapi import DESCRIPTIONS
 from api.routes.uploads import spool_body, store_upload
@@ -22,7 +22,7 @@ from api.schemas import ErrorOut, UploadDone
 from api.services import Services
 from storage.errors import InvalidKey
 
-router = APIRouter(prefix="/v1/objects", tags=["objects"])
+router = APIRouter(prefix="/v1/objects", tags=["objects"], dependencies=[Depends(reject_unknown_query)])
 
 SIGNED_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut, "description": DESCRIPTIONS[status]} for status in (400, 401, 404, 413, 415, 422)

@@ -14,11 +14,11 @@ import secrets
 import tempfile
 from typing import IO, Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import BodyTooLarge
-from api.deps import CallerDep, ServicesDep
+from api.deps import CallerDep, ServicesDep, reject_unknown_query
 from api.errors import ApiError
 from api.images import sniff_image
 from api.openapi import errors
@@ -27,7 +27,7 @@ from api.services import Services
 from api.submission import upload_id_for
 from storage.objects import upload_key
 
-router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"], dependencies=[Depends(reject_unknown_query)])
 
 SPOOL_IN_MEMORY = 2 * 1024 * 1024
 UPLOAD_ID = r"^[0-9a-fA-F-]{36}\.[A-Za-z0-9_-]{16,64}$"
@@ -41,7 +41,7 @@ def create_upload(services: ServicesDep, caller: CallerDep, body: UploadCreate |
     url, expires_at = services.objects.presign_put(
         upload_key(upload_id), services.settings.presign_expiry_seconds, content_type
     )
-    headers = {"Content-Type": content_type} if content_type else {}
+    headers: dict[str, str] = {"Content-Type": content_type} if content_type else {}
     return UploadOut(upload_id=upload_id, url=url, expires_at=expires_at,
                      max_bytes=services.settings.max_upload_bytes, headers=headers)
 
@@ -69,7 +69,8 @@ def store_upload(services: Services, key: str, data: IO[bytes], size: int) -> No
         raise ApiError(400, "invalid_image", "the upload is empty")
     content_type = sniff_image(data, services.settings.max_upload_pixels)
     data.seek(0)
-    services.objects.put(key, data, content_type=content_type, max_bytes=services.settings.max_upload_bytes)
+    services.objects.put(key, data, content_type=content_type,  # type: ignore[arg-type] # a binary file
+                         max_bytes=services.settings.max_upload_bytes)
 
 
 @router.put("/{upload_id}", response_model=UploadDone, summary="Upload the image bytes", responses=errors(

@@ -128,3 +128,13 @@ def test_cancel_batch(client: Any, auth: dict[str, str], make_key: Any) -> None:
     assert r.status_code == 200
     assert r.json()["status"] == "canceled" and r.json()["counts"]["canceled"] == 2
     assert client.get("/v1/batches/not-a-batch", headers=auth).status_code == 404
+
+
+def test_a_bad_image_leaves_no_stored_inputs(client: Any, auth: dict[str, str], app: Any) -> None:
+    objects = app.state.services.objects
+    before = objects.list("inputs/")
+    good = {"kind": "understand", "question": "q", "image": data_url(png_bytes())}
+    bad = {"kind": "understand", "question": "q", "image": data_url(b"GIF89a nope", "image/gif")}
+    r = client.post("/v1/batches", json=[good, good, bad], headers=auth)
+    assert r.status_code == 415 and r.json()["error"]["line"] == 3
+    assert objects.list("inputs/") == before

@@ -327,3 +327,14 @@ def test_key_cache_lets_a_revocation_lag_by_at_most_its_ttl(client: Any, app: An
         assert client.get("/v1/jobs", headers=headers).status_code == 401
     finally:
         cache.ttl = 0
+
+
+def test_transparent_input_is_flattened_onto_white(client: Any, auth: dict[str, str], app: Any) -> None:
+    out = io.BytesIO()
+    Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(out, format="PNG")  # fully transparent "black"
+    r = client.post("/v1/jobs", json={"kind": "understand", "question": "q", "image": data_url(out.getvalue())},
+                    headers=auth)
+    assert r.status_code == 202, r.text
+    services = app.state.services
+    stored = Image.open(io.BytesIO(services.objects.get(services.jobs.get(r.json()["id"]).input_key)))
+    assert stored.mode == "RGB" and stored.getpixel((0, 0)) == (255, 255, 255)

@@ -93,7 +93,7 @@ def start_stack(tmp_root: Path, extra_env: dict[str, str] | None = None, key: st
     data_dir = tmp_root / "data"
     log_path = tmp_root / "up.log"
     port = free_port()
-    env = clean_env(PYTHONPATH="/tmp/embedfix", UNIPIC_ALLOWED_SIZES=TEST_SIZES, UNIPIC_MODEL_DTYPE="float32",
+    env = clean_env(UNIPIC_ALLOWED_SIZES=TEST_SIZES, UNIPIC_MODEL_DTYPE="float32",
                     UNIPIC_HEARTBEAT_SECONDS="2", UNIPIC_SWEEP_INTERVAL_SECONDS="2")
     env.update(extra_env or {})
     with open(log_path, "wb") as log:

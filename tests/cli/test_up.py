@@ -134,7 +134,7 @@ def test_waiting_gives_up_after_the_timeout_and_the_job_goes_on(stack: Stack, tm
                        "--timeout", "1")
     # Then: the client gives up with the job id, and the job is still there, queued
     assert result.returncode == 1 and "gave up waiting" in result.stderr
-    job_id = re.search(r"jobs wait (\S+)", result.stderr).group(1)  # type: ignore[union-attr]
+    job_id = re.search(r"jobs wait ([\w-]+)", result.stderr).group(1)  # type: ignore[union-attr]
     assert json.loads(_ok(stack.cli("jobs", "show", job_id)))["status"] == "queued"
     _ok(stack.cli("jobs", "cancel", job_id))
 

@@ -268,3 +268,33 @@ def decode(objects: Any, key: str) -> Image.Image:
     with Image.open(io.BytesIO(objects.get(key))) as image:
         image.load()
         return image.copy()
+
+
+# ---- in-process runs (the real runner, store, S3 and tiny engine, without Celery) ------------------------------
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_checkpoint: Path) -> Any:
+    from model.inference import load_engine
+
+    return load_engine(str(tiny_checkpoint), device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def make_runner(settings: Any, job_store: Any, object_store: Any, tiny_engine: Any, celery_app: Any) -> Any:
+    """Build a `BatchRunner` in this process with settings overrides and an optional fault injector."""
+    from workers.batching import BatchRunner
+    from workers.faults import FaultInjector
+    from workers.metrics import WorkerMetrics
+    from workers.shutdown import ShutdownGate
+
+    def make(faults: FaultInjector | None = None, grace_seconds: float = 30.0, **overrides: Any) -> BatchRunner:
+        def enqueue_released(jobs: Any) -> None:
+            enqueue(job_store, celery_app, jobs)
+
+        return BatchRunner(
+            store=job_store, objects=object_store, engine=tiny_engine,
+            settings=settings.model_copy(update={"progress_interval_ms": 0, **overrides}),
+            worker_id="in-process:1", metrics=WorkerMetrics(), shutdown=ShutdownGate(grace_seconds),
+            enqueue=enqueue_released, faults=faults,
+        )
+
+    return make

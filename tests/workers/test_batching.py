@@ -6,13 +6,21 @@ batch mid-run, and simulated out-of-memory errors above a batch size or a pixel 
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+import httpx
 import numpy as np
 
 from tests.workers.conftest import decode, enqueue, make_job, wait_for, wait_terminal
 
 STEPS = 6
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def test_cancel_while_queued_and_while_running_leaves_batch_mates_unchanged(
@@ -55,7 +63,9 @@ def test_out_of_memory_splits_the_batch_and_an_item_that_cannot_fit_fails_alone(
     start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
 ) -> None:
     # Given a worker that runs out of memory above one item per call or above 64x64 pixels
-    worker = start_worker("oom", UNIPIC_FAULT_OOM_ABOVE="1", UNIPIC_FAULT_OOM_ABOVE_PIXELS=str(64 * 64))
+    port = free_port()
+    worker = start_worker("oom", UNIPIC_FAULT_OOM_ABOVE="1", UNIPIC_FAULT_OOM_ABOVE_PIXELS=str(64 * 64),
+                          UNIPIC_WORKER_METRICS_PORT=str(port))
     small = [make_job(job_store, object_store, owner_id, "generate", 64, seed=700 + i, tag="oom") for i in range(4)]
     big = make_job(job_store, object_store, owner_id, "generate", 128, seed=777, tag="oom")
 
@@ -67,7 +77,9 @@ def test_out_of_memory_splits_the_batch_and_an_item_that_cannot_fit_fails_alone(
     for job in small:
         assert done[job.id].status == "succeeded" and done[job.id].batch_size == 4
         assert decode(object_store, done[job.id].result_keys[0]).size == (64, 64)
-    assert worker.log().count("splitting in halves") == 3  # 4 -> 2+2 -> 1+1, 1+1
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert "unipic_worker_oom_splits_total 3.0" in metrics  # 4 -> 2+2 -> 1+1, 1+1
+    assert 'unipic_worker_jobs_total{outcome="out_of_memory"} 1.0' in metrics
     # And the single item that cannot fit failed with out_of_memory
     assert done[big.id].status == "failed" and done[big.id].error_code == "out_of_memory"
 

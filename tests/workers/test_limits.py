@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from tests.workers.conftest import make_job
+from workers.faults import FaultInjector
 from workers.limits import BatchClock, hard_limit_seconds, job_pixels, soft_limit_seconds, work_steps
 
 
@@ -34,3 +38,21 @@ def test_batch_clock_expiry() -> None:
     assert clock.soft_expired() and clock.hard_expired()
     fresh = BatchClock(soft_seconds=1e6, hard_seconds=2e6)
     assert not fresh.soft_expired() and not fresh.hard_expired()
+
+
+def test_a_batch_over_its_time_limit_fails_with_timeout(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str
+) -> None:
+    # Given a runner whose batches may take half a second, and slow sampling steps
+    runner = make_runner(FaultInjector(step_delay_seconds=0.3), time_limit_floor_seconds=0.5,
+                         time_limit_seconds_per_megapixel_step=0.001)
+    jobs = [make_job(job_store, object_store, owner_id, "generate", 64, seed=i, steps=6, tag="timeout")
+            for i in range(2)]
+
+    # When the batch runs past its limit
+    assert runner.run(jobs[0].id) == 2
+
+    # Then both jobs failed with timeout and wrote nothing
+    for job in job_store.get_many([j.id for j in jobs]):
+        assert (job.status, job.error_code) == ("failed", "timeout")
+        assert not object_store.list(f"results/{job.id}/")

@@ -10,8 +10,8 @@ from typing import Any
 import redis
 
 from storage.routing import queue_for
-from workers.sweeper import Sweeper
 from tests.workers.conftest import REPO, enqueue, make_job, wait_for, wait_terminal
+from workers.sweeper import Sweeper
 
 
 def test_a_worker_killed_mid_batch_loses_nothing(

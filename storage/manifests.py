@@ -6,7 +6,7 @@ and recorded with `BatchStore.set_manifest_key`; writing it again gives the same
 API writing it lazily on `GET /v1/batches/{id}` and a sweeper writing it in the background cannot conflict.
 Image URLs inside are presigned at writing time (their `expires_at` says until when); the keys are there too.
 
-Deliberately uses storage only (no FastAPI), so it can move into `storage` for the sweeper unchanged.
+Used by the API (lazily, on GET) and by the sweeper (in the background), so it lives in storage.
 """
 
 from __future__ import annotations

@@ -1,0 +1,37 @@
+"""Progress writes are throttled per job; cancel requests reach the running batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.workers.conftest import make_job, wait_for
+from workers.progress import CancelWatcher, ProgressReporter
+
+
+def _claimed(job_store: Any, object_store: Any, owner_id: str, tag: str) -> Any:
+    job = make_job(job_store, object_store, owner_id, "generate", 64, seed=1, tag=tag)
+    (claim,) = job_store.claim_batch(job.id, "progress-test", 30.0, 1, 10**9)
+    return claim
+
+
+def test_progress_is_written_at_most_once_per_interval(job_store: Any, object_store: Any, owner_id: str) -> None:
+    claim = _claimed(job_store, object_store, owner_id, "progress")
+    with ProgressReporter(job_store, {claim.job_id: claim}, interval_seconds=3600) as reporter:
+        reporter([claim.job_id], 1, 6)
+        wait_for(lambda: job_store.get(claim.job_id).progress_step == 1, "the first progress write")
+        reporter([claim.job_id], 2, 6)  # within the interval: not written
+        assert reporter.fraction == 2 / 6
+    assert (job_store.get(claim.job_id).progress_step, job_store.get(claim.job_id).progress_total) == (1, 6)
+
+    with ProgressReporter(job_store, {claim.job_id: claim}, interval_seconds=0) as unthrottled:
+        unthrottled([claim.job_id], 5, 6)
+        wait_for(lambda: job_store.get(claim.job_id).progress_step == 5, "an unthrottled write")
+
+
+def test_cancel_requests_reach_the_watcher(job_store: Any, object_store: Any, owner_id: str) -> None:
+    claim = _claimed(job_store, object_store, owner_id, "cancel-watch")
+    watcher = CancelWatcher(job_store, [claim.job_id], interval_seconds=0.05, local=lambda: {"local-drop"})
+    assert watcher() == {"local-drop"}
+    job_store.request_cancel(claim.job_id, owner_id)
+    wait_for(lambda: claim.job_id in watcher(), "the cancel request to be seen")
+    assert watcher.requested == {claim.job_id}
