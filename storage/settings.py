@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     time_limit_floor_seconds: float = Field(default=120.0, gt=0)
     time_limit_seconds_per_megapixel_step: float = Field(default=2.0, gt=0)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
+    worker_device: str = Field(default="cpu", description="cpu, cuda or cuda:N (the model worker's device)")
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535, description="Worker Prometheus port; 0 = off")
+    worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0, description="SIGTERM: finish or release")
+    worker_name: str = Field(default="", description="Worker id prefix; default: the host name")
     # API limits
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_upload_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
@@ -109,6 +113,13 @@ class Settings(BaseSettings):
             v = [p.strip() for p in v.split(",") if p.strip()]
         for cidr in v:
             ipaddress.ip_network(cidr, strict=False)  # raises ValueError naming the bad CIDR
+        return v
+
+    @field_validator("worker_device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("cpu", "cuda", "mps") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError("expected cpu, cuda, cuda:N or mps")
         return v
 
     @field_validator("model_dtype")

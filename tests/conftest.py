@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,19 +73,32 @@ def pg_url(pg_schema: str) -> str:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis database number private to this session, flushed at start and end."""
+    """A Redis db held exclusively by this session (a lock key in db 0), flushed at start and end.
+
+    The broker's queues live in this db: a db shared with another concurrent test session (whose workers would
+    take our messages, or whose teardown would flush them) makes tests fail for reasons that are not ours.
+    """
     import redis
 
     try:
         admin = redis.Redis.from_url(f"{REDIS_BASE_URL}/0", socket_connect_timeout=5)
-        n = int(admin.incr("unipic:test:db-counter"))
+        start = int(admin.incr("unipic:test:db-counter"))
     except redis.RedisError as exc:
         pytest.fail(f"Redis is required at {REDIS_BASE_URL}: {exc}", pytrace=False)
-    url = f"{REDIS_BASE_URL}/{1 + n % 15}"
+    token = f"{os.getpid()}-{time.time()}"
+    for offset in range(15):
+        db = 1 + (start + offset) % 15
+        if admin.set(f"unipic:test:db-lock:{db}", token, nx=True, ex=3600):
+            break
+    else:
+        pytest.fail("no free Redis db for this test session (all 15 locked)", pytrace=False)
+    url = f"{REDIS_BASE_URL}/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
     client.flushdb()
+    if admin.get(f"unipic:test:db-lock:{db}") == token.encode():
+        admin.delete(f"unipic:test:db-lock:{db}")
     client.close()
     admin.close()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ from workers.shutdown import ShutdownGate
 log = logging.getLogger(__name__)
 
 CANCEL_CHECK_SECONDS = 0.25
+FINISHING_THREADS = 4
 CLAIM_RETRY_PAUSES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -85,6 +87,7 @@ class BatchRunner:
         self.device = device
         self.batches_served = 0
         self.jobs_served = 0
+        self._finishers = ThreadPoolExecutor(max_workers=FINISHING_THREADS, thread_name_prefix="finish")
 
     # ---- one message ----------------------------------------------------------------------------------------
     def run(self, job_id: str) -> int:
@@ -185,6 +188,7 @@ class BatchRunner:
             return
         seconds = time.perf_counter() - started
         by_id = {r.id: r for r in results}
+        succeeded = []
         for item in items:
             result = by_id.get(item.job.id)
             if result is None:
@@ -193,7 +197,13 @@ class BatchRunner:
             elif result.canceled:
                 self._settle_dropped(item, state)
             else:
-                self._succeed(item, result, getattr(result, "seconds", None) or seconds, len(items))
+                succeeded.append((item, result))
+        # encode + upload + complete are I/O bound: overlap them across the batch
+        list(self._finishers.map(
+            lambda pair: self._succeed(pair[0], pair[1], getattr(pair[1], "seconds", None) or seconds, len(items)),
+            succeeded,
+        ))
+        for item in items:
             state.keeper.finish(item.job.id)  # settled: stop renewing its lease
 
     def _on_model_error(self, items: list[Item], state: BatchState, exc: Exception) -> None:

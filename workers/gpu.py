@@ -4,7 +4,7 @@ It subscribes to the GPU queues its settings serve (kinds x resolution classes t
 loads ONE model per worker process in `worker_process_init` (sent by the solo pool in the main process and by
 the prefork pool in each child, so torch never computes in a process that later forks), and registers
 `unipic.gpu.run_batch(job_id)`. SIGTERM (warm shutdown) lets the current batch finish within the grace period
-or hands it back to the queue. Configuration comes from `UNIPIC_*` variables (see `workers.config`).
+or hands it back to the queue. Configuration comes from `UNIPIC_*` variables (see `storage.settings`).
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 from celery import signals
 
 from storage.routing import RUN_BATCH_TASK, gpu_queues
+from storage.settings import load_settings
 from workers.app import make_celery, queue
-from workers.config import load_worker_settings
 
 if TYPE_CHECKING:  # the runtime pulls in torch and the model: imported when a worker process starts
     from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-settings = load_worker_settings()
+settings = load_settings()
 app = make_celery(settings, name="unipic-gpu")
 app.conf.task_queues = [queue(q) for q in gpu_queues(settings.worker_kinds, settings.worker_max_pixels)]
 

@@ -21,9 +21,9 @@ from storage.jobs import JobStore
 from storage.objects import make_object_store
 from storage.records import JobRecord
 from storage.routing import gpu_queues
+from storage.settings import Settings
 from workers.app import enqueue_jobs
 from workers.batching import BatchRunner
-from workers.config import WorkerSettings
 from workers.faults import FaultInjector
 from workers.heartbeat import Heartbeat, WorkerInfo
 from workers.metrics import WorkerMetrics
@@ -32,7 +32,7 @@ from workers.shutdown import ShutdownGate
 log = logging.getLogger(__name__)
 
 
-def worker_id_for(settings: WorkerSettings, hostname: str | None) -> str:
+def worker_id_for(settings: Settings, hostname: str | None) -> str:
     """A stable, unique id for this process: `<name or celery hostname>:<pid>`."""
     base = settings.worker_name or hostname or socket.gethostname()
     return f"{base}:{os.getpid()}"
@@ -40,7 +40,7 @@ def worker_id_for(settings: WorkerSettings, hostname: str | None) -> str:
 
 @dataclass
 class WorkerRuntime:
-    settings: WorkerSettings
+    settings: Settings
     worker_id: str
     store: JobStore
     runner: BatchRunner
@@ -49,7 +49,7 @@ class WorkerRuntime:
     metrics: WorkerMetrics
 
     @classmethod
-    def start(cls, settings: WorkerSettings, celery: Celery, hostname: str | None = None) -> WorkerRuntime:
+    def start(cls, settings: Settings, celery: Celery, hostname: str | None = None) -> WorkerRuntime:
         from model.inference import load_engine  # torch arrives here, after any fork
 
         worker_id = worker_id_for(settings, hostname)
@@ -89,7 +89,7 @@ class WorkerRuntime:
         log.info("worker %s stopped", self.worker_id)
 
 
-def _dtype(settings: WorkerSettings) -> str:
+def _dtype(settings: Settings) -> str:
     # half precision is for accelerators; a CPU worker computes in float32
     return settings.model_dtype if settings.worker_device.startswith("cuda") else "float32"
 

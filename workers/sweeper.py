@@ -5,7 +5,8 @@ Each pass (a Celery beat task in `workers.cpu`, or a plain loop with `unipic swe
    and get a fresh message;
 2. queued jobs past their deadline become `expired`;
 3. queued jobs with no recent message (`requeue_after_seconds`, e.g. after Redis lost its data) are re-enqueued;
-4. workers whose heartbeat is older than three intervals are marked gone.
+4. workers whose heartbeat is older than three intervals are marked gone;
+5. batches that finished get their JSONL results manifest.
 Duplicate messages are harmless: a message whose job was already claimed is a no-op. Torch-free.
 """
 
@@ -17,8 +18,11 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
+from storage.batches import BatchStore
 from storage.db import make_engine, make_session_factory
 from storage.jobs import JobStore
+from storage.manifests import write_manifest
+from storage.objects import ObjectStore, make_object_store
 from storage.records import JobRecord
 from storage.routing import SWEEP_TASK
 from storage.settings import Settings
@@ -36,6 +40,7 @@ class SweepReport:
     expired: list[str] = field(default_factory=list)
     reenqueued: list[str] = field(default_factory=list)
     workers_gone: list[str] = field(default_factory=list)
+    manifests: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -44,11 +49,14 @@ class Sweeper:
     registry: WorkerRegistry
     celery: Celery
     settings: Settings
+    batches: BatchStore
+    objects: ObjectStore
 
     @classmethod
     def from_settings(cls, settings: Settings, celery: Celery | None = None) -> Sweeper:
         sessions = make_session_factory(make_engine(settings))
-        return cls(JobStore(sessions), WorkerRegistry(sessions), celery or make_celery(settings), settings)
+        return cls(JobStore(sessions), WorkerRegistry(sessions), celery or make_celery(settings), settings,
+                   BatchStore(sessions), make_object_store(settings))
 
     def sweep(self) -> SweepReport:
         """One pass; returns what it did."""
@@ -59,7 +67,8 @@ class Sweeper:
         report.expired = self.store.expire_overdue()
         report.reenqueued = self._enqueue(self.store.stale_queued(self.settings.requeue_after_seconds))
         report.workers_gone = self._mark_gone_workers()
-        if any((report.requeued, report.expired, report.reenqueued, report.workers_gone)):
+        report.manifests = self._write_manifests()
+        if any((report.requeued, report.expired, report.reenqueued, report.workers_gone, report.manifests)):
             log.info(
                 "sweep: requeued %s, expired %s, re-enqueued %d stale, workers gone %s",
                 report.requeued, report.expired, len(report.reenqueued), report.workers_gone,
@@ -72,6 +81,17 @@ class Sweeper:
             return []
         self.store.mark_enqueued([j.id for j in jobs])
         return enqueue_jobs(self.celery, jobs)
+
+    def _write_manifests(self) -> list[str]:
+        """Results manifests of batches that finished since the last pass (the API also writes them on GET)."""
+        written = []
+        for batch_id in self.batches.finished_without_manifest():
+            try:
+                write_manifest(self.batches, self.objects, batch_id, self.settings.presign_expiry_seconds)
+                written.append(batch_id)
+            except Exception:
+                log.exception("batch %s: manifest not written; retrying next pass", batch_id)
+        return written
 
     def _mark_gone_workers(self) -> list[str]:
         """Workers not stopped whose heartbeat is older than a few intervals: record them as stopped."""

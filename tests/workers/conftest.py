@@ -80,41 +80,6 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A Redis db held exclusively by this session (a lock key in db 0), flushed at start and end.
-
-    Overrides the shared fixture for worker tests: the broker's queues live in this db, and a db shared with
-    another concurrent session (whose workers would eat our messages, or whose teardown would flush them)
-    makes these tests fail for reasons that are not ours.
-    """
-    import redis
-
-    base = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-    try:
-        admin = redis.Redis.from_url(f"{base}/0", socket_connect_timeout=5)
-        admin.ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"Redis is required at {base}: {exc}", pytrace=False)
-    token = f"{os.getpid()}-{time.time()}"
-    start = int(admin.incr("unipic:test:db-counter"))
-    for offset in range(15):
-        db = 1 + (start + offset) % 15
-        if admin.set(f"unipic:test:db-lock:{db}", token, nx=True, ex=1800):
-            break
-    else:
-        pytest.fail("no free Redis db for the worker tests (all 15 locked)", pytrace=False)
-    url = f"{base}/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    if admin.get(f"unipic:test:db-lock:{db}") == token.encode():
-        admin.delete(f"unipic:test:db-lock:{db}")
-    client.close()
-    admin.close()
-
-
-@pytest.fixture(scope="session")
 def worker_env(settings_env: dict[str, str], tiny_checkpoint: Path, migrated: Any) -> dict[str, str]:
     """The environment of a worker process: this session's services and the tiny checkpoint."""
     env = dict(settings_env)
