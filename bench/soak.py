@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def chaos(stack: Stack, receiver: WebhookReceiver, every: float, stop: threading
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=5000, help="submissions (every 10th is a 5-item batch)")
+    parser.add_argument("--jobs", type=int, default=5000, help="jobs to submit (every 10th submission is a batch)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rate", type=float, default=20.0, help="submissions per second")
     parser.add_argument("--every", type=float, default=30.0, help="seconds between chaos actions")
@@ -72,9 +73,11 @@ def main() -> int:
         key = json.loads(subprocess.run([sys.executable, "-m", "cli.main", "keys", "create", "--name", "soak",
                                          "--json"], env=stack.env(), cwd=ROOT, check=True, capture_output=True,
                                         text=True).stdout.strip().splitlines()[-1])
-        load = LoadGenerator(stack.api_url, key["key"], LoadConfig(webhook_url=receiver.url))
+        config = LoadConfig(webhook_url=receiver.url)
+        jobs_per_submission = 1 + (config.batch_items - 1) / config.batch_every
+        load = LoadGenerator(stack.api_url, key["key"], config)
         started = time.monotonic()
-        load.start(threads=4, rate=args.rate, limit=args.jobs)
+        load.start(threads=4, rate=args.rate, limit=math.ceil(args.jobs / jobs_per_submission))
         chaos_thread = threading.Thread(target=chaos, args=(stack, receiver, args.every, stop, chaos_log))
         chaos_thread.start()
         load.wait()
@@ -87,7 +90,7 @@ def main() -> int:
                        receiver.snapshot(), load.state.subscribed, {key["id"]: key["webhook_secret"]},
                        wall_seconds=time.monotonic() - started)
         report.worker_restarts = sum(v for k, v in stack.restarts.items() if k.startswith("worker"))
-        print(report.table(f"soak: {args.jobs} submissions, {args.workers} workers, chaos every {args.every}s"))
+        print(report.table(f"soak: {report.accepted} jobs, {args.workers} workers, chaos every {args.every:.0f}s"))
         print("chaos:", ", ".join(chaos_log))
         print("API answers:", dict(sorted(load.state.status_counts.items())),
               "5xx:", len(load.state.server_errors))

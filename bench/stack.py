@@ -244,6 +244,8 @@ class Stack:
             "UNIPIC_RATE_LIMIT_PER_MINUTE": "100000",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            # several CPU model workers share the machine: one thread each avoids oversubscription
+            "OMP_NUM_THREADS": "1",
         })
         env.update(self.config.extra_env)
         return env

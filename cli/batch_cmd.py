@@ -20,6 +20,8 @@ from cli.client import ApiClient, ApiError, ApiKey, ApiUrl, dumps, fail, open_cl
 from cli.waiting import WaitTimeout, batch_counts, batch_done, wait_batch
 
 Timeout = typer.Option(None, "--timeout", help="Give up waiting after this many seconds (exit 1)")
+ItemsFile = typer.Argument(..., exists=True, dir_okay=False, help="JSONL: one job body per line")
+TargetDir = typer.Argument(..., file_okay=False, help="Where to write results")
 
 app = typer.Typer(no_args_is_help=True, help="Submit a JSONL batch, follow it, download its results")
 
@@ -28,7 +30,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 @app.command("submit")
 def submit(
-    items: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL: one job body per line"),
+    items: Path = ItemsFile,
     wait: bool = typer.Option(False, "--wait", help="Wait with a progress bar until every item is done"),
     timeout: float | None = Timeout, api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
@@ -78,7 +80,7 @@ def cancel(batch_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -
 @app.command("download")
 def download(
     batch_id: str,
-    directory: Path = typer.Argument(..., file_okay=False, help="Where to write results"),
+    directory: Path = TargetDir,
     api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Download results named by custom_id: images as NAME.png (NAME-1.png, ... for several), answers NAME.txt."""

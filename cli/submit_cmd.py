@@ -24,6 +24,8 @@ Format = typer.Option(None, "--format", help="png, webp or jpeg (default: from -
 Priority = typer.Option(0, "--priority")
 NoWait = typer.Option(False, "--no-wait", help="Print the job id and return without waiting")
 AsJson = typer.Option(False, "--json", help="Print the final job as JSON")
+Output = typer.Option(Path("out.png"), "--output", "-o", help="Where to write the image")
+ImageIn = typer.Argument(..., exists=True, dir_okay=False, help="The input image")
 Timeout = typer.Option(None, "--timeout", help="Give up waiting after this many seconds (exit 1; the job goes on)")
 
 
@@ -35,7 +37,7 @@ def register(app: typer.Typer) -> None:
 
 def generate(
     prompt: str = typer.Argument(..., help="What to draw"),
-    output: Path = typer.Option(Path("out.png"), "--output", "-o", help="Where to write the image"),
+    output: Path = Output,
     size: int | None = Size, steps: int | None = Steps, seed: int | None = Seed,
     guidance: float | None = Guidance, num_images: int = NumImages,
     negative: str | None = typer.Option(None, "--negative", help="Negative prompt"),
@@ -50,9 +52,9 @@ def generate(
 
 
 def edit(
-    image: Path = typer.Argument(..., exists=True, dir_okay=False, help="The image to edit"),
+    image: Path = ImageIn,
     instruction: str = typer.Argument(..., help="What to change"),
-    output: Path = typer.Option(Path("out.png"), "--output", "-o"),
+    output: Path = Output,
     size: int | None = Size, steps: int | None = Steps, seed: int | None = Seed,
     guidance: float | None = Guidance, num_images: int = NumImages,
     temperature: float | None = typer.Option(None, "--temperature"),
@@ -66,7 +68,7 @@ def edit(
 
 
 def ask(
-    image: Path = typer.Argument(..., exists=True, dir_okay=False, help="The image to ask about"),
+    image: Path = ImageIn,
     question: str = typer.Argument(...),
     size: int | None = typer.Option(None, "--size", help="Side the image is resized to"),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens"),

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -40,7 +41,7 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
-    backoff_s: float = BACKOFF_START_S
+    backoff_s: float = field(default_factory=lambda: BACKOFF_START_S)
     restart_at: float | None = None
     pump: threading.Thread | None = field(default=None, repr=False)
 
@@ -48,8 +49,11 @@ class Child:
 class Supervisor:
     """Runs children, restarts the ones that die, stops them all on request."""
 
-    def __init__(self, specs: list[ChildSpec], grace_s: float = 20.0, out: IO[str] | None = None) -> None:
+    def __init__(self, specs: list[ChildSpec], grace_s: float = 20.0, out: IO[str] | None = None,
+                 chore: Callable[[], None] | None = None, chore_every_s: float = 600.0) -> None:
         self.children = [Child(spec) for spec in specs]
+        self.chore = chore  # periodic housekeeping run from the supervision loop
+        self.chore_every_s = chore_every_s
         self.grace_s = grace_s
         self.out = out or sys.stdout
         self._lock = threading.Lock()
@@ -114,8 +118,12 @@ class Supervisor:
 
     def run_until_stopped(self, tick_s: float = 0.2) -> None:
         """Supervise until `request_stop` (e.g. from a signal handler), then stop every child."""
+        next_chore = time.monotonic() + self.chore_every_s
         while not self._stop.wait(tick_s):
             self.poll()
+            if self.chore is not None and time.monotonic() >= next_chore:
+                self.chore()
+                next_chore = time.monotonic() + self.chore_every_s
         self.stop_all()
 
     def request_stop(self) -> None:

@@ -53,7 +53,8 @@ def up(
     _migrate(settings)
     key = _first_key(settings)
     base = f"http://{_display_host(host)}:{port}"
-    supervisor = Supervisor(_children(settings, host, port, _resolve_device(device), base), grace_s=grace)
+    supervisor = Supervisor(_children(settings, host, port, _resolve_device(device), base), grace_s=grace,
+                            chore=lambda: _purge_broker(settings.broker_url))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: supervisor.request_stop())
     supervisor.start()
@@ -132,6 +133,13 @@ def _first_key(settings: Settings) -> str | None:
         engine.dispose()
 
 
+def _purge_broker(broker_url: str) -> None:
+    """Keep the embedded broker file small (see cli.embedded_broker); nothing to do for Redis."""
+    from cli.embedded_broker import purge_consumed
+
+    purge_consumed(broker_url)
+
+
 def _resolve_device(device: str) -> str:
     """`auto` means the first GPU when the machine has an NVIDIA driver, else the CPU (no torch import here)."""
     if device != "auto":
@@ -188,7 +196,8 @@ def _banner(supervisor: Supervisor, settings: Settings, base: str, key: str | No
         lines += ["  first API key (shown once; keep it):", f"    export UNIPIC_API_URL={base}",
                   f"    export UNIPIC_API_KEY={key}"]
     else:
-        lines.append("  API keys exist already; make another with `unipic keys create`")
+        data = settings.data_dir.expanduser().resolve()
+        lines.append(f"  API keys exist already; make another with `unipic keys create --name me --data-dir {data}`")
     lines.append("  Ctrl-C stops everything")
     for line in lines:
         supervisor.say("up", line)

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="", description="Redis for progress/rate limits; default: broker if redis")
     storage_url: str = Field(default="", description="s3://bucket/prefix or file:///dir; default data_dir/objects")
     s3_endpoint_url: str = Field(default="", description="S3-compatible endpoint (MinIO, R2, moto)")
-    s3_region: str = "us-east-1"
+    s3_region: str = Field(default="us-east-1", description="S3 region (AWS); any value for MinIO/moto")
     s3_path_style: bool = Field(default=True, description="Path-style addressing (MinIO, moto)")
     db_schema: str = Field(default="", description="Postgres schema to use (tests isolate by schema)")
     # the model
@@ -47,44 +47,60 @@ class Settings(BaseSettings):
     model_dtype: str = Field(default="bfloat16", description="bfloat16, float16 or float32")
     model_cache_dir: str = Field(default="", description="Hugging Face cache dir (default HF_HOME)")
     # workers
-    worker_kinds: Annotated[list[str], NoDecode] = Field(default=list(KINDS))
-    worker_max_batch: int = Field(default=8, ge=1, le=64)
-    worker_max_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
-    worker_batch_pixel_budget: int = Field(default=8 * 1024 * 1024, ge=64 * 64)
-    batch_wait_ms: int = Field(default=0, ge=0, le=60_000)
-    lease_seconds: float = Field(default=60.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1, le=20)
-    sweep_interval_seconds: float = Field(default=10.0, gt=0)
+    worker_kinds: Annotated[list[str], NoDecode] = Field(default=list(KINDS),
+          description="Job kinds a model worker serves")
+    worker_max_batch: int = Field(default=8, ge=1, le=64, description="Most jobs in one batch")
+    worker_max_pixels: int = Field(default=1024 * 1024, ge=64 * 64,
+          description="Largest image (w*h) a worker serves; picks its queues")
+    worker_batch_pixel_budget: int = Field(default=8 * 1024 * 1024, ge=64 * 64,
+          description="Most pixels (w*h*num_images summed) in one batch")
+    batch_wait_ms: int = Field(default=0, ge=0, le=60_000,
+          description="Wait this long for more compatible jobs before running a batch (0: take what is queued)")
+    lease_seconds: float = Field(default=60.0, gt=0,
+          description="A claimed job's lease; renewed while its batch runs")
+    max_attempts: int = Field(default=3, ge=1, le=20,
+          description="Runs a job gets after lost workers before failing `worker_lost`")
+    sweep_interval_seconds: float = Field(default=10.0, gt=0, description="Seconds between sweeper passes")
     requeue_after_seconds: float = Field(default=120.0, gt=0, description="queued with no live message")
-    progress_interval_ms: int = Field(default=250, ge=0)
-    time_limit_floor_seconds: float = Field(default=120.0, gt=0)
-    time_limit_seconds_per_megapixel_step: float = Field(default=2.0, gt=0)
-    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    progress_interval_ms: int = Field(default=250, ge=0, description="At most one progress update per job this often")
+    time_limit_floor_seconds: float = Field(default=120.0, gt=0,
+          description="A batch's time limit is never below this")
+    time_limit_seconds_per_megapixel_step: float = Field(default=2.0, gt=0,
+          description="Time limit grows with megapixels x steps of the batch")
+    heartbeat_seconds: float = Field(default=10.0, gt=0, description="Worker heartbeat period; three missed = gone")
     worker_device: str = Field(default="cpu", description="cpu, cuda or cuda:N (the model worker's device)")
     worker_metrics_port: int = Field(default=0, ge=0, le=65535, description="Worker Prometheus port; 0 = off")
     worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0, description="SIGTERM: finish or release")
     worker_name: str = Field(default="", description="Worker id prefix; default: the host name")
     # API limits
-    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
-    max_upload_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
-    max_batch_items: int = Field(default=10_000, ge=1)
-    max_prompt_tokens: int = Field(default=512, ge=1)
-    max_steps: int = Field(default=128, ge=1)
-    max_new_tokens_limit: int = Field(default=1024, ge=1)
-    allowed_sizes: Annotated[list[int], NoDecode] = Field(default=[256, 512, 1024])
-    rate_limit_per_minute: int = Field(default=600, ge=1)
-    max_active_jobs_per_key: int = Field(default=20_000, ge=1)
-    max_queue_depth: int = Field(default=100_000, ge=1)
-    presign_expiry_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024,
+          description="Largest upload / image input (bytes)")
+    max_upload_pixels: int = Field(default=4096 * 4096, ge=64 * 64,
+          description="Largest image input (pixels), checked before decoding")
+    max_batch_items: int = Field(default=10_000, ge=1, description="Most items in one batch submission")
+    max_prompt_tokens: int = Field(default=512, ge=1, description="Longest prompt/instruction/question (Qwen tokens)")
+    max_steps: int = Field(default=128, ge=1, description="Most MAR steps a job may ask for")
+    max_new_tokens_limit: int = Field(default=1024, ge=1, description="Most tokens an understand job may ask for")
+    allowed_sizes: Annotated[list[int], NoDecode] = Field(default=[256, 512, 1024],
+          description="Square image sizes accepted")
+    rate_limit_per_minute: int = Field(default=600, ge=1,
+          description="Requests per minute per API key (unless the key has its own)")
+    max_active_jobs_per_key: int = Field(default=20_000, ge=1,
+          description="Queued+running jobs per key before 429 quota_exceeded")
+    max_queue_depth: int = Field(default=100_000, ge=1,
+          description="Queued jobs in all before 503 overloaded (backpressure)")
+    presign_expiry_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600,
+          description="Lifetime of presigned result/upload URLs")
     job_deadline_seconds: float = Field(default=24 * 3600.0, gt=0, description="queued longer -> expired")
     # webhooks
     webhook_allowlist: Annotated[list[str], NoDecode] = Field(default=[], description="CIDRs admitted by SSRF guard")
-    webhook_allow_http: bool = False
-    webhook_timeout_seconds: float = Field(default=15.0, gt=0)
-    webhook_secret_overlap_seconds: float = Field(default=24 * 3600.0, ge=0)
+    webhook_allow_http: bool = Field(default=False, description="Allow http:// webhook URLs (https otherwise)")
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, description="Webhook request timeout")
+    webhook_secret_overlap_seconds: float = Field(default=24 * 3600.0, ge=0,
+          description="Old signing secret keeps signing this long after a rotation")
     # the API server and the CLI client
-    api_url: str = "http://127.0.0.1:8000"
-    api_key: str = ""
+    api_url: str = Field(default="http://127.0.0.1:8000", description="API base URL for the CLI client")
+    api_key: str = Field(default="", description="API key for the CLI client")
     public_url: str = Field(default="", description="Base URL the API is reached at (local download links)")
 
     @field_validator("worker_kinds", mode="before")

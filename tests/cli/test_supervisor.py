@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,8 +40,7 @@ def test_output_is_prefixed_per_child_and_crashed_children_restart(tmp_path: Pat
     # Given: a child that prints and crashes, and one that keeps running
     monkeypatch.setattr(supervisor_mod, "BACKOFF_START_S", 0.1)
     counter = tmp_path / "runs"
-    crasher = _python(f"import pathlib; p = pathlib.Path({str(counter)!r}); "
-                      "p.write_text(str(int(p.read_text() or 0) + 1) if p.exists() else '1'); "
+    crasher = _python(f"open({str(counter)!r}, 'a').write('run\\n'); "
                       "print('hello from crasher', flush=True); raise SystemExit(3)")
     sleeper = _python("import time; print('sleeping', flush=True); time.sleep(60)")
     out = io.StringIO()
@@ -49,7 +49,7 @@ def test_output_is_prefixed_per_child_and_crashed_children_restart(tmp_path: Pat
 
     # When: it supervises for a while
     sup.start()
-    assert _until(lambda: (sup.poll(), counter.exists() and int(counter.read_text()) >= 3)[1])
+    assert _until(lambda: (sup.poll(), counter.exists() and counter.read_text().count("run\n") >= 3)[1])
     sup.stop_all()
 
     # Then: lines carry their child's name, the crasher was restarted with growing backoff, the sleeper never
@@ -59,7 +59,7 @@ def test_output_is_prefixed_per_child_and_crashed_children_restart(tmp_path: Pat
     assert "crasher exited with code 3; restarting" in text
     crasher_child, sleeper_child = sup.children
     assert crasher_child.restarts >= 2
-    assert crasher_child.backoff_s > 0.1
+    assert crasher_child.backoff_s >= 0.4  # 0.1 s, then doubled after each crash
     assert sleeper_child.restarts == 0
 
 
@@ -86,3 +86,16 @@ def test_stop_terms_then_kills_children_that_ignore_sigterm(tmp_path: Path) -> N
     assert sup.children[1].proc.returncode == -9
     assert "stubborn did not stop within 1 s; killing it" in out.getvalue()
     assert _until(lambda: not any(_alive(p) for p in [*pids, grandchild]), 5.0)
+
+
+def test_the_periodic_chore_runs_while_supervising() -> None:
+    calls: list[float] = []
+    sup = Supervisor([ChildSpec("sleeper", _python("import time; time.sleep(60)"), dict(os.environ))],
+                     grace_s=5.0, out=io.StringIO(), chore=lambda: calls.append(time.monotonic()),
+                     chore_every_s=0.05)
+    sup.start()
+    stopper = threading.Thread(target=lambda: _until(lambda: len(calls) >= 3) and sup.request_stop())
+    stopper.start()
+    sup.run_until_stopped(tick_s=0.01)
+    stopper.join()
+    assert len(calls) >= 3 and sup.children[0].proc.returncode == -15

@@ -66,16 +66,12 @@ def test_signed_in_page_shows_workers_queues_jobs_with_thumbnails_and_batches(st
     # When: Chromium opens /ui?key=... (sign-in redirect, cookie) and renders it; and takes a screenshot
     dom = _dom(f"{stack.url}/ui?key={stack.key}")
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "ui.png"
-    shot.unlink(missing_ok=True)
-    taken = _chromium("--window-size=1280,1400", "--virtual-time-budget=3000", f"--screenshot={shot}",
-                      f"{stack.url}/ui")  # a fresh profile has no cookie: the aggregate view
-    assert taken.returncode == 0 and shot.stat().st_size > 1000, taken.stderr[-2000:]
-    signed_in_shot = ARTIFACTS / "ui-signed-in.png"
-    signed_in_shot.unlink(missing_ok=True)
-    taken = _chromium("--window-size=1280,1400", "--virtual-time-budget=3000", f"--screenshot={signed_in_shot}",
-                      f"{stack.url}/ui?key={stack.key}")
-    assert taken.returncode == 0 and signed_in_shot.stat().st_size > 1000
+    for name, url in (("ui.png", f"{stack.url}/ui?key={stack.key}"),  # signed in: everything
+                      ("ui-anonymous.png", f"{stack.url}/ui")):  # a fresh profile, no cookie: aggregates
+        shot = ARTIFACTS / name
+        shot.unlink(missing_ok=True)
+        taken = _chromium("--window-size=1280,1400", "--virtual-time-budget=3000", f"--screenshot={shot}", url)
+        assert taken.returncode == 0 and shot.stat().st_size > 1000, taken.stderr[-2000:]
 
     # Then: the page knows the caller, lists the live worker, the jobs (image thumbnail, answer) and the batch
     assert 'id="caller"' in dom
