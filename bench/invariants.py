@@ -53,7 +53,7 @@ class Report:
         if not self.latencies:
             return float("nan")
         ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
     def table(self, title: str = "reliability run") -> str:
         thr = self.succeeded / self.wall_seconds if self.wall_seconds else float("nan")

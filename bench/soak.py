@@ -85,13 +85,16 @@ def main() -> int:
         chaos_thread.join()
         engine = sa.create_engine(stack.pg.url, pool_pre_ping=True)
         wait_all_terminal(engine, load.state.accepted, args.settle)
-        time.sleep(15)  # let the webhook outbox drain
+        # events whose delivery failed during an outage wait for their retry (the second comes after ~5 min)
+        drained = wait_outbox_drained(engine, args.settle)
         report = check(engine, s3_client(stack.env()["UNIPIC_S3_ENDPOINT_URL"]), stack.BUCKET, load.state.accepted,
                        receiver.snapshot(), load.state.subscribed, {key["id"]: key["webhook_secret"]},
                        wall_seconds=time.monotonic() - started)
         report.worker_restarts = sum(v for k, v in stack.restarts.items() if k.startswith("worker"))
         print(report.table(f"soak: {report.accepted} jobs, {args.workers} workers, chaos every {args.every:.0f}s"))
         print("chaos:", ", ".join(chaos_log))
+        print(f"webhook outbox drained: {drained}; deliveries retried after a failed attempt: "
+              f"{_retried_events(engine)}")
         print("API answers:", dict(sorted(load.state.status_counts.items())),
               "5xx:", len(load.state.server_errors))
         return 0 if report.ok and report.lost == 0 and report.duplicated == 0 else 1
@@ -99,6 +102,24 @@ def main() -> int:
         stop.set()
         stack.close()
         receiver.close()
+
+
+def wait_outbox_drained(engine: sa.Engine, timeout: float) -> bool:
+    """Wait until no subscribed event is pending delivery (progress events are never retried)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            pending = conn.execute(sa.text("select count(*) from webhook_events where status = 'pending' "
+                                           "and event_type <> 'job.progress'")).scalar_one()
+        if pending == 0:
+            return True
+        time.sleep(5)
+    return False
+
+
+def _retried_events(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("select count(*) from webhook_events where attempts > 1")).scalar_one()
 
 
 def _tiny_checkpoint(path: Path) -> Path:

@@ -49,7 +49,7 @@ class PrivatePostgres:
     """A throwaway Postgres cluster on a free port, restartable by scenarios."""
 
     def __init__(self) -> None:
-        self.bindir = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
+        self.bindir = Path(max(Path("/usr/lib/postgresql").glob("*/bin")))
         # its own directory, not one under pytest's basetemp: pytest resets that to mode 0700 at every session
         # start, which would lock the postgres user out of its data directory mid-run
         self.root = Path(tempfile.mkdtemp(prefix="unipic-pg-"))
@@ -63,7 +63,7 @@ class PrivatePostgres:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/unipic"
 
     def _run(self, *args: str) -> None:
-        done = subprocess.run([*self._as_user, *args], capture_output=True, text=True)
+        done = subprocess.run([*self._as_user, *args], check=False, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(args[:2])} failed: {done.stderr or done.stdout}")
 
@@ -77,7 +77,7 @@ class PrivatePostgres:
         self._pg_ctl("start")
         wait_until(self._ready, 30, "private postgres")
         subprocess.run([str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                        "unipic"], capture_output=True)
+                        "unipic"], check=False, capture_output=True)
 
     def _pg_ctl(self, action: str) -> None:
         opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -k {self.root}"
@@ -89,8 +89,8 @@ class PrivatePostgres:
         self._run(*args, action)
 
     def _ready(self) -> bool:
-        return subprocess.run([str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
-                              ).returncode == 0
+        return subprocess.run([str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                              check=False).returncode == 0
 
     def stop(self) -> None:
         self._pg_ctl("stop")
@@ -123,9 +123,10 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.root)], stdout=open(self.root / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        with open(self.root / "redis.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                 "no", "--dir", str(self.root)], stdout=log, stderr=subprocess.STDOUT)
         import redis
 
         wait_until(lambda: redis.Redis(port=self.port).ping(), 15, "private redis")
@@ -156,9 +157,9 @@ class Service:
     starts: int = 0
 
     def start(self) -> None:
-        log = open(self.logdir / f"{self.name}.log", "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        with open(self.logdir / f"{self.name}.log", "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         self.starts += 1
 
     @property
@@ -299,10 +300,3 @@ class Stack:
             self.s3.stop(timeout=5)
         self.redis.close()
         self.pg.close()
-
-    def __enter__(self) -> Stack:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -35,15 +35,19 @@ class S3ObjectStore:
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str = "us-east-1", path_style: bool = True, default_expiry: int = 3600,
                  multipart_threshold: int = MULTIPART_THRESHOLD, multipart_chunk: int = MULTIPART_CHUNK,
-                 create_bucket: bool = False) -> None:
+                 create_bucket: bool = False, public_endpoint_url: str | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.default_expiry = default_expiry
         config = Config(signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"},
                         s3={"addressing_style": "path" if path_style else "virtual"})
-        self.client: Any = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url or None, region_name=region, config=config
-        )
+        session = boto3.session.Session()
+        self.client: Any = session.client("s3", endpoint_url=endpoint_url or None, region_name=region, config=config)
+        # Presigned URLs are for clients outside the deployment's network (compose reaches MinIO as
+        # http://minio:9000, a browser cannot): sign them for the public endpoint when one is set. Signing
+        # makes no request, so this client never needs to reach that endpoint itself.
+        self.signer: Any = (session.client("s3", endpoint_url=public_endpoint_url, region_name=region, config=config)
+                            if public_endpoint_url else self.client)
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunk)
         if create_bucket:
             self.ensure_bucket()
@@ -52,7 +56,8 @@ class S3ObjectStore:
     def from_settings(cls, settings: Settings, **kwargs: Any) -> S3ObjectStore:
         bucket, _, prefix = settings.storage_url.removeprefix("s3://").partition("/")
         return cls(bucket, prefix, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-                   path_style=settings.s3_path_style, default_expiry=settings.presign_expiry_seconds, **kwargs)
+                   path_style=settings.s3_path_style, default_expiry=settings.presign_expiry_seconds,
+                   public_endpoint_url=settings.s3_public_endpoint_url or None, **kwargs)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if missing (MinIO, moto, dev setups)."""
@@ -117,7 +122,7 @@ class S3ObjectStore:
 
     def presign_get(self, key: str, expires_in: int | None = None) -> tuple[str, datetime]:
         seconds = int(expires_in or self.default_expiry)
-        url = self.client.generate_presigned_url(
+        url = self.signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=seconds
         )
         return url, datetime.now(UTC) + timedelta(seconds=seconds)
@@ -128,7 +133,7 @@ class S3ObjectStore:
         params = {"Bucket": self.bucket, "Key": self._full(key)}
         if content_type:
             params["ContentType"] = content_type
-        url = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=seconds)
+        url = self.signer.generate_presigned_url("put_object", Params=params, ExpiresIn=seconds)
         return url, datetime.now(UTC) + timedelta(seconds=seconds)
 
     def ping(self) -> None:

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="", description="Redis for progress/rate limits; default: broker if redis")
     storage_url: str = Field(default="", description="s3://bucket/prefix or file:///dir; default data_dir/objects")
     s3_endpoint_url: str = Field(default="", description="S3-compatible endpoint (MinIO, R2, moto)")
+    s3_public_endpoint_url: str = Field(default="", description="S3 endpoint in presigned URLs, if clients "
+                                        "reach it elsewhere than UNIPIC_S3_ENDPOINT_URL")
     s3_region: str = Field(default="us-east-1", description="S3 region (AWS); any value for MinIO/moto")
     s3_path_style: bool = Field(default=True, description="Path-style addressing (MinIO, moto)")
     db_schema: str = Field(default="", description="Postgres schema to use (tests isolate by schema)")

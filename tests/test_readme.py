@@ -35,6 +35,6 @@ def test_the_readme_commands_exist() -> None:
     commands = sorted(set(re.findall(r"unipic (generate|edit|ask|worker|up|keys|batch|jobs|migrate|config)\b",
                                      README)))
     for command in commands:
-        done = subprocess.run([sys.executable, "-m", "cli.main", command, "--help"], cwd=ROOT,
+        done = subprocess.run([sys.executable, "-m", "cli.main", command, "--help"], check=False, cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, (command, done.stderr)

@@ -176,3 +176,15 @@ def test_local_writes_are_atomic_and_confined(tmp_path: Path) -> None:
     (store.root / "results" / "link").symlink_to(tmp_path / "outside")
     with pytest.raises(InvalidKey):
         store.get("results/link")
+
+
+def test_presigned_urls_use_the_public_endpoint_when_set(s3_server: str, settings: Any) -> None:
+    # Given a store that talks to the server at one address but whose clients reach it at another
+    store = S3ObjectStore.from_settings(settings.model_copy(update={
+        "s3_endpoint_url": s3_server, "s3_public_endpoint_url": "https://objects.example.com"}))
+    store.put("results/x/0.png", b"png", content_type="image/png")
+    # When URLs are presigned, Then they name the public endpoint while the store still works internally
+    get_url, _ = store.presign_get("results/x/0.png")
+    put_url, _ = store.presign_put("uploads/u1")
+    assert get_url.startswith("https://objects.example.com/") and put_url.startswith("https://objects.example.com/")
+    assert store.get("results/x/0.png") == b"png"

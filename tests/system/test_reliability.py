@@ -70,9 +70,9 @@ def test_steady_mixed_load(system):
 def test_sigkill_worker_mid_batch_twice(system):
     def kill_twice(stack, load):
         engine = system["engine"]
+        name = "worker-0"
+        prefix = stack.services[name].argv[stack.services[name].argv.index("--name") + 1]
         for _ in range(2):
-            name = "worker-0"
-            prefix = stack.services[name].argv[stack.services[name].argv.index("--name") + 1]
             wait_until(lambda: _running_on(engine, prefix), 60, f"a batch running on {name}", interval=0.05)
             stack.restart_service(name, signal.SIGKILL)
 
