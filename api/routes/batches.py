@@ -13,12 +13,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.bodies import read_batch_body
 from api.deps import ID_PATTERN, BatchId, CallerDep, ServicesDep, reject_unknown_query
-from storage.manifests import write_manifest
 from api.openapi import batch_body, errors
 from api.schemas import BatchesPage, BatchOut
 from api.services import Services
 from api.submission import Submitter
 from api.views import batch_out
+from storage.manifests import write_manifest
 from storage.records import BatchRecord
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(reject_unknown_query)])
