@@ -227,3 +227,19 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if result.returncode != 0:
         pytest.fail(f"writing the tiny checkpoint failed:\n{result.stderr[-4000:]}", pytrace=False)
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+def cancel_leftover_jobs(session_factory: Any) -> int:
+    """Cancel jobs other packages' tests left queued in the shared schema (the API tests submit 1024 px jobs
+    that no worker of theirs runs), so tests that start real workers and sweepers measure only their own work."""
+    from sqlalchemy import select
+
+    from storage.jobs import JobStore
+    from storage.tables import Job
+
+    store = JobStore(session_factory)
+    with session_factory() as s:
+        leftovers = s.execute(select(Job.id, Job.owner_id).where(Job.status == "queued")).all()
+    for job_id, owner_id in leftovers:
+        store.request_cancel(job_id, owner_id)
+    return len(leftovers)

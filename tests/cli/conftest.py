@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.cli.stack import SharedStack, Stack
@@ -18,3 +20,11 @@ def stack(request: pytest.FixtureRequest) -> Stack:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the test that stops the shared stack after every other user of it (tests/ui included)."""
     items.sort(key=lambda item: item.name == STOPS_STACK)  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _no_leftover_jobs(session_factory: Any) -> None:
+    """Given a shared schema with no queued work left by other packages' tests."""
+    from tests.conftest import cancel_leftover_jobs
+
+    cancel_leftover_jobs(session_factory)

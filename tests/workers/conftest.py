@@ -263,3 +263,11 @@ def make_runner(settings: Any, job_store: Any, object_store: Any, tiny_engine: A
         )
 
     return make
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _no_leftover_jobs(session_factory: Any) -> None:
+    """Given a shared schema with no queued work left by other packages' tests."""
+    from tests.conftest import cancel_leftover_jobs
+
+    cancel_leftover_jobs(session_factory)
