@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from cli.client import ApiClient, ApiError, ApiKey, ApiUrl, dumps, fail, open_client
+from cli.client import ApiClient, ApiError, ApiKey, ApiUrl, echo_call, fail, open_client
 from cli.waiting import WaitTimeout, batch_counts, batch_done, wait_batch
 
 Timeout = typer.Option(None, "--timeout", help="Give up waiting after this many seconds (exit 1)")
@@ -60,21 +60,13 @@ def wait_cmd(batch_id: str, timeout: float | None = Timeout, api_url: str = ApiU
 @app.command("show")
 def show(batch_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> None:
     """A batch as JSON (counts per status; the manifest link when done)."""
-    with open_client(api_url, api_key) as client:
-        try:
-            typer.echo(dumps(client.get_batch(batch_id)))
-        except ApiError as exc:
-            raise fail(exc) from None
+    echo_call(api_url, api_key, lambda client: client.get_batch(batch_id))
 
 
 @app.command("cancel")
 def cancel(batch_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> None:
     """Cancel every item of a batch that has not finished."""
-    with open_client(api_url, api_key) as client:
-        try:
-            typer.echo(dumps(client.cancel_batch(batch_id)))
-        except ApiError as exc:
-            raise fail(exc) from None
+    echo_call(api_url, api_key, lambda client: client.cancel_batch(batch_id))
 
 
 @app.command("download")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import mimetypes
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urljoin, urlsplit
@@ -165,3 +165,12 @@ def fail(exc: ApiError) -> typer.Exit:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, default=str)
+
+
+def echo_call(api_url: str, api_key: str | None, call: Callable[[ApiClient], Any]) -> None:
+    """Run one API call and print its JSON answer; an API error exits 1 with its message."""
+    with open_client(api_url, api_key) as client:
+        try:
+            typer.echo(dumps(call(client)))
+        except ApiError as exc:
+            raise fail(exc) from None

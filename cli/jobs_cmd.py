@@ -12,7 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from cli.client import ApiError, ApiKey, ApiUrl, dumps, fail, open_client
+from cli.client import ApiError, ApiKey, ApiUrl, dumps, echo_call, fail, open_client
 from cli.waiting import WaitTimeout, wait_job
 
 app = typer.Typer(no_args_is_help=True, help="List, show, wait for and cancel jobs")
@@ -55,11 +55,7 @@ def list_jobs(
 @app.command("show")
 def show(job_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> None:
     """One job as JSON."""
-    with open_client(api_url, api_key) as client:
-        try:
-            typer.echo(dumps(client.get_job(job_id)))
-        except ApiError as exc:
-            raise fail(exc) from None
+    echo_call(api_url, api_key, lambda client: client.get_job(job_id))
 
 
 @app.command("wait")

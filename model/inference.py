@@ -115,6 +115,11 @@ def _check_sampling(requests: list) -> None:
             raise ValueError(f"request {r.id}: temperature and guidance_scale must be >= 0")
 
 
+def _sample_items(requests: list[GenerateRequest] | list[EditRequest]) -> list[SampleItem]:
+    """One sampling item per request, each drawing from its own generator seeded by its own seed."""
+    return [SampleItem(r.id, r.num_images, r.temperature, item_generator(r.seed)) for r in requests]
+
+
 def _same_key(requests: list, fields: tuple[str, ...]) -> None:
     if not requests:
         return
@@ -209,18 +214,21 @@ class UniPicEngine:
         return [ImageResult(r.id, out.get(r.id, []), r.seed, elapsed, r.id not in out) for r in requests]
 
     # ---- tasks ------------------------------------------------------------------------------------------
-    def generate(self, requests: list[GenerateRequest], progress: ProgressFn | None = None,
-                 should_cancel: CancelFn | None = None) -> list[ImageResult]:
+    def _image_call(self, requests: list[GenerateRequest] | list[EditRequest]) -> tuple[tuple[int, int], bool]:
+        """Checks shared by generate and edit; the latent grid and whether CFG doubles the rows."""
         _same_key(requests, ("size", "steps", "guidance_scale", "guidance_schedule"))
         _check_sampling(requests)
+        return self._grid(requests[0].size), requests[0].guidance_scale != 1.0
+
+    def generate(self, requests: list[GenerateRequest], progress: ProgressFn | None = None,
+                 should_cancel: CancelFn | None = None) -> list[ImageResult]:
         if not requests:
             return []
         t0 = time.perf_counter()
+        grid, cfg = self._image_call(requests)
         first = requests[0]
-        grid = self._grid(first.size)
-        cfg = first.guidance_scale != 1.0
         with torch.inference_mode():
-            items = [SampleItem(r.id, r.num_images, r.temperature, item_generator(r.seed)) for r in requests]
+            items = _sample_items(requests)
             texts = [t2i_input(r.prompt) for r in requests]
             uncond = [t2i_uncond_input(r.negative_prompt) for r in requests] if cfg else []
             unique = list(dict.fromkeys(texts + uncond))
@@ -233,17 +241,14 @@ class UniPicEngine:
 
     def edit(self, requests: list[EditRequest], progress: ProgressFn | None = None,
              should_cancel: CancelFn | None = None) -> list[ImageResult]:
-        _same_key(requests, ("size", "steps", "guidance_scale", "guidance_schedule"))
-        _check_sampling(requests)
         if not requests:
             return []
         t0 = time.perf_counter()
+        grid, cfg = self._image_call(requests)
         first = requests[0]
-        grid = self._grid(first.size)
-        cfg = first.guidance_scale != 1.0
         slots = grid[0] * grid[1] + self.config.mar.buffer_size
         with torch.inference_mode():
-            items = [SampleItem(r.id, r.num_images, r.temperature, item_generator(r.seed)) for r in requests]
+            items = _sample_items(requests)
             pixels = edit_pixels([r.image for r in requests], first.size, self.dtype, self.device)
             x_con, z_img = self._image_embeddings(pixels, grid)
             con = self.model.mar.decoder_embed(x_con)  # (N, P+L, D), once per generation
