@@ -3,7 +3,7 @@
 The request goes to the checked IP itself (the `Host` header and TLS SNI/certificate check keep the original
 name), so the name cannot resolve somewhere else between the check and the connection. Redirects are never
 followed, proxies from the environment are ignored, and at most `SNIPPET_BYTES` of the answer are read.
-It returns what happened as data (`SendResult`); deciding about retries belongs to `workers.webhooks`.
+It returns what happened as data (`SendResult`); deciding about retries belongs to `workers.webhooks.dispatcher`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import httpx
 
-from storage.ssrf import WebhookTarget
+from egress.url_guard import WebhookTarget
 
 log = logging.getLogger(__name__)
 

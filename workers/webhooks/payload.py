@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from storage.records import BatchRecord, JobRecord
+from storage.states import JobStatus
 
 IMAGE_EXTENSIONS = (".png", ".webp", ".jpg", ".jpeg")
 
@@ -54,7 +55,8 @@ def job_data(job: JobRecord, snapshot: dict[str, Any], presigner: Presigner,
         "finished_at": snapshot.get("finished_at", iso(job.finished_at)),
         "progress": progress,
         "queue_position": None,
-        "result": _result(job, keys, text, presigner, expires_seconds) if status == "succeeded" else None,
+        "result": _result(job, keys, text, presigner, expires_seconds) if status == JobStatus.SUCCEEDED
+        else None,
         "error": error,
         "execution": {
             "worker": job.worker_id,
@@ -110,7 +112,7 @@ def _error(job: JobRecord) -> dict[str, Any] | None:
 
 
 def _progress(job: JobRecord, status: str) -> dict[str, int] | None:
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         total = job.progress_total or job.params.get("steps") or job.params.get("max_new_tokens") or 1
         return {"step": int(total), "total": int(total)}
     if not job.progress_total:

@@ -1,8 +1,11 @@
-"""A real webhook receiver for the tests: a threaded `http.server` on loopback that records every request.
+"""Webhook test helpers: a real loopback receiver, a frozen clock, jobs driven through JobStore, and THE verifier.
 
-Its answers are scripted: `respond(status, headers)` queues one answer per request (then 200 by default);
-`hold()` makes the next request wait until `release()` (to kill a worker mid-delivery). Also an independent
-Standard Webhooks verifier, written from the spec here so the worker's signing code is not checked by itself.
+The receiver is a threaded `http.server` on loopback that records every request. Its answers are scripted:
+`respond(status, headers)` queues one answer per request (then 200 by default); `hold()` makes the next request
+wait until `release()` (to kill a worker mid-delivery). `standard_webhook_valid` is the tests' one Standard
+Webhooks verifier, written from the spec here so the worker's signing code is not checked by itself (bench/
+keeps its own: it is shipped without the tests). Knows the Standard Webhooks headers and `JobStore`'s public
+transitions; knows nothing of fixtures or of the worker's signing code.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from storage.records import NewJob
+from storage.tables import utcnow
 
 
 @dataclass(frozen=True)
@@ -118,3 +126,49 @@ class Receiver:
         self.release()
         self.server.shutdown()
         self.server.server_close()
+
+
+class Clock:
+    """A frozen clock that only `advance(seconds)` moves; the dispatcher and the test read the same time.
+
+    It starts a minute ahead of the real time, so rows the stores write with the real time during a test are
+    due at once, and exact schedule arithmetic holds (no real time passes between two readings).
+    """
+
+    def __init__(self) -> None:
+        self.now = utcnow() + timedelta(minutes=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+@dataclass
+class JobDriver:
+    """Moves jobs through the real state machine so the outbox gets real events."""
+
+    job_store: Any
+    owner_id: str
+
+    def create(self, url: str | None, events: list[str] | None = None, **kw: Any) -> Any:
+        params = {"prompt": "a cat", "negative_prompt": None, "width": 256, "height": 256, "num_images": 1,
+                  "steps": 4, "guidance_scale": 3.0, "guidance_schedule": "constant", "temperature": 1.0,
+                  "seed": 1, "output_format": "png"}
+        return self.job_store.create(NewJob(
+            owner_id=self.owner_id, kind="generate", params=params,
+            compat_key=f"generate:256:4:3.0:constant:{secrets.token_hex(4)}", queue="unipic.generate.s",
+            seed=1, webhook_url=url, webhook_events=events, metadata={"k": "v"}, **kw,
+        ))
+
+    def start(self, job: Any) -> Any:
+        claims = self.job_store.claim_batch(job.id, "worker-test", 60.0, 1, 10**9)
+        assert claims, "the job should be claimable"
+        return claims[0]
+
+    def succeed(self, job: Any) -> Any:
+        claim = self.start(job)
+        assert self.job_store.complete(claim, [f"results/{job.id}/0.png"], timings={"model_seconds": 0.5})
+        return claim

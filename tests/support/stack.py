@@ -8,6 +8,7 @@ against it, so every test drives the stack exactly as a user would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -23,7 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 READY_TIMEOUT_S = 180.0
 # 64 px keeps the tiny model quick on CPU; 2048 px goes to a queue (`.xl`) the test worker does not serve, so
 # such a job stays queued for as long as a test needs
@@ -172,10 +174,8 @@ class SharedStack:
         if cls._stack is not None:
             cls._stack.stop()
             for pid in cls._stack.child_pids().values():  # anything a failed stop left behind
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
         if cls._tmp is not None:
             shutil.rmtree(cls._tmp, ignore_errors=True)
         cls._stack, cls._tmp = None, None

@@ -1,14 +1,16 @@
 """Webhook delivery: the dispatcher that drains the outbox, its policy, and its Celery tasks.
 
 A beat entry runs `unipic.cpu.dispatch_webhooks` about every second on the CPU webhook worker (queue
-`unipic.webhooks`; GPU workers never deliver). Each tick writes due `job.progress` events, leases due outbox
-events (`workers.webhook_store`) and delivers them in a small thread pool. For each one it:
+`unipic.webhooks`; GPU workers never deliver). Each tick has the store write due `job.progress` events, leases
+due outbox events (`storage.webhooks.WebhookStore`, the only code touching webhook rows) and delivers them in a
+small thread pool. For each one it:
 
-1. re-checks the URL with the SSRF guard (re-resolving the name) and connects to the checked address;
-2. renders the body fresh (`workers.webhook_payload`: result URLs presigned now) and signs it with every live
-   secret of the owner (`workers.signing`), `webhook-id` = the outbox id, stable across retries;
+1. re-checks the URL with the SSRF guard (`egress.url_guard`, re-resolving the name) and connects to the
+   checked address (`delivery`);
+2. renders the body fresh (`payload`: result URLs presigned now) and signs it with every live secret of the
+   owner (`signing`), `webhook-id` = the outbox id, stable across retries;
 3. decides: 2xx delivered; 410 Gone disables the endpoint and drops its pending events; anything else (3xx,
-   4xx, 5xx, timeout, refused connection) is retried on the schedule of `workers.backoff` or its `Retry-After`,
+   4xx, 5xx, timeout, refused connection) is retried on the schedule of `backoff` or its `Retry-After`,
    up to 8 attempts over about a day, then failed. `job.progress` is never retried. A URL the guard now refuses
    fails at once; a name that does not resolve is retried.
 
@@ -28,23 +30,25 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy.orm import Session, sessionmaker
 
-from storage.batch_completion import batch_counts
+from egress.url_guard import Resolver, UnresolvableWebhookUrl, UnsafeWebhookUrl, check_webhook_url
+from storage import tracing
+from storage.clock import utcnow
+from storage.db import SessionFactory
 from storage.errors import NotFound
 from storage.keys import KeyStore
+from storage.manifest_ready import with_manifest
 from storage.objects import ObjectStore
-from storage.records import BatchRecord, JobRecord
+from storage.records import JobRecord
 from storage.routing import DELIVER_WEBHOOK_TASK, DISPATCH_WEBHOOKS_TASK, WEBHOOK_QUEUE
 from storage.settings import Settings
-from storage.ssrf import Resolver, UnresolvableWebhookUrl, UnsafeWebhookUrl, check_webhook_url
-from storage.tables import Batch, Job, utcnow
-from workers import backoff
-from workers.delivery import SendResult, post_webhook
-from workers.signing import webhook_headers
-from workers.webhook_payload import batch_data, job_data, render_body
-from workers.webhook_progress import emit_progress_events
-from workers.webhook_store import AttemptOutcome, ClaimedEvent, WebhookStore
+from storage.states import EventType
+from storage.webhook_records import AttemptOutcome, ClaimedEvent
+from storage.webhooks import WebhookStore
+from workers.webhooks import backoff
+from workers.webhooks.delivery import SendResult, post_webhook
+from workers.webhooks.payload import batch_data, job_data, render_body
+from workers.webhooks.signing import webhook_headers
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ class WebhookDispatcher:
     def __init__(
         self,
         settings: Settings,
-        session_factory: sessionmaker[Session],
+        session_factory: SessionFactory,
         object_store: ObjectStore,
         *,
         clock: Callable[[], datetime] = utcnow,
@@ -75,14 +79,15 @@ class WebhookDispatcher:
         progress_interval: float = PROGRESS_INTERVAL_SECONDS,
     ) -> None:
         self.settings = settings
-        self.sessions = session_factory
         self.objects = object_store
         self.clock = clock
         self.resolver = resolver
         self.rng = rng or random.Random()
         self.progress_interval = progress_interval
-        self.store = WebhookStore(session_factory, lease_seconds(settings), progress_interval)
+        self.store = WebhookStore(session_factory, lease_seconds=lease_seconds(settings),
+                                  progress_interval=progress_interval)
         self.keys = KeyStore(session_factory)
+        self.sessions = session_factory
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookDispatcher:
@@ -96,7 +101,7 @@ class WebhookDispatcher:
         """One tick: emit progress events, then claim and deliver due events in rounds of `limit` while rounds
         come back full and the tick's time budget lasts (a backlog drains faster than one round a second).
         Returns counts per final status."""
-        emit_progress_events(self.sessions, self.clock(), self.progress_interval)
+        self.store.emit_progress_events(self.clock())
         counts: dict[str, int] = {}
         started = time.monotonic()
         while True:
@@ -140,7 +145,9 @@ class WebhookDispatcher:
         body = render_body(event.event_type, event.payload, self._data(event))
         timestamp = int(self.clock().timestamp())
         headers = webhook_headers(secrets, event.id, timestamp, body)
-        result = post_webhook(target, headers, body, self.settings.webhook_timeout_seconds)
+        with tracing.span(event.job_id, "unipic.webhook.deliver", event_type=event.event_type,
+                          attempt=event.attempt, event_id=event.id):
+            result = post_webhook(target, headers, body, self.settings.webhook_timeout_seconds)
         log.info("webhook %s %s attempt %d -> %s job=%s batch=%s", event.id, event.event_type, event.attempt,
                  result.status_code or result.error, event.job_id, event.batch_id)
         return self._settle(event, result)
@@ -155,7 +162,7 @@ class WebhookDispatcher:
             log.warning("webhook endpoint disabled (410 Gone) owner=%s, %d pending events dropped",
                         event.owner_id, dropped)
             return "failed"
-        if event.event_type == "job.progress":
+        if event.event_type == EventType.JOB_PROGRESS:
             return self._finish(event, result, "failed", None)
         retry_at = backoff.next_attempt_at(now, event.attempt, result.retry_after, self.rng)
         return self._finish(event, result, "pending" if retry_at else "failed", retry_at)
@@ -176,17 +183,13 @@ class WebhookDispatcher:
     def _data(self, event: ClaimedEvent) -> dict[str, Any]:
         snapshot = dict(event.payload.get("data") or {})
         expiry = self.settings.presign_expiry_seconds
-        with self.sessions() as session:
-            if event.job_id is not None:
-                job = session.get(Job, event.job_id)
-                if job is not None:
-                    return job_data(JobRecord.of(job), snapshot, self.objects, expiry)
-            elif event.batch_id is not None:
-                batch = session.get(Batch, event.batch_id)
-                if batch is not None:
-                    record = BatchRecord.of(batch, batch_counts(session, batch.id))
-                    return batch_data(record, snapshot, self.objects, expiry)
-        return snapshot  # the row is gone: send what the outbox recorded
+        subject = self.store.subject(event)
+        if subject is None:
+            return snapshot  # the row is gone: send what the outbox recorded
+        if isinstance(subject, JobRecord):
+            return job_data(subject, snapshot, self.objects, expiry)
+        subject = with_manifest(self.sessions, self.objects, subject, expiry)  # batch.completed links it
+        return batch_data(subject, snapshot, self.objects, expiry)
 
 
 # -- Celery wiring ------------------------------------------------------------------------------------------------

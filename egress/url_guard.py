@@ -1,14 +1,15 @@
 """The SSRF guard for webhook URLs: which destinations the service may POST to.
 
-One pure check (standard library + settings), used twice: by the API when a job, batch or default endpoint names
-a `webhook_url` (refused with `unsafe_webhook_url`), and by the webhook worker right before each delivery, which
-re-resolves the name and then connects to the very address it checked (so a DNS answer that changes between the
-check and the connection, "DNS rebinding", cannot steer a delivery into the private network).
+One pure check (standard library only; the two settings it reads come in as `GuardSettings`), used twice: by
+the API when a job, batch or default endpoint names a `webhook_url` (refused with `unsafe_webhook_url`), and by
+the webhook worker right before each delivery, which re-resolves the name and then connects to the very address
+it checked (so a DNS answer that changes between the check and the connection, "DNS rebinding", cannot steer a
+delivery into the private network).
 
 Refused unless `settings.webhook_allowlist` admits them: private, loopback, link-local, multicast, reserved,
 unspecified, shared (CGNAT) and otherwise non-global addresses, IPv4 and IPv6, including IPv4 addresses embedded
 in IPv6 (IPv4-mapped, 6to4, NAT64, Teredo). Plain `http` is refused unless `settings.webhook_allow_http`.
-It knows nothing of HTTP clients, jobs or the database.
+It knows nothing of HTTP clients, jobs, storage or the database.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import SplitResult, urlsplit
 
-from storage.errors import StoreError
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Sequence[str]]
@@ -31,10 +30,17 @@ MAX_URL_LENGTH = 2048
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-class UnsafeWebhookUrl(StoreError):
-    """A webhook URL that is malformed or points somewhere the service must not send requests."""
+class UnsafeWebhookUrl(ValueError):
+    """A webhook URL that is malformed or points somewhere the service must not send requests.
+
+    `code` is the stable error code the API answers with (422 `unsafe_webhook_url`); `message` says why.
+    """
 
     code = "unsafe_webhook_url"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class UnresolvableWebhookUrl(UnsafeWebhookUrl):
@@ -42,7 +48,7 @@ class UnresolvableWebhookUrl(UnsafeWebhookUrl):
 
 
 class GuardSettings(Protocol):
-    """The two settings the guard reads (a `storage.settings.Settings` satisfies it)."""
+    """The two settings the guard reads (the service's `Settings` satisfies it)."""
 
     webhook_allowlist: list[str]
     webhook_allow_http: bool
@@ -92,7 +98,8 @@ def check_webhook_url(
     for address in raw:
         refusal = address_refusal(_ip(address), allowlist)
         if refusal:
-            raise UnsafeWebhookUrl(f"webhook host {host!r} resolves to {address}, {refusal}")
+            raise UnsafeWebhookUrl(f"webhook host {host!r} resolves to {address}, {refusal} "
+                                   "(UNIPIC_WEBHOOK_ALLOWLIST admits networks by CIDR)")
     return WebhookTarget(url=url, scheme=parts.scheme, host=host, port=port, addresses=tuple(raw))
 
 
@@ -121,7 +128,8 @@ def _parse(url: str, settings: GuardSettings) -> SplitResult:
     if parts.scheme not in ("https", "http"):
         raise UnsafeWebhookUrl("webhook URL must use https")
     if parts.scheme == "http" and not settings.webhook_allow_http:
-        raise UnsafeWebhookUrl("webhook URL must use https (plain http is disabled)")
+        raise UnsafeWebhookUrl("webhook URL must use https (plain http is disabled; "
+                               "UNIPIC_WEBHOOK_ALLOW_HTTP=true allows it)")
     if not parts.hostname:
         raise UnsafeWebhookUrl("webhook URL has no host")
     return parts
