@@ -1,0 +1,225 @@
+"""The scheduling policy (storage.scheduling) at the store level, on Postgres and SQLite: fair share across keys,
+weights, idle keys restarting at the minimum, priority inside a key, batch fill, liveness and exactly-once.
+
+Every test uses a queue of its own, so the policy never sees other tests' jobs in the shared storage schema.
+Claims are driven by loops, never by timing."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import select
+
+from storage.keys import KeyStore
+from storage.tables import FairShare
+from tests.support.storage import Stores, job
+
+WORKER = "sched-test"
+
+
+def _queue() -> str:
+    return f"unipic.generate.t{secrets.token_hex(4)}"
+
+
+def _submit(stores: Stores, owner: str, queue: str, n: int, **kw: Any) -> list[str]:
+    _, recs = stores.jobs.create_many([job(owner, queue=queue, **kw) for _ in range(n)])
+    return [r.id for r in recs]
+
+
+def _owners_of_claims(stores: Stores, queue: str, claims_n: int, max_items: int = 1) -> list[str]:
+    owners = []
+    for _ in range(claims_n):
+        claims = stores.jobs.claim_next(queue, WORKER, 60, max_items, 10**9)
+        owners.extend(stores.jobs.get(c.job_id).owner_id for c in claims)
+    return owners
+
+
+def _weighted(stores: Stores, weight: float) -> str:
+    owner = stores.new_owner()
+    KeyStore(stores.sessions).set_weight(owner, weight)
+    return owner
+
+
+def test_a_single_job_of_another_key_goes_next_after_a_bulk_started(stores: Stores) -> None:
+    queue, a, b = _queue(), stores.new_owner(), stores.new_owner()
+    _submit(stores, a, queue, 50, priority=-10)
+    assert _owners_of_claims(stores, queue, 1) == [a]
+    [b_job] = _submit(stores, b, queue, 1)
+    [claim] = stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9)
+    assert claim.job_id == b_job  # not behind A's remaining 49
+
+
+def test_weights_two_to_one_give_two_to_one_service_under_saturation(stores: Stores) -> None:
+    queue = _queue()
+    heavy, light = _weighted(stores, 2.0), _weighted(stores, 1.0)
+    _submit(stores, heavy, queue, 100)
+    _submit(stores, light, queue, 100)
+    served = Counter(_owners_of_claims(stores, queue, 60))
+    ratio = served[heavy] / served[light]
+    assert 2 * 0.85 <= ratio <= 2 * 1.15, served
+
+
+def test_weights_hold_with_batches_of_several(stores: Stores) -> None:
+    queue = _queue()
+    heavy, light = _weighted(stores, 2.0), _weighted(stores, 1.0)
+    _submit(stores, heavy, queue, 200)
+    _submit(stores, light, queue, 200)
+    served = Counter(_owners_of_claims(stores, queue, 30, max_items=4))
+    ratio = served[heavy] / served[light]
+    assert 2 * 0.85 <= ratio <= 2 * 1.15, served
+
+
+def test_work_not_job_count_is_shared(stores: Stores) -> None:
+    queue = _queue()
+    big, small = stores.new_owner(), stores.new_owner()
+    _submit(stores, big, queue, 40, size=512, compat="generate:512:8:3.0:constant")  # 4x the pixels
+    _submit(stores, small, queue, 100)
+    served = Counter(_owners_of_claims(stores, queue, 50))
+    assert 4 * 0.85 <= served[small] / served[big] <= 4 * 1.15, served
+
+
+def test_an_idle_key_cannot_bank_credit(stores: Stores) -> None:
+    queue, a, b = _queue(), stores.new_owner(), stores.new_owner()
+    _submit(stores, a, queue, 40)
+    assert _owners_of_claims(stores, queue, 20) == [a] * 20  # B idle meanwhile
+    _submit(stores, b, queue, 40)
+    served = Counter(_owners_of_claims(stores, queue, 10))
+    assert served[b] <= 6, served  # B starts at A's virtual time, not at zero: shares, no catch-up run
+
+
+def test_a_key_that_went_idle_restarts_at_the_current_minimum(stores: Stores) -> None:
+    queue, a, b = _queue(), stores.new_owner(), stores.new_owner()
+    _submit(stores, a, queue, 2)
+    assert _owners_of_claims(stores, queue, 3) == [a, a]  # the third claim finds A dry and forgets it
+    with stores.sessions() as s:
+        assert s.scalars(select(FairShare.owner_id).where(FairShare.queue == queue)).all() == []
+    _submit(stores, b, queue, 30)
+    assert _owners_of_claims(stores, queue, 10) == [b] * 10
+    _submit(stores, a, queue, 30)
+    served = Counter(_owners_of_claims(stores, queue, 10))
+    assert 4 <= served[a] <= 6, served  # neither penalized for its past nor owed B's run
+
+
+def test_priority_orders_inside_a_key_never_across_keys(stores: Stores) -> None:
+    queue, a, b = _queue(), stores.new_owner(), stores.new_owner()
+    [a_low] = _submit(stores, a, queue, 1, priority=-10)
+    [a_high] = _submit(stores, a, queue, 1, priority=50)
+    [b_job] = _submit(stores, b, queue, 1, priority=-100)
+    first = stores.jobs.get(stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9)[0].job_id)
+    rest = [c.job_id for _ in range(2) for c in stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9)]
+    order = [first.id, *rest]
+    assert order.index(a_high) < order.index(a_low)  # inside A: priority
+    # across keys: B's -100 does not wait for both of A's jobs
+    assert order.index(b_job) < 2
+
+
+def test_batch_fill_takes_compatible_jobs_in_fair_order_and_charges_each_key(stores: Stores) -> None:
+    queue, a, b = _queue(), stores.new_owner(), stores.new_owner()
+    _submit(stores, a, queue, 10)
+    _submit(stores, b, queue, 10)
+    _submit(stores, a, queue, 3, compat="generate:256:16:3.0:constant")  # same queue, other compat key
+    claims = stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9)
+    jobs = [stores.jobs.get(c.job_id) for c in claims]
+    assert len(jobs) == 4 and len({j.compat_key for j in jobs}) == 1
+    assert Counter(j.owner_id for j in jobs) == Counter({a: 2, b: 2})
+    with stores.sessions() as s:
+        served = dict(s.execute(select(FairShare.owner_id, FairShare.served_jobs)
+                                .where(FairShare.queue == queue)).tuples().all())
+    assert served == {a: 2, b: 2}
+
+
+def test_batch_fill_respects_the_pixel_budget(stores: Stores) -> None:
+    queue, a = _queue(), stores.new_owner()
+    _submit(stores, a, queue, 6)
+    claims = stores.jobs.claim_next(queue, WORKER, 60, 8, 3 * 256 * 256)
+    assert len(claims) == 3
+
+
+def test_a_message_whose_job_was_taken_still_claims_from_its_queue(stores: Stores) -> None:
+    queue, a = _queue(), stores.new_owner()
+    first, second = _submit(stores, a, queue, 2)
+    assert [c.job_id for c in stores.jobs.claim_for_message(second, WORKER, 60, 1, 10**9)] == [first]
+    assert [c.job_id for c in stores.jobs.claim_for_message(first, WORKER, 60, 1, 10**9)] == [second]
+    assert stores.jobs.claim_for_message(first, WORKER, 60, 1, 10**9) == []  # queue empty: a no-op
+    assert stores.jobs.claim_for_message("no-such-job", WORKER, 60, 1, 10**9) == []
+
+
+def test_a_message_claims_only_from_its_own_queue_and_kinds(stores: Stores) -> None:
+    queue, other, a = _queue(), _queue(), stores.new_owner()
+    [mine] = _submit(stores, a, queue, 1)
+    _submit(stores, a, other, 3)
+    assert stores.jobs.claim_for_message(mine, WORKER, 60, 8, 10**9, kinds=["understand"]) == []
+    assert [c.job_id for c in stores.jobs.claim_for_message(mine, WORKER, 60, 8, 10**9)] == [mine]
+
+
+def test_a_released_job_reactivates_its_key(stores: Stores) -> None:
+    queue, a = _queue(), stores.new_owner()
+    _submit(stores, a, queue, 1)
+    [claim] = stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9)
+    assert stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9) == []  # forgets A
+    assert stores.jobs.release([claim]) == 1
+    assert [c.job_id for c in stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9)] == [claim.job_id]
+
+
+def test_concurrent_messages_each_claim_and_none_twice(stores: Stores) -> None:
+    """N jobs, N messages handled at once, one job per claim: every message claims one (no no-op while the
+    queue has work) and no job is claimed twice."""
+    queue = _queue()
+    owners = [stores.new_owner() for _ in range(3)]
+    ids = [i for k in range(24) for i in _submit(stores, owners[k % 3], queue, 1)]
+    results: list[list[str]] = []
+    lock = threading.Lock()
+
+    def handle(job_id: str) -> None:
+        claims = stores.jobs.claim_for_message(job_id, WORKER, 60, 1, 10**9)
+        with lock:
+            results.append([c.job_id for c in claims])
+
+    threads = [threading.Thread(target=handle, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [i for r in results for i in r]
+    assert sorted(claimed) == sorted(ids)
+    assert all(len(r) == 1 for r in results)
+
+
+def test_queue_position_follows_the_policy(stores: Stores) -> None:
+    queue, a, b = _queue(), stores.new_owner(), stores.new_owner()
+    _submit(stores, a, queue, 30, priority=-10)
+    _owners_of_claims(stores, queue, 1)
+    [b_job] = _submit(stores, b, queue, 1)
+    assert stores.jobs.queue_position(stores.jobs.get(b_job)) == 0
+    [a_bulk] = _submit(stores, a, queue, 1, priority=-10)
+    assert stores.jobs.queue_position(stores.jobs.get(a_bulk)) == 30  # A's 29 older bulk jobs, then B's one
+    [a_urgent] = _submit(stores, a, queue, 1, priority=0)
+    assert stores.jobs.queue_position(stores.jobs.get(a_urgent)) <= 1  # A's own priority: before A's bulk
+
+
+def test_estimated_start_uses_measured_throughput_and_live_workers(stores: Stores) -> None:
+    from datetime import timedelta
+
+    from storage.tables import utcnow
+    from storage.workers_registry import WorkerRegistry
+
+    queue, a = _queue(), stores.new_owner()
+    _submit(stores, a, queue, 5)
+    [claim] = stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9)
+    [waiting] = _submit(stores, a, queue, 1)
+    assert stores.jobs.queue_estimate(stores.jobs.get(waiting)).estimated_start_at is None  # no history yet
+    assert stores.jobs.complete(claim, [], "ok", {"model_seconds": 2.0})  # a batch of 1: 2 s per job
+    registry = WorkerRegistry(stores.sessions)
+    for n in range(2):
+        registry.register(f"{WORKER}-{queue}-{n}", "host", 1, queues=[queue])
+    before = utcnow()
+    estimate = stores.jobs.queue_estimate(stores.jobs.get(waiting))
+    after = utcnow()
+    assert estimate.position == 4 and estimate.estimated_start_at is not None
+    # 4 jobs ahead, 2 s each, 2 workers: about 4 s from now
+    assert before + timedelta(seconds=4) <= estimate.estimated_start_at <= after + timedelta(seconds=4)
+    for n in range(2):
+        registry.stop(f"{WORKER}-{queue}-{n}")
