@@ -1,0 +1,178 @@
+"""`AsyncClient`: the SDK for asyncio code, the same calls as `Client` awaited.
+
+Owns async sending (retries with backoff honouring `Retry-After`, `ApiError`) and the async forms of submit,
+read, list, cancel, wait (SSE, long-poll fallback: `aio_waiting`), batches streamed as items finish, uploads
+and downloads. Request shapes come from `calls`, the same as the sync client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from unipic_client import calls
+from unipic_client.aio_waiting import AsyncBatchFollower, AsyncJobWaiter
+from unipic_client.calls import BatchItems, Call, ImageInput
+from unipic_client.client import image_paths, resolve
+from unipic_client.errors import error_of, retry_after_of, unreachable
+from unipic_client.models import Batch, BatchesPage, Job, JobsPage, Progress, Upload
+from unipic_client.retrying import RetryPolicy
+
+
+class AsyncClient:
+    """An asyncio client. `AsyncClient()` reads `UNIPIC_API_URL` and `UNIPIC_API_KEY`."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
+                 retry: RetryPolicy | None = None, http: httpx.AsyncClient | None = None) -> None:
+        self.base_url, self.api_key = resolve(base_url, api_key)
+        self.retry = retry or RetryPolicy()
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self.http = http or httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def send(self, call: Call) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = await self.http.request(call.method, call.path, params=call.params, json=call.json,
+                                                   content=call.content, headers=call.headers,
+                                                   timeout=call.timeout or httpx.USE_CLIENT_DEFAULT)
+            except httpx.TransportError as exc:
+                if not self.retry.should_retry(attempt, None):
+                    raise unreachable(self.base_url, exc) from None
+                await asyncio.sleep(self.retry.delay(attempt))
+                attempt += 1
+                continue
+            if response.status_code < 400:
+                return response
+            if not self.retry.should_retry(attempt, response.status_code):
+                raise error_of(response)
+            await asyncio.sleep(self.retry.delay(attempt, retry_after_of(response)))
+            attempt += 1
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self.send(Call(method, path.lstrip("/"), **kwargs))
+        return response.json() if response.content else None
+
+    # ---- jobs ---------------------------------------------------------------------------------------------
+    async def submit(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> Job:
+        return Job.model_validate((await self.send(calls.create_job(body, idempotency_key))).json())
+
+    async def generate(self, prompt: str, *, size: int | None = None, idempotency_key: str | None = None,
+                       **options: Any) -> Job:
+        return await self.submit({"kind": "generate", "prompt": prompt, "size": size, **options},
+                                 idempotency_key=idempotency_key)
+
+    async def edit(self, image: ImageInput, instruction: str, *, size: int | None = None,
+                   idempotency_key: str | None = None, **options: Any) -> Job:
+        return await self.submit({"kind": "edit", "image": calls.image_input(image), "instruction": instruction,
+                                  "size": size, **options}, idempotency_key=idempotency_key)
+
+    async def understand(self, image: ImageInput, question: str, *, idempotency_key: str | None = None,
+                         **options: Any) -> Job:
+        return await self.submit({"kind": "understand", "image": calls.image_input(image),
+                                  "question": question, **options}, idempotency_key=idempotency_key)
+
+    async def get_job(self, job_id: str, *, wait: float | None = None) -> Job:
+        return Job.model_validate((await self.send(calls.get_job(job_id, wait))).json())
+
+    async def list_jobs(self, **filters: Any) -> JobsPage:
+        return JobsPage.model_validate((await self.send(calls.list_jobs(**filters))).json())
+
+    async def iter_jobs(self, **filters: Any) -> AsyncIterator[Job]:
+        cursor = filters.pop("cursor", None)
+        while True:
+            page = await self.list_jobs(cursor=cursor, **filters)
+            for job in page.data:
+                yield job
+            if not (cursor := page.next_cursor):
+                return
+
+    async def cancel_job(self, job_id: str) -> Job:
+        return Job.model_validate((await self.send(Call("POST", f"v1/jobs/{job_id}/cancel"))).json())
+
+    async def wait(self, job: Job | str, *, timeout: float | None = None,
+                   on_progress: Callable[[Job, Progress | None], None] | None = None, sse: bool = True) -> Job:
+        """Wait until the job is finished (SSE, long-poll fallback); `WaitTimeout` after `timeout` s."""
+        job_id = job if isinstance(job, str) else job.id
+        return await AsyncJobWaiter(self, job_id, timeout, on_progress).run(sse)
+
+    # ---- batches ------------------------------------------------------------------------------------------
+    async def submit_batch(self, items: BatchItems, *, idempotency_key: str | None = None,
+                           webhook_url: str | None = None, webhook_events: list[str] | None = None,
+                           metadata: dict[str, Any] | None = None) -> Batch:
+        call = calls.create_batch(calls.batch_lines(items), idempotency_key, webhook_url=webhook_url,
+                                  webhook_events=webhook_events, metadata=metadata)
+        return Batch.model_validate((await self.send(call)).json())
+
+    async def get_batch(self, batch_id: str) -> Batch:
+        return Batch.model_validate((await self.send(Call("GET", f"v1/batches/{batch_id}"))).json())
+
+    async def list_batches(self, **filters: Any) -> BatchesPage:
+        return BatchesPage.model_validate((await self.send(calls.list_batches(**filters))).json())
+
+    async def cancel_batch(self, batch_id: str) -> Batch:
+        return Batch.model_validate((await self.send(Call("POST", f"v1/batches/{batch_id}/cancel"))).json())
+
+    async def iter_results(self, batch: Batch | str, *, timeout: float | None = None) -> AsyncIterator[Job]:
+        """The batch's jobs as they finish, each once."""
+        follower = await AsyncBatchFollower.start(self, batch if isinstance(batch, str) else batch.id, timeout)
+        async for job in follower.results():
+            yield job
+
+    async def wait_batch(self, batch: Batch | str, *, timeout: float | None = None) -> Batch:
+        follower = await AsyncBatchFollower.start(self, batch if isinstance(batch, str) else batch.id, timeout)
+        async for _job in follower.results():
+            pass
+        return follower.batch
+
+    # ---- uploads and downloads ----------------------------------------------------------------------------
+    async def upload(self, image: bytes | Path | str) -> str:
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        ticket = Upload.model_validate((await self.send(calls.create_upload(calls.content_type_of(data)))).json())
+        url = urljoin(self.base_url, ticket.url)
+        if self._same_origin(url):
+            await self.send(Call("PUT", url, content=data, headers=ticket.headers))
+        else:
+            async with httpx.AsyncClient(timeout=self.http.timeout) as bare:
+                answer = await bare.put(url, content=data, headers=ticket.headers)
+            if answer.status_code >= 400:
+                raise error_of(answer)
+        return ticket.upload_id
+
+    async def download(self, url: str) -> bytes:
+        absolute = urljoin(self.base_url, url)
+        if self._same_origin(absolute):
+            return (await self.send(Call("GET", absolute))).content
+        try:
+            async with httpx.AsyncClient(timeout=self.http.timeout) as bare:
+                response = await bare.get(absolute)
+        except httpx.TransportError as exc:
+            raise unreachable(absolute, exc) from None
+        if response.status_code >= 400:
+            raise error_of(response)
+        return response.content
+
+    async def save(self, job: Job, path: str | Path) -> list[Path]:
+        images = job.result.images if job.result else []
+        targets = image_paths(Path(path), job, len(images))
+        for image, target in zip(images, targets, strict=True):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(await self.download(image.url))
+        return targets
+
+    def _same_origin(self, url: str) -> bool:
+        return urlsplit(url)[:2] == urlsplit(self.base_url)[:2]

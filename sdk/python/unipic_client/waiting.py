@@ -1,0 +1,142 @@
+"""Waiting, synchronously: one job over server-sent events (long polling as the fallback), and a batch's
+results streamed back as its items finish.
+
+Owns the deadlines, the SSE event handling (`status`, `progress`, `done`) and the fallback rule: a stream
+that cannot be opened or breaks falls back to `GET /v1/jobs/{id}?wait=N`; only a 404 or an auth error is
+final. The batch follower reads the batch's counts and lists newly finished jobs only when they grew.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import httpx
+
+from unipic_client.errors import WaitTimeout, error_of
+from unipic_client.models import TERMINAL_STATUSES, Batch, Job, Progress
+from unipic_client.sse import EventParser
+
+if TYPE_CHECKING:
+    from unipic_client.client import Client
+
+LONG_POLL_S = 30.0  # the server holds a GET ?wait= up to 60 s
+PROGRESS_POLL_S = 2.0  # long polling when the caller wants progress: progress is not a "done" event
+SSE_READ_S = 30.0  # the server sends a keep-alive comment every 15 s
+BATCH_POLL_S = (0.25, 2.0)  # from, growing to
+FINAL_HTTP = frozenset({401, 403, 404})
+
+ProgressHook = Callable[[Job, Progress | None], None]
+
+
+def deadline_of(timeout: float | None) -> float:
+    return time.monotonic() + timeout if timeout is not None else float("inf")
+
+
+def remaining(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
+
+
+class JobWaiter:
+    """Waits for one job; `run()` returns the finished job or raises `WaitTimeout` / `ApiError`."""
+
+    def __init__(self, client: Client, job_id: str, timeout: float | None,
+                 on_progress: ProgressHook | None) -> None:
+        self.client, self.job_id, self.timeout = client, job_id, timeout
+        self.on_progress = on_progress
+        self.deadline = deadline_of(timeout)
+        self.last: Job | None = None
+
+    def run(self, sse: bool = True) -> Job:
+        if sse:
+            done = self._over_sse()
+            if done is not None:
+                return done
+        return self._long_poll()
+
+    def _over_sse(self) -> Job | None:
+        read = min(SSE_READ_S, remaining(self.deadline)) or 0.001
+        timeout = httpx.Timeout(10.0, read=read)
+        try:
+            with self.client.http.stream("GET", f"v1/jobs/{self.job_id}/events", timeout=timeout) as answer:
+                if answer.status_code in FINAL_HTTP:
+                    answer.read()
+                    raise error_of(answer)
+                if answer.status_code != 200:
+                    return None
+                return self._events(answer.iter_lines())
+        except httpx.TransportError:
+            self._check_deadline()
+            return None
+
+    def _events(self, lines: Iterator[str]) -> Job | None:
+        parser = EventParser()
+        for line in lines:
+            event = parser.feed(line)
+            if event is None:
+                self._check_deadline()
+                continue
+            if event.event in ("status", "done"):
+                self.last = Job.model_validate_json(event.data)
+                self._report(self.last.progress)
+                if event.event == "done":
+                    return self.last
+            elif event.event == "progress" and self.last is not None:
+                self._report(Progress.model_validate_json(event.data))
+            self._check_deadline()
+        return None
+
+    def _long_poll(self) -> Job:
+        while True:
+            hold = min(PROGRESS_POLL_S if self.on_progress else LONG_POLL_S, remaining(self.deadline))
+            self.last = self.client.get_job(self.job_id, wait=round(hold, 2) or None)
+            self._report(self.last.progress)
+            if self.last.status in TERMINAL_STATUSES:
+                return self.last
+            self._check_deadline()
+
+    def _report(self, progress: Progress | None) -> None:
+        if self.on_progress is not None and self.last is not None:
+            self.on_progress(self.last, progress)
+
+    def _check_deadline(self) -> None:
+        if time.monotonic() >= self.deadline:
+            last = self.last or self.client.get_job(self.job_id)
+            raise WaitTimeout(last, self.timeout or 0.0)
+
+
+class BatchFollower:
+    """Follows a batch until every item is finished, yielding each finished job once."""
+
+    def __init__(self, client: Client, batch_id: str, timeout: float | None = None,
+                 on_update: Callable[[Batch], None] | None = None) -> None:
+        self.client, self.batch_id, self.timeout = client, batch_id, timeout
+        self.on_update = on_update
+        self.deadline = deadline_of(timeout)
+        self.batch: Batch = client.get_batch(batch_id)
+        self.seen: set[str] = set()
+
+    def results(self) -> Iterator[Job]:
+        pause = BATCH_POLL_S[0]
+        while True:
+            if self.on_update is not None:
+                self.on_update(self.batch)
+            if self.batch.counts.finished > len(self.seen) or self.batch.done:
+                yield from self._newly_finished()
+            if self.batch.done and len(self.seen) >= self.batch.counts.finished:
+                return
+            if time.monotonic() >= self.deadline:
+                raise WaitTimeout(self.batch, self.timeout or 0.0)
+            time.sleep(min(pause, remaining(self.deadline)))
+            pause = min(pause * 2, BATCH_POLL_S[1])
+            self.batch = self.client.get_batch(self.batch_id)
+
+    def _newly_finished(self) -> Iterator[Job]:
+        for status in sorted(TERMINAL_STATUSES):
+            for job in self.client.iter_jobs(batch_id=self.batch_id, status=status, limit=200):
+                if job.id not in self.seen:
+                    self.seen.add(job.id)
+                    yield job
+
+
