@@ -1,0 +1,105 @@
+"""Console logging of every `unipic` process: one handler, a level, text or JSON lines, and quiet chatter.
+
+Owns the root logger's setup for the API, the model worker and the CPU worker (`unipic up` passes its
+`--log-level` to its children as `UNIPIC_LOG_LEVEL`). At INFO the console carries warnings, errors, start-up
+lines and one line per finished batch: per-task and per-request chatter (Celery's `Task ... succeeded`,
+`Received task`, beat's `Sending due task`, uvicorn's access log, webhook attempts, httpx requests) logs at
+WARNING and up only, unless the level is DEBUG. `UNIPIC_LOG_FORMAT=json` writes one JSON object per line. It
+takes over Celery's logging setup (the `setup_logging` signal), so Celery adds no handler of its own. It knows
+nothing of what the processes do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+CHATTY = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "celery.worker.consumer.mingle",
+          "uvicorn.access", "httpx", "workers.webhooks.dispatcher", "workers.webhooks.delivery")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message (and the traceback, when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "process": record.process,
+        }
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def level_name(level: str | None = None) -> str:
+    """`UNIPIC_LOG_LEVEL` when set (what `unipic up --log-level` passes down), else `level`, else INFO."""
+    return (os.environ.get("UNIPIC_LOG_LEVEL") or level or "INFO").upper()
+
+
+def json_lines() -> bool:
+    return os.environ.get("UNIPIC_LOG_FORMAT", "text").lower() == "json"
+
+
+def make_formatter() -> logging.Formatter:
+    return JsonFormatter() if json_lines() else logging.Formatter(TEXT_FORMAT)
+
+
+def configure(level: str | None = None) -> None:
+    """Root logger to stderr at the level, in the format; chatty loggers held at WARNING above DEBUG."""
+    name = level_name(level)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(make_formatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(name)
+    for chatty in CHATTY:
+        logging.getLogger(chatty).setLevel(name if name == "DEBUG" else logging.WARNING)
+    _start_tracing()
+
+
+_tracing_started = False
+
+
+def _start_tracing() -> None:
+    """Every process configures its console here at start: also the place to turn tracing on, once, when
+    `UNIPIC_OTEL_ENDPOINT` is set (storage.tracing; off and free otherwise)."""
+    global _tracing_started
+    if not _tracing_started:
+        _tracing_started = True
+        from storage.tracing import setup_from_env
+
+        setup_from_env("unipic-" + (sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "cli"))
+
+
+def take_over_celery(level: str | None = None) -> None:
+    """Configure now, and make Celery use `configure` instead of its own logging setup (call before
+    `worker_main`)."""
+    from celery.signals import setup_logging
+
+    configure(level)
+
+    def setup(**_: Any) -> None:
+        configure(level)
+
+    setup_logging.connect(setup, weak=False)
+
+
+def adapt_uvicorn(config: dict[str, Any], level: str | None = None) -> dict[str, Any]:
+    """uvicorn's `log_config` with the same level, format and quiet access log."""
+    name = level_name(level)
+    for logger in ("uvicorn", "uvicorn.error"):
+        config["loggers"].setdefault(logger, {})["level"] = name
+    config["loggers"].setdefault("uvicorn.access", {})["level"] = name if name == "DEBUG" else "WARNING"
+    if json_lines():
+        for formatter in config.get("formatters", {}).values():
+            formatter.clear()
+            formatter["()"] = "cli.logs.JsonFormatter"
+    return config

@@ -1,0 +1,78 @@
+"""storage.tracing: one trace per job across the API, the worker and webhook delivery; free when off.
+
+Spans go to the SDK's in-memory exporter. The API part runs through the real app (TestClient); the worker part
+records the spans of a job claimed and completed through the real JobStore; the webhook part is a real delivery
+attempt by the dispatcher to a receiver that is down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import select
+
+from storage import tracing
+from storage.tables import WebhookEvent
+from tests.support.stack import free_port
+from workers.job_traces import trace_failure, trace_success
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    yield exporter
+    tracing.install(None)
+
+
+def test_off_by_default_records_nothing() -> None:
+    assert not tracing.enabled()
+    tracing.record("0190e3f2-0000-7000-8000-000000000000", "x", datetime.now(UTC), datetime.now(UTC))
+    with tracing.span("0190e3f2-0000-7000-8000-000000000000", "y"):
+        pass
+
+
+def test_a_jobs_life_is_one_trace(spans: InMemorySpanExporter, ops_client: Any, migrated: Any,
+                                  job_store: Any, session_factory: Any) -> None:
+    # Given a job submitted through the API with a webhook whose receiver is down
+    _, key = ops_client.app.state.services.keys.create("tracing")
+    hook = f"http://127.0.0.1:{free_port()}/hook"
+    answer = ops_client.post("/v1/jobs", headers={"Authorization": f"Bearer {key}"}, json={
+        "kind": "generate", "prompt": "a fox", "width": 256, "height": 256, "steps": 2, "webhook_url": hook})
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    # When a worker claims and completes it, and the dispatcher tries its webhook
+    claim = job_store.claim_batch(job_id, "w-trace", 60, 1, 1 << 40)[0]
+    record = job_store.get_many([job_id])[0]
+    assert job_store.complete(claim, ["results/x.png"], None, {"model_seconds": 1.0, "upload_seconds": 0.2},
+                              "tiny", None)
+    trace_success(record, 1.0, 0.2, 1, recorded=True)
+    trace_failure(job_id, "model_error", "only to see the span")
+    _deliver_one_event(migrated, session_factory, job_id)
+    # Then every span carries the job's trace id, from the API's enqueue to the webhook attempt
+    finished = spans.get_finished_spans()
+    names = {s.name for s in finished if s.context.trace_id == tracing.trace_id_of(job_id)}
+    assert {"unipic.api.enqueue", "unipic.queue", "unipic.model", "unipic.upload", "unipic.complete",
+            "unipic.job.run", "unipic.job.failed", "unipic.webhook.deliver"} <= names
+    by_name = {s.name: s for s in finished}
+    assert by_name["unipic.queue"].end_time <= by_name["unipic.model"].end_time <= by_name["unipic.upload"].end_time
+    assert by_name["unipic.webhook.deliver"].attributes["unipic.job_id"] == job_id
+
+
+def _deliver_one_event(settings: Any, session_factory: Any, job_id: str) -> None:
+    from workers.webhooks.dispatcher import WebhookDispatcher
+
+    with session_factory() as s:
+        event_id = s.scalars(select(WebhookEvent.id).where(WebhookEvent.job_id == job_id)
+                             .order_by(WebhookEvent.created_at)).first()
+    assert event_id is not None
+    allowing = settings.model_copy(update={"webhook_allowlist": ["127.0.0.0/8"], "webhook_allow_http": True})
+    assert WebhookDispatcher.from_settings(allowing).deliver_one(event_id) in ("pending", "failed")
