@@ -1,0 +1,335 @@
+"""The worker gateway: `/v1/worker/...`, how a remote worker with only an HTTPS URL and a worker token runs jobs.
+
+Every call is authenticated by a worker token (`api.worker_auth`) and goes through `storage.jobs.JobStore` with
+the lease token as the fence, exactly as a direct worker's calls do, so a stale or partitioned worker can never
+overwrite a newer claim:
+
+- `claim` (long-poll up to `wait_seconds`): `JobStore.claim_next` on the queues the token allows (its kinds, the
+  resolution classes that fit its max pixels), so the scheduling policy is the same as for Celery workers. The
+  answer is the batch: per job its id, lease token, kind, params and seed, its input as a presigned GET URL and
+  its results as presigned PUT URLs for exactly the keys it may write (`api.result_checks.result_keys`);
+- `renew`, `progress`, `cancel-requests`: leases, progress and the owner's cancel requests of held jobs;
+- `complete`: the declared objects (keys, sizes, sha256) are checked (`api.result_checks.verify_results`) before
+  the job is marked succeeded; an invalid result is 422 and the job stays running under the worker's lease;
+- `fail` (a job's own failure, or `canceled` to acknowledge a cancel request), `release` (hand jobs back: they
+  are queued again and get a fresh message), `heartbeat` (the worker's entry in `GET /v1/workers`, transport
+  "remote").
+A job claimed under another token, or by no one, is 404 whatever the lease token; a stale lease is 409.
+Knows nothing of the model; no SQL here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ServicesDep
+from api.errors import ApiError
+from api.result_checks import DeclaredObject, InvalidResult, result_keys, verify_results
+from api.services import Services
+from api.worker_auth import WorkerCaller, WorkerDep
+from storage.records import Claim, JobRecord
+from storage.routing import RESOLUTION_CLASSES
+from storage.states import JobErrorCode, JobStatus
+from storage.workers_registry import WorkerRegistry
+
+router = APIRouter(prefix="/v1/worker", tags=["worker gateway"])
+
+MAX_WAIT_SECONDS = 30.0
+# an idle long-poll looks again after 20 ms, doubling up to 0.5 s: a worker asking right after a batch (when work
+# is likely queued) sees new work within tens of ms, an idle fleet costs each at most 2 claims/s
+POLL_SECONDS = (0.02, 0.5)
+WORKER_NAME = r"^[A-Za-z0-9._:@-]{1,100}$"
+FAIL_CODES = {JobErrorCode.INVALID_INPUT, JobErrorCode.MODEL_ERROR, JobErrorCode.OUT_OF_MEMORY,
+              JobErrorCode.TIMEOUT, JobErrorCode.CANCELED}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClaimIn(_Body):
+    worker: Annotated[str, Field(pattern=WORKER_NAME, description="This worker's name (host:pid)")]
+    max_items: Annotated[int, Field(ge=1, le=256)] = 1
+    max_batch_pixels: Annotated[int, Field(ge=1)] = 4096 * 4096
+    max_image_pixels: Annotated[int | None, Field(ge=1)] = None
+    kinds: list[str] | None = None
+    wait_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)] = 20.0
+
+
+class ClaimRef(_Body):
+    job_id: Annotated[str, Field(max_length=64)]
+    lease_token: Annotated[str, Field(max_length=64)]
+
+
+class ClaimedJob(BaseModel):
+    job_id: str
+    lease_token: str
+    kind: str
+    params: dict[str, Any]
+    seed: int | None
+    compat_key: str
+    queue: str
+    pixels: int
+    attempts: int
+    input_key: str | None
+    input_url: str | None
+    result_urls: dict[str, str]
+
+
+class ClaimOut(BaseModel):
+    worker_id: str
+    lease_seconds: float
+    jobs: list[ClaimedJob]
+
+
+class ClaimsIn(_Body):
+    worker: Annotated[str, Field(pattern=WORKER_NAME)]
+    claims: Annotated[list[ClaimRef], Field(max_length=256)]
+
+
+class HeldOut(BaseModel):
+    held: list[str]
+    cancel_requested: list[str] = []
+
+
+class ProgressIn(ClaimRef):
+    worker: Annotated[str, Field(pattern=WORKER_NAME)]
+    step: Annotated[int, Field(ge=0)]
+    total: Annotated[int, Field(ge=0)]
+
+
+class ObjectIn(_Body):
+    key: Annotated[str, Field(max_length=1024)]
+    size: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class CompleteIn(ClaimRef):
+    worker: Annotated[str, Field(pattern=WORKER_NAME)]
+    objects: Annotated[list[ObjectIn], Field(max_length=64)]
+    timings: dict[str, float] = {}
+    model_id: Annotated[str | None, Field(max_length=200)] = None
+    model_revision: Annotated[str | None, Field(max_length=200)] = None
+
+
+class FailIn(ClaimRef):
+    worker: Annotated[str, Field(pattern=WORKER_NAME)]
+    code: str
+    message: Annotated[str, Field(max_length=4000)] = ""
+
+
+class DoneOut(BaseModel):
+    ok: bool
+
+
+class ReleasedOut(BaseModel):
+    released: int
+
+
+class HeartbeatIn(_Body):
+    worker: Annotated[str, Field(pattern=WORKER_NAME)]
+    hostname: Annotated[str, Field(max_length=200)] = ""
+    pid: int = 0
+    device: Annotated[str | None, Field(max_length=50)] = None
+    model_id: Annotated[str | None, Field(max_length=200)] = None
+    kinds: list[str] = []
+    max_pixels: int | None = None
+    max_batch: int | None = None
+    batches: Annotated[int, Field(ge=0)] = 0
+    jobs: Annotated[int, Field(ge=0)] = 0
+    start: bool = False  # the worker (re)starts: register it anew
+    stopping: bool = False
+    health: dict[str, Any] | None = None
+
+
+class HeartbeatOut(BaseModel):
+    worker_id: str
+    lease_seconds: float
+    heartbeat_seconds: float
+    kinds: list[str]
+    max_pixels: int
+
+
+# ---- claim ----------------------------------------------------------------------------------------------------
+@router.post("/claim", response_model=ClaimOut, summary="Claim a batch (long-poll)")
+async def claim(body: ClaimIn, request: Request, services: ServicesDep, caller: WorkerDep) -> ClaimOut:
+    """The next batch of a queue this token may serve, by the scheduling policy; waits up to `wait_seconds`."""
+    worker_id = caller.worker_id(body.worker)
+    queues = allowed_queues(caller, body.kinds, body.max_image_pixels)
+    lease = services.settings.lease_seconds
+    deadline = time.monotonic() + body.wait_seconds
+    pause, longest = POLL_SECONDS
+    while True:
+        if await request.is_disconnected():
+            return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=[])
+        claims = await run_in_threadpool(_claim_once, services, queues, worker_id, body)
+        if claims or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(longest, pause * 2)
+    jobs = await run_in_threadpool(_claimed_jobs, services, caller, claims)
+    return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=jobs)
+
+
+def allowed_queues(caller: WorkerCaller, kinds: list[str] | None, max_image_pixels: int | None) -> list[str]:
+    """The GPU queues whose every job this token (and the worker's own limit) allows."""
+    limit = min(caller.token.max_pixels, max_image_pixels or caller.token.max_pixels)
+    served = [k for k in caller.token.kinds if kinds is None or k in kinds]
+    return [f"unipic.{kind}.{name}" for kind in served for name, side in RESOLUTION_CLASSES if side * side <= limit]
+
+
+def _claim_once(services: Services, queues: list[str], worker_id: str, body: ClaimIn) -> list[Claim]:
+    for queue in random.sample(queues, len(queues)):  # no queue starves another
+        claims = services.jobs.claim_next(queue, worker_id, services.settings.lease_seconds, body.max_items,
+                                          body.max_batch_pixels)
+        if claims:
+            return claims
+    return []
+
+
+def _claimed_jobs(services: Services, caller: WorkerCaller, claims: list[Claim]) -> list[ClaimedJob]:
+    tokens = {c.job_id: c.lease_token for c in claims}
+    jobs = services.jobs.get_many(list(tokens))
+    refused = [j for j in jobs if not caller.token.allows(j.kind, _image_pixels(j))]
+    if refused:  # cannot happen with allowed_queues; never hand a job past the token's limits
+        _release(services, [Claim(j.id, tokens[j.id]) for j in refused])
+    out = []
+    for job in (j for j in jobs if j not in refused):
+        expiry = services.settings.presign_expiry_seconds
+        input_url = services.objects.presign_get(job.input_key, expiry)[0] if job.input_key else None
+        puts = {key: services.objects.presign_put(key, expiry)[0] for key in result_keys(job)}
+        out.append(ClaimedJob(job_id=job.id, lease_token=tokens[job.id], kind=job.kind, params=job.params,
+                              seed=job.seed, compat_key=job.compat_key, queue=job.queue, pixels=job.pixels,
+                              attempts=job.attempts, input_key=job.input_key, input_url=input_url,
+                              result_urls=puts))
+    return out
+
+
+def _image_pixels(job: JobRecord) -> int:
+    if job.kind == "understand":
+        return job.pixels
+    return int(job.params.get("width", 0)) * int(job.params.get("height", 0))
+
+
+# ---- leases, progress, cancels --------------------------------------------------------------------------------
+@router.post("/renew", response_model=HeldOut, summary="Renew leases")
+def renew(body: ClaimsIn, services: ServicesDep, caller: WorkerDep) -> HeldOut:
+    """Extend the leases still held; the ones missing from `held` were lost (stop working on them)."""
+    claims = _owned(services, caller, body.claims)
+    held = services.jobs.renew(claims, services.settings.lease_seconds)
+    cancels = services.jobs.cancel_requested_ids([c.job_id for c in held])
+    return HeldOut(held=[c.job_id for c in held], cancel_requested=sorted(cancels))
+
+
+@router.post("/cancel-requests", response_model=HeldOut, summary="Cancel requests of held jobs")
+def cancel_requests(body: ClaimsIn, services: ServicesDep, caller: WorkerDep) -> HeldOut:
+    claims = _owned(services, caller, body.claims)
+    return HeldOut(held=[c.job_id for c in claims],
+                   cancel_requested=sorted(services.jobs.cancel_requested_ids([c.job_id for c in claims])))
+
+
+@router.post("/progress", response_model=DoneOut, summary="Report progress")
+def progress(body: ProgressIn, services: ServicesDep, caller: WorkerDep) -> DoneOut:
+    claim = _owned_one(services, caller, body)
+    return DoneOut(ok=services.jobs.set_progress(claim, body.step, body.total))
+
+
+# ---- finishing ------------------------------------------------------------------------------------------------
+@router.post("/complete", response_model=DoneOut, summary="Complete a job")
+def complete(body: CompleteIn, services: ServicesDep, caller: WorkerDep) -> DoneOut:
+    """Mark a job succeeded once its uploaded results check out (422 otherwise; 409 if the lease is stale)."""
+    claim, job = _held(services, caller, body)
+    declared = [DeclaredObject(o.key, o.size, o.sha256) for o in body.objects]
+    try:
+        text = verify_results(services.objects, job, declared)
+    except InvalidResult as exc:
+        raise ApiError(422, "invalid_result", str(exc), "objects") from None
+    ok = services.jobs.complete(claim, [d.key for d in declared], text, body.timings, body.model_id,
+                                body.model_revision)
+    if not ok:
+        raise _stale(body.job_id)
+    return DoneOut(ok=True)
+
+
+@router.post("/fail", response_model=DoneOut, summary="Fail a job (or acknowledge its cancel)")
+def fail(body: FailIn, services: ServicesDep, caller: WorkerDep) -> DoneOut:
+    try:
+        code = JobErrorCode(body.code)
+    except ValueError:
+        code = None
+    if code not in FAIL_CODES:
+        raise ApiError(422, "validation_error", f"code must be one of {sorted(c.value for c in FAIL_CODES)}",
+                       "code")
+    claim, _ = _held(services, caller, body)
+    if code is JobErrorCode.CANCELED:
+        ok = services.jobs.cancel_running(claim)
+    else:
+        ok = services.jobs.fail(claim, code, body.message or code.value)
+    if not ok:
+        raise _stale(body.job_id)
+    return DoneOut(ok=True)
+
+
+@router.post("/release", response_model=ReleasedOut, summary="Hand jobs back to the queue")
+def release(body: ClaimsIn, services: ServicesDep, caller: WorkerDep) -> ReleasedOut:
+    """Running -> queued (attempts unchanged) and a fresh message for each, so any worker may take them."""
+    return ReleasedOut(released=_release(services, _owned(services, caller, body.claims)))
+
+
+def _release(services: Services, claims: list[Claim]) -> int:
+    released = services.jobs.release(claims)
+    back = [j.ref for j in services.jobs.get_many([c.job_id for c in claims]) if j.status == JobStatus.QUEUED]
+    services.enqueuer.enqueue(back)
+    return released
+
+
+# ---- heartbeat ------------------------------------------------------------------------------------------------
+@router.post("/heartbeat", response_model=HeartbeatOut, summary="Register or heartbeat a remote worker")
+def heartbeat(body: HeartbeatIn, services: ServicesDep, caller: WorkerDep) -> HeartbeatOut:
+    registry = WorkerRegistry(services.jobs.sessions)
+    worker_id = caller.worker_id(body.worker)
+    kinds = [k for k in body.kinds if k in caller.token.kinds] or list(caller.token.kinds)
+    max_pixels = min(body.max_pixels or caller.token.max_pixels, caller.token.max_pixels)
+    if body.start or not registry.heartbeat(worker_id, body.batches, body.jobs, body.health):
+        registry.register(worker_id, body.hostname or "remote", body.pid, body.device, body.model_id, kinds,
+                          max_pixels, body.max_batch, allowed_queues(caller, kinds, max_pixels), transport="remote")
+        registry.heartbeat(worker_id, body.batches, body.jobs, body.health)
+    if body.stopping:
+        registry.stop(worker_id)
+    settings = services.settings
+    return HeartbeatOut(worker_id=worker_id, lease_seconds=settings.lease_seconds,
+                        heartbeat_seconds=settings.heartbeat_seconds, kinds=kinds, max_pixels=max_pixels)
+
+
+# ---- who holds what -------------------------------------------------------------------------------------------
+def _owned(services: Services, caller: WorkerCaller, refs: list[ClaimRef]) -> list[Claim]:
+    """The claims among `refs` whose job was claimed under this token (others are silently not held)."""
+    jobs = {j.id: j for j in services.jobs.get_many([r.job_id for r in refs])}
+    return [Claim(r.job_id, r.lease_token) for r in refs
+            if r.job_id in jobs and caller.owns(jobs[r.job_id].worker_id)]
+
+
+def _owned_one(services: Services, caller: WorkerCaller, ref: ClaimRef) -> Claim:
+    return _held(services, caller, ref)[0]
+
+
+def _held(services: Services, caller: WorkerCaller, ref: ClaimRef) -> tuple[Claim, JobRecord]:
+    """The job, when it is running under this token (404 otherwise) with this lease token (409 otherwise)."""
+    jobs = services.jobs.get_many([ref.job_id])
+    if not jobs or not caller.owns(jobs[0].worker_id):
+        raise ApiError(404, "not_found", "job not found (not claimed under this worker token)")
+    job = jobs[0]
+    if job.status != JobStatus.RUNNING or job.lease_token != ref.lease_token:
+        raise _stale(ref.job_id)
+    return Claim(job.id, ref.lease_token), job
+
+
+def _stale(job_id: str) -> ApiError:
+    return ApiError(409, "lease_lost", f"job {job_id}: this lease is no longer held")

@@ -1,0 +1,303 @@
+"""The worker gateway's routes, through the real app: the claim, the fenced calls, and what a worker cannot do."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from storage.records import JobRecord
+from tests.support.api import queued_job_ids
+from tests.support.jobs import make_job
+
+TokenMaker = Callable[..., tuple[Any, dict[str, str]]]
+
+
+def _png(size: int = 32) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (10, 200, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _job(services: Any, owner_id: str, kind: str = "generate", size: int = 256, **kw: Any) -> JobRecord:
+    return make_job(services.jobs, services.objects, owner_id, kind, size, seed=7, **kw)
+
+
+def _claim(client: TestClient, headers: dict[str, str], worker: str = "gpu:1", **body: Any) -> dict[str, Any]:
+    response = client.post("/v1/worker/claim", headers=headers,
+                           json={"worker": worker, "max_items": 8, "wait_seconds": 0, **body})
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _claimed(client: TestClient, headers: dict[str, str], job_id: str, **body: Any) -> dict[str, Any]:
+    claimed = {j["job_id"]: j for j in _claim(client, headers, **body)["jobs"]}
+    assert job_id in claimed, f"{job_id} not claimed: {list(claimed)}"
+    return claimed[job_id]
+
+
+def _upload(item: dict[str, Any], data: bytes) -> list[dict[str, Any]]:
+    declared = []
+    for key, url in item["result_urls"].items():
+        assert httpx.put(url, content=data).status_code == 200
+        declared.append({"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    return declared
+
+
+def _complete(client: TestClient, headers: dict[str, str], item: dict[str, Any], objects: list[dict[str, Any]],
+              worker: str = "gpu:1") -> httpx.Response:
+    return client.post("/v1/worker/complete", headers=headers, json={
+        "worker": worker, "job_id": item["job_id"], "lease_token": item["lease_token"], "objects": objects})
+
+
+def test_claim_returns_the_batch_with_presigned_urls_for_exactly_its_keys(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    # Given a queued generate job (two webp images) and an edit job with an input image
+    _, headers = make_token()
+    generate = _job(services, owner_id, num_images=2, output_format="webp")
+    edit = _job(services, owner_id, kind="edit")
+    # When a worker claims
+    item = _claimed(client, headers, generate.id, kinds=["generate"])
+    # Then it gets the lease, params, seed and PUT URLs for exactly its result keys
+    assert item["lease_token"] and item["params"]["prompt"] == "a red cube" and item["seed"] == 7
+    assert sorted(item["result_urls"]) == [f"results/{generate.id}/0.webp", f"results/{generate.id}/1.webp"]
+    assert item["input_url"] is None
+    edit_item = _claimed(client, headers, edit.id, kinds=["edit"])
+    assert sorted(edit_item["result_urls"]) == [f"results/{edit.id}/0.png"]
+    assert httpx.get(edit_item["input_url"]).content == services.objects.get(edit.input_key)
+    assert services.jobs.get(edit.id).status == "running"
+
+
+def test_complete_checks_the_uploaded_objects_before_succeeding(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    _, headers = make_token()
+    job = _job(services, owner_id)
+    item = _claimed(client, headers, job.id)
+    key = f"results/{job.id}/0.png"
+    good = _png()
+    # nothing uploaded yet: refused, and the job stays running under the lease
+    missing = _complete(client, headers, item, [{"key": key, "size": len(good),
+                                                 "sha256": hashlib.sha256(good).hexdigest()}])
+    assert missing.status_code == 422 and missing.json()["error"]["code"] == "invalid_result"
+    # not an image: refused
+    junk = b"not an image at all"
+    bad = _complete(client, headers, item, _upload(item, junk))
+    assert bad.status_code == 422 and services.jobs.get(job.id).status == "running"
+    # declared size or checksum that does not match: refused
+    objects = _upload(item, good)
+    wrong = [{**objects[0], "sha256": "0" * 64}]
+    assert _complete(client, headers, item, wrong).status_code == 422
+    # a key outside the job's results: refused
+    other = [{**objects[0], "key": f"results/{job.id}/9.png"}]
+    assert _complete(client, headers, item, other).status_code == 422
+    # the real result: succeeded with its keys
+    assert _complete(client, headers, item, objects).json() == {"ok": True}
+    done = services.jobs.get(job.id)
+    assert done.status == "succeeded" and done.result_keys == [key]
+    # and a second complete with the old lease is a stale claim
+    assert _complete(client, headers, item, objects).status_code in (404, 409)
+
+
+def test_understand_answer_must_name_its_job(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    _, headers = make_token(kinds=["understand"])
+    job = _job(services, owner_id, kind="understand", size=256)
+    item = _claimed(client, headers, job.id)
+    assert list(item["result_urls"]) == [f"results/{job.id}/answer.json"]
+    forged = b'{"job_id": "someone-else", "text": "hi"}'
+    assert _complete(client, headers, item, _upload(item, forged)).status_code == 422
+    answer = json.dumps({"job_id": job.id, "text": "a red cube", "seed": 7}).encode()
+    assert _complete(client, headers, item, _upload(item, answer)).status_code == 200
+    assert services.jobs.get(job.id).result_text == "a red cube"
+
+
+def test_a_worker_cannot_touch_a_job_it_did_not_claim(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    # Given a job claimed under token A
+    _, a = make_token(name="a")
+    _, b = make_token(name="b")
+    job = _job(services, owner_id)
+    item = _claimed(client, a, job.id)
+    ref = {"worker": "gpu:1", "job_id": job.id, "lease_token": item["lease_token"]}
+    # When token B (even with A's lease token) renews, reports, fails or completes it: not found / not held
+    assert client.post("/v1/worker/renew", headers=b, json={"worker": "gpu:1", "claims": [
+        {"job_id": job.id, "lease_token": item["lease_token"]}]}).json()["held"] == []
+    assert client.post("/v1/worker/progress", headers=b, json={**ref, "step": 1, "total": 2}).status_code == 404
+    assert client.post("/v1/worker/fail", headers=b, json={**ref, "code": "model_error"}).status_code == 404
+    assert _complete(client, b, item, []).status_code == 404
+    assert client.post("/v1/worker/release", headers=b, json={"worker": "gpu:1", "claims": [
+        {"job_id": job.id, "lease_token": item["lease_token"]}]}).json() == {"released": 0}
+    # and A with a wrong lease token is a stale claim
+    stale = {**ref, "lease_token": "f" * 32, "step": 1, "total": 2}
+    assert client.post("/v1/worker/progress", headers=a, json=stale).status_code == 409
+    # a worker token reads no job through the API either
+    assert client.get(f"/v1/jobs/{job.id}", headers=a).status_code == 401
+    # Then the job is still A's, running
+    assert services.jobs.get(job.id).status == "running"
+    assert client.post("/v1/worker/progress", headers=a, json={**ref, "step": 1, "total": 2}).json() == {"ok": True}
+
+
+def test_a_worker_cannot_read_another_jobs_input_or_write_outside_its_keys(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    from storage.records import Claim
+    from workers.gateway_client import GatewayObjects, ResultRefused
+
+    _, headers = make_token()
+    mine = _job(services, owner_id, kind="edit")
+    theirs = _job(services, owner_id, kind="edit")
+    item = _claimed(client, headers, mine.id, kinds=["edit"], max_items=1)
+    objects = GatewayObjects()
+    objects.allow({item["input_key"]: item["input_url"]}, item["result_urls"])
+    assert objects.get(mine.input_key) == services.objects.get(mine.input_key)
+    with pytest.raises(ResultRefused):
+        objects.get(theirs.input_key)
+    with pytest.raises(ResultRefused):
+        objects.put(f"results/{theirs.id}/0.png", _png())
+    with pytest.raises(ResultRefused):
+        objects.put(f"inputs/{mine.id}/image.png", _png())
+    # the server hands out no URL but the job's own result keys, and accepts no other key
+    assert all(key.startswith(f"results/{mine.id}/") for key in item["result_urls"])
+    services.jobs.release([Claim(mine.id, item["lease_token"])])
+
+
+def test_a_worker_cannot_claim_kinds_or_sizes_its_token_does_not_allow(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    from api.routes.worker_gateway import allowed_queues
+    from api.worker_auth import WorkerCaller
+
+    # Given a token for generate up to 512x512, and queued jobs of another kind and of a larger size
+    record, headers = make_token(kinds=["generate"], max_pixels=512 * 512)
+    assert allowed_queues(WorkerCaller(record), None, None) == ["unipic.generate.s"]
+    assert allowed_queues(WorkerCaller(record), ["edit"], None) == []
+    big = _job(services, owner_id, size=1024)
+    other_kind = _job(services, owner_id, kind="understand", size=256)
+    small = _job(services, owner_id, size=256)
+    # When it claims (asking for everything)
+    claimed = {j["job_id"] for j in _claim(client, headers, kinds=["generate", "edit", "understand"],
+                                           max_image_pixels=4096 * 4096)["jobs"]}
+    # Then only the job it may run is claimed
+    assert small.id in claimed and big.id not in claimed and other_kind.id not in claimed
+    assert services.jobs.get(big.id).status == "queued" and services.jobs.get(other_kind.id).status == "queued"
+
+
+def test_revoked_token_is_refused_and_its_jobs_go_to_another_worker(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker, tokens: Any,
+) -> None:
+    from datetime import timedelta
+
+    from storage.tables import utcnow
+
+    # Given a job running under token A
+    record, a = make_token(name="revoked")
+    _, b = make_token(name="other")
+    job = _job(services, owner_id)
+    item = _claimed(client, a, job.id)
+    # When A is revoked: its next call is 401
+    tokens.revoke(record.id)
+    ref = {"worker": "gpu:1", "job_id": job.id, "lease_token": item["lease_token"]}
+    assert client.post("/v1/worker/progress", headers=a, json={**ref, "step": 1, "total": 2}).status_code == 401
+    assert client.post("/v1/worker/claim", headers=a, json={"worker": "gpu:1", "wait_seconds": 0}).status_code == 401
+    assert client.post("/v1/worker/heartbeat", headers=a, json={"worker": "gpu:1"}).status_code == 401
+    # Then once its lease expires the job is queued again and another worker takes it
+    assert job.id in services.jobs.requeue_expired(now=utcnow() + timedelta(seconds=120))
+    again = _claimed(client, b, job.id)
+    assert again["lease_token"] != item["lease_token"] and again["attempts"] == 1
+
+
+def test_fail_cancel_and_release(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker, redis_client: Any,
+) -> None:
+    _, headers = make_token()
+    failing, canceled, released = (_job(services, owner_id) for _ in range(3))
+    claimed = {j["job_id"]: j for j in _claim(client, headers)["jobs"]}
+    assert {failing.id, canceled.id, released.id} <= set(claimed)
+
+    def ref(job: JobRecord) -> dict[str, str]:
+        return {"worker": "gpu:1", "job_id": job.id, "lease_token": claimed[job.id]["lease_token"]}
+
+    # a code a worker may not set is refused
+    assert client.post("/v1/worker/fail", headers=headers, json={**ref(failing), "code": "expired"}).status_code == 422
+    assert client.post("/v1/worker/fail", headers=headers,
+                       json={**ref(failing), "code": "model_error", "message": "boom"}).json() == {"ok": True}
+    assert services.jobs.get(failing.id).error_code == "model_error"
+    services.jobs.request_cancel(canceled.id, owner_id)
+    renewed = client.post("/v1/worker/renew", headers=headers, json={
+        "worker": "gpu:1", "claims": [{"job_id": canceled.id, "lease_token": claimed[canceled.id]["lease_token"]}]})
+    assert renewed.json() == {"held": [canceled.id], "cancel_requested": [canceled.id]}
+    assert client.post("/v1/worker/fail", headers=headers, json={**ref(canceled), "code": "canceled"}).status_code == 200
+    assert services.jobs.get(canceled.id).status == "canceled"
+    out = client.post("/v1/worker/release", headers=headers, json={"worker": "gpu:1", "claims": [
+        {"job_id": released.id, "lease_token": claimed[released.id]["lease_token"]}]})
+    assert out.json() == {"released": 1}
+    back = services.jobs.get(released.id)
+    assert back.status == "queued" and back.attempts == 0
+    assert released.id in queued_job_ids(redis_client, back.queue)  # a fresh message: any worker may take it
+    for job in claimed.values():  # leave nothing running
+        if job["job_id"] not in (failing.id, canceled.id, released.id):
+            client.post("/v1/worker/release", headers=headers, json={"worker": "gpu:1", "claims": [
+                {"job_id": job["job_id"], "lease_token": job["lease_token"]}]})
+
+
+def test_heartbeat_shows_the_worker_as_remote(
+    client: TestClient, make_token: TokenMaker, api_headers: dict[str, str],
+) -> None:
+    record, headers = make_token(kinds=["generate", "edit"], max_pixels=1024 * 1024)
+    beat = client.post("/v1/worker/heartbeat", headers=headers, json={
+        "worker": "home-4090:42", "start": True, "hostname": "home", "pid": 42, "device": "cuda:0",
+        "kinds": ["generate", "understand"], "max_pixels": 4096 * 4096, "max_batch": 4})
+    assert beat.status_code == 200
+    assert beat.json()["kinds"] == ["generate"] and beat.json()["max_pixels"] == 1024 * 1024
+    workers = {w["id"]: w for w in client.get("/v1/workers", headers=api_headers).json()["data"]}
+    mine = workers[f"remote-{record.id}:home-4090:42"]
+    assert mine["transport"] == "remote" and mine["kinds"] == ["generate"]
+    assert "(remote)" in client.get("/ui").text
+    metrics = client.get("/metrics").text
+    assert 'unipic_workers_live_by_transport{transport="remote"}' in metrics
+    client.post("/v1/worker/heartbeat", headers=headers, json={"worker": "home-4090:42", "stopping": True})
+    workers = {w["id"] for w in client.get("/v1/workers", headers=api_headers).json()["data"]}
+    assert f"remote-{record.id}:home-4090:42" not in workers
+
+
+def test_embedded_deployment_takes_results_through_signed_local_links(embedded_settings: Any) -> None:
+    # Given an embedded deployment (SQLite, local objects: signed links served by the API itself)
+    from api.app import create_app
+    from storage.ids import new_id
+    from storage.tables import ApiKey
+    from storage.worker_tokens import WorkerTokenStore
+
+    app = create_app(embedded_settings.model_copy(update={"api_url": "http://testserver"}))
+    services = app.state.services
+    owner = new_id()
+    with services.jobs.sessions.begin() as s:
+        s.add(ApiKey(id=owner, name="t", key_prefix="upk_t", key_hash=new_id(), webhook_secret="whsec_x"))
+    _, token = WorkerTokenStore(services.jobs.sessions).create("home")
+    headers = {"Authorization": f"Bearer {token}"}
+    job = _job(services, owner, kind="edit")
+    with TestClient(app) as client:
+        item = _claimed(client, headers, job.id)
+        # When the worker reads its input and PUTs its result through the signed links
+        assert client.get(item["input_url"]).content == services.objects.get(job.input_key)
+        data = _png()
+        objects = []
+        for key, url in item["result_urls"].items():
+            assert client.put(url, content=data, headers={"content-type": "image/png"}).status_code == 200
+            objects.append({"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        # a signed link for one key does not write another
+        other = next(iter(item["result_urls"].values())).replace("/0.png", "/1.png")
+        assert client.put(other, content=data).status_code == 401
+        # Then complete checks and records it
+        assert _complete(client, headers, item, objects).status_code == 200
+    assert services.jobs.get(job.id).status == "succeeded"
