@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
 
 from api.errors import retry_later
+from storage.ephemeral import Ephemeral
+from storage.jobs import JobStore
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,6 @@ OVERLOAD_RETRY_AFTER = 5
 RATE_WINDOW_SECONDS = 60
 
 
-class ActiveCounter(Protocol):
-    def active_count(self, owner_id: str | None = None) -> int: ...
-
-
 class _CachedCount:
     """A count read at most every `ttl` seconds, plus local admissions since the read."""
 
@@ -38,7 +36,7 @@ class _CachedCount:
         self.value = 0
         self.read_at = float("-inf")
 
-    def current(self, read: Any) -> int:
+    def current(self, read: Callable[[], int]) -> int:
         now = time.monotonic()
         if now - self.read_at >= self.ttl:
             self.value = int(read())
@@ -49,7 +47,7 @@ class _CachedCount:
 class Admission:
     """Rate limit, per-key quota and global backpressure."""
 
-    def __init__(self, settings: Settings, jobs: ActiveCounter, ephemeral: Any) -> None:
+    def __init__(self, settings: Settings, jobs: JobStore, ephemeral: Ephemeral) -> None:
         self.settings = settings
         self.jobs = jobs
         self.ephemeral = ephemeral

@@ -15,12 +15,29 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.bodies import BodyLimit
+from api.docs import install_docs
 from api.errors import install_error_handlers
+from api.event_hub import EventHub
 from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import install_openapi
-from api.routes import batches, events, health, jobs, objects, ui, uploads, webhooks
+from api.queue_positions import QueuePositions
+from api.reconciler import JobReconciler
+from api.routes import (
+    batches,
+    events,
+    health,
+    jobs,
+    objects,
+    openai_compat,
+    ui,
+    uploads,
+    webhooks,
+    worker_gateway,
+)
 from api.services import Services
+from storage.fleet_queries import FleetQueries
 from storage.settings import Settings, get_settings
+from storage.tracing import setup_from_env as setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +64,32 @@ def create_app(settings: Settings) -> FastAPI:
     services = Services.build(settings)
     metrics = Metrics()
     metrics.watch_jobs(lambda: services.jobs.counts_by_status())
+    metrics.watch_fleet(FleetQueries(services.jobs.sessions, 3 * settings.heartbeat_seconds).snapshot)
+
+    hub = EventHub.from_settings(settings)  # one Redis subscription per process (api.event_hub)
+    reconciler = JobReconciler(services.jobs.get_many, settings.events_reconcile_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.open()
+        await hub.start()
         yield
+        await reconciler.stop()
+        await hub.stop()
         services.close()
 
-    app = FastAPI(title="unipic-queue", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="unipic-queue", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # api.docs serves both from packaged assets (no CDN)
     app.state.services = services
     app.state.metrics = metrics
-    for module in (jobs, events, batches, uploads, objects, webhooks, health, ui):
+    app.state.event_hub = hub
+    app.state.queue_positions = QueuePositions(services.jobs.sessions)
+    app.state.reconciler = reconciler
+    for module in (jobs, events, batches, uploads, objects, webhooks, health, ui, openai_compat, worker_gateway):
         app.include_router(module.router)
     install_error_handlers(app)
     install_openapi(app)
+    install_docs(app)
     limits = body_limits(settings)
     app.add_middleware(BodyLimit, limit_for=lambda path: _limit_for(limits, path))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -87,4 +116,5 @@ def _safe(url: str) -> str:
 def create_app_from_env() -> FastAPI:
     """The app for the environment's `UNIPIC_*` settings (uvicorn's `--factory` entry)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_tracing("unipic-api")  # each uvicorn process (no-op unless UNIPIC_OTEL_ENDPOINT is set)
     return create_app(get_settings())

@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from api import json_limits
 from api.errors import ApiError, error_body
 
 JSON_TYPES = ("application/json", "text/json")
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/jsonlines")
 JSON_FIELDS = ("metadata", "webhook_events", "image")
 MAX_FORM_FIELDS = 64
+INLINE_PARSE_BYTES = 64 * 1024  # larger JSON bodies are parsed in a worker thread
+NUMBER_FIELDS = ("width", "height", "num_images", "steps", "guidance_scale", "temperature", "seed", "priority",
+                 "size", "max_new_tokens")
+_NUMBER = re.compile(r"-?\d{1,30}(\.\d{1,30})?([eE][+-]?\d{1,4})?")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -91,8 +98,8 @@ def media_type(request: Request) -> str:
 def parse_json(raw: bytes, line: int | None = None) -> Any:
     """JSON from bytes; 400 `invalid_json` (naming the line, if given) when malformed."""
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        return json_limits.loads(raw)  # refuses NaN/Infinity and absurd number literals, unlike json.loads
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         where = f"line {line}: " if line is not None else ""
         raise ApiError(400, "invalid_json", f"{where}body is not valid JSON ({exc})", line=line) from None
 
@@ -112,7 +119,8 @@ async def read_job_body(request: Request) -> JobBody:
     """JSON (`application/json` or no type) or multipart (`image` file part + `request` JSON part or fields)."""
     kind = media_type(request)
     if kind in JSON_TYPES or kind == "":
-        return JobBody(parse_json(await request.body()))
+        raw = await request.body()
+        return JobBody(await run_in_threadpool(parse_json, raw) if len(raw) > INLINE_PARSE_BYTES else parse_json(raw))
     if kind == "multipart/form-data":
         return await _read_multipart(request)
     raise ApiError(415, "unsupported_media_type", f"unsupported content type {kind!r}; use JSON or multipart")
@@ -146,6 +154,9 @@ async def _read_multipart(request: Request) -> JobBody:
 def _form_value(name: str, value: str) -> Any:
     if name in JSON_FIELDS and value[:1] in ("{", "["):
         return parse_json(value.encode())
+    if name in NUMBER_FIELDS and _NUMBER.fullmatch(value.strip()):
+        # form fields are text; JSON bodies are typed strictly, so numbers are read here as JSON would read them
+        return parse_json(value.strip().encode())
     return value
 
 
@@ -161,7 +172,13 @@ class BatchBody:
 async def read_batch_body(request: Request) -> BatchBody:
     """A JSON array, a JSON object `{"requests": [...], ...}`, or JSONL (one job body per line)."""
     kind = media_type(request)
+    if kind not in JSONL_TYPES and kind not in JSON_TYPES and kind != "":
+        raise ApiError(415, "unsupported_media_type", f"unsupported content type {kind!r}; use JSON or JSONL")
     raw = await request.body()
+    return await run_in_threadpool(_parse_batch, kind, raw)  # megabytes of JSON: parsed off the event loop
+
+
+def _parse_batch(kind: str, raw: bytes) -> BatchBody:
     if kind in JSONL_TYPES:
         items, lines = [], []
         for number, line in enumerate(raw.splitlines(), start=1):

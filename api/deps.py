@@ -9,12 +9,14 @@ database and stays sync.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from api.services import Services
@@ -35,12 +37,34 @@ class Caller:
 
 
 async def reject_unknown_query(request: Request) -> None:
-    """422 for query parameters the route does not declare (a typo like `?stauts=` must not pass silently)."""
+    """422 for query parameters the route does not declare (a typo like `?stauts=` must not pass silently).
+    On a route that needs a key, an anonymous or invalid caller hears 401 first: nothing about the request's
+    shape is answered before authentication."""
     route = request.scope.get("route")
     allowed = _declared_query(route)
     for name in request.query_params:
         if name not in allowed:
+            if _needs_key(route):
+                await _require_key(request)
             raise ApiError(422, "validation_error", f"unknown query parameter {name[:100]!r}", name[:100])
+
+
+def _needs_key(route: object) -> bool:
+    dependant = getattr(route, "dependant", None)
+    return dependant is not None and _calls(dependant, authenticate)
+
+
+def _calls(dependant: Any, function: Any) -> bool:
+    return any(sub.call is function or _calls(sub, function) for sub in dependant.dependencies)
+
+
+async def _require_key(request: Request) -> None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("missing bearer API key")
+    services: Services = request.app.state.services
+    if await run_in_threadpool(services.key_cache.authenticate, token.strip()) is None:
+        raise _unauthorized("invalid or revoked API key")
 
 
 def _declared_query(route: object) -> frozenset[str]:
@@ -48,10 +72,8 @@ def _declared_query(route: object) -> frozenset[str]:
     if cached is None:
         dependant = getattr(route, "dependant", None)
         cached = frozenset(_query_names(dependant)) if dependant is not None else frozenset()
-        try:
+        with contextlib.suppress(AttributeError):
             route._unipic_query_names = cached  # type: ignore[attr-defined]
-        except AttributeError:
-            pass
     return cached
 
 

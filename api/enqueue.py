@@ -6,7 +6,8 @@ or the model. Sends reuse one producer (one connection) per call and go out thro
 (one Redis pipeline per thousand messages), which keeps a 10,000-item batch fast. After sending,
 `JobStore.mark_enqueued` stamps `last_enqueued_at` once for all of them (single submissions are stamped
 together every few tens of milliseconds by `SentMarks`); a job whose send failed stays `queued` in Postgres
-and the sweeper re-enqueues it, so a broker hiccup loses nothing.
+and the sweeper re-enqueues it, so a broker hiccup loses nothing. This is the one enqueue contract
+(`storage.routing`: rows committed, then send, then stamp), with `JobRef`s from there.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from celery import Celery
 
-from storage.routing import RUN_BATCH_TASK
+from storage import tracing
+from storage.jobs import JobStore
+from storage.routing import RUN_BATCH_TASK, JobRef
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,20 +31,6 @@ T = TypeVar("T")
 
 PUBLISH_BATCH = 1000  # Redis commands per pipeline round trip
 MARK_INTERVAL_SECONDS = 0.05
-
-
-class Enqueueable(Protocol):
-    """What a message needs: the job id and its queue (a JobRecord, or a JobRef before the row exists)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def queue(self) -> str: ...
-
-
-class JobRef(NamedTuple):
-    id: str
-    queue: str
 
 
 def make_sender(settings: Settings) -> Celery:
@@ -78,7 +67,7 @@ class SentMarks:
     (the claim is a compare-and-set), so the only cost of losing marks (crash, database down) is that.
     """
 
-    def __init__(self, job_store: Any, interval: float = MARK_INTERVAL_SECONDS) -> None:
+    def __init__(self, job_store: JobStore, interval: float = MARK_INTERVAL_SECONDS) -> None:
         self.job_store = job_store
         self.interval = interval
         self._pending: list[str] = []
@@ -129,16 +118,17 @@ def holds_messages(broker_url: str) -> bool:
 class Enqueuer:
     """Sends job messages and records that they were sent."""
 
-    def __init__(self, settings: Settings, job_store: Any) -> None:
+    def __init__(self, settings: Settings, job_store: JobStore) -> None:
         self.celery = make_sender(settings)
         self.job_store = job_store
         self.marks = SentMarks(job_store)
         self._declared: set[str] = set()
         self._holds = holds_messages(settings.broker_url)
 
-    def _send(self, producer: Any, job: Enqueueable) -> None:
-        self.celery.send_task(RUN_BATCH_TASK, args=[job.id], queue=job.queue, producer=producer,
-                              argsrepr=f"['{job.id}']", kwargsrepr="{}", **self._declare(job.queue))
+    def _send(self, producer: Any, job: JobRef) -> None:
+        with tracing.span(job.id, "unipic.api.enqueue", queue=job.queue):  # no-op unless tracing is on
+            self.celery.send_task(RUN_BATCH_TASK, args=[job.id], queue=job.queue, producer=producer,
+                                  argsrepr=f"['{job.id}']", kwargsrepr="{}", **self._declare(job.queue))
 
     def _declare(self, queue: str) -> dict[str, Any]:
         # declaring a queue is needed once per process, not per message (it costs a third of a send)
@@ -147,7 +137,7 @@ class Enqueuer:
         self._declared.add(queue)
         return {}
 
-    def enqueue(self, jobs: Sequence[Enqueueable], mark_later: bool = False) -> list[str]:
+    def enqueue(self, jobs: Sequence[JobRef], mark_later: bool = False) -> list[str]:
         """Send one message per job (one producer for all), then mark them enqueued (now, or with `mark_later`
         in the next coalesced update); returns the ids sent."""
         sent: list[str] = []
@@ -167,7 +157,7 @@ class Enqueuer:
             self.job_store.mark_enqueued(sent)
         return sent
 
-    def send_after(self, jobs: Sequence[Enqueueable], write: Callable[[], T]) -> T:
+    def send_after(self, jobs: Sequence[JobRef], write: Callable[[], T]) -> T:
         """Run `write()` (which stores `jobs`) while their messages are built and held in one Redis pipeline;
         send the pipeline only once `write` returned, then mark them. Returns what `write` returned and raises
         what it raised (nothing is sent then). Messages are never sent before their rows are committed."""

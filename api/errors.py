@@ -15,11 +15,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storage import errors as store_errors
+from storage.db import DATABASE_UNAVAILABLE, DatabaseError, DatabaseValueError, connection_lost
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +32,8 @@ STORE_STATUS: dict[str, int] = {
     "payload_too_large": 413,
     "checksum_mismatch": 409,
     "unavailable": 503,
+    "quota_exceeded": 429,
+    "storage_quota_exceeded": 429,
 }
 HTTP_STATUS_CODES: dict[int, str] = {
     400: "bad_request",
@@ -49,6 +50,7 @@ HTTP_STATUS_CODES: dict[int, str] = {
     503: "unavailable",
 }
 RETRY_AFTER_UNAVAILABLE = 2
+RETRY_AFTER_QUOTA = 5
 
 
 class ApiError(Exception):
@@ -117,7 +119,7 @@ def from_validation_errors(errors: list[Any], prefix: str = "") -> ApiError:
     """The first pydantic error as a 422, naming its field (prefixed, e.g. with a batch line)."""
     if not errors:
         return validation_error(f"{prefix}invalid request".strip())
-    first = errors[0]
+    first = _most_specific(errors)
     loc = [p for p in first.get("loc", ()) if not _is_union_tag(p)]
     field = "kind" if first.get("type") in ("union_tag_not_found", "union_tag_invalid") else field_path(loc)
     message = str(first.get("msg", "invalid value"))
@@ -127,8 +129,27 @@ def from_validation_errors(errors: list[Any], prefix: str = "") -> ApiError:
 
 
 def _is_union_tag(part: Any) -> bool:
-    # pydantic puts the discriminator value into the location of tagged-union errors ("generate", ...)
-    return part in ("generate", "edit", "understand", "json-or-python[json=str,python=function-after]")
+    # pydantic puts the discriminator value into the location of tagged-union errors ("generate", ...), and
+    # the member type into plain unions' ("str", "UploadRef" for an image input)
+    return part in ("generate", "edit", "understand", "json-or-python[json=str,python=function-after]",
+                    *UNION_MEMBERS)
+
+
+UNION_MEMBERS = ("str", "UploadRef")
+
+
+def _most_specific(errors: list[Any]) -> Any:
+    """Of a union's errors for one field, the one that went deepest: for `"image": {"upload_id": ""}` that is
+    `image.upload_id` (what the user wrote), not `image` as a string."""
+    first = errors[0]
+    base = [p for p in first.get("loc", ()) if not _is_union_tag(p)]
+    best, depth = first, len(base)
+    for err in errors[1:]:
+        raw = list(err.get("loc", ()))
+        loc = [p for p in raw if not _is_union_tag(p)]
+        if loc[:len(base)] == base and len(loc) > depth and any(p in UNION_MEMBERS for p in raw):
+            best, depth = err, len(loc)
+    return best
 
 
 def from_store_error(exc: store_errors.StoreError) -> ApiError:
@@ -137,6 +158,8 @@ def from_store_error(exc: store_errors.StoreError) -> ApiError:
         return ApiError(404, "not_found", exc.message)
     if status == 503:
         return retry_later(503, "unavailable", exc.message, RETRY_AFTER_UNAVAILABLE)
+    if status == 429:
+        return retry_later(429, exc.code, exc.message, RETRY_AFTER_QUOTA)
     field = exc.details.get("field") if isinstance(exc.details.get("field"), str) else None
     return ApiError(status, exc.code, exc.message, field)  # type: ignore[arg-type]
 
@@ -165,16 +188,20 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail) if exc.detail else code
         return error_response(ApiError(exc.status_code, code, message, headers=dict(exc.headers or {})))
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(PoolTimeout)
     async def _db_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
         return error_response(retry_later(503, "unavailable", "database unavailable", RETRY_AFTER_UNAVAILABLE))
 
-    @app.exception_handler(DBAPIError)
-    async def _db_error(request: Request, exc: DBAPIError) -> JSONResponse:
-        if exc.connection_invalidated:
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _db_down)
+
+    @app.exception_handler(DatabaseError)
+    async def _db_error(request: Request, exc: DatabaseError) -> JSONResponse:
+        if connection_lost(exc):
             return error_response(retry_later(503, "unavailable", "database unavailable", RETRY_AFTER_UNAVAILABLE))
+        if isinstance(exc, DatabaseValueError):  # a value api.json_limits let through but the database refused
+            log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
+            return error_response(ApiError(422, "invalid_value", "a value cannot be stored"))
         log.exception("database error on %s %s", request.method, request.url.path)
         return error_response(ApiError(500, "internal_error", "internal error"))
 

@@ -4,8 +4,11 @@ Every image a job receives (JSON `data:` URL, multipart file part, or a presigne
 `normalize_image` before the job exists: the format is sniffed (PNG, JPEG and WebP accepted; other images are
 415 `unsupported_media_type`), the pixel count is read from the header and compared to the limit *before* the
 pixels are decoded (a decompression bomb never reaches memory), the image is fully decoded (corrupt data is
-400 `invalid_image`), EXIF orientation is applied, transparency is flattened onto white and the result is
-stored as an RGB PNG, so workers read one format. It knows nothing of HTTP routes or the object store.
+400 `invalid_image`), EXIF orientation is applied, 16-bit grey is scaled (not clipped) to 8 bits,
+transparency is flattened onto white and the result is stored as an RGB PNG, so workers read one format.
+Decoding is CPU-bound and runs in at most `DECODE_SLOTS` threads at once per process (`decode_slot`), so a burst
+of large images cannot take every thread the API serves reads with. It knows nothing of HTTP routes or the
+object store.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import IO
@@ -26,6 +31,9 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 ACCEPTED_MIME = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.IGNORECASE)
 PNG_COMPRESS_LEVEL = 3
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+DECODE_SLOTS = max(1, (os.cpu_count() or 2) // 2)
+_DECODE_SLOTS = threading.BoundedSemaphore(DECODE_SLOTS)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,16 @@ def normalize_image(data: bytes, max_pixels: int, max_bytes: int, field: str = "
         raise ApiError(
             413, "image_too_large", f"image is {width}x{height} pixels; the limit is {max_pixels} pixels", field
         )
+    with decode_slot():
+        return _decode(image, max_pixels, field)
+
+
+def decode_slot() -> threading.BoundedSemaphore:
+    """The process-wide bound on images being decoded at once (used as a context manager)."""
+    return _DECODE_SLOTS
+
+
+def _decode(image: Image.Image, max_pixels: int, field: str) -> NormalizedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -104,11 +122,20 @@ def sniff_image(stream: IO[bytes], max_pixels: int, field: str = "image") -> str
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """RGB; transparent areas become white (not whatever colour the transparent pixels happen to hold)."""
+    if image.mode in WIDE_GREY_MODES:
+        image = _wide_grey_to_l(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _wide_grey_to_l(image: Image.Image) -> Image.Image:
+    """16-bit (and 32-bit integer) grey scaled to 8 bits: PIL's own `convert` clips at 255 instead, which turns
+    a 16-bit gradient white. PNG is the only accepted format that carries these modes, and it holds 16 bits."""
+    wide = image.convert("I")
+    return wide.point(lambda v: v * (1 / 256)).convert("L")
 
 
 def _open(data: bytes | IO[bytes], field: str) -> Image.Image:

@@ -20,14 +20,15 @@ from typing import Any
 from api.errors import ApiError, validation_error
 from api.schemas import MAX_METADATA_BYTES, EditCreate, GenerateCreate, UnderstandCreate
 from api.tokens import PromptCounter
+from egress.url_guard import UnsafeWebhookUrl, check_webhook_url
+from egress.verdicts import VerdictCache
+from storage.clock import utcnow
+from storage.params import DEFAULT_SIZE, EditParams, GenerateParams, JobParams, UnderstandParams
 from storage.records import NewJob
 from storage.routing import queue_for
 from storage.settings import Settings
-from storage.ssrf import UnsafeWebhookUrl, check_webhook_url
-from storage.tables import utcnow
 
 AnyCreate = GenerateCreate | EditCreate | UnderstandCreate
-DEFAULT_SIZE = 1024
 SEED_BITS = 32
 TEXT_FIELDS = {"generate": ("prompt", "negative_prompt"), "edit": ("instruction",), "understand": ("question",)}
 
@@ -60,7 +61,7 @@ class JobPreparer:
     def __init__(self, settings: Settings, counter: PromptCounter) -> None:
         self.settings = settings
         self.counter = counter
-        self._safe_urls: dict[str, None] = {}
+        self._safe_urls = VerdictCache()
 
     def prepare(self, owner_id: str, req: AnyCreate, now: datetime | None = None) -> PreparedJob:
         """One request -> PreparedJob; raises ApiError (422) naming the field."""
@@ -83,52 +84,51 @@ class JobPreparer:
     def _prepare(self, owner_id: str, req: AnyCreate, deadline: datetime) -> PreparedJob:
         self.check_metadata(req.metadata)
         if req.webhook_url:
-            self.check_webhook(req.webhook_url)
+            self.check_webhook(req.webhook_url, owner_id=owner_id)
+        params: JobParams
         if isinstance(req, UnderstandCreate):
-            params, size = self._understand(req)
+            params = self._understand(req)
+            size = params.size
             compat = f"understand:{size}"
             pixels = size * size
         else:
-            params, size = self._sampling(req)
-            compat = f"{req.kind}:{size}:{params['steps']}:{params['guidance_scale']}:{params['guidance_schedule']}"
-            pixels = size * size * params["num_images"]
+            params = self._sampling(req)
+            size = params.width
+            compat = f"{req.kind}:{size}:{params.steps}:{params.guidance_scale}:{params.guidance_schedule}"
+            pixels = size * size * params.num_images
         new = NewJob(
-            owner_id=owner_id, kind=req.kind, params=params, compat_key=compat, queue=queue_for(req.kind, size),
-            priority=req.priority, pixels=pixels, seed=params["seed"], custom_id=req.custom_id,
+            owner_id=owner_id, kind=req.kind, params=params.to_dict(), compat_key=compat,
+            queue=queue_for(req.kind, size), priority=req.priority, pixels=pixels, seed=params.seed,
+            custom_id=req.custom_id,
             webhook_url=req.webhook_url, webhook_events=list(req.webhook_events) if req.webhook_events else None,
             metadata=req.metadata, max_attempts=self.settings.max_attempts, deadline_at=deadline,
         )
         return PreparedJob(new=new, image=getattr(req, "image", None), size=size)
 
-    def _sampling(self, req: GenerateCreate | EditCreate) -> tuple[dict[str, Any], int]:
+    def _sampling(self, req: GenerateCreate | EditCreate) -> GenerateParams | EditParams:
         size = self._square(req.width, req.height)
         if req.steps > self.settings.max_steps:
             raise validation_error(f"steps must be at most {self.settings.max_steps}", "steps")
-        params: dict[str, Any] = {}
+        common: dict[str, Any] = {
+            "width": size, "height": size, "num_images": req.num_images, "steps": req.steps,
+            "guidance_scale": float(req.guidance_scale), "guidance_schedule": req.guidance_schedule,
+            "temperature": float(req.temperature), "seed": _seed(req.seed), "output_format": req.output_format,
+        }
         if isinstance(req, GenerateCreate):
-            params["prompt"] = _non_blank(req.prompt, "prompt")
-            params["negative_prompt"] = req.negative_prompt or None
-        else:
-            params["instruction"] = _non_blank(req.instruction, "instruction")
-        params.update(
-            width=size, height=size, num_images=req.num_images, steps=req.steps,
-            guidance_scale=float(req.guidance_scale), guidance_schedule=req.guidance_schedule,
-            temperature=float(req.temperature), seed=_seed(req.seed), output_format=req.output_format,
-        )
-        return params, size
+            return GenerateParams(prompt=_non_blank(req.prompt, "prompt"),
+                                  negative_prompt=req.negative_prompt or None, **common)
+        return EditParams(instruction=_non_blank(req.instruction, "instruction"), **common)
 
-    def _understand(self, req: UnderstandCreate) -> tuple[dict[str, Any], int]:
+    def _understand(self, req: UnderstandCreate) -> UnderstandParams:
         size = req.size if req.size is not None else default_size(self.settings)
         self._allowed(size, "size")
         if req.max_new_tokens > self.settings.max_new_tokens_limit:
             raise validation_error(
                 f"max_new_tokens must be at most {self.settings.max_new_tokens_limit}", "max_new_tokens"
             )
-        params = {
-            "question": _non_blank(req.question, "question"), "size": size, "max_new_tokens": req.max_new_tokens,
-            "temperature": float(req.temperature), "seed": _seed(req.seed),
-        }
-        return params, size
+        return UnderstandParams(question=_non_blank(req.question, "question"), size=size,
+                                max_new_tokens=req.max_new_tokens, temperature=float(req.temperature),
+                                seed=_seed(req.seed))
 
     def _square(self, width: int | None, height: int | None) -> int:
         width = width if width is not None else height
@@ -152,16 +152,16 @@ class JobPreparer:
         if size > MAX_METADATA_BYTES:
             raise validation_error(f"metadata is {size} bytes of JSON; the limit is {MAX_METADATA_BYTES}", "metadata")
 
-    def check_webhook(self, url: str, field: str = "webhook_url") -> None:
-        """Refuse URLs the SSRF guard refuses (422 `unsafe_webhook_url`); answers are cached per process."""
-        if url in self._safe_urls:
+    def check_webhook(self, url: str, field: str = "webhook_url", owner_id: str = "") -> None:
+        """Refuse URLs the SSRF guard refuses (422 `unsafe_webhook_url`); an admitted URL is remembered for a
+        minute, per key (egress.verdicts; the webhook worker checks again before every delivery)."""
+        if self._safe_urls.admitted(owner_id, url):
             return
         try:
             check_webhook_url(url, self.settings)
         except UnsafeWebhookUrl as exc:
             raise ApiError(422, "unsafe_webhook_url", exc.message, field) from None
-        if len(self._safe_urls) < 10_000:
-            self._safe_urls[url] = None
+        self._safe_urls.remember(owner_id, url)
 
     def _check_tokens(self, reqs: Sequence[AnyCreate], line_offset: int | None) -> None:
         texts: list[str] = []
@@ -172,12 +172,11 @@ class JobPreparer:
                 if value:
                     texts.append(value)
                     where.append((i, field))
-        for (i, field), too_long in zip(where, self.counter.too_long(texts), strict=True):
-            if too_long:
-                err = ApiError(
-                    422, "prompt_too_long", f"{field} is longer than {self.counter.max_tokens} tokens", field
-                )
-                raise _at_line(err, line_offset, i)
+        first = self.counter.first_too_long(texts)  # cheap cap first, stops at the first bad one
+        if first is not None:
+            i, field = where[first]
+            err = ApiError(422, "prompt_too_long", f"{field} is longer than {self.counter.max_tokens} tokens", field)
+            raise _at_line(err, line_offset, i)
 
 
 def _non_blank(value: str, field: str) -> str:

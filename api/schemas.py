@@ -8,17 +8,16 @@ the storage tables and records on purpose; `api.views` turns records into these.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from storage.params import DEFAULT_SIZE, GuidanceSchedule, OutputFormat, SamplingParams, UnderstandParams
+from storage.scheduling import BATCH_DEFAULT_PRIORITY, SINGLE_DEFAULT_PRIORITY
+from storage.states import BatchStatus, EventType, JobStatus
 
 Kind = Literal["generate", "edit", "understand"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
-WebhookEventName = Literal[
-    "job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled", "batch.completed"
-]
-OutputFormat = Literal["png", "webp", "jpeg"]
-GuidanceSchedule = Literal["constant", "linear"]
+WebhookEventName = EventType  # the webhook event names, as request bodies spell them (storage.states)
 
 MAX_SEED = 2**63 - 1
 MAX_METADATA_BYTES = 16 * 1024
@@ -41,8 +40,12 @@ ImageInput = Annotated[
 
 
 class _JobCommon(_Strict):
-    priority: int = Field(0, ge=-100, le=100, description="Higher runs first among compatible queued jobs")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random if absent; the value used is returned")
+    priority: int = Field(SINGLE_DEFAULT_PRIORITY, strict=True, ge=-100, le=100,
+                          description="Order among this API key's own queued jobs: higher first, then oldest. "
+                                      "Fair share between keys comes first, so it never jumps another key's jobs. "
+                                      "Default 0; batch items default to the batch's `priority` (-10)")
+    seed: int | None = Field(None, strict=True, ge=0, le=MAX_SEED,
+                             description="Random if absent; the value used is returned")
     metadata: dict[str, Any] | None = Field(None, description="Client metadata, at most 16 KB of JSON")
     custom_id: str | None = Field(None, min_length=1, max_length=200)
     webhook_url: str | None = Field(None, min_length=1, max_length=2048)
@@ -50,14 +53,28 @@ class _JobCommon(_Strict):
 
 
 class _Sampling(BaseModel):
-    width: int | None = Field(None, ge=16, le=8192, description="Square sizes only; default 1024 (or the largest)")
-    height: int | None = Field(None, ge=16, le=8192)
-    num_images: int = Field(1, ge=1, le=4)
-    steps: int = Field(32, ge=1, le=1024, description="Autoregressive (MAR) steps; at most UNIPIC_MAX_STEPS")
-    guidance_scale: float = Field(3.0, ge=0.0, le=30.0)
-    guidance_schedule: GuidanceSchedule = "constant"
-    temperature: float = Field(1.0, gt=0.0, le=5.0)
-    output_format: OutputFormat = "png"
+    width: int | None = Field(None, strict=True, ge=16, le=8192,
+                              description=f"Square sizes only; default {DEFAULT_SIZE} (or the largest)")
+    height: int | None = Field(None, strict=True, ge=16, le=8192)
+    num_images: int = Field(SamplingParams.num_images, strict=True, ge=1, le=4)
+    steps: int = Field(SamplingParams.steps, strict=True, ge=1, le=1024,
+                       description="Autoregressive (MAR) steps; at most UNIPIC_MAX_STEPS")
+    guidance_scale: float = Field(SamplingParams.guidance_scale, strict=True, ge=0.0, le=30.0)
+    guidance_schedule: GuidanceSchedule = Field(SamplingParams.guidance_schedule)
+    temperature: float = Field(SamplingParams.temperature, strict=True, gt=0.0, le=5.0)
+    output_format: OutputFormat = Field(SamplingParams.output_format)
+    size: int | None = Field(None, strict=True, ge=16, le=8192,
+                             description="Shorthand for width = height = size (as understand's `size`)")
+
+    @model_validator(mode="after")
+    def _size_shorthand(self) -> Self:
+        if self.size is None:
+            return self
+        if (self.width or self.size) != self.size or (self.height or self.size) != self.size:
+            raise ValueError("size is width = height; give size alone, or width and height")
+        self.width = self.width or self.size
+        self.height = self.height or self.size
+        return self
 
 
 class GenerateCreate(_JobCommon, _Sampling):
@@ -82,9 +99,10 @@ class UnderstandCreate(_JobCommon):
     kind: Literal["understand"]
     image: ImageInput | None = Field(None, description="Required unless sent as a multipart `image` file part")
     question: str = Field(min_length=1, max_length=20_000)
-    size: int | None = Field(None, ge=16, le=8192, description="Side the image is resized to; default 1024")
-    max_new_tokens: int = Field(256, ge=1, le=65_536)
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
+    size: int | None = Field(None, strict=True, ge=16, le=8192,
+                             description=f"Side the image is resized to; default {DEFAULT_SIZE}")
+    max_new_tokens: int = Field(UnderstandParams.max_new_tokens, strict=True, ge=1, le=65_536)
+    temperature: float = Field(UnderstandParams.temperature, strict=True, ge=0.0, le=5.0, description="0 = greedy")
 
 
 JobCreate = Annotated[GenerateCreate | EditCreate | UnderstandCreate, Field(discriminator="kind")]
@@ -99,6 +117,9 @@ class BatchCreate(_Strict):
     webhook_url: str | None = Field(None, min_length=1, max_length=2048)
     webhook_events: list[WebhookEventName] | None = Field(None, max_length=6)
     metadata: dict[str, Any] | None = None
+    priority: int = Field(BATCH_DEFAULT_PRIORITY, strict=True, ge=-100, le=100,
+                          description="Priority of the items that set none (default -10: below single jobs, so "
+                                      "the key's interactive calls run before its bulk)")
 
 
 class Progress(BaseModel):
@@ -116,6 +137,7 @@ class ImageOut(BaseModel):
 class ResultOut(BaseModel):
     images: list[ImageOut] = Field(default_factory=list)
     text: str | None = None
+    expired: bool = Field(False, description="The result was deleted (UNIPIC_RESULT_TTL or DELETE); status stays")
 
 
 class JobErrorOut(BaseModel):
@@ -146,7 +168,10 @@ class JobOut(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: Progress | None = None
-    queue_position: int | None = None
+    queue_position: int | None = Field(
+        None, description="Estimate: queued jobs the fair-share policy runs before this one (0 = next)")
+    estimated_start_at: datetime | None = Field(
+        None, description="Estimate: when this queued job should start, from the queue's measured throughput")
     result: ResultOut | None = None
     error: JobErrorOut | None = None
     execution: ExecutionOut
@@ -154,6 +179,9 @@ class JobOut(BaseModel):
     custom_id: str | None = None
     metadata: dict[str, Any] | None = None
     cancel_requested: bool = False
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why a job waits, e.g. `no_worker_for_queue`: no live worker serves this queued job's queue")
 
 
 class JobsPage(BaseModel):
@@ -172,7 +200,7 @@ class BatchCounts(BaseModel):
 
 class BatchOut(BaseModel):
     id: str
-    status: Literal["in_progress", "completed", "canceled"]
+    status: BatchStatus
     total: int
     counts: BatchCounts
     created_at: datetime
@@ -181,6 +209,8 @@ class BatchOut(BaseModel):
     metadata: dict[str, Any] | None = None
     manifest_url: str | None = Field(None, description="JSONL results manifest, once the batch is done")
     manifest_expires_at: datetime | None = None
+    estimated_completion_at: datetime | None = Field(
+        None, description="Estimate: when the batch's last job should finish (while it is in progress)")
 
 
 class BatchesPage(BaseModel):

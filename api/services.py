@@ -10,9 +10,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-from sqlalchemy import Engine
 
 from api.admission import Admission
 from api.auth import KeyCache
@@ -22,8 +19,9 @@ from api.intake import JobIntake
 from api.params import JobPreparer
 from api.tokens import PromptCounter
 from storage.batches import BatchStore
-from storage.db import make_engine, make_session_factory
-from storage.ephemeral import make_ephemeral
+from storage.db import DatabaseEngine, make_engine, make_session_factory
+from storage.ephemeral import Ephemeral, make_ephemeral
+from storage.job_events import attach_from_settings
 from storage.jobs import JobStore
 from storage.keys import KeyStore
 from storage.objects import ObjectStore, make_object_store
@@ -35,12 +33,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class Services:
     settings: Settings
-    engine: Engine
+    engine: DatabaseEngine
     jobs: JobStore
     batches: BatchStore
     keys: KeyStore
     objects: ObjectStore
-    ephemeral: Any
+    ephemeral: Ephemeral
     enqueuer: Enqueuer
     preparer: JobPreparer
     admission: Admission
@@ -53,6 +51,7 @@ class Services:
             settings.ensure_data_dir()
         engine = make_engine(settings)
         sessions = make_session_factory(engine)
+        attach_from_settings(sessions, settings)  # job events go out after commit (storage.job_events)
         jobs = JobStore(sessions)
         ephemeral = make_ephemeral(settings, sessions)
         configure_pil(settings.max_upload_pixels)

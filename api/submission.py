@@ -16,16 +16,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from api.enqueue import JobRef
 from api.errors import ApiError, from_validation_errors, validation_error
 from api.images import NormalizedImage, decode_data_url, normalize_image
+from api.json_limits import refuse_unsafe
 from api.params import AnyCreate, PreparedJob, request_hash, with_idempotency
 from api.schemas import JOB_CREATE, JOB_CREATE_LIST, BatchCreate, UploadRef
 from api.services import Services
 from storage.errors import IdempotencyConflict, NotFound
 from storage.ids import new_id
 from storage.objects import input_key, upload_key
-from storage.records import BatchRecord, JobRecord, NewBatch
+from storage.records import BatchRecord, JobRecord, NewBatch, NewJob
+from storage.routing import JobRef
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def parse_job(body: Any, line: int | None = None) -> AnyCreate:
     prefix = f"line {line}: " if line is not None else ""
     if not isinstance(body, dict):
         raise ApiError(422, "validation_error", f"{prefix}a job is a JSON object", None, line=line)
+    refuse_unsafe(body, prefix, line)  # what Postgres or the encoder would refuse: 422, same on SQLite
     try:
         return JOB_CREATE.validate_python(body)
     except ValidationError as exc:
@@ -53,6 +55,8 @@ def parse_job(body: Any, line: int | None = None) -> AnyCreate:
 
 def parse_jobs(items: Sequence[Any], lines: Sequence[int]) -> list[AnyCreate]:
     """Many JSON values at once (fast); the first invalid one is a 422 naming its line and field."""
+    for item, line in zip(items, lines, strict=True):
+        refuse_unsafe(item, f"line {line}: ", line)
     try:
         return JOB_CREATE_LIST.validate_python(list(items))
     except ValidationError as exc:
@@ -85,7 +89,7 @@ class Submitter:
         job_id = new_id()
         prepared = self._store_input(prepared, job_id, image)
         try:
-            record = self._create(prepared)
+            record = self._create(prepared, self._quota(max_active))
         except IdempotencyConflict as exc:
             self._forget_inputs([prepared])
             raise ApiError(409, "idempotency_conflict", exc.message, "Idempotency-Key") from None
@@ -99,20 +103,25 @@ class Submitter:
         log.info("job %s accepted kind=%s owner=%s queue=%s", record.id, record.kind, owner_id, record.queue)
         return Submitted(record, created=True)
 
-    def _create(self, prepared: PreparedJob) -> JobRecord:
+    def _quota(self, max_active: int | None) -> int:
+        return max_active or self.s.settings.max_active_jobs_per_key
+
+    def _create(self, prepared: PreparedJob, quota: int) -> JobRecord:
         """Store and enqueue: with an idempotency key on its own (the key is looked up first), otherwise in a
         group with concurrent submissions (api.intake)."""
         if prepared.new.idempotency_key:
             record = self.s.jobs.create(prepared.new)
             if record.id == prepared.new.id:
-                self.s.enqueuer.enqueue([record])
+                self.s.enqueuer.enqueue([record.ref])
             return record
-        return self.s.intake.write(prepared.new)
+        return self.s.intake.write(prepared.new, quota)
 
     # ---- a batch ----
     def submit_batch(self, owner_id: str, items: Sequence[Any], lines: Sequence[int], options: dict[str, Any],
-                     max_active: int | None = None) -> BatchRecord:
-        batch_opts = self._batch_options(options)
+                     max_active: int | None = None, idempotency: tuple[str, str] | None = None) -> BatchRecord:
+        """`idempotency`: (Idempotency-Key, request hash) stored on the batch row (see api.batch_replay)."""
+        batch_opts = self._batch_options(options, owner_id)
+        batch_priority = batch_opts.pop("priority")
         limit = self.s.settings.max_batch_items
         if not items:
             raise validation_error("a batch needs at least one request", "requests")
@@ -123,12 +132,14 @@ class Submitter:
         prepared = self._prepare_lines(owner_id, reqs, lines)
         self.s.admission.admit(owner_id, len(prepared), max_active)
         prepared = self._store_inputs(owner_id, prepared, lines)
-        batch = NewBatch(owner_id=owner_id, id=new_id(), **batch_opts)
-        news = [p.new for p in prepared]
+        key, digest = idempotency or (None, None)
+        batch = NewBatch(owner_id=owner_id, id=new_id(), idempotency_key=key, request_hash=digest, **batch_opts)
+        news = [_item_priority(p.new, req, batch_priority) for p, req in zip(prepared, reqs, strict=True)]
         try:
             # the messages are built while the rows are written and sent once they are committed
             refs = [JobRef(str(n.id), n.queue) for n in news]
-            record, jobs = self.s.enqueuer.send_after(refs, lambda: self.s.jobs.create_many(news, batch))
+            record, jobs = self.s.enqueuer.send_after(refs, lambda: self.s.jobs.create_many(
+                news, batch, quotas={owner_id: self._quota(max_active)}))
         except BaseException:
             self._forget_inputs(prepared)
             raise
@@ -158,17 +169,19 @@ class Submitter:
             out.extend(self.s.preparer.prepare_many(owner_id, [req], line_offset=line))
         return out
 
-    def _batch_options(self, options: dict[str, Any]) -> dict[str, Any]:
+    def _batch_options(self, options: dict[str, Any], owner_id: str = "") -> dict[str, Any]:
+        refuse_unsafe(options)
         try:
             parsed = BatchCreate.model_validate({"requests": [{}], **options})
         except ValidationError as exc:
             raise from_validation_errors(exc.errors(include_url=False)) from None
         if parsed.webhook_url:
-            self.s.preparer.check_webhook(parsed.webhook_url)
+            self.s.preparer.check_webhook(parsed.webhook_url, owner_id=owner_id)
         if parsed.metadata is not None:
             self.s.preparer.check_metadata(parsed.metadata)
         events = list(parsed.webhook_events) if parsed.webhook_events else None
-        return {"webhook_url": parsed.webhook_url, "webhook_events": events, "metadata": parsed.metadata}
+        return {"webhook_url": parsed.webhook_url, "webhook_events": events, "metadata": parsed.metadata,
+                "priority": parsed.priority}
 
     # ---- images ----
     def _image_for(self, owner_id: str, prepared: PreparedJob, image_bytes: bytes | None, field: str,
@@ -227,6 +240,12 @@ class Submitter:
                     self.s.objects.delete(p.new.input_key)
                 except Exception:  # noqa: BLE001 - best effort cleanup of an orphan input
                     log.warning("could not delete orphan input %s", p.new.input_key)
+
+
+def _item_priority(new: NewJob, req: AnyCreate, batch_priority: int) -> NewJob:
+    """A batch item without its own `priority` takes the batch's (default `BATCH_DEFAULT_PRIORITY`, below single
+    jobs), so a key's interactive calls run before its own bulk (see storage.scheduling)."""
+    return new if "priority" in req.model_fields_set else replace(new, priority=batch_priority)
 
 
 def _at(err: ApiError, line: int | None) -> ApiError:

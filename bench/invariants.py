@@ -18,9 +18,11 @@ import boto3
 import sqlalchemy as sa
 
 from bench.receiver import Delivery
+from storage.states import TERMINAL_STATUSES, EventType, JobStatus
 
-TERMINAL = {"succeeded", "failed", "canceled", "expired"}
-JOB_EVENT_FOR_STATUS = {"succeeded": "job.succeeded", "failed": "job.failed", "canceled": "job.canceled"}
+TERMINAL = TERMINAL_STATUSES
+JOB_EVENT_FOR_STATUS = {JobStatus.SUCCEEDED: EventType.JOB_SUCCEEDED, JobStatus.FAILED: EventType.JOB_FAILED,
+                        JobStatus.CANCELED: EventType.JOB_CANCELED}
 
 
 @dataclass
@@ -119,12 +121,12 @@ def check(engine: sa.Engine, s3: Any, bucket: str, accepted: list[str], deliveri
             continue
         if job["attempts"]:  # counts lost leases: 0 on a first run
             report.attempts_over_one += 1
-        if status == "succeeded":
+        if status == JobStatus.SUCCEEDED:
             report.succeeded += 1
             report.latencies.append((job["finished_at"] - job["created_at"]).total_seconds())
-        elif status == "failed":
+        elif status == JobStatus.FAILED:
             report.failed_by_code[job["error_code"]] += 1
-        elif status == "canceled":
+        elif status == JobStatus.CANCELED:
             report.canceled += 1
         else:
             report.expired += 1
@@ -146,7 +148,7 @@ def _check_objects(s3: Any, bucket: str, by_id: dict, known_ids: set[str], repor
                     report.orphans += 1
                     report.problems.append(f"orphan object {obj['Key']}")
     for job_id, job in by_id.items():
-        if job["status"] != "succeeded":
+        if job["status"] != JobStatus.SUCCEEDED:
             continue
         keys = list(job["result_keys"] or [])
         if not keys:
@@ -170,13 +172,13 @@ def _check_webhooks(by_id: dict, deliveries: list[Delivery], subscribed: dict[st
                     secret_by_owner: dict[str, str], report: Report) -> None:
     from bench.receiver import verify_standard_webhook
 
-    seen: dict[tuple[str, str], set[str]] = defaultdict(set)  # (job id, event type) -> webhook ids
+    seen: dict[tuple[str, str | None], set[str]] = defaultdict(set)  # (job id, event type) -> webhook ids
     for d in deliveries:
         event = d.event
         data = event.get("data", {})
         job_id = data.get("id")
         seen[(job_id, event.get("type"))].add(d.webhook_id)
-        secret = secret_by_owner.get(data.get("owner_id", ""), None) or next(iter(secret_by_owner.values()), None)
+        secret = secret_by_owner.get(data.get("owner_id", "")) or next(iter(secret_by_owner.values()), None)
         if secret and not verify_standard_webhook(secret, d, tolerance_s=24 * 3600):
             report.bad_signatures += 1
     for job_id, events in subscribed.items():

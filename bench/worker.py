@@ -11,6 +11,10 @@ i.e. everything but the model: the insert, the broker, the claim, input/result I
 completing transaction. The bare round trip is send -> worker runs a no-op -> reply on a Redis list.
 
     python -m bench.worker [--jobs 200] [--kind generate] [--storage s3|local]
+    python -m bench.worker --model-busy [...]   # model-busy fraction, pipelining off vs on (bench.pipeline)
+
+Then, in the same run (unless `--no-gateway`; S3 only), the same jobs through a gateway worker over loopback HTTP
+(`bench.gateway`): its overhead and its claim-to-done overhead (the transport's per-batch cost) beside Celery's.
 
 Targets on the 2-core box: overhead p50 < 25 ms, p99 < 100 ms. Prints a table and one JSON line.
 """
@@ -210,14 +214,17 @@ def bare_round_trip(sender: Celery, client: Any) -> float:
     return time.perf_counter() - started
 
 
-def one_job(store: Any, sender: Celery, owner_id: str, kind: str, seed: int, objects: Any) -> dict[str, float]:
+def one_job(store: Any, sender: Celery | None, owner_id: str, kind: str, seed: int, objects: Any
+            ) -> dict[str, float]:
+    """One job submitted and waited for; `sender=None`: no broker message (the gateway path claims by polling)."""
     from datetime import UTC, datetime
 
     from storage.ids import new_id
     from storage.objects import input_key
     from storage.records import NewJob
     from storage.routing import queue_for
-    from workers.app import enqueue_jobs
+    from storage.states import JobStatus
+    from workers.app import send_and_stamp
 
     job_id = new_id()
     params: dict[str, Any]
@@ -235,7 +242,8 @@ def one_job(store: Any, sender: Celery, owner_id: str, kind: str, seed: int, obj
     submitted = datetime.now(UTC)
     job = store.create(NewJob(id=job_id, owner_id=owner_id, kind=kind, params=params, compat_key=compat,
                               queue=queue_for(kind, 64), seed=seed, input_key=key))
-    store.mark_enqueued(enqueue_jobs(sender, [job]))  # the API's order: send, then stamp
+    if sender is not None:
+        send_and_stamp(sender, store, [job.ref])  # the enqueue contract: send, then stamp
     deadline = time.monotonic() + 120
     while True:
         done = store.get(job_id)
@@ -244,10 +252,12 @@ def one_job(store: Any, sender: Celery, owner_id: str, kind: str, seed: int, obj
         if time.monotonic() > deadline:
             raise SystemExit(f"job {job_id} still {done.status} after 120 s")
         time.sleep(0.01)  # latency comes from finished_at, not from when we look
-    if done.status != "succeeded":
+    if done.status != JobStatus.SUCCEEDED:
         raise SystemExit(f"job {job_id} ended {done.status}: {done.error_message}")
     latency = (done.finished_at - submitted).total_seconds()
+    claimed = (done.finished_at - done.started_at).total_seconds() - (done.model_seconds or 0)
     return {"latency": latency, "model": done.model_seconds or 0.0, "overhead": latency - (done.model_seconds or 0),
+            "claim_to_done": claimed,
             "upload": done.upload_seconds or 0.0, "queue": done.queue_seconds or 0.0}
 
 
@@ -265,12 +275,18 @@ _PNG = _png()
 
 
 def main() -> None:
+    if "--model-busy" in sys.argv[1:]:  # issue 20: worker pipelining off vs on, in process (bench.pipeline)
+        from bench.pipeline import main as model_busy
+
+        model_busy([a for a in sys.argv[1:] if a != "--model-busy"])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--kind", choices=["generate", "understand"], default="generate")
     parser.add_argument("--storage", choices=["s3", "local"], default="s3")
     parser.add_argument("--gap-ms", type=float, default=20.0, help="idle time between submissions")
+    parser.add_argument("--no-gateway", action="store_true", help="skip the gateway path (bench.gateway)")
     args = parser.parse_args()
     global REDIS
     REDIS = REDIS or free_redis_db()
@@ -309,12 +325,24 @@ def main() -> None:
             if i >= args.warmup:
                 jobs.append(job)
                 trips.append(trip)
+        remote: list[dict[str, float]] = []
+        if not args.no_gateway and args.storage == "s3":  # presigned URLs need S3
+            from bench.gateway import GatewayPath
+
+            stack.procs[0].terminate()  # the Celery model worker: the gateway worker alone serves now
+            stack.procs[0].wait(timeout=60)
+            GatewayPath(stack, free_port()).start(sessions)
+            for i in range(args.warmup + args.jobs):
+                job = one_job(store, None, owner_id, args.kind, 100_000 + i, objects)
+                time.sleep(args.gap_ms / 1000)
+                if i >= args.warmup:
+                    remote.append(job)
 
     def ms(values: list[float], q: float) -> float:
         return round(1000 * percentile(values, q), 1)
 
     over = [j["overhead"] for j in jobs]
-    report = {
+    report: dict[str, Any] = {
         "jobs": len(jobs), "kind": args.kind, "storage": args.storage,
         "overhead_ms": {"p50": ms(over, 50), "p90": ms(over, 90), "p99": ms(over, 99),
                         "mean": round(1000 * statistics.mean(over), 1)},
@@ -323,12 +351,27 @@ def main() -> None:
         "model_ms_p50": ms([j["model"] for j in jobs], 50),
         "upload_ms_p50": ms([j["upload"] for j in jobs], 50),
         "queue_wait_ms_p50": ms([j["queue"] for j in jobs], 50),
+        "claim_to_done_ms": {"p50": ms([j["claim_to_done"] for j in jobs], 50),
+                             "p99": ms([j["claim_to_done"] for j in jobs], 99)},
         "targets": {"overhead_p50_ms": 25, "overhead_p99_ms": 100},
     }
+    if remote:
+        over_remote = [j["overhead"] for j in remote]
+        report["gateway"] = {
+            "overhead_ms": {"p50": ms(over_remote, 50), "p90": ms(over_remote, 90), "p99": ms(over_remote, 99)},
+            "claim_to_done_ms": {"p50": ms([j["claim_to_done"] for j in remote], 50),
+                                 "p90": ms([j["claim_to_done"] for j in remote], 90),
+                                 "p99": ms([j["claim_to_done"] for j in remote], 99)},
+            "queue_wait_ms_p50": ms([j["queue"] for j in remote], 50),
+        }
     print(f"{'':28}{'p50':>8}{'p90':>8}{'p99':>8}  (ms)")
     for label, block in (("job overhead (no model)", report["overhead_ms"]),
                          ("bare celery round trip", report["bare_celery_round_trip_ms"])):
         print(f"{label:28}{block['p50']:>8}{block['p90']:>8}{block['p99']:>8}")
+    if remote:
+        for label, block in (("gateway job overhead", report["gateway"]["overhead_ms"]),
+                             ("gateway claim-to-done", report["gateway"]["claim_to_done_ms"])):
+            print(f"{label:28}{block['p50']:>8}{block['p90']:>8}{block['p99']:>8}")
     print(json.dumps(report))
 
 

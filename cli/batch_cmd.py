@@ -1,8 +1,11 @@
 """`unipic batch submit|wait|show|cancel|download`: JSONL batches over HTTP.
 
-`submit` checks the file line by line before sending it as one all-or-nothing `POST /v1/batches`; `wait` is
-resumable (it only needs the batch id); `download` writes each item's results named by its `custom_id` (the job
-id when there is none) and skips files already there, so an interrupted download just runs again.
+`submit` checks the file line by line before sending it as one all-or-nothing `POST /v1/batches` with an
+Idempotency-Key derived from the file's content, so running it again after a network blip returns the same
+batch instead of submitting it twice (`--idempotency-key` to choose one, e.g. to submit the same file anew);
+`wait` is resumable (it only needs the batch id, or a unique prefix of it); `download` writes each item's
+results named by its `custom_id` (the job id when there is none), skips files already there, so an interrupted
+download just runs again, and `--manifest` saves the results manifest (JSONL).
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ from urllib.parse import urlsplit
 
 import typer
 
-from cli.client import ApiClient, ApiError, ApiKey, ApiUrl, echo_call, fail, open_client
+from cli.client import ApiClient, ApiError, ApiKey, ApiUrl, dumps, echo_call, fail, open_client
+from cli.output import json_mode
 from cli.waiting import WaitTimeout, batch_counts, batch_done, wait_batch
+from storage.states import TERMINAL_STATUSES, JobStatus
 
 Timeout = typer.Option(None, "--timeout", help="Give up waiting after this many seconds (exit 1)")
 ItemsFile = typer.Argument(..., exists=True, dir_okay=False, help="JSONL: one job body per line")
+ManifestOut = typer.Option(None, "--manifest", dir_okay=False,
+                           help="Also save the results manifest (JSONL, one line per item) here")
 TargetDir = typer.Argument(..., file_okay=False, help="Where to write results")
 
 app = typer.Typer(no_args_is_help=True, help="Submit a JSONL batch, follow it, download its results")
@@ -32,16 +39,20 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def submit(
     items: Path = ItemsFile,
     wait: bool = typer.Option(False, "--wait", help="Wait with a progress bar until every item is done"),
+    idempotency_key: str | None = typer.Option(
+        None, "--idempotency-key", help="Default: derived from the file, so a re-run returns the same batch"),
+    as_json: bool = typer.Option(False, "--json", help="Print the batch as JSON"),
     timeout: float | None = Timeout, api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Submit a batch (all-or-nothing); print its id."""
     body = _checked_jsonl(items)
+    key = idempotency_key or "cli-batch-" + hashlib.sha256(body).hexdigest()[:48]
     with open_client(api_url, api_key) as client:
         try:
-            batch = client.create_batch(body)
+            batch = client.create_batch([json.loads(line) for line in body.splitlines()], key)
         except ApiError as exc:
             raise fail(exc) from None
-        typer.echo(batch["id"])
+        typer.echo(dumps(batch) if json_mode(as_json) else batch["id"])
         if wait:
             _wait_and_report(client, batch, timeout)
 
@@ -73,6 +84,7 @@ def cancel(batch_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -
 def download(
     batch_id: str,
     directory: Path = TargetDir,
+    manifest: Path | None = ManifestOut,
     api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Download results named by custom_id: images as NAME.png (NAME-1.png, ... for several), answers NAME.txt."""
@@ -80,14 +92,22 @@ def download(
     written = skipped = failed = 0
     with open_client(api_url, api_key) as client:
         try:
+            batch_id = client.batch_id(batch_id)
+            if manifest is not None:
+                manifest.parent.mkdir(parents=True, exist_ok=True)
+                manifest.write_bytes(client.sdk.download_manifest(batch_id))
             for job in client.iter_jobs(batch_id=batch_id, limit=100):
-                if job["status"] != "succeeded":
-                    failed += job["status"] in ("failed", "canceled", "expired")
+                if job["status"] != JobStatus.SUCCEEDED:
+                    failed += job["status"] in TERMINAL_STATUSES
                     continue
                 w, s = _save_job(client, job, directory)
                 written, skipped = written + w, skipped + s
         except ApiError as exc:
             raise fail(exc) from None
+    if json_mode():
+        typer.echo(dumps({"written": written, "skipped": skipped, "without_results": failed,
+                          "directory": str(directory), "manifest": str(manifest) if manifest else None}))
+        return
     typer.echo(f"{written} files written, {skipped} already present, {failed} items without results, in {directory}")
 
 
@@ -117,12 +137,12 @@ def _wait_and_report(client: ApiClient, batch: dict[str, Any], timeout: float | 
     try:
         batch = wait_batch(client, batch, timeout)
     except WaitTimeout as exc:
-        typer.secho(f"gave up waiting: batch {exc}; `unipic batch wait {exc.last['id']}` resumes",
+        typer.secho(f"gave up waiting: batch {exc}; `unipic batch wait {exc.last.id}` resumes",
                     err=True, fg="red")
         raise typer.Exit(1) from None
     counts = batch_counts(batch)
-    typer.echo(" ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v))
-    if not batch_done(batch) or any(v for k, v in counts.items() if k != "succeeded"):
+    typer.echo(dumps(batch) if json_mode() else " ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v))
+    if not batch_done(batch) or any(v for k, v in counts.items() if k != JobStatus.SUCCEEDED):
         raise typer.Exit(1)
 
 

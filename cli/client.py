@@ -1,54 +1,46 @@
-"""The HTTP client the CLI's client commands use to talk to any unipic deployment.
+"""The CLI's client commands' connection to a deployment: the SDK (`unipic_client`), with typer around it.
 
-Owns: the base URL and API key (from `--api-url`/`--api-key` or `UNIPIC_API_URL`/`UNIPIC_API_KEY`), turning
-error responses into `ApiError` with the API's stable code, and downloading result URLs (relative local links
-get the API key; presigned URLs of another origin are fetched without it, since S3 refuses a second auth).
-It knows the routes of design.md §4 and nothing of the server's code.
+Owns the `--api-url`/`--api-key` options (or `UNIPIC_API_URL`/`UNIPIC_API_KEY`, also from `.env`), the exit
+codes and messages for a person, short-id resolution (a unique prefix of a job or batch id, looked up through
+the list API), and `ApiClient`: the SDK's `Client` with the plain-JSON answers the commands print. Retries
+(connection errors, 429 and 503 honouring `Retry-After`) and the automatic Idempotency-Key of every
+submission come from the SDK: there is one client, not two.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import mimetypes
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import urljoin, urlsplit
+from typing import Any, Self
 
 import typer
 
-if TYPE_CHECKING:  # httpx is imported when a client is made: `unipic --help` stays quick
-    import httpx
+from cli.output import json_mode
+from unipic_client import Client
+from unipic_client.calls import image_input
+from unipic_client.client import DEFAULT_BASE_URL
+from unipic_client.errors import ApiError, WaitTimeout
 
-DEFAULT_API_URL = "http://127.0.0.1:8000"
+__all__ = ["ApiClient", "ApiError", "ApiKey", "ApiUrl", "WaitTimeout", "data_url", "dumps", "echo_call", "fail",
+           "open_client"]
+
+DEFAULT_API_URL = DEFAULT_BASE_URL
+FULL_ID_LENGTH = 36
 
 ApiUrl = typer.Option(DEFAULT_API_URL, "--api-url", envvar="UNIPIC_API_URL", help="Base URL of the API")
 ApiKey = typer.Option(None, "--api-key", envvar="UNIPIC_API_KEY", help="API key (upk_...)", show_default=False)
 
 
-class ApiError(Exception):
-    """An error answer from the API (or no answer at all: code `unreachable`)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}" if status == 0 else f"HTTP {status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 class ApiClient:
-    """A thin synchronous client over the public API."""
+    """The SDK client (`sdk`), plus the JSON-dict answers the commands print."""
 
     def __init__(self, base_url: str, api_key: str | None, timeout: float = 60.0) -> None:
-        import httpx
-
-        self.base_url = base_url.rstrip("/") + "/"
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.sdk = Client(base_url, api_key, timeout=timeout)
+        self.base_url = self.sdk.base_url
 
     def close(self) -> None:
-        self.http.close()
+        self.sdk.close()
 
     def __enter__(self) -> Self:
         return self
@@ -56,96 +48,75 @@ class ApiClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---- transport ----------------------------------------------------------------------------------------
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send a request to the API; return the decoded JSON body (None when empty) or raise `ApiError`."""
-        import httpx
-
-        try:
-            response = self.http.request(method, path.lstrip("/"), **kwargs)
-        except httpx.TransportError as exc:
-            raise ApiError(0, "unreachable", f"cannot reach {self.base_url}: {exc}") from None
-        if response.status_code >= 400:
-            raise _error_of(response)
-        if not response.content:
-            return None
-        if "json" in response.headers.get("content-type", ""):
-            return response.json()
-        return response.text
+        return self.sdk.request(method, path, **kwargs)
 
     # ---- jobs ---------------------------------------------------------------------------------------------
     def create_job(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self.request("POST", "v1/jobs", json=body, headers=headers)
+        return self.sdk.submit(body, idempotency_key=idempotency_key).model_dump(mode="json")
 
     def get_job(self, job_id: str, wait: float | None = None) -> dict[str, Any]:
-        params = {"wait": wait} if wait else None
-        timeout = (wait or 0) + 30.0
-        return self.request("GET", f"v1/jobs/{job_id}", params=params, timeout=timeout)
+        return self.sdk.get_job(self.job_id(job_id), wait=wait).model_dump(mode="json")
 
     def list_jobs(self, **filters: Any) -> dict[str, Any]:
-        params = {k: v for k, v in filters.items() if v is not None}
-        return self.request("GET", "v1/jobs", params=params)
+        return self.sdk.list_jobs(**filters).model_dump(mode="json")
 
     def iter_jobs(self, **filters: Any) -> Iterator[dict[str, Any]]:
-        """Every job matching the filters, following the cursor."""
-        cursor: str | None = None
-        while True:
-            page = self.list_jobs(cursor=cursor, **filters)
-            yield from page.get("data") or []
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
+        for job in self.sdk.iter_jobs(**filters):
+            yield job.model_dump(mode="json")
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return self.request("POST", f"v1/jobs/{job_id}/cancel")
+        return self.sdk.cancel_job(self.job_id(job_id)).model_dump(mode="json")
 
     # ---- batches ------------------------------------------------------------------------------------------
-    def create_batch(self, jsonl: bytes) -> dict[str, Any]:
-        return self.request("POST", "v1/batches", content=jsonl,
-                            headers={"Content-Type": "application/jsonl"})
+    def create_batch(self, items: list[dict[str, Any]], idempotency_key: str | None = None) -> dict[str, Any]:
+        return self.sdk.submit_batch(items, idempotency_key=idempotency_key).model_dump(mode="json")
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
-        return self.request("GET", f"v1/batches/{batch_id}")
+        return self.sdk.get_batch(self.batch_id(batch_id)).model_dump(mode="json")
 
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
-        return self.request("POST", f"v1/batches/{batch_id}/cancel")
+        return self.sdk.cancel_batch(self.batch_id(batch_id)).model_dump(mode="json")
 
-    # ---- workers ------------------------------------------------------------------------------------------
     def workers(self) -> dict[str, Any]:
-        return self.request("GET", "v1/workers")
+        return self.sdk.workers()
 
-    # ---- results ------------------------------------------------------------------------------------------
     def download(self, url: str) -> bytes:
-        """Fetch a result URL: same-origin links with the API key, presigned links of other origins without."""
-        import httpx
+        return self.sdk.download(url)
 
-        absolute = urljoin(self.base_url, url)
-        same_origin = urlsplit(absolute)[:2] == urlsplit(self.base_url)[:2]
-        try:
-            if same_origin:
-                response = self.http.get(absolute)
-            else:
-                response = httpx.get(absolute, timeout=self.http.timeout)
-        except httpx.TransportError as exc:
-            raise ApiError(0, "unreachable", f"cannot download {absolute}: {exc}") from None
-        if response.status_code >= 400:
-            raise _error_of(response)
-        return response.content
+    # ---- short ids ----------------------------------------------------------------------------------------
+    def job_id(self, prefix: str) -> str:
+        """The job whose id starts with `prefix` (the 13 characters the progress bars print do)."""
+        return _unique(prefix, "job", lambda: (j.id for j in self.sdk.iter_jobs(limit=200)))
+
+    def batch_id(self, prefix: str) -> str:
+        def ids() -> Iterator[str]:
+            cursor = None
+            while True:
+                page = self.sdk.list_batches(cursor=cursor, limit=200)
+                yield from (b.id for b in page.data)
+                if not (cursor := page.next_cursor):
+                    return
+        return _unique(prefix, "batch", ids)
 
 
-def _error_of(response: httpx.Response) -> ApiError:
-    try:
-        err = response.json()["error"]
-        return ApiError(response.status_code, str(err.get("code")), str(err.get("message", "")))
-    except (ValueError, KeyError, TypeError):
-        return ApiError(response.status_code, "http_error", response.text[:300])
+def _unique(prefix: str, what: str, ids: Callable[[], Iterator[str]]) -> str:
+    prefix = prefix.strip().lower()
+    if len(prefix) >= FULL_ID_LENGTH:
+        return prefix
+    if len(prefix) < 4:
+        raise ApiError(400, "ambiguous_id", f"give at least 4 characters of the {what} id (got {prefix!r})")
+    matches = [i for i in ids() if i.startswith(prefix)]
+    if not matches:
+        raise ApiError(404, "not_found", f"no {what} id starts with {prefix!r}")
+    if len(matches) > 1:
+        raise ApiError(400, "ambiguous_id", f"{len(matches)} {what}s start with {prefix!r}: give more characters")
+    return matches[0]
 
 
 def data_url(path: Path) -> str:
     """An image file as a base64 `data:` URL (the JSON form of an image input)."""
-    mime = mimetypes.guess_type(path.name)[0] or "image/png"
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+    return str(image_input(path))
 
 
 def open_client(api_url: str, api_key: str | None) -> ApiClient:
@@ -158,8 +129,12 @@ def open_client(api_url: str, api_key: str | None) -> ApiClient:
 
 
 def fail(exc: ApiError) -> typer.Exit:
-    """Print an API error for a person and return the Exit to raise (1 for every API failure)."""
-    typer.secho(f"error: {exc}", err=True, fg="red")
+    """Print an API error for a person (or as JSON with `--json`); return the Exit to raise (1)."""
+    if json_mode():
+        typer.echo(dumps({"error": {"status": exc.status, "code": exc.code, "message": exc.message,
+                                    "field": exc.field}}))
+    else:
+        typer.secho(f"error: {exc}", err=True, fg="red")
     return typer.Exit(1)
 
 

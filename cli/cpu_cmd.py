@@ -30,12 +30,21 @@ def cpu_worker(
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Threads delivering webhooks"),
     name: str = typer.Option("cpu@%h", "--name", help="Celery node name"),
     loglevel: str = typer.Option("INFO", "--loglevel"),
+    metrics_port: int = typer.Option(0, "--metrics-port", envvar="UNIPIC_CPU_METRICS_PORT",
+                                     help="Serve Prometheus metrics (deliveries, sweeper actions); 0 = off"),
     data_dir: Path | None = DataDir,
 ) -> None:
     """Run the CPU worker: webhook delivery and maintenance tasks (no model, no torch)."""
     settings = _prepare(data_dir)
+    from cli.logs import take_over_celery
     from workers.cpu import app
 
+    if metrics_port:
+        from workers.cpu_metrics import serve_cpu_metrics
+
+        serve_cpu_metrics(metrics_port)
+
+    take_over_celery(loglevel)
     argv = ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--hostname", name,
             "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
     if with_beat:
@@ -49,8 +58,10 @@ def beat(
 ) -> None:
     """Run beat alone: it schedules the sweeper and the outbox dispatch (run exactly one)."""
     settings = _prepare(data_dir)
+    from cli.logs import take_over_celery
     from workers.cpu import app
 
+    take_over_celery(loglevel)
     app.start(["beat", "--schedule", str(_schedule(settings)), "--loglevel", loglevel])
 
 

@@ -1,6 +1,7 @@
 """`unipic jobs list|show|cancel|wait` and `unipic workers`: inspecting a deployment over HTTP.
 
-Tables go to stdout through rich; `--json` prints the API's own JSON for scripts.
+Tables go to stdout through rich; `--json` prints the API's own JSON for scripts. Job ids may be given as a
+unique prefix (the short ids the progress bars print).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.client import ApiError, ApiKey, ApiUrl, dumps, echo_call, fail, open_client
+from cli.output import json_mode
 from cli.waiting import WaitTimeout, wait_job
+from storage.states import JobStatus
 
 app = typer.Typer(no_args_is_help=True, help="List, show, wait for and cancel jobs")
 console = Console()
@@ -26,7 +29,7 @@ def list_jobs(
     status: str | None = typer.Option(None, "--status"),
     kind: str | None = typer.Option(None, "--kind"),
     batch_id: str | None = typer.Option(None, "--batch"),
-    limit: int = typer.Option(20, "--limit", min=1, max=1000, help="Rows per page"),
+    limit: int = typer.Option(20, "--limit", min=1, max=200, help="Rows per page"),
     cursor: str | None = typer.Option(None, "--cursor", help="Continue from a previous page"),
     as_json: bool = typer.Option(False, "--json"),
     api_url: str = ApiUrl, api_key: str | None = ApiKey,
@@ -37,7 +40,7 @@ def list_jobs(
             page = client.list_jobs(status=status, kind=kind, batch_id=batch_id, limit=limit, cursor=cursor)
         except ApiError as exc:
             raise fail(exc) from None
-    if as_json:
+    if json_mode(as_json):
         typer.echo(dumps(page))
         return
     table = Table(box=box.SIMPLE)
@@ -74,7 +77,7 @@ def wait(
             typer.secho(f"gave up waiting: job {exc}", err=True, fg="red")
             raise typer.Exit(1) from None
     typer.echo(dumps(job))
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise typer.Exit(1)
 
 
@@ -86,7 +89,7 @@ def cancel(job_id: str, api_url: str = ApiUrl, api_key: str | None = ApiKey) -> 
             job = client.cancel_job(job_id)
         except ApiError as exc:
             raise fail(exc) from None
-    typer.echo(f"{job['id']} {job['status']}")
+    typer.echo(dumps(job) if json_mode() else f"{job['id']} {job['status']}")
 
 
 def workers(
@@ -99,7 +102,7 @@ def workers(
             answer = client.workers()
         except ApiError as exc:
             raise fail(exc) from None
-    if as_json:
+    if json_mode(as_json):
         typer.echo(dumps(answer))
         return
     table = Table("worker", "device", "model", "serves", "batches", "jobs", "heartbeat", box=box.SIMPLE)

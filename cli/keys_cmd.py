@@ -1,4 +1,4 @@
-"""`unipic keys create|list|revoke`: manage API keys in the configured database (same settings as the server).
+"""`unipic keys create|list|revoke|set-weight`: manage API keys in the configured database (same settings as the server).
 
 A key's plaintext is printed once, at creation, and never stored. In embedded mode the SQLite database is
 migrated first, so `unipic keys create` works on a fresh data directory.
@@ -14,7 +14,8 @@ import typer
 
 from cli.runtime import DataDir
 
-app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys")
+app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys; set their fair-share weight")
+WEIGHT_HELP = "Fair-share weight (> 0): under contention a key gets work in proportion to its weight"
 
 
 def _key_store(data_dir: Path | None) -> Any:
@@ -22,7 +23,7 @@ def _key_store(data_dir: Path | None) -> Any:
     from storage.db import make_engine, make_session_factory
     from storage.keys import KeyStore
 
-    settings = settings_for(data_dir)
+    settings = settings_for(data_dir, must_exist=True)
     if settings.embedded:
         from storage.migrate import upgrade
 
@@ -35,12 +36,19 @@ def create(
     name: str = typer.Option(..., "--name", help="A label for the key"),
     rate_limit: int | None = typer.Option(None, "--rate-limit", min=1, help="Requests per minute"),
     max_active: int | None = typer.Option(None, "--max-active", min=1, help="Queued+running jobs allowed"),
+    weight: float = typer.Option(1.0, "--weight", help=WEIGHT_HELP),
     as_json: bool = typer.Option(False, "--json", help='Print {"id", "key", "webhook_secret"}'),
     data_dir: Path | None = DataDir,
 ) -> None:
     """Create a key and print it (shown only this once)."""
-    record, plaintext = _key_store(data_dir).create(name, rate_limit_per_minute=rate_limit,
-                                                    max_active_jobs=max_active)
+    from storage.errors import InvalidWeight
+
+    try:
+        record, plaintext = _key_store(data_dir).create(name, rate_limit_per_minute=rate_limit,
+                                                        max_active_jobs=max_active, weight=weight)
+    except InvalidWeight as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps({"id": record.id, "key": plaintext, "webhook_secret": record.webhook_secret}))
         return
@@ -55,16 +63,16 @@ def list_keys(
     as_json: bool = typer.Option(False, "--json"),
     data_dir: Path | None = DataDir,
 ) -> None:
-    """List keys (id, name, prefix, created, revoked); never the key itself."""
-    records = _key_store(data_dir).list(include_revoked=include_revoked)
+    """List keys (id, name, prefix, weight, created, revoked); never the key itself."""
+    records = _key_store(data_dir).page(include_revoked=include_revoked)
     rows = [{"id": r.id, "name": r.name, "prefix": r.key_prefix, "created_at": r.created_at.isoformat(),
-             "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None} for r in records]
+             "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None, "weight": r.weight} for r in records]
     if as_json:
         typer.echo(json.dumps(rows))
         return
     for row in rows:
         revoked = f"  revoked {row['revoked_at']}" if row["revoked_at"] else ""
-        typer.echo(f"{row['id']}  {row['prefix']}…  {row['name']}  {row['created_at']}{revoked}")
+        typer.echo(f"{row['id']}  {row['prefix']}…  {row['name']}  weight {row['weight']:g}  {row['created_at']}{revoked}")
 
 
 @app.command("revoke")
@@ -78,6 +86,26 @@ def revoke(key_id: str = typer.Argument(..., help="The key's id"), data_dir: Pat
         typer.echo(f"no key {key_id}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"revoked {record.id} ({record.name})")
+
+
+@app.command("set-weight")
+def set_weight(
+    key_id: str = typer.Argument(..., help="The key's id"),
+    weight: float = typer.Argument(..., help=WEIGHT_HELP),
+    data_dir: Path | None = DataDir,
+) -> None:
+    """Set a key's fair-share weight: its share of each queue's work against other busy keys (default 1)."""
+    from storage.errors import InvalidWeight, NotFound
+
+    try:
+        record = _key_store(data_dir).set_weight(key_id, weight)
+    except NotFound:
+        typer.echo(f"no key {key_id}", err=True)
+        raise typer.Exit(1) from None
+    except InvalidWeight as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{record.id} ({record.name}) weight {record.weight:g}")
 
 
 def register(parent: typer.Typer) -> None:

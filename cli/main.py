@@ -19,10 +19,42 @@ from cli import (
     model_cmd,
     submit_cmd,
     up,
+    webhooks_cmd,
     worker_cmd,
+    worker_tokens_cmd,
 )
+from cli.dotenv import load_env_file
+from cli.output import set_json_mode
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Skywork UniPic job queue")
+load_env_file()  # before typer reads any UNIPIC_* option (the file never overrides the environment)
+
+app = typer.Typer(no_args_is_help=True, add_completion=True, help="Skywork UniPic job queue")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        import unipic_client
+
+        try:
+            server = version("unipic-queue")
+        except PackageNotFoundError:
+            server = "unknown"
+        typer.echo(f"unipic {server} (unipic-client {unipic_client.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    as_json: bool = typer.Option(False, "--json", help="Print every answer as JSON (scripts)"),
+    _show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit"),
+) -> None:
+    """Skywork UniPic job queue. Settings come from UNIPIC_* variables, also read from ./.env."""
+    set_json_mode(as_json)
+
+
 app.add_typer(model_cmd.app, name="model", help="Inspect model configurations and checkpoints")
 admin_cmd.register(app)
 up.register(app)
@@ -33,6 +65,8 @@ jobs_cmd.register(app)
 app.add_typer(batch_cmd.app, name="batch")
 health_cmd.register(app)
 keys_cmd.register(app)
+webhooks_cmd.register(app)
+worker_tokens_cmd.register(app)
 
 if __name__ == "__main__":
     app()

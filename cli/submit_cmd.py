@@ -1,19 +1,27 @@
 """`unipic generate`, `unipic edit` and `unipic ask`: submit one job over HTTP, wait with a progress bar, save.
 
-Each command builds a `POST /v1/jobs` body (field names of api.schemas / design.md §1), polls the job with
-`cli.waiting`, then downloads the images to `-o` or prints the answer. Job failures exit 1 with the job's error
-code; `--no-wait` prints the job id and returns at once (`unipic jobs show ID` later).
+Each command checks `-o` first (a directory takes `<job id>.<format>`; a suffix must name a format we write,
+and agree with `--format`), builds a `POST /v1/jobs` body (field names of api.schemas / design.md §1), submits
+it through the SDK (automatic Idempotency-Key, retries honouring Retry-After), waits with `cli.waiting`, then
+downloads the images or prints the answer. Job failures exit 1 with the job's error code; `--no-wait` prints
+the job id and returns at once (`unipic jobs show ID` later).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from cli.client import ApiClient, ApiError, ApiKey, ApiUrl, data_url, dumps, fail, open_client
+from cli.output import json_mode
 from cli.waiting import WaitTimeout, image_paths, save_images, wait_job
+from storage.states import JobStatus
+
+FORMATS = {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg"}
+SUFFIX_OF = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
 
 Size = typer.Option(None, "--size", help="Square side in pixels (one of the server's allowed sizes)")
 Steps = typer.Option(None, "--steps", help="Sampling (MAR) steps")
@@ -21,10 +29,11 @@ Seed = typer.Option(None, "--seed", help="Random seed (the one used is reported 
 Guidance = typer.Option(None, "--guidance", help="Classifier-free guidance scale")
 NumImages = typer.Option(1, "--num-images", "-n", min=1, max=4)
 Format = typer.Option(None, "--format", help="png, webp or jpeg (default: from -o's suffix)")
+Output = typer.Option(Path("out.png"), "--output", "-o",
+                      help="Where to write the image (a directory: <job id>.<format> inside it)")
 Priority = typer.Option(0, "--priority")
 NoWait = typer.Option(False, "--no-wait", help="Print the job id and return without waiting")
 AsJson = typer.Option(False, "--json", help="Print the final job as JSON")
-Output = typer.Option(Path("out.png"), "--output", "-o", help="Where to write the image")
 ImageIn = typer.Argument(..., exists=True, dir_okay=False, help="The input image")
 Timeout = typer.Option(None, "--timeout", help="Give up waiting after this many seconds (exit 1; the job goes on)")
 
@@ -46,8 +55,9 @@ def generate(
     timeout: float | None = Timeout, api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Text to image: submit, wait with a progress bar, download to -o."""
+    fmt = checked_output(output, fmt)
     body = {"kind": "generate", "prompt": prompt, "negative_prompt": negative, "num_images": num_images,
-            **_sampling(size, steps, seed, guidance, temperature, fmt or _format_of(output), priority)}
+            **_sampling(size, steps, seed, guidance, temperature, fmt, priority)}
     _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json, timeout)
 
 
@@ -62,8 +72,9 @@ def edit(
     timeout: float | None = Timeout, api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Edit an image following an instruction: submit, wait, download to -o."""
+    fmt = checked_output(output, fmt)
     body = {"kind": "edit", "image": data_url(image), "instruction": instruction, "num_images": num_images,
-            **_sampling(size, steps, seed, guidance, temperature, fmt or _format_of(output), priority)}
+            **_sampling(size, steps, seed, guidance, temperature, fmt, priority)}
     _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json, timeout)
 
 
@@ -84,7 +95,7 @@ def ask(
         job = _submit_and_wait(client, body, no_wait, timeout)
         if job is None:
             return
-        if as_json:
+        if json_mode(as_json):
             typer.echo(dumps(job))
         else:
             typer.echo((job.get("result") or {}).get("text") or "")
@@ -102,8 +113,29 @@ def _compact(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
-def _format_of(path: Path) -> str | None:
-    return {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg"}.get(path.suffix.lower())
+def checked_output(output: Path, fmt: str | None) -> str:
+    """The output format for `-o`, checked before anything is submitted; exits 2 naming the problem."""
+    if fmt is not None and fmt not in SUFFIX_OF:
+        _usage(f"--format {fmt!r}: use png, webp or jpeg")
+    if output.is_dir():
+        return fmt or "png"
+    suffix = output.suffix.lower()
+    if suffix not in FORMATS:
+        _usage(f"-o {output}: cannot write {suffix or 'a file without a suffix'}; end it with .png, .webp or .jpg "
+               "(or give a directory)")
+    if fmt is not None and FORMATS[suffix] != fmt:
+        _usage(f"-o {output} says {FORMATS[suffix]} but --format is {fmt}")
+    parent = output.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        _usage(f"-o {output}: {parent} is not a writable directory")
+    return FORMATS[suffix]
+
+
+def _usage(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(2)
 
 
 def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool,
@@ -118,10 +150,10 @@ def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool,
     except ApiError as exc:
         raise fail(exc) from None
     except WaitTimeout as exc:
-        typer.secho(f"gave up waiting: job {exc}; `unipic jobs wait {exc.last['id']}` to keep waiting",
+        typer.secho(f"gave up waiting: job {exc}; `unipic jobs wait {exc.last.id}` to keep waiting",
                     err=True, fg="red")
         raise typer.Exit(1) from None
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         err = job.get("error") or {}
         typer.secho(f"job {job['id']} {job['status']}: {err.get('code', '')} {err.get('message', '')}".rstrip(),
                     err=True, fg="red")
@@ -135,11 +167,13 @@ def _run_image_job(api_url: str, api_key: str | None, body: dict[str, Any], outp
         job = _submit_and_wait(client, body, no_wait, timeout)
         if job is None:
             return
+        if output.is_dir():
+            output = output / f"{job['id']}{SUFFIX_OF[job['params'].get('output_format') or 'png']}"
         try:
             written = save_images(client, job, image_paths(output, count))
         except ApiError as exc:
             raise fail(exc) from None
-        if as_json:
+        if json_mode(as_json):
             typer.echo(dumps(job))
         else:
             for path in written:

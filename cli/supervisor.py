@@ -1,25 +1,30 @@
 """Supervision of the child processes that `unipic up` runs (API, model worker, webhook worker + sweeper).
 
 Owns: starting each child in its own session (so a terminal Ctrl-C reaches only the supervisor, which then
-stops the children in order), prefixing every output line with the child's name, restarting a child that
-exits with exponential backoff, and a clean stop (SIGTERM, wait a grace period, SIGKILL what is left).
+stops the children in order), prefixing every output line with the child's name (keeping its last lines, to
+say why it died), restarting a child that exits with exponential backoff (unless its name is in
+`no_restart`), and a clean stop (SIGTERM, wait a grace period, SIGKILL what is left).
 It knows nothing of what the children are; `cli.up` builds their command lines.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
+LAST_LINES = 20  # output lines kept per child, to say why it died
 HEALTHY_AFTER_S = 60.0  # a child that ran this long gets its backoff reset
 COLORS = ("36", "35", "33", "32", "34")  # ANSI: cyan, magenta, yellow, green, blue (terminals only)
 
@@ -44,6 +49,9 @@ class Child:
     backoff_s: float = field(default_factory=lambda: BACKOFF_START_S)
     restart_at: float | None = None
     pump: threading.Thread | None = field(default=None, repr=False)
+    exits: int = 0  # how many times it exited (any code)
+    exit_code: int | None = None  # the code of its latest exit
+    last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_LINES))  # its latest output
 
 
 class Supervisor:
@@ -52,6 +60,7 @@ class Supervisor:
     def __init__(self, specs: list[ChildSpec], grace_s: float = 20.0, out: IO[str] | None = None,
                  chore: Callable[[], None] | None = None, chore_every_s: float = 600.0) -> None:
         self.children = [Child(spec) for spec in specs]
+        self.no_restart: set[str] = set()  # children left down when they exit (e.g. until they first serve)
         self.chore = chore  # periodic housekeeping run from the supervision loop
         self.chore_every_s = chore_every_s
         self.grace_s = grace_s
@@ -74,7 +83,9 @@ class Supervisor:
 
     def _pump(self, child: Child, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
-            self.say(child.spec.name, raw.decode("utf-8", "replace"))
+            line = raw.decode("utf-8", "replace")
+            child.last_lines.append(line.rstrip())
+            self.say(child.spec.name, line)
         stream.close()
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
@@ -107,6 +118,11 @@ class Supervisor:
                 code = child.proc.poll()
                 if code is None:
                     continue
+                child.exits, child.exit_code = child.exits + 1, code
+                if child.spec.name in self.no_restart:
+                    child.restart_at = math.inf  # stays down; whoever set no_restart decides what follows
+                    self.say("up", f"{child.spec.name} exited with code {code}")
+                    continue
                 if now - child.started_at >= HEALTHY_AFTER_S:
                     child.backoff_s = BACKOFF_START_S
                 child.restart_at = now + child.backoff_s
@@ -125,6 +141,10 @@ class Supervisor:
                 self.chore()
                 next_chore = time.monotonic() + self.chore_every_s
         self.stop_all()
+
+    def child(self, name: str) -> Child:
+        """The child named `name`."""
+        return next(c for c in self.children if c.spec.name == name)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -157,7 +177,5 @@ class Supervisor:
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     """Signal the child's whole process group (a Celery worker's pool processes included)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass

@@ -2,7 +2,9 @@
 
 `up` applies migrations, makes a first API key when there is none, checks that the model's weights are
 reachable, then runs the API, one model worker and the webhook worker + sweeper as supervised children
-(`cli.supervisor`). With no configuration that is the embedded stack (SQLite, local objects, SQLite broker under
+(`cli.supervisor`). It prints the "up" banner only once the API is ready and the model worker has registered
+(`cli.serving`); a model worker that cannot start makes `up` print its reason and exit with the worker's code,
+unless `--keep-going`. With no configuration that is the embedded stack (SQLite, local objects, SQLite broker under
 `--data-dir`); with Postgres/Redis/S3 URLs in the environment the very same command runs the production path.
 Every child is a `unipic` subcommand, so what `up` runs is exactly what compose.yaml runs.
 """
@@ -16,13 +18,13 @@ import re
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from cli.runtime import DataDir, settings_for
+from cli.serving import WORKER, WorkerDown, wait_serving
 from cli.supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
@@ -45,23 +47,44 @@ def up(
     data_dir: Path | None = DataDir,
     device: str = typer.Option("auto", "--device", help="Model worker device: auto, cpu, cuda:N"),
     grace: float = typer.Option(30.0, "--grace", help="Seconds children get to stop before SIGKILL"),
+    keep_going: bool = typer.Option(False, "--keep-going",
+                                    help="Keep running (restarting it) when the model worker cannot start"),
+    log_level: str = typer.Option("info", "--log-level", envvar="UNIPIC_LOG_LEVEL",
+                                  help="Console level of every child: debug shows per-task chatter"),
 ) -> None:
     """Run the whole stack (API, model worker, webhook worker + sweeper) until Ctrl-C."""
-    settings = settings_for(data_dir, **({"model": model} if model else {}))
+    os.environ["UNIPIC_LOG_LEVEL"] = log_level.upper()  # every child reads it (cli.logs)
+    overrides: dict[str, Any] = {"model": model} if model else {}
+    settings = settings_for(data_dir, **overrides)
     _check_port(host, port)
     _check_model(settings.model)
     _migrate(settings)
     key = _first_key(settings)
+    if key:
+        _save_key(settings, key)
     base = f"http://{_display_host(host)}:{port}"
     supervisor = Supervisor(_children(settings, host, port, _resolve_device(device), base), grace_s=grace,
                             chore=lambda: _purge_broker(settings.broker_url))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: supervisor.request_stop())
+    if not keep_going:
+        supervisor.no_restart.add(WORKER)  # until it first serves: a worker that cannot start stops `up`
     supervisor.start()
-    if _wait_ready(base, supervisor):
+    try:
+        serving = wait_serving(base, supervisor, settings, READY_TIMEOUT_S, keep_going)
+    except WorkerDown as down:
+        supervisor.stop_all()
+        typer.secho(f"unipic is not up: the model worker could not start: {down.reason}", err=True, fg="red")
+        raise typer.Exit(down.code) from None
+    supervisor.no_restart.discard(WORKER)
+    if serving:
         _banner(supervisor, settings, base, key)
     supervisor.run_until_stopped()
     supervisor.say("up", "stopped")
+
+# idle keep-alive connections close after 5 s; uvicorn has no timeout for reading a slow request head or body and
+# (with httptools) no cap on a head's size, so production runs behind deploy/nginx.conf (README "Security")
+SERVER_LIMITS: dict[str, Any] = {"timeout_keep_alive": 5, "limit_concurrency": 2048, "backlog": 2048}
 
 
 def api(
@@ -74,16 +97,22 @@ def api(
     """Run the HTTP API (uvicorn on `api.app:create_app`)."""
     import uvicorn
 
+    from cli.logs import level_name
+
     settings = settings_for(data_dir)
     _configure_logging(log_level)
-    options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "proxy_headers": True,
-                               "log_config": _uvicorn_log_config()}
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": level_name(log_level).lower(),
+                               "proxy_headers": True, "log_config": _uvicorn_log_config(log_level),
+                               "access_log": level_name(log_level) == "DEBUG", **SERVER_LIMITS}
+    # every open event stream holds a connection: leave room for them plus ordinary requests (api.event_hub)
+    options["limit_concurrency"] = max(options["limit_concurrency"], settings.events_max_streams + 1024)
     if workers == 1:
         from api.app import create_app
 
         uvicorn.run(create_app(settings), **options)
     else:  # each process builds its own app from the environment
         os.environ["UNIPIC_DATA_DIR"] = str(settings.data_dir.expanduser().resolve())
+        _multiprocess_metrics()
         uvicorn.run("api.app:create_app_from_env", factory=True, workers=workers, **options)
 
 
@@ -125,7 +154,7 @@ def _first_key(settings: Settings) -> str | None:
     engine = make_engine(settings)
     try:
         store = KeyStore(make_session_factory(engine))
-        if store.list():
+        if store.page():
             return None
         _record, plaintext = store.create(name="first key (unipic up)")
         return plaintext
@@ -160,27 +189,9 @@ def _children(settings: Settings, host: str, port: int, device: str, base: str) 
     unipic = [sys.executable, "-m", "cli.main"]
     return [
         ChildSpec("api", [*unipic, "api", "--host", host, "--port", str(port)], env),
-        ChildSpec("worker", [*unipic, "worker", "--device", device], env),
+        ChildSpec(WORKER, [*unipic, "worker", "--device", device], env),
         ChildSpec("webhooks", [*unipic, "cpu-worker", "--beat"], env),
     ]
-
-
-def _wait_ready(base: str, supervisor: Supervisor) -> bool:
-    """Poll /readyz while supervising; False if we were asked to stop first."""
-    import httpx
-
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline and not supervisor.stopping:
-        supervisor.poll()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    if not supervisor.stopping:
-        supervisor.say("up", f"API not ready at {base}/readyz after {READY_TIMEOUT_S:.0f} s; still supervising")
-    return False
 
 
 def _banner(supervisor: Supervisor, settings: Settings, base: str, key: str | None) -> None:
@@ -193,7 +204,8 @@ def _banner(supervisor: Supervisor, settings: Settings, base: str, key: str | No
         f"  model   {settings.model}",
     ]
     if key:
-        lines += ["  first API key (shown once; keep it):", f"    export UNIPIC_API_URL={base}",
+        lines += [f"  first API key (also saved, mode 0600, in {_key_path(settings)}):",
+                  f"    export UNIPIC_API_URL={base}",
                   f"    export UNIPIC_API_KEY={key}"]
     else:
         data = settings.data_dir.expanduser().resolve()
@@ -212,14 +224,41 @@ class RedactKeys(logging.Filter):
         return True
 
 
-def _uvicorn_log_config() -> dict[str, Any]:
+def _uvicorn_log_config(level: str | None = None) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
+
+    from cli.logs import adapt_uvicorn
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config.setdefault("filters", {})["redact_keys"] = {"()": "cli.up.RedactKeys"}
     config["handlers"]["access"]["filters"] = ["redact_keys"]
-    return config
+    return adapt_uvicorn(config, level)
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cli.logs import configure
+
+    configure(level)
+
+
+def _key_path(settings: Settings) -> Path:
+    return settings.data_dir.expanduser().resolve() / "first-api-key"
+
+
+def _save_key(settings: Settings, key: str) -> None:
+    """Keep the one-time key in a file only its owner can read (the banner scrolls away)."""
+    path = _key_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    os.chmod(path, 0o600)
+
+
+def _multiprocess_metrics() -> None:
+    """Several uvicorn processes: request counters go to a shared directory that every scrape sums
+    (prometheus-client multiprocess mode; a fresh directory per start, unless the operator set one)."""
+    import tempfile
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="unipic-metrics-")

@@ -1,8 +1,15 @@
 """`unipic worker` (the model worker) and `unipic sweeper` (the queue sweeper loop).
 
 `unipic worker` runs Celery's worker in this process with the solo pool and concurrency 1: one process, one
-model, loaded after start. Options become `UNIPIC_*` variables before `workers.gpu` is imported, so the
-Celery app, the queues it subscribes to and the runtime all see the same settings.
+model. Options become `UNIPIC_*` variables before `workers.gpu` is imported, so the Celery app, the queues it
+subscribes to and the runtime all see the same settings. Load before consume: the model is loaded and warmed up
+here, before Celery starts; when that fails the command prints one line (what failed, what to do) and exits with
+the code of `workers.startup.ExitCode`, having subscribed to nothing. The worker's own exit code (e.g.
+`DEVICE_LOST`) becomes this command's.
+
+`unipic worker --gateway URL --token wk_...` is the same worker on the remote transport
+(`workers.gateway_runtime`): no Celery, no database, broker or storage settings (it refuses to start when it
+finds any), work pulled from the API's worker gateway over HTTPS.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -30,10 +38,17 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, "--name", help="Worker name (default: the host name)"),
         loglevel: str = typer.Option("INFO", "--loglevel"),
         data_dir: Path | None = DataDir,
+        gateway: str | None = typer.Option(None, "--gateway", help="Pull work over HTTPS from this API URL"),
+        token: str | None = typer.Option(None, "--token", envvar="UNIPIC_WORKER_TOKEN",
+                                         help="Worker token (wk_...) for --gateway"),
     ) -> None:
-        """Start a model worker: one model on one device, serving batches from the GPU queues."""
+        """Start a model worker: one model on one device, serving batches from the GPU queues (or, with
+        --gateway and --token, from the API's worker gateway over HTTPS, with no database/broker/storage)."""
         from cli.runtime import settings_for
 
+        if gateway is not None or token is not None:
+            _gateway_worker(gateway, token, device, model, kinds, max_batch, max_pixels, name, loglevel)
+            return
         env = {
             "UNIPIC_WORKER_DEVICE": device, "UNIPIC_MODEL": model, "UNIPIC_WORKER_KINDS": kinds,
             "UNIPIC_WORKER_MAX_BATCH": max_batch, "UNIPIC_WORKER_MAX_PIXELS": max_pixels,
@@ -43,15 +58,26 @@ def register(app: typer.Typer) -> None:
         os.environ.update({k: str(v) for k, v in env.items() if v is not None})
         settings_for(data_dir)  # validates the environment and creates the embedded data dir
 
+        from cli.logs import take_over_celery
         from workers.gpu import app as celery_app
         from workers.gpu import settings as worker_settings
+        from workers.gpu import start_runtime
+        from workers.startup import StartupFailure
 
+        take_over_celery(loglevel)
         subscribed = queues or ",".join(q.name for q in celery_app.conf.task_queues)
         hostname = f"gpu-{worker_settings.worker_name or socket.gethostname()}-{os.getpid()}@%h"
-        celery_app.worker_main([
+        try:
+            start_runtime(hostname=hostname.replace("%h", socket.gethostname()))
+        except StartupFailure as failure:
+            typer.echo(failure.line(), err=True)
+            raise typer.Exit(int(failure.code)) from None
+        # returns the worker's exit code (celery-types says NoReturn)
+        code: int | None = celery_app.start([
             "worker", "--pool", "solo", "--concurrency", "1", "--queues", subscribed,
             "--hostname", hostname, "--loglevel", loglevel, "--without-gossip", "--without-mingle",
         ])
+        raise typer.Exit(int(code or 0))
 
     @app.command()
     def sweeper(
@@ -64,7 +90,7 @@ def register(app: typer.Typer) -> None:
         from workers.sweeper import Sweeper
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        overrides = {"sweep_interval_seconds": interval} if interval else {}
+        overrides: dict[str, Any] = {"sweep_interval_seconds": interval} if interval else {}
         the_sweeper = Sweeper.from_settings(settings_for(data_dir, **overrides))
         if once:
             report = the_sweeper.sweep()
@@ -77,3 +103,30 @@ def register(app: typer.Typer) -> None:
             the_sweeper.run_forever()
         except KeyboardInterrupt:
             typer.echo("sweeper stopped")
+
+
+def _gateway_worker(gateway: str | None, token: str | None, device: str, model: str | None, kinds: str | None,
+                    max_batch: int | None, max_pixels: int | None, name: str | None, loglevel: str) -> None:
+    """`unipic worker --gateway URL --token wk_...`: the remote transport (workers.gateway_runtime)."""
+    from workers.gateway_runtime import CredentialsGiven, refuse_credentials
+
+    if not gateway or not token:
+        typer.echo("error: --gateway and --token go together (create a token with `unipic worker-tokens create`)",
+                   err=True)
+        raise typer.Exit(2)
+    try:
+        refuse_credentials(os.environ)
+    except CredentialsGiven as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    env = {
+        "UNIPIC_WORKER_DEVICE": device, "UNIPIC_MODEL": model, "UNIPIC_WORKER_KINDS": kinds,
+        "UNIPIC_WORKER_MAX_BATCH": max_batch, "UNIPIC_WORKER_MAX_PIXELS": max_pixels, "UNIPIC_WORKER_NAME": name,
+    }
+    os.environ.update({k: str(v) for k, v in env.items() if v is not None})
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from storage.settings import load_settings
+    from workers.card_fit import fit_to_card
+    from workers.gateway_runtime import run
+
+    raise typer.Exit(run(fit_to_card(load_settings()), gateway, token))

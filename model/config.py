@@ -116,7 +116,7 @@ class UniPicConfig:
         return grid * grid
 
     def with_flags(self, **changes: object) -> UniPicConfig:
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, **changes)
 
 
 UNIPIC_1_5B = UniPicConfig(name="unipic-1.5b")

@@ -68,8 +68,10 @@ def decode(
             if tok in stop_ids:
                 done[r] = True
                 continue
-            out[r].append(tok)
-            done[r] = len(out[r]) >= rows[r].max_new_tokens
+            tokens = out[r]
+            assert tokens is not None  # a canceled row is done
+            tokens.append(tok)
+            done[r] = len(tokens) >= rows[r].max_new_tokens
         canceled = should_stop()
         for r, row in enumerate(rows):
             if row.id in canceled and out[r] is not None:

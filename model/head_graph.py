@@ -88,7 +88,7 @@ class HeadGraphs:
         g.temp[:n].copy_(temp)
         g.cond.zero_()
         g.cond[:n].copy_(cond)
-        if cfg:
+        if uncond is not None:
             g.cond[rows : rows + n].copy_(uncond)
         g.scale.fill_(scale)
         g.graph.replay()

@@ -19,6 +19,7 @@ from model.checkpoint import LoadedModel, load_model
 from model.config import UniPicConfig
 from model.decoding import DecodeRow, decode
 from model.diffusion import DiffusionSchedule
+from model.fast_paths import eager, set_fast_paths
 from model.images import edit_pixels, to_pil, understand_pixels
 from model.llm import QwenRunner
 from model.prompts import (
@@ -135,6 +136,7 @@ class UniPicEngine:
     device: torch.device
     dtype: torch.dtype
     cuda_graphs: bool = True
+    fast: bool = False  # torch.compile the hot modules (model.fast_paths); eager stays the reference
     runner: QwenRunner = field(init=False)
     sampler: MARSampler = field(init=False)
 
@@ -144,6 +146,7 @@ class UniPicEngine:
         schedule = DiffusionSchedule.create(cfg.diffloss.num_train_steps, cfg.diffloss.respacing,
                                             cfg.diffloss.max_beta)
         self.sampler = MARSampler(self.model, self.runner, schedule, self.cuda_graphs)
+        set_fast_paths(self.model, self.fast)
 
     @property
     def model(self):  # -> UniPic
@@ -193,7 +196,8 @@ class UniPicEngine:
         embeds, mask = self._embed_rows(unique, unique_images)
         seq_len = grid[0] * grid[1]
         p = self.config.mar.buffer_size
-        _, kv = self.runner.prefix(embeds)
+        with eager():  # text lengths vary per request: the prefix pass is never compiled (model.fast_paths)
+            _, kv = self.runner.prefix(embeds)
         src = torch.tensor(row_source, device=self.device)
         kv = kv.select(src, capacity=kv.prefix_len + seq_len + p)
         state = self.sampler.init_state(items, kv, mask.index_select(0, src), seq_len, scale != 1.0, con_rows)
@@ -233,8 +237,8 @@ class UniPicEngine:
             uncond = [t2i_uncond_input(r.negative_prompt) for r in requests] if cfg else []
             unique = list(dict.fromkeys(texts + uncond))
             ids = [self.tokenizer.encode(t) for t in unique]
-            cond_src = [unique.index(t) for r, t in zip(requests, texts) for _ in range(r.num_images)]
-            uncond_src = [unique.index(t) for r, t in zip(requests, uncond) for _ in range(r.num_images)]
+            cond_src = [unique.index(t) for r, t in zip(requests, texts, strict=True) for _ in range(r.num_images)]
+            uncond_src = [unique.index(t) for r, t in zip(requests, uncond, strict=False) for _ in range(r.num_images)]
             state = self._sample(items, ids, [None] * len(ids), cond_src + uncond_src, grid, first.steps,
                                  first.guidance_scale, first.guidance_schedule, None, progress, should_cancel)
             return self._finish(state, requests, t0)
@@ -285,22 +289,25 @@ class UniPicEngine:
             rows = [self.tokenizer.encode(image_input(r.question or DEFAULT_QUESTION), slots) for r in requests]
             embeds, mask = self._embed_rows(rows, list(z_img))
             decode_rows = [DecodeRow(r.id, r.max_new_tokens, r.temperature, item_generator(r.seed)) for r in requests]
-            out = decode(self.runner, embeds, mask, decode_rows, self.tokenizer.stop_ids,
-                         self.loaded.repetition_penalty, should_cancel or (lambda: set()), progress)
+            with eager():  # token decoding: shapes vary with the prompt, never compiled
+                out = decode(self.runner, embeds, mask, decode_rows, self.tokenizer.stop_ids,
+                             self.loaded.repetition_penalty, should_cancel or (lambda: set()), progress)
         elapsed = time.perf_counter() - t0
         return [TextResult(r.id, "" if ids is None else self.tokenizer.decode(ids), r.seed, elapsed, ids is None)
-                for r, ids in zip(requests, out)]
+                for r, ids in zip(requests, out, strict=False)]
 
 
-def load_engine(source: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> UniPicEngine:
+def load_engine(source: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
+                fast: bool = False) -> UniPicEngine:
     """Load weights and tokenizer once; the engine then serves any number of calls.
 
     source: "tiny" (random tiny weights, fixed seed, identical in every process), a local checkpoint directory
     (official layout, see `model.checkpoint`), a Hugging Face repo id such as "Skywork/Skywork-UniPic-1.5B", or
     "random:<config>" (random weights drawn on the device; benchmarks only). dtype: float32 / bfloat16 / float16.
+    fast: compiled hot modules (`model.fast_paths`), off by default; the eager path is always selectable.
     """
     loaded = load_model(source, device, dtype)
     tokenizer = load_tokenizer(loaded.directory, loaded.config.llm.vocab_size)
     params = next(loaded.model.parameters())
     log.info("loaded %s (%s) on %s as %s", loaded.model_id, loaded.revision, params.device, params.dtype)
-    return UniPicEngine(loaded, tokenizer, params.device, params.dtype)
+    return UniPicEngine(loaded, tokenizer, params.device, params.dtype, fast=fast)

@@ -112,7 +112,10 @@ class QwenRunner:
     def new_buffer(self, rows: int, capacity: int, like: torch.Tensor) -> KVBuffer:
         shape = (rows, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
         n = self.cfg.num_layers
-        mk = lambda: [like.new_empty(shape) for _ in range(n)]
+
+        def mk() -> list[torch.Tensor]:
+            return [like.new_empty(shape) for _ in range(n)]
+
         return KVBuffer(mk(), mk(), 0)
 
     def prefix(self, embeds: torch.Tensor, capacity: int | None = None) -> tuple[torch.Tensor, KVBuffer]:

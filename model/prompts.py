@@ -12,6 +12,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -101,7 +102,7 @@ def has_tokenizer(directory: Path) -> bool:
 class Tokenizer:
     """The HF tokenizer plus the ids UniPic needs."""
 
-    hf: object
+    hf: Any  # a transformers tokenizer (untyped)
     image_id: int
     eos_id: int
     pad_id: int
@@ -122,6 +123,7 @@ class Tokenizer:
 def load_tokenizer(directory: Path | None, vocab_rows: int) -> Tokenizer:
     from transformers import AutoTokenizer
 
+    hf: Any
     if directory is not None and has_tokenizer(directory):
         hf = AutoTokenizer.from_pretrained(str(directory))
     elif (cached := cached_tokenizer_dir()) is not None:

@@ -53,7 +53,8 @@ class SampleState:
         keep_items = [it for it in self.items if it.id not in ids]
         if len(keep_items) == len(self.items):
             return
-        keep, start = [], 0
+        keep: list[int] = []
+        start = 0
         for it in self.items:
             if it.id not in ids:
                 keep.extend(range(start, start + it.rows))

@@ -14,14 +14,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.outbox import OutboxWriter
-from storage.tables import JOB_STATUSES, TERMINAL_STATUSES, Batch, Job
+from storage.states import TERMINAL_STATUSES, BatchStatus, EventType, JobStatus
+from storage.tables import Batch, Job
 
 log = logging.getLogger(__name__)
 
 
 def batch_counts(s: Session, batch_id: str) -> dict[str, int]:
     """Jobs of a batch per status (all statuses present)."""
-    counts = dict.fromkeys(JOB_STATUSES, 0)
+    counts = dict.fromkeys((status.value for status in JobStatus), 0)
     stmt = select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
     counts.update({status: n for status, n in s.execute(stmt).all()})
     return counts
@@ -37,11 +38,11 @@ def finish_batch_if_done(s: Session, outbox: OutboxWriter, batch_id: str | None,
     if batch.finished_at is not None:
         return False
     counts = batch_counts(s, batch_id)
-    if any(counts[status] for status in JOB_STATUSES if status not in TERMINAL_STATUSES):
+    if any(counts[status] for status in JobStatus if status not in TERMINAL_STATUSES):
         return False
-    batch.status = "canceled" if batch.canceled_at is not None else "completed"
+    batch.status = BatchStatus.CANCELED if batch.canceled_at is not None else BatchStatus.COMPLETED
     batch.finished_at = now
     s.flush()
-    outbox.batch_event(batch, "batch.completed", now, counts)
+    outbox.batch_event(batch, EventType.BATCH_COMPLETED, now, counts)
     log.info("batch %s %s: %s", batch_id, batch.status, counts)
     return True

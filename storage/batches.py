@@ -1,24 +1,23 @@
 """BatchStore: batch rows, their per-status counts, cancellation and manifest bookkeeping.
 
 Batches are created together with their jobs by `JobStore.create_many` (one transaction). Cancelling a batch
-cancels its queued jobs at once and asks running ones to stop, through the same compare-and-set rules as the
-job state machine; job rows are locked before the batch row, as everywhere in storage.
+is a change of its jobs' states, so it goes through the state machine (`JobStore.cancel_batch`): this module
+never writes a job row.
 """
 
 from __future__ import annotations
 
-import builtins
 import logging
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.batch_completion import batch_counts, finish_batch_if_done
+from storage.batch_completion import batch_counts
 from storage.db import write_session
-from storage.errors import IllegalTransition, NotFound
-from storage.outbox import OutboxWriter
+from storage.errors import NotFound
+from storage.jobs import JobStore
 from storage.records import BatchRecord, JobRecord
-from storage.tables import Batch, Job, utcnow
+from storage.tables import Batch, Job
 
 log = logging.getLogger(__name__)
 
@@ -28,56 +27,34 @@ class BatchStore:
 
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self.sessions = session_factory
+        self._jobs = JobStore(session_factory)
 
     def get(self, batch_id: str, owner_id: str | None = None) -> BatchRecord:
         """The batch with its per-status job counts; `NotFound` if missing or another owner's."""
         with self.sessions() as s:
-            row = self._row(s, batch_id, owner_id)
+            row = s.get(Batch, batch_id)
+            if row is None or (owner_id is not None and row.owner_id != owner_id):
+                raise NotFound(f"batch {batch_id} not found")
             return BatchRecord.of(row, batch_counts(s, batch_id))
 
-    @staticmethod
-    def _row(s: Session, batch_id: str, owner_id: str | None) -> Batch:
-        row = s.get(Batch, batch_id)
-        if row is None or (owner_id is not None and row.owner_id != owner_id):
-            raise NotFound(f"batch {batch_id} not found")
-        return row
-
-    def list(self, owner_id: str, cursor: str | None = None,
-             limit: int = 50) -> tuple[builtins.list[BatchRecord], str | None]:
+    def page(self, owner_id: str, cursor: str | None = None,
+             limit: int = 50) -> tuple[list[BatchRecord], str | None]:
         """Newest first, without counts (ask `get` for them); cursor = last id of the previous page."""
         stmt = select(Batch).where(Batch.owner_id == owner_id)
         if cursor:
             stmt = stmt.where(Batch.id < cursor)
         with self.sessions() as s:
-            rows = builtins.list(s.scalars(stmt.order_by(Batch.id.desc()).limit(limit + 1)))
+            rows = list(s.scalars(stmt.order_by(Batch.id.desc()).limit(limit + 1)))
         page = [BatchRecord.of(r) for r in rows[:limit]]
         return page, (page[-1].id if len(rows) > limit else None)
 
     def cancel(self, batch_id: str, owner_id: str | None) -> BatchRecord:
-        """Cancel queued jobs now, request cancel of running ones; `IllegalTransition` if already finished."""
-        now = utcnow()
-        with write_session(self.sessions) as s:
-            row = self._row(s, batch_id, owner_id)
-            if row.finished_at is not None:
-                raise IllegalTransition(f"batch {batch_id} is already {row.status}", status=row.status)
-            canceled = builtins.list(s.scalars(
-                update(Job).where(Job.batch_id == batch_id, Job.status == "queued")
-                .values(status="canceled", finished_at=now, error_code="canceled",
-                        error_message="batch canceled").returning(Job),
-                execution_options={"populate_existing": True, "synchronize_session": False},
-            ))
-            s.execute(update(Job).where(Job.batch_id == batch_id, Job.status == "running")
-                      .values(cancel_requested=True), execution_options={"synchronize_session": False})
-            outbox = OutboxWriter(s)
-            for job in canceled:
-                outbox.job_event(job, "job.canceled", now)
-            s.execute(update(Batch).where(Batch.id == batch_id, Batch.canceled_at.is_(None))
-                      .values(canceled_at=now), execution_options={"synchronize_session": False})
-            finish_batch_if_done(s, outbox, batch_id, now)
-        log.info("batch %s canceled: %d queued jobs canceled", batch_id, len(canceled))
+        """Cancel queued jobs now, request cancel of running ones (`JobStore.cancel_batch`); the batch after it.
+        `NotFound` if missing or another owner's, `IllegalTransition` if already finished."""
+        self._jobs.cancel_batch(batch_id, owner_id)
         return self.get(batch_id)
 
-    def jobs(self, batch_id: str) -> builtins.list[JobRecord]:
+    def jobs(self, batch_id: str) -> list[JobRecord]:
         """Every job of the batch in submission order (for the results manifest)."""
         stmt = select(Job).where(Job.batch_id == batch_id).order_by(Job.created_at, Job.id)
         with self.sessions() as s:
@@ -89,9 +66,9 @@ class BatchStore:
             s.execute(update(Batch).where(Batch.id == batch_id).values(manifest_key=key),
                       execution_options={"synchronize_session": False})
 
-    def finished_without_manifest(self, limit: int = 100) -> builtins.list[str]:
+    def finished_without_manifest(self, limit: int = 100) -> list[str]:
         """Finished batches whose manifest is not written yet (the sweeper writes them)."""
         stmt = (select(Batch.id).where(Batch.finished_at.is_not(None), Batch.manifest_key.is_(None))
                 .order_by(Batch.finished_at).limit(limit))
         with self.sessions() as s:
-            return builtins.list(s.scalars(stmt))
+            return list(s.scalars(stmt))

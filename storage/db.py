@@ -3,7 +3,8 @@
 SQLite (the embedded default) gets WAL, a busy timeout and enforced foreign keys on every connection, and
 transactions that start with `BEGIN IMMEDIATE` when asked for a write lock (see `write_session`). Postgres gets
 `pool_pre_ping` and, when `settings.db_schema` is set, a `search_path` pinned to that schema so tests and
-tenants can share one database.
+tenants can share one database. Code outside storage names the engine and session-factory types, the outage
+exceptions and `ping` through this module and never imports sqlalchemy itself.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.settings import Settings
@@ -23,6 +26,16 @@ from storage.settings import Settings
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# The types and exceptions code outside storage names, so it never imports sqlalchemy itself.
+DatabaseEngine = Engine
+SessionFactory = sessionmaker[Session]
+DatabaseError = DBAPIError
+"""Any error the database driver raised (`connection_lost` tells an outage from a bad statement)."""
+DatabaseValueError = DataError
+"""The database refused a value (out of range, invalid text): a `DatabaseError`."""
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, PoolTimeout)
+"""The database cannot be reached: connection refused or dropped, or no pooled connection came in time."""
 
 
 def normalize_url(url: str) -> str:
@@ -86,6 +99,17 @@ def _postgres_engine(url: Any, schema: str, **kwargs: Any) -> Engine:
 def is_sqlite(engine: Engine) -> bool:
     """True for the embedded SQLite backend."""
     return engine.dialect.name == "sqlite"
+
+
+def ping(engine: Engine) -> None:
+    """Run `SELECT 1`; raises (one of `DATABASE_UNAVAILABLE`, typically) when the database does not answer."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def connection_lost(exc: DatabaseError) -> bool:
+    """True when the driver error means the connection is gone (the database went away mid-statement)."""
+    return bool(exc.connection_invalidated)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -64,3 +64,9 @@ class Unavailable(StoreError):
     """A backing service (database, Redis, object store) cannot be reached."""
 
     code = "unavailable"
+
+
+class InvalidWeight(StoreError, ValueError):
+    """A fair-share weight that is not a positive number (at most `storage.keys.MAX_WEIGHT`)."""
+
+    code = "invalid_weight"

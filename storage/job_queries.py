@@ -6,18 +6,17 @@ Nothing here writes a row.
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage import queue_estimates
 from storage.errors import NotFound
 from storage.records import JobRecord
-from storage.tables import JOB_STATUSES, Job, utcnow
-
-ACTIVE_STATUSES = ("queued", "running")
+from storage.states import ACTIVE_STATUSES, JobStatus
+from storage.tables import Job, utcnow
 
 
 class JobQueries:
@@ -35,18 +34,18 @@ class JobQueries:
                 raise NotFound(f"job {job_id} not found")
             return JobRecord.of(row)
 
-    def get_many(self, job_ids: Iterable[str]) -> builtins.list[JobRecord]:
+    def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]:
         """The jobs that exist among `job_ids`, in the order given."""
-        ids = builtins.list(job_ids)
+        ids = list(job_ids)
         with self.sessions() as s:
             rows = {r.id: r for r in s.scalars(select(Job).where(Job.id.in_(ids)))}
             return [JobRecord.of(rows[i]) for i in ids if i in rows]
 
-    def list(
+    def page(
         self, owner_id: str, status: str | None = None, kind: str | None = None, batch_id: str | None = None,
         created_after: datetime | None = None, created_before: datetime | None = None,
         cursor: str | None = None, limit: int = 50,
-    ) -> tuple[builtins.list[JobRecord], str | None]:
+    ) -> tuple[list[JobRecord], str | None]:
         """Newest first (created_at, then id: the `(owner_id, created_at)` index). `cursor` is the last id of the
         previous page (an unknown cursor gives an empty page); the next cursor is None at the end."""
         stmt = select(Job).where(Job.owner_id == owner_id)
@@ -64,7 +63,7 @@ class JobQueries:
                 if after is None:
                     return [], None
                 stmt = stmt.where(or_(Job.created_at < after, and_(Job.created_at == after, Job.id < cursor)))
-            rows = builtins.list(s.scalars(stmt))
+            rows = list(s.scalars(stmt))
         page = [JobRecord.of(r) for r in rows[:limit]]
         return page, (page[-1].id if len(rows) > limit else None)
 
@@ -73,7 +72,7 @@ class JobQueries:
         stmt = select(Job.status, func.count()).group_by(Job.status)
         if owner_id is not None:
             stmt = stmt.where(Job.owner_id == owner_id)
-        counts = dict.fromkeys(JOB_STATUSES, 0)
+        counts = dict.fromkeys((status.value for status in JobStatus), 0)
         with self.sessions() as s:
             counts.update({status: n for status, n in s.execute(stmt).all()})
         return counts
@@ -87,31 +86,34 @@ class JobQueries:
             return int(s.scalar(stmt) or 0)
 
     def queue_position(self, job: JobRecord) -> int:
-        """How many queued jobs in the same queue come before this one (0 = next); 0 if not queued."""
-        if job.status != "queued":
-            return 0
-        ahead = or_(
-            Job.priority > job.priority,
-            and_(Job.priority == job.priority, Job.created_at < job.created_at),
-            and_(Job.priority == job.priority, Job.created_at == job.created_at, Job.id < job.id),
-        )
-        stmt = select(func.count()).select_from(Job).where(Job.status == "queued", Job.queue == job.queue, ahead)
+        """How many queued jobs of the same queue the scheduling policy serves before this one (0 = next; 0 if
+        not queued). An estimate: see `storage.queue_estimates`."""
         with self.sessions() as s:
-            return int(s.scalar(stmt) or 0)
+            return queue_estimates.position(s, job)
+
+    def queue_estimate(self, job: JobRecord) -> queue_estimates.QueueEstimate:
+        """The job's queue position and estimated start time under the scheduling policy."""
+        with self.sessions() as s:
+            return queue_estimates.estimate(s, job)
+
+    def batch_finish_estimate(self, batch_id: str) -> datetime | None:
+        """When the batch's last job should finish (an estimate; None when unknown or nothing is left)."""
+        with self.sessions() as s:
+            return queue_estimates.batch_finish(s, batch_id)
 
     def cancel_requested_ids(self, job_ids: Iterable[str]) -> set[str]:
         """Those of `job_ids` whose owner asked to cancel them (the worker drops them between steps)."""
-        ids = builtins.list(job_ids)
+        ids = list(job_ids)
         if not ids:
             return set()
         stmt = select(Job.id).where(Job.id.in_(ids), Job.cancel_requested.is_(True))
         with self.sessions() as s:
             return set(s.scalars(stmt))
 
-    def stale_queued(self, older_than_seconds: float, limit: int = 1000) -> builtins.list[JobRecord]:
+    def stale_queued(self, older_than_seconds: float, limit: int = 1000) -> list[JobRecord]:
         """Queued jobs not enqueued for `older_than_seconds` (or never): their message may be lost."""
         cutoff = utcnow() - timedelta(seconds=older_than_seconds)
-        stmt = (select(Job).where(Job.status == "queued")
+        stmt = (select(Job).where(Job.status == JobStatus.QUEUED)
                 # a job just created may still be on its way to the broker: judge it by its age until the API
                 # has stamped its send, so the sweeper does not race fresh submissions
                 .where(func.coalesce(Job.last_enqueued_at, Job.created_at) < cutoff)

@@ -9,7 +9,6 @@ window so receivers can switch without dropping deliveries (both signatures are 
 from __future__ import annotations
 
 import base64
-import builtins
 import hashlib
 import hmac
 import logging
@@ -21,13 +20,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import write_session
-from storage.errors import NotFound
+from storage.errors import InvalidWeight, NotFound
 from storage.ids import new_id
 from storage.tables import ApiKey, utcnow
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "upk_"
+MAX_WEIGHT = 1000.0
 SECRET_PREFIX = "whsec_"
 
 
@@ -42,20 +42,22 @@ class ApiKeyRecord:
     previous_webhook_secret: str | None
     previous_secret_expires_at: datetime | None
     default_webhook_url: str | None
-    default_webhook_events: builtins.list[str] | None
+    default_webhook_events: list[str] | None
     rate_limit_per_minute: int | None
     max_active_jobs: int | None
     created_at: datetime
     revoked_at: datetime | None
+    weight: float = 1.0  # fair-share weight (storage.scheduling)
 
     @classmethod
     def of(cls, row: ApiKey) -> ApiKeyRecord:
         return cls(row.id, row.name, row.key_prefix, row.webhook_secret, row.previous_webhook_secret,
                    row.previous_secret_expires_at, row.default_webhook_url, row.default_webhook_events,
                    row.rate_limit_per_minute,
-                   row.max_active_jobs, row.created_at, row.revoked_at)
+                   row.max_active_jobs, row.created_at, row.revoked_at,
+                   float(row.weight) if row.weight is not None else 1.0)
 
-    def webhook_secrets(self, now: datetime | None = None) -> builtins.list[str]:
+    def webhook_secrets(self, now: datetime | None = None) -> list[str]:
         """Secrets to sign with now: the current one, plus the previous one during the rotation overlap."""
         now = now or utcnow()
         secrets_ = [self.webhook_secret]
@@ -79,13 +81,13 @@ class KeyStore:
         self.sessions = session_factory
 
     def create(self, name: str, rate_limit_per_minute: int | None = None, max_active_jobs: int | None = None,
-               default_webhook_url: str | None = None) -> tuple[ApiKeyRecord, str]:
+               default_webhook_url: str | None = None, weight: float = 1.0) -> tuple[ApiKeyRecord, str]:
         """A new key: its record and the plaintext, which is never stored and cannot be shown again."""
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKey(id=new_id(), name=name, key_prefix=plaintext[:12], key_hash=hash_key(plaintext),
                      webhook_secret=new_webhook_secret(), default_webhook_url=default_webhook_url,
                      rate_limit_per_minute=rate_limit_per_minute, max_active_jobs=max_active_jobs,
-                     created_at=utcnow())
+                     created_at=utcnow(), weight=_checked_weight(weight))
         with write_session(self.sessions) as s:
             s.add(row)
         log.info("api key %s created (%s)", row.id, name)
@@ -109,7 +111,8 @@ class KeyStore:
                 raise NotFound(f"api key {key_id} not found")
             return ApiKeyRecord.of(row)
 
-    def list(self, include_revoked: bool = False) -> builtins.list[ApiKeyRecord]:
+    def page(self, include_revoked: bool = False) -> list[ApiKeyRecord]:
+        """Every key, oldest first (revoked ones only with `include_revoked`)."""
         stmt = select(ApiKey).order_by(ApiKey.created_at)
         if not include_revoked:
             stmt = stmt.where(ApiKey.revoked_at.is_(None))
@@ -135,6 +138,15 @@ class KeyStore:
             log.info("api key %s webhook secret rotated (overlap %ss)", key_id, overlap_seconds)
             return ApiKeyRecord.of(row)
 
+    def set_weight(self, key_id: str, weight: float) -> ApiKeyRecord:
+        """Set the key's fair-share weight (> 0; 1 is the default): its share of each queue's work relative to
+        other keys with queued work there. Takes effect at the next claim (see storage.scheduling)."""
+        with write_session(self.sessions) as s:
+            row = self._row(s, key_id)
+            row.weight = _checked_weight(weight)
+            log.info("api key %s weight set to %s", key_id, weight)
+            return ApiKeyRecord.of(row)
+
     def set_default_webhook_url(self, key_id: str, url: str | None) -> ApiKeyRecord:
         with write_session(self.sessions) as s:
             row = self._row(s, key_id)
@@ -147,3 +159,9 @@ class KeyStore:
         if row is None:
             raise NotFound(f"api key {key_id} not found")
         return row
+
+
+def _checked_weight(weight: float) -> float:
+    if not (0 < weight <= MAX_WEIGHT):
+        raise InvalidWeight(f"weight must be > 0 and at most {MAX_WEIGHT:g}, not {weight}")
+    return float(weight)

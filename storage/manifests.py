@@ -18,6 +18,7 @@ from typing import Any
 from storage.batches import BatchStore
 from storage.objects import ObjectStore, manifest_key
 from storage.records import JobRecord
+from storage.states import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def manifest_line(job: JobRecord, objects: ObjectStore, expires_in: int) -> dict
     """The manifest entry of one job."""
     line: dict[str, Any] = {"custom_id": job.custom_id, "job_id": job.id, "status": job.status,
                             "result": None, "error": None}
-    if job.status == "succeeded":
+    if job.status == JobStatus.SUCCEEDED:
         images = []
         for key in job.result_keys or []:
             if key.lower().endswith(IMAGE_SUFFIXES):

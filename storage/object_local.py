@@ -9,7 +9,6 @@ data directory, so every process sharing that directory (API, workers) signs and
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import hmac
 import json
@@ -120,7 +119,7 @@ class LocalObjectStore:
         for path in (self.path(key), self._meta_path(key)):
             path.unlink(missing_ok=True)
 
-    def list(self, prefix: str = "") -> builtins.list[str]:
+    def page(self, prefix: str = "") -> list[str]:
         validate_prefix(prefix)
         keys = []
         for dirpath, dirnames, filenames in os.walk(self.root):

@@ -7,7 +7,6 @@ Large objects go up in parts (boto3 TransferConfig), each object carries its sha
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
@@ -112,9 +111,9 @@ class S3ObjectStore:
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
 
-    def list(self, prefix: str = "") -> builtins.list[str]:
+    def page(self, prefix: str = "") -> list[str]:
         validate_prefix(prefix)
-        keys: builtins.list[str] = []
+        keys: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
             keys.extend(obj["Key"][len(self.prefix):] for obj in page.get("Contents", []))
@@ -144,4 +143,5 @@ def _translate(exc: ClientError, key: str) -> Exception:
     code = str(exc.response.get("Error", {}).get("Code", ""))
     if code in _MISSING:
         return NotFound(f"object {key} not found")
-    return exc
+    original: Exception = exc  # botocore is untyped: say what it is
+    return original

@@ -11,7 +11,6 @@ Layout (docs/architecture.md): `inputs/{job_id}/image.png`, `uploads/{upload_id}
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import re
 import tempfile
@@ -49,7 +48,7 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
     def delete(self, key: str) -> None: ...
-    def list(self, prefix: str = "") -> builtins.list[str]: ...
+    def page(self, prefix: str = "") -> list[str]: ...  # every key under `prefix`, sorted
     def presign_get(self, key: str, expires_in: int | None = None) -> tuple[str, datetime]: ...
     def presign_put(self, key: str, expires_in: int | None = None,
                     content_type: str | None = None) -> tuple[str, datetime]: ...
@@ -127,16 +126,3 @@ def make_object_store(settings: Settings) -> ObjectStore:
     from storage.object_local import LocalObjectStore
 
     return LocalObjectStore.from_settings(settings)
-
-
-def __getattr__(name: str) -> object:
-    # `from storage.objects import S3ObjectStore` works without importing boto3 for every user of this module
-    if name == "S3ObjectStore":
-        from storage.object_s3 import S3ObjectStore
-
-        return S3ObjectStore
-    if name == "LocalObjectStore":
-        from storage.object_local import LocalObjectStore
-
-        return LocalObjectStore
-    raise AttributeError(name)

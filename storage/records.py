@@ -10,7 +10,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from storage.tables import TERMINAL_STATUSES, Batch, Job
+from storage.routing import JobRef
+from storage.states import TERMINAL_STATUSES
+from storage.tables import Batch, Job
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class NewBatch:
     webhook_events: list[str] | None = None
     metadata: dict[str, Any] | None = None
     id: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,10 +106,16 @@ class JobRecord:
     request_hash: str | None
     input_key: str | None
     pixels: int
+    purged_at: datetime | None = None  # storage.lifecycle: objects deleted (result TTL or erase); status unchanged
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def ref(self) -> JobRef:
+        """What a `run_batch` message needs: the job id and its queue."""
+        return JobRef(self.id, self.queue)
 
     @property
     def claim(self) -> Claim | None:

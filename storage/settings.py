@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNIPIC_", extra="ignore", validate_default=True)
 
     # where the embedded defaults live
-    data_dir: Path = Field(default=Path(".unipic"), description="Embedded database, objects and broker")
+    data_dir: Path = Field(default=Path("~/.local/share/unipic"),
+                           description="Embedded database, objects and broker (per user unless set)")
     # connections (empty = embedded default under data_dir)
     database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite file in data_dir")
     broker_url: str = Field(default="", description="Celery broker URL (redis://...); default embedded SQLite")
@@ -47,6 +48,8 @@ class Settings(BaseSettings):
     # the model
     model: str = Field(default=DEFAULT_MODEL, description="HF repo id, local path, or 'tiny'")
     model_dtype: str = Field(default="bfloat16", description="bfloat16, float16 or float32")
+    model_fast: bool = Field(default=False,
+          description="torch.compile the model's hot modules (issue 20 fast paths); off: the eager reference")
     model_cache_dir: str = Field(default="", description="Hugging Face cache dir (default HF_HOME)")
     # workers
     worker_kinds: Annotated[list[str], NoDecode] = Field(default=list(KINDS),
@@ -56,6 +59,8 @@ class Settings(BaseSettings):
           description="Largest image (w*h) a worker serves; picks its queues")
     worker_batch_pixel_budget: int = Field(default=8 * 1024 * 1024, ge=64 * 64,
           description="Most pixels (w*h*num_images summed) in one batch")
+    worker_pipeline: bool = Field(default=True,
+          description="Write a batch's results while the next batch samples (false: one after the other)")
     batch_wait_ms: int = Field(default=0, ge=0, le=60_000,
           description="Wait this long for more compatible jobs before running a batch (0: take what is queued)")
     lease_seconds: float = Field(default=60.0, gt=0,
@@ -72,6 +77,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=10.0, gt=0, description="Worker heartbeat period; three missed = gone")
     worker_device: str = Field(default="cpu", description="cpu, cuda or cuda:N (the model worker's device)")
     worker_metrics_port: int = Field(default=0, ge=0, le=65535, description="Worker Prometheus port; 0 = off")
+    cpu_metrics_port: int = Field(default=0, ge=0, le=65535, description="CPU worker Prometheus port; 0 = off")
+    log_level: str = Field(default="INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$",
+          description="Console log level of every process")
+    log_format: str = Field(default="text", pattern="^(text|json)$",
+          description="`json`: one JSON object per log line (log shipping)")
+    otel_endpoint: str = Field(default="", description="OTLP/HTTP traces endpoint; empty = tracing off")
     worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0, description="SIGTERM: finish or release")
     worker_name: str = Field(default="", description="Worker id prefix; default: the host name")
     # API limits
@@ -104,6 +115,28 @@ class Settings(BaseSettings):
     api_url: str = Field(default="http://127.0.0.1:8000", description="API base URL for the CLI client")
     api_key: str = Field(default="", description="API key for the CLI client")
     public_url: str = Field(default="", description="Base URL the API is reached at (local download links)")
+    # data lifecycle and exposure (storage.lifecycle, README "Security")
+    result_ttl: int = Field(default=30 * 24 * 3600, ge=60,
+          description="Seconds a finished job's input and result objects are kept; then deleted, tombstone kept")
+    upload_ttl: int = Field(default=24 * 3600, ge=60,
+          description="Seconds an upload slot (POST /v1/uploads) lives; then its object is deleted")
+    max_storage_bytes_per_key: int = Field(default=2 * 1024**3, ge=1024,
+          description="Upload bytes one key may hold at once (each live slot reserves UNIPIC_MAX_UPLOAD_BYTES)")
+    lifecycle_batch_size: int = Field(default=200, ge=1, le=10_000,
+          description="Most jobs or uploads one sweeper pass deletes objects for (bounded batches)")
+    metrics_token: str = Field(default="", description="Bearer token /metrics requires; empty: /metrics is public")
+    ui_public: bool = Field(default=True,
+          description="Anonymous /ui shows queue depths and workers (host, pid); false: sign-in required")
+    # job/batch event streams and ?wait= (api.event_hub)
+    events_mode: str = Field(default="push", pattern="^(push|poll)$",
+          description="push: one Redis subscription per API process wakes streams; poll: each reads Postgres on a "
+                      "tick (always poll without Redis)")
+    events_max_streams: int = Field(default=5_000, ge=1,
+          description="Open event streams and waits per API process before 429")
+    events_max_streams_per_key: int = Field(default=1_000, ge=1,
+          description="Open event streams and waits per API key and process before 429")
+    events_reconcile_seconds: float = Field(default=20.0, gt=0,
+          description="A pushed stream re-reads Postgres about this often (jittered 0.75-1.5x)")
 
     @field_validator("worker_kinds", mode="before")
     @classmethod
@@ -156,7 +189,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
-        data = self.data_dir.expanduser().resolve()
+        data = self.data_dir = self.data_dir.expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{data / 'unipic.sqlite'}"
         if not self.broker_url:

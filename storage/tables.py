@@ -2,7 +2,8 @@
 
 Owned here and read by `migrations/` (Alembic autogenerate compares against `metadata`). Constraint and index
 names follow one naming convention so migrations are static and reversible. Tables are storage-internal rows,
-never API schemas. Datetimes are timezone-aware UTC on every backend; JSON is JSONB on Postgres.
+never API schemas; the status values they hold are defined in `storage.states`. Datetimes are timezone-aware
+UTC on every backend; JSON is JSONB on Postgres.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from storage import clock
+from storage.states import BatchStatus, JobStatus
+
+utcnow = clock.utcnow  # defined in storage.clock (importable without the schema); kept here for storage modules
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -37,15 +43,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "expired")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "expired"})
-BATCH_STATUSES = ("in_progress", "completed", "canceled")
 OUTBOX_STATUSES = ("pending", "delivered", "failed", "dropped")
-
-
-def utcnow() -> datetime:
-    """The current time as an aware UTC datetime."""
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -99,17 +97,19 @@ class ApiKey(Base):
     max_active_jobs: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    # fair-share weight (storage.scheduling): a key with weight 2 gets twice the work of a weight-1 key
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default=text("1.0"))
 
 
 class Batch(Base):
     """A batch submission; per-status counts are derived from its jobs."""
 
     __tablename__ = "batches"
-    __table_args__ = (Index(None, "owner_id", "created_at"),)
+    __table_args__ = (Index(None, "owner_id", "created_at"), UniqueConstraint("owner_id", "idempotency_key"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     owner_id: Mapped[str] = mapped_column(String(36), ForeignKey("api_keys.id"))
-    status: Mapped[str] = mapped_column(String(16), default="in_progress")
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.IN_PROGRESS.value)
     total: Mapped[int] = mapped_column(Integer)
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[Any] | None]
@@ -118,6 +118,8 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
     canceled_at: Mapped[datetime | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))  # POST /v1/batches Idempotency-Key
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class Job(Base):
@@ -137,7 +139,7 @@ class Job(Base):
     batch_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("batches.id"))
     custom_id: Mapped[str | None] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     params: Mapped[dict[str, Any]]
     compat_key: Mapped[str] = mapped_column(String(200))
@@ -174,6 +176,55 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     input_key: Mapped[str | None] = mapped_column(String(300))
     pixels: Mapped[int] = mapped_column(BigInteger, default=0)
+    # data lifecycle (storage.lifecycle): when its objects were deleted (result TTL or DELETE); status unchanged
+    purged_at: Mapped[datetime | None]
+
+
+# The exact per-key quota (storage.quota) counts a key's active jobs on every insert: only active rows are indexed.
+Index("ix_jobs_active_by_owner", Job.owner_id,
+      postgresql_where=text("status IN ('queued', 'running')"), sqlite_where=text("status IN ('queued', 'running')"))
+
+# The result-TTL sweep (storage.lifecycle): finished jobs whose objects are not yet deleted, oldest first.
+Index("ix_jobs_unpurged_finished", Job.finished_at,
+      postgresql_where=text("purged_at IS NULL AND finished_at IS NOT NULL"),
+      sqlite_where=text("purged_at IS NULL AND finished_at IS NOT NULL"))
+
+
+class Upload(Base):
+    """An upload slot handed out by `POST /v1/uploads` (storage.lifecycle): it reserves `reserved_bytes` of its
+    key's storage quota until it expires, when the sweeper deletes its object and the row."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index(None, "owner_id", "expires_at"), Index(None, "expires_at"))
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(36), ForeignKey("api_keys.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    reserved_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+# The claim's probe (storage.scheduling): one key's best queued job in a queue, by priority then age. Partial, so
+# the index holds only queued rows and stays small however many finished jobs the table keeps.
+Index(
+    "ix_jobs_queued_by_owner", Job.queue, Job.owner_id, Job.priority.desc(), Job.created_at, Job.id,
+    postgresql_where=text("status = 'queued'"), sqlite_where=text("status = 'queued'"),
+)
+
+
+class FairShare(Base):
+    """Per (queue, API key) virtual time for the fair-share claim: a row exists while the key has (or just had)
+    queued work in the queue; `storage.scheduling` owns every read and write of it."""
+
+    __tablename__ = "fair_share"
+    __table_args__ = (Index(None, "queue", "vtime"),)
+
+    queue: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    vtime: Mapped[float] = mapped_column(Float, default=0.0)
+    served_jobs: Mapped[int] = mapped_column(BigInteger, default=0)
+    served_work: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Worker(Base):
@@ -196,6 +247,24 @@ class Worker(Base):
     stopped_at: Mapped[datetime | None]
     batches_served: Mapped[int] = mapped_column(Integer, default=0)
     jobs_served: Mapped[int] = mapped_column(Integer, default=0)
+    health: Mapped[dict[str, Any] | None]  # the worker's own report: failure streak, back-off (model workers)
+    # "direct" (database, broker and bucket) or "remote" (the HTTPS worker gateway, api.routes.worker_gateway)
+    transport: Mapped[str] = mapped_column(String(20), default="direct", server_default=text("'direct'"))
+
+
+class WorkerToken(Base):
+    """A worker token (`wk_...`) for the HTTPS worker gateway: only its sha256 is stored (storage.worker_tokens)."""
+
+    __tablename__ = "worker_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kinds: Mapped[list[Any]]
+    max_pixels: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
 
 
 class WebhookEndpoint(Base):

@@ -7,7 +7,6 @@ its jobs come back through lease expiry (JobStore.requeue_expired), not through 
 
 from __future__ import annotations
 
-import builtins
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,21 +28,24 @@ class WorkerRecord:
     pid: int
     device: str | None
     model_id: str | None
-    kinds: builtins.list[str]
+    kinds: list[str]
     max_pixels: int | None
     max_batch: int | None
-    queues: builtins.list[str]
+    queues: list[str]
     started_at: datetime
     last_heartbeat_at: datetime
     stopped_at: datetime | None
     batches_served: int
     jobs_served: int
+    health: dict[str, Any] | None = None
+    transport: str = "direct"  # or "remote": through the HTTPS worker gateway
 
     @classmethod
     def of(cls, row: Worker) -> WorkerRecord:
-        return cls(row.id, row.hostname, row.pid, row.device, row.model_id, builtins.list(row.kinds or []),
-                   row.max_pixels, row.max_batch, builtins.list(row.queues or []), row.started_at,
-                   row.last_heartbeat_at, row.stopped_at, row.batches_served, row.jobs_served)
+        return cls(row.id, row.hostname, row.pid, row.device, row.model_id, list(row.kinds or []),
+                   row.max_pixels, row.max_batch, list(row.queues or []), row.started_at,
+                   row.last_heartbeat_at, row.stopped_at, row.batches_served, row.jobs_served,
+                   dict(row.health) if row.health else None, row.transport or "direct")
 
 
 class WorkerRegistry:
@@ -53,15 +55,16 @@ class WorkerRegistry:
         self.sessions = session_factory
 
     def register(self, worker_id: str, hostname: str, pid: int, device: str | None = None,
-                 model_id: str | None = None, kinds: builtins.list[str] | None = None,
+                 model_id: str | None = None, kinds: list[str] | None = None,
                  max_pixels: int | None = None, max_batch: int | None = None,
-                 queues: builtins.list[str] | None = None) -> WorkerRecord:
+                 queues: list[str] | None = None, transport: str = "direct") -> WorkerRecord:
         """Insert or refresh this worker (a restarted worker with the same id starts anew)."""
         now = utcnow()
         values: dict[str, Any] = {
             "hostname": hostname, "pid": pid, "device": device, "model_id": model_id, "kinds": kinds or [],
             "max_pixels": max_pixels, "max_batch": max_batch, "queues": queues or [], "started_at": now,
             "last_heartbeat_at": now, "stopped_at": None, "batches_served": 0, "jobs_served": 0,
+            "transport": transport,
         }
         with write_session(self.sessions) as s:
             row = s.get(Worker, worker_id)
@@ -75,13 +78,18 @@ class WorkerRegistry:
             log.info("worker %s registered on %s pid=%s device=%s", worker_id, hostname, pid, device)
             return WorkerRecord.of(row)
 
-    def heartbeat(self, worker_id: str, batches: int = 0, jobs: int = 0) -> bool:
-        """Record a sign of life (and work done since the last one). False if the worker is unknown."""
-        stmt = (update(Worker).where(Worker.id == worker_id)
-                .values(last_heartbeat_at=utcnow(), batches_served=Worker.batches_served + batches,
-                        jobs_served=Worker.jobs_served + jobs))
+    def heartbeat(self, worker_id: str, batches: int = 0, jobs: int = 0,
+                  health: dict[str, Any] | None = None) -> bool:
+        """Record a sign of life (and work done since the last one, and the worker's own health report when
+        given). False if the worker is unknown."""
+        values: dict[str, Any] = {"last_heartbeat_at": utcnow(), "batches_served": Worker.batches_served + batches,
+                                  "jobs_served": Worker.jobs_served + jobs}
+        if health is not None:
+            values["health"] = health
+        stmt = update(Worker).where(Worker.id == worker_id).values(**values)
         with write_session(self.sessions) as s:
-            return s.execute(stmt, execution_options={"synchronize_session": False}).rowcount == 1  # type: ignore[attr-defined]
+            result = s.execute(stmt, execution_options={"synchronize_session": False})
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def stop(self, worker_id: str) -> None:
         """Mark a graceful stop."""
@@ -90,7 +98,7 @@ class WorkerRegistry:
                       execution_options={"synchronize_session": False})
         log.info("worker %s stopped", worker_id)
 
-    def live(self, stale_after_seconds: float) -> builtins.list[WorkerRecord]:
+    def live(self, stale_after_seconds: float) -> list[WorkerRecord]:
         """Workers not stopped whose last heartbeat is within `stale_after_seconds`."""
         cutoff = utcnow() - timedelta(seconds=stale_after_seconds)
         stmt = (select(Worker).where(Worker.stopped_at.is_(None), Worker.last_heartbeat_at >= cutoff)
@@ -98,6 +106,6 @@ class WorkerRegistry:
         with self.sessions() as s:
             return [WorkerRecord.of(r) for r in s.scalars(stmt)]
 
-    def all(self) -> builtins.list[WorkerRecord]:
+    def all(self) -> list[WorkerRecord]:
         with self.sessions() as s:
             return [WorkerRecord.of(r) for r in s.scalars(select(Worker).order_by(Worker.started_at))]

@@ -4,6 +4,9 @@ Each session gets its own Postgres schema (`t_<random>` in database `test`), its
 moto S3 server on a free port, all torn down at the end. A missing service is a failure, never a skip. The
 schema is built by Alembic (`upgrade head`), so every run exercises the migrations. Tests sharing the session
 schema isolate themselves by owner (`owner_id`) or by unique compat keys, never by wiping tables.
+
+Also the stage guard: a test that uses a process-starting fixture must be marked `system` (the fast CI stage,
+`-m "not system"`, starts no long-lived process). Helpers are in tests/support/, never here.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 for _name in [n for n in os.environ if n.startswith("UNIPIC_")]:
     del os.environ[_name]  # tests build their settings explicitly
 
+
 def _pg_base_url() -> str:
     """TEST_PG_URL, else database `test` on 127.0.0.1 as `postgres`, else as the current user (trust auth)."""
     if os.environ.get("TEST_PG_URL"):
@@ -44,8 +48,18 @@ def _pg_base_url() -> str:
 
 
 PG_BASE_URL = _pg_base_url()
+# fixtures that start long-lived processes (model workers, the `unipic up` stack): their users are `system` tests
+PROCESS_FIXTURES = frozenset({"start_worker", "module_worker", "stack"})
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TEST_BUCKET = "unipic-test"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse to run a test that starts processes through a fixture but is not marked `system`."""
+    unmarked = [item.nodeid for item in items if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("system") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that start processes must be marked `system`:\n  " + "\n  ".join(unmarked))
 
 
 @pytest.fixture(scope="session")
@@ -228,18 +242,3 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"writing the tiny checkpoint failed:\n{result.stderr[-4000:]}", pytrace=False)
     return Path(result.stdout.strip().splitlines()[-1])
 
-
-def cancel_leftover_jobs(session_factory: Any) -> int:
-    """Cancel jobs other packages' tests left queued in the shared schema (the API tests submit 1024 px jobs
-    that no worker of theirs runs), so tests that start real workers and sweepers measure only their own work."""
-    from sqlalchemy import select
-
-    from storage.jobs import JobStore
-    from storage.tables import Job
-
-    store = JobStore(session_factory)
-    with session_factory() as s:
-        leftovers = s.execute(select(Job.id, Job.owner_id).where(Job.status == "queued")).all()
-    for job_id, owner_id in leftovers:
-        store.request_cancel(job_id, owner_id)
-    return len(leftovers)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Protocol
 
 from celery import Celery
 from kombu import Exchange, Queue
 
+from storage.jobs import JobStore
 from storage.routing import (
     DELIVER_WEBHOOK_TASK,
     DISPATCH_WEBHOOKS_TASK,
@@ -25,6 +25,7 @@ from storage.routing import (
     RUN_BATCH_TASK,
     SWEEP_TASK,
     WEBHOOK_QUEUE,
+    JobRef,
 )
 from storage.settings import Settings
 
@@ -32,15 +33,6 @@ log = logging.getLogger(__name__)
 
 # A message outstanding longer than this is handed to another consumer by Redis; it must outlast any batch.
 MIN_VISIBILITY_TIMEOUT_SECONDS = 3600.0
-
-
-class EnqueueableJob(Protocol):
-    """What `enqueue_jobs` needs from a job record."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def queue(self) -> str: ...
 
 
 def visibility_timeout(settings: Settings) -> float:
@@ -96,7 +88,7 @@ def make_celery(settings: Settings, name: str = "unipic") -> Celery:
     return app
 
 
-def enqueue_jobs(celery: Celery, jobs: Iterable[EnqueueableJob]) -> list[str]:
+def enqueue_jobs(celery: Celery, jobs: Iterable[JobRef]) -> list[str]:
     """Send one `run_batch` message per job to the job's own queue; returns the ids sent."""
     sent = []
     with celery.producer_or_acquire() as producer:  # one connection for the whole list
@@ -104,4 +96,12 @@ def enqueue_jobs(celery: Celery, jobs: Iterable[EnqueueableJob]) -> list[str]:
             celery.send_task(RUN_BATCH_TASK, args=[job.id], queue=job.queue, producer=producer)
             log.debug("enqueued job %s on %s", job.id, job.queue)
             sent.append(job.id)
+    return sent
+
+
+def send_and_stamp(celery: Celery, store: JobStore, jobs: Iterable[JobRef]) -> list[str]:
+    """The enqueue contract of `storage.routing`, for workers and the sweeper: send one message per job, then
+    stamp `last_enqueued_at` on the ids sent. Returns them; raises what the broker raised (nothing stamped)."""
+    sent = enqueue_jobs(celery, jobs)
+    store.mark_enqueued(sent)
     return sent

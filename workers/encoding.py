@@ -15,6 +15,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from storage.states import JobErrorCode
+
 FORMATS: dict[str, tuple[str, str, str]] = {
     # output_format -> (PIL format, file extension, content type)
     "png": ("PNG", "png", "image/png"),
@@ -29,7 +31,7 @@ LOSSY_QUALITY = 92
 class InvalidInput(ValueError):
     """An input that cannot be used (undecodable image, unknown output format)."""
 
-    code = "invalid_input"
+    code = JobErrorCode.INVALID_INPUT
 
 
 @dataclass(frozen=True)

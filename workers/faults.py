@@ -4,6 +4,8 @@ Off unless one of these environment variables is set (production never sets them
 - `UNIPIC_FAULT_OOM_ABOVE=N`: a model call with more than N items raises `torch.OutOfMemoryError`.
 - `UNIPIC_FAULT_OOM_ABOVE_PIXELS=P`: a model call producing more than P pixels raises `torch.OutOfMemoryError`.
 - `UNIPIC_FAULT_STEP_DELAY_MS=D`: each sampling step sleeps D ms (to catch a batch mid-run: cancel, SIGKILL).
+- `UNIPIC_FAULT_DEVICE_LOST_AFTER_STEPS=S`: after S sampling steps the device is "lost": that step and every
+  later model call (warm-up probes included) raise the error a GPU that fell off the bus raises.
 
 Nothing here changes results; it only raises or waits. It is read once when the worker starts.
 """
@@ -12,10 +14,22 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
+
+DEVICE_LOST_MESSAGE = "CUDA error: unspecified launch failure (injected fault: the device was lost)"
+
+
+@dataclass
+class _DeviceState:
+    """The device-lost fault's mutable part: steps seen so far, and whether the device is gone."""
+
+    steps: int = 0
+    lost: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(frozen=True)
@@ -23,6 +37,8 @@ class FaultInjector:
     oom_above_items: int | None = None
     oom_above_pixels: int | None = None
     step_delay_seconds: float = 0.0
+    device_lost_after_steps: int | None = None
+    _device: _DeviceState = field(default_factory=_DeviceState, compare=False, repr=False)
 
     @classmethod
     def from_env(cls) -> FaultInjector:
@@ -34,6 +50,7 @@ class FaultInjector:
             oom_above_items=_int("UNIPIC_FAULT_OOM_ABOVE"),
             oom_above_pixels=_int("UNIPIC_FAULT_OOM_ABOVE_PIXELS"),
             step_delay_seconds=(_int("UNIPIC_FAULT_STEP_DELAY_MS") or 0) / 1000.0,
+            device_lost_after_steps=_int("UNIPIC_FAULT_DEVICE_LOST_AFTER_STEPS"),
         )
         if injector.active:
             log.warning("FAULT INJECTION ACTIVE (test only): %s", injector)
@@ -41,7 +58,8 @@ class FaultInjector:
 
     @property
     def active(self) -> bool:
-        return bool(self.oom_above_items or self.oom_above_pixels or self.step_delay_seconds)
+        return bool(self.oom_above_items or self.oom_above_pixels or self.step_delay_seconds
+                    or self.device_lost_after_steps is not None)
 
     def before_model_call(self, items: int, pixels: int) -> None:
         """Raise a simulated out-of-memory error when the call is larger than allowed."""
@@ -54,7 +72,18 @@ class FaultInjector:
                 f"CUDA out of memory (injected fault: {items} items, {pixels} pixels)"
             )
 
+    def check_device(self) -> None:
+        """Raise the device-lost error once the device has been lost."""
+        if self._device.lost:
+            raise RuntimeError(DEVICE_LOST_MESSAGE)
+
     def on_step(self) -> None:
-        """Slow a sampling step down."""
+        """Slow a sampling step down; lose the device after the configured number of steps."""
         if self.step_delay_seconds:
             time.sleep(self.step_delay_seconds)
+        if self.device_lost_after_steps is not None:
+            with self._device.lock:
+                self._device.steps += 1
+                if self._device.steps > self.device_lost_after_steps:
+                    self._device.lost = True
+            self.check_device()

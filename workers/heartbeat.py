@@ -3,7 +3,7 @@
 The worker registers once at start (hostname, pid, device, model id, kinds, max pixels, max batch, queues),
 then a daemon thread refreshes its heartbeat (and served counts) every `heartbeat_seconds`; on a clean stop it
 marks itself stopped. The sweeper marks workers whose heartbeat is old as gone. Rows are written through
-`storage.registry`; this module only schedules the writes.
+`storage.workers_registry.WorkerRegistry`; this module only schedules the writes.
 """
 
 from __future__ import annotations
@@ -41,11 +41,13 @@ class Heartbeat:
     def __init__(
         self, sessions: Any, info: WorkerInfo, interval_seconds: float,
         counts: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = WorkerRegistry(sessions)
         self.info = info
         self._interval = interval_seconds
         self._counts = counts
+        self._health = health
         self._reported = (0, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -67,7 +69,9 @@ class Heartbeat:
     def beat(self) -> None:
         """One heartbeat, carrying the work served since the previous one (the registry adds it up)."""
         batches, jobs = self._counts()
-        self.registry.heartbeat(self.info.id, batches=batches - self._reported[0], jobs=jobs - self._reported[1])
+        health = self._health() if self._health is not None else None
+        self.registry.heartbeat(self.info.id, batches=batches - self._reported[0], jobs=jobs - self._reported[1],
+                                health=health)
         self._reported = (batches, jobs)
 
     def _run(self) -> None:

@@ -8,20 +8,18 @@ It imports the model's request types but knows nothing of batches or leases.
 
 from __future__ import annotations
 
-from typing import Any
-
 from PIL import Image
 
 from model.inference import EditRequest, GenerateRequest, UnderstandRequest
 from storage.errors import NotFound
-from storage.objects import ObjectStore
+from storage.params import EditParams, GenerateParams, JobParams, UnderstandParams, params_of
 from storage.records import JobRecord
 from workers.encoding import InvalidInput, decode_image, output_format
+from workers.engine import ModelRequest
+from workers.transport import ObjectPort
 
-ModelRequest = GenerateRequest | EditRequest | UnderstandRequest
 
-
-def load_input(objects: ObjectStore, job: JobRecord) -> Image.Image:
+def load_input(objects: ObjectPort, job: JobRecord) -> Image.Image:
     """The job's input image, decoded to RGB."""
     if not job.input_key:
         raise InvalidInput(f"{job.kind} job has no input image")
@@ -32,37 +30,37 @@ def load_input(objects: ObjectStore, job: JobRecord) -> Image.Image:
     return decode_image(data)
 
 
+def typed_params(job: JobRecord) -> JobParams:
+    """The job's stored params, typed (`storage.params` holds the defaults); `InvalidInput` if unusable."""
+    try:
+        return params_of(job.kind, job.params)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
 def build_request(job: JobRecord, image: Image.Image | None) -> ModelRequest:
     """The engine request for one job (its id is the job id, its seed the job's recorded seed)."""
-    p: dict[str, Any] = job.params
-    seed = int(job.seed if job.seed is not None else p.get("seed", 0))
-    if job.kind == "understand":
+    p = typed_params(job)
+    seed = int(job.seed if job.seed is not None else p.seed)
+    if isinstance(p, UnderstandParams):
         assert image is not None
-        return UnderstandRequest(
-            id=job.id, image=image, question=str(p.get("question", "")), seed=seed, size=int(p["size"]),
-            max_new_tokens=int(p.get("max_new_tokens", 256)), temperature=float(p.get("temperature", 0.0)),
-        )
-    output_format(p)  # an unknown format fails the job before it costs model time
-    width, height = int(p["width"]), int(p["height"])
-    if width != height:
-        raise InvalidInput(f"only square sizes are supported, got {width}x{height}")
-    common: dict[str, Any] = {
-        "seed": seed, "size": width, "num_images": int(p.get("num_images", 1)), "steps": int(p["steps"]),
-        "guidance_scale": float(p.get("guidance_scale", 3.0)),
-        "guidance_schedule": str(p.get("guidance_schedule", "constant")),
-        "temperature": float(p.get("temperature", 1.0)),
-    }
-    if job.kind == "edit":
+        return UnderstandRequest(id=job.id, image=image, question=p.question, seed=seed, size=p.size,
+                                 max_new_tokens=p.max_new_tokens, temperature=p.temperature)
+    output_format(job.params)  # an unknown format fails the job before it costs model time
+    if p.width != p.height:
+        raise InvalidInput(f"only square sizes are supported, got {p.width}x{p.height}")
+    if isinstance(p, EditParams):
         assert image is not None
-        return EditRequest(id=job.id, image=image, instruction=str(p.get("instruction", "")), **common)
-    if job.kind == "generate":
-        return GenerateRequest(
-            id=job.id, prompt=str(p.get("prompt", "")), negative_prompt=p.get("negative_prompt"), **common
-        )
-    raise InvalidInput(f"unknown job kind {job.kind!r}")
+        return EditRequest(id=job.id, image=image, instruction=p.instruction, seed=seed, size=p.width,
+                           num_images=p.num_images, steps=p.steps, guidance_scale=p.guidance_scale,
+                           guidance_schedule=p.guidance_schedule, temperature=p.temperature)
+    assert isinstance(p, GenerateParams)
+    return GenerateRequest(id=job.id, prompt=p.prompt, negative_prompt=p.negative_prompt, seed=seed, size=p.width,
+                           num_images=p.num_images, steps=p.steps, guidance_scale=p.guidance_scale,
+                           guidance_schedule=p.guidance_schedule, temperature=p.temperature)
 
 
-def prepare(objects: ObjectStore, job: JobRecord) -> ModelRequest:
+def prepare(objects: ObjectPort, job: JobRecord) -> ModelRequest:
     """Read and decode the job's input (if any) and build its request; `InvalidInput` if it cannot run."""
     image = load_input(objects, job) if job.kind in ("edit", "understand") else None
     return build_request(job, image)

@@ -12,7 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Self
+from typing import Self
+
+from storage.records import Claim
+from workers.transport import JobPort
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +25,14 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        store: Any,
-        claims: Sequence[Any],
+        store: JobPort,
+        claims: Sequence[Claim],
         lease_seconds: float,
         stop_renewing: Callable[[], bool] = lambda: False,
     ) -> None:
         self._store = store
         self._lease_seconds = lease_seconds
-        self._held: dict[str, Any] = {c.job_id: c for c in claims}
+        self._held: dict[str, Claim] = {c.job_id: c for c in claims}
         self._lost: set[str] = set()
         self._finished: set[str] = set()
         self._lock = threading.Lock()

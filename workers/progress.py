@@ -13,7 +13,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Self
+from typing import Self
+
+from storage.records import Claim
+from workers.transport import JobPort
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +26,8 @@ class ProgressReporter:
 
     def __init__(
         self,
-        store: Any,
-        claims: Mapping[str, Any],
+        store: JobPort,
+        claims: Mapping[str, Claim],
         interval_seconds: float,
         on_step: Callable[[], None] | None = None,
     ) -> None:
@@ -88,7 +91,7 @@ class CancelWatcher:
 
     def __init__(
         self,
-        store: Any,
+        store: JobPort,
         job_ids: Iterable[str],
         interval_seconds: float = 0.25,
         local: Callable[[], set[str]] = set,

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from storage.objects import ObjectStore, answer_key, result_key
+from storage.objects import answer_key, result_key
 from storage.records import JobRecord
 from workers.encoding import encode_answer, encode_image, output_format
+from workers.transport import ObjectPort
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class WrittenResult:
     upload_seconds: float
 
 
-def write_result(objects: ObjectStore, job: JobRecord, result: Any, model_id: str | None) -> WrittenResult:
+def write_result(objects: ObjectPort, job: JobRecord, result: Any, model_id: str | None) -> WrittenResult:
     """Encode and upload one job's result (an `ImageResult` or `TextResult`); returns its keys."""
     started = time.perf_counter()
     if job.kind == "understand":
@@ -52,7 +53,7 @@ def write_result(objects: ObjectStore, job: JobRecord, result: Any, model_id: st
 
 
 def _put_with_retries(
-    objects: ObjectStore, key: str, data: bytes, content_type: str, job_id: str,
+    objects: ObjectPort, key: str, data: bytes, content_type: str, job_id: str,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     for attempt, pause in enumerate((*UPLOAD_BACKOFF_SECONDS, None)):

@@ -1,9 +1,11 @@
 """Everything one model worker process holds: its model, stores, batch runner, heartbeat and metrics.
 
-Built once per worker process (`WorkerRuntime.start`, called from Celery's `worker_process_init`, which the
-solo pool sends in the main process and the prefork pool in each child), so the model is loaded after any fork
-and never before. It advertises what it serves (kinds, max pixels, max batch, queues) in the `workers` table
-and keeps a heartbeat there until it stops.
+Built once per worker process (`WorkerRuntime.start`), before the process subscribes to any queue: the model
+loads and a one-item warm-up runs first (`workers.startup`; a failure is a `StartupFailure` with an exit code),
+then the worker registers what it serves (kinds, max pixels, max batch, queues) in the `workers` table and keeps
+a heartbeat there until it stops. `run(job_id)` serves one message: it backs off after a run of failed messages
+(`workers.streak`) and, when the device breaks (`workers.device_health.DeviceFatal`), the batch runner has
+already handed the batch back to the queue; the runtime then stops heartbeating and the caller ends the process.
 """
 
 from __future__ import annotations
@@ -17,17 +19,21 @@ from dataclasses import dataclass
 from celery import Celery
 
 from storage.db import make_engine, make_session_factory
+from storage.job_events import attach_from_settings
 from storage.jobs import JobStore
 from storage.objects import make_object_store
 from storage.records import JobRecord
 from storage.routing import gpu_queues
 from storage.settings import Settings
-from workers.app import enqueue_jobs
+from workers.app import send_and_stamp
 from workers.batching import BatchRunner
+from workers.card_fit import with_choice
+from workers.device_health import GuardedEngine
 from workers.faults import FaultInjector
 from workers.heartbeat import Heartbeat, WorkerInfo
 from workers.metrics import WorkerMetrics
 from workers.shutdown import ShutdownGate
+from workers.streak import FailureStreak
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +53,21 @@ class WorkerRuntime:
     heartbeat: Heartbeat
     shutdown: ShutdownGate
     metrics: WorkerMetrics
+    engine: GuardedEngine
+    streak: FailureStreak
+    stopped: bool = False
 
     @classmethod
     def start(cls, settings: Settings, celery: Celery, hostname: str | None = None) -> WorkerRuntime:
-        from model.inference import load_engine  # torch arrives here, after any fork
+        """Load, warm up, register. Raises `workers.startup.StartupFailure` when the worker cannot serve."""
+        from workers.startup import load_ready_engine  # torch arrives here, after any fork
 
         worker_id = worker_id_for(settings, hostname)
         log.info("worker %s loading model %s on %s", worker_id, settings.model, settings.worker_device)
-        engine = load_engine(settings.model, device=settings.worker_device, dtype=_dtype(settings))
+        faults = FaultInjector.from_env()
+        engine = load_ready_engine(settings, faults)
         sessions = make_session_factory(make_engine(settings))
+        attach_from_settings(sessions, settings)  # job events go out after commit (storage.job_events)
         store = JobStore(sessions)
         metrics = WorkerMetrics()
         if settings.worker_metrics_port:
@@ -63,13 +75,12 @@ class WorkerRuntime:
         shutdown = ShutdownGate(settings.worker_shutdown_grace_seconds)
 
         def enqueue(jobs: Sequence[JobRecord]) -> None:
-            store.mark_enqueued([j.id for j in jobs])  # before sending, so no claim meets the stamp's row lock
-            enqueue_jobs(celery, jobs)
+            send_and_stamp(celery, store, [j.ref for j in jobs])  # the enqueue contract of storage.routing
 
         runner = BatchRunner(
             store=store, objects=make_object_store(settings), engine=engine, settings=settings,
             worker_id=worker_id, metrics=metrics, shutdown=shutdown, enqueue=enqueue,
-            faults=FaultInjector.from_env(), device=settings.worker_device,
+            faults=faults, device=settings.worker_device, pipeline=settings.worker_pipeline,
         )
         info = WorkerInfo(
             id=worker_id, hostname=hostname or socket.gethostname(), pid=os.getpid(),
@@ -78,18 +89,31 @@ class WorkerRuntime:
             max_batch=settings.worker_max_batch,
             queues=gpu_queues(settings.worker_kinds, settings.worker_max_pixels),
         )
+        streak = FailureStreak()
         heartbeat = Heartbeat(sessions, info, settings.heartbeat_seconds, counts=lambda: (
-            runner.batches_served, runner.jobs_served))
+            runner.batches_served, runner.jobs_served), health=lambda: with_choice(streak.snapshot()))
         heartbeat.start()
         log.info("worker %s ready: %s", worker_id, info)
-        return cls(settings, worker_id, store, runner, heartbeat, shutdown, metrics)
+        return cls(settings, worker_id, store, runner, heartbeat, shutdown, metrics, engine, streak)
+
+    def run(self, job_id: str) -> int:
+        """Serve one message; raises `DeviceFatal` (after the batch was released) when the device broke."""
+        self.streak.pause()
+        ok_before, failed_before = self.engine.counts()
+        claimed = self.runner.run(job_id)
+        ok_after, failed_after = self.engine.counts()
+        self.streak.record(ok_after - ok_before, failed_after - failed_before, self.engine.last_error)
+        return claimed
+
+    def abandon(self, reason: str) -> None:
+        """The device is broken: stop heartbeating (the record says stopped) so no one counts on us."""
+        log.critical("worker %s: %s; its jobs went back to the queue; exiting", self.worker_id, reason)
+        self.stop()
 
     def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        self.runner.drain()  # results of the last batch, if still being written in the background
         self.heartbeat.stop()
         log.info("worker %s stopped", self.worker_id)
-
-
-def _dtype(settings: Settings) -> str:
-    # half precision is for accelerators; a CPU worker computes in float32
-    return settings.model_dtype if settings.worker_device.startswith("cuda") else "float32"
-

@@ -6,7 +6,9 @@ Each pass (a Celery beat task in `workers.cpu`, or a plain loop with `unipic swe
 2. queued jobs past their deadline become `expired`;
 3. queued jobs with no recent message (`requeue_after_seconds`, e.g. after Redis lost its data) are re-enqueued;
 4. workers whose heartbeat is older than three intervals are marked gone;
-5. batches that finished get their JSONL results manifest.
+5. batches that finished get their JSONL results manifest;
+6. the data lifecycle (storage.lifecycle): expired upload slots and results older than `result_ttl` are
+   deleted, `lifecycle_batch_size` at most per pass.
 Duplicate messages are harmless: a message whose job was already claimed is a no-op. Torch-free.
 """
 
@@ -20,14 +22,17 @@ from celery import Celery
 
 from storage.batches import BatchStore
 from storage.db import make_engine, make_session_factory
+from storage.job_events import attach_from_settings
 from storage.jobs import JobStore
+from storage.lifecycle import Lifecycle
 from storage.manifests import write_manifest
 from storage.objects import ObjectStore, make_object_store
 from storage.records import JobRecord
 from storage.routing import SWEEP_TASK
 from storage.settings import Settings
+from storage.states import JobStatus
 from storage.workers_registry import WorkerRegistry
-from workers.app import enqueue_jobs, make_celery
+from workers.app import make_celery, send_and_stamp
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ class SweepReport:
     reenqueued: list[str] = field(default_factory=list)
     workers_gone: list[str] = field(default_factory=list)
     manifests: list[str] = field(default_factory=list)
+    uploads_expired: int = 0
+    purged: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Sweeper:
     @classmethod
     def from_settings(cls, settings: Settings, celery: Celery | None = None) -> Sweeper:
         sessions = make_session_factory(make_engine(settings))
+        attach_from_settings(sessions, settings)  # requeued/expired jobs wake their streams (storage.job_events)
         return cls(JobStore(sessions), WorkerRegistry(sessions), celery or make_celery(settings), settings,
                    BatchStore(sessions), make_object_store(settings))
 
@@ -63,11 +71,12 @@ class Sweeper:
         report = SweepReport()
         report.requeued = self.store.requeue_expired()
         if report.requeued:
-            self._enqueue([j for j in self.store.get_many(report.requeued) if j.status == "queued"])
+            self._enqueue([j for j in self.store.get_many(report.requeued) if j.status == JobStatus.QUEUED])
         report.expired = self.store.expire_overdue()
         report.reenqueued = self._enqueue(self.store.stale_queued(self.settings.requeue_after_seconds))
         report.workers_gone = self._mark_gone_workers()
         report.manifests = self._write_manifests()
+        report.uploads_expired, report.purged = self._apply_lifecycle()
         if any((report.requeued, report.expired, report.reenqueued, report.workers_gone, report.manifests)):
             log.info(
                 "sweep: requeued %s, expired %s, re-enqueued %d stale, workers gone %s",
@@ -76,11 +85,10 @@ class Sweeper:
         return report
 
     def _enqueue(self, jobs: list[JobRecord]) -> list[str]:
-        # stamp first, send second: a worker's claim must never meet the row locked by our own stamp
+        # send, then stamp (the enqueue contract in storage.routing)
         if not jobs:
             return []
-        self.store.mark_enqueued([j.id for j in jobs])
-        return enqueue_jobs(self.celery, jobs)
+        return send_and_stamp(self.celery, self.store, [j.ref for j in jobs])
 
     def _write_manifests(self) -> list[str]:
         """Results manifests of batches that finished since the last pass (the API also writes them on GET)."""
@@ -92,6 +100,18 @@ class Sweeper:
             except Exception:
                 log.exception("batch %s: manifest not written; retrying next pass", batch_id)
         return written
+
+    def _apply_lifecycle(self) -> tuple[int, list[str]]:
+        """Expired upload slots and results past `result_ttl`, a bounded batch each (storage.lifecycle)."""
+        lifecycle = Lifecycle(self.store.sessions, self.objects)
+        limit = self.settings.lifecycle_batch_size
+        try:
+            uploads = lifecycle.expire_uploads(limit=limit)
+            purged = lifecycle.purge_expired(self.settings.result_ttl, limit=limit)
+        except Exception:
+            log.exception("data lifecycle pass failed; retrying next pass")
+            return 0, []
+        return uploads, purged
 
     def _mark_gone_workers(self) -> list[str]:
         """Workers not stopped whose heartbeat is older than a few intervals: record them as stopped."""
@@ -121,10 +141,10 @@ def register(app: Celery, settings: Settings) -> None:
     holder: dict[str, Sweeper] = {}
 
     @app.task(name=SWEEP_TASK, ignore_result=True, acks_late=False)
-    def sweep() -> None:
+    def sweep() -> SweepReport:  # the report feeds workers.cpu_metrics (task_postrun); results are ignored
         if "sweeper" not in holder:
             holder["sweeper"] = Sweeper.from_settings(settings, celery=app)
-        holder["sweeper"].sweep()
+        return holder["sweeper"].sweep()
 
     app.conf.beat_schedule = {
         **(app.conf.beat_schedule or {}),

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from api.batch_replay import submit_batch_once
 from api.bodies import read_batch_body
 from api.deps import ID_PATTERN, BatchId, CallerDep, ServicesDep, reject_unknown_query
 from api.openapi import batch_body, errors
 from api.schemas import BatchesPage, BatchOut
 from api.services import Services
-from api.submission import Submitter
 from api.views import batch_out
+from api.waits import hub_of, open_ready_watch, wait_until
+from storage.batch_listing import with_counts
+from storage.lifecycle import Lifecycle
 from storage.manifests import write_manifest
 from storage.records import BatchRecord
+
+MAX_WAIT_SECONDS = 60
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(reject_unknown_query)])
 
@@ -29,22 +34,30 @@ def render(services: Services, batch: BatchRecord) -> BatchOut:
     key = batch.manifest_key
     if batch.finished_at is not None and key is None:
         key = write_manifest(services.batches, services.objects, batch.id, services.settings.presign_expiry_seconds)
-    return batch_out(batch, services.presign(key) if key else None)
+    eta = services.jobs.batch_finish_estimate(batch.id) if batch.finished_at is None else None
+    return batch_out(batch, services.presign(key) if key else None, eta)
 
 
 @router.post(
     "", status_code=202, response_model=BatchOut, summary="Submit a batch",
-    responses=errors(400, 404, 413, 415), openapi_extra=batch_body(),
+    responses={200: {"model": BatchOut, "description": "Idempotent replay: the batch made by the same key and body"},
+               **errors(400, 404, 409, 413, 415)},
+    openapi_extra=batch_body(),
 )
-async def create_batch(request: Request, services: ServicesDep, caller: CallerDep) -> BatchOut:
+async def create_batch(
+    request: Request, services: ServicesDep, caller: CallerDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Response:
     """A JSON array of jobs, `{"requests": [...], "webhook_url", "webhook_events", "metadata"}`, or JSONL
     (`Content-Type: application/x-ndjson`). Validated as a whole: one bad item is 422 naming its line and
-    nothing is created."""
+    nothing is created. With an `Idempotency-Key`, sending the same batch again returns the first (200)."""
     body = await read_batch_body(request)
-    record = await run_in_threadpool(
-        Submitter(services).submit_batch, caller.id, body.items, body.lines, body.options, caller.max_active_jobs
+    record, created = await run_in_threadpool(
+        submit_batch_once, services, caller.id, body.items, body.lines, body.options, caller.max_active_jobs,
+        idempotency_key or None,
     )
-    return batch_out(record)
+    view = batch_out(record) if created else render(services, record)
+    return Response(view.model_dump_json(), status_code=202 if created else 200, media_type="application/json")
 
 
 @router.get("", response_model=BatchesPage, summary="List batches", responses=errors())
@@ -53,18 +66,37 @@ def list_batches(
     cursor: Annotated[str | None, Query(pattern=ID_PATTERN, description="`next_cursor` of a previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> BatchesPage:
-    """The caller's batches, newest first (counts are in `GET /v1/batches/{id}`)."""
-    records, next_cursor = services.batches.list(caller.id, cursor=cursor, limit=limit)
+    """The caller's batches, newest first, each with its per-status counts."""
+    records, next_cursor = services.batches.page(caller.id, cursor=cursor, limit=limit)
+    records = with_counts(services.batches.sessions, records)
     return BatchesPage(data=[batch_out(r) for r in records], next_cursor=next_cursor)
 
 
-@router.get("/{batch_id}", response_model=BatchOut, summary="Get a batch", responses=errors(404))
-def get_batch(services: ServicesDep, caller: CallerDep, batch_id: BatchId) -> BatchOut:
-    """Per-status counts; `manifest_url` once every job is finished."""
-    return render(services, services.batches.get(batch_id, caller.id))
+@router.get("/{batch_id}", response_model=BatchOut, summary="Get a batch", responses=errors(404, 429))
+async def get_batch(
+    request: Request, services: ServicesDep, caller: CallerDep, batch_id: BatchId,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Block up to N s until done")] = 0,
+) -> BatchOut:
+    """Per-status counts; `manifest_url` once every job is finished. With `wait=N`, answers as soon as the batch
+    is finished or after N seconds (woken by its jobs' events, see api.waits)."""
+    batch = await run_in_threadpool(services.batches.get, batch_id, caller.id)
+    if wait and batch.finished_at is None:
+        hub = hub_of(request)
+        batch = await wait_until(hub, await open_ready_watch(hub, caller.id, batch_ids=[batch_id]),
+                                 lambda: services.batches.get(batch_id, caller.id),
+                                 lambda b: b.finished_at is not None, wait)
+    return await run_in_threadpool(render, services, batch)
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchOut, summary="Cancel a batch", responses=errors(404, 409))
 def cancel_batch(services: ServicesDep, caller: CallerDep, batch_id: BatchId) -> BatchOut:
     """Queued jobs are canceled now, running ones stop at their next step; a finished batch is 409."""
     return render(services, services.batches.cancel(batch_id, caller.id))
+
+
+@router.delete("/{batch_id}", status_code=204, summary="Erase a finished batch", responses=errors(404, 409))
+def delete_batch(services: ServicesDep, caller: CallerDep, batch_id: BatchId) -> Response:
+    """Erase every job of a finished batch (as `DELETE /v1/jobs/{id}`), its manifest and its metadata. A batch
+    with unfinished jobs is 409 `illegal_transition` (cancel it first)."""
+    Lifecycle(services.jobs.sessions, services.objects).erase_batch(batch_id, caller.id)
+    return Response(status_code=204)

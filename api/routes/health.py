@@ -1,4 +1,5 @@
-"""`/healthz` (the process answers), `/readyz` (database, Redis and object store reachable), `/metrics`.
+"""`/healthz` (the process answers), `/readyz` (database, Redis and object store reachable), `/metrics`
+(public, or behind `UNIPIC_METRICS_TOKEN`).
 
 Readiness checks run in parallel threads with a short timeout each, so a hung dependency makes the probe
 fail fast (503 with the failing check named) instead of hanging the probe.
@@ -7,17 +8,19 @@ fail fast (503 with the failing check named) instead of hanging the probe.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Callable
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ServicesDep, reject_unknown_query
+from api.errors import ApiError
 from api.schemas import HealthOut
 from api.services import Services
+from storage.db import ping
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"], dependencies=[Depends(reject_unknown_query)])
@@ -26,8 +29,7 @@ CHECK_TIMEOUT_SECONDS = 3.0
 
 
 def _database(services: Services) -> None:
-    with services.engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+    ping(services.engine)
 
 
 def _redis(services: Services) -> None:
@@ -70,5 +72,10 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics(request: Request) -> Response:
+    """Prometheus text. With `UNIPIC_METRICS_TOKEN` set, only for `Authorization: Bearer <that token>`."""
+    token = request.app.state.services.settings.metrics_token
+    if token and not hmac.compare_digest(request.headers.get("authorization", "").encode(),
+                                         f"Bearer {token}".encode()):
+        raise ApiError(401, "unauthorized", "metrics need the metrics token", headers={"WWW-Authenticate": "Bearer"})
     payload = request.app.state.metrics.render()
     return Response(payload, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -6,8 +6,6 @@ Every query is scoped to the caller; another key's job answers 404 like a missin
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import datetime
 from typing import Annotated
 
@@ -18,28 +16,29 @@ from api.bodies import read_job_body
 from api.deps import ID_PATTERN, CallerDep, JobId, ServicesDep, checked_id, reject_unknown_query
 from api.errors import validation_error
 from api.openapi import errors, json_or_multipart_body
-from api.schemas import JobOut, JobsPage, JobStatus, Kind
+from api.schemas import JobOut, JobsPage, Kind
 from api.services import Services
 from api.submission import Submitter
 from api.views import job_out
+from api.waits import hub_of, open_ready_watch, wait_until
+from api.worker_coverage import coverage_for
+from storage.lifecycle import Lifecycle
 from storage.records import JobRecord
+from storage.states import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(reject_unknown_query)])
 
 MAX_WAIT_SECONDS = 60
-WAIT_POLL_SECONDS = 0.25
 
 
 def render(services: Services, job: JobRecord, with_position: bool = True) -> JobOut:
-    """The job as shown, with live progress and (for a queued job) its queue position."""
-    position = services.jobs.queue_position(job) if with_position and job.status == "queued" else None
-    live = None
-    if job.status == "running":
-        try:
-            live = services.ephemeral.read_progress(job.id)
-        except Exception:  # noqa: BLE001 - progress is best effort; the row has the last write
-            live = None
-    return job_out(job, services.presign, position, live)
+    """The job as shown (progress as the worker last wrote it to the row) with, for a queued job, its queue
+    position and estimated start under the scheduling policy (estimates: see storage.queue_estimates)."""
+    if not with_position or job.status != JobStatus.QUEUED:
+        return job_out(job, services.presign)
+    estimate = services.jobs.queue_estimate(job)
+    warnings = coverage_for(services.jobs.sessions, services.settings.heartbeat_seconds).warnings(job)
+    return job_out(job, services.presign, estimate.position, estimate.estimated_start_at, warnings)
 
 
 @router.post(
@@ -77,24 +76,25 @@ def list_jobs(
         raise validation_error("timestamps need a time zone (e.g. 2026-01-01T00:00:00Z)", "created_after")
     if batch_id is not None and not checked_id(batch_id):
         return JobsPage(data=[], next_cursor=None)
-    records, next_cursor = services.jobs.list(
+    records, next_cursor = services.jobs.page(
         caller.id, status=status, kind=kind, batch_id=batch_id, created_after=created_after,
         created_before=created_before, cursor=cursor, limit=limit,
     )
     return JobsPage(data=[render(services, r, with_position=False) for r in records], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="Get a job", responses=errors(404))
+@router.get("/{job_id}", response_model=JobOut, summary="Get a job", responses=errors(404, 429))
 async def get_job(
-    services: ServicesDep, caller: CallerDep, job_id: JobId,
+    request: Request, services: ServicesDep, caller: CallerDep, job_id: JobId,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Block up to N s until done")] = 0,
 ) -> JobOut:
-    """The job; with `wait=N`, answers as soon as it is finished or after N seconds."""
+    """The job; with `wait=N`, answers as soon as it is finished or after N seconds (woken by the job's events,
+    see api.waits; a wait counts as an open stream: 429 `too_many_streams` past the limits)."""
     job = await run_in_threadpool(services.jobs.get, job_id, caller.id)
-    deadline = time.monotonic() + wait
-    while not job.terminal and time.monotonic() < deadline:
-        await asyncio.sleep(min(WAIT_POLL_SECONDS, max(deadline - time.monotonic(), 0)))
-        job = await run_in_threadpool(services.jobs.get, job_id, caller.id)
+    if wait and not job.terminal:
+        hub = hub_of(request)
+        job = await wait_until(hub, await open_ready_watch(hub, caller.id, job_ids=[job_id]),
+                               lambda: services.jobs.get(job_id, caller.id), lambda j: j.terminal, wait)
     return await run_in_threadpool(render, services, job)
 
 
@@ -104,3 +104,12 @@ def cancel_job(services: ServicesDep, caller: CallerDep, job_id: JobId) -> JobOu
     Canceling a finished job is 409 `illegal_transition`."""
     job = services.jobs.request_cancel(job_id, caller.id)
     return render(services, job)
+
+
+@router.delete("/{job_id}", status_code=204, summary="Erase a finished job", responses=errors(404, 409))
+def delete_job(services: ServicesDep, caller: CallerDep, job_id: JobId) -> Response:
+    """Delete a finished job's input and result objects and its personal fields (prompt, instruction,
+    question, metadata, custom_id, result text, ...); the job stays listed with its status and
+    `result.expired: true`. An unfinished job is 409 `illegal_transition` (cancel it first)."""
+    Lifecycle(services.jobs.sessions, services.objects).erase_job(job_id, caller.id)
+    return Response(status_code=204)

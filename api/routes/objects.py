@@ -1,9 +1,10 @@
 """`/v1/objects/{key}`: signed links for the local-directory object store (the embedded default).
 
 S3 hands out presigned URLs itself; the local backend signs `(method, key, expires)` with an HMAC secret and
-points links here. `GET` streams the file (results, manifests); `PUT` takes an upload's bytes (only under
-`uploads/`). No API key is needed: the signature is the authorization, as with S3. With the S3 backend these
-routes answer 404.
+points links here. `GET` streams the file (results, manifests); `PUT` takes an upload's bytes (under
+`uploads/`) or a remote worker's result (under `results/`, signed only by the worker gateway for its job's
+keys). No API key is needed: the signature is the authorization, as with S3. With the S3 backend these routes
+answer 404.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def get_object(services: ServicesDep, key: str, expires: Expires, sig: Signature
 )
 async def put_object(request: Request, services: ServicesDep, key: str, expires: Expires, sig: Signature,
                      method: Annotated[str, Query(pattern="^PUT$")] = "PUT") -> UploadDone:
+    if key.startswith("results/"):  # a remote worker's result: the worker gateway signs exactly a job's keys
+        return await _put_result(request, services, key, expires, sig)
     if not key.startswith("uploads/"):
         raise ApiError(404, "not_found", "only uploads can be written")
     _verify(services, key, expires, sig, "PUT")
@@ -78,3 +81,17 @@ async def put_object(request: Request, services: ServicesDep, key: str, expires:
     with data:
         await run_in_threadpool(store_upload, services, key, data, size)
     return UploadDone(upload_id=key.removeprefix("uploads/"), bytes=size)
+
+
+async def _put_result(request: Request, services: Services, key: str, expires: int, sig: str) -> UploadDone:
+    """Store a result a remote worker uploads (api.routes.worker_gateway checks it before `complete`); only while
+    its job runs, so a finished job's checked result cannot be replaced."""
+    store = _verify(services, key, expires, sig, "PUT")
+    job_id = key.split("/")[1]
+    if not any(job.status == "running" for job in services.jobs.get_many([job_id])):
+        raise ApiError(404, "not_found", "only uploads, or the results of a running job, can be written")
+    data, size = await spool_body(request, services.settings.max_upload_bytes)
+    content_type = request.headers.get("content-type") or "application/octet-stream"
+    with data:
+        await run_in_threadpool(store.put, key, data, content_type)
+    return UploadDone(upload_id=key, bytes=size)

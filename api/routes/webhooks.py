@@ -2,7 +2,7 @@
 
 Everything is scoped to the caller's key: another key's job, event or endpoint answers 404. Delivery itself
 happens in the CPU webhook worker (`workers.webhooks`); these routes only read and adjust the outbox through
-`storage.webhook_admin.WebhookAdmin` and the key's secrets through `storage.keys.KeyStore`. A default URL is
+`storage.webhooks.WebhookStore` and the key's secrets through `storage.keys.KeyStore`. A default URL is
 checked by the same SSRF guard as job URLs (422 `unsafe_webhook_url`).
 """
 
@@ -20,8 +20,9 @@ from api.errors import ApiError
 from api.openapi import errors
 from api.schemas import WebhookEventName
 from api.services import Services
-from storage.outbox import DEFAULT_EVENTS
-from storage.webhook_admin import EndpointRecord, EventRecord, WebhookAdmin
+from storage.states import DEFAULT_EVENT_TYPES
+from storage.webhook_records import EndpointRecord, EventRecord
+from storage.webhooks import WebhookStore
 
 router = APIRouter(tags=["webhooks"])
 
@@ -90,11 +91,11 @@ class WebhookSecretOut(BaseModel):
         None, description="Until then the previous secret signs too (a second `v1,` signature)")
 
 
-def admin(services: ServicesDep) -> WebhookAdmin:
-    return WebhookAdmin(services.jobs.sessions)
+def webhook_store(services: ServicesDep) -> WebhookStore:
+    return WebhookStore(services.jobs.sessions)
 
 
-AdminDep = Annotated[WebhookAdmin, Depends(admin)]
+WebhookStoreDep = Annotated[WebhookStore, Depends(webhook_store)]
 
 
 def _event_id(event_id: str) -> str:
@@ -115,21 +116,21 @@ EndpointId = Annotated[str, Depends(_endpoint_id)]
 
 @router.get("/v1/jobs/{job_id}/deliveries", response_model=WebhookEventsPage, summary="A job's webhook deliveries",
             responses=errors(404))
-def list_deliveries(caller: CallerDep, job_id: JobId, store: AdminDep) -> WebhookEventsPage:
+def list_deliveries(caller: CallerDep, job_id: JobId, store: WebhookStoreDep) -> WebhookEventsPage:
     """Every webhook event of the job, oldest first, each with its attempts (status, latency, answer)."""
     return WebhookEventsPage(data=[_event_out(e) for e in store.deliveries(job_id, caller.id)])
 
 
 @router.post("/v1/webhook-events/{event_id}/replay", status_code=202, response_model=WebhookEventOut,
              summary="Send a webhook event again", responses=errors(404, 409))
-def replay_event(caller: CallerDep, event_id: EventId, store: AdminDep) -> WebhookEventOut:
+def replay_event(caller: CallerDep, event_id: EventId, store: WebhookStoreDep) -> WebhookEventOut:
     """Queue the event for delivery now, with the same `webhook-id` (409 while its endpoint is disabled)."""
     return _event_out(store.replay(event_id, caller.id))
 
 
 @router.get("/v1/webhook-endpoints", response_model=WebhookEndpointsPage, summary="List webhook endpoints",
             responses=errors())
-def list_endpoints(caller: CallerDep, store: AdminDep) -> WebhookEndpointsPage:
+def list_endpoints(caller: CallerDep, store: WebhookStoreDep) -> WebhookEndpointsPage:
     """The URLs this key's events were sent to (and its default), with their enabled state."""
     return WebhookEndpointsPage(data=[_endpoint_out(e) for e in store.endpoints(caller.id)])
 
@@ -137,10 +138,10 @@ def list_endpoints(caller: CallerDep, store: AdminDep) -> WebhookEndpointsPage:
 @router.put("/v1/webhook-endpoints/default", response_model=DefaultEndpointOut,
             summary="Set the key's default webhook endpoint", responses=errors(422))
 def set_default_endpoint(body: DefaultEndpointIn, caller: CallerDep, services: ServicesDep,
-                         store: AdminDep) -> DefaultEndpointOut:
+                         store: WebhookStoreDep) -> DefaultEndpointOut:
     """Jobs and batches without their own `webhook_url` send their events here."""
     if body.url is not None:
-        services.preparer.check_webhook(body.url, field="url")
+        services.preparer.check_webhook(body.url, field="url", owner_id=caller.id)
     endpoint = store.set_default(caller.id, body.url, list(body.events) if body.events else None)
     return DefaultEndpointOut(url=body.url, events=_default_events(services, caller.id),
                               endpoint=_endpoint_out(endpoint) if endpoint else None)
@@ -148,7 +149,7 @@ def set_default_endpoint(body: DefaultEndpointIn, caller: CallerDep, services: S
 
 @router.post("/v1/webhook-endpoints/{endpoint_id}/enable", response_model=WebhookEndpointOut,
              summary="Re-enable a webhook endpoint", responses=errors(404))
-def enable_endpoint(caller: CallerDep, endpoint_id: EndpointId, store: AdminDep) -> WebhookEndpointOut:
+def enable_endpoint(caller: CallerDep, endpoint_id: EndpointId, store: WebhookStoreDep) -> WebhookEndpointOut:
     """An endpoint disabled by a 410 Gone answer receives new events again."""
     return _endpoint_out(store.enable(endpoint_id, caller.id))
 
@@ -174,12 +175,12 @@ def _secret_out(services: Services, owner_id: str) -> WebhookSecretOut:
 
 
 def _default_events(services: Services, owner_id: str) -> list[str]:
-    return list(services.keys.get(owner_id).default_webhook_events or DEFAULT_EVENTS)
+    return [str(e) for e in services.keys.get(owner_id).default_webhook_events or DEFAULT_EVENT_TYPES]
 
 
 def _event_out(e: EventRecord) -> WebhookEventOut:
     return WebhookEventOut(
-        id=e.id, type=e.event_type, url=e.url, status=e.status,  # type: ignore[arg-type]
+        id=e.id, type=e.event_type, url=e.url, status=e.status,
         attempts=e.attempts, next_attempt_at=e.next_attempt_at, created_at=e.created_at,
         delivered_at=e.delivered_at, job_id=e.job_id, batch_id=e.batch_id,
         attempt_log=[WebhookAttemptOut(**vars(a)) for a in e.attempt_log],

@@ -1,5 +1,5 @@
-"""Fixtures for the API tests: an app on the session's Postgres schema, Redis db and S3 server, API keys,
-and helpers to read what was put on the broker's queues.
+"""Fixtures for the API tests: an app on the session's Postgres schema, Redis db and S3 server, API keys and a
+Redis client (helpers to read the broker's queues are in tests/support/api.py).
 
 The app is built once per module with `create_app` and driven with Starlette's TestClient (the real ASGI app,
 in process). Tests isolate themselves by API key (every key sees only its own jobs), never by wiping tables.
@@ -7,15 +7,11 @@ in process). Tests isolate themselves by API key (every key sees only its own jo
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 # small limits so the size and pixel checks are cheap to exercise
 TEST_MAX_UPLOAD_BYTES = 256 * 1024
@@ -76,30 +72,3 @@ def redis_client(redis_url: str) -> Iterator[Any]:
     yield client
     client.close()
 
-
-def queued_job_ids(redis_client: Any, queue: str) -> list[str]:
-    """The job id of every `run_batch` message waiting on a broker queue (kombu's Redis list)."""
-    ids = []
-    for raw in redis_client.lrange(queue, 0, -1):
-        message = json.loads(raw)
-        assert message["headers"]["task"] == "unipic.gpu.run_batch"
-        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        ids.append(args[0])
-    return ids
-
-
-def png_bytes(width: int = 32, height: int = 32, color: tuple[int, int, int] = (200, 10, 10),
-              fmt: str = "PNG", **save: Any) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(out, format=fmt, **save)
-    return out.getvalue()
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
-
-
-def generate_body(**over: Any) -> dict[str, Any]:
-    body = {"kind": "generate", "prompt": "a red fox in the snow", "width": 256, "height": 256, "steps": 4}
-    body.update(over)
-    return body

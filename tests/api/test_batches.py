@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from storage.objects import result_key
-from tests.api.conftest import data_url, generate_body, png_bytes, queued_job_ids
+from tests.support.api import data_url, generate_body, png_bytes, queued_job_ids
 
 
 def test_thousand_items_are_accepted_and_each_enqueued_once(client: Any, auth: dict[str, str], app: Any,
@@ -132,9 +132,9 @@ def test_cancel_batch(client: Any, auth: dict[str, str], make_key: Any) -> None:
 
 def test_a_bad_image_leaves_no_stored_inputs(client: Any, auth: dict[str, str], app: Any) -> None:
     objects = app.state.services.objects
-    before = objects.list("inputs/")
+    before = objects.page("inputs/")
     good = {"kind": "understand", "question": "q", "image": data_url(png_bytes())}
     bad = {"kind": "understand", "question": "q", "image": data_url(b"GIF89a nope", "image/gif")}
     r = client.post("/v1/batches", json=[good, good, bad], headers=auth)
     assert r.status_code == 415 and r.json()["error"]["line"] == 3
-    assert objects.list("inputs/") == before
+    assert objects.page("inputs/") == before

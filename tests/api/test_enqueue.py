@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from api.enqueue import Enqueuer
-from tests.api.conftest import queued_job_ids
+from tests.support.api import queued_job_ids
 
 QUEUE = "unipic.test.enqueue"
 

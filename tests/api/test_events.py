@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from storage.objects import result_key
-from tests.api.conftest import generate_body, png_bytes
+from tests.support.api import generate_body, png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_stream_follows_the_job_to_its_end(server_url: str, auth: dict[str, str]
             name, data = next(stream)
             assert (name, data["status"]) == ("status", "running")
             # progress is streamed as it changes
-            services.ephemeral.publish_progress(job["id"], 2, 4)
+            services.jobs.set_progress(claim, 2, 4)
             assert next(stream) == ("progress", {"step": 2, "total": 4})
             # and the terminal state ends the stream with the result
             key = result_key(job["id"], 0, "png")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import generate_body
+from tests.support.api import generate_body
 
 
 def test_health_ready_and_metrics(client: Any, auth: dict[str, str]) -> None:

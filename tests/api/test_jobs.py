@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from storage.objects import result_key
-from tests.api.conftest import data_url, generate_body, png_bytes, queued_job_ids
+from tests.support.api import data_url, generate_body, png_bytes, queued_job_ids
 
 
 def finish(job_store: Any, objects: Any, job_id: str, text: str | None = None) -> None:
@@ -270,7 +270,7 @@ def test_running_job_shows_progress_and_cancel_request(client: Any, auth: dict[s
     view = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert view["status"] == "running" and view["progress"] == {"step": 3, "total": 7}
     assert view["queue_position"] is None and view["execution"]["worker"] == "w1"
-    services.ephemeral.publish_progress(job["id"], 5, 7)  # live progress wins over the row
+    services.jobs.set_progress(claims[0], 5, 7)  # each write the worker makes is what the API shows
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["progress"] == {"step": 5, "total": 7}
     r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
     assert r.status_code == 200 and r.json()["status"] == "running" and r.json()["cancel_requested"] is True
@@ -279,7 +279,12 @@ def test_running_job_shows_progress_and_cancel_request(client: Any, auth: dict[s
 def test_wait_returns_once_the_job_is_done(client: Any, auth: dict[str, str], app: Any) -> None:
     services = app.state.services
     job = client.post("/v1/jobs", json=generate_body(), headers=auth).json()
-    worker = threading.Thread(target=lambda: (time.sleep(0.5), finish(services.jobs, services.objects, job["id"])))
+
+    def finish_later() -> None:
+        time.sleep(0.5)
+        finish(services.jobs, services.objects, job["id"])
+
+    worker = threading.Thread(target=finish_later)
     worker.start()
     r = client.get(f"/v1/jobs/{job['id']}", params={"wait": 30}, headers=auth)
     worker.join()

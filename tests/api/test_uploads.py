@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import generate_body, png_bytes
+from tests.support.api import generate_body, png_bytes
 
 
 def test_s3_presigned_put_then_submit(client: Any, auth: dict[str, str], app: Any) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures of the CLI tests: the shared `unipic up --model tiny` stack (see tests/cli/stack.py)."""
+"""Fixtures of the CLI tests: the shared `unipic up --model tiny` stack (see tests/support/stack.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.cli.stack import SharedStack, Stack
+from tests.support.jobs import cancel_leftover_jobs
+from tests.support.stack import SharedStack, Stack
 
 STOPS_STACK = "test_sigterm_stops_every_child_cleanly"
 
@@ -25,6 +26,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="package", autouse=True)
 def _no_leftover_jobs(session_factory: Any) -> None:
     """Given a shared schema with no queued work left by other packages' tests."""
-    from tests.conftest import cancel_leftover_jobs
-
     cancel_leftover_jobs(session_factory)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from cli import supervisor as supervisor_mod
 from cli.supervisor import ChildSpec, Supervisor
+
+pytestmark = pytest.mark.system  # supervises real child processes
 
 
 def _python(code: str) -> list[str]:
@@ -24,6 +30,12 @@ def _until(predicate, seconds: float = 20.0) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
+
+
+def _proc(child: Any) -> subprocess.Popen[bytes]:
+    """A started child's process."""
+    assert child.proc is not None, f"{child.spec.name} was never started"
+    return child.proc
 
 
 def _alive(pid: int) -> bool:
@@ -49,7 +61,11 @@ def test_output_is_prefixed_per_child_and_crashed_children_restart(tmp_path: Pat
 
     # When: it supervises for a while
     sup.start()
-    assert _until(lambda: (sup.poll(), counter.exists() and counter.read_text().count("run\n") >= 3)[1])
+    def restarted_three_times() -> bool:
+        sup.poll()
+        return counter.exists() and counter.read_text().count("run\n") >= 3
+
+    assert _until(restarted_three_times)
     sup.stop_all()
 
     # Then: lines carry their child's name, the crasher was restarted with growing backoff, the sleeper never
@@ -75,15 +91,15 @@ def test_stop_terms_then_kills_children_that_ignore_sigterm(tmp_path: Path) -> N
     sup.start()
     assert _until(lambda: "grandchild" in out.getvalue() and "ready" in out.getvalue())
     grandchild = int(out.getvalue().split("grandchild ")[1].split()[0])
-    pids = [c.proc.pid for c in sup.children]
+    pids = [_proc(c).pid for c in sup.children]
 
     # When: the supervisor is asked to stop
     sup.request_stop()
     sup.run_until_stopped(tick_s=0.01)
 
     # Then: everything is gone: SIGTERM for the polite one, SIGKILL for the group of the stubborn one
-    assert sup.children[0].proc.returncode == -15
-    assert sup.children[1].proc.returncode == -9
+    assert _proc(sup.children[0]).returncode == -15
+    assert _proc(sup.children[1]).returncode == -9
     assert "stubborn did not stop within 1 s; killing it" in out.getvalue()
     assert _until(lambda: not any(_alive(p) for p in [*pids, grandchild]), 5.0)
 
@@ -94,8 +110,12 @@ def test_the_periodic_chore_runs_while_supervising() -> None:
                      grace_s=5.0, out=io.StringIO(), chore=lambda: calls.append(time.monotonic()),
                      chore_every_s=0.05)
     sup.start()
-    stopper = threading.Thread(target=lambda: _until(lambda: len(calls) >= 3) and sup.request_stop())
+    def stop_after_three_chores() -> None:
+        if _until(lambda: len(calls) >= 3):
+            sup.request_stop()
+
+    stopper = threading.Thread(target=stop_after_three_chores)
     stopper.start()
     sup.run_until_stopped(tick_s=0.01)
     stopper.join()
-    assert len(calls) >= 3 and sup.children[0].proc.returncode == -15
+    assert len(calls) >= 3 and _proc(sup.children[0]).returncode == -15

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.cli.stack import REPO, Stack, clean_env, unipic_argv
+from tests.support import REPO
+from tests.support.stack import Stack, clean_env, unipic_argv
 
 pytestmark = pytest.mark.system
 

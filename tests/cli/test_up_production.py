@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.cli.stack import start_stack
+from tests.support.stack import start_stack
 
 pytestmark = pytest.mark.system
 

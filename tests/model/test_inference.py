@@ -12,7 +12,7 @@ from model.inference import EditRequest, GenerateRequest, UnderstandRequest
 def max_diff(a: list[Image.Image], b: list[Image.Image]) -> int:
     """Largest per-pixel difference (uint8 levels) between two equally long image lists."""
     assert len(a) == len(b)
-    return max(int(np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).max()) for x, y in zip(a, b))
+    return max(int(np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).max()) for x, y in zip(a, b, strict=True))
 
 
 TOL = 2  # uint8 levels: float noise across batch shapes can flip a truncation
@@ -48,7 +48,7 @@ def test_generate_batch_equals_alone(engine):
     reqs = [gen("0", "a cat"), gen("1", "a dog on a long red sofa in the afternoon sun", seed=2, num_images=2),
             gen("2", "x", seed=3, temperature=0.9), gen("3", "tree", seed=4, negative_prompt="blurry")]
     batch = engine.generate(reqs)
-    for req, res in zip(reqs, batch):
+    for req, res in zip(reqs, batch, strict=True):
         assert res.id == req.id
         assert max_diff(engine.generate([req])[0].images, res.images) <= TOL
 
@@ -56,7 +56,7 @@ def test_generate_batch_equals_alone(engine):
 def test_edit_batch_equals_alone_and_seeds(engine, photos):
     reqs = [EditRequest(str(i), photos[i], "make it " + "blue " * i, seed=i, size=64, steps=4) for i in range(4)]
     batch = engine.edit(reqs)
-    for req, res in zip(reqs, batch):
+    for req, res in zip(reqs, batch, strict=True):
         assert [im.size for im in res.images] == [(64, 64)]
         assert max_diff(engine.edit([req])[0].images, res.images) <= TOL
     other = EditRequest("x", photos[0], "make it ", seed=99, size=64, steps=4)
@@ -74,7 +74,7 @@ def test_understand_text_determinism_and_batch(engine, photos):
             for i in range(3)]
     reqs.append(UnderstandRequest("3", photos[3], "describe", seed=3, size=64, max_new_tokens=5, temperature=0.8))
     batch = engine.understand(reqs)
-    for req, res in zip(reqs, batch):
+    for req, res in zip(reqs, batch, strict=True):
         assert res.text and not res.canceled
         assert engine.understand([req])[0].text == res.text
     # sampling depends on the item's seed; greedy does not

@@ -6,44 +6,14 @@ Storage tests sweep, expire and requeue jobs table-wide, so on Postgres they use
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from storage.batches import BatchStore
 from storage.db import make_engine, make_session_factory
-from storage.ids import new_id
 from storage.jobs import JobStore
-from storage.records import NewJob
-from storage.tables import ApiKey
-
-
-@dataclass
-class Stores:
-    backend: str
-    sessions: Any
-    jobs: JobStore
-    batches: BatchStore
-    owner_id: str
-
-    def new_owner(self, default_webhook_url: str | None = None) -> str:
-        return add_owner(self.sessions, default_webhook_url)
-
-
-def add_owner(sessions: Any, default_webhook_url: str | None = None) -> str:
-    key_id = new_id()
-    with sessions.begin() as s:
-        s.add(ApiKey(id=key_id, name="t", key_prefix="upk_t", key_hash=secrets.token_hex(32),
-                     webhook_secret="whsec_x", default_webhook_url=default_webhook_url))
-    return key_id
-
-
-def job(owner_id: str, compat: str = "generate:256:8:3.0:constant", *, priority: int = 0, size: int = 256,
-        num_images: int = 1, queue: str = "unipic.generate.s", **kw: Any) -> NewJob:
-    params = {"prompt": "a cat", "width": size, "height": size, "num_images": num_images, "steps": 8}
-    return NewJob(owner_id=owner_id, kind="generate", params=params, compat_key=compat,
-                  queue=queue, priority=priority, seed=1, **kw)
+from tests.support.storage import Stores, add_owner
 
 
 @pytest.fixture(scope="session")

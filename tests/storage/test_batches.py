@@ -12,7 +12,7 @@ from storage.errors import IllegalTransition, NotFound
 from storage.jobs import JobStore
 from storage.records import NewBatch
 from storage.tables import WebhookEvent
-from tests.storage.conftest import Stores, add_owner, job
+from tests.support.storage import Stores, add_owner, job
 
 
 def test_get_counts_and_owner(stores: Stores, compat: str) -> None:
@@ -25,7 +25,7 @@ def test_get_counts_and_owner(stores: Stores, compat: str) -> None:
     with pytest.raises(NotFound):
         stores.batches.get(batch.id, stores.new_owner())
     assert [j.custom_id for j in stores.batches.jobs(batch.id)] == ["c0", "c1", "c2", "c3"]
-    assert batch.id in {b.id for b in stores.batches.list(stores.owner_id)[0]}
+    assert batch.id in {b.id for b in stores.batches.page(stores.owner_id)[0]}
 
 
 def test_cancel_batch(stores: Stores, compat: str) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import update
 from storage.db import make_engine, make_session_factory
 from storage.jobs import JobStore
 from storage.tables import Job
-from tests.storage.conftest import add_owner, job
+from tests.support.storage import add_owner, job
 
 
 def _race(store: JobStore, job_ids: list[str], threads: int, worker_prefix: str) -> list[str]:
@@ -90,7 +90,7 @@ def _claim_in_process(settings_json: str, job_ids: list[str], out: Any) -> None:
     settings = Settings.model_validate_json(settings_json)
     engine = make_engine(settings)
     store = JobStore(make_session_factory(engine))
-    claimed = []
+    claimed: list[str] = []
     for job_id in job_ids:
         claimed.extend(c.job_id for c in store.claim_batch(job_id, "p", 60, max_items=4, max_pixels=10**9))
     out.put(claimed)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from storage.errors import IdempotencyConflict, IllegalTransition, NotFound
 from storage.records import Claim, NewBatch
 from storage.tables import WebhookEvent, utcnow
-from tests.storage.conftest import Stores, job
+from tests.support.storage import Stores, job
 
 
 def claim_one(st: Stores, job_id: str, lease: float = 30.0) -> Claim:
@@ -278,14 +278,14 @@ def test_idempotency(stores: Stores, compat: str) -> None:
 
 def test_list_pagination_counts_and_position(stores: Stores, compat: str) -> None:
     recs = [stores.jobs.create(job(stores.owner_id, compat, priority=p, queue=compat)) for p in (0, 0, 1, 0, 0)]
-    page, cursor = stores.jobs.list(stores.owner_id, limit=2)
+    page, cursor = stores.jobs.page(stores.owner_id, limit=2)
     assert [r.id for r in page] == [recs[4].id, recs[3].id] and cursor
-    page2, cursor2 = stores.jobs.list(stores.owner_id, limit=2, cursor=cursor)
-    page3, cursor3 = stores.jobs.list(stores.owner_id, limit=2, cursor=cursor2)
+    page2, cursor2 = stores.jobs.page(stores.owner_id, limit=2, cursor=cursor)
+    page3, cursor3 = stores.jobs.page(stores.owner_id, limit=2, cursor=cursor2)
     assert [r.id for r in page + page2 + page3] == [r.id for r in reversed(recs)] and cursor3 is None
-    assert stores.jobs.list(stores.owner_id, cursor="not-an-id") == ([], None)
+    assert stores.jobs.page(stores.owner_id, cursor="not-an-id") == ([], None)
     stores.jobs.request_cancel(recs[0].id, stores.owner_id)
-    assert [r.id for r in stores.jobs.list(stores.owner_id, status="canceled")[0]] == [recs[0].id]
+    assert [r.id for r in stores.jobs.page(stores.owner_id, status="canceled")[0]] == [recs[0].id]
     counts = stores.jobs.counts_by_status(stores.owner_id)
     assert counts["queued"] == 4 and counts["canceled"] == 1 and counts["running"] == 0
     assert stores.jobs.active_count(stores.owner_id) == 4
@@ -293,7 +293,7 @@ def test_list_pagination_counts_and_position(stores: Stores, compat: str) -> Non
     assert positions == [1, 0, 2, 3]
     # jobs created together (one created_at) still page newest-first by id
     _, batch_recs = stores.jobs.create_many([job(stores.owner_id, compat, queue="other") for _ in range(3)])
-    assert [r.id for r in stores.jobs.list(stores.owner_id, limit=3)[0]] == [r.id for r in reversed(batch_recs)]
-    assert len(stores.jobs.list(stores.owner_id, limit=100)[0]) == 8
+    assert [r.id for r in stores.jobs.page(stores.owner_id, limit=3)[0]] == [r.id for r in reversed(batch_recs)]
+    assert len(stores.jobs.page(stores.owner_id, limit=100)[0]) == 8
     for r in batch_recs:
         stores.jobs.request_cancel(r.id, stores.owner_id)

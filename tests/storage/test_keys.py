@@ -28,12 +28,12 @@ def test_create_and_authenticate(storage_sessions: Any) -> None:
 def test_revoke_and_list(storage_sessions: Any) -> None:
     keys = KeyStore(storage_sessions)
     record, plaintext = keys.create("to-revoke")
-    assert record.id in {k.id for k in keys.list()}
+    assert record.id in {k.id for k in keys.page()}
     keys.revoke(record.id)
     keys.revoke(record.id)
     assert keys.authenticate(plaintext) is None
-    assert record.id not in {k.id for k in keys.list()}
-    assert record.id in {k.id for k in keys.list(include_revoked=True)}
+    assert record.id not in {k.id for k in keys.page()}
+    assert record.id in {k.id for k in keys.page(include_revoked=True)}
 
 
 def test_rotate_webhook_secret_with_overlap(storage_sessions: Any) -> None:

@@ -58,8 +58,8 @@ def test_put_get_stat_list_delete(store: ObjectStore) -> None:
     stat = store.stat("results/j1/0.png")
     assert (stat.size, stat.content_type, stat.sha256) == (9, "image/png", info.sha256)
     assert store.exists("results/j1/0.png") and store.size("inputs/j1/image.png") == 2
-    assert store.list("results/j1/") == ["results/j1/0.png", "results/j1/answer.json"]
-    assert store.list() == ["inputs/j1/image.png", "results/j1/0.png", "results/j1/answer.json"]
+    assert store.page("results/j1/") == ["results/j1/0.png", "results/j1/answer.json"]
+    assert store.page() == ["inputs/j1/image.png", "results/j1/0.png", "results/j1/answer.json"]
     store.put("results/j1/0.png", b"rewritten", "image/png")  # re-running a job overwrites the same key
     assert store.get("results/j1/0.png") == b"rewritten"
     store.delete("results/j1/0.png")
@@ -171,7 +171,7 @@ def test_local_writes_are_atomic_and_confined(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         store.put("results/a/0.png", Exploding())  # type: ignore[arg-type]
     assert store.get("results/a/0.png") == b"complete"
-    assert store.list() == ["results/a/0.png"]  # no temp files or sidecars listed
+    assert store.page() == ["results/a/0.png"]  # no temp files or sidecars listed
     (tmp_path / "outside").write_bytes(b"secret")
     (store.root / "results" / "link").symlink_to(tmp_path / "outside")
     with pytest.raises(InvalidKey):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.stack import SharedStack, Stack
+from tests.support.stack import SharedStack, Stack
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cli.stack import REPO, Stack
+from tests.support import REPO
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.system
 

@@ -6,7 +6,13 @@ import random
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-from workers.backoff import MAX_ATTEMPTS, SCHEDULE_SECONDS, next_attempt_at, parse_retry_after, retry_delay
+from workers.webhooks.backoff import (
+    MAX_ATTEMPTS,
+    SCHEDULE_SECONDS,
+    next_attempt_at,
+    parse_retry_after,
+    retry_delay,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from storage.ssrf import WebhookTarget
-from tests.webhooks.receiver import Receiver
-from workers.delivery import SNIPPET_BYTES, post_webhook
+from egress.url_guard import WebhookTarget
+from tests.support.webhooks import Receiver
+from workers.webhooks.delivery import SNIPPET_BYTES, post_webhook
 
 
 @pytest.fixture

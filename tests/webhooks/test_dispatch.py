@@ -9,11 +9,10 @@ from typing import Any
 from sqlalchemy import select
 
 from storage.tables import WebhookAttempt, WebhookEndpoint, WebhookEvent
-from storage.webhook_admin import WebhookAdmin
-from tests.webhooks.conftest import Clock, JobDriver
-from tests.webhooks.receiver import Receiver, standard_webhook_valid
-from workers.backoff import MAX_ATTEMPTS, SCHEDULE_SECONDS
-from workers.webhooks import WebhookDispatcher
+from storage.webhooks import WebhookStore
+from tests.support.webhooks import Clock, JobDriver, Receiver, standard_webhook_valid
+from workers.webhooks.backoff import MAX_ATTEMPTS, SCHEDULE_SECONDS
+from workers.webhooks.dispatcher import WebhookDispatcher
 
 
 def events_of(session_factory: Any, job_id: str) -> list[WebhookEvent]:
@@ -71,7 +70,7 @@ def test_failing_receiver_gets_the_same_id_on_the_scheduled_retries(
         # When it is due, it is attempted and rescheduled per the schedule (with jitter)
         assert dispatcher.dispatch_due() == {"pending": 1}
         (event,) = events_of(session_factory, job.id)
-        assert event.attempts == attempt
+        assert event.attempts == attempt and event.next_attempt_at is not None
         delay = (event.next_attempt_at - clock()).total_seconds()
         assert 0.9 * base <= delay <= 1.1 * base
         # Then nothing is sent before the next attempt is due
@@ -98,6 +97,7 @@ def test_retry_after_is_honored_in_seconds_and_as_a_date(
     receiver.respond(503, {"Retry-After": format_datetime(clock() + timedelta(seconds=900), usegmt=True)})
     dispatcher.dispatch_due()
     (event,) = events_of(session_factory, job.id)
+    assert event.next_attempt_at is not None
     assert 899 < (event.next_attempt_at - clock()).total_seconds() <= 900  # HTTP dates have whole seconds
     clock.advance(900)
     assert dispatcher.dispatch_due() == {"delivered": 1}
@@ -143,7 +143,7 @@ def test_410_disables_the_endpoint_and_drops_its_pending_events(
     assert [e.status for e in events_of(session_factory, second.id)] == ["dropped"]
     assert len(receiver.received) == 1
     # And once re-enabled, a replay is delivered with the same id
-    admin = WebhookAdmin(session_factory)
+    admin = WebhookStore(session_factory)
     assert admin.enable(endpoint.id, owner_id).enabled
     (dropped,) = events_of(session_factory, second.id)
     admin.replay(dropped.id, owner_id, now=clock())
@@ -170,7 +170,7 @@ def test_rotation_signs_with_both_secrets_during_the_overlap(
     # after the overlap only the new secret signs
     clock.advance(3601)
     (started, _) = events_of(session_factory, job.id)
-    WebhookAdmin(session_factory).replay(started.id, owner_id, now=clock())
+    WebhookStore(session_factory).replay(started.id, owner_id, now=clock())
     dispatcher.dispatch_due()
     last = receiver.wait_for(3)[-1]
     assert len(last.headers["webhook-signature"].split(" ")) == 1

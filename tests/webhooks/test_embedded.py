@@ -8,9 +8,8 @@ from storage.db import make_engine, make_session_factory
 from storage.jobs import JobStore
 from storage.keys import KeyStore
 from storage.objects import make_object_store
-from tests.webhooks.conftest import Clock, JobDriver
-from tests.webhooks.receiver import Receiver, standard_webhook_valid
-from workers.webhooks import WebhookDispatcher
+from tests.support.webhooks import Clock, JobDriver, Receiver, standard_webhook_valid
+from workers.webhooks.dispatcher import WebhookDispatcher
 
 
 def test_sqlite_outbox_is_delivered_and_retried(embedded_settings: Any, receiver: Receiver) -> None:

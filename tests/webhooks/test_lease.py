@@ -7,10 +7,10 @@ from typing import Any
 from sqlalchemy import select
 
 from storage.tables import WebhookAttempt, WebhookEvent
-from tests.webhooks.conftest import Clock, JobDriver
-from tests.webhooks.receiver import Receiver
-from workers.webhook_store import INTERRUPTED, AttemptOutcome
-from workers.webhooks import WebhookDispatcher, lease_seconds
+from storage.webhook_records import AttemptOutcome
+from storage.webhooks import INTERRUPTED
+from tests.support.webhooks import Clock, JobDriver, Receiver
+from workers.webhooks.dispatcher import WebhookDispatcher, lease_seconds
 
 
 def test_lost_claim_is_redelivered_after_the_lease_with_the_same_id(

@@ -11,9 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from storage.tables import WebhookEvent
-from tests.webhooks.conftest import Clock
-from tests.webhooks.receiver import Receiver, standard_webhook_valid
-from workers.webhooks import WebhookDispatcher
+from tests.support.webhooks import Clock, Receiver, standard_webhook_valid
+from workers.webhooks.dispatcher import WebhookDispatcher
 
 Key = tuple[Any, dict[str, str]]
 

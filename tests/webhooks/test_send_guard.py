@@ -7,9 +7,8 @@ from typing import Any
 from sqlalchemy import select
 
 from storage.tables import WebhookAttempt, WebhookEvent
-from tests.webhooks.conftest import JobDriver
-from tests.webhooks.receiver import Receiver
-from workers.webhooks import WebhookDispatcher
+from tests.support.webhooks import JobDriver, Receiver
+from workers.webhooks.dispatcher import WebhookDispatcher
 
 
 def only_event(session_factory: Any, job_id: str) -> tuple[WebhookEvent, list[WebhookAttempt]]:
@@ -41,7 +40,10 @@ def test_the_name_is_resolved_at_send_time_and_the_checked_address_is_used(
     dispatcher: WebhookDispatcher,
 ) -> None:
     answers = {"hooks.example.test": ["127.0.0.1"]}
-    resolver = lambda host, port: answers[host]
+
+    def resolver(host: str, port: int) -> list[str]:
+        return answers[host]
+
     job = jobs.create(f"http://hooks.example.test:{receiver.port}/named", ["job.started", "job.succeeded"])
     jobs.succeed(job)
     allowed = WebhookDispatcher(settings, session_factory, object_store, clock=dispatcher.clock,

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.webhooks.receiver import standard_webhook_valid
-from workers.signing import SignatureError, secret_bytes, sign, verify, webhook_headers
+from tests.support.webhooks import standard_webhook_valid
+from workers.webhooks.signing import SignatureError, secret_bytes, sign, verify, webhook_headers
 
 
 def new_secret() -> str:

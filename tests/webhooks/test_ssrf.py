@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from storage.ssrf import UnresolvableWebhookUrl, UnsafeWebhookUrl, check_webhook_url
+from egress.url_guard import UnresolvableWebhookUrl, UnsafeWebhookUrl, check_webhook_url
 
 
 @dataclass

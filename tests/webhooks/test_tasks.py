@@ -8,10 +8,9 @@ from sqlalchemy import select
 
 from storage.routing import DELIVER_WEBHOOK_TASK, DISPATCH_WEBHOOKS_TASK, WEBHOOK_QUEUE
 from storage.tables import WebhookEvent
-from tests.webhooks.conftest import JobDriver
-from tests.webhooks.receiver import Receiver
+from tests.support.webhooks import JobDriver, Receiver
 from workers.app import make_celery
-from workers.webhooks import register
+from workers.webhooks.dispatcher import register
 
 
 def test_tasks_and_beat_entry_are_registered(settings: Any) -> None:
@@ -33,6 +32,6 @@ def test_deliver_task_sends_one_due_event(
     with session_factory() as s:
         event_id = s.scalars(select(WebhookEvent.id).where(WebhookEvent.job_id == job.id)).one()
     # run in process, through Celery's task machinery, with the dispatcher the task builds from settings
-    assert app.tasks[DELIVER_WEBHOOK_TASK].apply(args=[event_id]).get() == "delivered"
+    assert app.tasks[DELIVER_WEBHOOK_TASK].apply(args=(event_id,)).get() == "delivered"
     assert receiver.wait_for(1)[0].headers["webhook-id"] == event_id
-    assert app.tasks[DELIVER_WEBHOOK_TASK].apply(args=[event_id]).get() is None  # nothing due any more
+    assert app.tasks[DELIVER_WEBHOOK_TASK].apply(args=(event_id,)).get() is None  # nothing due any more

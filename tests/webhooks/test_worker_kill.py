@@ -15,10 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from storage.tables import WebhookEvent
-from tests.webhooks.conftest import JobDriver
-from tests.webhooks.receiver import Receiver
+from tests.support import REPO
+from tests.support.webhooks import JobDriver, Receiver
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.system  # starts webhook-worker processes
+
 TIMEOUT_SECONDS = 2.0  # worker's webhook timeout: the lease is 2 * 2 + 5 = 9 s
 
 

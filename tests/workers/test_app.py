@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from storage.routing import MAINTENANCE_QUEUE, RUN_BATCH_TASK, SWEEP_TASK, WEBHOOK_QUEUE
-from tests.workers.conftest import REPO
+from tests.support import REPO
 from workers.app import make_celery, queue, visibility_timeout
 
 

@@ -11,8 +11,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
-from tests.workers.conftest import decode, enqueue, make_job, wait_for, wait_terminal
+from tests.support.jobs import decode, enqueue, make_job
+from tests.support.waiting import wait_for, wait_terminal
+
+pytestmark = pytest.mark.system  # starts model-worker processes
 
 STEPS = 6
 
@@ -35,7 +39,9 @@ def test_cancel_while_queued_and_while_running_leaves_batch_mates_unchanged(
     assert job_store.request_cancel(queued_victim.id, owner_id).status == "canceled"
 
     # When the other three run as one batch and one of them is canceled mid-run
-    enqueue(job_store, celery_app, jobs)
+    # (stamped before sending: a stamp still holding a batch-mate's row lock when the worker claims would make
+    # the claim skip that mate, SKIP LOCKED, and the batch would hold two)
+    enqueue(job_store, celery_app, jobs, stamp_first=True)
     wait_for(lambda: job_store.get(victim.id).status == "running", "the batch to start")
     job_store.request_cancel(victim.id, owner_id)
     done = wait_terminal(job_store, [j.id for j in jobs], workers=[worker])
@@ -43,7 +49,7 @@ def test_cancel_while_queued_and_while_running_leaves_batch_mates_unchanged(
     # Then the canceled ones end canceled and the others succeed in that same batch of three
     assert done[queued_victim.id].status == "canceled" and done[queued_victim.id].started_at is None
     assert done[victim.id].status == "canceled" and done[victim.id].error_code == "canceled"
-    assert done[victim.id].result_keys is None and not object_store.list(f"results/{victim.id}/")
+    assert done[victim.id].result_keys is None and not object_store.page(f"results/{victim.id}/")
     for job in (keep_a, keep_b):
         assert done[job.id].status == "succeeded" and done[job.id].batch_size == 3
 

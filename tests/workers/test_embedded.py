@@ -8,11 +8,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from storage.db import make_engine, make_session_factory
 from storage.jobs import JobStore
 from storage.objects import make_object_store
-from tests.workers.conftest import REPO, decode, enqueue, make_job, wait_terminal
+from tests.support import REPO
+from tests.support.jobs import decode, enqueue, make_job
+from tests.support.waiting import wait_terminal
 from workers.app import make_celery
+
+pytestmark = pytest.mark.system  # starts `unipic worker`
 
 
 def test_unipic_worker_serves_the_embedded_stack(

@@ -7,9 +7,13 @@ import json
 from collections import defaultdict
 from typing import Any
 
+import pytest
 from PIL import Image
 
-from tests.workers.conftest import decode, enqueue, make_job, wait_terminal
+from tests.support.jobs import decode, enqueue, make_job
+from tests.support.waiting import wait_terminal
+
+pytestmark = pytest.mark.system  # starts a model-worker process
 
 
 def test_forty_mixed_jobs_all_succeed_in_compatible_batches(

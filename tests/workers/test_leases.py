@@ -6,7 +6,8 @@ import threading
 import time
 from typing import Any
 
-from tests.workers.conftest import make_job, wait_for
+from tests.support.jobs import make_job
+from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
 from workers.leases import LeaseKeeper
 
@@ -51,5 +52,5 @@ def test_a_job_whose_lease_is_lost_mid_batch_is_dropped_and_its_mates_finish(
 
     # Then the worker never wrote it, and its batch-mate succeeded
     assert job_store.get(lost.id).status == "queued"
-    assert not object_store.list(f"results/{lost.id}/")
+    assert not object_store.page(f"results/{lost.id}/")
     assert job_store.get(kept.id).status == "succeeded"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.workers.conftest import make_job
+from tests.support.jobs import make_job
 from workers.faults import FaultInjector
 from workers.limits import BatchClock, hard_limit_seconds, job_pixels, soft_limit_seconds, work_steps
 
@@ -55,4 +55,4 @@ def test_a_batch_over_its_time_limit_fails_with_timeout(
     # Then both jobs failed with timeout and wrote nothing
     for job in job_store.get_many([j.id for j in jobs]):
         assert (job.status, job.error_code) == ("failed", "timeout")
-        assert not object_store.list(f"results/{job.id}/")
+        assert not object_store.page(f"results/{job.id}/")

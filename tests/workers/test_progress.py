@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.workers.conftest import make_job, wait_for
+from tests.support.jobs import make_job
+from tests.support.waiting import wait_for
 from workers.progress import CancelWatcher, ProgressReporter
 
 

@@ -6,7 +6,10 @@ import signal
 import time
 from typing import Any
 
-from tests.workers.conftest import enqueue, make_job, wait_for, wait_terminal
+import pytest
+
+from tests.support.jobs import enqueue, make_job
+from tests.support.waiting import wait_for, wait_terminal
 from workers.shutdown import ShutdownGate
 
 
@@ -35,6 +38,7 @@ def test_the_grace_period_running_out_abandons_everything() -> None:
     assert gate.should_abandon(time.monotonic(), 0.99)
 
 
+@pytest.mark.system  # starts model-worker processes
 def test_sigterm_finishes_a_batch_that_fits_the_grace_period_and_releases_one_that_does_not(
     start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any, registry: Any
 ) -> None:

@@ -7,13 +7,17 @@ import sys
 import threading
 from typing import Any
 
+import pytest
 import redis
 
 from storage.routing import queue_for
-from tests.workers.conftest import REPO, enqueue, make_job, wait_for, wait_terminal
+from tests.support import REPO
+from tests.support.jobs import enqueue, make_job
+from tests.support.waiting import wait_for, wait_terminal
 from workers.sweeper import Sweeper
 
 
+@pytest.mark.system  # starts model-worker processes
 def test_a_worker_killed_mid_batch_loses_nothing(
     start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any, registry: Any,
     settings: Any,
@@ -47,10 +51,11 @@ def test_a_worker_killed_mid_batch_loses_nothing(
         assert job.status == "succeeded", (job.id, job.error_code, job.error_message)
         assert job.attempts == 1 and job.worker_id in rescuer_ids and job.batch_size == 4
         # and its result objects are exactly the recorded keys: no orphan, no duplicate
-        assert sorted(object_store.list(f"results/{job.id}/")) == sorted(job.result_keys) == [
+        assert sorted(object_store.page(f"results/{job.id}/")) == sorted(job.result_keys) == [
             f"results/{job.id}/0.png"]
 
 
+@pytest.mark.system  # starts model-worker processes
 def test_jobs_survive_the_broker_losing_every_message(
     start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any, redis_url: str,
     worker_env: dict[str, str],
