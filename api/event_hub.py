@@ -27,12 +27,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.background import stop_task
 from storage.job_events import CHANNEL_PREFIX, channel_pattern
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT_S = 3.0  # the most an app shutdown waits for this background task
 CLOSE_TIMEOUT_S = 2.0  # per close of the Redis subscription or client
 
 RECONNECT_MIN_S = 0.1
@@ -234,12 +234,7 @@ class EventHub:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            # Bounded: a task started on another (test client's) loop, or stuck closing a dead connection, must
-            # not hang the app's shutdown; its own loop finishes the cancellation.
-            if task.get_loop() is asyncio.get_running_loop():
-                await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+        await stop_task(task)
 
     async def _run(self, subscribed: asyncio.Event) -> None:
         import redis.asyncio as aioredis

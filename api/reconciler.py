@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
+from api.background import stop_task
 from api.event_hub import Watch
 from storage.records import JobRecord
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT_S = 3.0  # the most an app shutdown waits for this background task
 
 TICK_S = 1.0
 MAX_IDS_PER_READ = 1000
@@ -75,12 +75,7 @@ class JobReconciler:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            # Bounded: a task started on another (test client's) loop, or stuck closing a dead connection, must
-            # not hang the app's shutdown; its own loop finishes the cancellation.
-            if task.get_loop() is asyncio.get_running_loop():
-                await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+        await stop_task(task)
 
     async def _run(self) -> None:
         while True:
