@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     # connections (empty = embedded default under data_dir)
     database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite file in data_dir")
     broker_url: str = Field(default="", description="Celery broker URL (redis://...); default embedded SQLite")
-    redis_url: str = Field(default="", description="Redis for progress/rate limits; default: broker if redis")
+    redis_url: str = Field(default="", description="Redis for rate limits and job event fan-out; default: broker if redis")
     storage_url: str = Field(default="", description="s3://bucket/prefix or file:///dir; default data_dir/objects")
     s3_endpoint_url: str = Field(default="", description="S3-compatible endpoint (MinIO, R2, moto)")
     s3_public_endpoint_url: str = Field(default="", description="S3 endpoint in presigned URLs, if clients "
