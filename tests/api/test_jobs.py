@@ -251,6 +251,9 @@ def test_list_filters_and_cursor_pagination(client: Any, auth: dict[str, str]) -
     assert len(r.json()["data"]) == 6
     r = client.get("/v1/jobs", params={"created_before": "2020-01-01T00:00:00Z"}, headers=auth)
     assert r.json()["data"] == []
+    for bad in ({"created_after": "yesterday"}, {"created_before": "2020-13-01"}, {"limit": "0"}):
+        r = client.get("/v1/jobs", params=bad, headers=auth)
+        assert r.status_code == 422 and r.json()["error"]["field"] == next(iter(bad)), r.text
 
 
 def test_cancel_queued_then_again(client: Any, auth: dict[str, str]) -> None:

@@ -8,7 +8,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 MAX_EXAMPLES = 30
 
@@ -51,6 +51,7 @@ OPERATIONS = [
     ("GET", "/metrics"),
 ]
 WITHOUT_INPUTS = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+OPTIONAL_QUERY_LISTS = {("GET", "/v1/jobs"), ("GET", "/v1/batches")}
 CASES = [(m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS] + [
     (m, p, GenerationMode.NEGATIVE) for m, p in OPERATIONS if (m, p) not in WITHOUT_INPUTS
 ]
@@ -67,7 +68,14 @@ def test_fuzz_no_server_errors_or_schema_violations(api_schema: Any, fuzz_header
     def run(case: Any) -> None:
         # semantic checks beyond the schema (settings bounds, image decoding, SSRF) rightly refuse some
         # schema-valid requests, so "positive data is accepted" does not hold by design; all else must
-        case.call_and_validate(headers=fuzz_headers, excluded_checks=[positive_data_acceptance])
+        case.call_and_validate(headers=fuzz_headers, excluded_checks=excluded)
+
+    excluded = [positive_data_acceptance]
+    if (method, path) in OPTIONAL_QUERY_LISTS:
+        # schemathesis mutates an optional query value (e.g. `created_after`) into one that serializes to
+        # nothing, then reports the valid request that is actually sent as "negative data accepted"; the
+        # list routes' refusals are checked by tests/api/test_fuzz.py and test_jobs.py instead
+        excluded.append(negative_data_rejection)
 
     run()
 
