@@ -59,8 +59,8 @@ class Settings(BaseSettings):
           description="Largest image (w*h) a worker serves; picks its queues")
     worker_batch_pixel_budget: int = Field(default=8 * 1024 * 1024, ge=64 * 64,
           description="Most pixels (w*h*num_images summed) in one batch")
-    worker_pipeline: bool = Field(default=True,
-          description="Write a batch's results while the next batch samples (false: one after the other)")
+    worker_pipeline: bool = Field(default=False,
+          description="Write a batch's results while the next batch samples (opt-in; default: one after the other)")
     batch_wait_ms: int = Field(default=0, ge=0, le=60_000,
           description="Wait this long for more compatible jobs before running a batch (0: take what is queued)")
     lease_seconds: float = Field(default=60.0, gt=0,

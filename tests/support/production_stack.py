@@ -1,5 +1,6 @@
 """One `unipic up --model tiny` on this session's Postgres schema, Redis db and moto S3 (the production path),
-shared by the SDK, OpenAI-route and client-CLI tests: started on first use, stopped at the end of the session.
+shared by the SDK, OpenAI-route and client-CLI tests of one module: started on first use, stopped after the
+module (its worker would otherwise run later modules' jobs).
 
 Knows the session fixtures' settings (`settings_env`) and tests.support.stack; the key it makes is a fresh one
 in the session schema, so tests isolate themselves by that key (or by keys they make).
@@ -12,6 +13,7 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +53,35 @@ class ProductionStack:
         return cls._stack
 
     @classmethod
-    def _cleanup(cls) -> None:
+    def stop(cls) -> None:
+        """Stop the stack: its worker serves every queue of the shared schema and broker db, so it must not
+        outlive the module that uses it (it would run other tests' jobs)."""
         if cls._stack is not None:
             cls._stack.stop()
             for pid in cls._stack.child_pids().values():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
+        cls._stack = None
+
+    @classmethod
+    def _cleanup(cls) -> None:
+        cls.stop()
         if cls._tmp is not None:
             shutil.rmtree(cls._tmp, ignore_errors=True)
         cls._stack, cls._tmp = None, None
 
 
+@pytest.fixture(scope="module")
+def _prod_stack_of_module() -> Iterator[None]:
+    yield
+    ProductionStack.stop()
+
+
 @pytest.fixture
-def prod_stack(request: pytest.FixtureRequest, settings_env: dict[str, str], session_factory: Any) -> Stack:
-    """The running production-path stack (Postgres, Redis, S3, a real tiny-model worker, webhook worker)."""
+def prod_stack(request: pytest.FixtureRequest, settings_env: dict[str, str], session_factory: Any,
+               _prod_stack_of_module: None) -> Stack:
+    """The running production-path stack (Postgres, Redis, S3, a real tiny-model worker, webhook worker),
+    shared by the tests of one module and stopped after it."""
     return ProductionStack.get(request.config, settings_env, session_factory)
 
 
