@@ -96,7 +96,7 @@ def decode(objects: Any, key: str) -> Image.Image:
         return image.copy()
 
 
-def cancel_leftover_jobs(session_factory: Any) -> int:
+def cancel_leftover_jobs(session_factory: Any, except_owner: str | None = None) -> int:
     """Cancel jobs other packages' tests left queued in the shared schema (the API tests submit 1024 px jobs
     that no worker of theirs runs), so tests that start real workers and sweepers measure only their own work."""
     from sqlalchemy import select
@@ -105,7 +105,10 @@ def cancel_leftover_jobs(session_factory: Any) -> int:
 
     store = JobStore(session_factory)
     with session_factory() as s:
-        leftovers = s.execute(select(Job.id, Job.owner_id).where(Job.status == "queued")).all()
+        stmt = select(Job.id, Job.owner_id).where(Job.status == "queued")
+        if except_owner is not None:
+            stmt = stmt.where(Job.owner_id != except_owner)
+        leftovers = s.execute(stmt).all()
     for job_id, owner_id in leftovers:
         store.request_cancel(job_id, owner_id)
     return len(leftovers)

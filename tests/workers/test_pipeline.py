@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support.jobs import decode, make_job
+from tests.support.jobs import cancel_leftover_jobs, decode, make_job
 from workers.faults import FaultInjector
 from workers.pipeline import FinishPipeline
 
@@ -31,7 +31,10 @@ def _two_batches(make_runner: Any, job_store: Any, object_store: Any, owner_id: 
              for i in range(2)]
     second = [make_job(job_store, object_store, owner_id, "generate", 64, seed=50 + i, steps=3, tag=tag)
               for i in range(2)]
+    # (a claim takes the best job of the queue: strangers' jobs requeued meanwhile must not take these claims)
+    cancel_leftover_jobs(job_store.sessions, except_owner=owner_id)
     assert runner.run(first[0].id) == 2
+    cancel_leftover_jobs(job_store.sessions, except_owner=owner_id)
     assert runner.run(second[0].id) == 2
     runner.drain()
     return _outcome(job_store, object_store, [j.id for j in first + second])
