@@ -121,7 +121,8 @@ def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int)
     result.rows = [seed]
     result.weights[key.owner_id] = key.weight
     if max_items > 1:
-        result.rows += _fill(s, queue, seed, key, now, max_items - 1, max_pixels - seed.pixels, result.weights)
+        result.rows += _fill(s, queue, seed, key, now, max_items - 1, max_pixels - seed.pixels, result.weights,
+                             result.idle_owners)
     return result
 
 
@@ -169,10 +170,10 @@ class _Candidate:
 
 
 def _fill(s: Session, queue: str, seed: Job, seed_key: KeyShare, now: datetime, slots: int,
-          budget: int, weights_seen: dict[str, float]) -> list[Job]:
+          budget: int, weights_seen: dict[str, float], idle: list[str]) -> list[Job]:
     """Compatible jobs in weighted-fair order (finish tags), then locked with SKIP LOCKED."""
     tagged: list[tuple[float, int, datetime, _Candidate]] = []
-    for key, rows in _candidates(s, queue, seed, seed_key, now, slots):
+    for key, rows in _candidates(s, queue, seed, seed_key, now, slots, idle):
         weights_seen[key.owner_id] = key.weight
         tag = key.vtime + (job_work(seed) / key.weight if key.owner_id == seed.owner_id else 0.0)
         for row in rows:
@@ -193,10 +194,12 @@ def _fill(s: Session, queue: str, seed: Job, seed_key: KeyShare, now: datetime, 
     return [locked[i] for i in chosen if i in locked]
 
 
-def _candidates(s: Session, queue: str, seed: Job, seed_key: KeyShare, now: datetime,
-                slots: int) -> list[tuple[KeyShare, list[_Candidate]]]:
-    """Up to `slots` compatible queued jobs (policy order) of each of the `slots + 1` least-served keys, seed's
-    key included. Postgres: one query (LATERAL, one index probe per key); SQLite: one small query per key."""
+def _candidates(s: Session, queue: str, seed: Job, seed_key: KeyShare, now: datetime, slots: int,
+                idle: list[str]) -> list[tuple[KeyShare, list[_Candidate]]]:
+    """Up to `slots` compatible queued jobs (policy order) of the seed's key and of each of the `slots` other
+    least-served keys that have queued work (keys the seeding just found idle are skipped: their rows are only
+    forgotten after this transaction). Postgres: one query (LATERAL, one index probe per key); SQLite: one small
+    query per key."""
     n_keys = min(MAX_FILL_KEYS, slots + 1)  # more keys than free slots cannot all get one
     keys = {k.owner_id: k for k in active_keys(s, queue, n_keys)} if s.get_bind().dialect.name != \
         "postgresql" else {}
@@ -205,8 +208,9 @@ def _candidates(s: Session, queue: str, seed: Job, seed_key: KeyShare, now: date
     by_owner: dict[str, list[_Candidate]] = {}
     if s.get_bind().dialect.name == "postgresql":
         fs = (select(FairShare.owner_id, FairShare.vtime, func.coalesce(ApiKey.weight, 1.0).label("weight"))
-              .outerjoin(ApiKey, ApiKey.id == FairShare.owner_id).where(FairShare.queue == queue)
-              .order_by(FairShare.vtime, FairShare.served_jobs, FairShare.owner_id).limit(n_keys)
+              .outerjoin(ApiKey, ApiKey.id == FairShare.owner_id)
+              .where(FairShare.queue == queue, FairShare.owner_id.not_in([seed.owner_id, *idle]))
+              .order_by(FairShare.vtime, FairShare.served_jobs, FairShare.owner_id).limit(n_keys - 1)
               .subquery("fs"))
         per_key = (select(*wanted).where(*compatible, Job.owner_id == fs.c.owner_id)
                    .order_by(*within_key()).limit(slots).lateral("j"))
@@ -215,6 +219,9 @@ def _candidates(s: Session, queue: str, seed: Job, seed_key: KeyShare, now: date
             keys.setdefault(row[1], KeyShare(row[1], float(vtime), float(weight)))
             by_owner.setdefault(row[1], []).append(_candidate(row))
         keys.setdefault(seed_key.owner_id, seed_key)
+        own = s.execute(select(*wanted).where(*compatible, Job.owner_id == seed.owner_id)
+                        .order_by(*within_key()).limit(slots)).tuples()
+        by_owner[seed.owner_id] = [_candidate(r) for r in own]
     else:
         keys.setdefault(seed_key.owner_id, seed_key)
         for owner_id in keys:

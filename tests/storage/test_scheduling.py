@@ -138,6 +138,22 @@ def test_batch_fill_respects_the_pixel_budget(stores: Stores) -> None:
     assert len(claims) == 3
 
 
+def test_batch_fill_finds_its_own_keys_jobs_behind_many_keys_gone_idle(stores: Stores) -> None:
+    # Given ten keys whose queued jobs were canceled: their fair-share rows (at the same virtual time, and
+    # sorting first) are still there, since a claim forgets idle keys only after its own transaction
+    queue = _queue()
+    for _ in range(10):
+        owner = stores.new_owner()
+        [job_id] = _submit(stores, owner, queue, 1)
+        stores.jobs.request_cancel(job_id, owner)
+    a = stores.new_owner()
+    _submit(stores, a, queue, 2)
+    # When the queue is claimed with room for eight
+    claims = stores.jobs.claim_next(queue, WORKER, 60, 8, 10**9)
+    # Then both of the remaining key's jobs form the batch
+    assert [stores.jobs.get(c.job_id).owner_id for c in claims] == [a, a]
+
+
 def test_a_message_whose_job_was_taken_still_claims_from_its_queue(stores: Stores) -> None:
     queue, a = _queue(), stores.new_owner()
     first, second = _submit(stores, a, queue, 2)
