@@ -53,7 +53,7 @@ def test_sigterm_finishes_a_batch_that_fits_the_grace_period_and_releases_one_th
                  for i in range(2)]
     releasing = [make_job(job_store, object_store, owner_id, "edit", 64, seed=70 + i, steps=6, tag="term")
                  for i in range(2)]
-    enqueue(job_store, celery_app, [*finishing, *releasing])
+    enqueue(job_store, celery_app, [*finishing, *releasing], stamp_first=True)  # batches of two, never split
     everything = [j.id for j in [*finishing, *releasing]]
     wait_for(lambda: all(j.status == "running" and (j.progress_step or 0) >= 1
                          for j in job_store.get_many(everything)), "both batches to be mid-run")
