@@ -39,7 +39,7 @@ def serve(app: Any) -> Iterator[str]:
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
+        assert time.monotonic() < deadline, "uvicorn did not start"  # wallclock-ok: bounded wait for readiness, not a speed claim
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
@@ -99,7 +99,7 @@ def test_per_key_stream_limit_answers_429(server_url: str, make_key: Any, app: A
         # Then closing the streams frees their places
         deadline = time.monotonic() + LIVENESS_S
         while hub.open_for(app.state.services.keys.authenticate(auth["Authorization"][7:]).id):
-            assert time.monotonic() < deadline, "closed streams were not released"
+            assert time.monotonic() < deadline, "closed streams were not released"  # wallclock-ok: bounded wait, not a speed claim
             time.sleep(0.05)
         for job in jobs:
             http.post(f"/v1/jobs/{job['id']}/cancel")
@@ -177,7 +177,7 @@ def test_redis_restart_resyncs_every_watch(tmp_path: Any) -> None:
             assert (await watch.wait(LIVENESS_S)).resync
             deadline = time.monotonic() + LIVENESS_S
             while hub.subscriptions < 2:
-                assert time.monotonic() < deadline, "the hub did not resubscribe"
+                assert time.monotonic() < deadline, "the hub did not resubscribe"  # wallclock-ok: bounded wait, not a speed claim
                 await watch.wait(0.1)
             await asyncio.to_thread(RedisPublisher(redis.url).publish, [{"type": "status", "job_id": "j",
                                                                          "status": "running"}])
