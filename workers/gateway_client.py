@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import httpx
 
@@ -33,6 +33,33 @@ log = logging.getLogger(__name__)
 
 RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 4.0)
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+class HttpResponse(Protocol):
+    """The parts of a response the gateway client reads."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def content(self) -> bytes: ...
+    def json(self) -> Any: ...
+    def raise_for_status(self) -> Any: ...
+
+
+class HttpClient(Protocol):
+    """What the gateway client needs of an HTTP client: an `httpx.Client` in production.
+
+    Tests hand in Starlette's in-process `TestClient`, which is built on another HTTP library (`httpx2` since
+    Starlette 1.10) and refuses `httpx` objects. So only plain values cross this seam: URLs, JSON, bytes and a
+    timeout in seconds; the default timeouts belong to the client that was built with them.
+    """
+
+    def post(self, url: str, *, json: Any, headers: dict[str, str], timeout: float = ...) -> HttpResponse: ...
+    def get(self, url: str) -> HttpResponse: ...
+    def put(self, url: str, *, content: bytes) -> HttpResponse: ...
+    def close(self) -> None: ...
 
 
 class GatewayError(RuntimeError):
@@ -56,20 +83,19 @@ class Written:
 class GatewayHttp:
     """POSTs JSON to `<base>/v1/worker/<path>` with the token, retrying transient failures."""
 
-    def __init__(self, base_url: str, token: str, http: httpx.Client | None = None) -> None:
+    def __init__(self, base_url: str, token: str, http: HttpClient | None = None) -> None:
         self.base = base_url.rstrip("/")
-        self.http = http or httpx.Client(timeout=TIMEOUT)
+        self.http: HttpClient = http or httpx.Client(timeout=TIMEOUT)
         self.headers = {"Authorization": f"Bearer {token}"}
         self.revoked = threading.Event()
 
-    def post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> httpx.Response:
+    def post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> HttpResponse:
         """The response (2xx, 404, 409 or 422); raises `TokenRevoked` on 401, `GatewayError` after retries."""
         url = f"{self.base}/v1/worker/{path}"
         last: Exception | None = None
         for pause in (*RETRY_PAUSES, None):
             try:
-                response = self.http.post(url, json=body, headers=self.headers,
-                                          timeout=timeout if timeout is not None else TIMEOUT)
+                response = self._send(url, body, timeout)
             except httpx.TransportError as exc:
                 last = exc
             else:
@@ -85,6 +111,11 @@ class GatewayHttp:
             time.sleep(pause)
         raise GatewayError(f"gateway {path} failed after retries: {last}")
 
+    def _send(self, url: str, body: dict[str, Any], timeout: float | None) -> HttpResponse:
+        if timeout is None:  # the client's own default (`TIMEOUT`: a shorter connect timeout than read)
+            return self.http.post(url, json=body, headers=self.headers)
+        return self.http.post(url, json=body, headers=self.headers, timeout=timeout)
+
     def close(self) -> None:
         self.http.close()
 
@@ -92,8 +123,8 @@ class GatewayHttp:
 class GatewayObjects:
     """`ObjectPort` through presigned URLs: only the held jobs' inputs and result keys."""
 
-    def __init__(self, http: httpx.Client | None = None) -> None:
-        self.http = http or httpx.Client(timeout=TIMEOUT)
+    def __init__(self, http: HttpClient | None = None) -> None:
+        self.http: HttpClient = http or httpx.Client(timeout=TIMEOUT)
         self._gets: dict[str, str] = {}
         self._puts: dict[str, str] = {}
         self.written: dict[str, Written] = {}
@@ -264,7 +295,7 @@ class GatewayJobs:
         return {"worker": self.worker,
                 "claims": [{"job_id": c.job_id, "lease_token": c.lease_token} for c in claims]}
 
-    def _settled(self, claim: Claim, response: httpx.Response) -> None:
+    def _settled(self, claim: Claim, response: HttpResponse) -> None:
         if response.status_code not in (200, 404, 409):
             raise GatewayError(f"job {claim.job_id}: HTTP {response.status_code} {response.text[:200]}")
         self._mark(claim.job_id, JobStatus.SUCCEEDED)
@@ -283,7 +314,7 @@ class GatewayJobs:
             del self._jobs[job_id]
 
 
-def _check(response: httpx.Response, what: str) -> None:
+def _check(response: HttpResponse, what: str) -> None:
     if response.status_code != 200:
         raise GatewayError(f"gateway {what}: HTTP {response.status_code} {response.text[:300]}")
 
