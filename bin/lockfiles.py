@@ -49,12 +49,12 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def inputs_digest(target: str) -> str:
+def inputs_digest(target: str, root: Path = ROOT) -> str:
     """The digest of everything a target's lock is resolved from (requirement lists, not comments or layout)."""
     extras, with_sdk = TARGETS[target]
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    sdk = tomllib.loads((ROOT / "sdk/python/pyproject.toml").read_text())["project"]
-    parts: dict[str, object] = {"target": target, "torch": TORCH_PIN, "build": _in_file("build.in")}
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    sdk = tomllib.loads((root / "sdk/python/pyproject.toml").read_text())["project"]
+    parts: dict[str, object] = {"target": target, "torch": TORCH_PIN, "build": _in_file(root / "requirements/build.in")}
     if target != "sdk":
         parts["python"] = project["requires-python"]
         parts["project"] = project["dependencies"]
@@ -64,22 +64,22 @@ def inputs_digest(target: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _in_file(name: str) -> list[str]:
-    lines = (REQUIREMENTS / name).read_text().splitlines()
+def _in_file(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
     return sorted(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 
-def stale_locks() -> list[str]:
+def stale_locks(root: Path = ROOT) -> list[str]:
     """One line per lock file that is missing or was made from other inputs."""
     problems = []
     for target in TARGETS:
-        path = REQUIREMENTS / f"{target}.txt"
+        path = root / "requirements" / f"{target}.txt"
         if not path.exists():
-            problems.append(f"{path.relative_to(ROOT)} is missing")
+            problems.append(f"requirements/{target}.txt is missing")
             continue
         found = DIGEST_LINE.search(path.read_text())
-        if found is None or found.group(1) != inputs_digest(target):
-            problems.append(f"{path.relative_to(ROOT)} was not made from the current pyproject.toml files")
+        if found is None or found.group(1) != inputs_digest(target, root):
+            problems.append(f"requirements/{target}.txt was not made from the current pyproject.toml files")
     return problems
 
 

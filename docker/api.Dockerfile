@@ -6,8 +6,11 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
+# the locked set first (its own layer: rebuilt only when the lock changes), then the project without resolving
+COPY requirements/api.txt /app/requirements/api.txt
+RUN pip install --require-hashes --no-deps -r requirements/api.txt && pip check
 COPY . /app
-RUN pip install ".[api]" \
+RUN pip install --no-deps --no-build-isolation . \
     && python -c "import api.app, sys; assert 'torch' not in sys.modules, 'the API image must not need torch'" \
     && useradd --create-home --uid 10001 unipic
 USER unipic

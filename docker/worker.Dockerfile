@@ -9,9 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
     HF_HOME=/models
 WORKDIR /app
 
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+# the locked set first (requirements/worker.txt holds torch's own dependencies too), then torch from its CUDA
+# index (exactly pinned; it adds only the nvidia-* packages it pins itself), then the project without resolving
+COPY requirements/worker.txt /app/requirements/worker.txt
+RUN pip install --require-hashes --no-deps -r requirements/worker.txt
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" && pip check
 COPY . /app
-RUN pip install ".[model]" \
+RUN pip install --no-deps --no-build-isolation . \
     && useradd --create-home --uid 10001 unipic \
     && mkdir -p /models && chown unipic /models
 USER unipic
