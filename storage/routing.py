@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 RUN_BATCH_TASK = "unipic.gpu.run_batch"
-DELIVER_WEBHOOK_TASK = "unipic.cpu.deliver_webhook"
 SWEEP_TASK = "unipic.cpu.sweep"
 DISPATCH_WEBHOOKS_TASK = "unipic.cpu.dispatch_webhooks"
 

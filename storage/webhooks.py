@@ -141,8 +141,8 @@ class WebhookStore:
         with write_session(self.sessions) as s:
             return write_progress_events(s, now, self.progress_interval, limit)
 
-    def claim_due(self, now: datetime, limit: int, event_id: str | None = None) -> builtins.list[ClaimedEvent]:
-        """Lease up to `limit` pending events due at `now` (or just `event_id`), oldest due first.
+    def claim_due(self, now: datetime, limit: int) -> builtins.list[ClaimedEvent]:
+        """Lease up to `limit` pending events due at `now`, oldest due first.
 
         Events of a disabled endpoint are dropped; progress events may be dropped or deferred (see
         `storage.progress_events.progress_hold`).
@@ -154,8 +154,6 @@ class WebhookStore:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        if event_id is not None:
-            stmt = stmt.where(WebhookEvent.id == event_id)
         claimed: builtins.list[ClaimedEvent] = []
         with write_session(self.sessions) as s:
             enabled: dict[tuple[str, str], bool] = {}  # endpoint state, looked up once per claim

@@ -19,7 +19,6 @@ from kombu import Exchange, Queue
 
 from storage.jobs import JobStore
 from storage.routing import (
-    DELIVER_WEBHOOK_TASK,
     DISPATCH_WEBHOOKS_TASK,
     MAINTENANCE_QUEUE,
     RUN_BATCH_TASK,
@@ -78,7 +77,6 @@ def make_celery(settings: Settings, name: str = "unipic") -> Celery:
         task_default_routing_key=MAINTENANCE_QUEUE,
         task_routes={
             SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
-            DELIVER_WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
             DISPATCH_WEBHOOKS_TASK: {"queue": WEBHOOK_QUEUE},
         },
         worker_hijack_root_logger=False,

@@ -3,7 +3,7 @@
 Owns two counters, fed from Celery's `task_postrun` signal with what the tasks return, so the delivery and
 sweeper code stays free of metrics: webhook deliveries by outcome (`delivered`, `retry` = still pending after a
 failed attempt, `failed`, `lost` = lease lost) and sweeper actions (`requeued` = lease expiries put back in the
-queue, `expired`, `reenqueued`, `worker_gone`, `manifest`). A CPU worker is one process with a thread pool, so
+queue, `expired`, `reenqueued`, `worker_gone`). A CPU worker is one process with a thread pool, so
 plain counters are exact (no multiprocess mode). It knows nothing of how deliveries or sweeps are done.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 from celery.signals import task_postrun
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from storage.routing import DELIVER_WEBHOOK_TASK, DISPATCH_WEBHOOKS_TASK, SWEEP_TASK
+from storage.routing import DISPATCH_WEBHOOKS_TASK, SWEEP_TASK
 
 log = logging.getLogger(__name__)
 
 DELIVERY_OUTCOMES = {"delivered": "delivered", "pending": "retry", "failed": "failed", "lost": "lost"}
 SWEEP_ACTIONS = {"requeued": "requeued", "expired": "expired", "reenqueued": "reenqueued",
-                 "workers_gone": "worker_gone", "manifests": "manifest"}
+                 "workers_gone": "worker_gone"}
 
 
 class CpuMetrics:
@@ -43,8 +43,6 @@ class CpuMetrics:
         if task_name == DISPATCH_WEBHOOKS_TASK and isinstance(retval, dict):
             for status, n in retval.items():
                 self._delivery(status, int(n))
-        elif task_name == DELIVER_WEBHOOK_TASK and isinstance(retval, str):
-            self._delivery(retval, 1)
         elif task_name == SWEEP_TASK and retval is not None:
             for attr, action in SWEEP_ACTIONS.items():
                 n = len(getattr(retval, attr, ()) or ())

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import generate_latest
 
 from storage.ids import new_id
-from storage.routing import DELIVER_WEBHOOK_TASK, DISPATCH_WEBHOOKS_TASK, SWEEP_TASK
+from storage.routing import DISPATCH_WEBHOOKS_TASK, SWEEP_TASK
 from tests.support.storage import job
 from workers.cpu_metrics import CpuMetrics
 from workers.metrics import WorkerMetrics, job_labels
@@ -66,8 +66,8 @@ def test_gpu_gauges_are_empty_but_declared_without_nvml() -> None:
 def test_cpu_metrics_count_deliveries_by_outcome_and_sweeper_actions() -> None:
     metrics = CpuMetrics()
     metrics.observe(DISPATCH_WEBHOOKS_TASK, {"delivered": 3, "pending": 2, "failed": 1})
-    metrics.observe(DELIVER_WEBHOOK_TASK, "lost")
-    metrics.observe(DELIVER_WEBHOOK_TASK, None)
+    metrics.observe(DISPATCH_WEBHOOKS_TASK, {"lost": 1})
+    metrics.observe(DISPATCH_WEBHOOKS_TASK, None)
     metrics.observe(SWEEP_TASK, SweepReport(requeued=["a", "b"], workers_gone=["w"]))
     metrics.observe("something.else", SimpleNamespace())
     text = generate_latest(metrics.registry).decode()

@@ -96,9 +96,10 @@ def decode(objects: Any, key: str) -> Image.Image:
         return image.copy()
 
 
-def cancel_leftover_jobs(session_factory: Any, except_owner: str | None = None) -> int:
+def cancel_leftover_jobs(session_factory: Any, except_owner: str | None = None, queue: str | None = None) -> int:
     """Cancel jobs other packages' tests left queued in the shared schema (the API tests submit 1024 px jobs
-    that no worker of theirs runs), so tests that start real workers and sweepers measure only their own work."""
+    that no worker of theirs runs), so tests that start real workers and sweepers measure only their own work.
+    `queue` limits it to one queue (`tests.support.claims`)."""
     from sqlalchemy import select
 
     from storage.tables import Job
@@ -108,6 +109,8 @@ def cancel_leftover_jobs(session_factory: Any, except_owner: str | None = None) 
         stmt = select(Job.id, Job.owner_id).where(Job.status == "queued")
         if except_owner is not None:
             stmt = stmt.where(Job.owner_id != except_owner)
+        if queue is not None:
+            stmt = stmt.where(Job.queue == queue)
         leftovers = s.execute(stmt).all()
     for job_id, owner_id in leftovers:
         store.request_cancel(job_id, owner_id)

@@ -3,27 +3,29 @@
 The receiver is a threaded `http.server` on loopback that records every request. Its answers are scripted:
 `respond(status, headers)` queues one answer per request (then 200 by default); `hold()` makes the next request
 wait until `release()` (to kill a worker mid-delivery). `standard_webhook_valid` is the tests' one Standard
-Webhooks verifier, written from the spec here so the worker's signing code is not checked by itself (bench/
-keeps its own: it is shipped without the tests). Knows the Standard Webhooks headers and `JobStore`'s public
-transitions; knows nothing of fixtures or of the worker's signing code.
+Webhooks verifier, the `standardwebhooks` package's (tests/webhooks/test_signing.py pins that package's output to
+a vector computed by hand). Knows the Standard Webhooks headers and `JobStore`'s public transitions; knows
+nothing of fixtures or of the worker's signing code.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from sqlalchemy import update
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
 from storage.records import NewJob
-from storage.tables import utcnow
+from storage.tables import WebhookEvent, utcnow
+from tests.support.claims import claim_job
 
 
 @dataclass(frozen=True)
@@ -47,14 +49,21 @@ class Answer:
 
 def standard_webhook_valid(secret: str, headers: dict[str, str], body: bytes, tolerance: float = 300.0,
                            now: float | None = None) -> bool:
-    """Spec check: any `v1,` signature equals base64(HMAC-SHA256(b64decode(secret), f"{id}.{ts}.{body}"))."""
-    key = base64.b64decode(secret.split("_", 1)[1])
-    msg_id, ts = headers["webhook-id"], headers["webhook-timestamp"]
-    if abs((time.time() if now is None else now) - int(ts)) > tolerance:
+    """Whether one of the `webhook-signature` signatures is `secret`'s and the timestamp is fresh. Without `now`:
+    `Webhook.verify` against the real clock (its window is 5 minutes, the default `tolerance`). With an injected
+    clock (`now`, Unix seconds): the timestamp is checked against `now` here and the signature recomputed with
+    `Webhook.sign`, since `verify` reads the real clock."""
+    if now is None:
+        try:
+            Webhook(secret).verify(body, headers, json_parse=False)
+        except WebhookVerificationError:
+            return False
+        return True
+    msg_id, ts = headers["webhook-id"], int(headers["webhook-timestamp"])
+    if abs(now - ts) > tolerance:
         return False
-    mac = hmac.new(key, msg_id.encode() + b"." + ts.encode() + b"." + body, hashlib.sha256).digest()
-    expected = base64.b64encode(mac).decode()
-    return any(p[3:] == expected for p in headers["webhook-signature"].split(" ") if p.startswith("v1,"))
+    expected = Webhook(secret).sign(msg_id, datetime.fromtimestamp(ts, UTC), body)
+    return expected in headers["webhook-signature"].split(" ")
 
 
 class Receiver:
@@ -128,6 +137,13 @@ class Receiver:
         self.server.server_close()
 
 
+def drop_pending_events_of_others(session_factory: Any, owner_id: str) -> None:
+    """Other packages' tests share the schema: their pending events are not the test's to send."""
+    with session_factory.begin() as s:
+        s.execute(update(WebhookEvent).where(WebhookEvent.owner_id != owner_id, WebhookEvent.status == "pending")
+                  .values(status="dropped"))
+
+
 class Clock:
     """A frozen clock that only `advance(seconds)` moves; the dispatcher and the test read the same time.
 
@@ -164,9 +180,7 @@ class JobDriver:
         ))
 
     def start(self, job: Any) -> Any:
-        claims = self.job_store.claim_batch(job.id, "worker-test", 60.0, 1, 10**9)
-        assert claims, "the job should be claimable"
-        return claims[0]
+        return claim_job(self.job_store, job.id, "worker-test")[0]
 
     def succeed(self, job: Any) -> Any:
         claim = self.start(job)

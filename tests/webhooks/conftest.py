@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import update
 
 from storage.tables import WebhookEvent
-from tests.support.webhooks import Clock, JobDriver, Receiver
+from tests.support.webhooks import Clock, JobDriver, Receiver, drop_pending_events_of_others
 from workers.webhooks.dispatcher import WebhookDispatcher
 
 
@@ -34,9 +34,7 @@ def clock() -> Clock:
 @pytest.fixture
 def dispatcher(settings: Any, session_factory: Any, object_store: Any, clock: Clock, owner_id: str,
                ) -> Iterator[WebhookDispatcher]:
-    with session_factory.begin() as s:  # other packages' tests share the schema: their pending events are not ours
-        s.execute(update(WebhookEvent).where(WebhookEvent.owner_id != owner_id, WebhookEvent.status == "pending")
-                  .values(status="dropped"))
+    drop_pending_events_of_others(session_factory, owner_id)
     yield WebhookDispatcher(settings, session_factory, object_store, clock=clock)
     with session_factory.begin() as s:  # no stray retries into later tests
         s.execute(update(WebhookEvent).where(WebhookEvent.owner_id == owner_id, WebhookEvent.status == "pending")

@@ -2,9 +2,9 @@
 
 - `dispatcher`: the Celery tasks and beat tick, the dispatch loop and the delivery policy (retry, 410, give up);
 - `delivery`: one HTTP POST to an address the SSRF guard (`egress.url_guard`) checked;
-- `signing`: the Standard Webhooks headers (and `verify`, the receiver's side);
 - `backoff`: when a failed delivery is tried again;
-- `payload`: the body as the API shows the job or batch, result URLs presigned at send time.
+- `payload`: the body as the API shows the job or batch, result URLs presigned at send time, and the Standard
+  Webhooks headers that sign it (`standardwebhooks`).
 
 Every read and write of webhook rows goes through `storage.webhooks.WebhookStore` (progress events included);
 this package runs no SQL. Importing it loads nothing: import the module you need.

@@ -8,7 +8,7 @@ small thread pool. For each one it:
 1. re-checks the URL with the SSRF guard (`egress.url_guard`, re-resolving the name) and connects to the
    checked address (`delivery`);
 2. renders the body fresh (`payload`: result URLs presigned now) and signs it with every live secret of the
-   owner (`signing`), `webhook-id` = the outbox id, stable across retries;
+   owner (`payload.webhook_headers`, by `standardwebhooks`), `webhook-id` = the outbox id, stable across retries;
 3. decides: 2xx delivered; 410 Gone disables the endpoint and drops its pending events; anything else (3xx,
    4xx, 5xx, timeout, refused connection) is retried on the schedule of `backoff` or its `Retry-After`,
    up to 8 attempts over about a day, then failed. `job.progress` is never retried. A URL the guard now refuses
@@ -33,22 +33,22 @@ from celery import Celery
 
 from egress.url_guard import Resolver, UnresolvableWebhookUrl, UnsafeWebhookUrl, check_webhook_url
 from storage import tracing
+from storage.batches import BatchStore
 from storage.clock import utcnow
 from storage.db import SessionFactory
 from storage.errors import NotFound
 from storage.keys import KeyStore
-from storage.manifest_ready import with_manifest
+from storage.manifests import Manifests
 from storage.objects import ObjectStore
 from storage.records import JobRecord
-from storage.routing import DELIVER_WEBHOOK_TASK, DISPATCH_WEBHOOKS_TASK, WEBHOOK_QUEUE
+from storage.routing import DISPATCH_WEBHOOKS_TASK, WEBHOOK_QUEUE
 from storage.settings import Settings
 from storage.states import EventType
 from storage.webhook_records import AttemptOutcome, ClaimedEvent
 from storage.webhooks import WebhookStore
 from workers.webhooks import backoff
 from workers.webhooks.delivery import SendResult, post_webhook
-from workers.webhooks.payload import batch_data, job_data, render_body
-from workers.webhooks.signing import webhook_headers
+from workers.webhooks.payload import batch_data, job_data, render_body, webhook_headers
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class WebhookDispatcher:
         self.store = WebhookStore(session_factory, lease_seconds=lease_seconds(settings),
                                   progress_interval=progress_interval)
         self.keys = KeyStore(session_factory)
-        self.sessions = session_factory
+        self.manifests = Manifests(session_factory, BatchStore(session_factory), object_store, settings, clock=clock)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookDispatcher:
@@ -116,11 +116,6 @@ class WebhookDispatcher:
             return [self.deliver(e) for e in events]
         with ThreadPoolExecutor(max_workers=min(CONCURRENCY, len(events))) as pool:
             return list(pool.map(self.deliver, events))
-
-    def deliver_one(self, event_id: str) -> str | None:
-        """Claim and deliver one event if it is due now; None when it is not (or another worker holds it)."""
-        events = self.store.claim_due(self.clock(), 1, event_id=event_id)
-        return self.deliver(events[0]) if events else None
 
     def deliver(self, event: ClaimedEvent) -> str:
         """Send one leased event and record the outcome; returns the event's status afterwards."""
@@ -188,13 +183,12 @@ class WebhookDispatcher:
             return snapshot  # the row is gone: send what the outbox recorded
         if isinstance(subject, JobRecord):
             return job_data(subject, snapshot, self.objects, expiry)
-        subject = with_manifest(self.sessions, self.objects, subject, expiry)  # batch.completed links it
-        return batch_data(subject, snapshot, self.objects, expiry)
+        return batch_data(subject, snapshot, self.manifests.link(subject))  # batch.completed links its manifest
 
 
 # -- Celery wiring ------------------------------------------------------------------------------------------------
 def register(app: Celery, settings: Settings) -> None:
-    """Add the dispatch and single-delivery tasks and the beat tick to a (CPU) Celery app.
+    """Add the dispatch task and its beat tick to a (CPU) Celery app.
 
     The dispatcher (engine, object store) is built on the first run in each worker process, after the fork;
     it is thread-safe (the `threads` pool of `unipic cpu-worker` runs several ticks at once).
@@ -211,10 +205,6 @@ def register(app: Celery, settings: Settings) -> None:
     @app.task(name=DISPATCH_WEBHOOKS_TASK, ignore_result=True, acks_late=False, shared=False)
     def dispatch_webhooks() -> dict[str, int]:
         return dispatcher().dispatch_due()
-
-    @app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True, acks_late=False, shared=False)
-    def deliver_webhook(event_id: str) -> str | None:
-        return dispatcher().deliver_one(event_id)
 
     app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **beat_schedule()}
 

@@ -1,17 +1,22 @@
-"""The body of a webhook: `{"type", "timestamp", "data"}` with `data` the job or batch as the API shows it.
+"""What a webhook sends: the body `{"type", "timestamp", "data"}` with `data` the job or batch as the API shows
+it, and the Standard Webhooks headers that sign it.
 
 The outbox row holds a snapshot taken in the transaction that changed the state (status, times, error, result
 keys); this module turns it into the API's representation (`JobOut` / `BatchOut` field names in api/schemas.py)
 at send time: the snapshot decides what the event says happened, the current row fills what the snapshot does
 not carry (params, execution), and result URLs are presigned fresh for every attempt so a late retry never
-carries an expired link. It imports neither the API nor Celery; the object store is anything that presigns.
+carries an expired link. Signatures are the `standardwebhooks` package's (`webhook_headers`). It imports neither
+the API nor Celery; the object store is anything that presigns.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from standardwebhooks import Webhook
 
 from storage.records import BatchRecord, JobRecord
 from storage.states import JobStatus
@@ -34,6 +39,17 @@ def render_body(event_type: str, payload: dict[str, Any], data: dict[str, Any]) 
     """The exact bytes that are signed and sent (compact JSON)."""
     body = {"type": event_type, "timestamp": payload.get("timestamp"), "data": data}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def webhook_headers(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The `webhook-id`, `webhook-timestamp` and `webhook-signature` headers of one send. The signature header
+    holds one `v1,<base64>` signature per live secret (`whsec_<base64>`, current first), space-separated, so
+    during a rotation a receiver holding either secret verifies."""
+    if not secrets:
+        raise ValueError("at least one secret is needed to sign")
+    sent_at = datetime.fromtimestamp(timestamp, UTC)
+    signatures = " ".join(Webhook(secret).sign(msg_id, sent_at, body) for secret in secrets)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp), "webhook-signature": signatures}
 
 
 def job_data(job: JobRecord, snapshot: dict[str, Any], presigner: Presigner,
@@ -75,11 +91,11 @@ def job_data(job: JobRecord, snapshot: dict[str, Any], presigner: Presigner,
     }
 
 
-def batch_data(batch: BatchRecord, snapshot: dict[str, Any], presigner: Presigner,
-               expires_seconds: int) -> dict[str, Any]:
-    """A batch as `GET /v1/batches/{id}` shows it, with the counts of the event's snapshot."""
-    url, expires_at = presigner.presign_get(batch.manifest_key, expires_seconds) if batch.manifest_key \
-        else (None, None)
+def batch_data(batch: BatchRecord, snapshot: dict[str, Any],
+               manifest: tuple[str, datetime] | None) -> dict[str, Any]:
+    """A batch as `GET /v1/batches/{id}` shows it, with the counts of the event's snapshot and its manifest link
+    (`storage.manifests.Manifests.link`, which outlives the presign expiry)."""
+    url, expires_at = manifest or (None, None)
     return {
         "id": batch.id,
         "status": snapshot.get("status", batch.status),
