@@ -20,7 +20,6 @@ from api.errors import install_error_handlers
 from api.event_hub import EventHub
 from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import install_openapi
-from api.queue_positions import QueuePositions
 from api.reconciler import JobReconciler
 from api.routes import (
     batches,
@@ -35,7 +34,6 @@ from api.routes import (
     worker_gateway,
 )
 from api.services import Services
-from storage.fleet_queries import FleetQueries
 from storage.settings import Settings, get_settings
 from storage.tracing import setup_from_env as setup_tracing
 
@@ -64,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     services = Services.build(settings)
     metrics = Metrics()
     metrics.watch_jobs(lambda: services.jobs.counts_by_status())
-    metrics.watch_fleet(FleetQueries(services.jobs.sessions, 3 * settings.heartbeat_seconds).snapshot)
+    metrics.watch_fleet(services.fleet.snapshot)
 
     hub = EventHub.from_settings(settings)  # one Redis subscription per process (api.event_hub)
     reconciler = JobReconciler(services.jobs.get_many, settings.events_reconcile_seconds)
@@ -83,7 +81,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     app.state.metrics = metrics
     app.state.event_hub = hub
-    app.state.queue_positions = QueuePositions(services.jobs.sessions)
     app.state.reconciler = reconciler
     for module in (jobs, events, batches, uploads, objects, webhooks, health, ui, openai_compat, worker_gateway):
         app.include_router(module.router)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from typing import Any
+
+from storage.keys import ApiKeyRecord, KeyStore
 
 AUTH_CACHE_SECONDS = 2.0
 MAX_ENTRIES = 10_000
@@ -20,13 +21,13 @@ MAX_ENTRIES = 10_000
 class KeyCache:
     """`authenticate(plaintext)` through `keys.authenticate`, remembered for `ttl` seconds."""
 
-    def __init__(self, keys: Any, ttl: float = AUTH_CACHE_SECONDS) -> None:
+    def __init__(self, keys: KeyStore, ttl: float = AUTH_CACHE_SECONDS) -> None:
         self.keys = keys
         self.ttl = ttl
-        self._entries: dict[str, tuple[float, Any]] = {}
+        self._entries: dict[str, tuple[float, ApiKeyRecord | None]] = {}
         self._lock = threading.Lock()
 
-    def authenticate(self, plaintext: str) -> Any:
+    def authenticate(self, plaintext: str) -> ApiKeyRecord | None:
         """The live key's record, or None for an unknown, malformed or revoked key."""
         if self.ttl <= 0:
             return self.keys.authenticate(plaintext)

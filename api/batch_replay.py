@@ -2,7 +2,7 @@
 key and the same body returns it (200), the same key with another body is 409 `idempotency_conflict`.
 
 Owns the request hash of a batch (canonical JSON of its items and options) and the replay rule around
-`Submitter.submit_batch`; the lookup and the unique (owner, key) constraint live in storage.batch_keys.
+`Submitter.submit_batch`; the lookup (`BatchStore.by_key`) and the unique (owner, key) constraint live in storage.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 
 from api.services import Services
 from api.submission import Submitter
-from storage.batch_keys import batch_by_key
 from storage.records import BatchRecord
 
 
@@ -30,14 +29,13 @@ def submit_batch_once(services: Services, owner_id: str, items: Sequence[Any], l
     if not key:
         return submitter.submit_batch(owner_id, items, lines, options, max_active), True
     digest = batch_hash(items, options)
-    sessions = services.jobs.sessions
-    existing = batch_by_key(sessions, owner_id, key, digest)
+    existing = services.batches.by_key(owner_id, key, digest)
     if existing is not None:
         return existing, False
     try:
         return submitter.submit_batch(owner_id, items, lines, options, max_active, (key, digest)), True
     except Exception:  # a concurrent submission of the same key won the unique (owner, key) constraint?
-        existing = batch_by_key(sessions, owner_id, key, digest)
+        existing = services.batches.by_key(owner_id, key, digest)
         if existing is None:
             raise
         return existing, False

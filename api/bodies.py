@@ -36,6 +36,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class BodyTooLarge(ApiError):
@@ -46,7 +47,7 @@ class BodyTooLarge(ApiError):
 class BodyLimit:
     """ASGI middleware: refuse bodies over `limit_for(path)` bytes (413) early, without buffering them."""
 
-    def __init__(self, app: Any, limit_for: Callable[[str], int]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
         self.app = app
         self.limit_for = limit_for
 

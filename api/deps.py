@@ -1,4 +1,5 @@
-"""Dependencies for routes, as `Annotated` aliases: the process's services and the authenticated caller.
+"""Dependencies for routes, as `Annotated` aliases: the process's services, the stores a route needs on its own
+(each a field of `api.services.Services`, built once per process) and the authenticated caller.
 
 `Caller` resolves `Authorization: Bearer <key>` against `storage.keys.KeyStore` (through `api.auth.KeyCache`;
 keys are stored hashed; a revoked or unknown key is 401 `unauthorized`) and charges the key's rate limit. Every
@@ -19,7 +20,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
+from api.queue_positions import QueuePositions
 from api.services import Services
+from storage.lifecycle import Lifecycle
+from storage.webhooks import WebhookStore
+from storage.workers_registry import WorkerRegistry
 
 ID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _ID = re.compile(ID_PATTERN.strip("^$"))
@@ -89,6 +94,28 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_lifecycle(services: ServicesDep) -> Lifecycle:
+    return services.lifecycle
+
+
+async def get_webhooks(services: ServicesDep) -> WebhookStore:
+    return services.webhooks
+
+
+async def get_registry(services: ServicesDep) -> WorkerRegistry:
+    return services.registry
+
+
+async def get_positions(services: ServicesDep) -> QueuePositions:
+    return services.positions
+
+
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+WebhooksDep = Annotated[WebhookStore, Depends(get_webhooks)]
+RegistryDep = Annotated[WorkerRegistry, Depends(get_registry)]
+PositionsDep = Annotated[QueuePositions, Depends(get_positions)]
 
 
 def _unauthorized(message: str) -> ApiError:

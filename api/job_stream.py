@@ -26,7 +26,6 @@ from api.reconciler import JobReconciler, row_state
 from api.schemas import JobOut
 from api.services import Services
 from api.views import job_out
-from api.worker_coverage import coverage_for
 from storage.records import JobRecord
 from storage.states import JobStatus
 
@@ -62,7 +61,7 @@ def render_job(services: Services, positions: QueuePositions, job: JobRecord) ->
     if job.status != JobStatus.QUEUED:
         return job_out(job, services.presign)
     estimate = positions.estimate(job)
-    warnings = coverage_for(services.jobs.sessions, services.settings.heartbeat_seconds).warnings(job)
+    warnings = services.coverage.warnings(job)
     return job_out(job, services.presign, estimate.position, estimate.estimated_start_at, warnings)
 
 

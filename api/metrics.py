@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from api.bodies import Message, Receive, Scope, Send
+from api.bodies import ASGIApp, Message, Receive, Scope, Send
 from storage.fleet_queries import FleetSnapshot
 from storage.states import JobStatus
 
@@ -128,7 +128,7 @@ class Metrics:
 class MetricsMiddleware:
     """ASGI middleware observing every HTTP request (status and latency by route template)."""
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 

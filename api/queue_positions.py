@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from storage import queue_snapshot
+from storage.db import SessionFactory
 from storage.queue_estimates import QueueEstimate
 from storage.records import JobRecord
 
@@ -22,7 +22,7 @@ TTL_S = 3.0
 class QueuePositions:
     """Per-queue snapshots, refreshed at most every `ttl_s`; thread-safe (callers run in the thread pool)."""
 
-    def __init__(self, sessions: Any, ttl_s: float = TTL_S) -> None:
+    def __init__(self, sessions: SessionFactory, ttl_s: float = TTL_S) -> None:
         self._sessions = sessions
         self._ttl = ttl_s
         self._lock = threading.Lock()

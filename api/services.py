@@ -2,6 +2,8 @@
 
 `Services.build(settings)` makes the database engine, the stores, the object store, the ephemeral store, the
 Celery sender, the prompt counter and the admission checks once; routes reach them through `api.deps`.
+Every store and query object the API uses is a field here, built once per process: no route or helper builds
+one from a session factory on the spot (the factory itself is not exposed).
 Nothing is built at import time, so a test can point a fresh app at its own schema, Redis db and bucket.
 """
 
@@ -17,15 +19,24 @@ from api.enqueue import Enqueuer
 from api.images import configure_pil
 from api.intake import JobIntake
 from api.params import JobPreparer
+from api.queue_positions import QueuePositions
 from api.tokens import PromptCounter
+from api.worker_coverage import QueueCoverage
+from storage.activity_queries import ActivityQueries
 from storage.batches import BatchStore
 from storage.db import DatabaseEngine, make_engine, make_session_factory
 from storage.ephemeral import Ephemeral, make_ephemeral
+from storage.fleet_queries import FleetQueries
 from storage.job_events import attach_from_settings
 from storage.jobs import JobStore
 from storage.keys import KeyStore
+from storage.lifecycle import Lifecycle
 from storage.objects import ObjectStore, make_object_store
 from storage.settings import Settings
+from storage.status_queries import StatusQueries
+from storage.webhooks import WebhookStore
+from storage.worker_tokens import WorkerTokenStore
+from storage.workers_registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,15 @@ class Services:
     admission: Admission
     key_cache: KeyCache
     intake: JobIntake
+    lifecycle: Lifecycle
+    webhooks: WebhookStore
+    registry: WorkerRegistry
+    worker_tokens: WorkerTokenStore
+    status: StatusQueries
+    activity: ActivityQueries
+    fleet: FleetQueries
+    coverage: QueueCoverage
+    positions: QueuePositions
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -58,11 +78,19 @@ class Services:
         counter = PromptCounter(settings.max_prompt_tokens)
         keys = KeyStore(sessions)
         enqueuer = Enqueuer(settings, jobs)
+        objects = make_object_store(settings)
+        stale_after = 3 * settings.heartbeat_seconds  # a worker silent for three heartbeats is gone
+        registry = WorkerRegistry(sessions)
         return cls(
             settings=settings, engine=engine, jobs=jobs, batches=BatchStore(sessions), keys=keys,
-            objects=make_object_store(settings), ephemeral=ephemeral, enqueuer=enqueuer,
+            objects=objects, ephemeral=ephemeral, enqueuer=enqueuer,
             preparer=JobPreparer(settings, counter), admission=Admission(settings, jobs, ephemeral),
             key_cache=KeyCache(keys), intake=JobIntake(jobs, enqueuer),
+            lifecycle=Lifecycle(sessions, objects), webhooks=WebhookStore(sessions),
+            registry=registry, worker_tokens=WorkerTokenStore(sessions),
+            status=StatusQueries(sessions), activity=ActivityQueries(sessions),
+            fleet=FleetQueries(sessions, stale_after), coverage=QueueCoverage(registry, stale_after),
+            positions=QueuePositions(sessions),
         )
 
     def presign(self, key: str) -> tuple[str, datetime]:

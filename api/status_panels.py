@@ -11,16 +11,13 @@ from typing import Any
 
 from api.charts import bar_chart, line_chart
 from api.services import Services
-from storage.activity_queries import ActivityQueries
-from storage.fleet_queries import FleetQueries
 
 
 def operations_context(services: Services, owner_id: str | None, show_aggregates: bool) -> dict[str, Any]:
     """`activity` (two SVG charts and totals), `webhooks` (backlog, oldest age, the owner's failing endpoints)."""
     if not show_aggregates and owner_id is None:
         return {"activity": None, "webhooks": None}
-    sessions = services.jobs.sessions
-    buckets = ActivityQueries(sessions).last_hour()
+    buckets = services.activity.last_hour()
     labels = [b.start.strftime("%H:%M") for b in buckets]
     activity = {
         "throughput": bar_chart([(b.succeeded, b.failed) for b in buckets], labels,
@@ -29,8 +26,8 @@ def operations_context(services: Services, owner_id: str | None, show_aggregates
                               "mean seconds from submission to result", unit=" s"),
         "succeeded": sum(b.succeeded for b in buckets), "failed": sum(b.failed for b in buckets),
     }
-    fleet = FleetQueries(sessions, 3 * services.settings.heartbeat_seconds).snapshot()
-    failing = ActivityQueries(sessions).failing_endpoints(owner_id) if owner_id is not None else []
+    fleet = services.fleet.snapshot()
+    failing = services.activity.failing_endpoints(owner_id) if owner_id is not None else []
     webhooks = {"backlog": fleet.webhook_backlog, "oldest_s": round(fleet.webhook_oldest_pending_seconds),
                 "failing": failing}
     return {"activity": activity, "webhooks": webhooks}

@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import ServicesDep
 from api.errors import ApiError
-from storage.worker_tokens import WorkerTokenRecord, WorkerTokenStore
+from storage.worker_tokens import WorkerTokenRecord
 
 worker_bearer = HTTPBearer(auto_error=False, description="A worker token: `Authorization: Bearer wk_...`")
 
@@ -47,7 +47,7 @@ def authenticate_worker(
     """The caller for a valid, unrevoked worker token; 401 otherwise."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise _unauthorized("missing bearer worker token")
-    record = WorkerTokenStore(services.jobs.sessions).authenticate(credentials.credentials)
+    record = services.worker_tokens.authenticate(credentials.credentials)
     if record is None:
         raise _unauthorized("invalid or revoked worker token")
     return WorkerCaller(record)

@@ -8,11 +8,14 @@ never writes a job row.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.batch_completion import batch_counts
+from storage.batch_keys import batch_by_key
+from storage.batch_listing import with_counts
 from storage.db import write_session
 from storage.errors import NotFound
 from storage.jobs import JobStore
@@ -47,6 +50,15 @@ class BatchStore:
             rows = list(s.scalars(stmt.order_by(Batch.id.desc()).limit(limit + 1)))
         page = [BatchRecord.of(r) for r in rows[:limit]]
         return page, (page[-1].id if len(rows) > limit else None)
+
+    def with_counts(self, batches: Sequence[BatchRecord]) -> list[BatchRecord]:
+        """The same batches, each with its per-status counts, in one grouped query (storage.batch_listing)."""
+        return with_counts(self.sessions, batches)
+
+    def by_key(self, owner_id: str, key: str, request_hash: str) -> BatchRecord | None:
+        """The owner's batch made with Idempotency-Key `key`, or None; `IdempotencyConflict` if it was made from
+        another request (storage.batch_keys)."""
+        return batch_by_key(self.sessions, owner_id, key, request_hash)
 
     def cancel(self, batch_id: str, owner_id: str | None) -> BatchRecord:
         """Cancel queued jobs now, request cancel of running ones (`JobStore.cancel_batch`); the batch after it.

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from storage.db import SessionFactory
 from storage.fair_share import floor_vtime, weights
 from storage.queue_estimates import QueueEstimate, jobs_per_second
 from storage.records import JobRecord
@@ -85,7 +86,7 @@ def take(s: Session, queue: str, now: datetime | None = None) -> QueueSnapshot:
                          floor=floor_vtime(s, queue), rate=jobs_per_second(s, queue, now))
 
 
-def read(sessions: Any, queue: str) -> QueueSnapshot:
+def read(sessions: SessionFactory, queue: str) -> QueueSnapshot:
     """`take` in a session of its own (`sessions`: a session factory)."""
     with sessions() as s:
         return take(s, queue)

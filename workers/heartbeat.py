@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from storage.db import SessionFactory
 from storage.workers_registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Heartbeat:
     """Registers the worker and keeps its heartbeat fresh from a daemon thread."""
 
     def __init__(
-        self, sessions: Any, info: WorkerInfo, interval_seconds: float,
+        self, sessions: SessionFactory, info: WorkerInfo, interval_seconds: float,
         counts: Callable[[], tuple[int, int]] = lambda: (0, 0),
         health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:

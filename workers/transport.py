@@ -16,7 +16,7 @@ same code for both; the transport is the only difference. This module holds no b
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from storage.records import Claim, JobRecord
 from storage.states import JobErrorCode
@@ -44,4 +44,4 @@ class ObjectPort(Protocol):
 
     def get(self, key: str, verify: bool = False) -> bytes: ...
     def put(self, key: str, data: bytes | BinaryIO, content_type: str = "application/octet-stream",
-            max_bytes: int | None = None) -> Any: ...
+            max_bytes: int | None = None) -> object: ...  # a receipt no caller reads

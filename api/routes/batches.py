@@ -13,14 +13,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.batch_replay import submit_batch_once
 from api.bodies import read_batch_body
-from api.deps import ID_PATTERN, BatchId, CallerDep, ServicesDep, reject_unknown_query
+from api.deps import ID_PATTERN, BatchId, CallerDep, LifecycleDep, ServicesDep, reject_unknown_query
 from api.openapi import batch_body, errors
 from api.schemas import BatchesPage, BatchOut
 from api.services import Services
 from api.views import batch_out
 from api.waits import hub_of, open_ready_watch, wait_until
-from storage.batch_listing import with_counts
-from storage.lifecycle import Lifecycle
 from storage.manifests import write_manifest
 from storage.records import BatchRecord
 
@@ -68,7 +66,7 @@ def list_batches(
 ) -> BatchesPage:
     """The caller's batches, newest first, each with its per-status counts."""
     records, next_cursor = services.batches.page(caller.id, cursor=cursor, limit=limit)
-    records = with_counts(services.batches.sessions, records)
+    records = services.batches.with_counts(records)
     return BatchesPage(data=[batch_out(r) for r in records], next_cursor=next_cursor)
 
 
@@ -95,8 +93,8 @@ def cancel_batch(services: ServicesDep, caller: CallerDep, batch_id: BatchId) ->
 
 
 @router.delete("/{batch_id}", status_code=204, summary="Erase a finished batch", responses=errors(404, 409))
-def delete_batch(services: ServicesDep, caller: CallerDep, batch_id: BatchId) -> Response:
+def delete_batch(lifecycle: LifecycleDep, caller: CallerDep, batch_id: BatchId) -> Response:
     """Erase every job of a finished batch (as `DELETE /v1/jobs/{id}`), its manifest and its metadata. A batch
     with unfinished jobs is 409 `illegal_transition` (cancel it first)."""
-    Lifecycle(services.jobs.sessions, services.objects).erase_batch(batch_id, caller.id)
+    lifecycle.erase_batch(batch_id, caller.id)
     return Response(status_code=204)

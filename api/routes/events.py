@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.batch_stream import batch_events
-from api.deps import BatchId, CallerDep, JobId, ServicesDep, reject_unknown_query
+from api.deps import BatchId, CallerDep, JobId, PositionsDep, ServicesDep, reject_unknown_query
 from api.event_hub import Watch
 from api.job_stream import Timing, job_events
 from api.openapi import errors
@@ -51,7 +51,7 @@ async def _guarded(watch: Watch, events: AsyncIterator[str]) -> AsyncIterator[st
     responses={200: {"description": "`text/event-stream` of `status`, `progress` and `done` events", **SSE_DOC},
                **errors(404, 429)},
 )
-async def stream_job_events(request: Request, services: ServicesDep, caller: CallerDep,
+async def stream_job_events(request: Request, services: ServicesDep, positions: PositionsDep, caller: CallerDep,
                             job_id: JobId) -> StreamingResponse:
     """Server-sent events for one job until it is finished."""
     watch = await open_ready_watch(hub_of(request), caller.id, job_ids=[job_id])
@@ -60,7 +60,7 @@ async def stream_job_events(request: Request, services: ServicesDep, caller: Cal
     except BaseException:
         watch.close()
         raise
-    events = job_events(services, request.app.state.queue_positions, watch, timing_of(request), job,
+    events = job_events(services, positions, watch, timing_of(request), job,
                         request.app.state.reconciler)
     return StreamingResponse(_guarded(watch, events), media_type="text/event-stream", headers=HEADERS)
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import read_job_body
-from api.deps import ID_PATTERN, CallerDep, JobId, ServicesDep, checked_id, reject_unknown_query
+from api.deps import ID_PATTERN, CallerDep, JobId, LifecycleDep, ServicesDep, checked_id, reject_unknown_query
 from api.errors import validation_error
 from api.openapi import errors, json_or_multipart_body
 from api.schemas import JobOut, JobsPage, Kind
@@ -21,8 +21,6 @@ from api.services import Services
 from api.submission import Submitter
 from api.views import job_out
 from api.waits import hub_of, open_ready_watch, wait_until
-from api.worker_coverage import coverage_for
-from storage.lifecycle import Lifecycle
 from storage.records import JobRecord
 from storage.states import JobStatus
 
@@ -37,7 +35,7 @@ def render(services: Services, job: JobRecord, with_position: bool = True) -> Jo
     if not with_position or job.status != JobStatus.QUEUED:
         return job_out(job, services.presign)
     estimate = services.jobs.queue_estimate(job)
-    warnings = coverage_for(services.jobs.sessions, services.settings.heartbeat_seconds).warnings(job)
+    warnings = services.coverage.warnings(job)
     return job_out(job, services.presign, estimate.position, estimate.estimated_start_at, warnings)
 
 
@@ -107,9 +105,9 @@ def cancel_job(services: ServicesDep, caller: CallerDep, job_id: JobId) -> JobOu
 
 
 @router.delete("/{job_id}", status_code=204, summary="Erase a finished job", responses=errors(404, 409))
-def delete_job(services: ServicesDep, caller: CallerDep, job_id: JobId) -> Response:
+def delete_job(lifecycle: LifecycleDep, caller: CallerDep, job_id: JobId) -> Response:
     """Delete a finished job's input and result objects and its personal fields (prompt, instruction,
     question, metadata, custom_id, result text, ...); the job stays listed with its status and
     `result.expired: true`. An unfinished job is 409 `illegal_transition` (cancel it first)."""
-    Lifecycle(services.jobs.sessions, services.objects).erase_job(job_id, caller.id)
+    lifecycle.erase_job(job_id, caller.id)
     return Response(status_code=204)

@@ -22,6 +22,7 @@ from api.routes.uploads import spool_body, store_upload
 from api.schemas import ErrorOut, UploadDone
 from api.services import Services
 from storage.errors import InvalidKey
+from storage.object_local import LocalObjectStore
 
 router = APIRouter(prefix="/v1/objects", tags=["objects"], dependencies=[Depends(reject_unknown_query)])
 
@@ -32,14 +33,14 @@ Expires = Annotated[int, Query(ge=0, le=2**40, description="Unix time the link e
 Signature = Annotated[str, Query(min_length=1, max_length=128, description="HMAC-SHA256 signature")]
 
 
-def _local_store(services: Services) -> Any:
+def _local_store(services: Services) -> LocalObjectStore:
     store = services.objects
-    if not hasattr(store, "verify_signature"):
+    if not isinstance(store, LocalObjectStore):
         raise ApiError(404, "not_found", "this deployment serves objects from S3")
     return store
 
 
-def _verify(services: Services, key: str, expires: int, sig: str, method: str) -> Any:
+def _verify(services: Services, key: str, expires: int, sig: str, method: str) -> LocalObjectStore:
     store = _local_store(services)
     try:
         ok = store.verify_signature(key, expires, sig, method)
@@ -93,5 +94,5 @@ async def _put_result(request: Request, services: Services, key: str, expires: i
     data, size = await spool_body(request, services.settings.max_upload_bytes)
     content_type = request.headers.get("content-type") or "application/octet-stream"
     with data:
-        await run_in_threadpool(store.put, key, data, content_type)
+        await run_in_threadpool(store.put, key, data, content_type)  # type: ignore[arg-type] # a binary file
     return UploadDone(upload_id=key, bytes=size)

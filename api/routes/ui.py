@@ -9,7 +9,7 @@ and history; `/ui/logout` forgets it. The page refreshes itself with a meta refr
 queued or running, else every 30 s.
 
 The queue figures come from `storage.status_queries.StatusQueries` and the workers from
-`storage.workers_registry`; everything the caller owns goes through the stores and `api.views`, like the JSON
+`storage.workers_registry` (both built once, in `api.services.Services`); everything the caller owns goes through the stores and `api.views`, like the JSON
 routes. No SQL here.
 """
 
@@ -28,8 +28,7 @@ from api.services import Services
 from api.status_panels import operations_context
 from api.views import job_out
 from storage.states import ACTIVE_STATUSES
-from storage.status_queries import StatusQueries
-from storage.workers_registry import WorkerRecord, WorkerRegistry
+from storage.workers_registry import WorkerRecord
 
 COOKIE = "unipic_ui_key"
 COOKIE_MAX_AGE_S = 7 * 24 * 3600
@@ -93,7 +92,7 @@ def _sign_in(request: Request, services: ServicesDep, key: str) -> Response:
 # ---- read model -----------------------------------------------------------------------------------------------
 def _aggregates(services: Services) -> dict[str, Any]:
     """What anyone may see: queue depths, jobs per status, live workers."""
-    queues = StatusQueries(services.jobs.sessions).active_by_queue()
+    queues = services.status.active_by_queue()
     live = _live_workers(services)
     served = {q for w in live for q in w.queues}
     return {
@@ -116,8 +115,7 @@ def _owned(services: Services, owner_id: str) -> dict[str, Any]:
 
 
 def _live_workers(services: Services) -> list[WorkerRecord]:
-    registry = WorkerRegistry(services.jobs.sessions)
-    return registry.live(stale_after_seconds=3 * services.settings.heartbeat_seconds)
+    return services.registry.live(stale_after_seconds=3 * services.settings.heartbeat_seconds)
 
 
 def _worker_view(w: WorkerRecord) -> dict[str, Any]:

@@ -18,14 +18,13 @@ from fastapi import APIRouter, Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import BodyTooLarge
-from api.deps import CallerDep, ServicesDep, reject_unknown_query
+from api.deps import CallerDep, LifecycleDep, ServicesDep, reject_unknown_query
 from api.errors import ApiError
 from api.images import sniff_image
 from api.openapi import errors
 from api.schemas import UploadCreate, UploadDone, UploadOut
 from api.services import Services
 from api.submission import upload_id_for
-from storage.lifecycle import Lifecycle
 from storage.objects import upload_key
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], dependencies=[Depends(reject_unknown_query)])
@@ -35,7 +34,8 @@ UPLOAD_ID = r"^[0-9a-fA-F-]{36}\.[A-Za-z0-9_-]{16,64}$"
 
 
 @router.post("", status_code=201, response_model=UploadOut, summary="Start an upload", responses=errors(400, 429))
-def create_upload(services: ServicesDep, caller: CallerDep, body: UploadCreate | None = None) -> UploadOut:
+def create_upload(services: ServicesDep, lifecycle: LifecycleDep, caller: CallerDep,
+                  body: UploadCreate | None = None) -> UploadOut:
     """An upload id and the URL to PUT the image bytes to (valid until `expires_at`). Each live slot reserves
     `max_bytes` of the key's storage quota until it expires (`UNIPIC_UPLOAD_TTL`); past the quota, 429
     `storage_quota_exceeded`."""
@@ -43,17 +43,12 @@ def create_upload(services: ServicesDep, caller: CallerDep, body: UploadCreate |
     content_type = body.content_type if body else None
     settings = services.settings
     ttl = min(settings.presign_expiry_seconds, settings.upload_ttl)
-    lifecycle_of(services).open_upload(caller.id, upload_id, settings.max_upload_bytes,
-                                       settings.max_storage_bytes_per_key, settings.upload_ttl)
+    lifecycle.open_upload(caller.id, upload_id, settings.max_upload_bytes, settings.max_storage_bytes_per_key,
+                          settings.upload_ttl)
     url, expires_at = services.objects.presign_put(upload_key(upload_id), ttl, content_type)
     headers: dict[str, str] = {"Content-Type": content_type} if content_type else {}
     return UploadOut(upload_id=upload_id, url=url, expires_at=expires_at,
                      max_bytes=services.settings.max_upload_bytes, headers=headers)
-
-
-def lifecycle_of(services: Services) -> Lifecycle:
-    """The data lifecycle over this process's database and object store."""
-    return Lifecycle(services.jobs.sessions, services.objects)
 
 
 async def spool_body(request: Request, max_bytes: int) -> tuple[IO[bytes], int]:
@@ -87,13 +82,13 @@ def store_upload(services: Services, key: str, data: IO[bytes], size: int) -> No
     400, 404, 413, 415), openapi_extra={"requestBody": {"required": True, "content": {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def put_upload(
-    request: Request, services: ServicesDep, caller: CallerDep,
+    request: Request, services: ServicesDep, lifecycle: LifecycleDep, caller: CallerDep,
     upload_id: Annotated[str, Path(max_length=128)],
 ) -> UploadDone:
     """The raw image bytes (PNG, JPEG or WebP) as the request body."""
     if not upload_id.startswith(caller.id + ".") or len(upload_id) > 128 or "/" in upload_id:
         raise ApiError(404, "not_found", "upload not found")
-    if not await run_in_threadpool(lifecycle_of(services).upload_live, caller.id, upload_id):
+    if not await run_in_threadpool(lifecycle.upload_live, caller.id, upload_id):
         raise ApiError(404, "not_found", "upload not found or expired (POST /v1/uploads first)")
     data, size = await spool_body(request, services.settings.max_upload_bytes)
     with data:

@@ -15,14 +15,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CallerDep, JobId, ServicesDep, checked_id
+from api.deps import CallerDep, JobId, ServicesDep, WebhooksDep, checked_id
 from api.errors import ApiError
 from api.openapi import errors
 from api.schemas import WebhookEventName
 from api.services import Services
 from storage.states import DEFAULT_EVENT_TYPES
 from storage.webhook_records import EndpointRecord, EventRecord
-from storage.webhooks import WebhookStore
 
 router = APIRouter(tags=["webhooks"])
 
@@ -91,13 +90,6 @@ class WebhookSecretOut(BaseModel):
         None, description="Until then the previous secret signs too (a second `v1,` signature)")
 
 
-def webhook_store(services: ServicesDep) -> WebhookStore:
-    return WebhookStore(services.jobs.sessions)
-
-
-WebhookStoreDep = Annotated[WebhookStore, Depends(webhook_store)]
-
-
 def _event_id(event_id: str) -> str:
     if not _EVENT_ID.fullmatch(event_id):
         raise ApiError(404, "not_found", "webhook event not found")
@@ -116,21 +108,21 @@ EndpointId = Annotated[str, Depends(_endpoint_id)]
 
 @router.get("/v1/jobs/{job_id}/deliveries", response_model=WebhookEventsPage, summary="A job's webhook deliveries",
             responses=errors(404))
-def list_deliveries(caller: CallerDep, job_id: JobId, store: WebhookStoreDep) -> WebhookEventsPage:
+def list_deliveries(caller: CallerDep, job_id: JobId, store: WebhooksDep) -> WebhookEventsPage:
     """Every webhook event of the job, oldest first, each with its attempts (status, latency, answer)."""
     return WebhookEventsPage(data=[_event_out(e) for e in store.deliveries(job_id, caller.id)])
 
 
 @router.post("/v1/webhook-events/{event_id}/replay", status_code=202, response_model=WebhookEventOut,
              summary="Send a webhook event again", responses=errors(404, 409))
-def replay_event(caller: CallerDep, event_id: EventId, store: WebhookStoreDep) -> WebhookEventOut:
+def replay_event(caller: CallerDep, event_id: EventId, store: WebhooksDep) -> WebhookEventOut:
     """Queue the event for delivery now, with the same `webhook-id` (409 while its endpoint is disabled)."""
     return _event_out(store.replay(event_id, caller.id))
 
 
 @router.get("/v1/webhook-endpoints", response_model=WebhookEndpointsPage, summary="List webhook endpoints",
             responses=errors())
-def list_endpoints(caller: CallerDep, store: WebhookStoreDep) -> WebhookEndpointsPage:
+def list_endpoints(caller: CallerDep, store: WebhooksDep) -> WebhookEndpointsPage:
     """The URLs this key's events were sent to (and its default), with their enabled state."""
     return WebhookEndpointsPage(data=[_endpoint_out(e) for e in store.endpoints(caller.id)])
 
@@ -138,7 +130,7 @@ def list_endpoints(caller: CallerDep, store: WebhookStoreDep) -> WebhookEndpoint
 @router.put("/v1/webhook-endpoints/default", response_model=DefaultEndpointOut,
             summary="Set the key's default webhook endpoint", responses=errors(422))
 def set_default_endpoint(body: DefaultEndpointIn, caller: CallerDep, services: ServicesDep,
-                         store: WebhookStoreDep) -> DefaultEndpointOut:
+                         store: WebhooksDep) -> DefaultEndpointOut:
     """Jobs and batches without their own `webhook_url` send their events here."""
     if body.url is not None:
         services.preparer.check_webhook(body.url, field="url", owner_id=caller.id)
@@ -149,7 +141,7 @@ def set_default_endpoint(body: DefaultEndpointIn, caller: CallerDep, services: S
 
 @router.post("/v1/webhook-endpoints/{endpoint_id}/enable", response_model=WebhookEndpointOut,
              summary="Re-enable a webhook endpoint", responses=errors(404))
-def enable_endpoint(caller: CallerDep, endpoint_id: EndpointId, store: WebhookStoreDep) -> WebhookEndpointOut:
+def enable_endpoint(caller: CallerDep, endpoint_id: EndpointId, store: WebhooksDep) -> WebhookEndpointOut:
     """An endpoint disabled by a 410 Gone answer receives new events again."""
     return _endpoint_out(store.enable(endpoint_id, caller.id))
 

@@ -29,7 +29,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ServicesDep
+from api.deps import RegistryDep, ServicesDep
 from api.errors import ApiError
 from api.result_checks import DeclaredObject, InvalidResult, result_keys, verify_results
 from api.services import Services
@@ -37,7 +37,6 @@ from api.worker_auth import WorkerCaller, WorkerDep
 from storage.records import Claim, JobRecord
 from storage.routing import RESOLUTION_CLASSES
 from storage.states import JobErrorCode, JobStatus
-from storage.workers_registry import WorkerRegistry
 
 router = APIRouter(prefix="/v1/worker", tags=["worker gateway"])
 
@@ -292,8 +291,7 @@ def _release(services: Services, claims: list[Claim]) -> int:
 
 # ---- heartbeat ------------------------------------------------------------------------------------------------
 @router.post("/heartbeat", response_model=HeartbeatOut, summary="Register or heartbeat a remote worker")
-def heartbeat(body: HeartbeatIn, services: ServicesDep, caller: WorkerDep) -> HeartbeatOut:
-    registry = WorkerRegistry(services.jobs.sessions)
+def heartbeat(body: HeartbeatIn, services: ServicesDep, registry: RegistryDep, caller: WorkerDep) -> HeartbeatOut:
     worker_id = caller.worker_id(body.worker)
     kinds = [k for k in body.kinds if k in caller.token.kinds] or list(caller.token.kinds)
     max_pixels = min(body.max_pixels or caller.token.max_pixels, caller.token.max_pixels)
