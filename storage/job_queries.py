@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import queue_estimates
+from storage import queue_snapshot
 from storage.errors import NotFound
+from storage.queue_estimates import QueueEstimate
 from storage.records import JobRecord
 from storage.states import ACTIVE_STATUSES, JobStatus
 from storage.tables import Job, utcnow
@@ -87,19 +88,19 @@ class JobQueries:
 
     def queue_position(self, job: JobRecord) -> int:
         """How many queued jobs of the same queue the scheduling policy serves before this one (0 = next; 0 if
-        not queued). An estimate: see `storage.queue_estimates`."""
+        not queued). An estimate: see `storage.queue_snapshot`."""
         with self.sessions() as s:
-            return queue_estimates.position(s, job)
+            return queue_snapshot.position(s, job)
 
-    def queue_estimate(self, job: JobRecord) -> queue_estimates.QueueEstimate:
+    def queue_estimate(self, job: JobRecord) -> QueueEstimate:
         """The job's queue position and estimated start time under the scheduling policy."""
         with self.sessions() as s:
-            return queue_estimates.estimate(s, job)
+            return queue_snapshot.estimate(s, job)
 
     def batch_finish_estimate(self, batch_id: str) -> datetime | None:
         """When the batch's last job should finish (an estimate; None when unknown or nothing is left)."""
         with self.sessions() as s:
-            return queue_estimates.batch_finish(s, batch_id)
+            return queue_snapshot.batch_finish(s, batch_id)
 
     def cancel_requested_ids(self, job_ids: Iterable[str]) -> set[str]:
         """Those of `job_ids` whose owner asked to cancel them (the worker drops them between steps)."""

@@ -50,12 +50,12 @@ def _params(kind: str, size: int, seed: int, steps: int, num_images: int, output
     return params
 
 
-def make_job(
-    store: JobStore, objects: Any, owner_id: str, kind: str, size: int, seed: int, steps: int = 2,
-    num_images: int = 1, output_format: str = "png", input_bytes: bytes | None = None, priority: int = 0,
-    guidance_scale: float = 3.0, tag: str = "",
-) -> JobRecord:
-    """Create one queued job the way the API would (normalized params, input stored first)."""
+def new_job(
+    objects: Any, owner_id: str, kind: str, size: int, seed: int, steps: int = 2, num_images: int = 1,
+    output_format: str = "png", input_bytes: bytes | None = None, priority: int = 0, guidance_scale: float = 3.0,
+    tag: str = "",
+) -> NewJob:
+    """One job as the API would make it (normalized params, input stored first), not yet inserted."""
     from storage.ids import new_id
 
     job_id = new_id()
@@ -64,11 +64,25 @@ def make_job(
     if kind in ("edit", "understand"):
         key = input_key(job_id)
         objects.put(key, input_bytes if input_bytes is not None else noise_png(seed=seed), "image/png")
-    return store.create(NewJob(
+    return NewJob(
         id=job_id, owner_id=owner_id, kind=kind, params=params,
         compat_key=compat_key(kind, params) + (f"|{tag}" if tag else ""),
         queue=queue_for(kind, size), priority=priority, seed=seed, input_key=key,
-    ))
+    )
+
+
+def make_job(store: JobStore, objects: Any, owner_id: str, kind: str, size: int, seed: int,
+             **options: Any) -> JobRecord:
+    """Create one queued job the way the API would (`new_job`'s options)."""
+    return store.create(new_job(objects, owner_id, kind, size, seed, **options))
+
+
+def make_jobs(store: JobStore, objects: Any, owner_id: str, kind: str, size: int, seeds: Iterable[int],
+              **options: Any) -> list[JobRecord]:
+    """Create queued jobs in ONE transaction, as the API creates a batch: a worker claiming meanwhile sees all
+    of them or none. Jobs made one by one while a worker consumes can be split between claims, because any
+    message wakes its whole queue (storage.scheduling), a stale one left by an earlier test included."""
+    return store.create_many([new_job(objects, owner_id, kind, size, seed, **options) for seed in seeds])[1]
 
 
 def enqueue(store: JobStore, celery: Any, jobs: Iterable[JobRecord], *, stamp_first: bool = False) -> None:

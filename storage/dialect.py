@@ -1,0 +1,70 @@
+"""The one seam between the two database backends: Postgres (served) and SQLite (embedded mode).
+
+Every place where the SQL differs goes through here, so no other storage module looks at the dialect's name
+(`storage.db` still does, for engine setup: SQLite's `BEGIN IMMEDIATE`, Postgres's schema). What is the same on
+both needs nothing here: `FOR UPDATE [SKIP LOCKED]` (SQLAlchemy leaves it out on SQLite, where `BEGIN IMMEDIATE`
+already serializes writers), `RETURNING`, and JSON subscripts (`Job.params["steps"]`).
+- `insert`: an `INSERT` that takes `ON CONFLICT DO NOTHING / DO UPDATE ... WHERE` and `excluded` (upserts);
+- `lock` / `try_lock`: a transaction-scoped advisory lock (Postgres); on SQLite the write transaction already
+  holds the database's only write lock, so they return at once (and `try_lock` says it has it);
+- `rows_per_group`: the first rows of each group in one statement (Postgres `LATERAL`); SQLite has no LATERAL,
+  so it reads the groups and then runs one small statement per group;
+- `naive_datetimes`: whether the backend stores timestamps without a zone (SQLite), for `tables.UTCDateTime`.
+Knows nothing of the schema: callers pass tables and statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, literal, select, text, true
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Subquery
+
+SQLITE = "sqlite"
+
+
+def _is_sqlite(s: Session) -> bool:
+    return s.get_bind().dialect.name == SQLITE
+
+
+def naive_datetimes(dialect: Dialect) -> bool:
+    """True where timestamps are stored without a time zone (SQLite): bind them as naive UTC."""
+    return dialect.name == SQLITE
+
+
+def insert(s: Session, table: Any) -> postgresql.Insert:
+    """`INSERT INTO table` for the session's backend, with `on_conflict_do_nothing/do_update` and `excluded`
+    (SQLite's insert has the same methods and arguments; it is typed as Postgres's here)."""
+    if _is_sqlite(s):
+        return sqlite.insert(table)  # type: ignore[return-value]
+    return postgresql.insert(table)
+
+
+def lock(s: Session, lock_id: int) -> None:
+    """Take a transaction-scoped advisory lock, waiting for it (released when the transaction ends)."""
+    if not _is_sqlite(s):
+        s.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+
+
+def try_lock(s: Session, lock_id: int) -> bool:
+    """Take a transaction-scoped advisory lock if it is free; whether this transaction holds it."""
+    if _is_sqlite(s):
+        return True
+    return bool(s.scalar(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": lock_id}))
+
+
+def rows_per_group(s: Session, groups: Subquery, key: str,
+                   rows: Callable[[ColumnElement[Any]], Select[Any]]) -> list[tuple[Any, ...]]:
+    """For each row of `groups`, its columns followed by those of `rows(groups.c[key])` (an ordered, limited
+    select of one group's rows), in the order of `groups`; a group with no rows gives none."""
+    if not _is_sqlite(s):
+        per_group = rows(groups.c[key]).lateral()
+        return [tuple(r) for r in s.execute(select(groups, per_group).select_from(groups.join(per_group, true())))]
+    found: list[tuple[Any, ...]] = []
+    for group in s.execute(select(groups)).all():
+        found += [(*group, *row) for row in s.execute(rows(literal(group._mapping[key])))]
+    return found
