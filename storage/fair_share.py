@@ -22,9 +22,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, delete, exists, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from storage import dialect
 from storage.tables import ApiKey, FairShare, Job, utcnow
 
 
@@ -42,11 +42,9 @@ def activate(s: Session, pairs: Iterable[tuple[str, str]], now: datetime | None 
 
 def _upsert(s: Session, queue: str, owner_id: str, now: datetime) -> Any:
     """One statement: insert at the queue's floor (a scalar subquery), or lift an existing row to it."""
-    dialect = s.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     floor = select(func.coalesce(func.min(FairShare.vtime), 0.0)).where(FairShare.queue == queue).scalar_subquery()
-    stmt = insert(FairShare).values(queue=queue, owner_id=owner_id, vtime=floor, served_jobs=0, served_work=0.0,
-                                    updated_at=now)
+    stmt = dialect.insert(s, FairShare).values(queue=queue, owner_id=owner_id, vtime=floor, served_jobs=0,
+                                               served_work=0.0, updated_at=now)
     return stmt.on_conflict_do_update(
         index_elements=[FairShare.queue, FairShare.owner_id],
         set_={"vtime": stmt.excluded.vtime, "updated_at": now},

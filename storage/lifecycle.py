@@ -25,9 +25,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage import dialect
 from storage.db import write_session
 from storage.errors import IllegalTransition, NotFound, StoreError
 from storage.objects import ObjectStore, upload_key
@@ -61,8 +62,7 @@ class Lifecycle:
         """Record a new upload slot; its expiry. `StorageQuotaExceeded` if the key's live slots leave no room."""
         now = now or utcnow()
         with write_session(self.sessions) as s:
-            if s.get_bind().dialect.name == "postgresql":
-                s.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _lock_id(owner_id)})
+            dialect.lock(s, _lock_id(owner_id))
             held = s.scalar(select(func.coalesce(func.sum(Upload.reserved_bytes), 0))
                             .where(Upload.owner_id == owner_id, Upload.expires_at > now)) or 0
             if held + reserve_bytes > quota_bytes:

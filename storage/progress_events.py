@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from storage.db import is_sqlite
+from storage import dialect
 from storage.outbox import OutboxWriter
 from storage.states import EventType, JobStatus
 from storage.tables import Job, WebhookAttempt, WebhookEvent
@@ -92,6 +92,4 @@ def _due(s: Session, job: Job, now: datetime, interval: timedelta) -> bool:
 
 
 def _take_emitter_lock(s: Session) -> bool:
-    if is_sqlite(s.get_bind()):  # type: ignore[arg-type]
-        return True  # BEGIN IMMEDIATE already serializes writers
-    return bool(s.scalar(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _EMITTER_LOCK_ID}))
+    return dialect.try_lock(s, _EMITTER_LOCK_ID)  # SQLite: BEGIN IMMEDIATE already serializes writers

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from storage import dialect
 from storage.errors import StoreError
 from storage.states import ACTIVE_STATUSES
 from storage.tables import Job
@@ -41,13 +42,11 @@ def lock_id(owner_id: str) -> int:
 def enforce_quotas(session: Session, quotas: Mapping[str, int], added: Mapping[str, int]) -> None:
     """Raise `QuotaExceeded` if any key in `quotas` would have more than its quota of active jobs once
     `added[key]` more are inserted in this transaction (call before the insert)."""
-    postgres = session.get_bind().dialect.name == "postgresql"
     for owner_id in sorted(quotas):
         n = added.get(owner_id, 0)
         if n == 0:
             continue
-        if postgres:
-            session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id(owner_id)})
+        dialect.lock(session, lock_id(owner_id))
         active = session.scalar(select(func.count()).select_from(Job).where(Job.owner_id == owner_id, ACTIVE)) or 0
         quota = quotas[owner_id]
         if active + n > quota:

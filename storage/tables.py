@@ -32,6 +32,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from storage import clock
+from storage.dialect import naive_datetimes
 from storage.states import BatchStatus, JobStatus
 
 utcnow = clock.utcnow  # defined in storage.clock (importable without the schema); kept here for storage modules
@@ -59,7 +60,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.replace(tzinfo=None) if naive_datetimes(dialect) else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

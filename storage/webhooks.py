@@ -27,11 +27,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage import dialect
 from storage.batch_completion import batch_counts
-from storage.db import is_sqlite, write_session
+from storage.db import write_session
 from storage.errors import Conflict, NotFound
 from storage.ids import new_id
 from storage.progress_events import progress_hold, write_progress_events
@@ -258,8 +258,7 @@ def _drop(row: WebhookEvent, reason: str) -> None:
 
 def _ensure_endpoint(s: Session, owner_id: str, url: str, now: datetime) -> None:
     """Insert the (owner, url) endpoint row, enabled, unless it exists (safe under concurrency)."""
-    dialect = sqlite if is_sqlite(s.get_bind()) else postgresql  # type: ignore[arg-type]
-    stmt = dialect.insert(WebhookEndpoint).values(
+    stmt = dialect.insert(s, WebhookEndpoint).values(
         id=new_id(), owner_id=owner_id, url=url, enabled=True, created_at=now
     ).on_conflict_do_nothing(index_elements=["owner_id", "url"])
     s.execute(stmt)
