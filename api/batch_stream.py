@@ -1,13 +1,13 @@
 """One batch as server-sent events: `counts` as they change, one `item` per finished job, then `done`.
 
 `item` is the job's results-manifest line (`{"custom_id", "job_id", "status", "result": {"images": [{"key", "url",
-"expires_at"}], "text"}, "error"}`), sent exactly once per job: at open for the jobs already finished, later as
-their events arrive. `done` is the batch (`BatchOut`) with its manifest URL (the manifest is written first if no
-one has yet), after every item. The stream watches the batch channel (`api.event_hub`): a wake-up reads only the
-jobs named by the coalesced events (one query) and the counts (one grouped query), so one stream follows 10,000
-items at the cost of its events, not of its size; a resync (Redis came back), the slow jittered reconciliation
-and the end read the whole batch once to catch anything a lost message hid. Poll mode reads on a one-second tick.
-Knows nothing of routes or of Redis.
+"expires_at"}], "text"}, "error"}`, made by `storage.manifests`, URLs presigned as it is sent), sent exactly once
+per job: at open for the jobs already finished, later as their events arrive. `done` is the batch (`BatchOut`)
+with its manifest URL, after every item. The stream watches the batch channel (`api.event_hub`): a wake-up reads
+only the jobs named by the coalesced events (one query) and the counts (one grouped query), so one stream follows
+10,000 items at the cost of its events, not of its size; a resync (Redis came back), the slow jittered
+reconciliation and the end read the whole batch once to catch anything a lost message hid. Poll mode reads on a
+one-second tick. Knows nothing of routes or of Redis.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from api.job_stream import KEEPALIVE_SECONDS, MAX_STREAM_SECONDS, Timing, sse
 from api.routes.batches import render as render_batch
 from api.services import Services
 from api.views import batch_out
-from storage.manifests import manifest_line
 from storage.records import BatchRecord, JobRecord
 from storage.states import TERMINAL_STATUSES, JobStatus
 
@@ -45,11 +44,10 @@ class BatchFollower:
     def items(self, jobs: list[JobRecord]) -> list[str]:
         """`item` events for the finished jobs not sent yet (reads nothing but presigns result URLs)."""
         out = []
-        expires = self.services.settings.presign_expiry_seconds
         for job in jobs:
             if job.status in TERMINAL_STATUSES and job.id not in self.seen:
                 self.seen.add(job.id)
-                line = manifest_line(job, self.services.objects, expires)
+                line = self.services.manifests.line(job)
                 out.append(self._event("item", json.dumps(line, separators=(",", ":"))))
         return out
 

@@ -31,6 +31,7 @@ from storage.job_events import attach_from_settings
 from storage.jobs import JobStore
 from storage.keys import KeyStore
 from storage.lifecycle import Lifecycle
+from storage.manifests import Manifests
 from storage.objects import ObjectStore, make_object_store
 from storage.settings import Settings
 from storage.status_queries import StatusQueries
@@ -64,6 +65,7 @@ class Services:
     fleet: FleetQueries
     coverage: QueueCoverage
     positions: QueuePositions
+    manifests: Manifests
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -81,8 +83,9 @@ class Services:
         objects = make_object_store(settings)
         stale_after = 3 * settings.heartbeat_seconds  # a worker silent for three heartbeats is gone
         registry = WorkerRegistry(sessions)
+        batches = BatchStore(sessions)
         return cls(
-            settings=settings, engine=engine, jobs=jobs, batches=BatchStore(sessions), keys=keys,
+            settings=settings, engine=engine, jobs=jobs, batches=batches, keys=keys,
             objects=objects, ephemeral=ephemeral, enqueuer=enqueuer,
             preparer=JobPreparer(settings, counter), admission=Admission(settings, jobs, ephemeral),
             key_cache=KeyCache(keys), intake=JobIntake(jobs, enqueuer),
@@ -90,7 +93,7 @@ class Services:
             registry=registry, worker_tokens=WorkerTokenStore(sessions),
             status=StatusQueries(sessions), activity=ActivityQueries(sessions),
             fleet=FleetQueries(sessions, stale_after), coverage=QueueCoverage(registry, stale_after),
-            positions=QueuePositions(sessions),
+            positions=QueuePositions(sessions), manifests=Manifests(sessions, batches, objects, settings),
         )
 
     def presign(self, key: str) -> tuple[str, datetime]:

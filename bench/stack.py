@@ -226,6 +226,7 @@ class Stack:
             "UNIPIC_BROKER_URL": self.redis.url,
             "UNIPIC_REDIS_URL": self.redis.url,
             "UNIPIC_STORAGE_URL": f"s3://{self.BUCKET}",
+            "UNIPIC_PUBLIC_URL": self.api_url,  # base of the manifest links the API hands out
             "UNIPIC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
             "UNIPIC_MODEL": str(self.config.checkpoint),

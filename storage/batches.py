@@ -1,4 +1,4 @@
-"""BatchStore: batch rows, their per-status counts, cancellation and manifest bookkeeping.
+"""BatchStore: batch rows, their per-status counts, cancellation, and their jobs in submission order.
 
 Batches are created together with their jobs by `JobStore.create_many` (one transaction). Cancelling a batch
 is a change of its jobs' states, so it goes through the state machine (`JobStore.cancel_batch`): this module
@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.batch_completion import batch_counts
 from storage.batch_keys import batch_by_key
 from storage.batch_listing import with_counts
-from storage.db import write_session
 from storage.errors import NotFound
 from storage.jobs import JobStore
 from storage.records import BatchRecord, JobRecord
@@ -66,21 +65,13 @@ class BatchStore:
         self._jobs.cancel_batch(batch_id, owner_id)
         return self.get(batch_id)
 
-    def jobs(self, batch_id: str) -> list[JobRecord]:
-        """Every job of the batch in submission order (for the results manifest)."""
-        stmt = select(Job).where(Job.batch_id == batch_id).order_by(Job.created_at, Job.id)
+    def jobs(self, batch_id: str, after: JobRecord | None = None, limit: int | None = None) -> list[JobRecord]:
+        """Jobs of the batch in submission order (for the results manifest, storage.manifests): all of them, or a
+        page of `limit` that follow `after`, the last job of the previous page."""
+        stmt = select(Job).where(Job.batch_id == batch_id)
+        if after is not None:
+            stmt = stmt.where(or_(Job.created_at > after.created_at,
+                                  and_(Job.created_at == after.created_at, Job.id > after.id)))
+        stmt = stmt.order_by(Job.created_at, Job.id).limit(limit)
         with self.sessions() as s:
             return [JobRecord.of(r) for r in s.scalars(stmt)]
-
-    def set_manifest_key(self, batch_id: str, key: str) -> None:
-        """Record that the results manifest was written at `key`."""
-        with write_session(self.sessions) as s:
-            s.execute(update(Batch).where(Batch.id == batch_id).values(manifest_key=key),
-                      execution_options={"synchronize_session": False})
-
-    def finished_without_manifest(self, limit: int = 100) -> list[str]:
-        """Finished batches whose manifest is not written yet (the sweeper writes them)."""
-        stmt = (select(Batch.id).where(Batch.finished_at.is_not(None), Batch.manifest_key.is_(None))
-                .order_by(Batch.finished_at).limit(limit))
-        with self.sessions() as s:
-            return list(s.scalars(stmt))

@@ -140,7 +140,7 @@ class Lifecycle:
             job_ids = list(s.scalars(select(Job.id).where(Job.batch_id == batch_id)))
         for start in range(0, len(job_ids), 500):
             self._erase_jobs(job_ids[start:start + 500])
-        if manifest:
+        if manifest:  # a manifest file written by an earlier version (manifests are read from the jobs now)
             self.objects.delete(manifest)
         with write_session(self.sessions) as s:
             s.execute(update(Batch).where(Batch.id == batch_id)

@@ -16,6 +16,7 @@ import os
 import secrets
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -49,12 +50,14 @@ def load_signing_secret(data_dir: Path) -> bytes:
 class LocalObjectStore:
     """Objects as files under `root`."""
 
-    def __init__(self, root: Path, secret: bytes, base_url: str = "", default_expiry: int = 3600) -> None:
+    def __init__(self, root: Path, secret: bytes, base_url: str = "", default_expiry: int = 3600,
+                 clock: Callable[[], float] = time.time) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.secret = secret
         self.base_url = base_url.rstrip("/")
         self.default_expiry = default_expiry
+        self.clock = clock  # unix seconds; injected by tests that read a link after its expiry
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalObjectStore:
@@ -156,10 +159,10 @@ class LocalObjectStore:
             expected = self.sign(key, expires_at, method)
         except (ValueError, InvalidKey):
             return False
-        return expires_at >= time.time() and hmac.compare_digest(expected, str(sig))
+        return expires_at >= self.clock() and hmac.compare_digest(expected, str(sig))
 
     def _signed_url(self, key: str, method: str, expires_in: int | None) -> tuple[str, datetime]:
-        expires = int(time.time()) + int(expires_in or self.default_expiry)
+        expires = int(self.clock()) + int(expires_in or self.default_expiry)
         query = {"expires": expires, "sig": self.sign(key, expires, method)}
         if method != "GET":
             query["method"] = method

@@ -6,7 +6,8 @@ served by the API). Keys are validated the same way by both (no `..`, no absolut
 no dot-segments), so a key that works locally works on S3 and cannot escape the store.
 
 Layout (docs/architecture.md): `inputs/{job_id}/image.png`, `uploads/{upload_id}`,
-`results/{job_id}/{index}.{ext}`, `results/{job_id}/answer.json`, `manifests/{batch_id}.jsonl`.
+`results/{job_id}/{index}.{ext}`, `results/{job_id}/answer.json` (batch manifests are not stored: they are read
+from the jobs, storage.manifests).
 """
 
 from __future__ import annotations
@@ -87,10 +88,6 @@ def result_key(job_id: str, index: int, ext: str) -> str:
 
 def answer_key(job_id: str) -> str:
     return validate_key(f"results/{job_id}/answer.json")
-
-
-def manifest_key(batch_id: str) -> str:
-    return validate_key(f"manifests/{batch_id}.jsonl")
 
 
 def upload_key(upload_id: str) -> str:

@@ -6,8 +6,7 @@ Each pass (a Celery beat task in `workers.cpu`, or a plain loop with `unipic swe
 2. queued jobs past their deadline become `expired`;
 3. queued jobs with no recent message (`requeue_after_seconds`, e.g. after Redis lost its data) are re-enqueued;
 4. workers whose heartbeat is older than three intervals are marked gone;
-5. batches that finished get their JSONL results manifest;
-6. the data lifecycle (storage.lifecycle): expired upload slots and results older than `result_ttl` are
+5. the data lifecycle (storage.lifecycle): expired upload slots and results older than `result_ttl` are
    deleted, `lifecycle_batch_size` at most per pass.
 Duplicate messages are harmless: a message whose job was already claimed is a no-op. Torch-free.
 """
@@ -20,12 +19,10 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
-from storage.batches import BatchStore
 from storage.db import make_engine, make_session_factory
 from storage.job_events import attach_from_settings
 from storage.jobs import JobStore
 from storage.lifecycle import Lifecycle
-from storage.manifests import write_manifest
 from storage.objects import ObjectStore, make_object_store
 from storage.records import JobRecord
 from storage.routing import SWEEP_TASK
@@ -45,7 +42,6 @@ class SweepReport:
     expired: list[str] = field(default_factory=list)
     reenqueued: list[str] = field(default_factory=list)
     workers_gone: list[str] = field(default_factory=list)
-    manifests: list[str] = field(default_factory=list)
     uploads_expired: int = 0
     purged: list[str] = field(default_factory=list)
 
@@ -56,7 +52,6 @@ class Sweeper:
     registry: WorkerRegistry
     celery: Celery
     settings: Settings
-    batches: BatchStore
     objects: ObjectStore
 
     @classmethod
@@ -64,7 +59,7 @@ class Sweeper:
         sessions = make_session_factory(make_engine(settings))
         attach_from_settings(sessions, settings)  # requeued/expired jobs wake their streams (storage.job_events)
         return cls(JobStore(sessions), WorkerRegistry(sessions), celery or make_celery(settings), settings,
-                   BatchStore(sessions), make_object_store(settings))
+                   make_object_store(settings))
 
     def sweep(self) -> SweepReport:
         """One pass; returns what it did."""
@@ -75,9 +70,8 @@ class Sweeper:
         report.expired = self.store.expire_overdue()
         report.reenqueued = self._enqueue(self.store.stale_queued(self.settings.requeue_after_seconds))
         report.workers_gone = self._mark_gone_workers()
-        report.manifests = self._write_manifests()
         report.uploads_expired, report.purged = self._apply_lifecycle()
-        if any((report.requeued, report.expired, report.reenqueued, report.workers_gone, report.manifests)):
+        if any((report.requeued, report.expired, report.reenqueued, report.workers_gone)):
             log.info(
                 "sweep: requeued %s, expired %s, re-enqueued %d stale, workers gone %s",
                 report.requeued, report.expired, len(report.reenqueued), report.workers_gone,
@@ -89,17 +83,6 @@ class Sweeper:
         if not jobs:
             return []
         return send_and_stamp(self.celery, self.store, [j.ref for j in jobs])
-
-    def _write_manifests(self) -> list[str]:
-        """Results manifests of batches that finished since the last pass (the API also writes them on GET)."""
-        written = []
-        for batch_id in self.batches.finished_without_manifest():
-            try:
-                write_manifest(self.batches, self.objects, batch_id, self.settings.presign_expiry_seconds)
-                written.append(batch_id)
-            except Exception:
-                log.exception("batch %s: manifest not written; retrying next pass", batch_id)
-        return written
 
     def _apply_lifecycle(self) -> tuple[int, list[str]]:
         """Expired upload slots and results past `result_ttl`, a bounded batch each (storage.lifecycle)."""

@@ -1,7 +1,8 @@
 """`/v1/batches`: submit up to `max_batch_items` jobs at once (all or nothing), follow and cancel them.
 
-`GET` answers the per-status counts and, once every job is finished, a link to the JSONL results manifest,
-which it writes on first request if no one has yet (see storage.manifests).
+`GET` answers the per-status counts and, once every job is finished, a signed link to the JSONL results manifest:
+`GET /v1/batches/{id}/manifest`, which streams the manifest with image URLs presigned as it is read (see
+storage.manifests), for the owner's API key or the link's signature.
 """
 
 from __future__ import annotations
@@ -9,17 +10,29 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
 from api.batch_replay import submit_batch_once
 from api.bodies import read_batch_body
-from api.deps import ID_PATTERN, BatchId, CallerDep, LifecycleDep, ServicesDep, reject_unknown_query
+from api.deps import (
+    ID_PATTERN,
+    BatchId,
+    CallerDep,
+    LifecycleDep,
+    ServicesDep,
+    authenticate,
+    bearer,
+    reject_unknown_query,
+)
+from api.errors import ApiError
 from api.openapi import batch_body, errors
 from api.schemas import BatchesPage, BatchOut
 from api.services import Services
 from api.views import batch_out
 from api.waits import hub_of, open_ready_watch, wait_until
-from storage.manifests import write_manifest
+from storage.manifests import CONTENT_TYPE
 from storage.records import BatchRecord
 
 MAX_WAIT_SECONDS = 60
@@ -28,12 +41,9 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends
 
 
 def render(services: Services, batch: BatchRecord) -> BatchOut:
-    """The batch as shown; writes the manifest first if the batch is finished and has none."""
-    key = batch.manifest_key
-    if batch.finished_at is not None and key is None:
-        key = write_manifest(services.batches, services.objects, batch.id, services.settings.presign_expiry_seconds)
+    """The batch as shown: its manifest link once finished, its finish estimate before."""
     eta = services.jobs.batch_finish_estimate(batch.id) if batch.finished_at is None else None
-    return batch_out(batch, services.presign(key) if key else None, eta)
+    return batch_out(batch, services.manifests.link(batch), eta)
 
 
 @router.post(
@@ -98,3 +108,32 @@ def delete_batch(lifecycle: LifecycleDep, caller: CallerDep, batch_id: BatchId) 
     with unfinished jobs is 409 `illegal_transition` (cancel it first)."""
     lifecycle.erase_batch(batch_id, caller.id)
     return Response(status_code=204)
+
+
+@router.get(
+    "/{batch_id}/manifest", summary="Download a batch's results manifest (JSONL)", response_class=StreamingResponse,
+    responses={200: {"description": "One JSON line per item in submission order, image URLs presigned now",
+                     "content": {CONTENT_TYPE: {"schema": {"type": "string"}}}},
+               **errors(404, 409, 429)},
+)
+def get_manifest(
+    services: ServicesDep, batch_id: BatchId,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    expires: Annotated[int | None, Query(ge=0, le=2**40, description="Unix time the link expires")] = None,
+    sig: Annotated[str | None, Query(min_length=1, max_length=128, description="The link's signature")] = None,
+) -> StreamingResponse:
+    """The results manifest of a finished batch, streamed: one line per item (`custom_id`, `job_id`, `status`,
+    `result` with image keys and URLs, `error`), its URLs presigned as it is read, so it never hands out an
+    expired link. For the owner's API key, or with no key by the signed `manifest_url` of the batch. An
+    unfinished batch is 409 `not_finished`."""
+    manifests = services.manifests
+    if expires is not None and sig is not None and manifests.verify(batch_id, expires, sig):
+        batch = services.batches.get(batch_id)
+    elif credentials is not None or expires is None or sig is None:
+        batch = services.batches.get(batch_id, authenticate(services, credentials).id)
+    else:
+        raise ApiError(401, "unauthorized", "invalid or expired manifest signature")
+    if batch.finished_at is None:
+        raise ApiError(409, "not_finished", f"batch {batch_id} is not finished ({batch.status})")
+    return StreamingResponse(manifests.lines(batch_id), media_type=CONTENT_TYPE,
+                             headers={"Cache-Control": "no-store"})

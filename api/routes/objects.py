@@ -1,7 +1,7 @@
 """`/v1/objects/{key}`: signed links for the local-directory object store (the embedded default).
 
 S3 hands out presigned URLs itself; the local backend signs `(method, key, expires)` with an HMAC secret and
-points links here. `GET` streams the file (results, manifests); `PUT` takes an upload's bytes (under
+points links here. `GET` streams the file (results); `PUT` takes an upload's bytes (under
 `uploads/`) or a remote worker's result (under `results/`, signed only by the worker gateway for its job's
 keys). No API key is needed: the signature is the authorization, as with S3. With the S3 backend these routes
 answer 404.

@@ -92,6 +92,8 @@ def test_counts_manifest_and_scoping(client: Any, make_key: Any, app: Any) -> No
              {"kind": "understand", "question": "q", "image": data_url(png_bytes()), "custom_id": "text"}]
     batch = client.post("/v1/batches", json={"requests": items, "metadata": {"run": 7}}, headers=auth).json()
     assert batch["metadata"] == {"run": 7} and batch["manifest_url"] is None
+    r = client.get(f"/v1/batches/{batch['id']}/manifest", headers=auth)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_finished"
     assert client.get(f"/v1/batches/{batch['id']}", headers=other).status_code == 404
     jobs = {j.custom_id: j for j in services.batches.jobs(batch["id"])}
     # play the worker: one image result, one failure, one answer
@@ -109,7 +111,17 @@ def test_counts_manifest_and_scoping(client: Any, make_key: Any, app: Any) -> No
     assert view["status"] == "completed"
     assert view["counts"] == {"queued": 0, "running": 0, "succeeded": 2, "failed": 1, "canceled": 0, "expired": 0}
     assert view["manifest_url"] and view["manifest_expires_at"]
-    manifest = [json.loads(line) for line in httpx.get(view["manifest_url"]).text.splitlines()]
+    # the link is the API's manifest route, signed: no key needed; the owner's key works without the signature
+    assert view["manifest_url"].split("?")[0].endswith(f"/v1/batches/{batch['id']}/manifest")
+    answer = client.get(view["manifest_url"])
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/x-ndjson")
+    by_key = client.get(f"/v1/batches/{batch['id']}/manifest", headers=auth)
+    assert [json.loads(x)["job_id"] for x in by_key.text.splitlines()] == \
+        [json.loads(x)["job_id"] for x in answer.text.splitlines()]
+    assert client.get(f"/v1/batches/{batch['id']}/manifest", headers=other).status_code == 404
+    assert client.get(f"/v1/batches/{batch['id']}/manifest").status_code == 401
+    assert client.get(view["manifest_url"].replace("sig=", "sig=0")).status_code == 401
+    manifest = [json.loads(line) for line in answer.text.splitlines()]
     by_id = {m["custom_id"]: m for m in manifest}
     assert set(by_id) == {"ok", "bad", "text"}
     assert by_id["ok"]["status"] == "succeeded" and by_id["ok"]["job_id"] == jobs["ok"].id

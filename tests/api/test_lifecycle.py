@@ -6,7 +6,9 @@ Purges select rows by time, so the TTL test dates its job in the year 2000 and p
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import update
 
@@ -14,6 +16,10 @@ from storage.lifecycle import Lifecycle
 from storage.tables import Job
 from tests.api.backends import Backend, backend_fixture, embedded_client_fixture, finish, services_of  # noqa: F401
 from tests.support.api import generate_body, png_bytes
+
+
+def _lines(jsonl: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in jsonl.splitlines()]
 
 
 def error_code(r: object) -> str:
@@ -51,14 +57,14 @@ def test_delete_erases_a_finished_batch(backend: Backend) -> None:
     assert r.status_code == 409 and error_code(r) == "illegal_transition"
     jobs = client.get(f"/v1/jobs?batch_id={batch['id']}", headers=headers).json()["data"]
     keys = [finish(client, j["id"]) for j in jobs]
-    manifest = services.batches.get(batch["id"]).manifest_key
-    if manifest is None:  # written on first GET once finished
-        client.get(f"/v1/batches/{batch['id']}", headers=headers)
-        manifest = services.batches.get(batch["id"]).manifest_key
-    assert manifest and services.objects.exists(manifest)
+    manifest_url = client.get(f"/v1/batches/{batch['id']}", headers=headers).json()["manifest_url"]
+    assert {line.get("custom_id") for line in _lines(client.get(manifest_url).text)} == {"a", None}
     assert client.delete(f"/v1/batches/{batch['id']}", headers=new_key()).status_code == 404
     assert client.delete(f"/v1/batches/{batch['id']}", headers=headers).status_code == 204
-    assert not any(services.objects.exists(k) for k in [*keys, manifest])
+    assert not any(services.objects.exists(k) for k in keys)
+    # the manifest, read from the erased jobs, names no custom_id and links no result
+    erased = _lines(client.get(manifest_url).text)
+    assert len(erased) == 2 and all(line["custom_id"] is None and not line["result"]["images"] for line in erased)
     assert services.batches.get(batch["id"]).metadata is None
     for j in client.get(f"/v1/jobs?batch_id={batch['id']}", headers=headers).json()["data"]:
         assert j["custom_id"] is None and j["result"]["expired"] is True

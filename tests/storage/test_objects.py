@@ -22,7 +22,6 @@ from storage.objects import (
     answer_key,
     input_key,
     make_object_store,
-    manifest_key,
     result_key,
     upload_key,
     validate_key,
@@ -91,7 +90,6 @@ def test_key_helpers() -> None:
     assert input_key("j") == "inputs/j/image.png"
     assert result_key("j", 2, "webp") == "results/j/2.webp"
     assert answer_key("j") == "results/j/answer.json"
-    assert manifest_key("b") == "manifests/b.jsonl"
     assert upload_key("u") == "uploads/u"
     with pytest.raises(InvalidKey):
         result_key("j", 0, "exe")

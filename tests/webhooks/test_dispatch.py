@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from email.utils import format_datetime
 from typing import Any
 
+import httpx
 from sqlalchemy import select
 
 from storage.tables import WebhookAttempt, WebhookEndpoint, WebhookEvent
@@ -201,23 +203,45 @@ def test_progress_is_throttled_per_job_and_never_retried(
     assert [e.status for e in events_of(session_factory, job.id)] == ["delivered", "failed"]
 
 
-def test_batch_completed_carries_the_counts(
-    receiver: Receiver, dispatcher: WebhookDispatcher, jobs: JobDriver, owner_id: str,
+def test_batch_completed_links_a_manifest_that_outlives_the_presign_expiry(
+    receiver: Receiver, dispatcher: WebhookDispatcher, jobs: JobDriver, owner_id: str, migrated: Any,
+    object_store: Any, clock: Clock,
 ) -> None:
-    from storage.records import NewBatch
+    from fastapi.testclient import TestClient
 
-    first, second = jobs.create(None), jobs.create(None)
-    # rebuild them as one batch through create_many (the API's path)
-    from storage.records import NewJob
+    from api.app import create_app
+    from storage.records import NewBatch, NewJob
+    from tests.support.api import png_bytes
 
+    templates = jobs.create(None), jobs.create(None)
+    for template in templates:  # done first, so the batch's jobs are the owner's oldest queued ones
+        jobs.succeed(template)
     news = [NewJob(owner_id=owner_id, kind=j.kind, params=j.params, compat_key=j.compat_key + "b", queue=j.queue,
-                   seed=1, custom_id=f"c{i}") for i, j in enumerate((first, second))]
+                   seed=1, custom_id=f"c{i}") for i, j in enumerate(templates)]
     batch, members = jobs.job_store.create_many(
         news, NewBatch(owner_id=owner_id, webhook_url=receiver.url + "/batch", webhook_events=["batch.completed"]))
+    stored = {}
     for job in members:
         jobs.succeed(job)
+        for key in jobs.job_store.get(job.id).result_keys:
+            stored[key] = png_bytes()
+            object_store.put(key, stored[key], content_type="image/png")
+    # When batch.completed is delivered
     assert dispatcher.dispatch_due() == {"delivered": 1}
     body = receiver.wait_for(1)[0].json
     assert body["type"] == "batch.completed"
-    assert body["data"]["id"] == batch.id and body["data"]["status"] == "completed"
-    assert body["data"]["counts"]["succeeded"] == 2 and body["data"]["total"] == 2
+    data = body["data"]
+    assert data["id"] == batch.id and data["status"] == "completed"
+    assert data["counts"]["succeeded"] == 2 and data["total"] == 2
+    # Then its manifest link still works a day after the presign expiry, and every image in it downloads
+    clock.advance(migrated.presign_expiry_seconds + 24 * 3600)
+    app = create_app(migrated)
+    app.state.services.manifests.clock = clock
+    with TestClient(app) as api:
+        answer = api.get(data["manifest_url"])
+    assert answer.status_code == 200, answer.text
+    lines = [json.loads(line) for line in answer.text.splitlines()]
+    assert [line["custom_id"] for line in lines] == ["c0", "c1"]
+    images = [image for line in lines for image in line["result"]["images"]]
+    assert sorted(image["key"] for image in images) == sorted(stored)
+    assert all(httpx.get(image["url"], timeout=30).content == stored[image["key"]] for image in images)

@@ -85,35 +85,3 @@ def test_jobs_survive_the_broker_losing_every_message(
     for job in done.values():
         assert job.status == "succeeded" and job.attempts == 0, (job.id, job.error_message)
 
-
-def test_the_sweeper_writes_the_manifest_of_a_finished_batch(
-    job_store: Any, object_store: Any, owner_id: str, settings: Any,
-) -> None:
-    import json
-
-    from storage.records import NewBatch, NewJob
-
-    # Given a batch of two jobs, one succeeded and one failed
-    params = {"prompt": "p", "width": 64, "height": 64, "num_images": 1, "steps": 2, "guidance_scale": 3.0,
-              "guidance_schedule": "constant", "temperature": 1.0, "seed": 1, "output_format": "png"}
-    news = [NewJob(owner_id=owner_id, kind="generate", params=params, compat_key=f"manifest-test:{owner_id}",
-                   queue=queue_for("generate", 64), custom_id=f"item-{i}") for i in range(2)]
-    batch, jobs = job_store.create_many(news, NewBatch(owner_id=owner_id))
-    claims = job_store.claim_batch(jobs[0].id, "w-manifest", 30, 8, 10**9)
-    assert len(claims) == 2
-    by_job = {c.job_id: c for c in claims}
-    object_store.put(f"results/{jobs[0].id}/0.png", b"png bytes", content_type="image/png")
-    job_store.complete(by_job[jobs[0].id], [f"results/{jobs[0].id}/0.png"])
-    job_store.fail(by_job[jobs[1].id], "model_error", "boom")
-
-    # When the sweeper passes
-    report = Sweeper.from_settings(settings).sweep()
-
-    # Then the manifest holds one line per item, by custom_id, with result URLs or the error
-    assert batch.id in report.manifests
-    lines = [json.loads(line) for line in object_store.get(f"manifests/{batch.id}.jsonl").decode().splitlines()]
-    assert [(line["custom_id"], line["status"]) for line in lines] == [("item-0", "succeeded"), ("item-1", "failed")]
-    assert lines[0]["result"]["images"][0]["key"] == f"results/{jobs[0].id}/0.png"
-    assert lines[1]["error"] == {"code": "model_error", "message": "boom"}
-    # and a second pass does not write it again
-    assert batch.id not in Sweeper.from_settings(settings).sweep().manifests
