@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 
 from storage.keys import ApiKeyRecord, KeyStore
 
@@ -21,9 +22,11 @@ MAX_ENTRIES = 10_000
 class KeyCache:
     """`authenticate(plaintext)` through `keys.authenticate`, remembered for `ttl` seconds."""
 
-    def __init__(self, keys: KeyStore, ttl: float = AUTH_CACHE_SECONDS) -> None:
+    def __init__(self, keys: KeyStore, ttl: float = AUTH_CACHE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.keys = keys
         self.ttl = ttl
+        self.clock = clock  # seconds, monotonic (tests inject one)
         self._entries: dict[str, tuple[float, ApiKeyRecord | None]] = {}
         self._lock = threading.Lock()
 
@@ -32,7 +35,7 @@ class KeyCache:
         if self.ttl <= 0:
             return self.keys.authenticate(plaintext)
         digest = hashlib.sha256(plaintext.encode()).hexdigest()
-        now = time.monotonic()
+        now = self.clock()
         entry = self._entries.get(digest)
         if entry is not None and now - entry[0] < self.ttl:
             return entry[1]

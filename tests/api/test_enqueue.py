@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +29,28 @@ def enqueuer(api_settings: Any, job_store: Any, redis_client: Any) -> Any:
     redis_client.delete(QUEUE)
 
 
-def test_messages_wait_for_the_write_and_go_out_once(enqueuer: Any, redis_client: Any) -> None:
+def built(enqueuer: Any, n: int, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once the enqueuer has built (and, if it did not hold them, sent) `n` messages (observed, not changed)."""
+    done, count, send = threading.Event(), [0], enqueuer._send
+
+    def observed(producer: Any, job: Any) -> None:
+        send(producer, job)
+        count[0] += 1
+        if count[0] == n:
+            done.set()
+
+    monkeypatch.setattr(enqueuer, "_send", observed)
+    return done
+
+
+def test_messages_wait_for_the_write_and_go_out_once(enqueuer: Any, redis_client: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = [Job(f"00000000-0000-7000-8000-{i:012d}") for i in range(50)]
+    all_built = built(enqueuer, len(jobs), monkeypatch)
     seen_during_write = []
 
     def write() -> str:
-        time.sleep(0.3)  # let the sender build (and, if it did not hold them, send) the messages meanwhile
+        assert all_built.wait(timeout=30)  # the sender built every message while the write was still running
         seen_during_write.append(redis_client.llen(QUEUE))
         return "written"
 
@@ -43,9 +59,11 @@ def test_messages_wait_for_the_write_and_go_out_once(enqueuer: Any, redis_client
     assert sorted(queued_job_ids(redis_client, QUEUE)) == sorted(j.id for j in jobs)
 
 
-def test_a_failed_write_sends_nothing(enqueuer: Any, redis_client: Any) -> None:
+def test_a_failed_write_sends_nothing(enqueuer: Any, redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    message_built = built(enqueuer, 1, monkeypatch)
+
     def write() -> None:
-        time.sleep(0.2)
+        assert message_built.wait(timeout=30)
         raise RuntimeError("database said no")
 
     with pytest.raises(RuntimeError, match="database said no"):

@@ -326,15 +326,18 @@ def test_quota_is_429_with_retry_after(client: Any, make_key: Any) -> None:
 def test_key_cache_lets_a_revocation_lag_by_at_most_its_ttl(client: Any, app: Any, make_key: Any,
                                                             key_store: Any) -> None:
     cache = app.state.services.key_cache
-    cache.ttl = 0.3
+    now = [1000.0]
+    cache.ttl, cache.clock = 0.3, lambda: now[0]
     try:
         record, headers = make_key()
         assert client.get("/v1/jobs", headers=headers).status_code == 200
         key_store.revoke(record.id)
-        time.sleep(0.35)  # past the cache's ttl
+        now[0] += 0.29  # within the cache's ttl: the revoked key still works
+        assert client.get("/v1/jobs", headers=headers).status_code == 200
+        now[0] += 0.02  # past it
         assert client.get("/v1/jobs", headers=headers).status_code == 401
     finally:
-        cache.ttl = 0
+        cache.ttl, cache.clock = 0, time.monotonic
 
 
 def test_transparent_input_is_flattened_onto_white(client: Any, auth: dict[str, str], app: Any) -> None:
