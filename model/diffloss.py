@@ -80,11 +80,15 @@ class SimpleMLPAdaLN(nn.Module):
         return self.final_layer(h, y)
 
 
-def cfg_mix(out: torch.Tensor, scale: float, channels: int) -> torch.Tensor:
-    """CFG on net outputs for rows [cond; uncond]: returns the cond half's (ε_mix || v_cond), (N/2, 2C)."""
+def cfg_mix(out: torch.Tensor, scale: float | torch.Tensor, channels: int) -> torch.Tensor:
+    """CFG on net outputs for rows [cond; uncond]: returns the cond half's (ε_mix || v_cond), (N/2, 2C).
+
+    scale: one float, or (N/2, 1) float32 per row (items with their own guidance share a call); the product is
+    taken in float32 and rounded to the output dtype, as a Python float scale is."""
     cond, uncond = out.chunk(2, dim=0)
-    eps = uncond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
-    return torch.cat([eps, cond[:, channels:]], dim=1)
+    diff = cond[:, :channels] - uncond[:, :channels]
+    scaled = diff * scale if isinstance(scale, float) else (diff.float() * scale).to(diff.dtype)
+    return torch.cat([uncond[:, :channels] + scaled, cond[:, channels:]], dim=1)
 
 
 class DiffLoss(nn.Module):

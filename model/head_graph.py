@@ -31,7 +31,7 @@ class _Captured:
     noise: torch.Tensor  # (K-1, N, C) f32
     temp: torch.Tensor  # (N, 1) f32
     cond: torch.Tensor  # (N or 2N, W) model dtype: cond_embed rows ([cond; uncond] with CFG)
-    scale: torch.Tensor  # () f32
+    scale: torch.Tensor  # (N, 1) f32 guidance per row
     out: torch.Tensor  # (N, C) f32
 
 
@@ -60,7 +60,7 @@ class HeadGraphs:
         noise = torch.zeros(max(k - 1, 0), rows, c, device=dev)
         temp = torch.ones(rows, 1, device=dev)
         cond = torch.zeros(2 * rows if cfg else rows, w, device=dev, dtype=dtype)
-        scale = torch.ones((), device=dev)
+        scale = torch.ones(rows, 1, device=dev)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up outside the graph (allocator, cuBLAS handles)
@@ -72,8 +72,9 @@ class HeadGraphs:
         return _Captured(graph, x, noise, temp, cond, scale, out)
 
     def run(self, x: torch.Tensor, noise: torch.Tensor, temp: torch.Tensor, cond: torch.Tensor,
-            uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
-        """Same contract as the eager loop: x (n, C), noise (K-1, n, C), temp (n, 1), cond/uncond (n, W)."""
+            uncond: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor:
+        """Same contract as the eager loop: x (n, C), noise (K-1, n, C), temp (n, 1), cond/uncond (n, W),
+        scale (n, 1) f32 (read only with uncond)."""
         n, cfg = x.shape[0], uncond is not None
         rows = bucket(n)
         key = (rows, cfg)
@@ -90,6 +91,7 @@ class HeadGraphs:
         g.cond[:n].copy_(cond)
         if uncond is not None:
             g.cond[rows : rows + n].copy_(uncond)
-        g.scale.fill_(scale)
+        g.scale.fill_(1.0)
+        g.scale[:n].copy_(scale)
         g.graph.replay()
         return g.out[:n].clone()

@@ -1,8 +1,9 @@
-"""The model engine: `load_engine(source, device, dtype)` and batched generate / edit / understand.
+"""The model engine: `load_engine(source, device, dtype)`, running sets, and batched generate / edit / understand.
 
-Owns the request -> rows -> sampler -> result flow of docs/architecture.md "Model engine": compatibility checks,
-prompt rows with de-duplicated prefix passes, per-item generators (CPU, seeded by the item's seed), progress and
-cancellation between steps, VAE encode/decode and PIL conversion. Knows nothing of jobs, queues or storage.
+Owns the request -> result calls of docs/architecture.md "Model engine": `open_set(kind, size)` hands out a
+stepping engine (`model.running_set`) for continuous batching, and `generate` / `edit` are thin wrappers that
+run one set to completion with progress and cancellation between steps; `understand` decodes tokens
+(`model.decoding`). Knows nothing of jobs, queues or storage.
 """
 
 from __future__ import annotations
@@ -13,112 +14,39 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
 
 from model.checkpoint import LoadedModel, load_model
+from model.conditioning import Conditioner
 from model.config import UniPicConfig
 from model.decoding import DecodeRow, decode
 from model.diffusion import DiffusionSchedule
 from model.fast_paths import eager, set_fast_paths
-from model.images import edit_pixels, to_pil, understand_pixels
+from model.images import understand_pixels
 from model.llm import QwenRunner
-from model.prompts import (
-    DEFAULT_QUESTION,
-    EDIT_UNCOND,
-    Tokenizer,
-    image_input,
-    load_tokenizer,
-    pad_rows,
-    t2i_input,
-    t2i_uncond_input,
+from model.prompts import DEFAULT_QUESTION, Tokenizer, image_input, load_tokenizer
+from model.requests import (
+    SCHEDULES,
+    EditRequest,
+    GenerateRequest,
+    ImageRequest,
+    ImageResult,
+    TextResult,
+    UnderstandRequest,
+    check_sampling,
+    item_generator,
 )
-from model.sampler import MARSampler, SampleItem
+from model.running_set import RunningSet
+from model.sampler import MARSampler
+
+__all__ = [
+    "SCHEDULES", "CancelFn", "EditRequest", "GenerateRequest", "ImageResult", "ProgressFn", "RunningSet",
+    "TextResult", "UnderstandRequest", "UniPicEngine", "item_generator", "load_engine",
+]
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[list[str], int, int], None]
 CancelFn = Callable[[], set[str]]
-
-
-@dataclass
-class GenerateRequest:
-    id: str
-    prompt: str
-    seed: int
-    size: int = 1024
-    num_images: int = 1
-    steps: int = 32
-    guidance_scale: float = 3.0
-    guidance_schedule: str = "constant"
-    temperature: float = 1.0
-    negative_prompt: str | None = None
-
-
-@dataclass
-class EditRequest:
-    id: str
-    image: Image.Image
-    instruction: str
-    seed: int
-    size: int = 1024
-    num_images: int = 1
-    steps: int = 32
-    guidance_scale: float = 3.0
-    guidance_schedule: str = "constant"
-    temperature: float = 1.0
-
-
-@dataclass
-class UnderstandRequest:
-    id: str
-    image: Image.Image
-    question: str
-    seed: int
-    size: int = 1024
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-
-
-@dataclass
-class ImageResult:
-    id: str
-    images: list[Image.Image]
-    seed: int
-    seconds: float
-    canceled: bool = False
-
-
-@dataclass
-class TextResult:
-    id: str
-    text: str
-    seed: int
-    seconds: float
-    canceled: bool = False
-
-
-def item_generator(seed: int) -> torch.Generator:
-    """The item's own CPU generator: draws are then moved to the device, never taken from device RNG state."""
-    return torch.Generator(device="cpu").manual_seed(int(seed) % (2**63))
-
-
-SCHEDULES = ("constant", "linear")
-
-
-def _check_sampling(requests: list) -> None:
-    """Reject bad sampling parameters before any work starts (ValueError names the request)."""
-    for r in requests:
-        if r.guidance_schedule not in SCHEDULES:
-            raise ValueError(f"request {r.id}: guidance_schedule must be one of {SCHEDULES}")
-        if r.steps < 1 or r.num_images < 1:
-            raise ValueError(f"request {r.id}: steps and num_images must be >= 1")
-        if r.temperature < 0 or r.guidance_scale < 0:
-            raise ValueError(f"request {r.id}: temperature and guidance_scale must be >= 0")
-
-
-def _sample_items(requests: list[GenerateRequest] | list[EditRequest]) -> list[SampleItem]:
-    """One sampling item per request, each drawing from its own generator seeded by its own seed."""
-    return [SampleItem(r.id, r.num_images, r.temperature, item_generator(r.seed)) for r in requests]
 
 
 def _same_key(requests: list, fields: tuple[str, ...]) -> None:
@@ -127,6 +55,25 @@ def _same_key(requests: list, fields: tuple[str, ...]) -> None:
     keys = {tuple(getattr(r, f) for f in fields) for r in requests}
     if len(keys) > 1:
         raise ValueError(f"requests in one call must share {fields}; got {sorted(keys)}")
+
+
+def run_to_completion(rs: RunningSet, requests: list[ImageRequest], progress: ProgressFn | None,
+                      should_cancel: CancelFn | None) -> list[ImageResult]:
+    """Step a set whose items share `steps` until none is live; canceled items come back empty."""
+    t0 = time.perf_counter()
+    rs.admit(requests)
+    images = {}
+    step, total = 0, requests[0].steps
+    while rs.items:
+        live = rs.ids
+        images.update({f.id: f.images for f in rs.step()})
+        step += 1
+        if progress is not None:
+            progress(live, step, total)
+        if should_cancel is not None and rs.items:
+            rs.drop(set(should_cancel()))
+    elapsed = time.perf_counter() - t0
+    return [ImageResult(r.id, images.get(r.id, []), r.seed, elapsed, r.id not in images) for r in requests]
 
 
 @dataclass
@@ -139,6 +86,7 @@ class UniPicEngine:
     fast: bool = False  # torch.compile the hot modules (model.fast_paths); eager stays the reference
     runner: QwenRunner = field(init=False)
     sampler: MARSampler = field(init=False)
+    conditioner: Conditioner = field(init=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -146,6 +94,7 @@ class UniPicEngine:
         schedule = DiffusionSchedule.create(cfg.diffloss.num_train_steps, cfg.diffloss.respacing,
                                             cfg.diffloss.max_beta)
         self.sampler = MARSampler(self.model, self.runner, schedule, self.cuda_graphs)
+        self.conditioner = Conditioner(self.model, self.runner, self.tokenizer)
         set_fast_paths(self.model, self.fast)
 
     @property
@@ -164,112 +113,28 @@ class UniPicEngine:
     def revision(self) -> str:
         return self.loaded.revision
 
-    # ---- validation -------------------------------------------------------------------------------------
-    def _grid(self, size: int) -> tuple[int, int]:
-        stride = self.config.vae.stride
-        if size <= 0 or size % stride:
-            raise ValueError(f"size must be a positive multiple of {stride}, got {size}")
-        return size // stride, size // stride
-
-    # ---- shared pieces ----------------------------------------------------------------------------------
-    def _image_embeddings(self, pixels: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """pixels (N, 3, S, S) -> (x_con (N, P+L, D), z_img (N, L+P, H) with buffers rotated to the end)."""
-        p = self.config.mar.buffer_size
-        tokens = self.model.vae.encode_tokens(pixels)  # (N, m, n, C)
-        tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])  # (N, L, C)
-        x_con = self.model.mar.encode(tokens, None, grid)
-        z = self.model.proj_in(x_con)
-        return x_con, torch.cat([z[:, p:], z[:, :p]], dim=1)
-
-    def _embed_rows(self, rows: list[list[int]], images: list[torch.Tensor | None]):
-        """Embed right-padded rows; each row's `<image>` slots take its image rows in order."""
-        ids, text_mask = pad_rows(rows, self.tokenizer.pad_id, self.device)
-        embeds = self.runner.embed(ids)  # (U, T, H)
-        for r, z in enumerate(images):
-            if z is not None:
-                slots = ids[r] == self.tokenizer.image_id
-                embeds[r, slots] = z.to(embeds.dtype)
-        return embeds, text_mask
-
-    def _sample(self, items: list[SampleItem], unique: list[list[int]], unique_images: list, row_source: list[int],
-                grid, steps, scale, schedule, con_rows, progress, should_cancel):
-        embeds, mask = self._embed_rows(unique, unique_images)
-        seq_len = grid[0] * grid[1]
-        p = self.config.mar.buffer_size
-        with eager():  # text lengths vary per request: the prefix pass is never compiled (model.fast_paths)
-            _, kv = self.runner.prefix(embeds)
-        src = torch.tensor(row_source, device=self.device)
-        kv = kv.select(src, capacity=kv.prefix_len + seq_len + p)
-        state = self.sampler.init_state(items, kv, mask.index_select(0, src), seq_len, scale != 1.0, con_rows)
-        return self.sampler.run(state, grid, steps, scale, schedule, progress, should_cancel)
-
-    def _finish(self, state, requests, t0: float) -> list[ImageResult]:
-        b = state.cond_rows
-        grid = int(state.tokens.shape[1] ** 0.5)
-        images: list[Image.Image] = []
-        if b:
-            cond = state.tokens[:b].reshape(b, grid, grid, -1)  # (B, m, n, C): uncond rows are never decoded
-            images = to_pil(self.model.vae.decode_tokens(cond))
-        out, at = {}, 0
-        for it in state.items:
-            out[it.id] = images[at : at + it.rows]
-            at += it.rows
-        elapsed = time.perf_counter() - t0
-        return [ImageResult(r.id, out.get(r.id, []), r.seed, elapsed, r.id not in out) for r in requests]
+    def open_set(self, kind: str, size: int) -> RunningSet:
+        """An empty running set for one compatibility class: kind "generate" or "edit", and the image size."""
+        return RunningSet(self.sampler, self.conditioner, kind, size)
 
     # ---- tasks ------------------------------------------------------------------------------------------
-    def _image_call(self, requests: list[GenerateRequest] | list[EditRequest]) -> tuple[tuple[int, int], bool]:
-        """Checks shared by generate and edit; the latent grid and whether CFG doubles the rows."""
+    def _image_call(self, kind: str, requests: list[GenerateRequest] | list[EditRequest], progress: ProgressFn | None,
+                    should_cancel: CancelFn | None) -> list[ImageResult]:
+        """One call's requests share size and sampling (a running set allows mixing; a call never did)."""
+        if not requests:
+            return []
         _same_key(requests, ("size", "steps", "guidance_scale", "guidance_schedule"))
-        _check_sampling(requests)
-        return self._grid(requests[0].size), requests[0].guidance_scale != 1.0
+        check_sampling(requests)
+        rs = self.open_set(kind, requests[0].size)
+        return run_to_completion(rs, list(requests), progress, should_cancel)
 
     def generate(self, requests: list[GenerateRequest], progress: ProgressFn | None = None,
                  should_cancel: CancelFn | None = None) -> list[ImageResult]:
-        if not requests:
-            return []
-        t0 = time.perf_counter()
-        grid, cfg = self._image_call(requests)
-        first = requests[0]
-        with torch.inference_mode():
-            items = _sample_items(requests)
-            texts = [t2i_input(r.prompt) for r in requests]
-            uncond = [t2i_uncond_input(r.negative_prompt) for r in requests] if cfg else []
-            unique = list(dict.fromkeys(texts + uncond))
-            ids = [self.tokenizer.encode(t) for t in unique]
-            cond_src = [unique.index(t) for r, t in zip(requests, texts, strict=True) for _ in range(r.num_images)]
-            uncond_src = [unique.index(t) for r, t in zip(requests, uncond, strict=False) for _ in range(r.num_images)]
-            state = self._sample(items, ids, [None] * len(ids), cond_src + uncond_src, grid, first.steps,
-                                 first.guidance_scale, first.guidance_schedule, None, progress, should_cancel)
-            return self._finish(state, requests, t0)
+        return self._image_call("generate", requests, progress, should_cancel)
 
     def edit(self, requests: list[EditRequest], progress: ProgressFn | None = None,
              should_cancel: CancelFn | None = None) -> list[ImageResult]:
-        if not requests:
-            return []
-        t0 = time.perf_counter()
-        grid, cfg = self._image_call(requests)
-        first = requests[0]
-        slots = grid[0] * grid[1] + self.config.mar.buffer_size
-        with torch.inference_mode():
-            items = _sample_items(requests)
-            pixels = edit_pixels([r.image for r in requests], first.size, self.dtype, self.device)
-            x_con, z_img = self._image_embeddings(pixels, grid)
-            con = self.model.mar.decoder_embed(x_con)  # (N, P+L, D), once per generation
-            unique, unique_images, cond_src, uncond_src, con_idx = [], [], [], [], []
-            for i, r in enumerate(requests):
-                unique.append(self.tokenizer.encode(image_input(r.instruction), slots))
-                unique_images.append(z_img[i])
-                cond_src += [len(unique) - 1] * r.num_images
-                con_idx += [i] * r.num_images
-                if cfg:
-                    unique.append(self.tokenizer.encode(image_input(EDIT_UNCOND), slots))
-                    unique_images.append(z_img[i])
-                    uncond_src += [len(unique) - 1] * r.num_images
-            rows_con = con.index_select(0, torch.tensor(con_idx + (con_idx if cfg else []), device=self.device))
-            state = self._sample(items, unique, unique_images, cond_src + uncond_src, grid, first.steps,
-                                 first.guidance_scale, first.guidance_schedule, rows_con, progress, should_cancel)
-            return self._finish(state, requests, t0)
+        return self._image_call("edit", requests, progress, should_cancel)
 
     def understand(self, requests: list[UnderstandRequest], progress: ProgressFn | None = None,
                    should_cancel: CancelFn | None = None) -> list[TextResult]:
@@ -278,16 +143,19 @@ class UniPicEngine:
             return []
         t0 = time.perf_counter()
         first = requests[0]
-        grid = self._grid(first.size)
+        stride = self.config.vae.stride
+        if first.size <= 0 or first.size % stride:
+            raise ValueError(f"size must be a positive multiple of {stride}, got {first.size}")
+        grid = (first.size // stride, first.size // stride)
         slots = grid[0] * grid[1] + self.config.mar.buffer_size
         for r in requests:
             if r.max_new_tokens < 1 or r.temperature < 0:
                 raise ValueError(f"request {r.id}: max_new_tokens must be >= 1 and temperature >= 0")
         with torch.inference_mode():
             pixels = understand_pixels([r.image for r in requests], first.size, self.dtype, self.device)
-            _, z_img = self._image_embeddings(pixels, grid)
+            _, z_img = self.conditioner.image_embeddings(pixels, grid)
             rows = [self.tokenizer.encode(image_input(r.question or DEFAULT_QUESTION), slots) for r in requests]
-            embeds, mask = self._embed_rows(rows, list(z_img))
+            embeds, mask = self.conditioner.embed_rows(rows, list(z_img))
             decode_rows = [DecodeRow(r.id, r.max_new_tokens, r.temperature, item_generator(r.seed)) for r in requests]
             with eager():  # token decoding: shapes vary with the prompt, never compiled
                 out = decode(self.runner, embeds, mask, decode_rows, self.tokenizer.stop_ids,

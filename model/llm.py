@@ -83,9 +83,12 @@ class QwenRunner:
         return x * cos + rotated * sin
 
     def _layers(
-        self, x: torch.Tensor, positions: torch.Tensor, kv: KVBuffer, start: int, mask: torch.Tensor | None
+        self, x: torch.Tensor, positions: torch.Tensor, kv: KVBuffer, start: int, mask: torch.Tensor | None,
+        ragged: list[tuple[int, int, int, int, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """Run all layers on x (R, Q, H) written at slots [start, start+Q); mask None = causal from slot 0."""
+        """Run all layers on x (R, Q, H) written at slots [start, start+Q); mask None = causal from slot 0.
+        ragged: row groups (first row, end row, prefix T, chunk length n, mask (b-a, 1, n, T+n)) whose chunk
+        goes to slots [T, T+n) and attends over exactly those T+n slots (see `extend`)."""
         r, q_len, hidden = x.shape
         nh, nkv, hd = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
         cos, sin = self._rope(positions, x.dtype)
@@ -97,17 +100,32 @@ class QwenRunner:
             k = attn.k_proj(h).view(r, q_len, nkv, hd).transpose(1, 2)  # (R, nkv, Q, hd)
             v = attn.v_proj(h).view(r, q_len, nkv, hd).transpose(1, 2)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            kv.keys[i][:, :, start:end] = k
-            kv.values[i][:, :, start:end] = v
-            keys, values = kv.keys[i][:, :, :end], kv.values[i][:, :, :end]
-            if mask is None:
-                out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
-            else:  # expand kv heads: the masked (memory-efficient) CUDA kernels take no GQA flag
-                keys, values = (t.repeat_interleave(nh // nkv, dim=1) for t in (keys, values))
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            if ragged is not None:
+                out = self._ragged_attention(q, k, v, kv, i, ragged)
+            else:
+                kv.keys[i][:, :, start:end] = k
+                kv.values[i][:, :, start:end] = v
+                keys, values = kv.keys[i][:, :, :end], kv.values[i][:, :, :end]
+                if mask is None:
+                    out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
+                else:  # expand kv heads: the masked (memory-efficient) CUDA kernels take no GQA flag
+                    keys, values = (t.repeat_interleave(nh // nkv, dim=1) for t in (keys, values))
+                    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(r, q_len, hidden))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.llm.model.norm(x)
+
+    def _ragged_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: KVBuffer, layer: int,
+                          ragged: list[tuple[int, int, int, int, torch.Tensor]]) -> torch.Tensor:
+        """Each row group attends over its own prefix and chunk lengths only -> (R, nh, Q, hd), zeros at padding."""
+        groups = self.cfg.num_heads // self.cfg.num_kv_heads
+        out = torch.zeros_like(q)
+        for a, b, t, n, mask in ragged:
+            kv.keys[layer][a:b, :, t : t + n] = k[a:b, :, :n]
+            kv.values[layer][a:b, :, t : t + n] = v[a:b, :, :n]
+            keys, values = (c[layer][a:b, :, : t + n].repeat_interleave(groups, dim=1) for c in (kv.keys, kv.values))
+            out[a:b, :, :n] = F.scaled_dot_product_attention(q[a:b, :, :n], keys, values, attn_mask=mask)
+        return out
 
     def new_buffer(self, rows: int, capacity: int, like: torch.Tensor) -> KVBuffer:
         shape = (rows, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
@@ -127,13 +145,27 @@ class QwenRunner:
         kv.prefix_len = t
         return hidden, kv
 
-    def extend(self, x: torch.Tensor, kv: KVBuffer, text_mask: torch.Tensor, written: int = 0) -> torch.Tensor:
+    def extend(self, x: torch.Tensor, kv: KVBuffer, text_mask: torch.Tensor, written: int = 0,
+               segments: list[tuple[int, int, int, int]] | None = None) -> torch.Tensor:
         """Chunk x (R, Q, H) at slots prefix_len+written.. attending to real prefix tokens and causally to the
-        `written` earlier slots and itself; row r's positions continue from its real length T_r."""
+        `written` earlier slots and itself; row r's positions continue from its real length T_r.
+
+        segments (first row, end row, prefix T, chunk length n): ragged rows (MAR steps of items at different
+        steps, prompts of different lengths). Rows [a, b) then attend over exactly their T prefix slots and the
+        first n chunk tokens, the shapes they have alone, so batch-mates and padding change none of their bits.
+        The chunk's later tokens are padding (its outputs are zeros)."""
         r, q_len, _ = x.shape
         start = kv.prefix_len + written
         lengths = text_mask.sum(dim=1)  # (R,) T_r
         positions = lengths[:, None] + written + torch.arange(q_len, device=x.device)[None]  # (R, Q)
+        if segments is not None:
+            assert written == 0, "ragged chunks are MAR steps: nothing written before them"
+            ragged = []
+            for a, b, t, n in segments:
+                causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+                mask = torch.cat([text_mask[a:b, None, :t].expand(-1, n, -1), causal.expand(b - a, -1, -1)], dim=2)
+                ragged.append((a, b, t, n, mask[:, None]))  # mask (b-a, 1, n, T+n)
+            return self._layers(x, positions, kv, start, None, ragged)
         causal = torch.ones(q_len, written + q_len, dtype=torch.bool, device=x.device).tril(written)
         mask = torch.cat([text_mask[:, None, :].expand(r, q_len, -1), causal.expand(r, -1, -1)], dim=2)
         return self._layers(x, positions, kv, start, mask[:, None])  # mask (R, 1, Q, start+Q)

@@ -13,6 +13,18 @@ from torch import nn
 from model.config import DiffLossConfig, MARConfig
 from model.diffloss import DiffLoss
 
+Segments = list[tuple[int, int, int]]  # (first row, end row, length): rows [a, b) hold `length` real tokens
+
+
+@torch.compiler.disable  # a Python loop over ragged groups: compiled blocks call it eagerly
+def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments) -> torch.Tensor:
+    """Attention of each row group over its own real length only (q, k, v (B, h, N, hd) -> (B, h, N, hd), zeros
+    at padding). Each group gets exactly the shapes it would have alone, so padding changes none of its bits."""
+    out = torch.zeros_like(q)
+    for a, b, n in segments:
+        out[a:b, :, :n] = F.scaled_dot_product_attention(q[a:b, :, :n], k[a:b, :, :n], v[a:b, :, :n])
+    return out
+
 
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -21,11 +33,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, segments: Segments | None = None) -> torch.Tensor:
+        """x (B, N, D); segments: ragged rows (see `ragged_attention`), or None when every row is N long."""
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)  # (B, N, 3, h, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, hd)
-        out = F.scaled_dot_product_attention(q, k, v)  # scale hd^-1/2, no mask
+        if segments is None:
+            out = F.scaled_dot_product_attention(q, k, v)  # scale hd^-1/2, no mask
+        else:
+            out = ragged_attention(q, k, v, segments)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -50,8 +66,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, segments: Segments | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), segments)
         return x + self.mlp(self.norm2(x))
 
 
@@ -103,20 +119,25 @@ class MAR(nn.Module):
             )
         return self._pos_cache[key]
 
-    def encode(self, tokens: torch.Tensor, visible: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor:
-        """tokens (R, L, C); visible (R, V) ascending raster indices, or None for all L -> (R, P+V, D)."""
-        r = tokens.shape[0]
+    def encode(self, tokens: torch.Tensor, visible: torch.Tensor | None, grid: tuple[int, int],
+               segments: Segments | None = None) -> torch.Tensor:
+        """tokens (R, L, C); visible (R, V) ascending raster indices, or None for all L -> (R, P+V, D).
+
+        Ragged rows: a row with fewer visible tokens pads `visible` with the index L, and `segments` give each
+        row group's real length P+V_g; attention then never reaches the padding (its outputs are never used)."""
+        r, length = tokens.shape[:2]
         enc_pos = self.pos_embeds(grid)[0]  # (1, P+L, D)
         p, d = self.buffer_size, enc_pos.shape[-1]
         img_pos = enc_pos[:, p:].expand(r, -1, -1)
         if visible is not None:
-            tokens = torch.gather(tokens, 1, visible[..., None].expand(-1, -1, tokens.shape[-1]))  # (R, V, C)
-            img_pos = torch.gather(img_pos, 1, visible[..., None].expand(-1, -1, d))  # (R, V, D)
+            index = visible if segments is None else visible.clamp(max=length - 1)  # pads read a real slot
+            tokens = torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))  # (R, V, C)
+            img_pos = torch.gather(img_pos, 1, index[..., None].expand(-1, -1, d))  # (R, V, D)
         img = self.z_proj(tokens) + img_pos
         buf = (self.fake_latent + enc_pos[0, :p]).expand(r, -1, -1)  # (R, P, D)
         x = self.z_proj_ln(torch.cat([buf, img], dim=1))
         for block in self.encoder_blocks:
-            x = block(x)
+            x = block(x, segments)
         return self.encoder_norm(x)
 
     def decode(
@@ -126,7 +147,8 @@ class MAR(nn.Module):
         grid: tuple[int, int],
         con_embed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x_enc (R, P+V, D) -> z (R, L, D). con_embed: decoder_embed(x_con) (R, P+L, D) for editing."""
+        """x_enc (R, P+V, D) -> z (R, L, D). con_embed: decoder_embed(x_con) (R, P+L, D) for editing.
+        Padding slots of ragged rows (visible index L) land in a spare last slot that is dropped."""
         _, dec_pos, diff_pos = self.pos_embeds(grid)
         p = self.buffer_size
         y = self.decoder_embed(x_enc)
@@ -136,11 +158,12 @@ class MAR(nn.Module):
             full = y
         else:
             if con_embed is None:
-                full = self.mask_token.to(y.dtype).expand(r, p + length, d).clone()
+                full = self.mask_token.to(y.dtype).expand(r, p + length + 1, d).clone()
             else:
-                full = con_embed.expand(r, -1, -1).clone()
+                full = torch.cat([con_embed.expand(r, -1, -1), y.new_zeros(r, 1, d)], dim=1)  # (R, P+L+1, D)
             full[:, :p] = y[:, :p]
             full.scatter_(1, (visible + p)[..., None].expand(-1, -1, d), y[:, p:])
+            full = full[:, : p + length]  # (R, P+L, D): the spare slot goes
         x = full + dec_pos
         for block in self.decoder_blocks:
             x = block(x)

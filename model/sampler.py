@@ -1,82 +1,70 @@
-"""The MAR sampling loop (spec §5): masked autoregressive generation conditioned through the LLM.
+"""The MAR sampling step (spec §5.4) over rows that may stand at different steps, and the diffusion head.
 
-Owns the per-step flow encoder -> proj_in -> LLM chunk over the read-only prefix -> proj_out residual -> decoder
--> diffusion head, the commit schedule, CFG row pairing, per-item random draws and dropping canceled items.
-Rows are [cond rows of item 0, item 1, ...; the same for uncond] so an item's rows, noise and orders never depend
-on its batch-mates. It does no PIL, no tokenizing and no VAE decoding (the engine does).
+Owns the network flow of one MAR iteration: encoder -> proj_in -> LLM chunk over the read-only prefix ->
+proj_out residual -> decoder, for a batch whose rows see different numbers of visible tokens (ragged rows are
+padded with the index L and masked, so a row's result does not depend on its batch-mates), plus the head's
+reverse loop over committed tokens with per-row guidance and temperature. It draws no random numbers (callers
+pass each item's draws) and knows nothing of items, schedules or steps; `model.running_set` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from model.diffloss import cfg_mix
-from model.diffusion import DiffusionSchedule, masked_after, p_sample_loop
+from model.diffusion import DiffusionSchedule, p_sample_loop
 from model.head_graph import HeadGraphs
 from model.llm import KVBuffer, QwenRunner
 from model.unipic import UniPic
 
-ProgressFn = Callable[[list[str], int, int], None]
-CancelFn = Callable[[], set[str]]
-
 
 @dataclass
-class SampleItem:
-    """One request: `rows` images, its own generator (CPU) and temperature."""
+class StepRows:
+    """One MAR iteration's input: cond rows of every advancing item, then the uncond rows of its CFG items."""
 
-    id: str
-    rows: int
-    temperature: float
-    generator: torch.Generator
-
-
-@dataclass
-class SampleState:
-    items: list[SampleItem]
-    cfg: bool
     tokens: torch.Tensor  # (R, L, C)
-    orders: torch.Tensor  # (B, L) per cond row; uncond rows reuse them
-    kv: KVBuffer  # R rows
-    text_mask: torch.Tensor  # (R, T)
-    con_embed: torch.Tensor | None  # (R, P+L, D) decoder_embed(x_con) for editing
-    canceled: list[str] = field(default_factory=list)
+    visible: torch.Tensor  # (R, V) ascending raster indices; a row with fewer visible tokens is padded with L
+    lengths: torch.Tensor  # (R,) visible tokens per row
+    groups: list[tuple[int, int, int, int]]  # (first row, end row, prefix T, visible V): rows alike, in order
+    kv: KVBuffer  # R rows: the prefix (padded to the longest T), then room for the P+V chunk
+    text_mask: torch.Tensor  # (R, T) bool
+    con_embed: torch.Tensor | None  # (R, P+L, D) decoder_embed(x_con), editing
 
     @property
-    def cond_rows(self) -> int:
-        return self.orders.shape[0]
+    def padded(self) -> bool:
+        """Whether some row sees fewer visible tokens than the widest (else the plain, unpadded MAR path)."""
+        return any(v < self.visible.shape[1] for *_, v in self.groups)
 
-    def drop(self, ids: set[str]) -> None:
-        """Remove the items in `ids` (all their cond, uncond and KV rows)."""
-        keep_items = [it for it in self.items if it.id not in ids]
-        if len(keep_items) == len(self.items):
-            return
-        keep: list[int] = []
-        start = 0
-        for it in self.items:
-            if it.id not in ids:
-                keep.extend(range(start, start + it.rows))
-            start += it.rows
-        cond = torch.tensor(keep, dtype=torch.long, device=self.tokens.device)
-        rows = torch.cat([cond, cond + self.cond_rows]) if self.cfg else cond
-        self.canceled.extend(it.id for it in self.items if it.id in ids)
-        self.items = keep_items
-        self.tokens = self.tokens.index_select(0, rows)
-        self.orders = self.orders.index_select(0, cond)
-        self.kv = self.kv.select(rows)
-        self.text_mask = self.text_mask.index_select(0, rows)
-        if self.con_embed is not None:
-            self.con_embed = self.con_embed.index_select(0, rows)
+    def encoder_segments(self, p: int) -> list[tuple[int, int, int]]:
+        """(first row, end row, P+V) with neighbouring groups of the same V merged."""
+        out: list[tuple[int, int, int]] = []
+        for a, b, _, v in self.groups:
+            if out and out[-1][1] == a and out[-1][2] == p + v:
+                out[-1] = (out[-1][0], b, p + v)
+            else:
+                out.append((a, b, p + v))
+        return out
 
 
-def cfg_scale(scale: float, schedule: str, seq_len: int, masked_next: int) -> float:
-    if schedule == "constant":
-        return scale
-    if schedule == "linear":
-        return 1 + (scale - 1) * (seq_len - masked_next) / seq_len
-    raise ValueError(f"unsupported guidance_schedule {schedule!r} (constant or linear)")
+def chunk_order(lengths: torch.Tensor, p: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row gathers between the encoder layout [P buffers, V_r visible, pads] and the LLM chunk layout
+    [V_r visible, P buffers, pads] (pads last, so causal attention keeps them out of every real token).
+    -> (to_chunk, from_chunk), each (R, P+V) long."""
+    j = torch.arange(p + width, device=lengths.device)[None]  # (1, P+V)
+    v = lengths[:, None]  # (R, 1)
+    to_chunk = torch.where(j < v, j + p, torch.where(j < v + p, j - v, j))
+    from_chunk = torch.where(j < p, j + v, torch.where(j < p + v, j - p, j))
+    return to_chunk, from_chunk
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (R, S, F), index (R, S) -> x[r, index[r, s]] (R, S, F)."""
+    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+MIN_HEAD_ROWS = 4  # fewer rows than this take MKL's small-matrix kernels, which round differently (fp32, CPU)
 
 
 class MARSampler:
@@ -99,98 +87,57 @@ class MARSampler:
             self._t_emb[key] = net.time_embed(t)
         return self._t_emb[key]
 
-    def init_state(
-        self,
-        items: list[SampleItem],
-        kv: KVBuffer,
-        text_mask: torch.Tensor,
-        seq_len: int,
-        cfg: bool,
-        con_embed: torch.Tensor | None,
-    ) -> SampleState:
-        dev, dtype = kv.keys[0].device, kv.keys[0].dtype
-        orders = torch.cat([torch.stack([torch.randperm(seq_len, generator=it.generator) for _ in range(it.rows)])
-                            for it in items]).to(dev)  # (B, L)
-        rows = text_mask.shape[0]
-        tokens = torch.zeros(rows, seq_len, self.model.cfg.mar.token_dim, device=dev, dtype=dtype)
-        return SampleState(items, cfg, tokens, orders, kv, text_mask, con_embed)
+    def conditions(self, rows: StepRows, grid: tuple[int, int]) -> torch.Tensor:
+        """Steps 1-6 of spec §5.4 -> per-position head conditions z (R, L, D).
 
-    def run(
-        self,
-        state: SampleState,
-        grid: tuple[int, int],
-        num_iter: int,
-        scale: float,
-        schedule: str,
-        progress: ProgressFn | None = None,
-        should_cancel: CancelFn | None = None,
-    ) -> SampleState:
-        seq_len = grid[0] * grid[1]
-        after = masked_after(seq_len, num_iter)
-        masked = seq_len
-        for step in range(num_iter):
-            self.step(state, grid, masked, after[step], scale, schedule)
-            masked = after[step]
-            if progress is not None:
-                progress([it.id for it in state.items], step + 1, num_iter)
-            if should_cancel is not None and step < num_iter - 1:
-                state.drop(set(should_cancel()))
-                if not state.items:
-                    break
-        return state
-
-    def step(self, st: SampleState, grid: tuple[int, int], masked: int, masked_next: int, scale: float,
-             schedule: str) -> None:
+        Every attention runs per row group over that group's own lengths (`StepRows.groups`), and row-wise
+        layers see padding only as extra rows, so a row's result does not depend on its batch-mates."""
         mar, p = self.model.mar, self.model.cfg.mar.buffer_size
-        seq_len = grid[0] * grid[1]
-        b = st.cond_rows
-        visible = st.orders[:, masked:].sort(dim=1).values  # (B, V) ascending raster
-        commit = st.orders[:, masked_next:masked].sort(dim=1).values  # (B, k)
-        if st.cfg:
-            visible = torch.cat([visible, visible])
-        x_enc = mar.encode(st.tokens, visible, grid)  # (R, P+V, D)
-        u = self.model.proj_in(x_enc)
-        u = torch.cat([u[:, p:], u[:, :p]], dim=1)  # visible tokens, then buffers
-        h = self.runner.extend(u, st.kv, st.text_mask)  # (R, V+P, H)
-        h = torch.cat([h[:, -p:], h[:, :-p]], dim=1)  # buffers first again
+        padded = rows.padded
+        x_enc = mar.encode(rows.tokens, rows.visible, grid, rows.encoder_segments(p) if padded else None)  # (R, P+V, D)
+        u = self.model.proj_in(x_enc)  # (R, P+V, H)
+        chunks = [(a, b, t, v + p) for a, b, t, v in rows.groups]
+        if padded:
+            to_chunk, from_chunk = chunk_order(rows.lengths, p, rows.visible.shape[1])
+            h = self.runner.extend(gather_rows(u, to_chunk), rows.kv, rows.text_mask, segments=chunks)  # (R, V+P, H)
+            h = gather_rows(h, from_chunk)  # (R, P+V, H) buffers first again
+        else:
+            u = torch.cat([u[:, p:], u[:, :p]], dim=1)  # visible tokens, then buffers
+            h = self.runner.extend(u, rows.kv, rows.text_mask, segments=chunks)  # (R, V+P, H)
+            h = torch.cat([h[:, -p:], h[:, :-p]], dim=1)  # buffers first again
         x_enc = x_enc + self.model.proj_out(h)
-        z = mar.decode(x_enc, visible, grid, st.con_embed)  # (R, L, D)
-        d = z.shape[-1]
-        idx = commit[..., None].expand(-1, -1, d)
-        cond_z = torch.gather(z[:b], 1, idx).reshape(-1, d)  # (B·k, D) row-major
-        uncond_z = torch.gather(z[b:], 1, idx).reshape(-1, d) if st.cfg else None
-        s = cfg_scale(scale, schedule, seq_len, max(masked_next, 1)) if st.cfg else 1.0
-        samples = self.sample_head(st.items, cond_z, uncond_z, commit.shape[1], s)
-        tokens = st.tokens.clone()
-        c = tokens.shape[-1]
-        tokens[:b].scatter_(1, commit[..., None].expand(-1, -1, c), samples.to(tokens.dtype).view(b, -1, c))
-        if st.cfg:
-            tokens[b:] = tokens[:b]
-        st.tokens = tokens
+        return mar.decode(x_enc, rows.visible, grid, rows.con_embed)  # (R, L, D)
 
-    def sample_head(self, items: list[SampleItem], cond_z: torch.Tensor, uncond_z: torch.Tensor | None, k: int,
-                    scale: float) -> torch.Tensor:
-        """Diffusion head over the committed tokens; noise drawn per item from its generator. -> (B·k, C) fp32."""
+    def sample_head(self, cond_z: torch.Tensor, uncond_z: torch.Tensor | None, scale: torch.Tensor,
+                    temperature: torch.Tensor, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Diffusion head over N committed tokens (spec §4.3) -> (N, C) float32.
+
+        cond_z, uncond_z (N, D): conditions (uncond_z None: no CFG for any row); scale (N, 1) float32 guidance
+        per row; temperature (N, 1); init (N, C) and noise (K-1, N, C): the rows' own draws, on the device."""
+        n = init.shape[0]
+        if n >= MIN_HEAD_ROWS:
+            return self._head(cond_z, uncond_z, scale, temperature, init, noise)
+
+        def pad(t: torch.Tensor, dim: int = 0) -> torch.Tensor:  # repeat the first row; rows are independent
+            return torch.cat([t] + [t.narrow(dim, 0, 1)] * (MIN_HEAD_ROWS - n), dim=dim)
+
+        out = self._head(pad(cond_z), None if uncond_z is None else pad(uncond_z), pad(scale), pad(temperature),
+                         pad(init), pad(noise, 1))
+        return out[:n]
+
+    def _head(self, cond_z: torch.Tensor, uncond_z: torch.Tensor | None, scale: torch.Tensor,
+              temperature: torch.Tensor, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         net = self.model.mar.diffloss.net
-        c, steps, dev = net.input_proj.in_features, self.schedule.num_steps, cond_z.device
-        init, noise, temps = [], [], []
-        for it in items:
-            n = it.rows * k
-            init.append(torch.randn(n, c, generator=it.generator))
-            noise.append(torch.randn(max(steps - 1, 0), n, c, generator=it.generator))
-            temps.append(torch.full((n, 1), float(it.temperature)))
-        x = torch.cat(init).to(dev)
-        xi = torch.cat(noise, dim=1).to(dev)
-        temp = torch.cat(temps).to(dev)
+        c = net.input_proj.in_features
         t_emb = self.time_embeddings()
         cond = net.cond_embed(cond_z)
-        use_cfg = uncond_z is not None and scale != 1.0
-        if self.cuda_graphs and x.is_cuda:
+        uncond = None if uncond_z is None else net.cond_embed(uncond_z)
+        if self.cuda_graphs and init.is_cuda:
             if self._graphs is None or self._graphs.t_emb is not t_emb:
                 self._graphs = HeadGraphs(net, self.schedule, t_emb)
-            return self._graphs.run(x, xi, temp, cond, net.cond_embed(uncond_z) if use_cfg else None, scale)
-        if use_cfg:
-            both = torch.cat([cond, net.cond_embed(uncond_z)])
+            return self._graphs.run(init, noise, temperature, cond, uncond, scale)
+        if uncond is not None:
+            both = torch.cat([cond, uncond])  # (2N, W)
 
             def denoise(state: torch.Tensor, step: int) -> torch.Tensor:
                 out = net.forward_embedded(torch.cat([state, state]), both + t_emb[step])
@@ -200,4 +147,4 @@ class MARSampler:
             def denoise(state: torch.Tensor, step: int) -> torch.Tensor:
                 return net.forward_embedded(state, cond + t_emb[step])
 
-        return p_sample_loop(self.schedule, denoise, x, xi, temp)
+        return p_sample_loop(self.schedule, denoise, init, noise, temperature)

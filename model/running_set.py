@@ -1,0 +1,300 @@
+"""The stepping engine (continuous batching): a running set of image requests advanced one MAR iteration at a time.
+
+A set serves one compatibility class, a kind ("generate" or "edit") and an image size. Between two steps the
+caller admits new requests, drops canceled ones and picks which live items advance (the rest pause with their
+state kept); every step returns the items that finished, with their decoded images. Each item carries all of
+its own state: step index and schedule (`steps`, so the masked count), orders, latent tokens, prefix K/V,
+edit conditioning, generator, temperature and guidance, so items with different `steps`, `guidance_scale` or
+CFG on/off share a step. Rows are item after item (n cond rows, then n uncond rows with CFG); rows that see
+fewer visible tokens are padded, and every attention runs per group of alike rows over their own lengths
+(`model.sampler`), so an item's result does not depend on when it joined or who shared its steps
+(tests/model/test_running_set.py).
+It knows nothing of jobs, queues, leases or progress reporting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from model.conditioning import Conditioner, Conditioning
+from model.diffusion import masked_after
+from model.images import to_pil
+from model.llm import KVBuffer
+from model.requests import EditRequest, GenerateRequest, ImageRequest, check_sampling, item_generator
+from model.sampler import MARSampler, StepRows
+
+KINDS = {"generate": GenerateRequest, "edit": EditRequest}
+
+
+def cfg_scale(scale: float, schedule: str, seq_len: int, masked_next: int) -> float:
+    """Guidance at a step (spec §5.4.8): constant, or linear in the share of committed tokens."""
+    if schedule == "constant":
+        return scale
+    if schedule == "linear":
+        return 1 + (scale - 1) * (seq_len - masked_next) / seq_len
+    raise ValueError(f"unsupported guidance_schedule {schedule!r} (constant or linear)")
+
+
+@dataclass
+class Finished:
+    """An item that took its last step: its images and final latent tokens (cond rows, (n, L, C))."""
+
+    id: str
+    images: list[Image.Image]
+    tokens: torch.Tensor
+
+
+@dataclass
+class ItemState:
+    """One live request. Uncond rows (CFG) always equal the cond rows' tokens, so only those are kept."""
+
+    id: str
+    rows: int  # images n
+    steps: int
+    scale: float
+    schedule: str
+    temperature: float
+    generator: torch.Generator
+    cond: Conditioning
+    orders: torch.Tensor  # (n, L) a random permutation per image
+    tokens: torch.Tensor  # (n, L, C)
+    after: list[int]  # still masked after each step (spec §5.3)
+    step: int = 0
+
+    @property
+    def cfg(self) -> bool:
+        return self.scale != 1.0
+
+    @property
+    def masked(self) -> int:
+        return self.after[self.step - 1] if self.step else self.orders.shape[1]
+
+    @property
+    def total_rows(self) -> int:
+        return self.rows * (2 if self.cfg else 1)
+
+
+@dataclass
+class Layout:
+    """Rows of one composition of advancing items; rebuilt only when that composition changes."""
+
+    ids: tuple[str, ...]
+    at: list[int]  # first row of each item: its n cond rows, then its n uncond rows with CFG
+    kv: KVBuffer  # (R, kv_heads, T + P + L, head_dim): prefixes padded to the longest T
+    text_mask: torch.Tensor  # (R, T)
+    con_embed: torch.Tensor | None  # (R, P+L, D)
+
+
+@dataclass
+class StepStats:
+    """Token rows run through the encoder, LLM chunk and decoder, and how many of them were padding."""
+
+    steps: int = 0
+    token_rows: int = 0
+    pad_rows: int = 0
+
+
+@dataclass
+class RunningSet:
+    sampler: MARSampler
+    conditioner: Conditioner
+    kind: str
+    size: int
+    items: list[ItemState] = field(default_factory=list)
+    stats: StepStats = field(default_factory=StepStats)
+    _layout: Layout | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {self.kind!r}")
+        stride = self.model.cfg.vae.stride
+        if self.size <= 0 or self.size % stride:
+            raise ValueError(f"size must be a positive multiple of {stride}, got {self.size}")
+
+    @property
+    def model(self):  # -> UniPic
+        return self.sampler.model
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = self.size // self.model.cfg.vae.stride
+        return g, g
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def ids(self) -> list[str]:
+        return [it.id for it in self.items]
+
+    @property
+    def rows(self) -> int:
+        """Rows the live items occupy when all advance (cond + uncond)."""
+        return sum(it.total_rows for it in self.items)
+
+    def progress(self) -> dict[str, tuple[int, int]]:
+        """Steps done and steps in all, per live item."""
+        return {it.id: (it.step, it.steps) for it in self.items}
+
+    # ---- membership -------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def admit(self, requests: Sequence[ImageRequest]) -> None:
+        """Add requests of this set's kind and size; they take their first step at the next `step()`.
+        Raises ValueError (naming the request) before admitting any of them if one does not fit."""
+        if not requests:
+            return
+        seen = set(self.ids)
+        for r in requests:
+            if not isinstance(r, KINDS[self.kind]) or r.size != self.size:
+                raise ValueError(f"request {r.id}: not a {self.kind} request of size {self.size}")
+            if r.id in seen:
+                raise ValueError(f"request {r.id}: already in the running set")
+            seen.add(r.id)
+        check_sampling(requests)
+        if self.kind == "generate":
+            conds = self.conditioner.generate(list(requests))  # type: ignore[arg-type]
+        else:
+            conds = self.conditioner.edit(list(requests), self.grid)  # type: ignore[arg-type]
+        for r, cond in zip(requests, conds, strict=True):
+            self.items.append(self._new_item(r, cond))
+        self._layout = None  # an id may come back (re-queued): never reuse rows by id across admissions
+
+    def _new_item(self, r: ImageRequest, cond: Conditioning) -> ItemState:
+        gen = item_generator(r.seed)
+        length, dev = self.seq_len, cond.text_mask.device
+        orders = torch.stack([torch.randperm(length, generator=gen) for _ in range(r.num_images)]).to(dev)  # (n, L)
+        channels = self.model.cfg.mar.token_dim
+        tokens = cond.kv.keys[0].new_zeros(r.num_images, length, channels)  # (n, L, C)
+        return ItemState(r.id, r.num_images, r.steps, r.guidance_scale, r.guidance_schedule, r.temperature, gen,
+                         cond, orders, tokens, masked_after(length, r.steps))
+
+    def drop(self, ids: Collection[str]) -> list[str]:
+        """Remove these items (canceled, failed, re-queued); returns the ids that were live."""
+        gone = [it.id for it in self.items if it.id in ids]
+        self.items = [it for it in self.items if it.id not in ids]
+        self._layout = None
+        return gone
+
+    # ---- one MAR iteration ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, ids: Collection[str] | None = None) -> list[Finished]:
+        """Advance every live item by one MAR iteration (or only those in `ids`; the others pause).
+        Returns the items that took their last step, removed from the set, with their images."""
+        chosen = [it for it in self.items if ids is None or it.id in ids]
+        if not chosen:
+            return []
+        layout = self._rows_layout(chosen)
+        rows = self._step_rows(chosen, layout)
+        z = self.sampler.conditions(rows, self.grid)  # (R, L, D)
+        commits = [it.orders[:, it.after[it.step] : it.masked].sort(dim=1).values for it in chosen]  # (n, k_i)
+        samples = self._sample(chosen, layout, z, commits)
+        for it, commit, s in zip(chosen, commits, samples, strict=True):
+            c = it.tokens.shape[-1]
+            it.tokens.scatter_(1, commit[..., None].expand(-1, -1, c), s.to(it.tokens.dtype).view(it.rows, -1, c))
+            it.step += 1
+        done = [it for it in chosen if it.step == it.steps]
+        if not done:
+            return []
+        self.items = [it for it in self.items if it.step < it.steps]
+        return self._finish(done)
+
+    def _rows_layout(self, chosen: list[ItemState]) -> Layout:
+        ids = tuple(it.id for it in chosen)
+        if self._layout is not None and self._layout.ids == ids:
+            return self._layout
+        at = [sum(it.total_rows for it in chosen[:i]) for i in range(len(chosen))]
+        rows = sum(it.total_rows for it in chosen)
+        width = max(it.cond.kv.prefix_len for it in chosen)
+        capacity = width + self.model.cfg.mar.buffer_size + self.seq_len
+        first = chosen[0].cond.kv
+        mask = chosen[0].cond.text_mask.new_zeros(rows, width)  # (R, T)
+        keys, values = [], []
+        for layer, k0 in enumerate(first.keys):
+            k = k0.new_zeros(rows, k0.shape[1], capacity, k0.shape[3])  # (R, kv_heads, T+P+L, head_dim)
+            v = torch.zeros_like(k)
+            for it, a in zip(chosen, at, strict=True):
+                b, t = a + it.total_rows, it.cond.kv.prefix_len
+                k[a:b, :, :t] = it.cond.kv.keys[layer]
+                v[a:b, :, :t] = it.cond.kv.values[layer]
+                mask[a:b, :t] = it.cond.text_mask
+            keys.append(k)
+            values.append(v)
+        con = None
+        if self.kind == "edit":
+            con = torch.cat([it.cond.con_embed.expand(it.total_rows, -1, -1) for it in chosen])  # type: ignore[union-attr]
+        self._layout = Layout(ids, at, KVBuffer(keys, values, width), mask, con)  # con (R, P+L, D)
+        return self._layout
+
+    def _step_rows(self, chosen: list[ItemState], layout: Layout) -> StepRows:
+        length, p = self.seq_len, self.model.cfg.mar.buffer_size
+        visible = [it.orders[:, it.masked :].sort(dim=1).values for it in chosen]  # (n, V_i) ascending raster
+        width = max(v.shape[1] for v in visible)
+        copies = [2 if it.cfg else 1 for it in chosen]  # uncond rows repeat the cond rows' tokens and orders
+        tokens = torch.cat([it.tokens.repeat(c, 1, 1) for it, c in zip(chosen, copies, strict=True)])  # (R, L, C)
+        vis = torch.cat([F.pad(v, (0, width - v.shape[1]), value=length).repeat(c, 1)
+                         for v, c in zip(visible, copies, strict=True)])  # (R, V), pads = L
+        groups: list[tuple[int, int, int, int]] = []  # (first row, end row, prefix T, visible V)
+        for it, a, v in zip(chosen, layout.at, visible, strict=True):
+            t, n = it.cond.kv.prefix_len, v.shape[1]
+            if groups and groups[-1][1] == a and groups[-1][2:] == (t, n):
+                groups[-1] = (groups[-1][0], a + it.total_rows, t, n)
+            else:
+                groups.append((a, a + it.total_rows, t, n))
+        lengths = torch.tensor([v for a, b, _, v in groups for _ in range(b - a)], device=vis.device)  # (R,)
+        r = vis.shape[0]
+        self.stats.steps += 1
+        self.stats.token_rows += r * (2 * (p + width) + p + length)  # encoder, LLM chunk, decoder
+        self.stats.pad_rows += 2 * int(r * width - lengths.sum())
+        return StepRows(tokens, vis, lengths, groups, layout.kv, layout.text_mask, layout.con_embed)
+
+    def _sample(self, chosen: list[ItemState], layout: Layout, z: torch.Tensor, commits: list[torch.Tensor]
+                ) -> list[torch.Tensor]:
+        """Diffusion head over each item's committed tokens, CFG items and plain items in one call each.
+        -> per item (n·k_i, C) float32, row-major over its images."""
+        out: list[torch.Tensor] = [z] * len(chosen)  # placeholders, all replaced
+        for with_cfg in (True, False):
+            group = [i for i, it in enumerate(chosen) if it.cfg == with_cfg]
+            if group:
+                samples = self._sample_group([chosen[i] for i in group], [layout.at[i] for i in group], z,
+                                             [commits[i] for i in group])
+                for i, s in zip(group, samples, strict=True):
+                    out[i] = s
+        return out
+
+    def _sample_group(self, items: list[ItemState], at: list[int], z: torch.Tensor, commits: list[torch.Tensor]
+                      ) -> list[torch.Tensor]:
+        net = self.model.mar.diffloss.net
+        c, steps, d = net.input_proj.in_features, self.sampler.schedule.num_steps, z.shape[-1]
+        cond_z, uncond_z, scale, temp, init, noise = [], [], [], [], [], []
+        for it, a, commit in zip(items, at, commits, strict=True):
+            idx = commit[..., None].expand(-1, -1, d)  # (n, k, D)
+            cond_z.append(torch.gather(z[a : a + it.rows], 1, idx).reshape(-1, d))  # (n·k, D) row-major
+            if it.cfg:
+                uncond_z.append(torch.gather(z[a + it.rows : a + 2 * it.rows], 1, idx).reshape(-1, d))
+            n = commit.numel()
+            s = cfg_scale(it.scale, it.schedule, self.seq_len, max(it.after[it.step], 1)) if it.cfg else 1.0
+            scale.append(torch.full((n, 1), s))
+            temp.append(torch.full((n, 1), float(it.temperature)))
+            init.append(torch.randn(n, c, generator=it.generator))  # the item's draws, in its own order
+            noise.append(torch.randn(max(steps - 1, 0), n, c, generator=it.generator))
+        dev = z.device
+        x = self.sampler.sample_head(torch.cat(cond_z), torch.cat(uncond_z) if uncond_z else None,
+                                     torch.cat(scale).to(dev), torch.cat(temp).to(dev), torch.cat(init).to(dev),
+                                     torch.cat(noise, dim=1).to(dev))  # (Σ n·k, C)
+        return list(x.split([commit.numel() for commit in commits]))
+
+    def _finish(self, done: list[ItemState]) -> list[Finished]:
+        m, n = self.grid
+        tokens = torch.cat([it.tokens for it in done])  # (B, L, C)
+        images = to_pil(self.model.vae.decode_tokens(tokens.reshape(-1, m, n, tokens.shape[-1])))  # (B, m, n, C)
+        out, at = [], 0
+        for it in done:
+            out.append(Finished(it.id, images[at : at + it.rows], it.tokens))
+            at += it.rows
+        return out
