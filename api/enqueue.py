@@ -1,12 +1,12 @@
 """Putting accepted jobs on the broker: one `run_batch` message per job, by task name.
 
 The API builds its own minimal Celery app (broker URL only, JSON messages, no result backend) and sends by name
-with `send_task`, with task and queue names from `storage.routing`, so it never imports the worker code, torch
-or the model. Sends reuse one producer (one connection) per call and go out through kombu's producer batch
-(one Redis pipeline per thousand messages), which keeps a 10,000-item batch fast. After sending,
-`JobStore.mark_enqueued` stamps `last_enqueued_at` once for all of them (single submissions are stamped
-together every few tens of milliseconds by `SentMarks`); a job whose send failed stays `queued` in Postgres
-and the sweeper re-enqueues it, so a broker hiccup loses nothing. This is the one enqueue contract
+with `send_task` through `storage.routing.RunBatchSender` (the one sender, shared with the workers and the
+sweeper), so it never imports the worker code, torch or the model. Sends reuse one producer (one connection) per
+call and go out through kombu's producer batch (one Redis pipeline per thousand messages), which keeps a
+10,000-item batch fast. After sending, `JobStore.mark_enqueued` stamps `last_enqueued_at` once for all of them
+(single submissions are stamped together every few tens of milliseconds by `SentMarks`); a job whose send
+failed stays `queued` in Postgres and the sweeper re-enqueues it, so a broker hiccup loses nothing. This is the one enqueue contract
 (`storage.routing`: rows committed, then send, then stamp), with `JobRef`s from there.
 """
 
@@ -16,47 +16,28 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 from celery import Celery
 
-from storage import tracing
 from storage.jobs import JobStore
-from storage.routing import RUN_BATCH_TASK, JobRef
+from storage.routing import MESSAGE_CONF, JobRef, RunBatchSender
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PUBLISH_BATCH = 1000  # Redis commands per pipeline round trip
 MARK_INTERVAL_SECONDS = 0.05
 
 
 def make_sender(settings: Settings) -> Celery:
     """A send-only Celery app for `settings.broker_url` (never started as a worker)."""
     app = Celery("unipic-api", broker=settings.broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        result_backend=None,
-        task_create_missing_queues=True,
-        broker_connection_retry_on_startup=True,
-        broker_connection_timeout=3,
-        timezone="UTC",
-    )
+    app.conf.update(**MESSAGE_CONF, broker_connection_timeout=3)
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # fail fast when Redis is down: the job is safe in Postgres and the sweeper re-enqueues it
         app.conf.broker_transport_options = {"socket_timeout": 5, "socket_connect_timeout": 3, "max_retries": 2}
     return app
-
-
-def _pipelined(producer: Any, n: int) -> AbstractContextManager[Any]:
-    """Kombu's producer batch (one Redis pipeline per PUBLISH_BATCH messages) for many messages, where the
-    kombu version has it; a single message goes out directly."""
-    batch = getattr(producer, "batch", None)
-    return batch(PUBLISH_BATCH) if batch is not None and n > 1 else nullcontext()
 
 
 class SentMarks:
@@ -120,22 +101,13 @@ class Enqueuer:
 
     def __init__(self, settings: Settings, job_store: JobStore) -> None:
         self.celery = make_sender(settings)
+        self.sender = RunBatchSender(self.celery, span="unipic.api.enqueue")  # one per process
         self.job_store = job_store
         self.marks = SentMarks(job_store)
-        self._declared: set[str] = set()
         self._holds = holds_messages(settings.broker_url)
 
     def _send(self, producer: Any, job: JobRef) -> None:
-        with tracing.span(job.id, "unipic.api.enqueue", queue=job.queue):  # no-op unless tracing is on
-            self.celery.send_task(RUN_BATCH_TASK, args=[job.id], queue=job.queue, producer=producer,
-                                  argsrepr=f"['{job.id}']", kwargsrepr="{}", **self._declare(job.queue))
-
-    def _declare(self, queue: str) -> dict[str, Any]:
-        # declaring a queue is needed once per process, not per message (it costs a third of a send)
-        if queue in self._declared:
-            return {"declare": []}
-        self._declared.add(queue)
-        return {}
+        self.sender.send(producer, job)
 
     def enqueue(self, jobs: Sequence[JobRef], mark_later: bool = False) -> list[str]:
         """Send one message per job (one producer for all), then mark them enqueued (now, or with `mark_later`
@@ -144,10 +116,7 @@ class Enqueuer:
         if not jobs:
             return sent
         try:
-            with self.celery.producer_or_acquire() as producer, _pipelined(producer, len(jobs)):
-                for job in jobs:
-                    self._send(producer, job)
-                    sent.append(job.id)
+            self.sender.send_all(jobs, sent)
         except Exception:
             log.exception("enqueue failed after %d of %d jobs (first %s); the sweeper will re-enqueue",
                           len(sent), len(jobs), jobs[0].id)

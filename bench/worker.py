@@ -222,9 +222,8 @@ def one_job(store: Any, sender: Celery | None, owner_id: str, kind: str, seed: i
     from storage.ids import new_id
     from storage.objects import input_key
     from storage.records import NewJob
-    from storage.routing import queue_for
+    from storage.routing import queue_for, send_and_stamp
     from storage.states import JobStatus
-    from workers.app import send_and_stamp
 
     job_id = new_id()
     params: dict[str, Any]

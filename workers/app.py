@@ -3,32 +3,26 @@
 `make_celery(settings)` builds an app with the reliability settings the design asks for: late acks, messages
 rejected (redelivered) when a worker dies, a prefetch of one so a GPU never hoards work, a visibility timeout
 longer than the longest batch, and no result backend (Postgres is the truth; Celery results are ignored).
-Queue names and task names come from `storage.routing` as plain data.
+Queue names, task names and the message settings every sender shares (`MESSAGE_CONF`) come from
+`storage.routing`, which also sends the jobs (`send_and_stamp`): the same sender as the API's.
 
-It deliberately imports neither torch nor the model: the API-side enqueue, the sweeper and the webhook worker
-build the same app without paying for a model.
+It deliberately imports neither torch nor the model: the sweeper and the webhook worker build the same app
+without paying for a model.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
-
 from celery import Celery
 from kombu import Exchange, Queue
 
-from storage.jobs import JobStore
 from storage.routing import (
     DISPATCH_WEBHOOKS_TASK,
     MAINTENANCE_QUEUE,
-    RUN_BATCH_TASK,
+    MESSAGE_CONF,
     SWEEP_TASK,
     WEBHOOK_QUEUE,
-    JobRef,
 )
 from storage.settings import Settings
-
-log = logging.getLogger(__name__)
 
 # A message outstanding longer than this is handed to another consumer by Redis; it must outlast any batch.
 MIN_VISIBILITY_TIMEOUT_SECONDS = 3600.0
@@ -61,17 +55,12 @@ def make_celery(settings: Settings, name: str = "unipic") -> Celery:
     """A Celery app configured from `settings` (no tasks registered; entry modules add theirs)."""
     app = Celery(name, broker=settings.broker_url, set_as_current=False)
     app.conf.update(
-        task_ignore_result=True,
-        result_backend=None,
+        **MESSAGE_CONF,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
-        task_serializer="json",
-        accept_content=["json"],
-        broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(settings),
-        task_create_missing_queues=True,
         task_default_queue=MAINTENANCE_QUEUE,
         task_default_exchange=MAINTENANCE_QUEUE,
         task_default_routing_key=MAINTENANCE_QUEUE,
@@ -81,25 +70,6 @@ def make_celery(settings: Settings, name: str = "unipic") -> Celery:
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        timezone="UTC",
     )
     return app
 
-
-def enqueue_jobs(celery: Celery, jobs: Iterable[JobRef]) -> list[str]:
-    """Send one `run_batch` message per job to the job's own queue; returns the ids sent."""
-    sent = []
-    with celery.producer_or_acquire() as producer:  # one connection for the whole list
-        for job in jobs:
-            celery.send_task(RUN_BATCH_TASK, args=[job.id], queue=job.queue, producer=producer)
-            log.debug("enqueued job %s on %s", job.id, job.queue)
-            sent.append(job.id)
-    return sent
-
-
-def send_and_stamp(celery: Celery, store: JobStore, jobs: Iterable[JobRef]) -> list[str]:
-    """The enqueue contract of `storage.routing`, for workers and the sweeper: send one message per job, then
-    stamp `last_enqueued_at` on the ids sent. Returns them; raises what the broker raised (nothing stamped)."""
-    sent = enqueue_jobs(celery, jobs)
-    store.mark_enqueued(sent)
-    return sent

@@ -23,9 +23,8 @@ from storage.job_events import attach_from_settings
 from storage.jobs import JobStore
 from storage.objects import make_object_store
 from storage.records import JobRecord
-from storage.routing import gpu_queues
+from storage.routing import gpu_queues, send_and_stamp
 from storage.settings import Settings
-from workers.app import send_and_stamp
 from workers.batching import BatchRunner
 from workers.card_fit import with_choice
 from workers.device_health import GuardedEngine

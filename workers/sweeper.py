@@ -25,11 +25,11 @@ from storage.jobs import JobStore
 from storage.lifecycle import Lifecycle
 from storage.objects import ObjectStore, make_object_store
 from storage.records import JobRecord
-from storage.routing import SWEEP_TASK
+from storage.routing import SWEEP_TASK, send_and_stamp
 from storage.settings import Settings
 from storage.states import JobStatus
 from storage.workers_registry import WorkerRegistry
-from workers.app import make_celery, send_and_stamp
+from workers.app import make_celery
 
 log = logging.getLogger(__name__)
 

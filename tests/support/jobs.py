@@ -93,12 +93,12 @@ def enqueue(store: JobStore, celery: Any, jobs: Iterable[JobRecord], *, stamp_fi
     `stamp_first` stamps before sending, so no lock of ours is held while a worker claims: use it when a test
     asserts which jobs share a batch.
     """
-    from workers.app import enqueue_jobs, send_and_stamp
+    from storage.routing import RunBatchSender, send_and_stamp
 
     refs = [job.ref for job in jobs]
     if stamp_first:
         store.mark_enqueued([ref.id for ref in refs])
-        enqueue_jobs(celery, refs)
+        RunBatchSender(celery).send_all(refs)
     else:
         send_and_stamp(celery, store, refs)
 
