@@ -17,7 +17,8 @@ def test_every_route_is_documented_with_its_errors(client: Any) -> None:
     doc = client.get("/openapi.json").json()
     paths = doc["paths"]
     for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/events",
-                 "/v1/batches", "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/cancel", "/v1/uploads",
+                 "/v1/batches", "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/cancel",
+                 "/v1/batches/{batch_id}/manifest", "/v1/uploads",
                  "/v1/uploads/{upload_id}", "/v1/objects/{key}", "/healthz", "/readyz", "/metrics"):
         assert path in paths, path
     create = paths["/v1/jobs"]["post"]
@@ -46,7 +47,7 @@ def api_schema(app: Any) -> Any:
 OPERATIONS = [
     ("POST", "/v1/jobs"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}"), ("POST", "/v1/jobs/{job_id}/cancel"),
     ("POST", "/v1/batches"), ("GET", "/v1/batches"), ("GET", "/v1/batches/{batch_id}"),
-    ("POST", "/v1/batches/{batch_id}/cancel"), ("POST", "/v1/uploads"), ("PUT", "/v1/uploads/{upload_id}"),
+    ("POST", "/v1/batches/{batch_id}/cancel"), ("GET", "/v1/batches/{batch_id}/manifest"), ("POST", "/v1/uploads"), ("PUT", "/v1/uploads/{upload_id}"),
     ("GET", "/v1/objects/{key}"), ("PUT", "/v1/objects/{key}"), ("GET", "/healthz"), ("GET", "/readyz"),
     ("GET", "/metrics"),
 ]
