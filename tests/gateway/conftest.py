@@ -1,5 +1,6 @@
 """Fixtures for the worker-gateway tests: the real API app (in process) on the session's Postgres schema, Redis
-db and S3 server, worker tokens, an API key, and the in-process tiny engine for runner-over-gateway tests.
+db and S3 server, worker tokens, an API key, the in-process tiny engine for runner-over-gateway tests, and
+the shared Celery model-worker fixtures (tests/support/worker_fixtures.py).
 
 Tests of this package share the schema; queued jobs left by other tests are canceled around each test, and
 each test makes its own jobs and checks only those.
@@ -15,6 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.support.jobs import cancel_leftover_jobs
+from tests.support.worker_fixtures import celery_app, registry, start_worker, worker_env
+
+__all__ = ["celery_app", "registry", "start_worker", "worker_env"]  # the shared model-worker fixtures
 
 
 @pytest.fixture(autouse=True)

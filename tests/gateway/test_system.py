@@ -9,8 +9,6 @@ the ordinary lease sweep (`Sweeper.sweep`, driven here) and finish on the Celery
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from tests.support import REPO
 from tests.support.jobs import decode, enqueue, make_job
 from tests.support.stack import free_port
 from tests.support.waiting import wait_for, wait_terminal
-from tests.support.workers import WorkerStarter, log_dir
+from tests.support.workers import WorkerProcess, WorkerStarter, log_dir
 
 pytestmark = pytest.mark.system
 
@@ -68,46 +66,24 @@ def gateway(migrated: Any, s3_server: str) -> Iterator[Gateway]:
     s3_proxy.close()
 
 
-class GatewayWorkerProcess:
+def gateway_worker_env(checkpoint: Path, **extra: str) -> dict[str, str]:
+    """Only the model settings: no database, broker or storage settings, no S3 credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNIPIC_", "AWS_"))}
+    env.update(UNIPIC_MODEL=str(checkpoint), UNIPIC_MODEL_DTYPE="float32", UNIPIC_HEARTBEAT_SECONDS="1",
+               UNIPIC_PROGRESS_INTERVAL_MS="0", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+class GatewayWorkerProcess(WorkerProcess):
     """`unipic worker --gateway ... --token ...` with only the model settings in its environment."""
 
+    transport = "remote"
+    ready_timeout = 180.0
+
     def __init__(self, url: str, token: str, checkpoint: Path, logs: Path, name: str, **extra: str) -> None:
-        self.name = name
-        self.log_path = logs / f"{name}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("UNIPIC_", "AWS_"))}
-        env.update(UNIPIC_MODEL=str(checkpoint), UNIPIC_MODEL_DTYPE="float32", UNIPIC_HEARTBEAT_SECONDS="1",
-                   UNIPIC_PROGRESS_INTERVAL_MS="0", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), **extra)
-        self.env = env
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "cli.main", "worker", "--gateway", url, "--token", token, "--device", "cpu",
-               "--name", name, "--max-batch", "4"]
-        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, registry: Any) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"gateway worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            return any(w.pid == self.proc.pid and w.transport == "remote" and w.stopped_at is None
-                       for w in registry.all())
-        wait_for(ready, f"gateway worker {self.name} to register", timeout=180)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        self._log.close()
-        return self.proc.returncode
+        argv = [sys.executable, "-m", "cli.main", "worker", "--gateway", url, "--token", token, "--device", "cpu",
+                "--name", name, "--max-batch", "4"]
+        super().__init__(gateway_worker_env(checkpoint, **extra), name, logs, argv=argv)
 
 
 @pytest.fixture
@@ -134,33 +110,6 @@ def tokens_for_system(gateway: Gateway) -> Any:
 
     store = WorkerTokenStore(gateway.services.jobs.sessions)
     return lambda: store.create("system-test")
-
-
-@pytest.fixture(scope="module")
-def registry(session_factory: Any) -> Any:
-    from storage.workers_registry import WorkerRegistry
-
-    return WorkerRegistry(session_factory)
-
-
-@pytest.fixture
-def start_worker(settings_env: dict[str, str], tiny_checkpoint: Path, registry: Any,
-                 tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[WorkerStarter]:
-    """Celery model workers, as in production (tests/support/workers.py)."""
-    env = dict(settings_env)
-    env.update(UNIPIC_MODEL=str(tiny_checkpoint), UNIPIC_MODEL_DTYPE="float32", UNIPIC_WORKER_DEVICE="cpu",
-               UNIPIC_HEARTBEAT_SECONDS="2", UNIPIC_PROGRESS_INTERVAL_MS="0", PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
-    starter = WorkerStarter(env, registry, log_dir(tmp_path_factory), f"{request.node.name[:20]}-")
-    yield starter
-    starter.stop_all()
-
-
-@pytest.fixture(scope="module")
-def celery_app(settings: Any) -> Any:
-    from workers.app import make_celery
-
-    return make_celery(settings)
 
 
 def _jobs(gateway: Gateway, owner_id: str, kinds: tuple[str, ...], seed: int = 0) -> list[Any]:

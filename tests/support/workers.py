@@ -22,20 +22,30 @@ from tests.support import REPO
 READY_TIMEOUT = 120.0  # a liveness bound, not a speed assertion
 
 
-class WorkerProcess:
-    """A model worker in its own process, with its log file."""
+def celery_worker_argv(name: str) -> list[str]:
+    """The production command line of a Celery model worker named `name`."""
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.gpu", "worker", "--pool", "solo", "--concurrency",
+        "1", "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        "--without-heartbeat",
+    ]
 
-    def __init__(self, env: dict[str, str], name: str, log_dir: Path, extra_env: dict[str, str] | None = None):
+
+class WorkerProcess:
+    """A model worker in its own process, with its log file: a Celery worker unless `argv` says otherwise (the
+    gateway tests start `unipic worker --gateway ...`)."""
+
+    transport = "direct"  # how it registers in the `workers` table
+    ready_timeout = READY_TIMEOUT
+
+    def __init__(self, env: dict[str, str], name: str, log_dir: Path, extra_env: dict[str, str] | None = None,
+                 argv: list[str] | None = None):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        full_env = {**env, **(extra_env or {})}
-        cmd = [
-            sys.executable, "-m", "celery", "-A", "workers.gpu", "worker", "--pool", "solo", "--concurrency",
-            "1", "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-            "--without-heartbeat",
-        ]
+        self.env = {**env, **(extra_env or {})}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, env=full_env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv or celery_worker_argv(name), env=self.env, cwd=REPO, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:
@@ -45,14 +55,15 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, registry: Any) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 pytest.fail(f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            if any(w.pid == self.pid and w.stopped_at is None for w in registry.all()):
+            if any(w.pid == self.pid and w.transport == self.transport and w.stopped_at is None
+                   for w in registry.all()):
                 return
             time.sleep(0.2)
-        pytest.fail(f"worker {self.name} not ready after {READY_TIMEOUT}s:\n{self.log()[-4000:]}")
+        pytest.fail(f"worker {self.name} not ready after {self.ready_timeout}s:\n{self.log()[-4000:]}")
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
