@@ -1,12 +1,10 @@
-"""Claim benchmark: the fair-share claim (`claim_next`) beside the old claim-this-job (`claim_batch`), one run.
+"""Claim benchmark: the fair-share claim workers run (`JobStore.claim_next`), one run.
 
 On the local Postgres (a private schema in database `test`, dropped afterwards) it loads `--jobs` queued jobs
 (default 100,000) across `--keys` API keys (default 1,000; sizes skewed: a few bulk keys hold most jobs, as in
-production) in one queue with a few compatibility keys, then alternates the two claims, `--claims` times each,
-every claim taking a batch of up to `--batch` jobs (each claim in its own transaction, as a worker does):
-
-- new: `JobStore.claim_next(queue)`, the policy of storage.scheduling (fair share, then priority and age);
-- old: `JobStore.claim_batch(job_id)` for the next job in message (arrival) order, the claim workers ran before.
+production) in one queue with a few compatibility keys, then claims `--claims` times, every claim taking a batch
+of up to `--batch` jobs in its own transaction, as a worker does, under the policy of storage.scheduling (fair
+share, then priority and age).
 
 It also times submission with the fair-share activation the create path now does: single `create` calls and one
 `create_many` of 1,000. Target: new claim p99 < 20 ms.
@@ -105,24 +103,20 @@ def run(jobs: int, keys: int, claims: int, batch: int) -> dict[str, Any]:
         store = JobStore(sessions)
         rng = random.Random(13)
         owners = _owners(sessions, keys)
-        load_s, ids = _timed(lambda: load(store, owners, jobs, rng))
+        load_s, _ = _timed(lambda: load(store, owners, jobs, rng))
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f'ANALYZE "{schema}".jobs')
             conn.execute(f'ANALYZE "{schema}".fair_share')
-        arrival = iter(ids)  # the old claim follows message order: the oldest message first
-        new_t: list[float] = []
-        old_t: list[float] = []
+        claim_t: list[float] = []
         for _ in range(claims):
-            seconds, got = _timed(lambda: store.claim_next(QUEUE, "bench-new", 60, batch, 1 << 40))
+            seconds, got = _timed(lambda: store.claim_next(QUEUE, "bench", 60, batch, 1 << 40))
             assert got, "the queue ran dry: use fewer --claims or more --jobs"
-            new_t.append(seconds)
-            seconds, _ = _timed(lambda: store.claim_batch(next(arrival), "bench-old", 60, batch, 1 << 40))
-            old_t.append(seconds)
+            claim_t.append(seconds)
         single = [_timed(lambda: store.create(_new_job(rng.choice(owners), rng, 0)))[0] for _ in range(200)]
         many_s, _ = _timed(lambda: store.create_many([_new_job(rng.choice(owners), rng, -10) for _ in range(1000)]))
         engine.dispose()
         return {"jobs": jobs, "keys": keys, "claims": claims, "batch": batch, "load_seconds": round(load_s, 1),
-                "claim_new_ms": _ms(new_t), "claim_old_ms": _ms(old_t), "create_one_ms": _ms(single),
+                "claim_ms": _ms(claim_t), "create_one_ms": _ms(single),
                 "create_many_1000_ms": round(many_s * 1000, 1)}
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -137,10 +131,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
     out = run(args.jobs, args.keys, args.claims, args.batch)
-    print(f"{args.jobs} queued jobs, {args.keys} keys, batches of {args.batch}, {args.claims} claims each")
+    print(f"{args.jobs} queued jobs, {args.keys} keys, batches of {args.batch}, {args.claims} claims")
     print(f"{'':24}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
-    for label, key in (("claim (fair share, new)", "claim_new_ms"), ("claim (this job, old)", "claim_old_ms"),
-                       ("create one job", "create_one_ms")):
+    for label, key in (("claim (fair share)", "claim_ms"), ("create one job", "create_one_ms")):
         row = out[key]
         print(f"{label:24}{row['p50']:>10}{row['p99']:>10}{row['max']:>10}")
     print(f"create_many(1000): {out['create_many_1000_ms']} ms; load of {args.jobs}: {out['load_seconds']} s")

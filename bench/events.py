@@ -138,6 +138,8 @@ class Bench:
         self.root = Path(tempfile.mkdtemp(prefix="unipic-events-"))
         self.pg = PrivatePostgres()
         self.redis = PrivateRedis(self.root / "redis")
+        self.runs: list[str] = []
+        self.queue = QUEUE
 
     def env(self, mode: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -193,15 +195,19 @@ class Bench:
         from storage.records import NewBatch, NewJob
 
         params = {"prompt": "bench", "width": 256, "height": 256, "num_images": 1, "steps": 8}
-        news = [NewJob(owner_id=self.owner, kind="generate", params=params, compat_key=f"bench:{i}", queue=QUEUE,
-                       seed=i) for i in range(n)]
+        self.queue = f"{QUEUE}.{len(self.runs)}"  # a queue per run: an earlier run's unchanged jobs stay apart
+        self.runs.append(self.queue)
+        news = [NewJob(owner_id=self.owner, kind="generate", params=params, compat_key=f"bench:{i}",
+                       queue=self.queue, seed=i) for i in range(n)]
         batch, records = self.jobs.create_many(news, NewBatch(owner_id=self.owner))
         assert batch is not None
         return batch.id, [r.id for r in records]
 
     def change(self, job_id: str) -> float:
-        """Play the worker for one job: claim, complete; the commit time of the completion."""
-        [claim] = self.jobs.claim_batch(job_id, "bench", 60, 1, 1 << 40)
+        """Play the worker for one job (the run's oldest queued one, which the changes follow in order): claim
+        the run's queue, complete; the commit time of the completion."""
+        [claim] = self.jobs.claim_next(self.queue, "bench", 60, 1, 1 << 40)
+        assert claim.job_id == job_id, f"claimed {claim.job_id}, expected {job_id}"
         self.jobs.complete(claim, [])
         return time.monotonic()
 

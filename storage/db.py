@@ -9,11 +9,12 @@ exceptions and `ping` through this module and never imports sqlalchemy itself.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -115,6 +116,31 @@ def connection_lost(exc: DatabaseError) -> bool:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded attributes after commit (records are returned to callers)."""
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+DEADLOCK_SQLSTATE = "40P01"
+DEADLOCK_ATTEMPTS = 3
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def retry_deadlocks(write: Callable[P, R]) -> Callable[P, R]:
+    """Run `write` (one transaction of its own) again when Postgres aborted it as a deadlock victim: nothing of
+    it was committed, and a fresh transaction holds none of the locks the cycle was made of. Up to
+    DEADLOCK_ATTEMPTS runs; any other error, or the last deadlock, is raised."""
+
+    @functools.wraps(write)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(1, DEADLOCK_ATTEMPTS):
+            try:
+                return write(*args, **kwargs)
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != DEADLOCK_SQLSTATE:
+                    raise
+                log.info("%s was a deadlock victim (attempt %d); running it again", write.__qualname__, attempt)
+        return write(*args, **kwargs)
+
+    return run
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 ```
               create
                 │
-                ▼          claim_next / claim_batch (CAS, SKIP LOCKED)
+                ▼          claim_next (CAS, SKIP LOCKED)
             ┌────────┐ ─────────────────────────────────► ┌─────────┐ ── complete ──► succeeded
             │ queued │                                    │ running │ ── fail ──────► failed
             └────────┘ ◄── requeue_expired (attempts+1) ─ └─────────┘ ── cancel_running ► canceled
@@ -18,10 +18,11 @@ fenced by the `lease_token` its claim got, so a worker whose lease expired can n
 Webhook outbox rows (job.started/succeeded/failed/canceled, batch.completed) are written in the same
 transaction; when a batch's last job turns terminal, the batch is finished in that transaction too.
 Canceling a batch (`cancel_batch`) is the same per-job transitions applied to every job of the batch at once.
-Which queued jobs a claim takes is `storage.scheduling`'s policy (`claim_next`, what workers use; `claim_batch` takes
-one named job and its batch-mates, for tests and tools); both charge the fair-share counters (`storage.fair_share`).
-Postgres claims with `FOR UPDATE SKIP LOCKED` for batch-mates (the message's own job waits for its row lock);
-SQLite serializes writers with `BEGIN IMMEDIATE`. Statuses, event types and error codes come from
+Which queued jobs a claim takes is `storage.scheduling`'s policy (`claim_next`; a `run_batch` message claims its
+job's queue through `claim_for_message`); the claim charges the fair-share counters (`storage.fair_share`) in the
+same transaction. Postgres claims with `FOR UPDATE SKIP LOCKED` (waiting for a lock only when nothing else is
+claimable; a claim Postgres aborts as a deadlock with another claim is retried); SQLite serializes writers with
+`BEGIN IMMEDIATE`. Statuses, event types and error codes come from
 `storage.states`.
 """
 
@@ -33,13 +34,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, case, insert, or_, select, update
+from sqlalchemy import Table, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage import fair_share, job_events, scheduling
 from storage.batch_completion import finish_batch_if_done
-from storage.db import write_session
+from storage.db import retry_deadlocks, write_session
 from storage.errors import Conflict, IdempotencyConflict, IllegalTransition, NotFound
 from storage.ids import new_id
 from storage.job_queries import JobQueries
@@ -144,38 +145,7 @@ class JobStore(JobQueries):
         }
 
     # ---- claiming and leases --------------------------------------------------------------------------------
-    def claim_batch(
-        self, job_id: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
-        kinds: Sequence[str] | None = None,
-    ) -> list[Claim]:
-        """Claim the named `job_id` if still queued plus compatible queued jobs (same compat_key), priority desc
-        then oldest first, up to `max_items` and `max_pixels` summed; empty if the job is not queued. Not the
-        scheduling policy (workers use `claim_next`): for tests, tools and the claim benchmark's baseline."""
-        now = utcnow()
-        with write_session(self.sessions) as s:
-            # The message's own job waits for its row lock instead of skipping it: a short lock held by someone
-            # else (the API stamping last_enqueued_at, a cancel) must not turn this message into a no-op, which
-            # would leave the job for the sweeper. Waiting cannot deadlock: nothing else is locked yet, and the
-            # batch-mates below are taken with SKIP LOCKED. Postgres re-checks `status` once the lock is ours.
-            seed = s.scalars(
-                select(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).with_for_update()
-            ).first()
-            if seed is None or (kinds is not None and seed.kind not in kinds):
-                return []
-            chosen = [seed]
-            budget = max_pixels - seed.pixels
-            if max_items > 1:
-                for row in self._compatible(s, seed, now, max_items - 1):
-                    if len(chosen) >= max_items:
-                        break
-                    if row.pixels <= budget:
-                        chosen.append(row)
-                        budget -= row.pixels
-            claims = self._start(s, chosen, worker_id, lease_seconds, now)
-            _charge(s, chosen, claims, now)
-        log.info("worker %s claimed %d jobs %s", worker_id, len(claims), [c.job_id for c in claims])
-        return claims
-
+    @retry_deadlocks
     def claim_next(
         self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
     ) -> list[Claim]:
@@ -211,18 +181,6 @@ class JobStore(JobQueries):
                 fair_share.forget(s, queue, owner_ids)
         except Exception as exc:  # noqa: BLE001 - housekeeping only; the next claim tries again
             log.warning("could not forget idle keys of %s: %s", queue, exc)
-
-    @staticmethod
-    def _compatible(s: Session, seed: Job, now: datetime, limit: int) -> list[Job]:
-        stmt = (
-            select(Job)
-            .where(Job.status == JobStatus.QUEUED, Job.compat_key == seed.compat_key, Job.id != seed.id)
-            .where(or_(Job.deadline_at.is_(None), Job.deadline_at > now))
-            .order_by(Job.priority.desc(), Job.created_at, Job.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        return list(s.scalars(stmt))
 
     @staticmethod
     def _start(s: Session, rows: list[Job], worker_id: str, lease_seconds: float, now: datetime) -> list[Claim]:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from storage.objects import result_key
 from tests.support.api import png_bytes
+from tests.support.claims import claim_job
 
 Backend = tuple[TestClient, Callable[[], dict[str, str]]]
 
@@ -54,8 +55,7 @@ def services_of(client: TestClient) -> Any:
 def finish(client: TestClient, job_id: str) -> str:
     """Play the worker: claim the job and complete it with one stored result image; the result's key."""
     services = services_of(client)
-    claims = services.jobs.claim_batch(job_id, "test-worker", 60, max_items=1, max_pixels=1 << 40)
-    assert [c.job_id for c in claims] == [job_id]
+    claims = claim_job(services.jobs, job_id)
     key = result_key(job_id, 0, "png")
     services.objects.put(key, png_bytes(8, 8), content_type="image/png")
     assert services.jobs.complete(claims[0], [key], None, {"model_seconds": 0.5}, "tiny", "r1")

@@ -9,6 +9,7 @@ import httpx
 
 from storage.objects import result_key
 from tests.support.api import data_url, generate_body, png_bytes, queued_job_ids
+from tests.support.claims import claim_job
 
 
 def test_thousand_items_are_accepted_and_each_enqueued_once(client: Any, auth: dict[str, str], app: Any,
@@ -98,7 +99,7 @@ def test_counts_manifest_and_scoping(client: Any, make_key: Any, app: Any) -> No
     jobs = {j.custom_id: j for j in services.batches.jobs(batch["id"])}
     # play the worker: one image result, one failure, one answer
     for custom_id in ("ok", "bad", "text"):
-        [claim] = services.jobs.claim_batch(jobs[custom_id].id, "w", 60, max_items=1, max_pixels=1 << 40)
+        [claim] = claim_job(services.jobs, jobs[custom_id].id, "w")  # in submission order, as the policy claims
         if custom_id == "bad":
             services.jobs.fail(claim, "model_error", "boom")
         elif custom_id == "ok":

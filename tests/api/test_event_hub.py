@@ -19,6 +19,7 @@ from api.event_hub import EventHub, TooManyStreams
 from storage.job_events import RedisPublisher, attach
 from storage.objects import result_key
 from tests.support.api import generate_body, png_bytes
+from tests.support.claims import claim_job
 
 PER_KEY = 2
 PER_PROCESS = 5
@@ -144,7 +145,7 @@ def test_committed_transitions_wake_a_watch(api_settings: Any, job_store: Any, o
         assert await hub.ready(LIVENESS_S)
         got: list[dict[str, Any]] = []
         with hub.watch(owner_id, job_ids=[job.id]) as watch:
-            claim = (await asyncio.to_thread(store.claim_batch, job.id, "w", 60, 1, 1 << 40))[0]
+            [claim] = await asyncio.to_thread(claim_job, store, job.id, "w")
             got += (await watch.wait(LIVENESS_S)).events
             await asyncio.to_thread(store.renew, [claim], 60)  # a lease renewal is not an event
             await asyncio.to_thread(store.set_progress, claim, 1, 4)
@@ -207,7 +208,7 @@ def test_batch_stream_sends_each_item_once_then_done(server_url: str, make_key: 
             stream = sse_events(r)
             got.append(next(stream))
             # When the rest run and finish (one batch-mate claim, then one by one)
-            claims = services.jobs.claim_batch(ids[1], "w", 60, max_items=8, max_pixels=1 << 40)
+            claims = claim_job(services.jobs, ids[1], "w", max_items=8)
             for claim in claims:
                 key = result_key(claim.job_id, 0, "png")
                 services.objects.put(key, png_bytes(4, 4), content_type="image/png")
@@ -237,7 +238,7 @@ def test_poll_mode_streams_and_waits_without_push(api_settings: Any, make_key: A
             with http.stream("GET", f"/v1/jobs/{job['id']}/events") as r:
                 stream = sse_events(r)
                 assert next(stream)[1]["status"] == "queued"
-                [claim] = services.jobs.claim_batch(job["id"], "w", 60, max_items=1, max_pixels=1 << 40)
+                [claim] = claim_job(services.jobs, job["id"], "w")
                 assert next(stream)[1]["status"] == "running"
                 services.jobs.fail(claim, "model_error", "boom")
                 rest = list(stream)
@@ -259,7 +260,7 @@ def test_a_lost_message_is_covered_by_the_batched_reconciliation(server_url: str
             stream = sse_events(r)
             assert next(stream)[1]["status"] == "queued"
             # When the job runs and fails through a store that publishes nothing
-            [claim] = silent.claim_batch(job["id"], "w", 60, max_items=1, max_pixels=1 << 40)
+            [claim] = claim_job(silent, job["id"], "w")
             silent.fail(claim, "model_error", "boom")
             # Then the stream still ends: the reconciler's batched read found the row ahead and woke it
             rest = list(stream)

@@ -13,6 +13,7 @@ import pytest
 
 from storage.objects import result_key
 from tests.support.api import generate_body, png_bytes
+from tests.support.claims import claim_job
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_stream_follows_the_job_to_its_end(server_url: str, auth: dict[str, str]
             # Given the stream opened on a queued job
             assert next(stream)[1]["status"] == "queued"
             # When a worker claims it, the stream says running
-            [claim] = services.jobs.claim_batch(job["id"], "w", 60, max_items=1, max_pixels=1 << 40)
+            [claim] = claim_job(services.jobs, job["id"], "w")
             name, data = next(stream)
             assert (name, data["status"]) == ("status", "running")
             # progress is streamed as it changes

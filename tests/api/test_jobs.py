@@ -13,12 +13,12 @@ from PIL import Image, ImageFile
 
 from storage.objects import result_key
 from tests.support.api import data_url, generate_body, png_bytes, queued_job_ids
+from tests.support.claims import claim_job
 
 
 def finish(job_store: Any, objects: Any, job_id: str, text: str | None = None) -> None:
     """Play the worker: claim the job and complete it with one result image."""
-    claims = job_store.claim_batch(job_id, "test-worker", 60, max_items=1, max_pixels=1 << 40)
-    assert [c.job_id for c in claims] == [job_id]
+    claims = claim_job(job_store, job_id)
     key = result_key(job_id, 0, "png")
     objects.put(key, png_bytes(8, 8), content_type="image/png")
     assert job_store.complete(claims[0], [key], text, {"model_seconds": 0.5}, "tiny", "r1")
@@ -268,7 +268,7 @@ def test_cancel_queued_then_again(client: Any, auth: dict[str, str]) -> None:
 def test_running_job_shows_progress_and_cancel_request(client: Any, auth: dict[str, str], app: Any) -> None:
     services = app.state.services
     job = client.post("/v1/jobs", json=generate_body(width=512, height=512, steps=7), headers=auth).json()
-    claims = services.jobs.claim_batch(job["id"], "w1", 60, max_items=1, max_pixels=1 << 40)
+    claims = claim_job(services.jobs, job["id"], "w1")
     services.jobs.set_progress(claims[0], 3, 7)
     view = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert view["status"] == "running" and view["progress"] == {"step": 3, "total": 7}

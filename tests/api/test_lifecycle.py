@@ -56,7 +56,7 @@ def test_delete_erases_a_finished_batch(backend: Backend) -> None:
     r = client.delete(f"/v1/batches/{batch['id']}", headers=headers)
     assert r.status_code == 409 and error_code(r) == "illegal_transition"
     jobs = client.get(f"/v1/jobs?batch_id={batch['id']}", headers=headers).json()["data"]
-    keys = [finish(client, j["id"]) for j in jobs]
+    keys = [finish(client, j["id"]) for j in sorted(jobs, key=lambda j: j["id"])]  # oldest first, as claimed
     manifest_url = client.get(f"/v1/batches/{batch['id']}", headers=headers).json()["manifest_url"]
     assert {line.get("custom_id") for line in _lines(client.get(manifest_url).text)} == {"a", None}
     assert client.delete(f"/v1/batches/{batch['id']}", headers=new_key()).status_code == 404

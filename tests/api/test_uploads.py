@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.support.api import generate_body, png_bytes
+from tests.support.claims import claim_job
 
 
 def test_s3_presigned_put_then_submit(client: Any, auth: dict[str, str], app: Any) -> None:
@@ -99,7 +100,7 @@ def test_local_backend_signed_upload_and_download(local_client: tuple[TestClient
                                         "image": {"upload_id": slot["upload_id"]}}, headers=auth)
     assert job.status_code == 202, job.text
     job_id = job.json()["id"]
-    [claim] = services.jobs.claim_batch(job_id, "w", 60, max_items=1, max_pixels=1 << 40)
+    [claim] = claim_job(services.jobs, job_id, "w")
     key = f"results/{job_id}/0.png"
     services.objects.put(key, png_bytes(8, 8), content_type="image/png")
     services.jobs.complete(claim, [key])

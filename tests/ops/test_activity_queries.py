@@ -8,6 +8,7 @@ from typing import Any
 from storage.activity_queries import ActivityQueries
 from storage.ids import new_id
 from storage.tables import WebhookAttempt, WebhookEvent, utcnow
+from tests.support.claims import claim_job
 from tests.support.storage import job
 
 
@@ -18,7 +19,7 @@ def test_last_hour_counts_finished_jobs_and_their_latency(session_factory: Any, 
     # Given two jobs that succeed and one that fails, now
     compat = f"generate:{new_id()}"
     made = [job_store.create(job(owner_id, compat)) for _ in range(3)]
-    claims = job_store.claim_batch(made[0].id, "w-activity", 60, 3, 1 << 40)
+    claims = claim_job(job_store, made[0].id, "w-activity", max_items=3)
     assert len(claims) == 3
     for claim in claims[:2]:
         assert job_store.complete(claim, ["k"], None, {"model_seconds": 2.0, "upload_seconds": 0.5}, "tiny", None)

@@ -25,7 +25,7 @@ def test_depth_oldest_age_and_running_per_queue(session_factory: Any, job_store:
     queue = f"unipic.generate.t{new_id()[-8:]}"
     compat = f"generate:{new_id()}"
     made = [job_store.create(job(owner_id, compat, queue=queue)) for _ in range(3)]
-    claims = job_store.claim_batch(made[0].id, "w1", 60, 1, 1 << 40)
+    claims = job_store.claim_next(queue, "w1", 60, 1, 1 << 40)
     assert len(claims) == 1
     first_queued = min(j.created_at for j in made if j.id != claims[0].job_id)
     # When a snapshot is taken a minute later

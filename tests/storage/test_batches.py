@@ -12,6 +12,7 @@ from storage.errors import IllegalTransition, NotFound
 from storage.jobs import JobStore
 from storage.records import NewBatch
 from storage.tables import WebhookEvent
+from tests.support.claims import claim_job
 from tests.support.storage import Stores, add_owner, job
 
 
@@ -19,7 +20,7 @@ def test_get_counts_and_owner(stores: Stores, compat: str) -> None:
     batch, recs = stores.jobs.create_many([job(stores.owner_id, compat, custom_id=f"c{i}") for i in range(4)],
                                           NewBatch(stores.owner_id, metadata={"run": 1}))
     assert batch is not None
-    stores.jobs.claim_batch(recs[0].id, "w", 30, max_items=1, max_pixels=10**9)
+    claim_job(stores.jobs, recs[0].id, "w", 30)
     got = stores.batches.get(batch.id, stores.owner_id)
     assert got.counts["queued"] == 3 and got.counts["running"] == 1 and got.metadata == {"run": 1}
     with pytest.raises(NotFound):
@@ -37,7 +38,7 @@ def test_cancel_batch(stores: Stores, compat: str) -> None:
     batch, recs = stores.jobs.create_many([job(stores.owner_id, compat) for _ in range(3)],
                                           NewBatch(stores.owner_id, webhook_url="http://127.0.0.1/b"))
     assert batch is not None
-    [claim] = stores.jobs.claim_batch(recs[0].id, "w", 30, max_items=1, max_pixels=10**9)
+    [claim] = claim_job(stores.jobs, recs[0].id, "w", 30)
     canceled = stores.batches.cancel(batch.id, stores.owner_id)
     assert canceled.counts["canceled"] == 2 and canceled.counts["running"] == 1 and canceled.finished_at is None
     assert stores.jobs.cancel_requested_ids([recs[0].id]) == {recs[0].id}
@@ -58,7 +59,9 @@ def test_concurrent_finishes_complete_the_batch_once(storage_jobs: JobStore, com
     batch, recs = job_store.create_many([job(owner, compat) for _ in range(16)],
                                         NewBatch(owner, webhook_url="http://127.0.0.1/b"))
     assert batch is not None
-    claims = [c for r in recs for c in job_store.claim_batch(r.id, "w", 60, 1, 10**9)]
+    claims = claim_job(job_store, recs[0].id, "w")  # then one claim per job, each with its own lease token
+    claims += [c for _ in recs[1:] for c in job_store.claim_next(recs[0].queue, "w", 60, 1, 10**9)]
+    assert sorted(c.job_id for c in claims) == sorted(r.id for r in recs)
     # When 16 threads finish them at once
     barrier = threading.Barrier(len(claims))
 

@@ -12,13 +12,13 @@ from sqlalchemy import select
 from storage.errors import IdempotencyConflict, IllegalTransition, NotFound
 from storage.records import Claim, NewBatch
 from storage.tables import WebhookEvent, utcnow
+from tests.support.claims import claim_job, claim_queue_of
 from tests.support.storage import Stores, job
 
 
 def claim_one(st: Stores, job_id: str, lease: float = 30.0) -> Claim:
-    claims = st.jobs.claim_batch(job_id, "w1", lease, max_items=1, max_pixels=10**9)
-    assert [c.job_id for c in claims] == [job_id]
-    return claims[0]
+    [claim] = claim_job(st.jobs, job_id, "w1", lease)
+    return claim
 
 
 def events(st: Stores, job_id: str) -> list[str]:
@@ -72,7 +72,7 @@ def test_cancel_queued_is_immediate(stores: Stores, compat: str) -> None:
         stores.jobs.request_cancel(rec.id, stores.new_owner())
     canceled = stores.jobs.request_cancel(rec.id, stores.owner_id)
     assert canceled.status == "canceled" and canceled.error_code == "canceled"
-    assert stores.jobs.claim_batch(rec.id, "w1", 30, 8, 10**9) == []
+    assert claim_queue_of(stores.jobs, rec.id, "w1", 30, 8) == []
 
 
 def test_release_keeps_attempts(stores: Stores, compat: str) -> None:
@@ -97,7 +97,7 @@ def test_terminal_states_never_change(stores: Stores, compat: str) -> None:
     assert not stores.jobs.set_progress(claim, 1, 2)
     assert stores.jobs.renew([claim], 30) == []
     assert stores.jobs.release([claim]) == 0
-    assert stores.jobs.claim_batch(rec.id, "w2", 30, 8, 10**9) == []
+    assert claim_queue_of(stores.jobs, rec.id, "w2", 30, 8) == []
     with pytest.raises(IllegalTransition):
         stores.jobs.request_cancel(rec.id, stores.owner_id)
     assert rec.id not in stores.jobs.requeue_expired(utcnow() + timedelta(days=1))
@@ -115,7 +115,7 @@ def test_other_terminal_states_are_final(stores: Stores, compat: str, terminal: 
         assert rec.id in stores.jobs.expire_overdue(utcnow() + timedelta(seconds=61))
     before = stores.jobs.get(rec.id)
     assert before.status == terminal
-    assert stores.jobs.claim_batch(rec.id, "w2", 30, 8, 10**9) == []
+    assert claim_queue_of(stores.jobs, rec.id, "w2", 30, 8) == []
     with pytest.raises(IllegalTransition):
         stores.jobs.request_cancel(rec.id, None)
     stores.jobs.expire_overdue(utcnow() + timedelta(days=2))
@@ -148,31 +148,34 @@ def test_claim_respects_compat_key_priority_age_and_max_items(stores: Stores, co
     old_low = stores.jobs.create(job(stores.owner_id, compat))
     high = stores.jobs.create(job(stores.owner_id, compat, priority=5))
     newer_low = stores.jobs.create(job(stores.owner_id, compat))
-    other = stores.jobs.create(job(stores.owner_id, compat + "-other", priority=9))
-    claims = stores.jobs.claim_batch(seed.id, "w1", 30, max_items=3, max_pixels=10**9)
-    assert [c.job_id for c in claims] == [seed.id, high.id, old_low.id]
+    other = stores.jobs.create(job(stores.owner_id, compat + "-other", priority=1))
+    # the highest priority seeds the claim; batch-mates share its compat key, oldest first, up to max_items
+    claims = claim_job(stores.jobs, high.id, "w1", 30, max_items=3)
+    assert [c.job_id for c in claims] == [high.id, seed.id, old_low.id]
     assert stores.jobs.get(newer_low.id).status == "queued" and stores.jobs.get(other.id).status == "queued"
     assert {stores.jobs.get(c.job_id).batch_size for c in claims} == {3}
-    # a message for a job already taken by someone's batch is a no-op
-    assert stores.jobs.claim_batch(high.id, "w2", 30, 8, 10**9) == []
+    # a message for a job already taken claims what its queue holds next: another compat key, another batch
+    assert [c.job_id for c in claim_queue_of(stores.jobs, high.id, "w2", 30, 8)] == [other.id]
+    assert [c.job_id for c in claim_queue_of(stores.jobs, high.id, "w2", 30, 8)] == [newer_low.id]
+    assert claim_queue_of(stores.jobs, high.id, "w2", 30, 8) == []
 
 
 def test_claim_respects_max_pixels_and_kinds(stores: Stores, compat: str) -> None:
     seed = stores.jobs.create(job(stores.owner_id, compat))  # 65,536 px
     big = stores.jobs.create(job(stores.owner_id, compat, num_images=4))  # 262,144 px: does not fit
     small = stores.jobs.create(job(stores.owner_id, compat))
-    assert stores.jobs.claim_batch(seed.id, "w1", 30, 8, 10**9, kinds=["understand"]) == []
-    claims = stores.jobs.claim_batch(seed.id, "w1", 30, max_items=8, max_pixels=2 * 256 * 256)
+    assert claim_queue_of(stores.jobs, seed.id, "w1", 30, 8, kinds=["understand"]) == []
+    claims = claim_job(stores.jobs, seed.id, "w1", 30, max_items=8, max_pixels=2 * 256 * 256)
     assert [c.job_id for c in claims] == [seed.id, small.id]
     assert stores.jobs.get(big.id).status == "queued"
     # the seed is always taken, even alone over budget
-    assert [c.job_id for c in stores.jobs.claim_batch(big.id, "w1", 30, 8, max_pixels=1)] == [big.id]
+    assert [c.job_id for c in claim_job(stores.jobs, big.id, "w1", 30, max_items=8, max_pixels=1)] == [big.id]
 
 
 def test_claim_skips_overdue_partners(stores: Stores, compat: str) -> None:
     seed = stores.jobs.create(job(stores.owner_id, compat))
     overdue = stores.jobs.create(job(stores.owner_id, compat, deadline_at=utcnow() - timedelta(seconds=1)))
-    assert [c.job_id for c in stores.jobs.claim_batch(seed.id, "w1", 30, 8, 10**9)] == [seed.id]
+    assert [c.job_id for c in claim_job(stores.jobs, seed.id, "w1", 30, max_items=8)] == [seed.id]
     assert overdue.id in stores.jobs.expire_overdue()
     assert stores.jobs.get(overdue.id).error_code == "expired"
 
@@ -251,7 +254,7 @@ def test_batch_finishes_with_its_last_job(stores: Stores, compat: str) -> None:
                                           NewBatch(stores.owner_id, webhook_url="http://127.0.0.1/b",
                                                    webhook_events=["batch.completed"]))
     assert batch is not None and batch.total == 3 and all(r.batch_id == batch.id for r in recs)
-    claims = stores.jobs.claim_batch(recs[0].id, "w1", 30, 8, 10**9)
+    claims = claim_job(stores.jobs, recs[0].id, "w1", 30, max_items=8)
     assert len(claims) == 3
     stores.jobs.complete(claims[0], ["a"])
     stores.jobs.fail(claims[1], "model_error", "x")

@@ -18,6 +18,7 @@ from storage.errors import IllegalTransition, NotFound
 from storage.lifecycle import Lifecycle, StorageQuotaExceeded
 from storage.objects import input_key, result_key, upload_key
 from storage.tables import Job
+from tests.support.claims import claim_job
 from tests.support.storage import Stores, job
 
 Y2K = datetime(2000, 1, 1, tzinfo=UTC)
@@ -39,7 +40,7 @@ def finished_job(stores: Stores, objects: Any, finished_at: datetime, **kw: Any)
     keys = [result_key(record.id, 0, "png"), input_key(record.id)]
     for key in keys:
         objects.put(key, b"bytes", content_type="image/png")
-    claims = stores.jobs.claim_batch(record.id, "w", 60, max_items=1, max_pixels=1 << 40)
+    claims = claim_job(stores.jobs, record.id, "w")
     assert stores.jobs.complete(claims[0], [keys[0]], None, {}, "tiny", "r")
     with stores.sessions.begin() as s:
         s.execute(update(Job).where(Job.id == record.id).values(finished_at=finished_at, input_key=keys[1]))

@@ -6,6 +6,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+from tests.support.claims import claim_job
 from tests.support.jobs import make_job
 from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
@@ -17,7 +18,7 @@ def test_renewal_extends_held_leases_and_records_lost_ones(
 ) -> None:
     # Given two claimed jobs, one of whose leases then expires and is reclaimed by the sweeper's requeue
     jobs = [make_job(job_store, object_store, owner_id, "generate", 64, seed=i, tag="renew") for i in range(2)]
-    claims = job_store.claim_batch(jobs[0].id, "lease-test", 30.0, 2, 10**9)
+    claims = claim_job(job_store, jobs[0].id, "lease-test", 30.0, max_items=2)
     assert len(claims) == 2
     expiring = {c.job_id: c for c in claims}[jobs[1].id]
     job_store.renew([expiring], 0.01)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.support.claims import claim_job
 from tests.support.jobs import make_job
 from tests.support.waiting import wait_for
 from workers.progress import CancelWatcher, ProgressReporter
@@ -11,7 +12,7 @@ from workers.progress import CancelWatcher, ProgressReporter
 
 def _claimed(job_store: Any, object_store: Any, owner_id: str, tag: str) -> Any:
     job = make_job(job_store, object_store, owner_id, "generate", 64, seed=1, tag=tag)
-    (claim,) = job_store.claim_batch(job.id, "progress-test", 30.0, 1, 10**9)
+    (claim,) = claim_job(job_store, job.id, "progress-test", 30.0)
     return claim
 
 
