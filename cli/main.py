@@ -7,7 +7,11 @@ API image never needs torch.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import typer
+from dotenv import dotenv_values
 
 from cli import (
     admin_cmd,
@@ -23,10 +27,21 @@ from cli import (
     worker_cmd,
     worker_tokens_cmd,
 )
-from cli.dotenv import load_env_file
 from cli.output import set_json_mode
 
-load_env_file()  # before typer reads any UNIPIC_* option (the file never overrides the environment)
+
+def load_env_file() -> Path:
+    """`KEY=value` lines of `./.env` (or of the file `UNIPIC_ENV_FILE` names), parsed by python-dotenv without
+    `${...}` expansion, become environment variables unless the variable is already set and non-empty: the
+    environment wins over the file. A missing file changes nothing. Returns the file looked at."""
+    path = Path(os.environ.get("UNIPIC_ENV_FILE") or ".env")
+    for name, value in dotenv_values(path, interpolate=False).items():
+        if value is not None and not os.environ.get(name):
+            os.environ[name] = value
+    return path
+
+
+load_env_file()  # before typer reads any UNIPIC_* option
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, help="Skywork UniPic job queue")
 
