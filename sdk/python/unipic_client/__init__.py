@@ -5,7 +5,7 @@
     job = client.wait(client.generate("a red fox", size=256))
     client.save(job, "fox.png")
 
-It depends on httpx, pydantic and standardwebhooks only, and needs nothing of the server.
+It depends on httpx, pydantic, standardwebhooks and httpx-sse only, and needs nothing of the server.
 """
 
 from unipic_client.aio import AsyncClient

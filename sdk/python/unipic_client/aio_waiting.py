@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import httpx
+from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
 from unipic_client.errors import WaitTimeout, error_of
 from unipic_client.models import TERMINAL_STATUSES, Batch, Job, Progress
-from unipic_client.sse import EventParser
 from unipic_client.waiting import (
     BATCH_POLL_S,
     FINAL_HTTP,
@@ -27,6 +27,21 @@ from unipic_client.waiting import (
 
 if TYPE_CHECKING:
     from unipic_client.aio import AsyncClient
+
+
+class AsyncDeadlineStream(httpx.AsyncByteStream):
+    """A response body that awaits `check` (the wait's deadline) before handing on each chunk it reads."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, check: Callable[[], Awaitable[None]]) -> None:
+        self.inner, self.check = inner, check
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.inner:
+            await self.check()
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class AsyncJobWaiter:
@@ -47,27 +62,29 @@ class AsyncJobWaiter:
     async def _over_sse(self) -> Job | None:
         timeout = httpx.Timeout(10.0, read=min(SSE_READ_S, remaining(self.deadline)) or 0.001)
         try:
-            async with self.client.http.stream("GET", f"v1/jobs/{self.job_id}/events", timeout=timeout) as answer:
+            async with aconnect_sse(self.client.http, "GET", f"v1/jobs/{self.job_id}/events",
+                                    timeout=timeout) as source:
+                answer = source.response
                 if answer.status_code in FINAL_HTTP:
                     await answer.aread()
                     raise error_of(answer)
                 if answer.status_code != 200:
                     return None
-                return await self._events(answer.aiter_lines())
-        except httpx.TransportError:
+                assert isinstance(answer.stream, httpx.AsyncByteStream)
+                answer.stream = AsyncDeadlineStream(answer.stream, self._check_deadline)
+                return await self._events(source.aiter_sse())
+        except (httpx.TransportError, SSEError):  # no stream (or not an event stream): long polling instead
             await self._check_deadline()
             return None
 
-    async def _events(self, lines: AsyncIterator[str]) -> Job | None:
-        parser = EventParser()
-        async for line in lines:
-            event = parser.feed(line)
-            if event is not None and event.event in ("status", "done"):
+    async def _events(self, events: AsyncIterator[ServerSentEvent]) -> Job | None:
+        async for event in events:
+            if event.event in ("status", "done"):
                 self.last = Job.model_validate_json(event.data)
                 self._report(self.last.progress)
                 if event.event == "done":
                     return self.last
-            elif event is not None and event.event == "progress" and self.last is not None:
+            elif event.event == "progress" and self.last is not None:
                 self._report(Progress.model_validate_json(event.data))
             await self._check_deadline()
         return None

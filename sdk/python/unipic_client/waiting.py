@@ -1,9 +1,11 @@
 """Waiting, synchronously: one job over server-sent events (long polling as the fallback), and a batch's
 results streamed back as its items finish.
 
-Owns the deadlines, the SSE event handling (`status`, `progress`, `done`) and the fallback rule: a stream
-that cannot be opened or breaks falls back to `GET /v1/jobs/{id}?wait=N`; only a 404 or an auth error is
-final. The batch follower reads the batch's counts and lists newly finished jobs only when they grew.
+Owns the deadlines, the SSE event handling (`status`, `progress`, `done`; the wire format is httpx-sse's) and
+the fallback rule: a stream that cannot be opened or breaks falls back to `GET /v1/jobs/{id}?wait=N`; only a
+404 or an auth error is final. The deadline is checked on every chunk the stream delivers, keep-alive comments
+included (`DeadlineStream`), so a wait ends on time while the server keeps a quiet stream open. The batch
+follower reads the batch's counts and lists newly finished jobs only when they grew.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import httpx
+from httpx_sse import ServerSentEvent, SSEError, connect_sse
 
 from unipic_client.errors import WaitTimeout, error_of
 from unipic_client.models import TERMINAL_STATUSES, Batch, Job, Progress
-from unipic_client.sse import EventParser
 
 if TYPE_CHECKING:
     from unipic_client.client import Client
@@ -36,6 +38,21 @@ def deadline_of(timeout: float | None) -> float:
 
 def remaining(deadline: float) -> float:
     return max(deadline - time.monotonic(), 0.0)
+
+
+class DeadlineStream(httpx.SyncByteStream):
+    """A response body that runs `check` (the wait's deadline) before handing on each chunk it reads."""
+
+    def __init__(self, inner: httpx.SyncByteStream, check: Callable[[], None]) -> None:
+        self.inner, self.check = inner, check
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.inner:
+            self.check()
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class JobWaiter:
@@ -59,24 +76,22 @@ class JobWaiter:
         read = min(SSE_READ_S, remaining(self.deadline)) or 0.001
         timeout = httpx.Timeout(10.0, read=read)
         try:
-            with self.client.http.stream("GET", f"v1/jobs/{self.job_id}/events", timeout=timeout) as answer:
+            with connect_sse(self.client.http, "GET", f"v1/jobs/{self.job_id}/events", timeout=timeout) as source:
+                answer = source.response
                 if answer.status_code in FINAL_HTTP:
                     answer.read()
                     raise error_of(answer)
                 if answer.status_code != 200:
                     return None
-                return self._events(answer.iter_lines())
-        except httpx.TransportError:
+                assert isinstance(answer.stream, httpx.SyncByteStream)
+                answer.stream = DeadlineStream(answer.stream, self._check_deadline)
+                return self._events(source.iter_sse())
+        except (httpx.TransportError, SSEError):  # no stream (or not an event stream): long polling instead
             self._check_deadline()
             return None
 
-    def _events(self, lines: Iterator[str]) -> Job | None:
-        parser = EventParser()
-        for line in lines:
-            event = parser.feed(line)
-            if event is None:
-                self._check_deadline()
-                continue
+    def _events(self, events: Iterator[ServerSentEvent]) -> Job | None:
+        for event in events:
             if event.event in ("status", "done"):
                 self.last = Job.model_validate_json(event.data)
                 self._report(self.last.progress)
