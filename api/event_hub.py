@@ -25,11 +25,15 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.background import stop_task
 from storage.job_events import CHANNEL_PREFIX, channel_pattern
 from storage.settings import Settings
+
+if TYPE_CHECKING:  # redis is imported when the subscription starts
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +272,7 @@ class EventHub:
             backoff = min(backoff * 2, RECONNECT_MAX_S)
 
 
-async def _close(pubsub: Any, client: Any) -> None:
+async def _close(pubsub: PubSub, client: Redis) -> None:
     """Close the subscription and its client, each within a bound (a dead connection can block a close)."""
     for closing in (pubsub.aclose, client.aclose):
         with contextlib.suppress(Exception):
