@@ -35,7 +35,7 @@ from api.routes import (
 )
 from api.services import Services
 from storage.settings import Settings, get_settings
-from storage.tracing import setup_from_env as setup_tracing
+from storage.tracing import setup_from_settings as setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -113,5 +113,6 @@ def _safe(url: str) -> str:
 def create_app_from_env() -> FastAPI:
     """The app for the environment's `UNIPIC_*` settings (uvicorn's `--factory` entry)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    setup_tracing("unipic-api")  # each uvicorn process (no-op unless UNIPIC_OTEL_ENDPOINT is set)
-    return create_app(get_settings())
+    settings = get_settings()
+    setup_tracing(settings, "unipic-api")  # each uvicorn process (no-op unless UNIPIC_OTEL_ENDPOINT is set)
+    return create_app(settings)

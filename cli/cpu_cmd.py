@@ -2,15 +2,14 @@
 
 Both run the torch-free Celery app of `workers.cpu` in this process. The CPU worker is scalable; beat (the
 periodic sweeper and outbox dispatch) must run exactly once per deployment: `unipic up` runs
-`cpu-worker --beat`, compose runs `webhooks` replicas plus one `beat`. Options become `UNIPIC_*` variables
-before `workers.cpu` is imported, since it reads the settings at import.
+`cpu-worker --beat`, compose runs `webhooks` replicas plus one `beat`. Options are settings overrides: the
+command builds `Settings` and hands them to `workers.cpu.configure`, which builds the app from them.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -30,21 +29,23 @@ def cpu_worker(
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Threads delivering webhooks"),
     name: str = typer.Option("cpu@%h", "--name", help="Celery node name"),
     loglevel: str = typer.Option("INFO", "--loglevel"),
-    metrics_port: int = typer.Option(0, "--metrics-port", envvar="UNIPIC_CPU_METRICS_PORT",
-                                     help="Serve Prometheus metrics (deliveries, sweeper actions); 0 = off"),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics (deliveries, "
+                                            "sweeper actions); 0 = off (default: UNIPIC_CPU_METRICS_PORT)"),
     data_dir: Path | None = DataDir,
 ) -> None:
     """Run the CPU worker: webhook delivery and maintenance tasks (no model, no torch)."""
-    settings = _prepare(data_dir)
+    overrides: dict[str, Any] = {"cpu_metrics_port": metrics_port} if metrics_port is not None else {}
+    settings = settings_for(data_dir, **overrides)
     from cli.logs import take_over_celery
-    from workers.cpu import app
+    from workers.cpu import configure
 
-    if metrics_port:
+    app = configure(settings)
+    if settings.cpu_metrics_port:
         from workers.cpu_metrics import serve_cpu_metrics
 
-        serve_cpu_metrics(metrics_port)
+        serve_cpu_metrics(settings.cpu_metrics_port)
 
-    take_over_celery(loglevel)
+    take_over_celery(loglevel, settings)
     argv = ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--hostname", name,
             "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
     if with_beat:
@@ -57,18 +58,13 @@ def beat(
     data_dir: Path | None = DataDir,
 ) -> None:
     """Run beat alone: it schedules the sweeper and the outbox dispatch (run exactly one)."""
-    settings = _prepare(data_dir)
+    settings = settings_for(data_dir)
     from cli.logs import take_over_celery
-    from workers.cpu import app
+    from workers.cpu import configure
 
-    take_over_celery(loglevel)
+    app = configure(settings)
+    take_over_celery(loglevel, settings)
     app.start(["beat", "--schedule", str(_schedule(settings)), "--loglevel", loglevel])
-
-
-def _prepare(data_dir: Path | None) -> Settings:
-    if data_dir is not None:
-        os.environ["UNIPIC_DATA_DIR"] = str(data_dir)
-    return settings_for(data_dir)
 
 
 def _schedule(settings: Settings) -> Path:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
 
 CHATTY = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "celery.worker.consumer.mingle",
           "uvicorn.access", "httpx", "workers.webhooks.dispatcher", "workers.webhooks.delivery")
@@ -37,24 +39,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def level_name(level: str | None = None) -> str:
-    """`UNIPIC_LOG_LEVEL` when set (what `unipic up --log-level` passes down), else `level`, else INFO."""
-    return (os.environ.get("UNIPIC_LOG_LEVEL") or level or "INFO").upper()
+def level_name(level: str | None = None, settings: Settings | None = None) -> str:
+    """`UNIPIC_LOG_LEVEL` when set (what `unipic up --log-level` passes down), else `level`, else INFO. Read
+    through `settings` (the environment's when None), like every `UNIPIC_*` variable."""
+    configured = settings if settings is not None else _environment()
+    if "log_level" in configured.model_fields_set:
+        return configured.log_level.upper()
+    return (level or "INFO").upper()
 
 
-def json_lines() -> bool:
-    return os.environ.get("UNIPIC_LOG_FORMAT", "text").lower() == "json"
+def json_lines(settings: Settings | None = None) -> bool:
+    return (settings if settings is not None else _environment()).log_format == "json"
 
 
-def make_formatter() -> logging.Formatter:
-    return JsonFormatter() if json_lines() else logging.Formatter(TEXT_FORMAT)
+def make_formatter(settings: Settings | None = None) -> logging.Formatter:
+    return JsonFormatter() if json_lines(settings) else logging.Formatter(TEXT_FORMAT)
 
 
-def configure(level: str | None = None) -> None:
-    """Root logger to stderr at the level, in the format; chatty loggers held at WARNING above DEBUG."""
-    name = level_name(level)
+def _environment() -> Settings:
+    from storage.settings import load_settings
+
+    return load_settings()
+
+
+def configure(level: str | None = None, settings: Settings | None = None) -> None:
+    """Root logger to stderr at the level, in the format; chatty loggers held at WARNING above DEBUG; tracing on
+    when the settings (the process's; the environment's when None) name an endpoint."""
+    settings = settings if settings is not None else _environment()
+    name = level_name(level, settings)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(make_formatter())
+    handler.setFormatter(make_formatter(settings))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -62,43 +76,46 @@ def configure(level: str | None = None) -> None:
     root.setLevel(name)
     for chatty in CHATTY:
         logging.getLogger(chatty).setLevel(name if name == "DEBUG" else logging.WARNING)
-    _start_tracing()
+    _start_tracing(settings)
 
 
 _tracing_started = False
 
 
-def _start_tracing() -> None:
+def _start_tracing(settings: Settings) -> None:
     """Every process configures its console here at start: also the place to turn tracing on, once, when
-    `UNIPIC_OTEL_ENDPOINT` is set (storage.tracing; off and free otherwise)."""
+    `settings.otel_endpoint` is set (storage.tracing; off and free otherwise)."""
     global _tracing_started
     if not _tracing_started:
         _tracing_started = True
-        from storage.tracing import setup_from_env
+        from storage.tracing import setup_from_settings
 
-        setup_from_env("unipic-" + (sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "cli"))
+        command = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "cli"
+        setup_from_settings(settings, "unipic-" + command)
 
 
-def take_over_celery(level: str | None = None) -> None:
+def take_over_celery(level: str | None = None, settings: Settings | None = None) -> None:
     """Configure now, and make Celery use `configure` instead of its own logging setup (call before
     `worker_main`)."""
     from celery.signals import setup_logging
 
-    configure(level)
+    configure(level, settings)
 
     def setup(**_: Any) -> None:
-        configure(level)
+        configure(level, settings)
 
     setup_logging.connect(setup, weak=False)
 
 
-def adapt_uvicorn(config: dict[str, Any], level: str | None = None) -> dict[str, Any]:
+def adapt_uvicorn(config: dict[str, Any], level: str | None = None,
+                  settings: Settings | None = None) -> dict[str, Any]:
     """uvicorn's `log_config` with the same level, format and quiet access log."""
-    name = level_name(level)
+    settings = settings if settings is not None else _environment()
+    name = level_name(level, settings)
     for logger in ("uvicorn", "uvicorn.error"):
         config["loggers"].setdefault(logger, {})["level"] = name
     config["loggers"].setdefault("uvicorn.access", {})["level"] = name if name == "DEBUG" else "WARNING"
-    if json_lines():
+    if json_lines(settings):
         for formatter in config.get("formatters", {}).values():
             formatter.clear()
             formatter["()"] = "cli.logs.JsonFormatter"

@@ -53,17 +53,17 @@ def up(
                                   help="Console level of every child: debug shows per-task chatter"),
 ) -> None:
     """Run the whole stack (API, model worker, webhook worker + sweeper) until Ctrl-C."""
-    os.environ["UNIPIC_LOG_LEVEL"] = log_level.upper()  # every child reads it (cli.logs)
     overrides: dict[str, Any] = {"model": model} if model else {}
     settings = settings_for(data_dir, **overrides)
     _check_port(host, port)
-    _check_model(settings.model)
+    _check_model(settings.model, settings.model_cache_dir)
     _migrate(settings)
     key = _first_key(settings)
     if key:
         _save_key(settings, key)
     base = f"http://{_display_host(host)}:{port}"
-    supervisor = Supervisor(_children(settings, host, port, _resolve_device(device), base), grace_s=grace,
+    children = _children(settings, host, port, _resolve_device(device), base, log_level)
+    supervisor = Supervisor(children, grace_s=grace,
                             chore=lambda: _purge_broker(settings.broker_url))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: supervisor.request_stop())
@@ -100,10 +100,11 @@ def api(
     from cli.logs import level_name
 
     settings = settings_for(data_dir)
-    _configure_logging(log_level)
-    options: dict[str, Any] = {"host": host, "port": port, "log_level": level_name(log_level).lower(),
-                               "proxy_headers": True, "log_config": _uvicorn_log_config(log_level),
-                               "access_log": level_name(log_level) == "DEBUG", **SERVER_LIMITS}
+    _configure_logging(log_level, settings)
+    level = level_name(log_level, settings)
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": level.lower(), "proxy_headers": True,
+                               "log_config": _uvicorn_log_config(log_level, settings),
+                               "access_log": level == "DEBUG", **SERVER_LIMITS}
     # every open event stream holds a connection: leave room for them plus ordinary requests (api.event_hub)
     options["limit_concurrency"] = max(options["limit_concurrency"], settings.events_max_streams + 1024)
     if workers == 1:
@@ -117,12 +118,12 @@ def api(
 
 
 # ---- steps of `up` ----------------------------------------------------------------------------------------------
-def _check_model(source: str) -> None:
+def _check_model(source: str, cache_dir: str) -> None:
     """Exit with a clear message (no traceback) when the weights cannot be had."""
     from cli.weights import WeightsUnavailable, ensure_weights
 
     try:
-        ensure_weights(source, echo=lambda msg: typer.echo(msg, err=True))
+        ensure_weights(source, echo=lambda msg: typer.echo(msg, err=True), cache_dir=cache_dir)
     except WeightsUnavailable as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from None
@@ -180,8 +181,9 @@ def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def _children(settings: Settings, host: str, port: int, device: str, base: str) -> list[ChildSpec]:
+def _children(settings: Settings, host: str, port: int, device: str, base: str, log_level: str) -> list[ChildSpec]:
     env = dict(os.environ)
+    env["UNIPIC_LOG_LEVEL"] = log_level.upper()  # every child reads it (cli.logs)
     env["UNIPIC_DATA_DIR"] = str(settings.data_dir.expanduser().resolve())
     env["UNIPIC_MODEL"] = settings.model
     env.setdefault("UNIPIC_PUBLIC_URL", base)
@@ -224,7 +226,7 @@ class RedactKeys(logging.Filter):
         return True
 
 
-def _uvicorn_log_config(level: str | None = None) -> dict[str, Any]:
+def _uvicorn_log_config(level: str | None = None, settings: Settings | None = None) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     from cli.logs import adapt_uvicorn
@@ -232,13 +234,13 @@ def _uvicorn_log_config(level: str | None = None) -> dict[str, Any]:
     config = copy.deepcopy(LOGGING_CONFIG)
     config.setdefault("filters", {})["redact_keys"] = {"()": "cli.up.RedactKeys"}
     config["handlers"]["access"]["filters"] = ["redact_keys"]
-    return adapt_uvicorn(config, level)
+    return adapt_uvicorn(config, level, settings)
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, settings: Settings) -> None:
     from cli.logs import configure
 
-    configure(level)
+    configure(level, settings)
 
 
 def _key_path(settings: Settings) -> Path:

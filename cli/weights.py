@@ -24,8 +24,9 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def ensure_weights(source: str, echo: Callable[[str], None] = print) -> str:
-    """Return where the weights are (`tiny`, a directory); download a repo once when online."""
+def ensure_weights(source: str, echo: Callable[[str], None] = print, cache_dir: str = "") -> str:
+    """Return where the weights are (`tiny`, a directory); download a repo once when online, into `cache_dir`
+    (`UNIPIC_MODEL_CACHE_DIR`; empty: the hub's default cache, `HF_HOME`)."""
     if source == "tiny":
         return source
     path = Path(source).expanduser()
@@ -37,7 +38,8 @@ def ensure_weights(source: str, echo: Callable[[str], None] = print) -> str:
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
-        cached = Path(snapshot_download(source, allow_patterns=ALLOW_PATTERNS, local_files_only=True))
+        cached = Path(snapshot_download(source, allow_patterns=ALLOW_PATTERNS, local_files_only=True,
+                                        cache_dir=cache_dir or None))
         if all((cached / name).exists() for name in WEIGHT_FILES):
             return str(cached)
     except HFValidationError as exc:
@@ -51,6 +53,6 @@ def ensure_weights(source: str, echo: Callable[[str], None] = print) -> str:
                                  f"HF_HUB_OFFLINE is set; {hint}")
     echo(f"downloading {source} into the Hugging Face cache (once per machine)...")
     try:
-        return snapshot_download(source, allow_patterns=ALLOW_PATTERNS)
+        return snapshot_download(source, allow_patterns=ALLOW_PATTERNS, cache_dir=cache_dir or None)
     except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all end the same way for the user
         raise WeightsUnavailable(f"could not download {source}: {type(exc).__name__}: {exc}; {hint}") from None

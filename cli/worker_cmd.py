@@ -1,8 +1,9 @@
 """`unipic worker` (the model worker) and `unipic sweeper` (the queue sweeper loop).
 
 `unipic worker` runs Celery's worker in this process with the solo pool and concurrency 1: one process, one
-model. Options become `UNIPIC_*` variables before `workers.gpu` is imported, so the Celery app, the queues it
-subscribes to and the runtime all see the same settings. Load before consume: the model is loaded and warmed up
+model. Options are settings overrides: the command builds `Settings` from the environment plus its options and
+hands them to `workers.gpu.configure`, so the Celery app, the queues it subscribes to and the runtime all see the
+same settings. Load before consume: the model is loaded and warmed up
 here, before Celery starts; when that fails the command prints one line (what failed, what to do) and exits with
 the code of `workers.startup.ExitCode`, having subscribed to nothing. The worker's own exit code (e.g.
 `DEVICE_LOST`) becomes this command's.
@@ -28,7 +29,8 @@ DataDir = typer.Option(None, "--data-dir", envvar="UNIPIC_DATA_DIR", help="Where
 def register(app: typer.Typer) -> None:
     @app.command()
     def worker(
-        device: str = typer.Option("cpu", "--device", envvar="UNIPIC_WORKER_DEVICE", help="cpu, cuda or cuda:N"),
+        device: str | None = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: UNIPIC_WORKER_DEVICE, "
+                                           "else cpu)"),
         model: str | None = typer.Option(None, "--model", help="HF repo id, local path, or 'tiny'"),
         kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: generate,edit,understand"),
         max_batch: int | None = typer.Option(None, "--max-batch", help="Jobs per batch at most"),
@@ -46,27 +48,22 @@ def register(app: typer.Typer) -> None:
         --gateway and --token, from the API's worker gateway over HTTPS, with no database/broker/storage)."""
         from cli.runtime import settings_for
 
+        overrides = _overrides(device, model, kinds, max_batch, max_pixels, name)
         if gateway is not None or token is not None:
-            _gateway_worker(gateway, token, device, model, kinds, max_batch, max_pixels, name, loglevel)
+            _gateway_worker(gateway, token, overrides, loglevel)
             return
-        env = {
-            "UNIPIC_WORKER_DEVICE": device, "UNIPIC_MODEL": model, "UNIPIC_WORKER_KINDS": kinds,
-            "UNIPIC_WORKER_MAX_BATCH": max_batch, "UNIPIC_WORKER_MAX_PIXELS": max_pixels,
-            "UNIPIC_WORKER_METRICS_PORT": metrics_port, "UNIPIC_WORKER_NAME": name,
-            "UNIPIC_DATA_DIR": data_dir,
-        }
-        os.environ.update({k: str(v) for k, v in env.items() if v is not None})
-        settings_for(data_dir)  # validates the environment and creates the embedded data dir
+        if metrics_port is not None:
+            overrides["worker_metrics_port"] = metrics_port
+        settings = settings_for(data_dir, **overrides)  # exits 2 naming a bad value; creates the embedded data dir
 
         from cli.logs import take_over_celery
-        from workers.gpu import app as celery_app
-        from workers.gpu import settings as worker_settings
-        from workers.gpu import start_runtime
+        from workers.gpu import configure, start_runtime, worker_settings
         from workers.startup import StartupFailure
 
-        take_over_celery(loglevel)
+        celery_app = configure(settings)
+        take_over_celery(loglevel, settings)
         subscribed = queues or ",".join(q.name for q in celery_app.conf.task_queues)
-        hostname = f"gpu-{worker_settings.worker_name or socket.gethostname()}-{os.getpid()}@%h"
+        hostname = f"gpu-{worker_settings().worker_name or socket.gethostname()}-{os.getpid()}@%h"
         try:
             start_runtime(hostname=hostname.replace("%h", socket.gethostname()))
         except StartupFailure as failure:
@@ -105,8 +102,15 @@ def register(app: typer.Typer) -> None:
             typer.echo("sweeper stopped")
 
 
-def _gateway_worker(gateway: str | None, token: str | None, device: str, model: str | None, kinds: str | None,
-                    max_batch: int | None, max_pixels: int | None, name: str | None, loglevel: str) -> None:
+def _overrides(device: str | None, model: str | None, kinds: str | None, max_batch: int | None, max_pixels: int | None,
+               name: str | None) -> dict[str, Any]:
+    """The worker's options as `Settings` fields (an option not given leaves the environment's value)."""
+    given = {"worker_device": device, "model": model, "worker_kinds": kinds, "worker_max_batch": max_batch,
+             "worker_max_pixels": max_pixels, "worker_name": name}
+    return {field: value for field, value in given.items() if value is not None}
+
+
+def _gateway_worker(gateway: str | None, token: str | None, overrides: dict[str, Any], loglevel: str) -> None:
     """`unipic worker --gateway URL --token wk_...`: the remote transport (workers.gateway_runtime)."""
     from workers.gateway_runtime import CredentialsGiven, refuse_credentials
 
@@ -119,14 +123,14 @@ def _gateway_worker(gateway: str | None, token: str | None, device: str, model: 
     except CredentialsGiven as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    env = {
-        "UNIPIC_WORKER_DEVICE": device, "UNIPIC_MODEL": model, "UNIPIC_WORKER_KINDS": kinds,
-        "UNIPIC_WORKER_MAX_BATCH": max_batch, "UNIPIC_WORKER_MAX_PIXELS": max_pixels, "UNIPIC_WORKER_NAME": name,
-    }
-    os.environ.update({k: str(v) for k, v in env.items() if v is not None})
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from storage.settings import load_settings
+    from storage.settings import SettingsError, load_settings
     from workers.card_fit import fit_to_card
     from workers.gateway_runtime import run
 
-    raise typer.Exit(run(fit_to_card(load_settings()), gateway, token))
+    try:
+        settings = load_settings(**overrides)  # no data dir: this worker keeps no state of its own
+    except SettingsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(run(fit_to_card(settings), gateway, token))

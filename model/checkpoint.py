@@ -57,8 +57,9 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(DTYPES)}") from None
 
 
-def resolve(source: str) -> tuple[Path, str, str]:
-    """A local directory or a Hugging Face repo id -> (directory, model_id, revision)."""
+def resolve(source: str, cache_dir: str | Path | None = None) -> tuple[Path, str, str]:
+    """A local directory or a Hugging Face repo id -> (directory, model_id, revision). A repo is downloaded into
+    `cache_dir` (None: the hub's default cache, `HF_HOME`)."""
     path = Path(source).expanduser()
     if path.is_dir():
         return path, _local_model_id(path), _local_revision(path)
@@ -68,7 +69,7 @@ def resolve(source: str) -> tuple[Path, str, str]:
 
     patterns = [MODEL_FILE, VAE_FILE, "*.json", "merges.txt", "vocab.json"]
     try:
-        local = Path(snapshot_download(repo_id=source, allow_patterns=patterns))
+        local = Path(snapshot_download(repo_id=source, allow_patterns=patterns, cache_dir=cache_dir or None))
     except Exception as exc:  # hub errors are many types; all mean "could not get it"
         raise CheckpointError(f"cannot fetch {source!r} from the Hugging Face hub: {exc}") from exc
     return local, source, local.name
@@ -290,7 +291,8 @@ def _tie_or_keep(model: UniPic, got: dict, main: _TensorSource) -> None:
         model.llm.lm_head.weight = torch.nn.Parameter(head.to(weight.device, weight.dtype), requires_grad=False)
 
 
-def load_model(source: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
+def load_model(source: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
+               cache_dir: str | Path | None = None) -> LoadedModel:
     dev, dt = torch.device(device), parse_dtype(dtype)
     if source == "tiny":
         model = build_random(TINY, TINY_SEED, dev, dt)
@@ -300,7 +302,7 @@ def load_model(source: str, device: str | torch.device = "cpu", dtype: str | tor
         model = build_empty(cfg, dev, dt)
         init_random_(model, TINY_SEED)
         return LoadedModel(model, cfg, None, source, "random", cfg.repetition_penalty)
-    directory, model_id, revision = resolve(source)
+    directory, model_id, revision = resolve(source, cache_dir)
     conf = _read_config_file(directory)
     try:
         cfg = get_config(conf.get("config", "unipic-1.5b"))

@@ -6,20 +6,22 @@ trace with nothing extra stored in the row or the message. Spans hang under a vi
 job id's low 64 bits. Worker spans are recorded when the outcome is known, with their real start and end times
 (from the row's timestamps and the recorded timings), so the batching code needs one call per outcome.
 
-Off unless `setup(endpoint)` ran (every `unipic` process calls `setup_from_env()` at start; it exports over
-OTLP/HTTP when `UNIPIC_OTEL_ENDPOINT` is set): then `record` and `span` return at once, at no cost. The SDK and
+Off unless `setup(endpoint)` ran (every `unipic` process calls `setup_from_settings()` at start; it exports over
+OTLP/HTTP when `Settings.otel_endpoint`, `UNIPIC_OTEL_ENDPOINT`, is set): until then `record` and `span` return at
+once, at no cost. The SDK and
 the exporter are the optional `tracing` extra. It knows nothing of jobs beyond ids and times.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+
+from storage.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,9 @@ def setup(endpoint: str, service_name: str) -> bool:
     return True
 
 
-def setup_from_env(service_name: str = "unipic") -> bool:
-    endpoint = os.environ.get("UNIPIC_OTEL_ENDPOINT", "")
+def setup_from_settings(settings: Settings, service_name: str = "unipic") -> bool:
+    """Export to `settings.otel_endpoint` when it is set; False (tracing stays off) otherwise."""
+    endpoint = settings.otel_endpoint
     return bool(endpoint) and setup(endpoint, service_name)
 
 

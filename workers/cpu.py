@@ -1,19 +1,42 @@
 """The CPU worker's Celery entry: `celery -A workers.cpu worker -B` (sweeper + webhook delivery). Torch-free.
 
-It only builds the app and lets each task module register its tasks (and beat entries) on it.
+It only builds the app and lets each task module register its tasks (and beat entries) on it. Nothing is built
+at import: `configure(settings)` builds the app once, at start (`unipic cpu-worker` and `unipic beat` pass the
+settings they made from their options); `celery -A workers.cpu` asks for the module's `app`, which builds it from
+the `UNIPIC_*` environment on that first use.
 """
 
 from __future__ import annotations
 
+from celery import Celery
+
 from storage.routing import MAINTENANCE_QUEUE, WEBHOOK_QUEUE
-from storage.settings import get_settings
+from storage.settings import Settings, load_settings
 from workers import sweeper
 from workers.app import make_celery, queue
 from workers.webhooks import dispatcher as webhook_dispatcher
 
-settings = get_settings()
-app = make_celery(settings, name="unipic-cpu")
-app.conf.task_queues = [queue(MAINTENANCE_QUEUE), queue(WEBHOOK_QUEUE)]
+_app: Celery | None = None
 
-sweeper.register(app, settings)
-webhook_dispatcher.register(app, settings)
+
+def configure(settings: Settings | None = None) -> Celery:
+    """This process's Celery app, built on the first call from `settings` (the environment's when None)."""
+    global _app
+    if _app is None:
+        _app = make_cpu_app(settings if settings is not None else load_settings())
+    return _app
+
+
+def make_cpu_app(settings: Settings) -> Celery:
+    app = make_celery(settings, name="unipic-cpu")
+    app.conf.task_queues = [queue(MAINTENANCE_QUEUE), queue(WEBHOOK_QUEUE)]
+    sweeper.register(app, settings)
+    webhook_dispatcher.register(app, settings)
+    return app
+
+
+def __getattr__(name: str) -> Celery:
+    """`app` (what `celery -A workers.cpu` looks up), built on first use, never at import."""
+    if name == "app":
+        return configure()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

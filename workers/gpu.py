@@ -8,7 +8,11 @@ pool in each child (so torch never computes in a process that later forks). A wo
 one line and exits with its `workers.startup.ExitCode` before taking any message; a prefork child that cannot
 serve takes its parent down with it. When the device breaks mid-batch, the batch goes back to the queue and the
 process exits with `DEVICE_LOST`. SIGTERM (warm shutdown) lets the current batch finish within the grace period
-or hands it back to the queue. Configuration comes from `UNIPIC_*` variables (see `storage.settings`).
+or hands it back to the queue.
+
+Nothing is built at import: `configure(settings)` builds this process's settings and Celery app once, at start.
+`unipic worker` passes the settings it made from its options; `celery -A workers.gpu` asks for the module's `app`,
+which builds them from the `UNIPIC_*` environment (see `storage.settings`) on that first use.
 """
 
 from __future__ import annotations
@@ -23,22 +27,57 @@ from celery import signals
 from celery.exceptions import WorkerShutdown
 
 from storage.routing import RUN_BATCH_TASK, gpu_queues
-from storage.settings import load_settings
+from storage.settings import Settings, load_settings
 from workers.app import make_celery, queue
 from workers.card_fit import fit_to_card
 from workers.device_health import DeviceFatal
 
 if TYPE_CHECKING:  # the runtime pulls in torch and the model: imported when a worker process starts
+    from celery import Celery
+
     from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-settings = fit_to_card(load_settings())  # a cuda worker without explicit limits sizes itself to its card
-app = make_celery(settings, name="unipic-gpu")
-app.conf.task_queues = [queue(q) for q in gpu_queues(settings.worker_kinds, settings.worker_max_pixels)]
-
 _MAIN_PID = os.getpid()  # the Celery main process (this module is imported before any pool fork)
+_settings: Settings | None = None
+_app: Celery | None = None
 _runtime: WorkerRuntime | None = None
+
+
+def configure(settings: Settings | None = None) -> Celery:
+    """This process's Celery app, built on the first call from `settings` (the environment's when None); later
+    calls return it. A cuda worker without explicit limits sizes itself to its card (NVML; torch stays unloaded
+    here, so a prefork pool never forks a process that computed with it)."""
+    global _settings, _app
+    if _app is None:
+        _settings = fit_to_card(settings if settings is not None else load_settings())
+        _app = make_gpu_app(_settings)
+    return _app
+
+
+def worker_settings() -> Settings:
+    """The settings this process serves with (after `configure`, which it runs if nothing did)."""
+    configure()
+    assert _settings is not None
+    return _settings
+
+
+def make_gpu_app(settings: Settings) -> Celery:
+    """A Celery app subscribed to the GPU queues these settings serve, with `run_batch` registered."""
+    app = make_celery(settings, name="unipic-gpu")
+    app.conf.task_queues = [queue(q) for q in gpu_queues(settings.worker_kinds, settings.worker_max_pixels)]
+    app.task(name=RUN_BATCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run_batch)
+    return app
+
+
+def __getattr__(name: str) -> Celery | Settings:
+    """`app` (what `celery -A workers.gpu` looks up) and `settings`, built on first use, never at import."""
+    if name == "app":
+        return configure()
+    if name == "settings":
+        return worker_settings()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def runtime() -> WorkerRuntime:
@@ -54,7 +93,8 @@ def start_runtime(hostname: str | None = None) -> WorkerRuntime:
     if _runtime is None:
         from workers.runtime import WorkerRuntime
 
-        _runtime = WorkerRuntime.start(settings, app, hostname=hostname)
+        app = configure()
+        _runtime = WorkerRuntime.start(worker_settings(), app, hostname=hostname)
     return _runtime
 
 
@@ -93,7 +133,6 @@ def _stop_runtime(**_: Any) -> None:
         _runtime = None
 
 
-@app.task(name=RUN_BATCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_batch(job_id: str) -> int:
     """Run the batch that job `job_id` seeds; returns how many jobs it claimed (0: already taken)."""
     from workers.startup import ExitCode

@@ -149,6 +149,21 @@ def test_hub_source_offline_is_a_checkpoint_error(monkeypatch, tmp_path):
         load_model("Skywork/not-here")
 
 
+def test_hub_source_comes_from_the_cache_dir_it_is_given(tiny_dir, monkeypatch, tmp_path):
+    # Given: a repo in a Hugging Face cache at cache_dir (the hub's layout), none in HF_HOME, and no network
+    cache = tmp_path / "models"
+    copy_ckpt(tiny_dir, cache / "models--acme--tiny" / "snapshots" / "0123abc")
+    (cache / "models--acme--tiny" / "refs").mkdir()
+    (cache / "models--acme--tiny" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    # Then: it loads from cache_dir (UNIPIC_MODEL_CACHE_DIR), and is not found without it
+    loaded = load_model("acme/tiny", cache_dir=cache)
+    assert (loaded.model_id, loaded.revision, loaded.config.name) == ("acme/tiny", "0123abc", "tiny")
+    with pytest.raises(CheckpointError, match="cannot fetch 'acme/tiny'"):
+        load_model("acme/tiny")
+
+
 def test_unknown_config_name_is_a_checkpoint_error(tiny_dir, tmp_path):
     bad = copy_ckpt(tiny_dir, tmp_path / "cfg")
     (bad / "unipic_config.json").write_text('{"config": "huge"}')

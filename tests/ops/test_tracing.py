@@ -35,6 +35,18 @@ def spans() -> Iterator[InMemorySpanExporter]:
     tracing.install(None)
 
 
+def test_the_endpoint_comes_from_settings() -> None:
+    from storage.settings import load_settings
+
+    assert not tracing.setup_from_settings(load_settings(otel_endpoint=""), "unipic-test")
+    assert not tracing.enabled()
+    try:
+        assert tracing.setup_from_settings(load_settings(otel_endpoint="http://127.0.0.1:9/v1/traces"), "unipic-test")
+        assert tracing.enabled()
+    finally:
+        tracing.install(None)
+
+
 def test_off_by_default_records_nothing() -> None:
     assert not tracing.enabled()
     tracing.record("0190e3f2-0000-7000-8000-000000000000", "x", datetime.now(UTC), datetime.now(UTC))

@@ -53,6 +53,21 @@ def test_the_gpu_entry_subscribes_to_what_its_settings_serve_and_registers_run_b
     assert out == ["['unipic.understand.s']", "True", "False"]
 
 
+def test_the_gpu_entry_builds_nothing_at_import_and_serves_the_settings_it_is_given() -> None:
+    code = (
+        "import os, workers.gpu as g; from storage.settings import load_settings; "
+        "print(g._app is None and g._settings is None); "
+        "app = g.configure(load_settings(worker_kinds=['edit'], worker_max_pixels=256 * 256)); "
+        "print(sorted(q.name for q in app.conf.task_queues)); print(g.app is app, g.settings.worker_kinds); "
+        "print(sorted(k for k in os.environ if k.startswith('UNIPIC_')))"
+    )
+    env = {"UNIPIC_WORKER_KINDS": "understand", "PATH": "/usr/bin"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    # the options given win over the environment, and none of them was written into it
+    assert out == ["True", "['unipic.edit.s']", "True ['edit']", "['UNIPIC_WORKER_KINDS']"]
+
+
 def test_torch_free_modules_stay_torch_free() -> None:
     code = "import sys, workers.cpu, workers.sweeper, workers.app, workers.leases, workers.progress; " \
            "print('torch' in sys.modules)"
