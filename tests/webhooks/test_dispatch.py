@@ -37,7 +37,7 @@ def test_succeeded_event_is_signed_and_shows_the_job_as_the_api_does(
     jobs.succeed(job)
     # When the dispatcher ticks
     assert dispatcher.dispatch_due() == {"delivered": 1}
-    # Then exactly one signed request arrived, verifiable with an independent implementation
+    # Then exactly one signed request arrived, verifiable with the owner's secret (standardwebhooks)
     got = receiver.wait_for(1)[0]
     assert got.path == "/hook"
     assert standard_webhook_valid(owner_secret, got.headers, got.body, now=clock().timestamp())
