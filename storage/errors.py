@@ -70,3 +70,9 @@ class InvalidWeight(StoreError, ValueError):
     """A fair-share weight that is not a positive number (at most `storage.keys.MAX_WEIGHT`)."""
 
     code = "invalid_weight"
+
+
+class ForeignResultKeys(StoreError):
+    """A completion that names result objects outside its own lease's prefix (`storage.objects.lease_prefix`)."""
+
+    code = "foreign_result_keys"

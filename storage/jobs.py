@@ -41,9 +41,10 @@ from sqlalchemy.orm import Session
 from storage import fair_share, job_events, scheduling
 from storage.batch_completion import finish_batch_if_done
 from storage.db import retry_deadlocks, write_session
-from storage.errors import Conflict, IdempotencyConflict, IllegalTransition, NotFound
+from storage.errors import Conflict, ForeignResultKeys, IdempotencyConflict, IllegalTransition, NotFound
 from storage.ids import new_id
 from storage.job_queries import JobQueries
+from storage.objects import lease_of_result_key, lease_prefix
 from storage.outbox import OutboxWriter
 from storage.quota import enforce_quotas
 from storage.records import BatchRecord, Claim, JobRecord, NewBatch, NewJob
@@ -148,14 +149,16 @@ class JobStore(JobQueries):
     @retry_deadlocks
     def claim_next(
         self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
+        claim_id: str | None = None,
     ) -> list[Claim]:
         """Claim the next batch of `queue` as `storage.scheduling` decides (fair share across keys, then
         priority and age; compatible batch-mates in the same order), charging each key in the same transaction.
-        Empty only when the queue has no claimable job."""
+        `claim_id` (the worker's id for this claim) is stored with the lease (`claimed_by`). Empty only when the
+        queue has no claimable job."""
         now = utcnow()
         with write_session(self.sessions) as s:
             picked = scheduling.pick(s, queue, now, max_items, max_pixels)
-            claims = self._start(s, picked.rows, worker_id, lease_seconds, now)
+            claims = self._start(s, picked.rows, worker_id, lease_seconds, now, claim_id)
             _charge(s, picked.rows, claims, now, picked.weights)
         if picked.idle_owners:
             self._forget_idle(queue, picked.idle_owners)
@@ -174,6 +177,15 @@ class JobStore(JobQueries):
             return []
         return self.claim_next(found.queue, worker_id, lease_seconds, max_items, max_pixels)
 
+    def claimed_by(self, claim_id: str, worker_id: str) -> list[Claim]:
+        """The jobs a claim with this id already took for this worker and still holds (a retried claim whose
+        answer was lost gets the same jobs and leases back, instead of a second batch)."""
+        with self.sessions() as s:
+            rows = s.execute(select(Job.id, Job.lease_token).where(
+                Job.claim_id == claim_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING,
+            ).order_by(Job.id)).all()
+        return [Claim(job_id, token) for job_id, token in rows if token]
+
     def _forget_idle(self, queue: str, owner_ids: list[str]) -> None:
         """Drop the fair-share rows of keys a claim found with nothing queued (own transaction, best effort)."""
         try:
@@ -183,7 +195,8 @@ class JobStore(JobQueries):
             log.warning("could not forget idle keys of %s: %s", queue, exc)
 
     @staticmethod
-    def _start(s: Session, rows: list[Job], worker_id: str, lease_seconds: float, now: datetime) -> list[Claim]:
+    def _start(s: Session, rows: list[Job], worker_id: str, lease_seconds: float, now: datetime,
+               claim_id: str | None = None) -> list[Claim]:
         """queued -> running for the chosen rows in ONE compare-and-set statement. The rows of one claim share
         its fencing token (new per claim, so a job re-claimed after a requeue still gets a new one)."""
         if not rows:
@@ -193,7 +206,8 @@ class JobStore(JobQueries):
         stmt = (update(Job).where(Job.id.in_(list(waited)), Job.status == JobStatus.QUEUED)
                 .values(status=JobStatus.RUNNING, started_at=now, worker_id=worker_id, lease_token=token,
                         lease_expires_at=now + timedelta(seconds=lease_seconds), batch_size=len(rows),
-                        progress_step=0, cancel_requested=False, queue_seconds=case(waited, value=Job.id))
+                        progress_step=0, cancel_requested=False, queue_seconds=case(waited, value=Job.id),
+                        claim_id=claim_id)
                 .returning(Job))
         started = {r.id: r for r in s.scalars(stmt, execution_options={"populate_existing": True,
                                                                        "synchronize_session": False})}
@@ -219,17 +233,26 @@ class JobStore(JobQueries):
         return held
 
     def set_progress(self, claim: Claim, step: int, total: int) -> bool:
-        """Record sampling progress (best effort; the caller throttles). False if the claim is stale."""
+        """Record sampling progress (best effort; the caller throttles). The step is clamped to [0, total] and a
+        report without a positive total is ignored (True: nothing to record). False if the claim is stale."""
+        if total <= 0:
+            return True
         with write_session(self.sessions) as s:
             return _cas(s, claim.job_id, JobStatus.RUNNING, claim.lease_token,
-                        progress_step=step, progress_total=total) is not None
+                        progress_step=max(0, min(step, total)), progress_total=total) is not None
 
     # ---- finishing ------------------------------------------------------------------------------------------
     def complete(
         self, claim: Claim, result_keys: Sequence[str], result_text: str | None = None,
         timings: dict[str, float] | None = None, model_id: str | None = None, model_revision: str | None = None,
     ) -> bool:
-        """running -> succeeded (objects must already be written). False if the claim is stale."""
+        """running -> succeeded (objects must already be written, under this claim's own lease prefix:
+        `ForeignResultKeys` otherwise). The keys are recorded in the compare-and-set that fences the state, so
+        only the lease that completes decides what is served. False if the claim is stale."""
+        foreign = [k for k in result_keys if lease_of_result_key(k) != (claim.job_id, claim.lease_token)]
+        if foreign:
+            raise ForeignResultKeys(f"job {claim.job_id}: results must be written under "
+                                    f"{lease_prefix(claim.job_id, claim.lease_token)}", keys=foreign)
         timings = timings or {}
         return self._finish(
             claim, JobStatus.SUCCEEDED, EventType.JOB_SUCCEEDED, result_keys=list(result_keys), result_text=result_text,

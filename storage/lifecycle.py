@@ -8,6 +8,11 @@
 - Results and inputs: `purge_expired` deletes the input and result objects of jobs finished more than
   `UNIPIC_RESULT_TTL` seconds ago and stamps `jobs.purged_at` (a tombstone: the status is unchanged, the API
   shows `result.expired: true`).
+- Stale attempts' results: `sweep_stale_results` deletes, once a job has been finished for longer than any
+  stale lease's write could still land (`grace_seconds`), every object under `results/{job}/` that the job does
+  not record (objects written under leases that did not complete it: released, expired, reclaimed, revoked), and
+  stamps `jobs.results_swept_at`. Purge and erase delete the whole `results/{job}/` prefix, so even a write that
+  landed after that sweep goes with the job's results.
 - Erase on request: `erase_job` / `erase_batch` delete a finished job's (a finished batch's) objects and its
   personal fields: prompt, negative_prompt, instruction, question, metadata, custom_id, result text, error
   message, webhook URL, idempotency key and request hash. What stays: id, owner, kind, status, sizes, seed,
@@ -31,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage import dialect
 from storage.db import write_session
 from storage.errors import IllegalTransition, NotFound, StoreError
-from storage.objects import ObjectStore, upload_key
+from storage.objects import ObjectStore, results_prefix, upload_key
 from storage.records import JobRecord
 from storage.states import TERMINAL_STATUSES
 from storage.tables import Batch, Job, Upload, utcnow
@@ -104,8 +109,9 @@ class Lifecycle:
                 .where(Job.purged_at.is_(None), Job.finished_at.is_not(None), Job.finished_at < cutoff)
                 .order_by(Job.finished_at).limit(limit)
             ).all()
-        for _, input_key, result_keys in rows:
+        for job_id, input_key, result_keys in rows:
             self._delete(_keys(input_key, result_keys))
+            self._delete(self.objects.page(results_prefix(job_id)))  # anything a stale attempt left
         ids = [r[0] for r in rows]
         if ids:
             with write_session(self.sessions) as s:
@@ -113,6 +119,30 @@ class Lifecycle:
                           .values(purged_at=now or utcnow(), result_text=None, result_keys=None, input_key=None))
             log.info("purged the objects of %d jobs finished before %s", len(ids), cutoff.isoformat())
         return ids
+
+    def sweep_stale_results(self, grace_seconds: float, now: datetime | None = None, limit: int = 200) -> list[str]:
+        """Delete the objects under `results/{job}/` that up to `limit` jobs finished more than `grace_seconds`
+        ago (oldest first, each once) do not record; the ids of the jobs swept."""
+        now = now or utcnow()
+        cutoff = now - timedelta(seconds=grace_seconds)
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Job.id, Job.result_keys)
+                .where(Job.results_swept_at.is_(None), Job.finished_at.is_not(None), Job.finished_at < cutoff)
+                .order_by(Job.finished_at).limit(limit)
+            ).all()
+        deleted = 0
+        for job_id, keys in rows:
+            served = {str(k) for k in keys or []}
+            stale = [k for k in self.objects.page(results_prefix(job_id)) if k not in served]
+            self._delete(stale)
+            deleted += len(stale)
+        if rows:
+            with write_session(self.sessions) as s:
+                s.execute(update(Job).where(Job.id.in_([r[0] for r in rows])).values(results_swept_at=now))
+        if deleted:
+            log.info("deleted %d stale result objects of %d finished jobs", deleted, len(rows))
+        return [r[0] for r in rows]
 
     # ---- erase on request -----------------------------------------------------------------------------------
     def erase_job(self, job_id: str, owner_id: str) -> JobRecord:
@@ -150,8 +180,9 @@ class Lifecycle:
         with self.sessions() as s:
             rows = list(s.execute(select(Job.id, Job.input_key, Job.result_keys, Job.params)
                                   .where(Job.id.in_(job_ids), Job.status.in_(TERMINAL))).all())
-        for _, input_key, result_keys, _ in rows:
+        for job_id, input_key, result_keys, _ in rows:
             self._delete(_keys(input_key, result_keys))
+            self._delete(self.objects.page(results_prefix(job_id)))  # anything a stale attempt left
         now = utcnow()
         with write_session(self.sessions) as s:
             for job_id, _, _, params in rows:

@@ -6,8 +6,10 @@ served by the API). Keys are validated the same way by both (no `..`, no absolut
 no dot-segments), so a key that works locally works on S3 and cannot escape the store.
 
 Layout (docs/architecture.md): `inputs/{job_id}/image.png`, `uploads/{upload_id}`,
-`results/{job_id}/{index}.{ext}`, `results/{job_id}/answer.json` (batch manifests are not stored: they are read
-from the jobs, storage.manifests).
+`results/{job_id}/{lease}/{index}.{ext}`, `results/{job_id}/{lease}/answer.json` (batch manifests are not stored:
+they are read from the jobs, storage.manifests). Results are scoped to the lease that wrote them (`lease` is the
+claim's lease token): a worker that lost its lease can only write under its own old prefix, which no completed
+job records and the sweeper deletes (storage.lifecycle), so it can never change what a user downloads.
 """
 
 from __future__ import annotations
@@ -80,14 +82,35 @@ def input_key(job_id: str) -> str:
     return validate_key(f"inputs/{job_id}/image.png")
 
 
-def result_key(job_id: str, index: int, ext: str) -> str:
+def results_prefix(job_id: str) -> str:
+    """Every attempt's results of a job live under this prefix."""
+    return validate_prefix(f"results/{job_id}/")
+
+
+def lease_prefix(job_id: str, lease: str) -> str:
+    """The results one lease (one claim of the job) may write."""
+    return validate_prefix(f"results/{job_id}/{lease}/")
+
+
+def result_key(job_id: str, lease: str, index: int, ext: str) -> str:
     if ext not in RESULT_EXTENSIONS:
         raise InvalidKey(f"result extension must be one of {RESULT_EXTENSIONS}", ext=ext)
-    return validate_key(f"results/{job_id}/{int(index)}.{ext}")
+    return validate_key(f"{lease_prefix(job_id, lease)}{int(index)}.{ext}")
 
 
-def answer_key(job_id: str) -> str:
-    return validate_key(f"results/{job_id}/answer.json")
+def answer_key(job_id: str, lease: str) -> str:
+    return validate_key(f"{lease_prefix(job_id, lease)}answer.json")
+
+
+def lease_of_result_key(key: str) -> tuple[str, str] | None:
+    """`(job_id, lease)` of a lease-scoped result key; None for any other key."""
+    try:
+        parts = validate_key(key).split("/")
+    except InvalidKey:
+        return None
+    if len(parts) != 4 or parts[0] != "results":
+        return None
+    return parts[1], parts[2]
 
 
 def upload_key(upload_id: str) -> str:

@@ -86,3 +86,9 @@ def params_of(kind: str, params: Mapping[str, Any]) -> JobParams:
     if kind not in PARAMS_BY_KIND:
         raise ValueError(f"unknown job kind {kind!r}")
     return PARAMS_BY_KIND[kind].from_dict(params)
+
+
+def progress_total(kind: str, params: Mapping[str, Any]) -> int:
+    """A job's own step count, the `total` of its progress: sampling steps, or `max_new_tokens` to understand."""
+    typed = params_of(kind, params)
+    return typed.max_new_tokens if isinstance(typed, UnderstandParams) else typed.steps

@@ -180,11 +180,20 @@ class Job(Base):
     pixels: Mapped[int] = mapped_column(BigInteger, default=0)
     # data lifecycle (storage.lifecycle): when its objects were deleted (result TTL or DELETE); status unchanged
     purged_at: Mapped[datetime | None]
+    # the worker's id for the claim that took this job (a retried gateway claim returns the same jobs)
+    claim_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # when stale attempts' objects under results/{job}/ were deleted (storage.lifecycle.sweep_stale_results)
+    results_swept_at: Mapped[datetime | None]
 
 
 # The exact per-key quota (storage.quota) counts a key's active jobs on every insert: only active rows are indexed.
 Index("ix_jobs_active_by_owner", Job.owner_id,
       postgresql_where=text("status IN ('queued', 'running')"), sqlite_where=text("status IN ('queued', 'running')"))
+
+# The stale-results sweep (storage.lifecycle): finished jobs whose other attempts' objects are not yet deleted.
+Index("ix_jobs_unswept_finished", Job.finished_at,
+      postgresql_where=text("results_swept_at IS NULL AND finished_at IS NOT NULL"),
+      sqlite_where=text("results_swept_at IS NULL AND finished_at IS NOT NULL"))
 
 # The result-TTL sweep (storage.lifecycle): finished jobs whose objects are not yet deleted, oldest first.
 Index("ix_jobs_unpurged_finished", Job.finished_at,

@@ -7,8 +7,10 @@ decode inputs -> build requests -> run the engine (leases renewed, progress repo
 limits checked between steps) -> encode -> upload -> `complete()`. Failures stay with the items they belong to,
 as in TGI's batch filter: an undecodable input fails only its job (`invalid_input`); an out-of-memory error
 splits the batch in halves (a single item that cannot fit fails with `out_of_memory`); any other model error is
-bisected down to the items that raise it (`model_error`). Jobs whose lease was lost are dropped silently: the
-store's fencing token would refuse a stale write anyway. The worker stays alive through all of it.
+bisected down to the items that raise it (`model_error`). Jobs whose lease was lost are dropped silently and
+nothing of theirs is uploaded: results go under the claim's own lease keys, and only while the lease keeper can
+prove the lease (`LeaseKeeper.holds`); the store's fencing token would refuse a stale completion anyway. The
+worker stays alive through all of it.
 Pipelined (`pipeline=True`, `UNIPIC_WORKER_PIPELINE`), encode -> upload -> `complete()` of a batch run in the
 background (`workers.pipeline`, one batch in flight) while the next batch samples; leases stay renewed until then.
 """
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from storage.params import progress_total
 from storage.records import Claim, JobRecord
 from storage.settings import Settings
 from storage.states import JobErrorCode, JobStatus
@@ -36,7 +39,7 @@ from workers.metrics import WorkerMetrics
 from workers.oom import halves, is_oom, release_cached_memory
 from workers.pipeline import FinishPipeline
 from workers.progress import CancelWatcher, ProgressReporter
-from workers.results import UploadFailed, write_result
+from workers.results import LeaseLost, UploadFailed, write_result
 from workers.shutdown import ShutdownGate
 from workers.transport import JobPort, ObjectPort
 
@@ -162,7 +165,8 @@ class BatchRunner:
         )
         clock = BatchClock(soft, hard_limit_seconds(soft, s.lease_seconds))
         by_id = {c.job_id: c for c in claims}
-        reporter = ProgressReporter(self.store, by_id, s.progress_interval_ms / 1000, self.faults.on_step)
+        totals = {i.job.id: progress_total(i.job.kind, i.job.params) for i in items}
+        reporter = ProgressReporter(self.store, by_id, s.progress_interval_ms / 1000, self.faults.on_step, totals)
         keeper = LeaseKeeper(self.store, claims, s.lease_seconds, stop_renewing=clock.hard_expired).__enter__()
         try:
             with reporter:
@@ -181,7 +185,7 @@ class BatchRunner:
     def _finish_batch(self, items: list[Item], state: BatchState) -> None:
         """Encode, upload and complete the successes `_run_group` deferred; then stop renewing, hand back."""
         try:
-            self._succeed_all(state.finishing)
+            self._succeed_all(state.finishing, state.keeper)
             for item in items:
                 state.keeper.finish(item.job.id)
         finally:
@@ -189,9 +193,9 @@ class BatchRunner:
         if state.released:
             self._release(state.released)
 
-    def _succeed_all(self, finishing: list[tuple[Item, ModelResult, float, int]]) -> None:
+    def _succeed_all(self, finishing: list[tuple[Item, ModelResult, float, int]], keeper: LeaseKeeper) -> None:
         # encode + upload + complete are I/O bound: overlap them across the batch
-        list(self._finishers.map(lambda f: self._succeed(*f), finishing))
+        list(self._finishers.map(lambda f: self._succeed(f[0], f[1], f[2], f[3], keeper), finishing))
 
     def drain(self) -> None:
         """Wait for the batch whose results are being written in the background (before exiting)."""
@@ -230,7 +234,7 @@ class BatchRunner:
         if state.deferred:  # written after the call, beside the next batch's sampling (leases still renewed)
             state.finishing.extend(finishing)
             return
-        self._succeed_all(finishing)
+        self._succeed_all(finishing, state.keeper)
         for item in items:
             state.keeper.finish(item.job.id)  # settled: stop renewing its lease
 
@@ -255,11 +259,16 @@ class BatchRunner:
             self._run_group(half, state)
 
     # ---- settling each item ---------------------------------------------------------------------------------
-    def _succeed(self, item: Item, result: ModelResult, model_seconds: float, call_size: int) -> None:
+    def _succeed(self, item: Item, result: ModelResult, model_seconds: float, call_size: int,
+                 keeper: LeaseKeeper) -> None:
         job = item.job
         item.done = True
-        try:
-            written = write_result(self.objects, job, result, self.engine.model_id)
+        try:  # written under this lease's own keys, and only while the lease is provably held
+            written = write_result(self.objects, job, item.claim.lease_token, result, self.engine.model_id,
+                                   still_held=lambda: keeper.holds(job.id))
+        except LeaseLost as exc:
+            log.warning("%s; dropped without completing", exc)
+            return
         except UploadFailed as exc:
             log.error("job %s: %s; handing it back to the queue", job.id, exc)
             self._release([item.claim])

@@ -4,7 +4,9 @@
 worker token; the server makes the same `JobStore` call with the lease token as the fence. `GatewayObjects`
 reads inputs and writes results through the presigned URLs a claim handed out, and only those: a key with no
 URL is refused here (and the bucket would refuse it anyway). It remembers each written object's size and
-sha256, which `complete` declares so the server can check them before marking the job succeeded.
+sha256, which `complete` declares so the server can check them before marking the job succeeded. Result URLs
+name the lease's own keys and expire with the lease; each renewal hands out fresh ones. Every claim carries a
+new claim id that its retries reuse, so a claim whose answer was lost returns the same jobs when retried.
 
 Transient failures (connection cut, timeouts, 5xx) are retried with backoff; a 401 means the token was revoked
 and raises `TokenRevoked` (the worker stops; its leases expire and its jobs go to other workers); 404/409 mean
@@ -19,6 +21,7 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Protocol
@@ -193,7 +196,7 @@ class GatewayJobs:
         """Long-poll for a batch; the claimed jobs' records and URLs are remembered for the runner."""
         body = {"worker": self.worker, "max_items": max_items, "max_batch_pixels": max_batch_pixels,
                 "max_image_pixels": max_image_pixels, "kinds": list(kinds) if kinds else None,
-                "wait_seconds": wait_seconds}
+                "wait_seconds": wait_seconds, "claim_id": str(uuid.uuid4())}  # reused by the retries below
         response = self.http.post("claim", body, timeout=wait_seconds + 30)
         _check(response, "claim")
         payload = response.json()
@@ -221,7 +224,11 @@ class GatewayJobs:
         claims = list(claims)
         response = self.http.post("renew", self._claims_body(claims))
         _check(response, "renew")
-        held = set(response.json()["held"])
+        payload = response.json()
+        held = set(payload["held"])
+        for job_id, urls in (payload.get("result_urls") or {}).items():  # fresh, valid for the renewed lease
+            if job_id in self._tokens:
+                self.objects.allow({}, urls)
         return [c for c in claims if c.job_id in held]
 
     def set_progress(self, claim: Claim, step: int, total: int) -> bool:

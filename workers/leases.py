@@ -1,9 +1,12 @@
 """Keeping the leases of a running batch alive.
 
 While a batch runs, a background thread renews the leases of its jobs every `lease_seconds / 3`. A job whose
-renewal fails (the sweeper reclaimed it, or it was canceled) is recorded as lost: the batch drops it at the
-next step and never completes it; the store's fencing token would refuse a stale write anyway. Past the
-batch's hard time limit the keeper stops renewing, so a hung worker's jobs are reclaimed by the sweeper.
+renewal is refused (the sweeper reclaimed it, or it was canceled), or whose renewal could not be made at all (the
+network or the database failed: the worker can no longer prove it holds the lease), is recorded as lost: the
+batch drops it at the next step and never writes or completes it; the store's fencing token would refuse a
+stale completion anyway. `holds(job_id)` is the proof a writer asks for before each upload: not lost, and the
+last successful renewal (or the claim) recent enough that the lease cannot have expired since. Past the batch's
+hard time limit the keeper stops renewing, so a hung worker's jobs are reclaimed by the sweeper.
 It knows nothing of the model.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Self
 
@@ -18,6 +22,9 @@ from storage.records import Claim
 from workers.transport import JobPort
 
 log = logging.getLogger(__name__)
+
+# a lease proven at t is trusted until t + this share of its length (the rest covers clock rate and transit)
+PROOF_SHARE = 0.8
 
 
 class LeaseKeeper:
@@ -38,6 +45,7 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_renewing = stop_renewing
+        self._proven_at = time.monotonic()  # the claim was made just before the batch started
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
 
     def __enter__(self) -> Self:
@@ -52,6 +60,14 @@ class LeaseKeeper:
         """Ids of jobs whose lease this worker no longer holds."""
         with self._lock:
             return set(self._lost)
+
+    def holds(self, job_id: str) -> bool:
+        """Whether this worker can still prove it holds the job's lease (check before every write)."""
+        with self._lock:
+            if job_id not in self._held or job_id in self._lost:
+                return False
+            proven_at = self._proven_at
+        return time.monotonic() < proven_at + self._lease_seconds * PROOF_SHARE
 
     def finish(self, job_id: str) -> None:
         """Stop renewing a job that reached its end in this batch."""
@@ -72,11 +88,15 @@ class LeaseKeeper:
             pending = [c for j, c in self._held.items() if j not in self._finished and j not in self._lost]
         if not pending:
             return
+        asked_at = time.monotonic()
         try:
             still = {c.job_id for c in self._store.renew(pending, self._lease_seconds)}
-        except Exception:  # a database hiccup: try again next interval; the lease has 2/3 of its time left
-            log.exception("lease renewal failed for %s", [c.job_id for c in pending])
-            return
+        except Exception:  # the lease can no longer be proven: stop writing for these jobs (they are lost)
+            log.exception("lease renewal failed for %s; counting their leases as lost", [c.job_id for c in pending])
+            still = set()
+        else:
+            with self._lock:
+                self._proven_at = asked_at
         gone = {c.job_id for c in pending} - still
         if gone:
             log.warning("lost leases of jobs %s", sorted(gone))

@@ -30,9 +30,11 @@ class ProgressReporter:
         claims: Mapping[str, Claim],
         interval_seconds: float,
         on_step: Callable[[], None] | None = None,
+        totals: Mapping[str, int] | None = None,
     ) -> None:
         self._store = store
         self._claims = claims
+        self._totals = totals or {}  # each job's own step count: a shared call's total is reported in its terms
         self._interval = interval_seconds
         self._last: dict[str, float] = {}
         self._on_step = on_step
@@ -68,7 +70,8 @@ class ProgressReporter:
         with self._lock:
             for job_id in due:
                 self._last[job_id] = now
-                self._pending[job_id] = (step, total)
+                own = self._totals.get(job_id, total)
+                self._pending[job_id] = (min(step, own), own)
         self._wake.set()
 
     def _write_loop(self) -> None:

@@ -32,6 +32,7 @@ from workers.faults import FaultInjector
 from workers.heartbeat import Heartbeat, WorkerInfo
 from workers.metrics import WorkerMetrics
 from workers.shutdown import ShutdownGate
+from workers.store_retry import RetryingJobStore
 from workers.streak import FailureStreak
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class WorkerRuntime:
         engine = load_ready_engine(settings, faults)
         sessions = make_session_factory(make_engine(settings))
         attach_from_settings(sessions, settings)  # job events go out after commit (storage.job_events)
-        store = JobStore(sessions)
+        store = RetryingJobStore(sessions)  # complete/fail/release ride out a database restart
         metrics = WorkerMetrics()
         if settings.worker_metrics_port:
             metrics.serve(settings.worker_metrics_port)

@@ -7,7 +7,9 @@ Each pass (a Celery beat task in `workers.cpu`, or a plain loop with `unipic swe
 3. queued jobs with no recent message (`requeue_after_seconds`, e.g. after Redis lost its data) are re-enqueued;
 4. workers whose heartbeat is older than three intervals are marked gone;
 5. the data lifecycle (storage.lifecycle): expired upload slots and results older than `result_ttl` are
-   deleted, `lifecycle_batch_size` at most per pass.
+   deleted, and so are the objects stale attempts wrote under a finished job's `results/{job}/` that it does not
+   record (once no stale lease's write can still land: two lease lengths after it finished),
+   `lifecycle_batch_size` jobs at most per pass for each.
 Duplicate messages are harmless: a message whose job was already claimed is a no-op. Torch-free.
 """
 
@@ -34,6 +36,9 @@ from workers.app import make_celery
 log = logging.getLogger(__name__)
 
 HEARTBEATS_BEFORE_GONE = 3
+# a stale lease's presigned PUT lives at most one lease length, a direct worker's proof of its lease less than one:
+# two lease lengths after a job finished, nothing can write under its results any more
+STALE_WRITE_LEASES = 2
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Sweeper:
         try:
             uploads = lifecycle.expire_uploads(limit=limit)
             purged = lifecycle.purge_expired(self.settings.result_ttl, limit=limit)
+            lifecycle.sweep_stale_results(STALE_WRITE_LEASES * self.settings.lease_seconds, limit=limit)
         except Exception:
             log.exception("data lifecycle pass failed; retrying next pass")
             return 0, []

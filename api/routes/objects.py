@@ -23,6 +23,7 @@ from api.schemas import ErrorOut, UploadDone
 from api.services import Services
 from storage.errors import InvalidKey
 from storage.object_local import LocalObjectStore
+from storage.objects import lease_of_result_key
 
 router = APIRouter(prefix="/v1/objects", tags=["objects"], dependencies=[Depends(reject_unknown_query)])
 
@@ -85,12 +86,16 @@ async def put_object(request: Request, services: ServicesDep, key: str, expires:
 
 
 async def _put_result(request: Request, services: Services, key: str, expires: int, sig: str) -> UploadDone:
-    """Store a result a remote worker uploads (api.routes.worker_gateway checks it before `complete`); only while
-    its job runs, so a finished job's checked result cannot be replaced."""
+    """Store a result a remote worker uploads (api.routes.worker_gateway checks it before `complete`); only under
+    the lease that holds the running job now (`results/{job}/{lease}/...`), so neither a finished job's checked
+    result nor anything by a lease that was released, expired, reclaimed or revoked can be written (409)."""
     store = _verify(services, key, expires, sig, "PUT")
-    job_id = key.split("/")[1]
-    if not any(job.status == "running" for job in services.jobs.get_many([job_id])):
-        raise ApiError(404, "not_found", "only uploads, or the results of a running job, can be written")
+    scope = lease_of_result_key(key)
+    if scope is None:
+        raise ApiError(404, "not_found", "only uploads, or a running job's results, can be written")
+    job_id, lease = scope
+    if not any(job.status == "running" and job.lease_token == lease for job in services.jobs.get_many([job_id])):
+        raise ApiError(409, "lease_lost", f"job {job_id}: this lease no longer holds the job; nothing written")
     data, size = await spool_body(request, services.settings.max_upload_bytes)
     content_type = request.headers.get("content-type") or "application/octet-stream"
     with data:

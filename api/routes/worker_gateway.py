@@ -7,10 +7,14 @@ overwrite a newer claim:
 - `claim` (long-poll up to `wait_seconds`): `JobStore.claim_next` on the queues the token allows (its kinds, the
   resolution classes that fit its max pixels), so the scheduling policy is the same as for Celery workers. The
   answer is the batch: per job its id, lease token, kind, params and seed, its input as a presigned GET URL and
-  its results as presigned PUT URLs for exactly the keys it may write (`api.result_checks.result_keys`);
-- `renew`, `progress`, `cancel-requests`: leases, progress and the owner's cancel requests of held jobs;
-- `complete`: the declared objects (keys, sizes, sha256) are checked (`api.result_checks.verify_results`) before
-  the job is marked succeeded; an invalid result is 422 and the job stays running under the worker's lease;
+  its results as presigned PUT URLs for exactly the keys its lease may write (`api.result_checks.result_keys`:
+  `results/{job}/{lease}/...`), expiring no later than the lease. A claim carries the worker's `claim_id`; a
+  retry with the same id (its first answer was lost) gets the jobs that claim already took, not a second batch;
+- `renew` (fresh result URLs for the renewed leases), `progress` (bounded by the job's own step count: 422
+  `invalid_progress` otherwise), `cancel-requests`: leases, progress and the owner's cancel requests of held jobs;
+- `complete`: the declared objects (keys, sizes, sha256) are checked (`api.result_checks.verify_results`: the
+  lease's own keys, fully decoded, the format and size the job asked for) before the job is marked succeeded;
+  an invalid result is 422 with the refusal's code and the job stays running under the worker's lease;
 - `fail` (a job's own failure, or `canceled` to acknowledge a cancel request), `release` (hand jobs back: they
   are queued again and get a fresh message), `heartbeat` (the worker's entry in `GET /v1/workers`, transport
   "remote").
@@ -34,6 +38,8 @@ from api.errors import ApiError
 from api.result_checks import DeclaredObject, InvalidResult, result_keys, verify_results
 from api.services import Services
 from api.worker_auth import WorkerCaller, WorkerDep
+from storage.errors import ForeignResultKeys
+from storage.params import progress_total
 from storage.records import Claim, JobRecord
 from storage.routing import RESOLUTION_CLASSES
 from storage.states import JobErrorCode, JobStatus
@@ -45,6 +51,7 @@ MAX_WAIT_SECONDS = 30.0
 # is likely queued) sees new work within tens of ms, an idle fleet costs each at most 2 claims/s
 POLL_SECONDS = (0.02, 0.5)
 WORKER_NAME = r"^[A-Za-z0-9._:@-]{1,100}$"
+CLAIM_ID = r"^[A-Za-z0-9-]{8,64}$"
 FAIL_CODES = {JobErrorCode.INVALID_INPUT, JobErrorCode.MODEL_ERROR, JobErrorCode.OUT_OF_MEMORY,
               JobErrorCode.TIMEOUT, JobErrorCode.CANCELED}
 
@@ -60,6 +67,9 @@ class ClaimIn(_Body):
     max_image_pixels: Annotated[int | None, Field(ge=1)] = None
     kinds: list[str] | None = None
     wait_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)] = 20.0
+    claim_id: Annotated[str | None, Field(pattern=CLAIM_ID, description=(
+        "The worker's id for this claim (a uuid per claim, reused when it retries the same claim): a retry "
+        "returns the jobs the first attempt took"))] = None
 
 
 class ClaimRef(_Body):
@@ -96,6 +106,7 @@ class ClaimsIn(_Body):
 class HeldOut(BaseModel):
     held: list[str]
     cancel_requested: list[str] = []
+    result_urls: dict[str, dict[str, str]] = {}  # renew: fresh PUT URLs (key -> URL) per held job
 
 
 class ProgressIn(ClaimRef):
@@ -165,6 +176,11 @@ async def claim(body: ClaimIn, request: Request, services: ServicesDep, caller: 
     lease = services.settings.lease_seconds
     deadline = time.monotonic() + body.wait_seconds
     pause, longest = POLL_SECONDS
+    if body.claim_id is not None:  # a retry of a claim whose answer was lost: the same jobs, no second batch
+        again = await run_in_threadpool(services.jobs.claimed_by, body.claim_id, worker_id)
+        if again:
+            jobs = await run_in_threadpool(_claimed_jobs, services, caller, again)
+            return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=jobs)
     while True:
         if await request.is_disconnected():
             return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=[])
@@ -187,7 +203,7 @@ def allowed_queues(caller: WorkerCaller, kinds: list[str] | None, max_image_pixe
 def _claim_once(services: Services, queues: list[str], worker_id: str, body: ClaimIn) -> list[Claim]:
     for queue in random.sample(queues, len(queues)):  # no queue starves another
         claims = services.jobs.claim_next(queue, worker_id, services.settings.lease_seconds, body.max_items,
-                                          body.max_batch_pixels)
+                                          body.max_batch_pixels, claim_id=body.claim_id)
         if claims:
             return claims
     return []
@@ -203,12 +219,19 @@ def _claimed_jobs(services: Services, caller: WorkerCaller, claims: list[Claim])
     for job in (j for j in jobs if j not in refused):
         expiry = services.settings.presign_expiry_seconds
         input_url = services.objects.presign_get(job.input_key, expiry)[0] if job.input_key else None
-        puts = {key: services.objects.presign_put(key, expiry)[0] for key in result_keys(job)}
+        puts = _result_urls(services, job, tokens[job.id])
         out.append(ClaimedJob(job_id=job.id, lease_token=tokens[job.id], kind=job.kind, params=job.params,
                               seed=job.seed, compat_key=job.compat_key, queue=job.queue, pixels=job.pixels,
                               attempts=job.attempts, input_key=job.input_key, input_url=input_url,
                               result_urls=puts))
     return out
+
+
+def _result_urls(services: Services, job: JobRecord, lease: str) -> dict[str, str]:
+    """Presigned PUTs for exactly the lease's result keys, expiring no later than the lease (renew hands out
+    fresh ones), so a lease that ends leaves no URL that outlives it by more than one lease length."""
+    expiry = max(1, min(services.settings.presign_expiry_seconds, int(services.settings.lease_seconds)))
+    return {key: services.objects.presign_put(key, expiry)[0] for key in result_keys(job, lease)}
 
 
 def _image_pixels(job: JobRecord) -> int:
@@ -220,11 +243,14 @@ def _image_pixels(job: JobRecord) -> int:
 # ---- leases, progress, cancels --------------------------------------------------------------------------------
 @router.post("/renew", response_model=HeldOut, summary="Renew leases")
 def renew(body: ClaimsIn, services: ServicesDep, caller: WorkerDep) -> HeldOut:
-    """Extend the leases still held; the ones missing from `held` were lost (stop working on them)."""
+    """Extend the leases still held; the ones missing from `held` were lost (stop working on them). Each held job
+    gets fresh result URLs, valid for the renewed lease."""
     claims = _owned(services, caller, body.claims)
     held = services.jobs.renew(claims, services.settings.lease_seconds)
     cancels = services.jobs.cancel_requested_ids([c.job_id for c in held])
-    return HeldOut(held=[c.job_id for c in held], cancel_requested=sorted(cancels))
+    jobs = {j.id: j for j in services.jobs.get_many([c.job_id for c in held])}
+    urls = {c.job_id: _result_urls(services, jobs[c.job_id], c.lease_token) for c in held if c.job_id in jobs}
+    return HeldOut(held=[c.job_id for c in held], cancel_requested=sorted(cancels), result_urls=urls)
 
 
 @router.post("/cancel-requests", response_model=HeldOut, summary="Cancel requests of held jobs")
@@ -236,7 +262,13 @@ def cancel_requests(body: ClaimsIn, services: ServicesDep, caller: WorkerDep) ->
 
 @router.post("/progress", response_model=DoneOut, summary="Report progress")
 def progress(body: ProgressIn, services: ServicesDep, caller: WorkerDep) -> DoneOut:
-    claim = _owned_one(services, caller, body)
+    """Progress of a held job, in its own steps: `total` must be the job's step count (`steps`, or
+    `max_new_tokens` to understand) and `step` at most that (422 `invalid_progress` otherwise)."""
+    claim, job = _held(services, caller, body)
+    total = progress_total(job.kind, job.params)
+    if body.total != total or body.step > total:
+        raise ApiError(422, "invalid_progress", f"progress must be step <= total = {total} (this job's steps), "
+                       f"got {body.step}/{body.total}", "step" if body.total == total else "total")
     return DoneOut(ok=services.jobs.set_progress(claim, body.step, body.total))
 
 
@@ -247,11 +279,13 @@ def complete(body: CompleteIn, services: ServicesDep, caller: WorkerDep) -> Done
     claim, job = _held(services, caller, body)
     declared = [DeclaredObject(o.key, o.size, o.sha256) for o in body.objects]
     try:
-        text = verify_results(services.objects, job, declared)
+        text = verify_results(services.objects, job, claim.lease_token, declared)
+        ok = services.jobs.complete(claim, [d.key for d in declared], text, body.timings, body.model_id,
+                                    body.model_revision)
     except InvalidResult as exc:
-        raise ApiError(422, "invalid_result", str(exc), "objects") from None
-    ok = services.jobs.complete(claim, [d.key for d in declared], text, body.timings, body.model_id,
-                                body.model_revision)
+        raise ApiError(422, exc.code, str(exc), "objects") from None
+    except ForeignResultKeys as exc:
+        raise ApiError(422, exc.code, exc.message, "objects") from None
     if not ok:
         raise _stale(body.job_id)
     return DoneOut(ok=True)
@@ -312,10 +346,6 @@ def _owned(services: Services, caller: WorkerCaller, refs: list[ClaimRef]) -> li
     jobs = {j.id: j for j in services.jobs.get_many([r.job_id for r in refs])}
     return [Claim(r.job_id, r.lease_token) for r in refs
             if r.job_id in jobs and caller.owns(jobs[r.job_id].worker_id)]
-
-
-def _owned_one(services: Services, caller: WorkerCaller, ref: ClaimRef) -> Claim:
-    return _held(services, caller, ref)[0]
 
 
 def _held(services: Services, caller: WorkerCaller, ref: ClaimRef) -> tuple[Claim, JobRecord]:

@@ -56,7 +56,7 @@ def finish(client: TestClient, job_id: str) -> str:
     """Play the worker: claim the job and complete it with one stored result image; the result's key."""
     services = services_of(client)
     claims = claim_job(services.jobs, job_id)
-    key = result_key(job_id, 0, "png")
+    key = result_key(job_id, claims[0].lease_token, 0, "png")
     services.objects.put(key, png_bytes(8, 8), content_type="image/png")
     assert services.jobs.complete(claims[0], [key], None, {"model_seconds": 0.5}, "tiny", "r1")
     return key

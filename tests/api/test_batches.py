@@ -103,7 +103,7 @@ def test_counts_manifest_and_scoping(client: Any, make_key: Any, app: Any) -> No
         if custom_id == "bad":
             services.jobs.fail(claim, "model_error", "boom")
         elif custom_id == "ok":
-            key = result_key(claim.job_id, 0, "png")
+            key = result_key(claim.job_id, claim.lease_token, 0, "png")
             services.objects.put(key, png_bytes(4, 4), content_type="image/png")
             services.jobs.complete(claim, [key])
         else:

@@ -210,7 +210,7 @@ def test_batch_stream_sends_each_item_once_then_done(server_url: str, make_key: 
             # When the rest run and finish (one batch-mate claim, then one by one)
             claims = claim_job(services.jobs, ids[1], "w", max_items=8)
             for claim in claims:
-                key = result_key(claim.job_id, 0, "png")
+                key = result_key(claim.job_id, claim.lease_token, 0, "png")
                 services.objects.put(key, png_bytes(4, 4), content_type="image/png")
                 services.jobs.complete(claim, [key])
             got += list(stream)

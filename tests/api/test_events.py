@@ -69,7 +69,7 @@ def test_stream_follows_the_job_to_its_end(server_url: str, auth: dict[str, str]
             services.jobs.set_progress(claim, 2, 4)
             assert next(stream) == ("progress", {"step": 2, "total": 4})
             # and the terminal state ends the stream with the result
-            key = result_key(job["id"], 0, "png")
+            key = result_key(job["id"], claim.lease_token, 0, "png")
             services.objects.put(key, png_bytes(4, 4), content_type="image/png")
             services.jobs.complete(claim, [key])
             rest = list(stream)

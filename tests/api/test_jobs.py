@@ -19,7 +19,7 @@ from tests.support.claims import claim_job
 def finish(job_store: Any, objects: Any, job_id: str, text: str | None = None) -> None:
     """Play the worker: claim the job and complete it with one result image."""
     claims = claim_job(job_store, job_id)
-    key = result_key(job_id, 0, "png")
+    key = result_key(job_id, claims[0].lease_token, 0, "png")
     objects.put(key, png_bytes(8, 8), content_type="image/png")
     assert job_store.complete(claims[0], [key], text, {"model_seconds": 0.5}, "tiny", "r1")
 

@@ -101,7 +101,7 @@ def test_local_backend_signed_upload_and_download(local_client: tuple[TestClient
     assert job.status_code == 202, job.text
     job_id = job.json()["id"]
     [claim] = claim_job(services.jobs, job_id, "w")
-    key = f"results/{job_id}/0.png"
+    key = f"results/{job_id}/{claim.lease_token}/0.png"
     services.objects.put(key, png_bytes(8, 8), content_type="image/png")
     services.jobs.complete(claim, [key])
     # Then the result URL is a signed link the API streams, and only with a valid signature

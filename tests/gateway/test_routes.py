@@ -13,14 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from storage.records import JobRecord
+from storage.records import Claim, JobRecord
 from tests.support.api import queued_job_ids
 from tests.support.jobs import make_job
 
 TokenMaker = Callable[..., tuple[Any, dict[str, str]]]
 
 
-def _png(size: int = 32) -> bytes:
+def _png(size: int = 256) -> bytes:  # the size `_job` asks for
     buffer = io.BytesIO()
     Image.new("RGB", (size, size), (10, 200, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -68,10 +68,12 @@ def test_claim_returns_the_batch_with_presigned_urls_for_exactly_its_keys(
     item = _claimed(client, headers, generate.id, kinds=["generate"])
     # Then it gets the lease, params, seed and PUT URLs for exactly its result keys
     assert item["lease_token"] and item["params"]["prompt"] == "a red cube" and item["seed"] == 7
-    assert sorted(item["result_urls"]) == [f"results/{generate.id}/0.webp", f"results/{generate.id}/1.webp"]
+    lease = item["lease_token"]
+    assert sorted(item["result_urls"]) == [f"results/{generate.id}/{lease}/0.webp",
+                                           f"results/{generate.id}/{lease}/1.webp"]
     assert item["input_url"] is None
     edit_item = _claimed(client, headers, edit.id, kinds=["edit"])
-    assert sorted(edit_item["result_urls"]) == [f"results/{edit.id}/0.png"]
+    assert sorted(edit_item["result_urls"]) == [f"results/{edit.id}/{edit_item['lease_token']}/0.png"]
     assert httpx.get(edit_item["input_url"]).content == services.objects.get(edit.input_key)
     assert services.jobs.get(edit.id).status == "running"
 
@@ -82,12 +84,12 @@ def test_complete_checks_the_uploaded_objects_before_succeeding(
     _, headers = make_token()
     job = _job(services, owner_id)
     item = _claimed(client, headers, job.id)
-    key = f"results/{job.id}/0.png"
+    key = f"results/{job.id}/{item['lease_token']}/0.png"
     good = _png()
     # nothing uploaded yet: refused, and the job stays running under the lease
     missing = _complete(client, headers, item, [{"key": key, "size": len(good),
                                                  "sha256": hashlib.sha256(good).hexdigest()}])
-    assert missing.status_code == 422 and missing.json()["error"]["code"] == "invalid_result"
+    assert missing.status_code == 422 and missing.json()["error"]["code"] == "result_missing"
     # not an image: refused
     junk = b"not an image at all"
     bad = _complete(client, headers, item, _upload(item, junk))
@@ -113,7 +115,7 @@ def test_understand_answer_must_name_its_job(
     _, headers = make_token(kinds=["understand"])
     job = _job(services, owner_id, kind="understand", size=256)
     item = _claimed(client, headers, job.id)
-    assert list(item["result_urls"]) == [f"results/{job.id}/answer.json"]
+    assert list(item["result_urls"]) == [f"results/{job.id}/{item['lease_token']}/answer.json"]
     forged = b'{"job_id": "someone-else", "text": "hi"}'
     assert _complete(client, headers, item, _upload(item, forged)).status_code == 422
     answer = json.dumps({"job_id": job.id, "text": "a red cube", "seed": 7}).encode()
@@ -151,7 +153,6 @@ def test_a_worker_cannot_touch_a_job_it_did_not_claim(
 def test_a_worker_cannot_read_another_jobs_input_or_write_outside_its_keys(
     client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
 ) -> None:
-    from storage.records import Claim
     from workers.gateway_client import GatewayObjects, ResultRefused
 
     _, headers = make_token()
@@ -236,7 +237,9 @@ def test_fail_cancel_and_release(
     services.jobs.request_cancel(canceled.id, owner_id)
     renewed = client.post("/v1/worker/renew", headers=headers, json={
         "worker": "gpu:1", "claims": [{"job_id": canceled.id, "lease_token": claimed[canceled.id]["lease_token"]}]})
-    assert renewed.json() == {"held": [canceled.id], "cancel_requested": [canceled.id]}
+    assert {k: v for k, v in renewed.json().items() if k != "result_urls"} == {
+        "held": [canceled.id], "cancel_requested": [canceled.id]}
+    assert list(renewed.json()["result_urls"]) == [canceled.id]  # fresh URLs, for the renewed lease only
     assert client.post("/v1/worker/fail", headers=headers, json={**ref(canceled), "code": "canceled"}).status_code == 200
     assert services.jobs.get(canceled.id).status == "canceled"
     out = client.post("/v1/worker/release", headers=headers, json={"worker": "gpu:1", "claims": [
@@ -301,3 +304,169 @@ def test_embedded_deployment_takes_results_through_signed_local_links(embedded_s
         # Then complete checks and records it
         assert _complete(client, headers, item, objects).status_code == 200
     assert services.jobs.get(job.id).status == "succeeded"
+
+
+# ---- every write is bound to its lease -------------------------------------------------------------------------
+def _random_idat_png(size: int = 256) -> bytes:
+    """A PNG whose header is valid and whose IDAT is random bytes with a correct CRC: it passes `verify()`."""
+    import os
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", os.urandom(4096)) + chunk(b"IEND", b"")
+
+
+def test_a_released_lease_cannot_change_what_the_owner_downloads(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    from storage.lifecycle import Lifecycle
+    from tests.support.claims import sweep_stale_results_of
+
+    # Given T1 claimed job J and released it (or its token was revoked and its lease expired)
+    _, t1 = make_token(name="t1")
+    _, t2 = make_token(name="t2")
+    job = _job(services, owner_id)
+    first = _claimed(client, t1, job.id)
+    assert client.post("/v1/worker/release", headers=t1, json={"worker": "gpu:1", "claims": [
+        {"job_id": job.id, "lease_token": first["lease_token"]}]}).json() == {"released": 1}
+    # and T2 claimed J, uploaded its PNG and completed
+    second = _claimed(client, t2, job.id, worker="gpu:2")
+    mine = _png()
+    assert _complete(client, t2, second, _upload(second, mine), worker="gpu:2").json() == {"ok": True}
+    # When T1 PUTs to its old presigned URL
+    [(stale_key, stale_url)] = first["result_urls"].items()
+    late = _png(64)
+    httpx.put(stale_url, content=late)  # S3 cannot refuse a signed PUT; it lands under T1's own lease prefix
+    # Then what the owner downloads is T2's result, unchanged
+    done = services.jobs.get(job.id)
+    assert done.status == "succeeded" and stale_key not in done.result_keys
+    assert [services.objects.get(k) for k in done.result_keys] == [mine]
+    # and T1 cannot complete with it, and the sweeper deletes T1's object once no stale write can land
+    assert _complete(client, t1, first, _upload(first, late)).status_code in (404, 409)
+    sweep_stale_results_of(Lifecycle(services.jobs.sessions, services.objects), job.id)
+    assert services.objects.page(f"results/{job.id}/") == done.result_keys
+    assert services.objects.get(done.result_keys[0]) == mine
+
+
+def test_result_urls_expire_with_the_lease_and_renewals_hand_out_fresh_ones(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    from urllib.parse import parse_qs, urlparse
+
+    _, headers = make_token()
+    job = _job(services, owner_id)
+    item = _claimed(client, headers, job.id)
+    lease = services.settings.lease_seconds
+    [url] = item["result_urls"].values()
+    assert int(parse_qs(urlparse(url).query)["X-Amz-Expires"][0]) <= lease
+    renewed = client.post("/v1/worker/renew", headers=headers, json={"worker": "gpu:1", "claims": [
+        {"job_id": job.id, "lease_token": item["lease_token"]}]}).json()
+    assert list(renewed["result_urls"][job.id]) == list(item["result_urls"])
+    services.jobs.release([Claim(job.id, item["lease_token"])])
+
+
+def test_a_retried_claim_returns_the_same_batch_and_costs_no_attempt(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    # Given two queued jobs and a worker whose claim answer was lost on the way back
+    _, headers = make_token()
+    job, other = _job(services, owner_id), _job(services, owner_id)
+    claim_id = "0b8f6f7e-6d1c-4c52-9a4e-3f1c2d5e7a90"
+    first = _claim(client, headers, max_items=1, claim_id=claim_id)["jobs"]
+    assert [j["job_id"] for j in first] == [job.id]
+    # When it retries the claim with the same claim id
+    again = _claim(client, headers, max_items=1, claim_id=claim_id)["jobs"]
+    # Then it gets the same job under the same lease, the other job is still queued, and no attempt was spent
+    assert [(j["job_id"], j["lease_token"]) for j in again] == [(job.id, first[0]["lease_token"])]
+    assert services.jobs.get(other.id).status == "queued"
+    assert services.jobs.get(job.id).attempts == 0 and again[0]["attempts"] == 0
+    # and a new claim id is a new claim
+    fresh = _claim(client, headers, max_items=1, claim_id="5d1e2f3a-0000-4000-8000-000000000001")["jobs"]
+    assert [j["job_id"] for j in fresh] == [other.id]
+    services.jobs.release([Claim(job.id, first[0]["lease_token"]), Claim(other.id, fresh[0]["lease_token"])])
+
+
+def test_progress_is_bounded_by_the_jobs_own_steps(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    _, headers = make_token()
+    job = _job(services, owner_id)  # 2 steps
+    item = _claimed(client, headers, job.id)
+    ref = {"worker": "gpu:1", "job_id": job.id, "lease_token": item["lease_token"]}
+    for bad in ({"step": 1000000, "total": 1}, {"step": 3, "total": 2}, {"step": 1, "total": 1000}):
+        answer = client.post("/v1/worker/progress", headers=headers, json={**ref, **bad})
+        assert answer.status_code == 422 and answer.json()["error"]["code"] == "invalid_progress", bad
+    assert client.post("/v1/worker/progress", headers=headers, json={**ref, "step": 1, "total": 2}).status_code == 200
+    running = services.jobs.get(job.id)
+    assert (running.progress_step, running.progress_total) == (1, 2)
+    services.jobs.release([Claim(job.id, item["lease_token"])])
+
+
+@pytest.mark.parametrize(("data", "code"), [(_random_idat_png(), "result_undecodable"),
+                                            (_png(64), "result_wrong_size"),
+                                            (_png(256)[:-40], "result_undecodable")])
+def test_complete_decodes_every_pixel_and_checks_the_size_the_job_asked_for(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker, data: bytes, code: str,
+) -> None:
+    _, headers = make_token()
+    job = _job(services, owner_id)  # a 256x256 PNG
+    item = _claimed(client, headers, job.id)
+    answer = _complete(client, headers, item, _upload(item, data))
+    assert answer.status_code == 422 and answer.json()["error"]["code"] == code
+    assert services.jobs.get(job.id).status == "running"
+    services.jobs.release([Claim(job.id, item["lease_token"])])
+
+
+def test_an_answer_must_be_utf8_within_what_its_tokens_can_decode_to(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    _, headers = make_token(kinds=["understand"])
+    job = _job(services, owner_id, kind="understand", size=256)  # max_new_tokens 4
+    item = _claimed(client, headers, job.id)
+    bad_utf8 = b'{"job_id": "' + job.id.encode() + b'", "text": "\xff\xfe"}'
+    assert _complete(client, headers, item, _upload(item, bad_utf8)).json()["error"]["code"] == "answer_not_utf8"
+    too_long = json.dumps({"job_id": job.id, "text": "x" * (128 * 4 + 1)}).encode()
+    assert _complete(client, headers, item, _upload(item, too_long)).json()["error"]["code"] == "answer_too_long"
+    services.jobs.release([Claim(job.id, item["lease_token"])])
+
+
+def test_on_the_local_store_a_stale_lease_cannot_write_at_all(embedded_settings: Any) -> None:
+    # Given an embedded deployment (local objects: the API itself takes signed PUTs and can check the lease)
+    from api.app import create_app
+    from storage.ids import new_id
+    from storage.tables import ApiKey
+    from storage.worker_tokens import WorkerTokenStore
+
+    app = create_app(embedded_settings.model_copy(update={"api_url": "http://testserver"}))
+    services = app.state.services
+    owner = new_id()
+    with services.jobs.sessions.begin() as s:
+        s.add(ApiKey(id=owner, name="t", key_prefix="upk_t", key_hash=new_id(), webhook_secret="whsec_x"))
+    tokens = WorkerTokenStore(services.jobs.sessions)
+    t1 = {"Authorization": f"Bearer {tokens.create('t1')[1]}"}
+    t2 = {"Authorization": f"Bearer {tokens.create('t2')[1]}"}
+    job = _job(services, owner)
+    with TestClient(app) as client:
+        # and T1 claimed J and released it, T2 claimed J
+        first = _claimed(client, t1, job.id)
+        client.post("/v1/worker/release", headers=t1, json={"worker": "gpu:1", "claims": [
+            {"job_id": job.id, "lease_token": first["lease_token"]}]})
+        second = _claimed(client, t2, job.id, worker="gpu:2")
+        [(key, url)] = second["result_urls"].items()
+        mine = _png()
+        assert client.put(url, content=mine).status_code == 200
+        # When T1 PUTs to its old signed URL, before and after T2 completes
+        [stale_url] = first["result_urls"].values()
+        assert client.put(stale_url, content=_png(64)).status_code == 409
+        declared = [{"key": key, "size": len(mine), "sha256": hashlib.sha256(mine).hexdigest()}]
+        assert _complete(client, t2, second, declared, worker="gpu:2").status_code == 200
+        assert client.put(stale_url, content=_png(64)).status_code == 409
+        assert client.put(url, content=_png(64)).status_code == 409  # and a finished result is final
+    # Then nothing but T2's result exists, and it is what the owner downloads
+    done = services.jobs.get(job.id)
+    assert done.result_keys == [key] and services.objects.page(f"results/{job.id}/") == [key]
+    assert services.objects.get(key) == mine

@@ -67,7 +67,7 @@ def test_a_corrupted_upload_is_handed_back_not_completed(
     job = make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=5)
     claims = [c for c in jobs.claim(1, 8 * 1024 * 1024, kinds=["generate"], wait_seconds=0) if c.job_id == job.id]
     assert claims
-    key = f"results/{job.id}/0.png"
+    key = f"results/{job.id}/{claims[0].lease_token}/0.png"
     jobs.objects.put(key, b"\x89PNG\r\n\x1a\n half an image")
     # When the worker completes it
     ok = jobs.complete(claims[0], [key])

@@ -8,7 +8,7 @@ from typing import Any
 from storage.activity_queries import ActivityQueries
 from storage.ids import new_id
 from storage.tables import WebhookAttempt, WebhookEvent, utcnow
-from tests.support.claims import claim_job
+from tests.support.claims import claim_job, lease_keys
 from tests.support.storage import job
 
 
@@ -22,7 +22,7 @@ def test_last_hour_counts_finished_jobs_and_their_latency(session_factory: Any, 
     claims = claim_job(job_store, made[0].id, "w-activity", max_items=3)
     assert len(claims) == 3
     for claim in claims[:2]:
-        assert job_store.complete(claim, ["k"], None, {"model_seconds": 2.0, "upload_seconds": 0.5}, "tiny", None)
+        assert job_store.complete(claim, lease_keys(claim), None, {"model_seconds": 2.0, "upload_seconds": 0.5}, "tiny", None)
     assert job_store.fail(claims[2], "model_error", "boom")
     # When the last hour is read
     after = queries.last_hour(utcnow() + timedelta(seconds=5))

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from storage import tracing
 from storage.tables import WebhookEvent
-from tests.support.claims import claim_job
+from tests.support.claims import claim_job, lease_keys
 from tests.support.stack import free_port
 from tests.support.webhooks import drop_pending_events_of_others
 from workers.job_traces import trace_failure, trace_success
@@ -66,7 +66,7 @@ def test_a_jobs_life_is_one_trace(spans: InMemorySpanExporter, ops_client: Any, 
     # When a worker claims and completes it, and the dispatcher tries its webhook
     [claim] = claim_job(job_store, job_id, "w-trace")
     record = job_store.get_many([job_id])[0]
-    assert job_store.complete(claim, ["results/x.png"], None, {"model_seconds": 1.0, "upload_seconds": 0.2},
+    assert job_store.complete(claim, lease_keys(claim), None, {"model_seconds": 1.0, "upload_seconds": 0.2},
                               "tiny", None)
     trace_success(record, 1.0, 0.2, 1, recorded=True)
     trace_failure(job_id, "model_error", "only to see the span")

@@ -12,7 +12,7 @@ from storage.errors import IllegalTransition, NotFound
 from storage.jobs import JobStore
 from storage.records import NewBatch
 from storage.tables import WebhookEvent
-from tests.support.claims import claim_job
+from tests.support.claims import claim_job, lease_keys
 from tests.support.storage import Stores, add_owner, job
 
 
@@ -67,7 +67,7 @@ def test_concurrent_finishes_complete_the_batch_once(storage_jobs: JobStore, com
 
     def finish(claim: Any) -> None:
         barrier.wait()
-        assert job_store.complete(claim, ["k"])
+        assert job_store.complete(claim, lease_keys(claim))
 
     threads = [threading.Thread(target=finish, args=(c,)) for c in claims]
     for t in threads:

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from storage.errors import IdempotencyConflict, IllegalTransition, NotFound
 from storage.records import Claim, NewBatch
 from storage.tables import WebhookEvent, utcnow
-from tests.support.claims import claim_job, claim_queue_of
+from tests.support.claims import claim_job, claim_queue_of, lease_keys
 from tests.support.storage import Stores, job
 
 
@@ -47,10 +47,10 @@ def test_queued_running_succeeded(stores: Stores, compat: str) -> None:
     assert running.started_at is not None and running.batch_size == 1
     assert stores.jobs.set_progress(claim, 3, 8)
     assert stores.jobs.get(rec.id).progress_step == 3
-    ok = stores.jobs.complete(claim, ["results/x/0.png"], None, {"model_seconds": 1.5, "upload_seconds": 0.1},
-                              "tiny", "abc")
+    key = f"results/{rec.id}/{claim.lease_token}/0.png"
+    ok = stores.jobs.complete(claim, [key], None, {"model_seconds": 1.5, "upload_seconds": 0.1}, "tiny", "abc")
     done = stores.jobs.get(rec.id)
-    assert ok and done.status == "succeeded" and done.result_keys == ["results/x/0.png"]
+    assert ok and done.status == "succeeded" and done.result_keys == [key]
     assert done.model_seconds == 1.5 and done.model_id == "tiny" and done.finished_at is not None
 
 
@@ -86,14 +86,25 @@ def test_release_keeps_attempts(stores: Stores, compat: str) -> None:
 
 
 # ---- illegal moves and fencing ----------------------------------------------------------------------------------
+def test_progress_is_clamped_to_its_total(stores: Stores, compat: str) -> None:
+    rec = stores.jobs.create(job(stores.owner_id, compat))
+    claim = claim_one(stores, rec.id)
+    assert stores.jobs.set_progress(claim, 1000000, 1)
+    running = stores.jobs.get(rec.id)
+    assert (running.progress_step, running.progress_total) == (1, 1)
+    assert stores.jobs.set_progress(claim, 5, 0)  # no total: ignored
+    assert stores.jobs.get(rec.id).progress_total == 1
+    stores.jobs.release([claim])
+
+
 def test_terminal_states_never_change(stores: Stores, compat: str) -> None:
     rec = stores.jobs.create(job(stores.owner_id, compat))
     claim = claim_one(stores, rec.id)
-    assert stores.jobs.complete(claim, ["k"])
+    assert stores.jobs.complete(claim, [f"results/{rec.id}/{claim.lease_token}/0.png"])
     before = stores.jobs.get(rec.id)
     assert not stores.jobs.fail(claim, "model_error", "late")
     assert not stores.jobs.cancel_running(claim)
-    assert not stores.jobs.complete(claim, ["other"])
+    assert not stores.jobs.complete(claim, [f"results/{rec.id}/{claim.lease_token}/1.png"])
     assert not stores.jobs.set_progress(claim, 1, 2)
     assert stores.jobs.renew([claim], 30) == []
     assert stores.jobs.release([claim]) == 0
@@ -131,15 +142,16 @@ def test_stale_lease_token_cannot_overwrite(stores: Stores, compat: str) -> None
     new = claim_one(stores, rec.id)
     assert new.lease_token != old.lease_token
     # When the first worker wakes up and writes, Then every write is refused
-    assert not stores.jobs.complete(old, ["stale"])
+    assert not stores.jobs.complete(old, [f"results/{rec.id}/{old.lease_token}/0.png"])
     assert not stores.jobs.fail(old, "model_error", "stale")
     assert not stores.jobs.cancel_running(old)
     assert not stores.jobs.set_progress(old, 5, 8)
     assert stores.jobs.renew([old, new], 30) == [new]
     assert stores.jobs.release([old]) == 0
     assert stores.jobs.get(rec.id).status == "running"
-    assert stores.jobs.complete(new, ["fresh"])
-    assert stores.jobs.get(rec.id).result_keys == ["fresh"]
+    fresh = f"results/{rec.id}/{new.lease_token}/0.png"
+    assert stores.jobs.complete(new, [fresh])
+    assert stores.jobs.get(rec.id).result_keys == [fresh]
 
 
 # ---- claiming rules ---------------------------------------------------------------------------------------------
@@ -217,7 +229,8 @@ def test_outbox_rows_follow_subscriptions(stores: Stores, compat: str) -> None:
                                         webhook_events=["job.succeeded"]))
     silent = stores.jobs.create(job(stores.owner_id, compat))
     for rec in (subscribed, silent):
-        assert stores.jobs.complete(claim_one(stores, rec.id), ["k"])
+        claim = claim_one(stores, rec.id)
+        assert stores.jobs.complete(claim, lease_keys(claim))
     assert events(stores, subscribed.id) == ["job.succeeded"]
     assert events(stores, silent.id) == []
     with stores.sessions() as s:
@@ -238,14 +251,15 @@ def test_outbox_row_is_in_the_same_transaction(stores: Stores, compat: str, monk
 
     monkeypatch.setattr(outbox.OutboxWriter, "_add", broken)
     with pytest.raises(RuntimeError):
-        stores.jobs.complete(claim, ["k"])
+        stores.jobs.complete(claim, lease_keys(claim))
     assert stores.jobs.get(rec.id).status == "running"
 
 
 def test_owner_default_endpoint_gets_events(stores: Stores, compat: str) -> None:
     owner = stores.new_owner(default_webhook_url="http://127.0.0.1/default")
     rec = stores.jobs.create(job(owner, compat))
-    stores.jobs.complete(claim_one(stores, rec.id), ["k"])
+    claim = claim_one(stores, rec.id)
+    stores.jobs.complete(claim, lease_keys(claim))
     assert events(stores, rec.id) == ["job.started", "job.succeeded"]
 
 
@@ -256,7 +270,7 @@ def test_batch_finishes_with_its_last_job(stores: Stores, compat: str) -> None:
     assert batch is not None and batch.total == 3 and all(r.batch_id == batch.id for r in recs)
     claims = claim_job(stores.jobs, recs[0].id, "w1", 30, max_items=8)
     assert len(claims) == 3
-    stores.jobs.complete(claims[0], ["a"])
+    stores.jobs.complete(claims[0], lease_keys(claims[0]))
     stores.jobs.fail(claims[1], "model_error", "x")
     assert stores.batches.get(batch.id).finished_at is None
     stores.jobs.cancel_running(claims[2])

@@ -37,10 +37,10 @@ def finished_job(stores: Stores, objects: Any, finished_at: datetime, **kw: Any)
     """A succeeded job with an input and a result object, finished at `finished_at`."""
     record = stores.jobs.create(job(stores.owner_id, compat=f"generate:256:8:3.0:lc{finished_at.timestamp()}",
                                     **kw))
-    keys = [result_key(record.id, 0, "png"), input_key(record.id)]
+    claims = claim_job(stores.jobs, record.id, "w")
+    keys = [result_key(record.id, claims[0].lease_token, 0, "png"), input_key(record.id)]
     for key in keys:
         objects.put(key, b"bytes", content_type="image/png")
-    claims = claim_job(stores.jobs, record.id, "w")
     assert stores.jobs.complete(claims[0], [keys[0]], None, {}, "tiny", "r")
     with stores.sessions.begin() as s:
         s.execute(update(Job).where(Job.id == record.id).values(finished_at=finished_at, input_key=keys[1]))
@@ -106,3 +106,27 @@ def test_erase_clears_personal_fields_of_finished_jobs_only(stores: Stores, obje
     queued = stores.jobs.create(job(stores.owner_id))
     with pytest.raises(IllegalTransition):
         lifecycle.erase_job(queued.id, stores.owner_id)
+
+
+def test_stale_attempts_objects_are_swept_in_bounded_passes_and_the_served_ones_kept(
+    stores: Stores, objects: Any,
+) -> None:
+    # Given three jobs finished in January 2000, each with objects a stale attempt left under another lease
+    made = [finished_job(stores, objects, Y2K + timedelta(minutes=i)) for i in range(3)]
+    stale = {job_id: [f"results/{job_id}/stale-lease/0.png", f"results/{job_id}/stale-lease/1.png"]
+             for job_id, _ in made}
+    for key in sum(stale.values(), []):
+        objects.put(key, b"late", content_type="image/png")
+    lifecycle = Lifecycle(stores.sessions, objects)
+    # When the sweeper runs, two jobs a pass, before and after the grace period (other tests' jobs of 2000 too)
+    assert not set(stale) & set(lifecycle.sweep_stale_results(3600, now=Y2K + timedelta(minutes=30), limit=2))
+    swept: list[str] = []
+    while set(stale) - set(swept):
+        done = lifecycle.sweep_stale_results(3600, now=Y2K + timedelta(hours=2), limit=2)
+        assert 0 < len(done) <= 2
+        swept += done
+    # Then the oldest go first, every stale object is gone, and what the jobs record is still there
+    assert [j for j in swept if j in stale] == [job_id for job_id, _ in made]
+    for job_id, keys in made:
+        assert not any(objects.exists(k) for k in stale[job_id])
+        assert objects.exists(keys[0]) and stores.jobs.get(job_id).results_swept_at is not None

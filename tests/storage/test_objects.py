@@ -88,11 +88,11 @@ def test_size_bound(store: ObjectStore) -> None:
 
 def test_key_helpers() -> None:
     assert input_key("j") == "inputs/j/image.png"
-    assert result_key("j", 2, "webp") == "results/j/2.webp"
-    assert answer_key("j") == "results/j/answer.json"
+    assert result_key("j", "L", 2, "webp") == "results/j/L/2.webp"
+    assert answer_key("j", "L") == "results/j/L/answer.json"
     assert upload_key("u") == "uploads/u"
     with pytest.raises(InvalidKey):
-        result_key("j", 0, "exe")
+        result_key("j", "L", 0, "exe")
     with pytest.raises(InvalidKey):
         input_key("../x")
     assert validate_key("results/a/b.png") == "results/a/b.png"

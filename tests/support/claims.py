@@ -11,6 +11,7 @@ Knows `JobStore`'s public methods; knows nothing of fixtures or workers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from storage.jobs import JobStore
 from storage.records import Claim
@@ -32,3 +33,24 @@ def claim_job(store: JobStore, job_id: str, worker_id: str = "test-worker", leas
     claims = claim_queue_of(store, job_id, worker_id, lease_seconds, max_items, max_pixels)
     assert claims and claims[0].job_id == job_id, f"the claim took {[c.job_id for c in claims]}, not {job_id}"
     return claims
+
+
+def lease_keys(claim: Claim, count: int = 1, ext: str = "png") -> list[str]:
+    """The result keys a claim's lease may write (`results/{job}/{lease}/{i}.{ext}`, storage.objects): what a
+    test that plays the worker passes to `complete`."""
+    from storage.objects import result_key
+
+    return [result_key(claim.job_id, claim.lease_token, i, ext) for i in range(count)]
+
+
+def sweep_stale_results_of(lifecycle: Any, job_id: str) -> None:
+    """Run the stale-results sweep (no grace) until it has swept `job_id` (it walks every finished job of the
+    shared schema, oldest first, a bounded batch per pass)."""
+    from datetime import timedelta
+
+    from storage.tables import utcnow
+
+    while True:
+        swept = lifecycle.sweep_stale_results(0, now=utcnow() + timedelta(seconds=1))
+        if job_id in swept or not swept:
+            return

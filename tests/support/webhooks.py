@@ -25,7 +25,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from storage.records import NewJob
 from storage.tables import WebhookEvent, utcnow
-from tests.support.claims import claim_job
+from tests.support.claims import claim_job, lease_keys
 
 
 @dataclass(frozen=True)
@@ -184,5 +184,5 @@ class JobDriver:
 
     def succeed(self, job: Any) -> Any:
         claim = self.start(job)
-        assert self.job_store.complete(claim, [f"results/{job.id}/0.png"], timings={"model_seconds": 0.5})
+        assert self.job_store.complete(claim, lease_keys(claim), timings={"model_seconds": 0.5})
         return claim

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from storage.tables import WebhookEvent
-from tests.support.claims import claim_job
+from tests.support.claims import claim_job, lease_keys
 from tests.support.webhooks import Clock, Receiver, standard_webhook_valid
 from workers.webhooks.dispatcher import WebhookDispatcher
 
@@ -62,7 +62,7 @@ def finish(job_store: Any, job_id: str) -> None:
     # the API may still be stamping `last_enqueued_at` from a background thread: the claim waits for that row
     # lock when nothing else is claimable (the policy's liveness rule), so no retry is needed
     [claim] = claim_job(job_store, job_id, "worker-routes")
-    assert job_store.complete(claim, [f"results/{job_id}/0.png"])
+    assert job_store.complete(claim, lease_keys(claim))
 
 
 def test_deliveries_and_replay_are_scoped_to_the_caller(

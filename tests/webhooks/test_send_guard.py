@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from storage.tables import WebhookAttempt, WebhookEvent
+from tests.support.claims import lease_keys
 from tests.support.webhooks import JobDriver, Receiver
 from workers.webhooks.dispatcher import WebhookDispatcher
 
@@ -53,7 +54,7 @@ def test_the_name_is_resolved_at_send_time_and_the_checked_address_is_used(
     assert allowed.dispatch_due() == {"failed": 1}
     assert receiver.received == []
     # back to an admitted address: job.succeeded is delivered to that IP with the original Host header
-    assert jobs.job_store.complete(claim, [f"results/{job.id}/0.png"])
+    assert jobs.job_store.complete(claim, lease_keys(claim))
     answers["hooks.example.test"] = ["127.0.0.1"]
     assert allowed.dispatch_due() == {"delivered": 1}
     got = receiver.wait_for(1)[0]

@@ -90,4 +90,5 @@ def test_a_worker_whose_device_is_lost_mid_batch_exits_and_another_finishes_its_
     assert {j.status for j in done.values()} == {"succeeded"}, {j.id: j.error_message for j in done.values()}
     for job in done.values():
         assert job.attempts == 0 and job.worker_id is not None and job.worker_id.endswith(f":{healthy.pid}")
-        assert job.result_keys == [f"results/{job.id}/0.png"] and object_store.exists(job.result_keys[0])
+        [key] = job.result_keys or []
+        assert key.startswith(f"results/{job.id}/") and key.endswith("/0.png") and object_store.exists(key)

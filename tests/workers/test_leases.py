@@ -55,3 +55,27 @@ def test_a_job_whose_lease_is_lost_mid_batch_is_dropped_and_its_mates_finish(
     assert job_store.get(lost.id).status == "queued"
     assert not object_store.page(f"results/{lost.id}/")
     assert job_store.get(kept.id).status == "succeeded"
+
+
+def test_a_renewal_that_cannot_be_made_counts_as_a_lost_lease(
+    job_store: Any, object_store: Any, owner_id: str, monkeypatch: Any,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    # Given a claimed job whose keeper holds it
+    job = make_job(job_store, object_store, owner_id, "generate", 64, seed=21, tag="renew-fails")
+    claims = claim_job(job_store, job.id, "lease-test")
+    keeper = LeaseKeeper(job_store, claims, lease_seconds=60.0)
+    assert keeper.holds(job.id)
+
+    # When a renewal fails on the way to the database (the fault injected in the store's renew)
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise OperationalError("renew", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(job_store, "renew", unreachable)
+    keeper.renew_now()
+
+    # Then the worker can no longer prove its lease: the job is lost and nothing may be written for it
+    assert keeper.lost() == {job.id} and not keeper.holds(job.id)
+    monkeypatch.undo()
+    job_store.release(claims)
