@@ -49,7 +49,7 @@ def _pg_base_url() -> str:
 
 PG_BASE_URL = _pg_base_url()
 # fixtures that start long-lived processes (model workers, the `unipic up` stack): their users are `system` tests
-PROCESS_FIXTURES = frozenset({"start_worker", "module_worker", "stack"})
+PROCESS_FIXTURES = frozenset({"start_worker", "module_worker", "stack", "prod_stack"})
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TEST_BUCKET = "unipic-test"
 
@@ -60,6 +60,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 and item.get_closest_marker("system") is None]
     if unmarked:
         raise pytest.UsageError("tests that start processes must be marked `system`:\n  " + "\n  ".join(unmarked))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The production-path stack lives across consecutive tests that use it, never under one that does not."""
+    from tests.support.production_stack import stop_unless_used
+
+    stop_unless_used(item)
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from tests.support.api import generate_body, png_bytes
-from tests.support.production_stack import _prod_stack_of_module, new_key, prod_stack
+from tests.support.production_stack import new_key, prod_stack
 from tests.support.stack import Stack
 
-__all__ = ["_prod_stack_of_module", "new_key", "prod_stack"]  # fixtures
+__all__ = ["new_key", "prod_stack"]  # fixtures
 
 
 def openai_client(stack: Stack, key: str) -> openai.OpenAI:

@@ -1,6 +1,8 @@
 """One `unipic up --model tiny` on this session's Postgres schema, Redis db and moto S3 (the production path),
-shared by the SDK, OpenAI-route and client-CLI tests of one module: started on first use, stopped after the
-module (its worker would otherwise run later modules' jobs).
+shared by the SDK and OpenAI-route tests: started on first use and kept across consecutive tests that use it
+(the four SDK modules share one), stopped before the first test that does not (its worker serves every queue of
+the shared schema and broker db, so it would run other tests' jobs): tests/conftest.py's `pytest_runtest_setup`
+calls `stop_unless_used`.
 
 Knows the session fixtures' settings (`settings_env`) and tests.support.stack; the key it makes is a fresh one
 in the session schema, so tests isolate themselves by that key (or by keys they make).
@@ -13,7 +15,6 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +72,16 @@ class ProductionStack:
         cls._stack, cls._tmp = None, None
 
 
-@pytest.fixture(scope="module")
-def _prod_stack_of_module() -> Iterator[None]:
-    yield
-    ProductionStack.stop()
+def stop_unless_used(item: pytest.Item) -> None:
+    """Before each test: stop the stack unless this test uses it (see the module docstring)."""
+    if "prod_stack" not in getattr(item, "fixturenames", ()):
+        ProductionStack.stop()
 
 
 @pytest.fixture
-def prod_stack(request: pytest.FixtureRequest, settings_env: dict[str, str], session_factory: Any,
-               _prod_stack_of_module: None) -> Stack:
+def prod_stack(request: pytest.FixtureRequest, settings_env: dict[str, str], session_factory: Any) -> Stack:
     """The running production-path stack (Postgres, Redis, S3, a real tiny-model worker, webhook worker),
-    shared by the tests of one module and stopped after it."""
+    shared by consecutive tests that use it and stopped before the first test that does not."""
     return ProductionStack.get(request.config, settings_env, session_factory)
 
 
