@@ -17,6 +17,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from model.config import LLMConfig
 
+ROPE_BLOCK = 256  # positions per block of the cached RoPE table
+
 
 def build_llm(cfg: LLMConfig) -> Qwen2ForCausalLM:
     hf_cfg = Qwen2Config(
@@ -61,20 +63,27 @@ class QwenRunner:
     def __init__(self, llm: Qwen2ForCausalLM, cfg: LLMConfig) -> None:
         self.llm = llm
         self.cfg = cfg
-        self._inv_freq: dict[torch.device, torch.Tensor] = {}
+        self._rope_table: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.llm.model.embed_tokens(ids)
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        dev = positions.device
-        if dev not in self._inv_freq:
+        """cos, sin (R, 1, Q, hd) for positions (R, Q), read from a table of every position up to a multiple of
+        ROPE_BLOCK: a position's values then never depend on which other positions share the call (vectorized
+        cos/sin round differently in a tensor's scalar tail)."""
+        dev, top = positions.device, int(positions.max()) + 1 if positions.numel() else 1
+        table = self._rope_table.get((dev, dtype))
+        if table is None or table[0].shape[0] < top:
             hd = self.cfg.head_dim
             exponent = torch.arange(0, hd, 2, dtype=torch.int64, device=dev).float() / hd
-            self._inv_freq[dev] = 1.0 / (self.cfg.rope_theta**exponent)
-        freqs = positions.float()[..., None] * self._inv_freq[dev]  # (R, Q, hd/2)
-        emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (R, 1, Q, hd)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+            inv_freq = 1.0 / (self.cfg.rope_theta**exponent)  # (hd/2,)
+            size = -(-top // ROPE_BLOCK) * ROPE_BLOCK
+            freqs = torch.arange(size, device=dev).float()[:, None] * inv_freq  # (N, hd/2)
+            emb = torch.cat([freqs, freqs], dim=-1)  # (N, hd)
+            table = (emb.cos().to(dtype), emb.sin().to(dtype))
+            self._rope_table[(dev, dtype)] = table
+        return table[0][positions][:, None], table[1][positions][:, None]  # (R, 1, Q, hd)
 
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -129,11 +129,15 @@ class MAR(nn.Module):
         enc_pos = self.pos_embeds(grid)[0]  # (1, P+L, D)
         p, d = self.buffer_size, enc_pos.shape[-1]
         img_pos = enc_pos[:, p:].expand(r, -1, -1)
+        # z_proj on all L tokens, then the gather (as the reference): a row count of R·V could fall below BLAS's
+        # small-matrix threshold (fewer than 4 rows round differently), and then a row's result would depend on
+        # how many rows share the call
+        img = self.z_proj(tokens)  # (R, L, D)
         if visible is not None:
             index = visible if segments is None else visible.clamp(max=length - 1)  # pads read a real slot
-            tokens = torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))  # (R, V, C)
+            img = torch.gather(img, 1, index[..., None].expand(-1, -1, d))  # (R, V, D)
             img_pos = torch.gather(img_pos, 1, index[..., None].expand(-1, -1, d))  # (R, V, D)
-        img = self.z_proj(tokens) + img_pos
+        img = img + img_pos
         buf = (self.fake_latent + enc_pos[0, :p]).expand(r, -1, -1)  # (R, P, D)
         x = self.z_proj_ln(torch.cat([buf, img], dim=1))
         for block in self.encoder_blocks:

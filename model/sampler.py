@@ -64,7 +64,10 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
-MIN_HEAD_ROWS = 4  # fewer rows than this take MKL's small-matrix kernels, which round differently (fp32, CPU)
+# The head's rows are padded to a multiple of this: BLAS takes other kernels below 4 rows, and vectorized exp/silu
+# compute a tensor's last odd elements with scalar code; both round differently, so without padding a token's
+# sample would depend on how many tokens share the call (fp32, CPU)
+HEAD_ROWS = 4
 
 
 class MARSampler:
@@ -115,11 +118,12 @@ class MARSampler:
         cond_z, uncond_z (N, D): conditions (uncond_z None: no CFG for any row); scale (N, 1) float32 guidance
         per row; temperature (N, 1); init (N, C) and noise (K-1, N, C): the rows' own draws, on the device."""
         n = init.shape[0]
-        if n >= MIN_HEAD_ROWS:
+        rows = max(HEAD_ROWS, -(-n // HEAD_ROWS) * HEAD_ROWS)
+        if n == rows:
             return self._head(cond_z, uncond_z, scale, temperature, init, noise)
 
         def pad(t: torch.Tensor, dim: int = 0) -> torch.Tensor:  # repeat the first row; rows are independent
-            return torch.cat([t] + [t.narrow(dim, 0, 1)] * (MIN_HEAD_ROWS - n), dim=dim)
+            return torch.cat([t] + [t.narrow(dim, 0, 1)] * (rows - n), dim=dim)
 
         out = self._head(pad(cond_z), None if uncond_z is None else pad(uncond_z), pad(scale), pad(temperature),
                          pad(init), pad(noise, 1))
