@@ -22,7 +22,7 @@ from tests.support.stack import clean_env
 ONE_SHOT = {"createbucket", "migrate"}
 # beat is a single scheduler process: Docker's restart policy is its health (it answers no ping)
 NO_HEALTHCHECK = ONE_SHOT | {"beat"}
-REQUIRED = {"postgres", "redis", "minio", "createbucket", "migrate", "api", "worker", "webhooks", "beat"}
+REQUIRED = {"postgres", "redis", "minio", "createbucket", "migrate", "api", "proxy", "worker", "webhooks", "beat"}
 OPTIONAL = {"prometheus": "monitoring", "flower": "flower"}
 
 
@@ -133,3 +133,36 @@ def test_prometheus_scrapes_the_api(compose: dict[str, Any]) -> None:
     assert "api:8000" in targets
     mount = compose["services"]["prometheus"]["volumes"][0]
     assert Path(REPO / mount.split(":")[0]).resolve() == (REPO / "deploy/prometheus.yml").resolve()
+
+
+def test_the_proxy_is_the_only_way_in_and_runs_the_documented_config(services: dict[str, Any]) -> None:
+    proxy = services["proxy"]
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+-alpine", proxy["image"]), proxy["image"]
+    mounts = {v.rsplit(":", 2)[1]: v.rsplit(":", 2)[0] for v in proxy["volumes"]}  # source:target:ro
+    assert (REPO / mounts["/etc/nginx/templates/default.conf.template"]).resolve() == REPO / "deploy/nginx.conf"
+    assert proxy["environment"]["UNIPIC_API_UPSTREAM"] == "api:8000"
+    assert proxy["environment"]["NGINX_ENVSUBST_FILTER"] == "^UNIPIC_"  # nginx's own $host etc. stay
+    assert "/etc/nginx/tls" in mounts and "UNIPIC_TLS_DIR" in mounts["/etc/nginx/tls"]
+    assert proxy["environment"]["UNIPIC_TLS_DIR"] == "/etc/nginx/tls"
+    assert (REPO / "deploy/tls/README.md").is_file() and not list((REPO / "deploy/tls").glob("*.conf"))
+    assert [p.split(":")[-1] for p in proxy["ports"]] == ["80", "443"]
+    assert proxy["environment"]["UNIPIC_PROXY_PORT"] == "80"
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    api = services["api"]
+    assert "ports" not in api and api["expose"] == ["8000"]
+    assert "--port" in api["command"] and api["command"][api["command"].index("--port") + 1] == "8000"
+
+
+def test_the_proxy_fills_every_placeholder_of_its_config(services: dict[str, Any]) -> None:
+    placeholders = set(re.findall(r"\$\{(UNIPIC_[A-Z_]+)\}", (REPO / "deploy/nginx.conf").read_text()))
+    assert placeholders == {"UNIPIC_PROXY_PORT", "UNIPIC_API_UPSTREAM", "UNIPIC_TLS_DIR"}
+    assert placeholders <= set(services["proxy"]["environment"])
+
+
+def test_the_proxy_body_cap_is_the_apis_largest_body() -> None:
+    from api.app import body_limits
+    from storage.settings import Settings
+
+    largest = max(body_limits(Settings(database_url="sqlite://")).values())
+    cap = re.search(r"client_max_body_size (\d+)m;", (REPO / "deploy/nginx.conf").read_text())
+    assert cap and int(cap.group(1)) * 1024 * 1024 == largest

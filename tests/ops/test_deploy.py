@@ -2,7 +2,7 @@
 
 Credentials come only from the env file (compose refuses empty ones; `migrate` refuses the samples), every
 image tag is pinned, each of our images is built by one service and reused, every long-running service has a
-healthcheck, and only the API and MinIO's S3 port are published beyond loopback.
+healthcheck, and only the proxy (nginx) and MinIO's S3 port are published beyond loopback.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def test_long_running_services_have_healthchecks(resolved: dict[str, Any]) -> No
             assert service.get("healthcheck", {}).get("test"), name
 
 
-def test_only_the_api_and_the_s3_port_are_published_beyond_loopback(resolved: dict[str, Any]) -> None:
+def test_only_the_proxy_and_the_s3_port_are_published_beyond_loopback(resolved: dict[str, Any]) -> None:
     public = set()
     for name, service in resolved["services"].items():
         for port in service.get("ports", []):
@@ -86,7 +86,8 @@ def test_only_the_api_and_the_s3_port_are_published_beyond_loopback(resolved: di
             text = str(port)
             if host_ip not in ("127.0.0.1",) and "127.0.0.1" not in text:
                 public.add((name, int(port["target"]) if isinstance(port, dict) else text))
-    assert public <= {("api", 8000), ("minio", 9000)}, public
+    assert public == {("proxy", 80), ("proxy", 443), ("minio", 9000)}, public
+    assert "ports" not in resolved["services"]["api"]  # the API is reachable only through the proxy
 
 
 def test_prometheus_loads_the_alert_rules_and_scrapes_every_kind_of_target(resolved: dict[str, Any]) -> None:
