@@ -290,11 +290,11 @@ class RunningSet:
         return list(x.split([commit.numel() for commit in commits]))
 
     def _finish(self, done: list[ItemState]) -> list[Finished]:
+        """VAE-decode each finished item on its own: a batched decode would let batch-mates move a pixel by a
+        level (convolutions round differently with the batch size)."""
         m, n = self.grid
-        tokens = torch.cat([it.tokens for it in done])  # (B, L, C)
-        images = to_pil(self.model.vae.decode_tokens(tokens.reshape(-1, m, n, tokens.shape[-1])))  # (B, m, n, C)
-        out, at = [], 0
+        out = []
         for it in done:
-            out.append(Finished(it.id, images[at : at + it.rows], it.tokens))
-            at += it.rows
+            pixels = self.model.vae.decode_tokens(it.tokens.reshape(it.rows, m, n, -1))  # (n, 3, S, S)
+            out.append(Finished(it.id, to_pil(pixels), it.tokens))
         return out
