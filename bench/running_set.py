@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,10 +59,10 @@ class Clock:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    def timed(self, fn: Callable[[], object]) -> object:
+    def timed(self, fn: Callable[..., Any], *args: Any) -> Any:
         start = time.perf_counter()
         try:
-            return fn()
+            return fn(*args)
         finally:
             self.busy += time.perf_counter() - start
 
@@ -86,9 +87,9 @@ def run_whole(engine: UniPicEngine, reqs: list[GenerateRequest], at: dict[str, f
             clock.wait_until(min(at[r.id] for r in waiting))
             continue
         batch = [r for r in ready if r.steps == ready[0].steps][:max_items]  # the oldest request's class
-        results = clock.timed(lambda b=batch: engine.generate(b))
+        results = clock.timed(engine.generate, batch)
         finished = clock.now()
-        for res in results:  # type: ignore[attr-defined]
+        for res in results:
             done[res.id], images[res.id] = finished, res.images
         waiting = [r for r in waiting if r.id not in done]
     return summarize(reqs, at, done, clock, 0.0, images)
@@ -101,13 +102,13 @@ def run_continuous(engine: UniPicEngine, reqs: list[GenerateRequest], at: dict[s
         room = max_items - len(rs.items)
         joining = [r for r in waiting if at[r.id] <= clock.now()][:room]
         if joining:
-            clock.timed(lambda j=joining: rs.admit(j))
+            clock.timed(rs.admit, joining)
             waiting = [r for r in waiting if r not in joining]
         if not rs.items:
             clock.wait_until(min(at[r.id] for r in waiting))
             continue
         finished = clock.timed(rs.step)
-        for f in finished:  # type: ignore[attr-defined]
+        for f in finished:
             done[f.id], images[f.id] = clock.now(), f.images
     padding = rs.stats.pad_rows / max(rs.stats.token_rows, 1)
     return summarize(reqs, at, done, clock, padding, images)

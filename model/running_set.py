@@ -158,9 +158,9 @@ class RunningSet:
             seen.add(r.id)
         check_sampling(requests)
         if self.kind == "generate":
-            conds = self.conditioner.generate(list(requests))  # type: ignore[arg-type]
+            conds = self.conditioner.generate(list(requests))
         else:
-            conds = self.conditioner.edit(list(requests), self.grid)  # type: ignore[arg-type]
+            conds = self.conditioner.edit(list(requests), self.grid)
         for r, cond in zip(requests, conds, strict=True):
             self.items.append(self._new_item(r, cond))
         self._layout = None  # an id may come back (re-queued): never reuse rows by id across admissions
@@ -227,7 +227,7 @@ class RunningSet:
             values.append(v)
         con = None
         if self.kind == "edit":
-            con = torch.cat([it.cond.con_embed.expand(it.total_rows, -1, -1) for it in chosen])  # type: ignore[union-attr]
+            con = torch.cat([it.cond.con_embed.expand(it.total_rows, -1, -1) for it in chosen])
         self._layout = Layout(ids, at, KVBuffer(keys, values, width), mask, con)  # con (R, P+L, D)
         return self._layout
 
