@@ -290,3 +290,24 @@ def test_status_page_charts_the_last_hour_and_names_the_failing_webhook_endpoint
     row = re.search(r'<tr class="failing-endpoint" data-url="([^"]+)">(.*?)</tr>', dom, re.DOTALL)
     assert row and row.group(1).startswith("http://127.0.0.1:"), dom[:3000]
     assert "status-failed" in row.group(2) and re.search(r"[A-Za-z]", row.group(2).split("status-failed")[1])
+
+
+def test_every_gpu_scaling_query_of_deploy_k8s_returns_a_number(worked: Stack, prometheus: Prometheus) -> None:
+    """The KEDA ScaledObjects' and the HPA overlay's prometheus-adapter queries (tests/ops/test_k8s.py renders
+    them): each returns exactly one number, and the `.xl` group's see the job that waits there (the group would
+    wake from zero) while the served group's queue is drained."""
+    from tests.ops.test_k8s import scaling_queries
+
+    def value(expr: str) -> float | None:
+        result = prometheus.query(expr)
+        assert len(result) <= 1, (expr, result)  # one number, not a series per pod or queue
+        return float(result[0]["value"][1]) if result else None
+
+    queries = scaling_queries()
+    assert len(queries) == 8
+    for expr in queries:
+        wait_for(f"a number from {expr!r}", lambda e=expr: value(e) is not None,  # type: ignore[misc]
+                 lambda: worked.log()[-3000:])
+        if ".]xl" in expr:  # the stuck `.xl` job: one queued, waiting for longer than 0 s
+            wait_for(f"{expr!r} > 0", lambda e=expr: (value(e) or 0) > 0,  # type: ignore[misc]
+                     lambda: worked.log()[-3000:])
