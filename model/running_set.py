@@ -185,24 +185,39 @@ class RunningSet:
     @torch.inference_mode()
     def step(self, ids: Collection[str] | None = None) -> list[Finished]:
         """Advance every live item by one MAR iteration (or only those in `ids`; the others pause).
-        Returns the items that took their last step, removed from the set, with their images."""
+        Returns the items that took their last step, removed from the set, with their images.
+
+        A step that raises (out of memory, a device error) changes no item: generators are rewound, so the
+        caller may drop items and step again with the same results. If decoding raises, the finished items
+        stay in the set and the next `step()` decodes them again."""
         chosen = [it for it in self.items if ids is None or it.id in ids]
-        if not chosen:
+        advancing = [it for it in chosen if it.step < it.steps]
+        if advancing:
+            self._advance(advancing)
+        done = [it for it in chosen if it.step == it.steps]
+        if not done:
             return []
-        layout = self._rows_layout(chosen)
-        rows = self._step_rows(chosen, layout)
-        z = self.sampler.conditions(rows, self.grid)  # (R, L, D)
-        commits = [it.orders[:, it.after[it.step] : it.masked].sort(dim=1).values for it in chosen]  # (n, k_i)
-        samples = self._sample(chosen, layout, z, commits)
+        finished = self._finish(done)
+        gone = {it.id for it in done}
+        self.items = [it for it in self.items if it.id not in gone]
+        return finished
+
+    def _advance(self, chosen: list[ItemState]) -> None:
+        rewind = [it.generator.get_state() for it in chosen]
+        try:
+            layout = self._rows_layout(chosen)
+            rows = self._step_rows(chosen, layout)
+            z = self.sampler.conditions(rows, self.grid)  # (R, L, D)
+            commits = [it.orders[:, it.after[it.step] : it.masked].sort(dim=1).values for it in chosen]  # (n, k_i)
+            samples = self._sample(chosen, layout, z, commits)
+        except BaseException:
+            for it, state in zip(chosen, rewind, strict=True):
+                it.generator.set_state(state)
+            raise
         for it, commit, s in zip(chosen, commits, samples, strict=True):
             c = it.tokens.shape[-1]
             it.tokens.scatter_(1, commit[..., None].expand(-1, -1, c), s.to(it.tokens.dtype).view(it.rows, -1, c))
             it.step += 1
-        done = [it for it in chosen if it.step == it.steps]
-        if not done:
-            return []
-        self.items = [it for it in self.items if it.step < it.steps]
-        return self._finish(done)
 
     def _rows_layout(self, chosen: list[ItemState]) -> Layout:
         ids = tuple(it.id for it in chosen)

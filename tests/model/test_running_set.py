@@ -143,6 +143,31 @@ def test_drop_frees_rows_and_leaves_others_unchanged(engine):
         assert float((done[r.id].tokens - run_alone(engine, "generate", r).tokens).abs().max()) <= TOKENS_TOL
 
 
+def test_a_failed_step_changes_nothing_so_the_set_can_shrink_and_retry(engine, monkeypatch):
+    # Given two items that have taken a step
+    keep = GenerateRequest("keep", "a cat", seed=11, size=64, steps=3, temperature=0.9)
+    rs = engine.open_set("generate", 64)
+    rs.admit([keep, GenerateRequest("big", "tree", seed=12, size=64, steps=3, num_images=2)])
+    rs.step()
+    # When the next step runs out of memory in the diffusion head (injected) after the items drew their noise
+    real_head = engine.sampler.sample_head
+
+    def oom_once(*args):
+        monkeypatch.setattr(engine.sampler, "sample_head", real_head)
+        raise RuntimeError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(engine.sampler, "sample_head", oom_once)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        rs.step()
+    # Then no item moved, and after shrinking the set the kept item ends as it would alone
+    assert rs.progress() == {"keep": (1, 3), "big": (1, 3)}
+    rs.drop({"big"})
+    done = {}
+    while rs.items:
+        done.update({f.id: f for f in rs.step()})
+    assert float((done["keep"].tokens - run_alone(engine, "generate", keep).tokens).abs().max()) <= TOKENS_TOL
+
+
 def test_admit_checks_everything_before_admitting_anything(engine, photos):
     rs = engine.open_set("generate", 64)
     good = GenerateRequest("ok", "a cat", seed=1, size=64, steps=2)
