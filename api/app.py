@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api import auth_first, openai_errors
 from api.bodies import BodyLimit
 from api.docs import install_docs
 from api.errors import install_error_handlers
@@ -85,10 +86,13 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (jobs, events, batches, uploads, objects, webhooks, health, ui, openai_compat, worker_gateway):
         app.include_router(module.router)
     install_error_handlers(app)
+    auth_first.install(app)  # 401 before any complaint about the body
+    openai_errors.install(app)  # OpenAI's namespace answers in OpenAI's error shape
     install_openapi(app)
     install_docs(app)
     limits = body_limits(settings)
-    app.add_middleware(BodyLimit, limit_for=lambda path: _limit_for(limits, path))
+    app.add_middleware(BodyLimit, limit_for=lambda path: _limit_for(limits, path),
+                       render=openai_errors.render_for_path)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     log.info("API ready: database %s, broker %s, objects %s", _safe(settings.database_url),
              _safe(settings.broker_url), settings.storage_url)

@@ -47,9 +47,11 @@ class BodyTooLarge(ApiError):
 class BodyLimit:
     """ASGI middleware: refuse bodies over `limit_for(path)` bytes (413) early, without buffering them."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int],
+                 render: Callable[[str, ApiError], bytes] | None = None) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.render = render  # the error body for a path (the OpenAI routes answer in OpenAI's shape)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,7 +60,7 @@ class BodyLimit:
         limit = self.limit_for(scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _send_413(send, limit)
+            await _send_413(send, limit, scope["path"], self.render)
             return
         received = 0
 
@@ -84,8 +86,9 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_413(send: Send, limit: int) -> None:
-    body = json.dumps(error_body("payload_too_large", f"request body is larger than {limit} bytes")).encode()
+async def _send_413(send: Send, limit: int, path: str, render: Callable[[str, ApiError], bytes] | None) -> None:
+    err = BodyTooLarge(limit)
+    body = render(path, err) if render else json.dumps(error_body(err.code, err.message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close")]
     await send({"type": "http.response.start", "status": 413, "headers": headers})

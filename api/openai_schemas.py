@@ -2,8 +2,10 @@
 
 Owns the OpenAI field names (`n`, `size` "WxH", `response_format`, chat `messages` with `image_url` parts) and
 the extensions ours need (`seed`, `steps`, `guidance`, `negative_prompt`), turning each request into a
-`generate`, `edit` or `understand` job body that api.submission validates like any other. Fields OpenAI's
-clients send that mean nothing here (`model`, `quality`, `style`, `user`) are accepted and ignored.
+`generate`, `edit` or `understand` job body that api.submission validates like any other. `model` must name
+a model this deployment serves (`MODELS`; none sent means `unipic`), else 404 `model_not_found` as OpenAI
+answers; `output_format` (png, jpeg, webp) is the result images' format. Fields OpenAI's clients send that
+mean nothing here (`quality`, `style`, `user`) are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
 
+MODELS = ("unipic",)  # what /v1/models lists; the one deployment model
+MAX_CHOICES = 4
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 UPLOAD_URL = re.compile(r"^(?:upload://|unipic-upload:)(?P<id>[^/\s]+)$")
 
@@ -30,6 +34,7 @@ class ImageExtensions(_Ignoring):
     steps: int | None = None
     guidance: float | None = Field(None, description="Classifier-free guidance scale")
     negative_prompt: str | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
 
 
 class ImageGeneration(ImageExtensions):
@@ -56,7 +61,18 @@ class ChatCompletion(_Ignoring):
     temperature: float | None = None
     seed: int | None = None
     stream: bool = False
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="Number of answers (each one job)")
     size: int | None = Field(None, description="Extension: side the image is resized to")
+
+
+def check_model(model: str | None) -> str:
+    """The model a request names (`unipic` when none); 404 `model_not_found` for one not served here."""
+    if model is None or model == "":
+        return MODELS[0]
+    if model not in MODELS:
+        raise ApiError(404, "model_not_found", f"The model `{model[:100]}` does not exist or you do not have "
+                                               f"access to it; this server serves: {', '.join(MODELS)}", "model")
+    return model
 
 
 def parse_size(size: str | None) -> tuple[int, int] | tuple[None, None]:
@@ -71,11 +87,12 @@ def parse_size(size: str | None) -> tuple[int, int] | tuple[None, None]:
 def _sampling(req: ImageExtensions, n: int, size: str | None) -> dict[str, Any]:
     width, height = parse_size(size)
     body = {"num_images": n, "width": width, "height": height, "seed": req.seed, "steps": req.steps,
-            "guidance_scale": req.guidance}
+            "guidance_scale": req.guidance, "output_format": req.output_format}
     return {k: v for k, v in body.items() if v is not None}
 
 
 def generate_body(req: ImageGeneration) -> dict[str, Any]:
+    check_model(req.model)
     body = {"kind": "generate", "prompt": req.prompt, **_sampling(req, req.n, req.size)}
     if req.negative_prompt:
         body["negative_prompt"] = req.negative_prompt
@@ -83,12 +100,14 @@ def generate_body(req: ImageGeneration) -> dict[str, Any]:
 
 
 def edit_body(req: ImageEdit) -> dict[str, Any]:
+    check_model(req.model)
     return {"kind": "edit", "instruction": req.prompt, **_sampling(req, req.n, req.size)}
 
 
 def understand_body(req: ChatCompletion) -> dict[str, Any]:
     """The last user message's text is the question; its (first) `image_url` part the image: a data URL, or an
     upload of ours as `upload://<upload_id>`."""
+    check_model(req.model)
     if req.stream:
         raise ApiError(400, "unsupported", "streaming is not supported; send stream=false", "stream")
     user = [m for m in req.messages if m.get("role") == "user"]

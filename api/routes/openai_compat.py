@@ -4,8 +4,10 @@ by changing `base_url`.
 
 Each is a synchronous view over an ordinary job: the request becomes a job body (api.openai_schemas), is
 submitted like any other (it shows in `/v1/jobs`, counts against quota, honours `Idempotency-Key`), and the
-route waits for it, at most `WAIT_SECONDS` (then 504 naming the job id to follow). Errors use OpenAI's shape
-(api.openai_errors).
+route waits for it, at most `WAIT_SECONDS` (then 504 naming the job id to follow). Chat's `n` answers are
+`n` jobs (seeds `seed`, `seed + 1`, ... when a seed is given); its `usage` counts the question's and the
+answers' tokens with the API's prompt tokenizer (api.tokens). `GET /v1/models` lists the served models.
+Errors use OpenAI's shape (api.openai_errors).
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.deps import CallerDep, ServicesDep
-from api.errors import ApiError
+from api.errors import ApiError, from_validation_errors
 from api.openai_errors import OpenAIRoute
 from api.openai_schemas import (
+    MODELS,
     ChatCompletion,
     ImageEdit,
     ImageGeneration,
+    check_model,
     edit_body,
     generate_body,
     understand_body,
@@ -95,7 +100,10 @@ async def images_edits(request: Request, services: ServicesDep, caller: CallerDe
     if form.get("mask") is not None:
         raise ApiError(400, "unsupported", "masks are not supported: the instruction says what to change", "mask")
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    req = ImageEdit.model_validate(fields)
+    try:
+        req = ImageEdit.model_validate(fields)
+    except ValidationError as exc:  # form fields are checked like a JSON body: 400 naming the field
+        raise from_validation_errors(list(exc.errors())) from None
     image = await files[0].read()
     job = await run_job(services, caller.id, caller.max_active_jobs, edit_body(req), image, idempotency_key)
     return await run_in_threadpool(images_answer, services, job, req.response_format)
@@ -106,11 +114,36 @@ async def chat_completions(req: ChatCompletion, services: ServicesDep, caller: C
                            idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     """The last user message: its text parts are the question, its `image_url` part (a data URL or
     `upload://<upload_id>`) the image. Answers one assistant message."""
-    job = await run_job(services, caller.id, caller.max_active_jobs, understand_body(req), None, idempotency_key)
+    body = understand_body(req)
+    bodies = [body if req.seed is None else {**body, "seed": req.seed + i} for i in range(req.n)]
+    keys = [None if not idempotency_key else idempotency_key if i == 0 else f"{idempotency_key}#{i}"
+            for i in range(req.n)]
+    jobs = await asyncio.gather(*(run_job(services, caller.id, caller.max_active_jobs, one, None, key)
+                                  for one, key in zip(bodies, keys, strict=True)))
+    answers = [job.result_text or "" for job in jobs]
+    count = services.preparer.counter.count
+    prompt_tokens = await run_in_threadpool(count, str(body.get("question") or ""))
+    completion_tokens = sum([await run_in_threadpool(count, text) for text in answers])
+    first = jobs[0]
     return {
-        "id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": int(job.created_at.timestamp()),
-        "model": req.model or "unipic", "job_id": job.id,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": job.result_text or ""},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "id": f"chatcmpl-{first.id}", "object": "chat.completion", "created": int(first.created_at.timestamp()),
+        "model": check_model(req.model), "job_id": first.id, "job_ids": [job.id for job in jobs],
+        "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    for i, text in enumerate(answers)],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
     }
+
+
+def model_entry(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "unipic"}
+
+
+@router.get("/models", summary="List models (OpenAI-compatible)")
+async def list_models(caller: CallerDep) -> dict[str, Any]:
+    return {"object": "list", "data": [model_entry(name) for name in MODELS]}
+
+
+@router.get("/models/{model}", summary="Retrieve a model (OpenAI-compatible)")
+async def get_model(model: str, caller: CallerDep) -> dict[str, Any]:
+    return model_entry(check_model(model))

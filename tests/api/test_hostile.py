@@ -346,3 +346,66 @@ def test_the_safe_webhook_host_memory_expires_and_is_per_key() -> None:
     for i in range(3):
         cache.remember("key-a", f"https://h{i}.example/")
     assert not cache.admitted("key-a", "https://h0.example/") and cache.admitted("key-a", "https://h2.example/")
+
+
+OPENAI_FORM_ERRORS = {"n_abc": ({"n": "abc"}, "n"), "n_9": ({"n": "9"}, "n"), "no_prompt": ({"prompt": None}, "prompt"),
+                      "response_format_xml": ({"response_format": "xml"}, "response_format"),
+                      "seed_abc": ({"seed": "abc"}, "seed"), "model": ({"model": "dall-e-3"}, "model")}
+
+
+@pytest.mark.parametrize("name", sorted(OPENAI_FORM_ERRORS))
+def test_openai_edit_form_fields_are_checked_in_openais_shape(backend: Backend, name: str) -> None:
+    from tests.support.api import png_bytes
+
+    client, new_key = backend
+    headers = new_key()
+    change, param = OPENAI_FORM_ERRORS[name]
+    fields = {k: v for k, v in {"prompt": "make it blue", "n": "1", **change}.items() if v is not None}
+    r = client.post("/v1/images/edits", data=fields, files={"image": ("in.png", png_bytes(16, 16), "image/png")},
+                    headers=headers)
+    error = r.json()["error"]
+    assert r.status_code == (404 if name == "model" else 400), r.text
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"], error
+    assert no_jobs(client, headers)
+
+
+def test_openai_and_gateway_routes_answer_401_before_reading_the_body(backend: Backend) -> None:
+    client, _ = backend
+    json_type = {"Content-Type": "application/json"}
+    for path in ("/v1/chat/completions", "/v1/images/generations"):
+        for headers in (json_type, {**json_type, "Authorization": "Bearer upk_nope"}):
+            r = client.post(path, content=b"{nope", headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", r.text
+    # multipart with bad fields, anonymous: 401 too
+    r = client.post("/v1/images/edits", data={"n": "abc"}, files={"image": ("x.png", b"x", "image/png")})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", r.text
+    # the worker gateway: malformed JSON and a body of the wrong shape, no worker token
+    for body in (b"{nope", b"[1, 2]"):
+        for headers in (json_type, {**json_type, "Authorization": "Bearer wk_nope"}):
+            assert_error(client.post("/v1/worker/claim", content=body, headers=headers), 401, "unauthorized")
+    # webhooks (a declared body on a native route)
+    assert_error(client.put("/v1/webhook-endpoints/default", content=b"{nope", headers=json_type), 401,
+                 "unauthorized")
+
+
+def test_openai_paths_answer_every_error_in_openais_shape(backend: Backend) -> None:
+    client, new_key = backend
+    headers = new_key()
+    # a declared oversize body: 413 in OpenAI's shape (our own routes keep ours)
+    big = {**headers, "Content-Type": "application/json", "Content-Length": str(10**12)}
+    r = client.post("/v1/chat/completions", content=b"{}", headers=big)
+    assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error", r.text
+    assert r.json()["error"]["code"] == "payload_too_large"
+    assert_error(client.post("/v1/jobs", content=b"{}", headers=big), 413, "payload_too_large")
+    # routes of OpenAI's namespace we do not serve, and wrong methods: OpenAI's shape
+    for method, path in (("POST", "/v1/embeddings"), ("POST", "/v1/images/variations"), ("GET", "/v1/files"),
+                         ("POST", "/v1/completions"), ("GET", "/v1/chat/completions")):
+        r = client.request(method, path, headers=headers)
+        assert r.status_code in (404, 405) and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+    # malformed JSON with a key: 400 invalid_json in OpenAI's shape; a body of the wrong shape: 400 naming it
+    r = client.post("/v1/chat/completions", content=b"{nope", headers={**headers, "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json", r.text
+    r = client.post("/v1/chat/completions", json={"messages": []}, headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    # unknown native routes keep our shape
+    assert_error(client.get("/v1/nothing-here", headers=headers), 404, "not_found")
