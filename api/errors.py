@@ -123,6 +123,10 @@ def from_validation_errors(errors: list[Any], prefix: str = "") -> ApiError:
     loc = [p for p in first.get("loc", ()) if not _is_union_tag(p)]
     field = "kind" if first.get("type") in ("union_tag_not_found", "union_tag_invalid") else field_path(loc)
     message = str(first.get("msg", "invalid value"))
+    if first.get("type") in ("union_tag_not_found", "union_tag_invalid"):
+        sent = (first.get("ctx") or {}).get("tag")
+        message = (f"unknown kind {str(sent)[:50]!r}; " if sent is not None and first.get("type") == "union_tag_invalid"
+                   else "a job needs a kind; ") + f"kinds: {', '.join(KINDS)}"
     if field:
         message = f"{field}: {message}"
     return ApiError(422, "validation_error", f"{prefix}{message}", field)
@@ -136,6 +140,7 @@ def _is_union_tag(part: Any) -> bool:
 
 
 UNION_MEMBERS = ("str", "UploadRef")
+KINDS = ("generate", "edit", "understand")
 
 
 def _most_specific(errors: list[Any]) -> Any:

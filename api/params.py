@@ -106,7 +106,7 @@ class JobPreparer:
         return PreparedJob(new=new, image=getattr(req, "image", None), size=size)
 
     def _sampling(self, req: GenerateCreate | EditCreate) -> GenerateParams | EditParams:
-        size = self._square(req.width, req.height)
+        size = self._square(req.width, req.height, "size" if req.size is not None else "width")
         if req.steps > self.settings.max_steps:
             raise validation_error(f"steps must be at most {self.settings.max_steps}", "steps")
         common: dict[str, Any] = {
@@ -130,14 +130,15 @@ class JobPreparer:
                                 max_new_tokens=req.max_new_tokens, temperature=float(req.temperature),
                                 seed=_seed(req.seed))
 
-    def _square(self, width: int | None, height: int | None) -> int:
+    def _square(self, width: int | None, height: int | None, field: str = "width") -> int:
+        """The side of the square image; a refusal names `field`, the one the user wrote (`size` or `width`)."""
         width = width if width is not None else height
         height = height if height is not None else width
         if width is None or height is None:
             return default_size(self.settings)
         if width != height:
             raise validation_error("only square images are supported (width must equal height)", "height")
-        self._allowed(width, "width")
+        self._allowed(width, field)
         return width
 
     def _allowed(self, size: int, field: str) -> None:

@@ -57,8 +57,9 @@ class _Sampling(BaseModel):
                               description=f"Square sizes only; default {DEFAULT_SIZE} (or the largest)")
     height: int | None = Field(None, strict=True, ge=16, le=8192)
     num_images: int = Field(SamplingParams.num_images, strict=True, ge=1, le=4)
-    steps: int = Field(SamplingParams.steps, strict=True, ge=1, le=1024,
-                       description="Autoregressive (MAR) steps; at most UNIPIC_MAX_STEPS")
+    steps: int = Field(SamplingParams.steps, strict=True, ge=1,
+                       description="Autoregressive (MAR) steps; at most UNIPIC_MAX_STEPS (the one limit, checked "
+                                   "in api.params)")
     guidance_scale: float = Field(SamplingParams.guidance_scale, strict=True, ge=0.0, le=30.0)
     guidance_schedule: GuidanceSchedule = Field(SamplingParams.guidance_schedule)
     temperature: float = Field(SamplingParams.temperature, strict=True, gt=0.0, le=5.0)
@@ -101,7 +102,8 @@ class UnderstandCreate(_JobCommon):
     question: str = Field(min_length=1, max_length=20_000)
     size: int | None = Field(None, strict=True, ge=16, le=8192,
                              description=f"Side the image is resized to; default {DEFAULT_SIZE}")
-    max_new_tokens: int = Field(UnderstandParams.max_new_tokens, strict=True, ge=1, le=65_536)
+    max_new_tokens: int = Field(UnderstandParams.max_new_tokens, strict=True, ge=1,
+                                description="At most UNIPIC_MAX_NEW_TOKENS_LIMIT (checked in api.params)")
     temperature: float = Field(UnderstandParams.temperature, strict=True, ge=0.0, le=5.0, description="0 = greedy")
 
 

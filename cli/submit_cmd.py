@@ -104,7 +104,7 @@ def ask(
 # ---- shared ---------------------------------------------------------------------------------------------------
 def _sampling(size: int | None, steps: int | None, seed: int | None, guidance: float | None,
               temperature: float | None, fmt: str | None, priority: int) -> dict[str, Any]:
-    return _compact({"width": size, "height": size, "steps": steps, "seed": seed, "guidance_scale": guidance,
+    return _compact({"size": size, "steps": steps, "seed": seed, "guidance_scale": guidance,
                      "temperature": temperature, "output_format": fmt, "priority": priority or None})
 
 
