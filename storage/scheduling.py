@@ -26,7 +26,8 @@ jobs. A claim takes its head (and its batch-mates further along it); queue posit
    and the `free slots` other least-served keys (at most MAX_FILL_KEYS in all), one indexed probe each.
 4. **Liveness:** every message claims at least one job while Q has a claimable one: rows locked by someone else
    are skipped (SKIP LOCKED) while looking by policy, and when that finds nothing the claim takes any claimable
-   job of Q, waiting for row locks if it must (short: the API stamping `last_enqueued_at`, another claim).
+   job of Q, waiting for row locks if it must (short: the API stamping `last_enqueued_at`, another claim), one
+   row at a time and holding no other while it waits, so claims never wait on each other in a cycle.
 
 Concurrent claims read virtual times without locking them, so with N workers a key may be served up to N times
 in a row before its advanced time is seen; the long-run shares still follow the weights. SQLite (embedded mode)
@@ -54,7 +55,6 @@ BATCH_DEFAULT_PRIORITY = -10
 UNDERSTAND_TOKENS_PER_STEP = 8  # one generated token costs about 1/8 of a sampling step over the same image
 KEYS_PER_PAGE = 32
 MAX_FILL_KEYS = 32
-WAIT_ATTEMPTS = 3
 
 J = TypeVar("J")
 Rank = tuple[float, int, str]
@@ -208,14 +208,35 @@ def _seed_by_policy(s: Session, queue: str, now: datetime,
 
 
 def _any_claimable(s: Session, queue: str, now: datetime) -> Job | None:
-    """Liveness fallback: any claimable job of `queue` (a key without a row, or all rows briefly locked); the
-    second form waits for locks, and Postgres re-checks `status` once the lock is ours."""
-    stmt = select(Job).where(*claimable(queue, now)).limit(1)
-    row = s.scalars(stmt.with_for_update(skip_locked=True)).first()
-    for _ in range(WAIT_ATTEMPTS):
+    """Liveness fallback: any claimable job of `queue` (a key without a row, or all rows briefly locked). While
+    claimable rows exist but all are locked, it waits for one of them by id (`_wait_for`) and takes it if it
+    still qualifies once the lock is ours; each wait that ends on a row gone from the queue (its holder took or
+    canceled it) starts over from a fresh snapshot. It holds no lock while it waits and keeps none it does not
+    take, so it cannot close a cycle with other claims: a blocking `FOR UPDATE ... LIMIT 1` over the queue did
+    both (Postgres keeps the lock on each row that fails its re-check and scans on to the next locked one)."""
+    conditions = claimable(queue, now)
+    while True:
+        row = s.scalars(select(Job).where(*conditions).limit(1).with_for_update(skip_locked=True)).first()
         if row is not None:
             return row
-        row = s.scalars(stmt.with_for_update()).first()
+        held = s.scalar(select(Job.id).where(*conditions).limit(1))  # a plain read: it is someone else's lock
+        if held is None:
+            return None
+        row = _wait_for(s, held, conditions)
+        if row is not None:
+            return row
+
+
+def _wait_for(s: Session, job_id: str, conditions: list[ColumnElement[bool]]) -> Job | None:
+    """Wait for the lock on one job row and return it if it still meets `conditions`. The wait runs in a
+    savepoint that is rolled back when the row no longer qualifies: Postgres keeps the lock on a row that fails
+    the re-check after the wait, and rolling back releases it."""
+    savepoint = s.begin_nested()
+    row = s.scalars(select(Job).where(Job.id == job_id, *conditions).with_for_update()).first()
+    if row is None:
+        savepoint.rollback()
+    else:
+        savepoint.commit()
     return row
 
 

@@ -3,25 +3,37 @@
 Each claimer plays a worker whose messages keep waking it for one queue: it claims that queue (up to 8 jobs, as
 `workers.gpu` does) again and again until a claim comes back empty, every claimer with its own sessions (threads
 share an engine's pool; processes have engines of their own). Jobs come from several API keys and two compat
-keys, so fair share, batch fill and the liveness fallback all run under contention. Every test uses a queue of
-its own, so no other test's jobs are in the race."""
+keys, so fair share, batch fill and the liveness fallback all run under contention, and no claim may be a
+deadlock victim (`storage.db.retry_deadlocks` would hide one, at the cost of Postgres's deadlock_timeout). The
+fallback's lock waits are also checked one at a time: it waits for a row a claim holds, takes it if it is still
+queued, and keeps no lock on it if not. Every test uses a queue of its own, so no other test's jobs are in the
+race."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import queue as queues
 import secrets
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import update
+import pytest
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 
-from storage.db import make_engine, make_session_factory
+from storage import scheduling
+from storage.db import make_engine, make_session_factory, write_session
 from storage.jobs import JobStore
-from storage.tables import Job
+from storage.tables import Job, utcnow
 from tests.support.storage import add_owner, job
+from tests.support.waiting import wait_for
 
 MAX_ITEMS = 8
+WAIT = 60.0  # liveness bound on a thread's answer
 
 Claimed = tuple[str, str, str]  # (job id, worker id, lease token)
 
@@ -79,22 +91,31 @@ def _assert_exactly_once(store: JobStore, ids: list[str], claimed: list[Claimed]
         assert (rows[job_id].worker_id, rows[job_id].lease_token) == (worker_id, token)
 
 
+def _deadlock_victims(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The reruns `storage.db.retry_deadlocks` logged: each one a transaction Postgres aborted as a deadlock."""
+    return [r.getMessage() for r in caplog.records if r.name == "storage.db" and "deadlock victim" in r.getMessage()]
+
+
 def _retire(store: JobStore, queue: str) -> None:
     """Test cleanup: finish the claimed jobs so later table-wide sweeps in this schema don't wade through them."""
     with store.sessions.begin() as s:
         s.execute(update(Job).where(Job.queue == queue).values(status="failed", lease_token=None))
 
 
-def test_fifty_threads_drain_a_thousand_jobs_each_claimed_exactly_once(storage_settings: Any) -> None:
+def test_fifty_threads_drain_a_thousand_jobs_each_claimed_exactly_once(
+    storage_settings: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
     engine = make_engine(storage_settings, pool_size=50, max_overflow=5)
     try:
         store = JobStore(make_session_factory(engine))
         # Given 1000 queued jobs of three keys in one queue
         queue, ids = _create(store, 1000)
         # When 50 claimers race until the queue is empty
-        claimed = _race(store, queue, claimers=50, worker_prefix="t")
-        # Then every job was claimed exactly once, by the claimer that holds its lease
+        with caplog.at_level(logging.INFO, logger="storage.db"):
+            claimed = _race(store, queue, claimers=50, worker_prefix="t")
+        # Then every job was claimed exactly once, by the claimer that holds its lease, and no claim deadlocked
         _assert_exactly_once(store, ids, claimed)
+        assert _deadlock_victims(caplog) == []
         assert store.claim_next(queue, "late", 60, MAX_ITEMS, 10**9) == []
         _retire(store, queue)
     finally:
@@ -159,4 +180,65 @@ def test_cancel_racing_claims_never_loses_a_cancel(storage_jobs: JobStore) -> No
     assert not errors, errors
     for rec in storage_jobs.get_many(ids):
         assert rec.status == "canceled" or (rec.status == "running" and rec.cancel_requested), rec
+    _retire(storage_jobs, queue)
+
+
+@contextmanager
+def _holder(sessions: Any, job_id: str, **values: Any) -> Iterator[int]:
+    """Another transaction holding `job_id`'s row lock (updating it with `values`) until the block ends, when it
+    commits; yields its backend pid."""
+    with sessions() as s, s.begin():
+        s.execute(update(Job).where(Job.id == job_id).values(**values))
+        yield int(s.scalar(text("SELECT pg_backend_pid()")))
+
+
+def _blocked_by(sessions: Any, pid: int) -> bool:
+    """Whether some backend waits for a lock `pid` holds."""
+    with sessions() as s:
+        return bool(s.scalar(select(func.count()).select_from(text("pg_stat_activity"))
+                             .where(text(":pid = ANY(pg_blocking_pids(pid))")), {"pid": pid}))
+
+
+def test_a_claim_waits_for_a_job_locked_by_someone_else_and_takes_it(storage_jobs: JobStore) -> None:
+    # Given the only queued job of a queue, locked by a transaction that leaves it queued (the API stamping it)
+    queue, (job_id,) = _create(storage_jobs, 1, owners=1)
+    answer: queues.Queue[list[str]] = queues.Queue()
+    claimer = threading.Thread(target=lambda: answer.put(
+        [c.job_id for c in storage_jobs.claim_next(queue, "w", 60, MAX_ITEMS, 10**9)]))
+    with _holder(storage_jobs.sessions, job_id, last_enqueued_at=utcnow()) as pid:
+        # When a claim runs meanwhile, Then it waits for the lock instead of reporting nothing to claim
+        claimer.start()
+        wait_for(lambda: _blocked_by(storage_jobs.sessions, pid), "the claim to wait for the row lock")
+    # And once the holder commits, it takes the job
+    assert answer.get(timeout=WAIT) == [job_id]
+    claimer.join()
+    _retire(storage_jobs, queue)
+
+
+def test_a_claim_keeps_no_lock_on_a_job_someone_else_took_while_it_waited(storage_jobs: JobStore) -> None:
+    # Given the only queued job of a queue, locked by another claim that is taking it
+    queue, (job_id,) = _create(storage_jobs, 1, owners=1)
+    picked: queues.Queue[list[str]] = queues.Queue()
+    done = threading.Event()
+
+    def claim() -> None:  # the scheduling step of a claim, its transaction left open until the check below
+        s: Session
+        with write_session(storage_jobs.sessions) as s:
+            picked.put([r.id for r in scheduling.pick(s, queue, utcnow(), MAX_ITEMS, 10**9).rows])
+            done.wait(WAIT)
+
+    claimer = threading.Thread(target=claim)
+    with _holder(storage_jobs.sessions, job_id, status="running") as pid:
+        claimer.start()
+        wait_for(lambda: _blocked_by(storage_jobs.sessions, pid), "the claim to wait for the row lock")
+    # When the other claim commits, Then the waiting claim picks nothing
+    try:
+        assert picked.get(timeout=WAIT) == []
+        # And, its transaction still open, it holds no lock on the row that failed its re-check (a lock kept
+        # there is what made claims wait on each other in a cycle)
+        with storage_jobs.sessions() as s, s.begin():
+            assert s.scalar(select(Job.id).where(Job.id == job_id).with_for_update(skip_locked=True)) == job_id
+    finally:
+        done.set()
+        claimer.join()
     _retire(storage_jobs, queue)
