@@ -4,7 +4,8 @@ The config is a template (`${UNIPIC_...}` placeholders, filled here as the nginx
 this test points it at the session's `unipic up` stack on a loopback port, inside a temporary nginx prefix.
 A client dribbling its request head is dropped within `client_header_timeout` (uvicorn alone would wait forever),
 while submits, uploads, `?wait=` long-polls and server-sent events pass through unchanged; an event stream
-delivers its first event while the job is still queued (an nginx that buffered it would hold it back).
+delivers its first event while the job is still queued (an nginx that buffered it would hold it back). With the
+documented certificate directory (deploy/tls/tls.conf.example, a certificate and its key) it serves HTTPS too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ import tempfile
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -66,11 +70,16 @@ def fill(template: str, values: dict[str, str]) -> str:
 
 
 class Nginx:
-    def __init__(self, upstream: str, root: Path) -> None:
+    def __init__(self, upstream: str, root: Path, tls: dict[str, bytes] | None = None) -> None:
+        """`tls`: the files of the certificate directory (none: plain HTTP, as compose runs it by default)."""
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        (root / "tls").mkdir()  # no *.conf in it: plain HTTP, as compose runs it by default
+        (root / "tls").mkdir()  # stands for /etc/nginx/tls, where compose mounts UNIPIC_TLS_DIR
+        for name, content in (tls or {}).items():
+            if name.endswith(".conf"):
+                content = content.replace(b"/etc/nginx/tls/", f"{root / 'tls'}/".encode())
+            (root / "tls" / name).write_bytes(content)
         (root / "unipic.conf").write_text(fill(CONFIG.read_text(), {
             "UNIPIC_PROXY_PORT": f"127.0.0.1:{self.port}", "UNIPIC_API_UPSTREAM": upstream,
             "UNIPIC_TLS_DIR": str(root / "tls")}))
@@ -110,17 +119,23 @@ def stack(request: pytest.FixtureRequest) -> Stack:
     return SharedStack.get(request.config)
 
 
-@pytest.fixture
-def proxy(stack: Stack) -> Iterator[Nginx]:
+@contextmanager
+def running_nginx(stack: Stack, tls: dict[str, bytes] | None = None) -> Iterator[Nginx]:
     root = Path(tempfile.mkdtemp(prefix="unipic-nginx-"))
     root.chmod(0o755)
-    nginx = Nginx(stack.url.removeprefix("http://"), root)
+    nginx = Nginx(stack.url.removeprefix("http://"), root, tls)
     try:
         nginx.wait_listening()
         yield nginx
     finally:
         nginx.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def proxy(stack: Stack) -> Iterator[Nginx]:
+    with running_nginx(stack) as nginx:
+        yield nginx
 
 
 def header_timeout() -> float:
@@ -158,6 +173,11 @@ def test_a_dribbled_request_head_is_dropped_within_the_header_timeout(proxy: Ngi
     assert sent >= timeout - 2  # it was dribbling all along
 
 
+def _unsigned(job: dict[str, Any]) -> dict[str, Any]:
+    images = [{k: v for k, v in image.items() if k not in ("url", "expires_at")} for image in job["result"]["images"]]
+    return {**job, "result": {**job["result"], "images": images}}
+
+
 def _png(width: int, height: int) -> bytes:
     """An uncompressible RGB PNG (random pixels), a few megabytes: a real upload body."""
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -178,7 +198,8 @@ def test_submits_uploads_long_polls_and_event_streams_pass_through(proxy: Nginx,
         job_id = submitted.json()["id"]
         waited = front.get(f"/v1/jobs/{job_id}", params={"wait": 60})
         assert waited.status_code == 200 and waited.json()["status"] == "succeeded", waited.text
-        assert waited.json() == direct.get(f"/v1/jobs/{job_id}").json()  # the same body as the API's own
+        # the same body as the API's own (result links are signed afresh on every read: compared without them)
+        assert _unsigned(waited.json()) == _unsigned(direct.get(f"/v1/jobs/{job_id}").json())
         # a refusal passes through with its code
         refused = front.post("/v1/jobs", json={"kind": "generate", "prompt": "x", "width": 64, "height": 64,
                                                "steps": 10_000})
@@ -216,3 +237,38 @@ def test_submits_uploads_long_polls_and_event_streams_pass_through(proxy: Nginx,
                     if name == "done":
                         break
         assert events[-1][0] == "done" and events[-1][1]["status"] == "canceled", events
+
+
+def _self_signed() -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), pem_key
+
+
+def test_tls_from_the_documented_certificate_directory(stack: Stack, tmp_path: Path) -> None:
+    """deploy/tls/tls.conf.example, copied as tls.conf next to a certificate and key, serves HTTPS."""
+    cert, key = _self_signed()
+    port = free_port()
+    example = (REPO / "deploy" / "tls" / "tls.conf.example").read_text()
+    assert "listen 443 ssl;" in example and "/etc/nginx/tls/" in example
+    tls_conf = example.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
+    files = {"tls.conf": tls_conf.encode(), "fullchain.pem": cert, "privkey.pem": key}
+    with running_nginx(stack, files) as nginx:
+        (ca := tmp_path / "ca.pem").write_bytes(cert)
+        answer = httpx.get(f"https://localhost:{port}/healthz", verify=str(ca), timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["strict-transport-security"].startswith("max-age=")
+        assert httpx.get(f"{nginx.url}/healthz", timeout=30).status_code == 200  # plain HTTP still answers
