@@ -1,14 +1,12 @@
-"""Pushed job and batch events on the real stack (bench.stack: private Postgres and Redis, S3 server, the API, a
-tiny-model worker, the sweeper): a 200-item batch stream sees every item exactly once, then `done` with the
-manifest URL; streams open across a Redis restart still end with their `done`, and no event arrives twice with
-different content (the hub resyncs and reconciliation covers what the restart lost). No sleeps: threads collect
-the streams, the test waits on their events with liveness bounds."""
+"""Pushed job and batch events on the real stack (the package's bench stack, tests/system/conftest.py: private
+Postgres and Redis, S3 server, the API, tiny-model workers, the sweeper): a 200-item batch stream sees every item
+exactly once, then `done` with the manifest URL; streams open across a Redis restart still end with their
+`done`, and no event arrives twice with different content (the hub resyncs and reconciliation covers what the
+restart lost). No sleeps: threads collect the streams, the test waits on their events with liveness bounds."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.system.conftest import create_key
 
 pytestmark = pytest.mark.system
 
@@ -72,23 +72,10 @@ def sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 @pytest.fixture(scope="module")
-def system(tiny_checkpoint: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from bench.stack import ROOT, Stack, StackConfig
-
-    stack = Stack(StackConfig(checkpoint=tiny_checkpoint, workers=1, lease_seconds=8.0),
-                  tmp_path_factory.mktemp("events-stack"))
-    try:
-        stack.start()
-        out = subprocess.run([sys.executable, "-m", "cli.main", "keys", "create", "--name", "events", "--json"],
-                             env=stack.env(), cwd=ROOT, check=True, capture_output=True, text=True).stdout
-        key = json.loads(out.strip().splitlines()[-1])["key"]
-        yield {"stack": stack, "headers": {"Authorization": f"Bearer {key}"}}
-    except BaseException:
-        for svc in stack.services.values():
-            print(f"--- {svc.name} log ---\n{svc.log_tail(60)}")
-        raise
-    finally:
-        stack.close()
+def system(bench_stack: Any) -> dict[str, Any]:
+    """The package's stack (tests/system/conftest.py) and a key of this module."""
+    key = create_key(bench_stack, "events")["key"]
+    return {"stack": bench_stack, "headers": {"Authorization": f"Bearer {key}"}}
 
 
 def test_a_200_item_batch_stream_sees_every_item_once_then_done(system: dict[str, Any]) -> None:
@@ -114,9 +101,10 @@ def test_a_200_item_batch_stream_sees_every_item_once_then_done(system: dict[str
 
 def test_streams_open_across_a_redis_restart_all_end_with_done(system: dict[str, Any]) -> None:
     stack, headers = system["stack"], system["headers"]
-    worker = stack.services["worker-0"]
-    # Given queued jobs and a batch, with the worker stopped so every stream opens before anything runs
-    worker.stop()
+    workers = [svc for name, svc in stack.services.items() if name.startswith("worker")]
+    # Given queued jobs and a batch, with the workers stopped so every stream opens before anything runs
+    for worker in workers:
+        worker.stop()
     jobs = [httpx.post(f"{stack.api_url}/v1/jobs", json={**BODY, "seed": i}, headers=headers, timeout=30).json()
             for i in range(12)]
     batch = httpx.post(f"{stack.api_url}/v1/batches", json=[{**BODY, "seed": 100 + i, "custom_id": f"b{i}"}
@@ -127,8 +115,9 @@ def test_streams_open_across_a_redis_restart_all_end_with_done(system: dict[str,
     threads = [s.start() for s in streams]
     for s in streams:
         assert s.first.wait(LIVENESS_S) and s.error is None, s.error
-    # When the worker starts, and Redis restarts (losing its messages) while jobs run and streams are open
-    worker.start()
+    # When the workers start, and Redis restarts (losing its messages) while jobs run and streams are open
+    for worker in workers:
+        worker.start()
     assert moved.wait(LIVENESS_S), "no job ran"
     stack.redis.restart(down_seconds=1.0)
     for thread in threads:

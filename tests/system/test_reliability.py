@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from bench.invariants import check, s3_client, wait_all_terminal
 from bench.loadgen import LoadConfig, LoadGenerator
 from bench.stack import wait_until
+from tests.system.conftest import create_key
 
 pytestmark = pytest.mark.system
 
@@ -155,35 +156,18 @@ def test_hostile_input(system):
 
 
 @pytest.fixture(scope="module")
-def system(tiny_checkpoint, tmp_path_factory):
-    import json
-    import subprocess
-    import sys
-
+def system(bench_stack):
+    """The package's stack (tests/system/conftest.py), two keys of this module, a webhook receiver."""
     from bench.receiver import WebhookReceiver
-    from bench.stack import ROOT, Stack, StackConfig
 
-    config = StackConfig(checkpoint=tiny_checkpoint, workers=2, lease_seconds=6.0,
-                         extra_env={"UNIPIC_RATE_LIMIT_PER_MINUTE": "100000"})
-    stack = Stack(config, tmp_path_factory.mktemp("stack"))
+    # tenant-b has a small per-key rate limit, so the hostile burst meets it
+    keys = [create_key(bench_stack, "tenant-a", "--rate-limit", "100000"),
+            create_key(bench_stack, "tenant-b", "--rate-limit", "40")]
     receiver = WebhookReceiver()
+    engine = sa.create_engine(bench_stack.pg.url, pool_pre_ping=True)
+    s3 = s3_client(bench_stack.env()["UNIPIC_S3_ENDPOINT_URL"])
     try:
-        stack.start()
-        keys = []
-        # tenant-b has a small per-key rate limit, so the hostile burst meets it
-        for name, limit in (("tenant-a", "100000"), ("tenant-b", "40")):
-            out = subprocess.run([sys.executable, "-m", "cli.main", "keys", "create", "--name", name, "--json",
-                                  "--rate-limit", limit],
-                                 env=stack.env(), cwd=ROOT, check=True, capture_output=True, text=True).stdout
-            keys.append(json.loads(out.strip().splitlines()[-1]))
-        engine = sa.create_engine(stack.pg.url, pool_pre_ping=True)
-        s3 = s3_client(stack.env()["UNIPIC_S3_ENDPOINT_URL"])
-        yield {"stack": stack, "receiver": receiver, "keys": keys, "engine": engine, "s3": s3}
-        engine.dispose()
-    except BaseException:
-        for svc in stack.services.values():
-            print(f"--- {svc.name} log ---\n{svc.log_tail(60)}")
-        raise
+        yield {"stack": bench_stack, "receiver": receiver, "keys": keys, "engine": engine, "s3": s3}
     finally:
-        stack.close()
+        engine.dispose()
         receiver.close()
