@@ -52,7 +52,7 @@ def status_page(request: Request, services: ServicesDep, key: str | None = None)
     caller = services.keys.authenticate(request.cookies.get(COOKIE, ""))
     context = _aggregates(services)
     if caller is None and not services.settings.ui_public:  # UNIPIC_UI_PUBLIC=false: nothing before sign-in
-        context.update(queues=[], counts={}, workers=[])
+        context.update(queues=[], counts={}, workers=[], unserved=[])  # no queue names either
     busy = any(context["counts"].get(status) for status in ACTIVE_STATUSES)
     context.update(caller=caller, refresh_s=REFRESH_S if busy else IDLE_REFRESH_S, now=datetime.now(UTC),
                    signed_out=request.query_params.get("signed_out") is not None)

@@ -323,11 +323,16 @@ def test_metrics_token_and_private_status_page(tmp_path_factory: pytest.TempPath
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         services = client.app.state.services  # type: ignore[attr-defined]
         WorkerRegistry(services.jobs.sessions).register("secret-worker-7", "host-7", 4242)
+        _, owner = services.keys.create("queued")
+        r = client.post("/v1/jobs", json=generate_body(), headers={"Authorization": f"Bearer {owner}"})
+        assert r.status_code == 202, r.text
+        queue = services.jobs.get(r.json()["id"]).queue  # queued, and no worker serves its queue
         assert_error(client.get("/metrics"), 401, "unauthorized")
         assert_error(client.get("/metrics", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
         assert client.get("/metrics", headers={"Authorization": "Bearer m-secret"}).status_code == 200
         page = client.get("/ui")
         assert page.status_code == 200 and "secret-worker-7" not in page.text
+        assert queue not in page.text and "unserved" not in page.text
         _, plaintext = services.keys.create("ui")
         client.get(f"/ui?key={plaintext}")
         assert "secret-worker-7" in client.get("/ui").text
