@@ -265,7 +265,7 @@ class RunningSet:
         r = vis.shape[0]
         self.stats.steps += 1
         self.stats.token_rows += r * (2 * (p + width) + p + length)  # encoder, LLM chunk, decoder
-        self.stats.pad_rows += 2 * int(r * width - lengths.sum())
+        self.stats.pad_rows += 2 * sum((b - a) * (width - v) for a, b, _, v in groups)  # host numbers: no sync
         return StepRows(tokens, vis, lengths, groups, layout.kv, layout.text_mask, layout.con_embed)
 
     def _sample(self, chosen: list[ItemState], layout: Layout, z: torch.Tensor, commits: list[torch.Tensor]

@@ -1,9 +1,10 @@
 """The MAR sampling step (spec §5.4) over rows that may stand at different steps, and the diffusion head.
 
 Owns the network flow of one MAR iteration: encoder -> proj_in -> LLM chunk over the read-only prefix ->
-proj_out residual -> decoder, for a batch whose rows see different numbers of visible tokens (ragged rows are
-padded with the index L and masked, so a row's result does not depend on its batch-mates), plus the head's
-reverse loop over committed tokens with per-row guidance and temperature. It draws no random numbers (callers
+proj_out residual -> decoder, for a batch whose rows see different numbers of visible tokens and prompts of
+different lengths (ragged rows are padded with the index L, and every attention runs per group of alike rows
+over that group's own lengths, so a row's result does not depend on its batch-mates), plus the head's reverse
+loop over committed tokens with per-row guidance and temperature. It draws no random numbers (callers
 pass each item's draws) and knows nothing of items, schedules or steps; `model.running_set` does.
 """
 
@@ -22,7 +23,7 @@ from model.unipic import UniPic
 
 @dataclass
 class StepRows:
-    """One MAR iteration's input: cond rows of every advancing item, then the uncond rows of its CFG items."""
+    """One MAR iteration's input rows, item after item (its n cond rows, then its n uncond rows with CFG)."""
 
     tokens: torch.Tensor  # (R, L, C)
     visible: torch.Tensor  # (R, V) ascending raster indices; a row with fewer visible tokens is padded with L
