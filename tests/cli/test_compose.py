@@ -142,7 +142,7 @@ def test_the_proxy_is_the_only_way_in_and_runs_the_documented_config(services: d
     assert (REPO / mounts["/etc/nginx/templates/default.conf.template"]).resolve() == REPO / "deploy/nginx.conf"
     assert proxy["environment"]["UNIPIC_API_UPSTREAM"] == "api:8000"
     assert proxy["environment"]["NGINX_ENVSUBST_FILTER"] == "^UNIPIC_"  # nginx's own $host etc. stay
-    assert "/etc/nginx/tls" in mounts and "UNIPIC_TLS_DIR" in mounts["/etc/nginx/tls"]
+    assert "/etc/nginx/tls" in mounts and "PROXY_TLS_DIR" in mounts["/etc/nginx/tls"]
     assert proxy["environment"]["UNIPIC_TLS_DIR"] == "/etc/nginx/tls"
     assert (REPO / "deploy/tls/README.md").is_file() and not list((REPO / "deploy/tls").glob("*.conf"))
     assert [p.split(":")[-1] for p in proxy["ports"]] == ["80", "443"]

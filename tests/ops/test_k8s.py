@@ -193,7 +193,7 @@ def test_scaled_objects_scale_each_gpu_group_from_zero() -> None:
             assert float(meta["threshold"]) > 0 and float(meta["activationThreshold"]) == 0
             assert meta["serverAddress"].startswith("http")
             metrics |= set(re.findall(r"unipic_[a-z_]+", meta["query"]))
-        assert metrics == {"unipic_queue_jobs", "unipic_queue_oldest_age_seconds"}, name
+        assert metrics == {"unipic_queue_jobs", "unipic_running_jobs", "unipic_queue_oldest_age_seconds"}, name
 
 
 def test_the_hpa_alternative_scales_the_same_groups_on_the_same_queries() -> None:
