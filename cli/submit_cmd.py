@@ -1,15 +1,19 @@
 """`unipic generate`, `unipic edit` and `unipic ask`: submit one job over HTTP, wait with a progress bar, save.
 
 Each command checks `-o` first (a directory takes `<job id>.<format>`; a suffix must name a format we write,
-and agree with `--format`), builds a `POST /v1/jobs` body (field names of api.schemas / design.md §1), submits
+and agree with `--format`; the directory must exist, unless `--mkdir`, and take a file: a probe file is created
+and removed), builds a `POST /v1/jobs` body (field names of api.schemas / design.md §1), submits
 it through the SDK (automatic Idempotency-Key, retries honouring Retry-After), waits with `cli.waiting`, then
 downloads the images or prints the answer. Job failures exit 1 with the job's error code; `--no-wait` prints
-the job id and returns at once (`unipic jobs show ID` later).
+the job id and returns at once (`unipic jobs show ID` later). Ctrl-C while waiting prints the job id and how to
+wait for or cancel it (exit 130; the job goes on), or cancels it with `--cancel-on-interrupt`. `ask` says on
+stderr what it asked for (size, tokens), since a large image and many tokens take a while.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,8 @@ NoWait = typer.Option(False, "--no-wait", help="Print the job id and return with
 AsJson = typer.Option(False, "--json", help="Print the final job as JSON")
 ImageIn = typer.Argument(..., exists=True, dir_okay=False, help="The input image")
 Timeout = typer.Option(None, "--timeout", help="Give up waiting after this many seconds (exit 1; the job goes on)")
+MakeDirs = typer.Option(False, "--mkdir", help="Create -o's missing directories")
+CancelOnInterrupt = typer.Option(False, "--cancel-on-interrupt", help="Ctrl-C cancels the job (default: it goes on)")
 
 
 def register(app: typer.Typer) -> None:
@@ -52,13 +58,14 @@ def generate(
     negative: str | None = typer.Option(None, "--negative", help="Negative prompt"),
     temperature: float | None = typer.Option(None, "--temperature"),
     fmt: str | None = Format, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
-    timeout: float | None = Timeout, api_url: str = ApiUrl, api_key: str | None = ApiKey,
+    timeout: float | None = Timeout, mkdir: bool = MakeDirs, cancel_on_interrupt: bool = CancelOnInterrupt,
+    api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Text to image: submit, wait with a progress bar, download to -o."""
-    fmt = checked_output(output, fmt)
+    fmt = checked_output(output, fmt, mkdir)
     body = {"kind": "generate", "prompt": prompt, "negative_prompt": negative, "num_images": num_images,
             **_sampling(size, steps, seed, guidance, temperature, fmt, priority)}
-    _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json, timeout)
+    _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json, timeout, cancel_on_interrupt)
 
 
 def edit(
@@ -69,13 +76,14 @@ def edit(
     guidance: float | None = Guidance, num_images: int = NumImages,
     temperature: float | None = typer.Option(None, "--temperature"),
     fmt: str | None = Format, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
-    timeout: float | None = Timeout, api_url: str = ApiUrl, api_key: str | None = ApiKey,
+    timeout: float | None = Timeout, mkdir: bool = MakeDirs, cancel_on_interrupt: bool = CancelOnInterrupt,
+    api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Edit an image following an instruction: submit, wait, download to -o."""
-    fmt = checked_output(output, fmt)
+    fmt = checked_output(output, fmt, mkdir)
     body = {"kind": "edit", "image": data_url(image), "instruction": instruction, "num_images": num_images,
             **_sampling(size, steps, seed, guidance, temperature, fmt, priority)}
-    _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json, timeout)
+    _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json, timeout, cancel_on_interrupt)
 
 
 def ask(
@@ -85,14 +93,16 @@ def ask(
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens"),
     temperature: float | None = typer.Option(None, "--temperature"),
     seed: int | None = Seed, priority: int = Priority, no_wait: bool = NoWait, as_json: bool = AsJson,
-    timeout: float | None = Timeout, api_url: str = ApiUrl, api_key: str | None = ApiKey,
+    timeout: float | None = Timeout, cancel_on_interrupt: bool = CancelOnInterrupt,
+    api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
-    """Image understanding: print the model's answer to a question about an image."""
+    """Image understanding: print the model's answer to a question about an image (a small --size and
+    --max-new-tokens answer fastest)."""
     body = _compact({"kind": "understand", "image": data_url(image), "question": question, "size": size,
                      "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
                      "priority": priority or None})
     with open_client(api_url, api_key) as client:
-        job = _submit_and_wait(client, body, no_wait, timeout)
+        job = _submit_and_wait(client, body, no_wait, timeout, cancel_on_interrupt, _say_asking)
         if job is None:
             return
         if json_mode(as_json):
@@ -113,11 +123,26 @@ def _compact(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
-def checked_output(output: Path, fmt: str | None) -> str:
-    """The output format for `-o`, checked before anything is submitted; exits 2 naming the problem."""
+def _say_submitted(job: dict[str, Any], cancel_on_interrupt: bool) -> None:
+    then = "cancels it" if cancel_on_interrupt else "stops waiting; the job goes on"
+    typer.secho(f"submitted: job {job['id']} {job['status']} (Ctrl-C {then})", err=True)
+
+
+def _say_asking(job: dict[str, Any], cancel_on_interrupt: bool) -> None:
+    params = job.get("params") or {}
+    typer.secho(f"asking: job {job['id']}, image resized to {params.get('size', '?')} px, up to "
+                f"{params.get('max_new_tokens', '?')} new tokens (--size and --max-new-tokens make it faster)",
+                err=True)
+
+
+def checked_output(output: Path, fmt: str | None, mkdir: bool = False) -> str:
+    """The output format for `-o`, checked before anything is submitted (format, directory, writable: a probe
+    file is created and removed); exits 2 naming the problem. Missing directories are an error unless `mkdir`
+    (then they are made here)."""
     if fmt is not None and fmt not in SUFFIX_OF:
         _usage(f"--format {fmt!r}: use png, webp or jpeg")
     if output.is_dir():
+        _probe(output, output)
         return fmt or "png"
     suffix = output.suffix.lower()
     if suffix not in FORMATS:
@@ -126,11 +151,28 @@ def checked_output(output: Path, fmt: str | None) -> str:
     if fmt is not None and FORMATS[suffix] != fmt:
         _usage(f"-o {output} says {FORMATS[suffix]} but --format is {fmt}")
     parent = output.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        _usage(f"-o {output}: {parent} is not a writable directory")
+    if not parent.exists():
+        if not mkdir:
+            _usage(f"-o {output}: directory {parent} does not exist (create it, or pass --mkdir)")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _usage(f"-o {output}: cannot create {parent}: {exc.strerror or exc}")
+    if not parent.is_dir():
+        _usage(f"-o {output}: {parent} is not a directory")
+    if output.exists() and (output.is_dir() or not os.access(output, os.W_OK)):
+        _usage(f"-o {output}: cannot overwrite it")
+    _probe(output, parent)
     return FORMATS[suffix]
+
+
+def _probe(output: Path, directory: Path) -> None:
+    """Exit 2 unless a file can be created in `directory` (`os.access` says yes to root on /proc)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".unipic-probe-"):
+            pass
+    except OSError as exc:
+        _usage(f"-o {output}: cannot write into {directory}: {exc.strerror or exc}")
 
 
 def _usage(message: str) -> None:
@@ -138,15 +180,21 @@ def _usage(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool,
-                     timeout: float | None) -> dict[str, Any] | None:
-    """Submit; unless no_wait, wait until terminal. Exits 1 on API errors and on jobs that did not succeed."""
+def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool, timeout: float | None,
+                     cancel_on_interrupt: bool = False,
+                     submitted: Any = None) -> dict[str, Any] | None:
+    """Submit; unless no_wait, wait until terminal. Exits 1 on API errors and on jobs that did not succeed;
+    Ctrl-C while waiting exits 130 saying how to follow the job (or cancels it)."""
     try:
         job = client.create_job(_compact(body))
         if no_wait:
             typer.echo(job["id"])
             return None
-        job = wait_job(client, job, timeout)
+        (submitted or _say_submitted)(job, cancel_on_interrupt)
+        try:
+            job = wait_job(client, job, timeout)
+        except KeyboardInterrupt:
+            raise typer.Exit(_interrupted(client, job["id"], cancel_on_interrupt)) from None
     except ApiError as exc:
         raise fail(exc) from None
     except WaitTimeout as exc:
@@ -161,10 +209,25 @@ def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool,
     return job
 
 
+def _interrupted(client: ApiClient, job_id: str, cancel: bool) -> int:
+    """Say what became of the job after Ctrl-C; the exit status (130)."""
+    if cancel:
+        try:
+            job = client.cancel_job(job_id)
+            typer.secho(f"\ninterrupted: job {job_id} {job['status']} (cancel requested)", err=True)
+        except (ApiError, OSError) as exc:
+            typer.secho(f"\ninterrupted: could not cancel job {job_id}: {exc}; `unipic jobs cancel {job_id}`",
+                        err=True, fg="red")
+        return 130
+    typer.secho(f"\ninterrupted: job {job_id} goes on. Wait for it: `unipic jobs wait {job_id}`; "
+                f"cancel it: `unipic jobs cancel {job_id}`", err=True)
+    return 130
+
+
 def _run_image_job(api_url: str, api_key: str | None, body: dict[str, Any], output: Path, count: int,
-                   no_wait: bool, as_json: bool, timeout: float | None) -> None:
+                   no_wait: bool, as_json: bool, timeout: float | None, cancel_on_interrupt: bool = False) -> None:
     with open_client(api_url, api_key) as client:
-        job = _submit_and_wait(client, body, no_wait, timeout)
+        job = _submit_and_wait(client, body, no_wait, timeout, cancel_on_interrupt)
         if job is None:
             return
         if output.is_dir():
@@ -173,6 +236,11 @@ def _run_image_job(api_url: str, api_key: str | None, body: dict[str, Any], outp
             written = save_images(client, job, image_paths(output, count))
         except ApiError as exc:
             raise fail(exc) from None
+        except OSError as exc:  # the disk filled up, or the directory went away since the check
+            typer.secho(f"error: job {job['id']} succeeded but writing {exc.filename or output} failed: "
+                        f"{exc.strerror or exc}; `unipic jobs show {job['id']}` has its result URLs",
+                        err=True, fg="red")
+            raise typer.Exit(1) from None
         if json_mode(as_json):
             typer.echo(dumps(job))
         else:
