@@ -27,7 +27,8 @@ from storage.states import TERMINAL_STATUSES, JobStatus
 Timeout = typer.Option(None, "--timeout", help="Give up waiting after this many seconds (exit 1)")
 ItemsFile = typer.Argument(..., exists=True, dir_okay=False, help="JSONL: one job body per line")
 ManifestOut = typer.Option(None, "--manifest", dir_okay=False,
-                           help="Also save the results manifest (JSONL, one line per item) here")
+                           help="Also save the results manifest (JSONL, one line per item) here; a relative "
+                                "path is inside DIR")
 TargetDir = typer.Argument(..., file_okay=False, help="Where to write results")
 
 app = typer.Typer(no_args_is_help=True, help="Submit a JSONL batch, follow it, download its results")
@@ -89,6 +90,8 @@ def download(
 ) -> None:
     """Download results named by custom_id: images as NAME.png (NAME-1.png, ... for several), answers NAME.txt."""
     directory.mkdir(parents=True, exist_ok=True)
+    if manifest is not None:
+        manifest = directory / manifest  # a relative path is inside DIR, like the results (absolute: as given)
     written = skipped = failed = 0
     with open_client(api_url, api_key) as client:
         try:

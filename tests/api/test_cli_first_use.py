@@ -5,6 +5,7 @@ queued, so a wait can be interrupted deterministically."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -23,14 +24,30 @@ DEAD_URL = "http://127.0.0.1:9"  # nothing listens: a command that tried to subm
 GEN = ("--size", "256", "--steps", "2")
 
 
+def _free_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    sock.close()
+    return port
+
+
+PORT = _free_port()
+
+
+@pytest.fixture(scope="module")
+def app(api_settings: Any) -> Any:
+    """The module's app, whose links (manifests) name the server below."""
+    from api.app import create_app
+
+    return create_app(api_settings.model_copy(update={"public_url": f"http://127.0.0.1:{PORT}"}))
+
+
 @pytest.fixture(scope="module")
 def server_url(app: Any) -> Iterator[str]:
     import uvicorn
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = PORT
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -113,3 +130,51 @@ def test_ask_says_what_it_asks_and_ctrl_c_can_cancel(app: Any, server_url: str, 
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "cancel" in stderr, stderr
     assert app.state.services.jobs.get(job.id).status == "canceled"
+
+
+def _finished_batch(app: Any, server_url: str, key: str, items: list[dict[str, Any]]) -> Any:
+    """A batch submitted through the SDK twice (same iterable: same batch), its jobs finished by a played worker."""
+    from tests.support.claims import claim_job, lease_keys
+    from unipic_client import Client
+
+    with Client(server_url, key) as sdk:
+        batch = sdk.submit_batch(iter(items))
+        assert sdk.submit_batch(list(items)).id == batch.id  # a re-submitted iterable is the same batch
+        anew = sdk.submit_batch(items, idempotency_key="anew")
+        assert anew.id != batch.id  # unless told otherwise
+        sdk.cancel_batch(anew.id)
+    services = app.state.services
+    owner = services.keys.authenticate(key)
+    for job in reversed(services.jobs.page(owner.id, batch_id=batch.id)[0]):  # oldest first, as claimed
+        (claim,) = claim_job(services.jobs, job.id)
+        (result,) = lease_keys(claim)
+        services.objects.put(result, png_bytes(8, 8), content_type="image/png")
+        assert services.jobs.complete(claim, [result], None)
+    return batch
+
+
+def test_the_manifest_lands_in_the_download_directory_and_async_fetches_it(app: Any, server_url: str,
+                                                                           tmp_path: Path) -> None:
+    import asyncio
+
+    from unipic_client import AsyncClient
+
+    key = _key(app)
+    items = [{"kind": "generate", "prompt": f"m{i}", "custom_id": f"m{i}", "size": 256, "steps": 2} for i in range(2)]
+    batch = _finished_batch(app, server_url, key, items)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    env = clean_env(UNIPIC_API_URL=server_url, UNIPIC_API_KEY=key)
+    done = subprocess.run(unipic_argv("batch", "download", batch.id, str(tmp_path / "out"), "--manifest",
+                                      "results.jsonl"), env=env, cwd=elsewhere, capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not (elsewhere / "results.jsonl").exists()
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["custom_id"] for line in lines) == ["m0", "m1"]
+
+    async def fetch() -> bytes:
+        async with AsyncClient(server_url, key) as sdk:
+            return await sdk.download_manifest(batch.id)
+
+    assert sorted(json.loads(line)["custom_id"] for line in asyncio.run(fetch()).splitlines()) == ["m0", "m1"]

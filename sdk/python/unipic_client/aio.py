@@ -19,7 +19,7 @@ from unipic_client import calls
 from unipic_client.aio_waiting import AsyncBatchFollower, AsyncJobWaiter
 from unipic_client.calls import BatchItems, Call, ImageInput
 from unipic_client.client import image_paths, resolve
-from unipic_client.errors import error_of, retry_after_of, unreachable
+from unipic_client.errors import ApiError, error_of, retry_after_of, unreachable
 from unipic_client.models import Batch, BatchesPage, Job, JobsPage, Progress, Upload
 from unipic_client.retrying import RetryPolicy
 
@@ -173,6 +173,13 @@ class AsyncClient:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(await self.download(image.url))
         return targets
+
+    async def download_manifest(self, batch: Batch | str) -> bytes:
+        """The JSONL results manifest of a finished batch (one line per item)."""
+        batch = await self.get_batch(batch) if isinstance(batch, str) else batch
+        if not batch.manifest_url:
+            raise ApiError(409, "not_finished", f"batch {batch.id} has no manifest yet ({batch.status})")
+        return await self.download(batch.manifest_url)
 
     def _same_origin(self, url: str) -> bool:
         return urlsplit(url)[:2] == urlsplit(self.base_url)[:2]

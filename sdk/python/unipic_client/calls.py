@@ -8,6 +8,7 @@ Idempotency-Key of every submission. Sending, retrying and parsing answers belon
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import mimetypes
 import uuid
@@ -34,6 +35,12 @@ class Call:
 def compact(body: Mapping[str, Any]) -> dict[str, Any]:
     """Leave unset (None) options out so the server's defaults apply."""
     return {k: v for k, v in body.items() if v is not None}
+
+
+def content_key(body: Mapping[str, Any]) -> str:
+    """An Idempotency-Key that names a request body: equal bodies, equal keys."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return "sdk-batch-" + hashlib.sha256(canonical).hexdigest()[:48]
 
 
 def new_idempotency_key() -> str:
@@ -94,8 +101,11 @@ def batch_lines(items: BatchItems) -> list[dict[str, Any]]:
 
 def create_batch(items: list[dict[str, Any]], idempotency_key: str | None = None,
                  **options: Any) -> Call:
+    """Without an `idempotency_key`, one derived from the batch's content (as `unipic batch submit` derives it
+    from the file): submitting the same items again returns the same batch, whether they came from a file or
+    an iterable. Pass a key of your own to submit the same items anew."""
     body = compact({"requests": items, **options})
-    headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+    headers = {"Idempotency-Key": idempotency_key or content_key(body)}
     return Call("POST", "v1/batches", json=body, headers=headers, timeout=600.0)
 
 
