@@ -6,7 +6,9 @@ reachable, then runs the API, one model worker and the webhook worker + sweeper 
 (`cli.serving`); a model worker that cannot start makes `up` print its reason and exit with the worker's code,
 unless `--keep-going`. With no configuration that is the embedded stack (SQLite, local objects, SQLite broker under
 `--data-dir`); with Postgres/Redis/S3 URLs in the environment the very same command runs the production path.
-Every child is a `unipic` subcommand, so what `up` runs is exactly what compose.yaml runs.
+Every child is a `unipic` subcommand, so what `up` runs is exactly what compose.yaml runs. The embedded stack
+admits http and loopback webhook URLs (a local receiver: `unipic webhooks listen`) unless `UNIPIC_WEBHOOK_*`
+say otherwise; the production path keeps refusing them.
 """
 
 from __future__ import annotations
@@ -181,12 +183,18 @@ def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
+EMBEDDED_WEBHOOK_ALLOWLIST = "127.0.0.0/8,::1/128"  # loopback only; production settings keep refusing it
+
+
 def _children(settings: Settings, host: str, port: int, device: str, base: str, log_level: str) -> list[ChildSpec]:
     env = dict(os.environ)
     env["UNIPIC_LOG_LEVEL"] = log_level.upper()  # every child reads it (cli.logs)
     env["UNIPIC_DATA_DIR"] = str(settings.data_dir.expanduser().resolve())
     env["UNIPIC_MODEL"] = settings.model
     env.setdefault("UNIPIC_PUBLIC_URL", base)
+    if settings.embedded:  # a laptop: webhooks to a local receiver (`unipic webhooks listen`) work out of the box
+        env.setdefault("UNIPIC_WEBHOOK_ALLOW_HTTP", "true")
+        env.setdefault("UNIPIC_WEBHOOK_ALLOWLIST", EMBEDDED_WEBHOOK_ALLOWLIST)
     env.setdefault("PYTHONUNBUFFERED", "1")
     unipic = [sys.executable, "-m", "cli.main"]
     return [
