@@ -36,7 +36,7 @@ def cpu_worker(
     """Run the CPU worker: webhook delivery and maintenance tasks (no model, no torch)."""
     overrides: dict[str, Any] = {"cpu_metrics_port": metrics_port} if metrics_port is not None else {}
     settings = settings_for(data_dir, **overrides)
-    from cli.logs import take_over_celery
+    from cli.logs import celery_argv, take_over_celery
     from workers.cpu import configure
 
     app = configure(settings)
@@ -50,7 +50,7 @@ def cpu_worker(
             "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
     if with_beat:
         argv += ["--beat", "--schedule", str(_schedule(settings))]
-    app.worker_main(argv)
+    app.worker_main(celery_argv(argv, loglevel, settings))
 
 
 def beat(

@@ -2,11 +2,14 @@
 
 Owns the root logger's setup for the API, the model worker and the CPU worker (`unipic up` passes its
 `--log-level` to its children as `UNIPIC_LOG_LEVEL`). At INFO the console carries warnings, errors, start-up
-lines and one line per finished batch: per-task and per-request chatter (Celery's `Task ... succeeded`,
+lines and one line per finished batch (the model worker's, and a submitted batch's completion): per-job,
+per-task and per-request chatter (jobs created, accepted, claimed and finished, Celery's `Task ... succeeded`,
 `Received task`, beat's `Sending due task`, uvicorn's access log, webhook attempts, httpx requests) logs at
 WARNING and up only, unless the level is DEBUG. `UNIPIC_LOG_FORMAT=json` writes one JSON object per line. It
-takes over Celery's logging setup (the `setup_logging` signal), so Celery adds no handler of its own. It knows
-nothing of what the processes do.
+takes over Celery's logging setup (the `setup_logging` signal), so Celery adds no handler of its own, and
+`celery_argv` starts Celery workers without their ASCII banner (`--quiet`) above DEBUG; Celery's "superuser
+privileges" SecurityWarning (a container's root) is not repeated on the console. It knows nothing of what the
+processes do.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ if TYPE_CHECKING:
     from storage.settings import Settings
 
 CHATTY = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "celery.worker.consumer.mingle",
-          "uvicorn.access", "httpx", "workers.webhooks.dispatcher", "workers.webhooks.delivery")
+          "celery.worker.consumer.connection", "uvicorn.access", "httpx", "workers.webhooks.dispatcher",
+          "workers.webhooks.delivery",
+          "storage.jobs", "api.submission")  # one line per job created, accepted, claimed, finished
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -94,12 +99,23 @@ def _start_tracing(settings: Settings) -> None:
         setup_from_settings(settings, "unipic-" + command)
 
 
+def celery_argv(argv: list[str], level: str | None = None, settings: Settings | None = None) -> list[str]:
+    """A Celery command line (`["worker", ...]`) that prints no banner unless the level is DEBUG."""
+    return argv if level_name(level, settings) == "DEBUG" else ["--quiet", *argv]
+
+
 def take_over_celery(level: str | None = None, settings: Settings | None = None) -> None:
     """Configure now, and make Celery use `configure` instead of its own logging setup (call before
     `worker_main`)."""
+    import warnings
+
+    from celery.exceptions import SecurityWarning
     from celery.signals import setup_logging
 
     configure(level, settings)
+    if level_name(level, settings) != "DEBUG":
+        warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges",
+                                category=SecurityWarning)
 
     def setup(**_: Any) -> None:
         configure(level, settings)

@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
             overrides["worker_metrics_port"] = metrics_port
         settings = settings_for(data_dir, **overrides)  # exits 2 naming a bad value; creates the embedded data dir
 
-        from cli.logs import take_over_celery
+        from cli.logs import celery_argv, take_over_celery
         from workers.gpu import configure, start_runtime, worker_settings
         from workers.startup import StartupFailure
 
@@ -70,10 +70,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(failure.line(), err=True)
             raise typer.Exit(int(failure.code)) from None
         # returns the worker's exit code (celery-types says NoReturn)
-        code: int | None = celery_app.start([
+        code: int | None = celery_app.start(celery_argv([
             "worker", "--pool", "solo", "--concurrency", "1", "--queues", subscribed,
             "--hostname", hostname, "--loglevel", loglevel, "--without-gossip", "--without-mingle",
-        ])
+        ], loglevel, settings))
         raise typer.Exit(int(code or 0))
 
     @app.command()

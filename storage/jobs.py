@@ -162,7 +162,7 @@ class JobStore(JobQueries):
             _charge(s, picked.rows, claims, now, picked.weights)
         if picked.idle_owners:
             self._forget_idle(queue, picked.idle_owners)
-        log.info("worker %s claimed %d jobs of %s %s", worker_id, len(claims), queue, [c.job_id for c in claims])
+        log.debug("worker %s claimed %d jobs of %s %s", worker_id, len(claims), queue, [c.job_id for c in claims])
         return claims
 
     def claim_for_message(
