@@ -4,6 +4,9 @@ Off unless one of these environment variables is set (production never sets them
 - `UNIPIC_FAULT_OOM_ABOVE=N`: a model call with more than N items raises `torch.OutOfMemoryError`.
 - `UNIPIC_FAULT_OOM_ABOVE_PIXELS=P`: a model call producing more than P pixels raises `torch.OutOfMemoryError`.
 - `UNIPIC_FAULT_STEP_DELAY_MS=D`: each sampling step sleeps D ms (to catch a batch mid-run: cancel, SIGKILL).
+- `UNIPIC_FAULT_HOLD_FILE=PATH` (with `UNIPIC_FAULT_HOLD_AFTER_STEPS=N`, default 1): after the worker's first N
+  sampling steps, every step waits until PATH exists. A test holds a batch mid-run for as long as it needs
+  (a signal to arrive, a state to be observed) and then releases it, so nothing depends on how fast steps run.
 - `UNIPIC_FAULT_DEVICE_LOST_AFTER_STEPS=S`: after S sampling steps the device is "lost": that step and every
   later model call (warm-up probes included) raise the error a GPU that fell off the bus raises.
 
@@ -32,13 +35,27 @@ class _DeviceState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass
+class _StepCount:
+    steps: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next(self) -> int:
+        with self.lock:
+            self.steps += 1
+            return self.steps
+
+
 @dataclass(frozen=True)
 class FaultInjector:
     oom_above_items: int | None = None
     oom_above_pixels: int | None = None
     step_delay_seconds: float = 0.0
     device_lost_after_steps: int | None = None
+    hold_file: str | None = None
+    hold_after_steps: int = 1
     _device: _DeviceState = field(default_factory=_DeviceState, compare=False, repr=False)
+    _held: _StepCount = field(default_factory=_StepCount, compare=False, repr=False)
 
     @classmethod
     def from_env(cls) -> FaultInjector:
@@ -51,6 +68,8 @@ class FaultInjector:
             oom_above_pixels=_int("UNIPIC_FAULT_OOM_ABOVE_PIXELS"),
             step_delay_seconds=(_int("UNIPIC_FAULT_STEP_DELAY_MS") or 0) / 1000.0,
             device_lost_after_steps=_int("UNIPIC_FAULT_DEVICE_LOST_AFTER_STEPS"),
+            hold_file=os.environ.get("UNIPIC_FAULT_HOLD_FILE") or None,
+            hold_after_steps=_int("UNIPIC_FAULT_HOLD_AFTER_STEPS") or 1,
         )
         if injector.active:
             log.warning("FAULT INJECTION ACTIVE (test only): %s", injector)
@@ -58,7 +77,7 @@ class FaultInjector:
 
     @property
     def active(self) -> bool:
-        return bool(self.oom_above_items or self.oom_above_pixels or self.step_delay_seconds
+        return bool(self.oom_above_items or self.oom_above_pixels or self.step_delay_seconds or self.hold_file
                     or self.device_lost_after_steps is not None)
 
     def before_model_call(self, items: int, pixels: int) -> None:
@@ -78,9 +97,12 @@ class FaultInjector:
             raise RuntimeError(DEVICE_LOST_MESSAGE)
 
     def on_step(self) -> None:
-        """Slow a sampling step down; lose the device after the configured number of steps."""
+        """Slow a sampling step down or hold it; lose the device after the configured number of steps."""
         if self.step_delay_seconds:
             time.sleep(self.step_delay_seconds)
+        if self.hold_file is not None and self._held.next() > self.hold_after_steps:
+            while not os.path.exists(self.hold_file):  # a test-only wait on a state the test sets
+                time.sleep(0.02)
         if self.device_lost_after_steps is not None:
             with self._device.lock:
                 self._device.steps += 1

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.jobs import enqueue, make_job
+from tests.support.jobs import enqueue, make_jobs
 from tests.support.waiting import wait_for, wait_terminal
 from workers.shutdown import ShutdownGate
 
@@ -40,27 +41,31 @@ def test_the_grace_period_running_out_abandons_everything() -> None:
 
 @pytest.mark.system  # starts model-worker processes
 def test_sigterm_finishes_a_batch_that_fits_the_grace_period_and_releases_one_that_does_not(
-    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any, registry: Any
+    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any, registry: Any,
+    tmp_path: Path,
 ) -> None:
-    # Given two slowed workers mid-batch: one with a long grace period (generate), one with none (edit)
-    patient = start_worker("patient", wait=False, UNIPIC_WORKER_KINDS="generate",
-                           UNIPIC_FAULT_STEP_DELAY_MS="150", UNIPIC_WORKER_SHUTDOWN_GRACE_SECONDS="120")
-    hasty = start_worker("hasty", wait=False, UNIPIC_WORKER_KINDS="edit",
-                         UNIPIC_FAULT_STEP_DELAY_MS="300", UNIPIC_WORKER_SHUTDOWN_GRACE_SECONDS="0")
+    # Given two workers held mid-batch (each step past the 4th waits for a file): one with a long grace period
+    # (generate), one with none (edit)
+    release = tmp_path / "release-steps"
+    patient = start_worker("patient", wait=False, UNIPIC_WORKER_KINDS="generate", UNIPIC_FAULT_HOLD_FILE=str(release),
+                           UNIPIC_FAULT_HOLD_AFTER_STEPS="4", UNIPIC_WORKER_SHUTDOWN_GRACE_SECONDS="120")
+    hasty = start_worker("hasty", wait=False, UNIPIC_WORKER_KINDS="edit", UNIPIC_FAULT_HOLD_FILE=str(release),
+                         UNIPIC_FAULT_HOLD_AFTER_STEPS="4", UNIPIC_WORKER_SHUTDOWN_GRACE_SECONDS="0")
     patient.wait_ready(registry)
     hasty.wait_ready(registry)
-    finishing = [make_job(job_store, object_store, owner_id, "generate", 64, seed=60 + i, steps=6, tag="term")
-                 for i in range(2)]
-    releasing = [make_job(job_store, object_store, owner_id, "edit", 64, seed=70 + i, steps=6, tag="term")
-                 for i in range(2)]
+    # each pair in one transaction: a worker woken meanwhile (a stale message) sees both jobs or neither
+    finishing = make_jobs(job_store, object_store, owner_id, "generate", 64, seeds=(60, 61), steps=6, tag="term")
+    releasing = make_jobs(job_store, object_store, owner_id, "edit", 64, seeds=(70, 71), steps=6, tag="term")
     enqueue(job_store, celery_app, [*finishing, *releasing], stamp_first=True)  # batches of two, never split
     everything = [j.id for j in [*finishing, *releasing]]
     wait_for(lambda: all(j.status == "running" and (j.progress_step or 0) >= 1
                          for j in job_store.get_many(everything)), "both batches to be mid-run")
 
-    # When both receive SIGTERM (a deploy)
+    # When both receive SIGTERM (a deploy), and their held steps go on once both have taken it in
     patient.proc.send_signal(signal.SIGTERM)
     hasty.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: all("shutdown requested" in w.log() for w in (patient, hasty)), "both workers to stop")
+    release.touch()
     assert patient.proc.wait(timeout=120) == 0 and hasty.proc.wait(timeout=120) == 0
 
     # Then the patient worker finished its batch before exiting
