@@ -36,6 +36,7 @@ OPERATIONS = [
     ("GET", "/readyz"), ("GET", "/v1/batches"), ("GET", "/v1/batches/{batch_id}"), ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{job_id}"), ("GET", "/v1/jobs/{job_id}/deliveries"), ("GET", "/v1/objects/{key}"),
     ("GET", "/v1/webhook-endpoints"), ("GET", "/v1/webhook-secret"), ("GET", "/v1/workers"),
+    ("GET", "/v1/models"), ("GET", "/v1/models/{model}"), ("GET", "/v1/batches/{batch_id}/manifest"),
     ("POST", "/v1/batches"), ("POST", "/v1/batches/{batch_id}/cancel"), ("POST", "/v1/chat/completions"),
     ("POST", "/v1/images/edits"), ("POST", "/v1/jobs"),
     ("POST", "/v1/jobs/{job_id}/cancel"), ("POST", "/v1/uploads"), ("POST", "/v1/webhook-endpoints/{endpoint_id}/enable"),
