@@ -31,10 +31,11 @@ MAX_WAIT_SECONDS = 60
 
 def render(services: Services, job: JobRecord, with_position: bool = True) -> JobOut:
     """The job as shown (progress as the worker last wrote it to the row) with, for a queued job, its queue
-    position and estimated start under the scheduling policy (estimates: see storage.queue_estimates)."""
+    position and estimated start under the scheduling policy, from its queue's shared snapshot (at most a few
+    seconds old: one policy walk over the queue per process and interval, not one per request)."""
     if not with_position or job.status != JobStatus.QUEUED:
         return job_out(job, services.presign)
-    estimate = services.jobs.queue_estimate(job)
+    estimate = services.positions.estimate(job)
     warnings = services.coverage.warnings(job)
     return job_out(job, services.presign, estimate.position, estimate.estimated_start_at, warnings)
 
