@@ -73,6 +73,7 @@ def test_client_errors_exit_1_with_the_api_error_code(stack: Stack, tmp_path: Pa
     assert bad_key.returncode == 1 and "unauthorized" in bad_key.stderr and "Traceback" not in bad_key.stderr
     bad_size = stack.cli("generate", "x", "-o", str(tmp_path / "x.png"), "--size", "100", "--steps", "2")
     assert bad_size.returncode == 1 and "validation_error" in bad_size.stderr
+    assert "size must be one of" in bad_size.stderr and "width" not in bad_size.stderr  # the user's own word
     no_key = stack.cli("jobs", "list", key="")
     assert no_key.returncode == 2 and "UNIPIC_API_KEY" in no_key.stderr
     missing = stack.cli("jobs", "show", "0190d4b2-0000-7000-8000-000000000000")

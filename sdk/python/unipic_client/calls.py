@@ -70,11 +70,8 @@ def _sniff(head: bytes) -> str:
 
 
 def sized(body: dict[str, Any]) -> dict[str, Any]:
-    """`size` on generate/edit is the square side: width = height = size."""
-    if body.get("kind") in ("generate", "edit") and body.get("size") is not None:
-        size = body.pop("size")
-        body.setdefault("width", size)
-        body.setdefault("height", size)
+    """The body as the server reads it. `size` on generate/edit (the square side) is sent as `size`, which the
+    server accepts on every kind, so a refusal names `size`, the field the caller wrote."""
     return body
 
 
