@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -61,6 +61,12 @@ class Settings(BaseSettings):
           description="Most pixels (w*h*num_images summed) in one batch")
     worker_pipeline: bool = Field(default=False,
           description="Write a batch's results while the next batch samples (opt-in; default: one after the other)")
+    worker_batching: Literal["continuous", "whole"] = Field(default="whole",
+          description="continuous: running sets that admit, pause and retire image jobs between sampling steps; "
+                      "whole: a claimed batch runs to its last step (the default until continuous passes the "
+                      "reliability suite and the soak)")
+    worker_step_companions: int = Field(default=7, ge=0, le=63,
+          description="continuous: while a less-served key's job is live, how many others share its steps")
     batch_wait_ms: int = Field(default=0, ge=0, le=60_000,
           description="Wait this long for more compatible jobs before running a batch (0: take what is queued)")
     lease_seconds: float = Field(default=60.0, gt=0,

@@ -116,6 +116,10 @@ class GuardedEngine:
         with self._lock:
             return self.calls_ok, self.calls_failed
 
+    def guard(self, call: Callable[[], T], items: int) -> T:
+        """Judge any other model call (a running set's step) like the three above."""
+        return self._call(call, items)
+
     def _call(self, call: Callable[[], T], items: int) -> T:
         try:
             self._check_device()

@@ -26,6 +26,7 @@ from typing import Any
 from storage.records import JobRecord
 from storage.settings import Settings
 from workers.batching import BatchRunner
+from workers.continuous import runner_class
 from workers.device_health import DeviceFatal, GuardedEngine
 from workers.faults import FaultInjector
 from workers.gateway_client import GatewayError, GatewayHttp, GatewayJobs, GatewayObjects, TokenRevoked
@@ -84,7 +85,7 @@ class GatewayWorker:
         faults = FaultInjector.from_env()
         engine = load_ready_engine(settings, faults)
         shutdown = ShutdownGate(settings.worker_shutdown_grace_seconds)
-        runner = BatchRunner(
+        runner = runner_class(settings)(
             store=jobs, objects=objects, engine=engine, settings=settings, worker_id=first["worker_id"],
             metrics=WorkerMetrics(), shutdown=shutdown, enqueue=_server_enqueues, faults=faults,
             device=settings.worker_device, pipeline=settings.worker_pipeline,

@@ -69,6 +69,12 @@ class LeaseKeeper:
             proven_at = self._proven_at
         return time.monotonic() < proven_at + self._lease_seconds * PROOF_SHARE
 
+    def add(self, claims: Sequence[Claim]) -> None:
+        """Start renewing claims made after the keeper started (a running set admitting jobs); just claimed,
+        they are proven now."""
+        with self._lock:
+            self._held.update({c.job_id: c for c in claims})
+
     def finish(self, job_id: str) -> None:
         """Stop renewing a job that reached its end in this batch."""
         with self._lock:

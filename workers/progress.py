@@ -115,11 +115,17 @@ class CancelWatcher:
         with self._lock:
             return set(self._requested)
 
+    def watch(self, job_ids: Iterable[str]) -> None:
+        """Also check these jobs (admitted into a running set after the watcher started)."""
+        with self._lock:
+            self._ids.extend(job_ids)
+
     def __call__(self) -> set[str]:
         now = time.monotonic()
         if now - self._checked >= self._interval:
             self._checked = now
-            pending = [j for j in self._ids if j not in self._requested]
+            with self._lock:
+                pending = [j for j in self._ids if j not in self._requested]
             if pending:
                 try:
                     found = set(self._store.cancel_requested_ids(pending))

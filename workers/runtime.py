@@ -27,6 +27,7 @@ from storage.routing import gpu_queues, send_and_stamp
 from storage.settings import Settings
 from workers.batching import BatchRunner
 from workers.card_fit import with_choice
+from workers.continuous import runner_class
 from workers.device_health import GuardedEngine
 from workers.faults import FaultInjector
 from workers.heartbeat import Heartbeat, WorkerInfo
@@ -77,7 +78,7 @@ class WorkerRuntime:
         def enqueue(jobs: Sequence[JobRecord]) -> None:
             send_and_stamp(celery, store, [j.ref for j in jobs])  # the enqueue contract of storage.routing
 
-        runner = BatchRunner(
+        runner = runner_class(settings)(
             store=store, objects=make_object_store(settings), engine=engine, settings=settings,
             worker_id=worker_id, metrics=metrics, shutdown=shutdown, enqueue=enqueue,
             faults=faults, device=settings.worker_device, pipeline=settings.worker_pipeline,
