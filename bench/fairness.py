@@ -91,8 +91,10 @@ def _claim_order(pg_url: str, b_ids: list[str], batch_id: str) -> dict[str, Any]
             "a_batch_seconds_p50": round(float(a_batch or 0.0), 3)}
 
 
-def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path, root: Path) -> dict[str, Any]:
-    stack = Stack(StackConfig(checkpoint=checkpoint, workers=workers, lease_seconds=30.0), root / "stack")
+def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path, root: Path,
+        batching: str = "whole") -> dict[str, Any]:
+    stack = Stack(StackConfig(checkpoint=checkpoint, workers=workers, lease_seconds=30.0,
+                              extra_env={"UNIPIC_WORKER_BATCHING": batching}), root / "stack")
     try:
         stack.start()
         key_a, key_b = _key(stack, "tenant-a"), _key(stack, "tenant-b")
@@ -110,7 +112,7 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
             counts = client.get(f"/v1/batches/{batch_id}", headers=a_headers).json()["counts"]
             client.post(f"/v1/batches/{batch_id}/cancel", headers=a_headers)
         order = _claim_order(stack.pg.url, contended_ids, batch_id)
-        result = {"bulk": bulk, "b_jobs": b_jobs, "interval": interval, "workers": workers,
+        result = {"bulk": bulk, "b_jobs": b_jobs, "interval": interval, "workers": workers, "batching": batching,
                   "b_alone_s": _stats(alone), "b_during_bulk_s": _stats(contended),
                   "a_counts_when_b_done": counts, **order}
         result["ratio_p50"] = round(result["b_during_bulk_s"]["p50"] / result["b_alone_s"]["p50"], 2)
@@ -127,6 +129,8 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=1.5, help="seconds between B's submissions")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--model", default="", help="checkpoint dir (default: write a tiny one)")
+    ap.add_argument("--batching", choices=("continuous", "whole"), default="whole",
+                    help="the workers' UNIPIC_WORKER_BATCHING")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="unipic-fairness-"))
     if args.model:
@@ -136,9 +140,9 @@ def main() -> None:
 
         (root / "ckpt").mkdir(parents=True)
         checkpoint = write_tiny_checkpoint(root / "ckpt")
-    out = run(args.bulk, args.b_jobs, args.interval, args.workers, checkpoint, root)
+    out = run(args.bulk, args.b_jobs, args.interval, args.workers, checkpoint, root, args.batching)
     print(f"tenant B: {args.b_jobs} jobs, one every {args.interval}s; tenant A: {args.bulk}-item batch; "
-          f"{args.workers} worker(s)")
+          f"{args.workers} worker(s), {args.batching} batching")
     print(f"{'':28}{'p50 s':>10}{'p99 s':>10}")
     for label, key in (("B alone", "b_alone_s"), ("B during A's bulk", "b_during_bulk_s")):
         print(f"{label:28}{out[key]['p50']:>10}{out[key]['p99']:>10}")
