@@ -151,8 +151,9 @@ class _Loop:
         pixels = self.s.worker_batch_pixel_budget - sum(m.item.job.pixels for m in self.members.values())
         if rows <= 0 or pixels <= 0:
             return
+        kinds = [k for k in self.s.worker_kinds if k in IMAGE_KINDS]  # the gateway claims across queues
         claims = self.r.store.claim_for_message(self.seed, self.r.worker_id, self.s.lease_seconds, rows, pixels,
-                                                kinds=self.s.worker_kinds)
+                                                kinds=kinds)
         if claims:
             self._admit(claims)
 
@@ -169,7 +170,7 @@ class _Loop:
                 self.keeper.finish(claim.job_id)
             elif item.job.kind not in IMAGE_KINDS:  # not for a running set: back to the queue
                 self.keeper.finish(claim.job_id)
-                self.released.append(claim)
+                self.r._release([claim])
             else:
                 self._admit_item(item)
 
@@ -190,7 +191,7 @@ class _Loop:
             if is_oom(exc) and self.members:
                 release_cached_memory()
                 self.row_cap = max(1, len(self.members))
-                self.released.append(item.claim)
+                self.r._release([item.claim])
             else:
                 code = JobErrorCode.OUT_OF_MEMORY if is_oom(exc) else JobErrorCode.MODEL_ERROR
                 self.r._fail(item.claim, code, str(exc) or type(exc).__name__)
@@ -293,8 +294,8 @@ class _Loop:
                             [m.id for m in back])
                 self.row_cap = max(1, len(self.members) - len(back))
                 for m in back:
-                    self.released.append(m.claim)
                     self._remove(m)
+                self.r._release([m.claim for m in back])  # at once: their leases are no longer renewed
                 return
         if len(ids) == 1 or len(live) == 1:
             m = self.members[next(iter(ids))] if ids else live[0]

@@ -57,3 +57,23 @@ def test_a_job_queued_mid_set_takes_a_canceled_items_row_and_results_equal_alone
         shared = np.asarray(decode(object_store, done[job.id].result_keys[0]))
         solo = np.asarray(decode(object_store, alone_done.result_keys[0]))
         assert np.array_equal(shared, solo)
+
+
+def test_out_of_memory_shrinks_the_set_and_sends_the_newest_items_back_to_the_queue(
+    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
+) -> None:
+    # Given a continuous worker whose steps run out of memory above one item
+    worker = start_worker("continuous-oom", UNIPIC_WORKER_BATCHING="continuous", UNIPIC_WORKER_MAX_BATCH="3",
+                          UNIPIC_WORKER_KINDS="generate", UNIPIC_FAULT_OOM_ABOVE="1", OMP_NUM_THREADS="1")
+    jobs = make_jobs(job_store, object_store, owner_id, "generate", 64, [920, 921, 922], steps=3,
+                     tag="continuous-oom")
+
+    # When three of them are claimed into one set
+    enqueue(job_store, celery_app, jobs, stamp_first=True)
+    done = wait_terminal(job_store, [j.id for j in jobs], workers=[worker])
+
+    # Then the set shrinks to what fits and every job still succeeds, none counted as a lost attempt
+    for job in jobs:
+        assert done[job.id].status == "succeeded", done[job.id]
+        assert done[job.id].attempts == 0
+    assert "back to the queue" in worker.log()
