@@ -1,4 +1,4 @@
-"""The same `BatchRunner` over the remote transport: jobs of all three kinds run through the gateway client
+"""The same `BatchRunner` (whole batches and continuous running sets) over the remote transport: jobs of all three kinds run through the gateway client
 against the real app (in process), the tiny engine and the S3 server, and the gateway worker refuses to start
 with direct credentials."""
 
@@ -16,9 +16,10 @@ from tests.support import REPO
 from tests.support.jobs import decode, make_job
 
 
-@pytest.fixture
-def gateway_runner(client: TestClient, migrated: Any, tiny_engine: Any, make_token: Any) -> Any:
-    from workers.batching import BatchRunner
+@pytest.fixture(params=["whole", "continuous"])
+def gateway_runner(client: TestClient, migrated: Any, tiny_engine: Any, make_token: Any,
+                   request: pytest.FixtureRequest) -> Any:
+    from workers.continuous import runner_class
     from workers.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
     from workers.metrics import WorkerMetrics
     from workers.shutdown import ShutdownGate
@@ -26,9 +27,10 @@ def gateway_runner(client: TestClient, migrated: Any, tiny_engine: Any, make_tok
     _, headers = make_token(name="in-process")
     http = GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client)
     jobs = GatewayJobs(http, GatewayObjects(), "in-process:1")
-    runner = BatchRunner(
-        store=jobs, objects=jobs.objects, engine=tiny_engine,
-        settings=migrated.model_copy(update={"progress_interval_ms": 0, "worker_max_batch": 8}),
+    settings = migrated.model_copy(update={"progress_interval_ms": 0, "worker_max_batch": 8,
+                                           "worker_batching": request.param})
+    runner = runner_class(settings)(
+        store=jobs, objects=jobs.objects, engine=tiny_engine, settings=settings,
         worker_id="in-process:1", metrics=WorkerMetrics(), shutdown=ShutdownGate(30.0), enqueue=lambda _: None,
     )
     return jobs, runner
