@@ -28,8 +28,10 @@ def tiny_engine(tiny_checkpoint: Path) -> Any:
 
 @pytest.fixture
 def make_runner(settings: Any, job_store: Any, object_store: Any, tiny_engine: Any, celery_app: Any) -> Any:
-    """Build a `BatchRunner` in this process with settings overrides and an optional fault injector."""
+    """Build a `BatchRunner` in this process with settings overrides and an optional fault injector (a
+    `ContinuousRunner` with `worker_batching="continuous"`)."""
     from workers.batching import BatchRunner
+    from workers.continuous import runner_class
     from workers.faults import FaultInjector
     from workers.metrics import WorkerMetrics
     from workers.shutdown import ShutdownGate
@@ -38,9 +40,9 @@ def make_runner(settings: Any, job_store: Any, object_store: Any, tiny_engine: A
         def enqueue_released(jobs: Any) -> None:
             enqueue(job_store, celery_app, jobs)
 
-        return BatchRunner(
-            store=job_store, objects=object_store, engine=tiny_engine,
-            settings=settings.model_copy(update={"progress_interval_ms": 0, **overrides}),
+        runner_settings = settings.model_copy(update={"progress_interval_ms": 0, **overrides})
+        return runner_class(runner_settings)(
+            store=job_store, objects=object_store, engine=tiny_engine, settings=runner_settings,
             worker_id="in-process:1", metrics=WorkerMetrics(), shutdown=ShutdownGate(grace_seconds),
             enqueue=enqueue_released, faults=faults,
         )
