@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.jobs import make_job
+from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
 from workers.leases import LeaseKeeper
 
@@ -65,3 +66,54 @@ def test_an_item_whose_lease_is_lost_leaves_the_set_and_writes_nothing(
     left = job_store.get(job.id)
     assert left.status == "running" and left.result_keys is None
     assert not object_store.page(f"results/{job.id}/")
+
+
+def _other_owner(session_factory: Any) -> str:
+    import secrets
+
+    from storage.ids import new_id
+    from storage.tables import ApiKey
+
+    key_id = new_id()
+    with session_factory.begin() as s:
+        s.add(ApiKey(id=key_id, name="test-b", key_prefix="upk_test", key_hash=secrets.token_hex(32),
+                     webhook_secret="whsec_" + secrets.token_hex(24)))
+    return key_id
+
+
+def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
+    monkeypatch: Any,
+) -> None:
+    from workers.continuous import _Loop
+
+    retired: list[str] = []
+    retire = _Loop._retire
+
+    def observed_retire(loop: _Loop, m: Any, images: Any, call_size: int) -> None:  # observe: retirement order
+        retired.append(m.id)
+        retire(loop, m, images, call_size)
+
+    monkeypatch.setattr(_Loop, "_retire", observed_retire)
+    # Given tenant A's two jobs in a set held after two steps, on a worker that runs a less-served key's job
+    # with no companions
+    release = tmp_path / "release"
+    runner = make_runner(FaultInjector(hold_file=str(release), hold_after_steps=1), worker_batching="continuous",
+                         worker_step_companions=0)
+    bulk = [make_job(job_store, object_store, owner_id, "generate", 64, seed=940 + i, steps=8, tag="cont-sched")
+            for i in range(2)]
+    thread = threading.Thread(target=lambda: runner.run(bulk[0].id))
+    thread.start()
+    wait_for(lambda: all((job_store.get(j.id).progress_step or 0) >= 2 for j in bulk), "A's set to take two steps")
+
+    # When tenant B queues one job of as many steps and the set goes on
+    late = make_job(job_store, object_store, _other_owner(session_factory), "generate", 64, seed=949, steps=8,
+                    tag="cont-sched-b")
+    release.touch()
+    thread.join(120)
+    runner.drain()
+
+    # Then B's job joined and finished first: A's items paused for its steps (forced in only against starvation)
+    done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), late.id])}
+    assert all(j.status == "succeeded" for j in done.values())
+    assert retired[0] == late.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
