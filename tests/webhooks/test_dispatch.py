@@ -53,7 +53,8 @@ def test_succeeded_event_is_signed_and_shows_the_job_as_the_api_does(
     assert data["params"]["width"] == 256 and data["metadata"] == {"k": "v"}
     assert data["execution"]["model_seconds"] == 0.5 and data["execution"]["worker"] == "worker-test"
     image = data["result"]["images"][0]
-    assert "X-Amz-Signature" in image["url"] and f"results/{job.id}/0.png" in image["url"]
+    done = jobs.job_store.get(job.id)
+    assert "X-Amz-Signature" in image["url"] and f"/{done.result_keys[0]}?" in image["url"]
     assert image["expires_at"] and image["width"] == 256
     (attempt,) = attempts_of(session_factory, event.id)
     assert attempt.status_code == 200 and attempt.latency_ms is not None and attempt.response_snippet == "ok"
