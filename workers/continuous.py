@@ -120,7 +120,7 @@ class _Loop:
                     self._claim_more()
                     for key in list(self.sets):
                         self._step(key)
-                    self.r.faults.on_step()
+                    self._guarded(self.r.faults.on_step, max(1, len(self.members)))  # a lost device is fatal
         except DeviceFatal:  # the device broke: every live item goes back (attempts unchanged); we exit
             self._wait_finishing()
             self.r._release([m.claim for m in self.members.values()] + self.released)

@@ -40,14 +40,16 @@ def test_an_items_own_error_stays_the_items_when_the_probe_passes(tiny_engine: A
     assert guarded.counts() == (0, 1)
 
 
+@pytest.mark.parametrize("batching", ["whole", "continuous"])
 def test_a_lost_device_releases_the_whole_batch_without_charging_attempts(
     make_runner: Any, tiny_engine: Any, job_store: Any, object_store: Any, owner_id: str, settings: Any,
+    batching: str,
 ) -> None:
     # Given a batch of three jobs and a device that is lost at the second sampling step
     jobs = [make_job(job_store, object_store, owner_id, "generate", 64, seed=s, steps=4, tag="lost-inproc")
             for s in (1, 2, 3)]
     faults = FaultInjector(device_lost_after_steps=1)
-    runner = make_runner(faults)
+    runner = make_runner(faults, worker_batching=batching)
     runner.engine = GuardedEngine(tiny_engine, probe_request(settings.allowed_sizes, settings.worker_max_pixels),
                                   check_device=faults.check_device)
 
