@@ -117,3 +117,31 @@ def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
     done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), late.id])}
     assert all(j.status == "succeeded" for j in done.values())
     assert retired[0] == late.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
+
+
+def test_a_shutdown_that_cannot_wait_hands_live_items_back_and_claims_nothing_more(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, tmp_path: Path
+) -> None:
+    # Given a set of two jobs held after two steps, on a worker with no shutdown grace, and a third job queued
+    release = tmp_path / "release"
+    runner = make_runner(FaultInjector(hold_file=str(release), hold_after_steps=1), grace_seconds=0.0,
+                         worker_batching="continuous", worker_max_batch=3)
+    jobs = [make_job(job_store, object_store, owner_id, "generate", 64, seed=950 + i, steps=6, tag="cont-stop")
+            for i in range(2)]
+    thread = threading.Thread(target=lambda: runner.run(jobs[0].id))
+    thread.start()
+    wait_for(lambda: all((job_store.get(j.id).progress_step or 0) >= 2 for j in jobs), "the set to take two steps")
+    waiting = make_job(job_store, object_store, owner_id, "generate", 64, seed=952, steps=6, tag="cont-stop")
+
+    # When shutdown is requested and the set goes on
+    runner.shutdown.request()
+    release.touch()
+    thread.join(60)
+    runner.drain()
+
+    # Then both live items are back in the queue on their first attempt with nothing written, and nothing more
+    # was claimed
+    for job in job_store.get_many([j.id for j in jobs]):
+        assert job.status == "queued" and job.attempts == 0 and not job.result_keys, job
+        assert not object_store.page(f"results/{job.id}/")
+    assert job_store.get(waiting.id).status == "queued"
