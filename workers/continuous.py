@@ -35,7 +35,7 @@ from workers.leases import LeaseKeeper
 from workers.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
 from workers.oom import is_oom, release_cached_memory
 from workers.progress import CancelWatcher, ProgressReporter
-from workers.step_policy import Live, choose
+from workers.step_policy import STARVE_AFTER, Live, choose
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,12 @@ class Member:
     @property
     def claim(self) -> Claim:
         return self.item.claim
+
+    def over_time(self) -> bool:
+        """Past its own time limit: in the steps it took, or in wall time with every pause the step policy may
+        impose (it advances at least once every STARVE_AFTER + 1 steps)."""
+        soft = self.clock.soft_seconds
+        return self.model_seconds > soft or self.clock.elapsed() > soft * (STARVE_AFTER + 1)
 
     def live(self) -> Live:
         job = self.item.job
@@ -214,7 +220,7 @@ class _Loop:
             elif m.id in requested:
                 self.r.store.cancel_running(m.claim)
                 self.r.metrics.jobs.labels(JobStatus.CANCELED).inc()
-            elif m.clock.soft_expired():
+            elif m.over_time():
                 self.r._fail(m.claim, JobErrorCode.TIMEOUT,
                              f"job exceeded its time limit of {m.clock.soft_seconds:.0f}s")
             elif self.r.shutdown.should_abandon(m.clock.started, progress.get(m.id, 0.0)):
