@@ -6,6 +6,8 @@ Owns the conv network and the 0.2325 latent scale; official names `encoder.*`, `
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +17,64 @@ from model.config import VAEConfig
 
 def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
+
+
+# Feature maps above this many pixels run GroupNorm -> SiLU -> 3x3 conv (and nearest upsample -> conv) in bands of
+# rows with a one-row overlap, so no full-size normalised, activated or upsampled copy is ever made: the decoder's
+# and encoder's transients then hold about two feature maps instead of four or five (bench/memory.py). Smaller maps
+# (every map of a 256 px image) take the plain path. The GroupNorm statistics are still those of the whole map,
+# computed apart in float32: pixels agree with the plain path within one uint8 level (tests/model/test_vae.py).
+BAND_PIXELS = 2**16
+
+
+def banded(x: torch.Tensor) -> bool:
+    return x.shape[-2] * x.shape[-1] > BAND_PIXELS
+
+
+def group_stats(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel scale and shift (1, C, 1, 1) per image that apply `norm` with the whole map's statistics."""
+    n, c = x.shape[:2]
+    groups = x.reshape(n, norm.num_groups, -1)  # (N, G, C/G·H·W)
+    moments = [torch.var_mean(groups[:, g].float(), dim=1, unbiased=False) for g in range(norm.num_groups)]
+    var, mean = (torch.stack(m, dim=1) for m in zip(*moments, strict=True))  # (N, G): one group in float32 at once
+    rstd = torch.rsqrt(var + norm.eps)
+    per = c // norm.num_groups
+    scale = rstd.repeat_interleave(per, dim=1) * norm.weight.float()  # (N, C)
+    shift = norm.bias.float() - mean.repeat_interleave(per, dim=1) * scale
+    return scale[..., None, None], shift[..., None, None]
+
+
+def band_conv(rows: Callable[[int, int], torch.Tensor], height: int, conv: nn.Conv2d, out: torch.Tensor,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
+    """out[:, :, a:b] = conv(rows)[a:b] (+ residual) band by band; `rows(a, b)` gives input rows [a, b) of the
+    conv's input, a map `height` rows high. A 3x3 conv with padding 1 reads one row either side of its band."""
+    step = max(1, BAND_PIXELS // out.shape[-1])
+    for a in range(0, height, step):
+        b = min(a + step, height)
+        lo, hi = max(a - 1, 0), min(b + 1, height)
+        x = F.pad(rows(lo, hi), (0, 0, lo - (a - 1), (b + 1) - hi))  # zero rows outside the map
+        y = F.conv2d(x, conv.weight, conv.bias, padding=(0, 1))
+        if residual is not None:
+            y = y + residual[:, :, a:b]
+        out[:, :, a:b] = y
+    return out
+
+
+def norm_silu_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """conv(silu(norm(x))) (+ residual); in bands when the map is large. The result may be written over
+    `residual` (the caller's block input, not used after)."""
+    if not banded(x):
+        h = conv(F.silu(norm(x)))
+        return h if residual is None else residual + h
+    scale, shift = group_stats(norm, x)
+
+    def rows(a: int, b: int) -> torch.Tensor:
+        return F.silu((x[:, :, a:b].float() * scale + shift).to(x.dtype))
+
+    same = residual is not None and residual.shape[1] == conv.out_channels and residual.data_ptr() != x.data_ptr()
+    out = residual if same else x.new_empty(x.shape[0], conv.out_channels, *x.shape[2:])
+    return band_conv(rows, x.shape[-2], conv, out, residual)
 
 
 class ResnetBlock(nn.Module):
@@ -28,10 +88,14 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        if not banded(x):
+            h = self.conv1(F.silu(self.norm1(x)))
+            h = self.conv2(F.silu(self.norm2(h)))
+            shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+            return shortcut + h
+        h = norm_silu_conv(self.norm1, self.conv1, x)
         shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        return shortcut + h
+        return norm_silu_conv(self.norm2, self.conv2, h, residual=shortcut)
 
 
 class AttnBlock(nn.Module):
@@ -67,7 +131,16 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(c, c, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        height, width = 2 * x.shape[-2], 2 * x.shape[-1]
+        if height * width <= BAND_PIXELS:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+        def rows(a: int, b: int) -> torch.Tensor:  # rows [a, b) of the upsampled map
+            up = F.interpolate(x[:, :, a // 2 : (b + 1) // 2], scale_factor=2.0, mode="nearest")
+            return up[:, :, a % 2 : a % 2 + b - a]
+
+        out = x.new_empty(x.shape[0], self.conv.out_channels, height, width)
+        return band_conv(rows, height, self.conv, out)
 
 
 class Mid(nn.Module):
@@ -111,7 +184,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return norm_silu_conv(self.norm_out, self.conv_out, h)
 
 
 class Decoder(nn.Module):
@@ -142,7 +215,7 @@ class Decoder(nn.Module):
                 h = block(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return norm_silu_conv(self.norm_out, self.conv_out, h)
 
 
 class AutoencoderKL(nn.Module):

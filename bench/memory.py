@@ -1,0 +1,283 @@
+"""Device memory account without a GPU: peak bytes per phase of the real engine, run on meta tensors.
+
+`python -m bench.memory` builds the full-size model on the `meta` device (shapes and dtypes, no storage: nothing
+of its 1.5 B weights is allocated), runs the real `RunningSet` (admit, every MAR step, decode) for generate and
+edit at 256/512/1024 px, batch 1-4, in bf16, and counts every tensor storage the engine creates through a
+`TorchDispatchMode` (`LiveBytes`): a storage counts from the op that creates it until Python frees it, rounded up
+to the CUDA caching allocator's 512-byte blocks, so the peak reads like `torch.cuda.max_memory_allocated`.
+It prints weights by component and, per phase (text prefill, edit image encode, MAR steps, diffusion head, VAE
+decode, PNG conversion), the live bytes at the phase's peak; `--write-table` puts the totals into
+`workers/card_fit_table.json` as `cpu-accounted` rows wherever no GPU measurement exists.
+
+What a meta run cannot see, so a GPU measurement still replaces it: the CUDA context and cuBLAS workspaces
+(card fit reserves them apart), allocator fragmentation (card fit's margin), the diffusion head's CUDA-graph pool
+(run eager here), and which attention kernel CUDA picks: every `scaled_dot_product_attention` is counted as a
+fused kernel (output plus a float32 log-sum-exp per query, no score matrix), as CUDA runs bf16 attention.
+Two values a meta tensor does not hold are supplied: `.item()` (only the largest RoPE position) returns the
+largest position the set can reach, and a boolean-mask write (the edit prompt's `<image>` slots) writes in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from model import running_set, vae
+from model.checkpoint import LoadedModel, build_empty
+from model.config import UniPicConfig, get_config
+from model.diffusion import DiffusionSchedule
+from model.inference import EditRequest, GenerateRequest, UniPicEngine
+from model.prompts import load_tokenizer
+from model.unipic import UniPic
+
+GIB = 2**30
+BLOCK = 512  # the CUDA caching allocator rounds every block up to 512 bytes
+TABLE = Path(__file__).resolve().parents[1] / "workers" / "card_fit_table.json"
+PHASES = ("prefill", "edit encode", "mar step", "diffusion head", "vae decode", "png")
+
+
+def rounded(nbytes: int) -> int:
+    return -(-nbytes // BLOCK) * BLOCK
+
+
+@dataclass
+class LiveBytes(TorchDispatchMode):
+    """Sums the storages of `device` created by dispatched ops while they are alive; peak overall and per phase.
+
+    A phase's entry is the bytes live at its peak (everything: weights, state other phases keep, its own
+    transients). `phase(name)` nests; the innermost phase takes the bytes."""
+
+    device: str = "meta"
+    base: int = 0  # bytes live before tracking began (the weights)
+    scalar: int = 0  # what `.item()` on a meta tensor returns
+    live: int = 0
+    peak: int = 0
+    phases: dict[str, int] = field(default_factory=dict)
+    _stack: list[str] = field(default_factory=list)
+    _seen: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = self.base
+
+    def _track(self, t: torch.Tensor) -> None:
+        if t.device.type != self.device:
+            return
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self._seen:
+            return
+        size = rounded(storage.nbytes())
+        self._seen[key] = size
+        weakref.finalize(storage, self._free, key)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        if self._stack:
+            name = self._stack[-1]
+            self.phases[name] = max(self.phases.get(name, 0), self.live)
+
+    def _free(self, key: int) -> None:
+        self.live -= self._seen.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        flat, _ = tree_flatten((args, kwargs))
+        on_meta = any(isinstance(a, torch.Tensor) and a.device.type == "meta" for a in flat)
+        if on_meta and func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            return self.scalar
+        if on_meta and func is torch.ops.aten.index_put_.default and any(
+                i is not None and i.dtype == torch.bool for i in args[1]):
+            return args[0]  # boolean-mask write in place: no new storage
+        out = func(*args, **kwargs)
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._stack.append(name)
+        self.phases[name] = max(self.phases.get(name, 0), self.live)
+        try:
+            yield
+        finally:
+            self._stack.pop()
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                    dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                    enable_gqa: bool = False) -> torch.Tensor:
+    """What a fused CUDA attention kernel allocates: the output and a float32 log-sum-exp per query row."""
+    del attn_mask, dropout_p, is_causal, scale, enable_gqa
+    lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)  # (..., Q)
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+    del lse
+    return out
+
+
+def weight_bytes(model: UniPic) -> dict[str, int]:
+    """Parameter and buffer bytes per top-level component (shared storages counted once, where first met)."""
+    seen: set[int] = set()
+    out: dict[str, int] = {}
+    parts = [("mar.diffloss", model.mar.diffloss), ("mar", model.mar), ("llm", model.llm), ("vae", model.vae),
+             ("proj_in", model.proj_in), ("proj_out", model.proj_out)]
+    if hasattr(model, "siglip2"):
+        parts += [("siglip2", model.siglip2), ("siglip2_proj", model.siglip2_proj)]
+    for name, module in parts:
+        total = 0
+        for t in [*module.parameters(), *module.buffers()]:
+            key = id(t.untyped_storage()) if t.device.type != "meta" else id(t)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += rounded(t.numel() * t.element_size())
+        out[name] = total
+    return out
+
+
+def meta_engine(cfg: UniPicConfig, dtype: torch.dtype = torch.bfloat16, head_steps: int | None = None
+                ) -> UniPicEngine:
+    """The engine over a meta-device model; `head_steps` shortens the diffusion head's reverse loop (every pass
+    allocates alike, so only the (K-1, N, C) noise draws shrink with it) to keep the full-size runs short."""
+    model = build_empty(cfg, torch.device("meta"), dtype)
+    loaded = LoadedModel(model, cfg, None, f"meta:{cfg.name}", "meta", cfg.repetition_penalty)
+    tok = load_tokenizer(None, cfg.llm.vocab_size)
+    engine = UniPicEngine(loaded, tok, torch.device("meta"), dtype, cuda_graphs=False)
+    if head_steps is not None:
+        d = cfg.diffloss
+        engine.sampler.schedule = DiffusionSchedule.create(d.num_train_steps, str(head_steps), d.max_beta)
+    return engine
+
+
+def requests(kind: str, size: int, batch: int, steps: int) -> list[Any]:
+    if kind == "generate":
+        return [GenerateRequest(f"g{i}", "a red fox in the snow", seed=i, size=size, steps=steps) for i in range(batch)]
+    image = Image.new("RGB", (size, size), (90, 120, 200))
+    return [EditRequest(f"e{i}", image, "make it blue", seed=i, size=size, steps=steps) for i in range(batch)]
+
+
+@contextmanager
+def phases_of(engine: UniPicEngine, tracker: LiveBytes, to_pil: Callable[[torch.Tensor], list[Image.Image]]
+              ) -> Iterator[None]:
+    """Label the engine's calls with phases; `to_pil` replaces `model.images.to_pil` inside the set."""
+    model, sampler, conditioner = engine.model, engine.sampler, engine.conditioner
+
+    def wrap(obj: object, name: str, label: str) -> Any:
+        fn = getattr(obj, name)
+
+        def wrapped(*a: Any, **k: Any) -> Any:
+            with tracker.phase(label):
+                return fn(*a, **k)
+
+        return mock.patch.object(obj, name, wrapped)
+
+    patches = [
+        wrap(conditioner, "generate", "prefill"), wrap(conditioner, "edit", "prefill"),
+        wrap(conditioner, "image_embeddings", "edit encode"),
+        wrap(running_set.RunningSet, "_advance", "mar step"), wrap(sampler, "sample_head", "diffusion head"),
+        wrap(model.vae, "decode_tokens", "vae decode"),
+        mock.patch.object(running_set, "to_pil", to_pil),
+        mock.patch.object(F, "scaled_dot_product_attention", fused_attention),
+    ]
+    for p in patches:
+        p.start()
+    try:
+        yield
+    finally:
+        for p in reversed(patches):
+            p.stop()
+
+
+def account(engine: UniPicEngine, kind: str, size: int, batch: int, steps: int = 32) -> LiveBytes:
+    """Run one set of `batch` requests to completion on meta tensors; returns the tracker."""
+    weights = sum(weight_bytes(engine.model).values())
+    cfg = engine.config
+    tracker = LiveBytes(base=weights, scalar=512 + cfg.mar.buffer_size + cfg.tokens_for(size))
+
+    def device_pixels(pixels: torch.Tensor) -> list[Image.Image]:  # model.images.to_pil up to the copy to host
+        with tracker.phase("png"):
+            u8 = torch.clamp(127.5 * pixels + 128, 0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+            return [Image.new("RGB", (u8.shape[2], u8.shape[1])) for _ in range(u8.shape[0])]
+
+    with phases_of(engine, tracker, device_pixels), tracker:
+        rs = engine.open_set(kind, size)
+        rs.admit(requests(kind, size, batch, steps))
+        while rs.items:
+            rs.step()
+        del rs
+    return tracker
+
+
+def table(engine: UniPicEngine, sizes: list[int], batches: list[int], steps: int) -> list[dict[str, Any]]:
+    rows = []
+    for kind in ("generate", "edit"):
+        for size in sizes:
+            for batch in batches:
+                t = account(engine, kind, size, batch, steps)
+                rows.append({"kind": kind, "size": size, "batch": batch, "peak": t.peak, "phases": dict(t.phases)})
+    return rows
+
+
+def show(weights: dict[str, int], rows: list[dict[str, Any]]) -> str:
+    lines = ["weights (bf16): " + ", ".join(f"{k} {v / GIB:.3f}" for k, v in weights.items())
+             + f"; total {sum(weights.values()) / GIB:.3f} GiB"]
+    head = f"{'kind':9s} {'size':>5s} {'b':>2s} {'peak':>7s} " + " ".join(f"{p:>14s}" for p in PHASES)
+    lines += ["live GiB at each phase's peak (weights included):", head]
+    for r in rows:
+        cells = " ".join(f"{r['phases'][p] / GIB:14.3f}" if p in r["phases"] else f"{'-':>14s}" for p in PHASES)
+        lines.append(f"{r['kind']:9s} {r['size']:5d} {r['batch']:2d} {r['peak'] / GIB:7.3f} {cells}")
+    return "\n".join(lines)
+
+
+def write_table(rows: list[dict[str, Any]], path: Path = TABLE) -> None:
+    """Replace the estimated rows of card fit's table by cpu-accounted ones (measured rows stay)."""
+    data = json.loads(path.read_text())
+    accounted = {(r["kind"], r["size"], r["batch"]): round(r["peak"] / GIB, 2) for r in rows}
+    for row in data["rows"]:
+        key = (row["kind"], row["size"], row["batch"])
+        if row.get("basis", "estimated" if row.get("estimated") else "measured") != "measured" and key in accounted:
+            row["peak_gib"], row["basis"], row["estimated"] = accounted[key], "cpu-accounted", False
+        row.setdefault("basis", "estimated" if row["estimated"] else "measured")
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="unipic-1.5b")
+    ap.add_argument("--sizes", default="256,512,1024")
+    ap.add_argument("--batches", default="1,2,3,4")
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--head-steps", type=int, default=4,
+                    help="diffusion head passes per MAR step (the model uses 100; each allocates alike)")
+    ap.add_argument("--no-cuts", action="store_true", help="the VAE without bands (the memory before the cuts)")
+    ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--write-table", action="store_true", help="put the totals into workers/card_fit_table.json")
+    args = ap.parse_args()
+    if args.no_cuts:
+        vae.BAND_PIXELS = 2**62
+    engine = meta_engine(get_config(args.config), head_steps=args.head_steps)
+    weights = weight_bytes(engine.model)
+    rows = table(engine, [int(s) for s in args.sizes.split(",")], [int(b) for b in args.batches.split(",")],
+                 args.steps)
+    print(show(weights, rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"weights": weights, "rows": rows}, indent=1))
+    if args.write_table:
+        write_table(rows)
+
+
+if __name__ == "__main__":
+    main()
