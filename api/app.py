@@ -19,6 +19,7 @@ from api.bodies import BodyLimit
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.event_hub import EventHub
+from api.heartbeats import HeartbeatBatcher
 from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import install_openapi
 from api.reconciler import JobReconciler
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     hub = EventHub.from_settings(settings)  # one Redis subscription per process (api.event_hub)
     reconciler = JobReconciler(services.jobs.get_many, settings.events_reconcile_seconds)
+    heartbeats = HeartbeatBatcher(services.registry, min(2.0, settings.heartbeat_seconds / 5))  # api.heartbeats
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         await reconciler.stop()
         await hub.stop()
+        heartbeats.stop()
         services.close()
 
     app = FastAPI(title="unipic-queue", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
@@ -83,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     app.state.event_hub = hub
     app.state.reconciler = reconciler
+    app.state.heartbeats = heartbeats
     for module in (jobs, events, batches, uploads, objects, webhooks, health, ui, openai_compat, worker_gateway):
         app.include_router(module.router)
     install_error_handlers(app)

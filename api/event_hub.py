@@ -12,7 +12,15 @@ messages published meanwhile are lost; streams also reconcile on a slow jittered
 Without Redis (embedded mode) or with `UNIPIC_EVENTS_MODE=poll` there is no subscription: a watch only times out,
 and its waiter polls Postgres on its tick (the old mechanism, kept for the embedded mode and for comparison).
 Limits are counted in both modes: at most `max_streams` watches per process and `max_per_key` per API key, else
-`TooManyStreams` (429). Knows nothing of HTTP routes, rendering or Postgres.
+`TooManyStreams` (429).
+
+Queue wake-ups (`{"type": "queued", "queue", "jobs": n}` on a queue's channel) go to the gateway's long-polling
+claims (`QueueWaiter`s): each message wakes at most `n` waiters of its queue, the longest waiting first (one per
+new job, not the whole herd: a woken claim that finds its job gone simply waits again). The hub also remembers,
+per queue, that a claim looked and found it empty while subscribed with no wake-up since (`begin_look` /
+`end_look`): other waiters then skip that queue until a wake-up, a resync or `fresh_s` (the safety tick) has
+passed, so an idle fleet costs the database about one look per queue per tick per process, whatever its size.
+Knows nothing of HTTP routes, rendering or Postgres.
 """
 
 from __future__ import annotations
@@ -122,6 +130,56 @@ class Watch:
         self.close()
 
 
+class QueueWaiter:
+    """One long-polling claim's registration for its queues' wake-ups. Use as a context manager."""
+
+    def __init__(self, hub: EventHub, queues: list[str]) -> None:
+        self.hub = hub
+        self.queues = queues
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    @property
+    def woken(self) -> bool:
+        return self._wake.is_set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when woken (a job may be claimable), False after `timeout`; re-arms either way."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(timeout, 0.0))
+        woken = self._wake.is_set()
+        self._wake.clear()
+        if woken:  # to the back of the line: the next wake-up goes to one that waited longer
+            self.hub.requeue_waiter(self)
+        return woken
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.hub.release_waiter(self)
+            if self._wake.is_set():  # woken as it ended (its wait ran out): the wake-up goes to another waiter
+                for queue in self.queues:
+                    self.hub.wake_queue(queue, 1, count=False)
+
+    def __enter__(self) -> QueueWaiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Look:
+    """A claim's look at some queues: which to read, and the wake-up counts when it began."""
+
+    queues: list[str]
+    seen: dict[str, int]
+    generation: int
+
+
 class EventHub:
     """The process's one subscription and its waiters (all on the event loop that serves requests)."""
 
@@ -141,6 +199,12 @@ class EventHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribed: asyncio.Event | None = None
         self.subscriptions = 0  # confirmed (re)subscriptions: 1 after start, +1 per reconnect
+        self._queue_waiters: dict[str, dict[QueueWaiter, None]] = {}  # insertion order: longest waiting first
+        self._queue_wakes: Counter[str] = Counter()  # wake-ups per queue so far
+        self._empty_since: dict[str, tuple[int, int, float]] = {}  # queue -> (wakes, generation, when) seen empty
+        self._looking: dict[str, tuple[int, int]] = {}  # queue -> (wakes, generation) of a look in flight
+        self._generation = 0  # +1 per resync: what was known empty before may not be any more
+        self.queue_wakeups = 0
         self.delivered = 0
         self.dropped = 0
 
@@ -184,10 +248,98 @@ class EventHub:
     def open_for(self, owner_id: str) -> int:
         return self._per_owner.get(owner_id, 0)
 
+    # ---- long-polling claims ----------------------------------------------------------------------------------
+    def queue_waiter(self, queues: Iterable[str]) -> QueueWaiter:
+        """Register a claim waiting for any of `queues` (no stream limit: the gateway's callers are tokens)."""
+        self.ensure_started()
+        waiter = QueueWaiter(self, list(queues))
+        for queue in waiter.queues:
+            self._queue_waiters.setdefault(queue, {})[waiter] = None
+        return waiter
+
+    def waiting(self, queue: str) -> int:
+        """How many claims wait on `queue` now."""
+        return len(self._queue_waiters.get(queue, ()))
+
+    def known_empty(self, queue: str, fresh_s: float) -> bool:
+        """Whether a claim found `queue` empty within `fresh_s`, with no wake-up or resync since."""
+        seen = self._empty_since.get(queue)
+        return self.live and seen is not None and seen[:2] == (self._queue_wakes[queue], self._generation) \
+            and time.monotonic() - seen[2] < fresh_s
+
+    def release_waiter(self, waiter: QueueWaiter) -> None:
+        for queue in waiter.queues:
+            waiters = self._queue_waiters.get(queue)
+            if waiters is not None:
+                waiters.pop(waiter, None)
+                if not waiters:
+                    del self._queue_waiters[queue]
+
+    def requeue_waiter(self, waiter: QueueWaiter) -> None:
+        for queue in waiter.queues:
+            waiters = self._queue_waiters.get(queue)
+            if waiters is not None and waiters.pop(waiter, 0) is None:
+                waiters[waiter] = None
+
+    @property
+    def live(self) -> bool:
+        """Whether the subscription is up now (wake-ups arrive)."""
+        return self.push and self._subscribed is not None and self._subscribed.is_set()
+
+    def begin_look(self, queues: Iterable[str], fresh_s: float) -> Look:
+        """The queues a claim should read now: all of them, less those seen empty within `fresh_s` with no
+        wake-up since, and those another claim is reading already since the last wake-up (only while live)."""
+        wanted = list(queues)
+        seen = {q: self._queue_wakes[q] for q in wanted}
+        if self.live:
+            state = {q: (seen[q], self._generation) for q in wanted}
+            fresh = {q for q in wanted if self.known_empty(q, fresh_s)}
+            wanted = [q for q in wanted if q not in fresh and self._looking.get(q) != state[q]]
+            for q in wanted:
+                self._looking[q] = state[q]
+        return Look(wanted, seen, self._generation)
+
+    def end_look(self, look: Look, empty: Iterable[str]) -> None:
+        """The look is over; `empty`: the queues it read and found with nothing claimable."""
+        now = time.monotonic()
+        for q in look.queues:
+            if self._looking.get(q) == (look.seen[q], look.generation):
+                del self._looking[q]
+        if not self.live or look.generation != self._generation:
+            return
+        for q in empty:
+            if self._queue_wakes[q] == look.seen.get(q):
+                self._empty_since[q] = (look.seen[q], look.generation, now)
+
+    def wake_queue(self, queue: str, jobs: int, count: bool = True) -> None:
+        """`jobs` became claimable in `queue`: wake that many of its waiters (the longest waiting first).
+        `count=False` passes on a wake-up already counted (its waiter ended without using it)."""
+        if count:
+            self._queue_wakes[queue] += 1
+            self._empty_since.pop(queue, None)
+        waiters = self._queue_waiters.get(queue)
+        if not waiters:
+            return
+        woken = 0
+        for waiter in list(waiters):
+            if woken >= jobs:
+                break
+            if not waiter.woken:
+                waiter.wake()
+                woken += 1
+        self.queue_wakeups += woken
+
     def dispatch(self, channel: str, data: bytes | str) -> None:
-        """One message from Redis to the watches of its job or batch."""
+        """One message from Redis to the watches of its job or batch, or the claims waiting on its queue."""
         name = channel.decode() if isinstance(channel, bytes) else channel
         key = name.removeprefix(self.prefix + CHANNEL_PREFIX)
+        if key.startswith("queue:"):
+            try:
+                jobs = int(json.loads(data).get("jobs", 1))
+            except (ValueError, AttributeError):
+                jobs = 1
+            self.wake_queue(key.removeprefix("queue:"), max(jobs, 1))
+            return
         waiters = self._by_key.get(key)
         if not waiters:
             return
@@ -206,6 +358,10 @@ class EventHub:
                 waiters.discard(watch)
 
     def resync_all(self) -> None:
+        self._generation += 1  # wake-ups may have been lost: nothing is known empty; one claim per queue looks
+        self._empty_since.clear()
+        for queue in list(self._queue_waiters):
+            self.wake_queue(queue, 1)
         for waiters in list(self._by_key.values()):
             for watch in list(waiters):
                 watch.resync()

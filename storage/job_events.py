@@ -10,6 +10,9 @@ re-read Postgres (the truth) and reconcile on a slow timer, so a lost message on
 
 Channels: `{prefix}ev:job:{job_id}` and, for a job of a batch, `{prefix}ev:batch:{batch_id}` too. A message is
 JSON `{"type": "status"|"progress"|"update", "job_id", "batch_id", "custom_id", "status", "step", "total"}`.
+Queue wake-ups: a transaction that makes jobs claimable in a queue (created, requeued, released) also publishes
+`{"type": "queued", "queue", "jobs": n}` on `{prefix}ev:queue:{queue}`, once per queue with the count, so the
+gateway's long-polling claims of that queue wake instead of polling (`note_queued`).
 Without Redis (`settings.redis_url` empty: the embedded mode) nothing is attached and readers poll.
 Knows nothing of HTTP, streams or the API's fan-out (`api.event_hub`).
 """
@@ -20,13 +23,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.settings import Settings
+from storage.states import JobStatus
 from storage.tables import Job
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 CHANNEL_PREFIX = "ev:"
 PAUSE_AFTER_FAILURE_S = 2.0
 _NOTES = "unipic_job_events"
+_QUEUED = "unipic_queue_wakeups"
 _ATTACHED = "unipic_job_events_attached"
 
 
@@ -45,6 +51,11 @@ def job_channel(prefix: str, job_id: str) -> str:
 def batch_channel(prefix: str, batch_id: str) -> str:
     """The channel carrying the events of every job of one batch."""
     return f"{prefix}{CHANNEL_PREFIX}batch:{batch_id}"
+
+
+def queue_channel(prefix: str, queue: str) -> str:
+    """The channel on which a queue's wake-ups (jobs became claimable there) go."""
+    return f"{prefix}{CHANNEL_PREFIX}queue:{queue}"
 
 
 def channel_pattern(prefix: str) -> str:
@@ -72,6 +83,22 @@ def note(s: Session, row: Job, values: Mapping[str, Any]) -> None:
         "type": kind, "job_id": row.id, "batch_id": row.batch_id, "custom_id": row.custom_id,
         "status": str(row.status), "step": row.progress_step, "total": row.progress_total,
     })
+    if values.get("status") == JobStatus.QUEUED:  # requeued or released: claimable again
+        note_queued(s, [row.queue])
+
+
+def note_queued(s: Session, queues: Iterable[str]) -> None:
+    """Remember that one job per item of `queues` became claimable in this transaction; after commit each queue
+    gets one wake-up message carrying its count."""
+    if not s.info.get(_ATTACHED):
+        return
+    counts: Counter[str] = s.info.setdefault(_QUEUED, Counter())
+    counts.update(queues)
+
+
+def queued_events(counts: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The wake-up messages for a transaction's queue counts."""
+    return [{"type": "queued", "queue": queue, "jobs": n} for queue, n in sorted(counts.items()) if n > 0]
 
 
 class Publisher(Protocol):
@@ -99,6 +126,9 @@ class RedisPublisher:
             pipe = self.client.pipeline(transaction=False)
             for ev in events:
                 body = json.dumps(ev, separators=(",", ":"))
+                if ev.get("type") == "queued":
+                    pipe.publish(queue_channel(self.prefix, ev["queue"]), body)
+                    continue
                 pipe.publish(job_channel(self.prefix, ev["job_id"]), body)
                 if ev.get("batch_id"):
                     pipe.publish(batch_channel(self.prefix, ev["batch_id"]), body)
@@ -120,12 +150,14 @@ def attach(sessions: sessionmaker[Session], publisher: Publisher) -> None:
     sessions.configure(info={**sessions.kw.get("info", {}), _ATTACHED: True})
 
     def after_commit(session: Session) -> None:
-        events = session.info.pop(_NOTES, None)
+        events = session.info.pop(_NOTES, None) or []
+        events += queued_events(session.info.pop(_QUEUED, None) or {})
         if events:
             publisher.publish(events)
 
     def after_rollback(session: Session) -> None:
         session.info.pop(_NOTES, None)
+        session.info.pop(_QUEUED, None)
 
     event.listen(sessions, "after_commit", after_commit)
     event.listen(sessions, "after_rollback", after_rollback)

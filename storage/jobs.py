@@ -81,6 +81,7 @@ class JobStore(JobQueries):
                 s.add(row)
                 s.flush()
                 fair_share.activate(s, [(row.queue, row.owner_id)])
+                job_events.note_queued(s, [row.queue])  # wakes the queue's long-polling claims after commit
                 record = JobRecord.of(row)
         except IntegrityError:
             if new.idempotency_key:  # lost a race with the same key
@@ -129,6 +130,7 @@ class JobStore(JobQueries):
             if values:
                 s.execute(insert(_JOBS_TABLE), [_column_values(v) for v in values])
                 fair_share.activate(s, {(v["queue"], v["owner_id"]) for v in values}, now)
+                job_events.note_queued(s, [v["queue"] for v in values])
         records = [_record_from_values(v) for v in values]
         log.info("created %d jobs batch=%s", len(records), batch_id)
         return batch_record, records

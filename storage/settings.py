@@ -143,6 +143,8 @@ class Settings(BaseSettings):
           description="Open event streams and waits per API key and process before 429")
     events_reconcile_seconds: float = Field(default=20.0, gt=0,
           description="A pushed stream re-reads Postgres about this often (jittered 0.75-1.5x)")
+    gateway_claim_tick_seconds: float = Field(default=5.0, gt=0,
+          description="A waiting gateway claim re-reads its queues about this often without a wake-up (jittered)")
 
     @field_validator("worker_kinds", mode="before")
     @classmethod

@@ -8,17 +8,29 @@ its jobs come back through lease expiry (JobStore.requeue_expired), not through 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import write_session
 from storage.tables import Worker, utcnow
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Beat:
+    """One worker's heartbeat (and the work it reported) waiting to be written with others."""
+
+    worker_id: str
+    at: datetime
+    batches: int = 0
+    jobs: int = 0
+    health: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,28 @@ class WorkerRegistry:
         with write_session(self.sessions) as s:
             result = s.execute(stmt, execution_options={"synchronize_session": False})
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def heartbeat_many(self, beats: Sequence[Beat]) -> set[str]:
+        """Record many workers' heartbeats in ONE transaction (one UPDATE per shape, executed for all rows);
+        the ids of the workers found (the others are unknown: they register again)."""
+        if not beats:
+            return set()
+        with write_session(self.sessions) as s:
+            found = set(s.scalars(select(Worker.id).where(Worker.id.in_([b.worker_id for b in beats]))))
+            for with_health in (False, True):
+                rows = [{"wid": b.worker_id, "at": b.at, "batches": b.batches, "jobs": b.jobs, "health": b.health}
+                        for b in beats if b.worker_id in found and (b.health is not None) == with_health]
+                if not rows:
+                    continue
+                table: Table = Worker.__table__  # type: ignore[assignment]
+                values: dict[str, Any] = {"last_heartbeat_at": bindparam("at"),
+                                          "batches_served": table.c.batches_served + bindparam("batches"),
+                                          "jobs_served": table.c.jobs_served + bindparam("jobs")}
+                if with_health:
+                    values["health"] = bindparam("health", type_=table.c.health.type)
+                s.execute(update(table).where(table.c.id == bindparam("wid")).values(**values),
+                          [r if with_health else {k: v for k, v in r.items() if k != "health"} for r in rows])
+        return found
 
     def stop(self, worker_id: str) -> None:
         """Mark a graceful stop."""

@@ -17,7 +17,9 @@ overwrite a newer claim:
   an invalid result is 422 with the refusal's code and the job stays running under the worker's lease;
 - `fail` (a job's own failure, or `canceled` to acknowledge a cancel request), `release` (hand jobs back: they
   are queued again and get a fresh message), `heartbeat` (the worker's entry in `GET /v1/workers`, transport
-  "remote").
+  "remote"; beats are batched, one transaction per interval for all workers: `api.heartbeats`).
+An idle `claim` costs the database nothing between wake-ups: it waits on its queues' wake-ups (`api.event_hub`)
+and reads Postgres only when woken or on a slow safety tick, skipping queues another claim just found empty.
 A job claimed under another token, or by no one, is 404 whatever the lease token; a stale lease is 409.
 Knows nothing of the model; no SQL here.
 """
@@ -35,6 +37,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import RegistryDep, ServicesDep
 from api.errors import ApiError
+from api.event_hub import EventHub
+from api.heartbeats import HeartbeatBatcher
 from api.result_checks import DeclaredObject, InvalidResult, result_keys, verify_results
 from api.services import Services
 from api.worker_auth import WorkerCaller, WorkerDep
@@ -47,9 +51,9 @@ from storage.states import JobErrorCode, JobStatus
 router = APIRouter(prefix="/v1/worker", tags=["worker gateway"])
 
 MAX_WAIT_SECONDS = 30.0
-# an idle long-poll looks again after 20 ms, doubling up to 0.5 s: a worker asking right after a batch (when work
-# is likely queued) sees new work within tens of ms, an idle fleet costs each at most 2 claims/s
-POLL_SECONDS = (0.02, 0.5)
+# without wake-ups (embedded or poll mode, Redis down) an idle long-poll looks again after 20 ms, doubling up to
+# the safety tick: a worker asking right after a batch sees new work within tens of ms, an idle one costs little
+POLL_SECONDS = 0.02
 WORKER_NAME = r"^[A-Za-z0-9._:@-]{1,100}$"
 CLAIM_ID = r"^[A-Za-z0-9-]{8,64}$"
 FAIL_CODES = {JobErrorCode.INVALID_INPUT, JobErrorCode.MODEL_ERROR, JobErrorCode.OUT_OF_MEMORY,
@@ -174,23 +178,47 @@ async def claim(body: ClaimIn, request: Request, services: ServicesDep, caller: 
     worker_id = caller.worker_id(body.worker)
     queues = allowed_queues(caller, body.kinds, body.max_image_pixels)
     lease = services.settings.lease_seconds
-    deadline = time.monotonic() + body.wait_seconds
-    pause, longest = POLL_SECONDS
     if body.claim_id is not None:  # a retry of a claim whose answer was lost: the same jobs, no second batch
         again = await run_in_threadpool(services.jobs.claimed_by, body.claim_id, worker_id)
         if again:
             jobs = await run_in_threadpool(_claimed_jobs, services, caller, again)
             return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=jobs)
-    while True:
-        if await request.is_disconnected():
-            return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=[])
-        claims = await run_in_threadpool(_claim_once, services, queues, worker_id, body)
-        if claims or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(longest, pause * 2)
-    jobs = await run_in_threadpool(_claimed_jobs, services, caller, claims)
+    claims = await _wait_for_claims(request, services, queues, worker_id, body)
+    jobs = await run_in_threadpool(_claimed_jobs, services, caller, claims) if claims else []
     return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=jobs)
+
+
+async def _wait_for_claims(request: Request, services: Services, queues: list[str], worker_id: str,
+                           body: ClaimIn) -> list[Claim]:
+    """Claim now, else wait for a wake-up of one of `queues` (`api.event_hub`: published after the commit that
+    made a job claimable there) and claim again, until `wait_seconds`. The database is read only when woken, on
+    the slow jittered safety tick (`gateway_claim_tick_seconds`: a lost message costs at most that), and then
+    only for queues no other claim of this process has just found empty. Without a live subscription (embedded
+    mode, poll mode, Redis down) it polls, 20 ms doubling to the tick."""
+    hub: EventHub = request.app.state.event_hub
+    tick = services.settings.gateway_claim_tick_seconds
+    deadline = time.monotonic() + body.wait_seconds
+    pause = POLL_SECONDS
+    if body.wait_seconds > 0:
+        await hub.ready(min(1.0, body.wait_seconds))  # so no wake-up published after the first look is missed
+    with hub.queue_waiter(queues) as waiter:  # registered before the first look: nothing falls in between
+        while True:
+            look = hub.begin_look(queues, tick)
+            claims: list[Claim] = []
+            empty = list(look.queues)
+            try:
+                if look.queues:
+                    claims, empty = await run_in_threadpool(_claim_once, services, look.queues, worker_id, body)
+            finally:
+                hub.end_look(look, empty)
+            left = deadline - time.monotonic()
+            if claims or left <= 0 or await request.is_disconnected():
+                return claims
+            if hub.live:
+                await waiter.wait(min(left, tick * random.uniform(0.75, 1.25)))
+            else:
+                await asyncio.sleep(min(left, pause * random.uniform(0.75, 1.25)))
+                pause = min(tick, pause * 2)
 
 
 def allowed_queues(caller: WorkerCaller, kinds: list[str] | None, max_image_pixels: int | None) -> list[str]:
@@ -200,13 +228,17 @@ def allowed_queues(caller: WorkerCaller, kinds: list[str] | None, max_image_pixe
     return [f"unipic.{kind}.{name}" for kind in served for name, side in RESOLUTION_CLASSES if side * side <= limit]
 
 
-def _claim_once(services: Services, queues: list[str], worker_id: str, body: ClaimIn) -> list[Claim]:
-    for queue in random.sample(queues, len(queues)):  # no queue starves another
+def _claim_once(services: Services, queues: list[str], worker_id: str,
+                body: ClaimIn) -> tuple[list[Claim], list[str]]:
+    """The first batch found, the queues in random order (no queue starves another); and the queues read empty."""
+    empty: list[str] = []
+    for queue in random.sample(queues, len(queues)):
         claims = services.jobs.claim_next(queue, worker_id, services.settings.lease_seconds, body.max_items,
                                           body.max_batch_pixels, claim_id=body.claim_id)
         if claims:
-            return claims
-    return []
+            return claims, empty
+        empty.append(queue)
+    return [], empty
 
 
 def _claimed_jobs(services: Services, caller: WorkerCaller, claims: list[Claim]) -> list[ClaimedJob]:
@@ -325,16 +357,25 @@ def _release(services: Services, claims: list[Claim]) -> int:
 
 # ---- heartbeat ------------------------------------------------------------------------------------------------
 @router.post("/heartbeat", response_model=HeartbeatOut, summary="Register or heartbeat a remote worker")
-def heartbeat(body: HeartbeatIn, services: ServicesDep, registry: RegistryDep, caller: WorkerDep) -> HeartbeatOut:
+def heartbeat(body: HeartbeatIn, request: Request, services: ServicesDep, registry: RegistryDep,
+              caller: WorkerDep) -> HeartbeatOut:
+    """Register (first beat, `start`) or beat: a known worker's beats are batched (`api.heartbeats`), written
+    with the others in one transaction per interval."""
     worker_id = caller.worker_id(body.worker)
     kinds = [k for k in body.kinds if k in caller.token.kinds] or list(caller.token.kinds)
     max_pixels = min(body.max_pixels or caller.token.max_pixels, caller.token.max_pixels)
-    if body.start or not registry.heartbeat(worker_id, body.batches, body.jobs, body.health):
+    batcher: HeartbeatBatcher = request.app.state.heartbeats
+    if body.start or body.stopping:  # written directly, in order with the registration or the stop
+        batcher.forget(worker_id)
+    if body.start or not (batcher.beat(worker_id, body.batches, body.jobs, body.health)
+                          or registry.heartbeat(worker_id, body.batches, body.jobs, body.health)):
         registry.register(worker_id, body.hostname or "remote", body.pid, body.device, body.model_id, kinds,
                           max_pixels, body.max_batch, allowed_queues(caller, kinds, max_pixels), transport="remote")
         registry.heartbeat(worker_id, body.batches, body.jobs, body.health)
     if body.stopping:
         registry.stop(worker_id)
+    else:
+        batcher.known(worker_id)
     settings = services.settings
     return HeartbeatOut(worker_id=worker_id, lease_seconds=settings.lease_seconds,
                         heartbeat_seconds=settings.heartbeat_seconds, kinds=kinds, max_pixels=max_pixels)

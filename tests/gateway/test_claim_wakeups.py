@@ -1,0 +1,197 @@
+"""Idle costs nothing: a long-polling gateway claim waits on its queues' wake-ups (Redis, after the commit that
+made a job claimable, through the API process's event hub), reads Postgres only when woken or on the slow safety
+tick, and a lost wake-up costs at most one tick. Real uvicorn, Postgres, Redis and S3; waits on states."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import event
+
+from storage.routing import queue_for
+from tests.support.jobs import make_job
+from tests.support.waiting import wait_for
+
+QUEUE = queue_for("generate", 256)  # the one queue a generate-only token capped at 512x512 serves
+SLOW_TICK_S = 60.0
+FAST_TICK_S = 0.5
+WAITERS = 20
+
+
+def _serve(app: Any) -> Iterator[str]:
+    """`app` under uvicorn on a free port, in a thread (lifespan on: the hub starts as in production)."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, "uvicorn to start", timeout=30)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _app(migrated: Any, tick: float) -> Any:
+    from api.app import create_app
+
+    app = create_app(migrated.model_copy(update={"rate_limit_per_minute": 100_000,
+                                                 "gateway_claim_tick_seconds": tick}))
+    app.state.services.key_cache.ttl = 0
+    return app
+
+
+@pytest.fixture(scope="module")
+def slow_app(migrated: Any) -> Any:
+    return _app(migrated, SLOW_TICK_S)
+
+
+@pytest.fixture(scope="module")
+def slow_url(slow_app: Any) -> Iterator[str]:
+    yield from _serve(slow_app)
+
+
+@pytest.fixture(scope="module")
+def fast_app(migrated: Any) -> Any:
+    return _app(migrated, FAST_TICK_S)
+
+
+@pytest.fixture(scope="module")
+def fast_url(fast_app: Any) -> Iterator[str]:
+    yield from _serve(fast_app)
+
+
+@pytest.fixture
+def headers(services: Any) -> dict[str, str]:
+    from storage.worker_tokens import WorkerTokenStore
+
+    _, plaintext = WorkerTokenStore(services.jobs.sessions).create("idle-gpu", kinds=["generate"],
+                                                                   max_pixels=512 * 512)
+    return {"Authorization": f"Bearer {plaintext}"}
+
+
+def _claims(url: str, headers: dict[str, str], n: int, wait_seconds: float) -> tuple[list[Any], threading.Thread]:
+    """`n` concurrent long-polling claims (async httpx, in a thread); their answers land in the list."""
+    answers: list[Any] = []
+
+    async def one(client: httpx.AsyncClient, i: int) -> Any:
+        started = time.monotonic()
+        response = await client.post(f"{url}/v1/worker/claim", headers=headers, json={
+            "worker": f"idle:{i}", "max_items": 1, "wait_seconds": wait_seconds})
+        return response.status_code, response.json(), time.monotonic() - started
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=wait_seconds + 30) as client:
+            answers.extend(await asyncio.gather(*(one(client, i) for i in range(n))))
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    thread.start()
+    return answers, thread
+
+
+def _transactions(app: Any) -> Callable[[], int]:
+    """Counts the transactions the app's engine begins from now on."""
+    engine = app.state.services.jobs.sessions.kw["bind"]
+    seen = [0]
+
+    def begin(_conn: Any) -> None:
+        seen[0] += 1
+
+    event.listen(engine, "begin", begin)
+    return lambda: seen[0]
+
+
+def test_a_waiting_claim_returns_when_a_job_is_created_in_its_queue(
+    slow_app: Any, slow_url: str, headers: dict[str, str], owner_id: str,
+) -> None:
+    # Given a claim long-polling an empty queue, with a safety tick (60 s) longer than its wait (30 s)
+    hub = slow_app.state.event_hub
+    services = slow_app.state.services
+    answers, thread = _claims(slow_url, headers, 1, wait_seconds=30)
+    wait_for(lambda: hub.waiting(QUEUE) == 1 and hub.known_empty(QUEUE, SLOW_TICK_S),
+             "the claim to have looked and to wait on its queue", timeout=30)
+    # When a job is committed into that queue
+    job = make_job(services.jobs, services.objects, owner_id, "generate", 256, seed=1)
+    thread.join(timeout=40)
+    # Then the claim returns it, woken: well before its wait or the tick could have ended it
+    [(status, body, elapsed)] = answers
+    assert status == 200 and [j["job_id"] for j in body["jobs"]] == [job.id]
+    assert elapsed < 15, f"claim took {elapsed:.1f}s: it was not woken by the job's commit"
+
+
+def test_idle_claims_cost_a_bounded_number_of_transactions(
+    slow_app: Any, slow_url: str, headers: dict[str, str],
+) -> None:
+    # Given an empty queue and a count of the API's database transactions
+    hub = slow_app.state.event_hub
+    wait_for(lambda: hub.waiting(QUEUE) == 0, "earlier claims to end", timeout=30)
+    count = _transactions(slow_app)
+    # When 20 claims long-poll it for 4 s
+    answers, thread = _claims(slow_url, headers, WAITERS, wait_seconds=4)
+    thread.join(timeout=40)
+    # Then they all come back empty, having cost one authentication each and a few looks in all (a claim skips a
+    # queue another claim of this process just found empty with no wake-up since), not one look per poll each
+    assert len(answers) == WAITERS and all(s == 200 and not b["jobs"] for s, b, _ in answers)
+    assert count() <= WAITERS + 10, f"{count()} transactions for {WAITERS} idle claims over 4 s"
+
+
+def test_a_lost_wakeup_costs_at_most_a_safety_tick(
+    fast_app: Any, fast_url: str, headers: dict[str, str], owner_id: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a claim waiting on an empty queue (safety tick 0.5 s), and Redis refusing every publish
+    hub = fast_app.state.event_hub
+    services = fast_app.state.services
+    answers, thread = _claims(fast_url, headers, 1, wait_seconds=20)
+    wait_for(lambda: hub.waiting(QUEUE) == 1 and hub.live, "the claim to wait on its queue", timeout=30)
+
+    def refuse(*_args: Any, **_kw: Any) -> Any:
+        raise redis.ConnectionError("publish refused (fault injected)")
+
+    monkeypatch.setattr(redis.Redis, "pipeline", refuse)
+    # When a job is committed into its queue (its wake-up is lost)
+    wakeups = hub.queue_wakeups
+    job = make_job(services.jobs, services.objects, owner_id, "generate", 256, seed=2)
+    thread.join(timeout=40)
+    # Then the claim still takes it, on its safety tick, with no wake-up delivered
+    [(status, body, elapsed)] = answers
+    assert status == 200 and [j["job_id"] for j in body["jobs"]] == [job.id]
+    assert hub.queue_wakeups == wakeups
+
+
+def test_heartbeats_of_many_workers_are_written_together(slow_app: Any, slow_url: str,
+                                                         headers: dict[str, str]) -> None:
+    # Given 20 registered remote workers
+    registry = slow_app.state.services.registry
+    batcher = slow_app.state.heartbeats
+    names = [f"beat:{i}" for i in range(WAITERS)]
+    with httpx.Client(base_url=slow_url, headers=headers, timeout=30) as client:
+        for name in names:
+            assert client.post("/v1/worker/heartbeat", json={"worker": name, "start": True}).status_code == 200
+        before = {w.id: w for w in registry.all() if w.id.endswith(tuple(f":{n}" for n in names))}
+        flushes = batcher.flushes
+        count = _transactions(slow_app)
+        # When each beats twice, reporting a batch each time
+        for _ in range(2):
+            for name in names:
+                beat = client.post("/v1/worker/heartbeat", json={"worker": name, "batches": 1, "jobs": 2})
+                assert beat.status_code == 200
+        wait_for(lambda: batcher.flushes > flushes, "the batched heartbeats to be written", timeout=30)
+    # Then the beats cost the database one token check each, and one transaction per batched write for them all
+    written = batcher.flushes - flushes
+    assert count() <= 2 * WAITERS + written, f"{count()} transactions for {2 * WAITERS} beats in {written} writes"
+    after = {w.id: w for w in registry.all() if w.id in before}
+    assert len(after) == WAITERS
+    for worker_id, worker in after.items():
+        assert worker.last_heartbeat_at > before[worker_id].last_heartbeat_at
+        assert (worker.batches_served, worker.jobs_served) == (2, 4)
