@@ -197,6 +197,8 @@ class RunningSet:
         done = [it for it in chosen if it.step == it.steps]
         if not done:
             return []
+        if self._layout is not None and {it.id for it in done} & set(self._layout.ids):
+            self._layout = None  # its rows change anyway: free the padded K/V before the decoder needs the memory
         finished = self._finish(done)
         gone = {it.id for it in done}
         self.items = [it for it in self.items if it.id not in gone]
