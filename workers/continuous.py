@@ -132,6 +132,12 @@ class _Loop:
             self.r._release([m.claim for m in self.members.values()] + self.released)
             self.released = []
             raise
+        except Exception:  # the store or the network failed past its retries: hand back what is live, if we can
+            log.exception("continuous loop failed; handing its live jobs back")
+            self._wait_finishing()
+            self.r._release([m.claim for m in self.members.values()] + self.released)
+            self.released = []
+            raise
         finally:
             self._wait_finishing()
             self.keeper.__exit__(None, None, None)
