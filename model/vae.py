@@ -72,7 +72,7 @@ def norm_silu_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor, residua
     def rows(a: int, b: int) -> torch.Tensor:
         return F.silu((x[:, :, a:b].float() * scale + shift).to(x.dtype))
 
-    same = residual is not None and residual.shape[1] == conv.out_channels and residual.data_ptr() != x.data_ptr()
+    same = residual is not None and residual.shape[1] == conv.out_channels and residual is not x
     out = residual if same else x.new_empty(x.shape[0], conv.out_channels, *x.shape[2:])
     return band_conv(rows, x.shape[-2], conv, out, residual)
 
@@ -122,7 +122,16 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(c, c, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # pad right and bottom only
+        if not banded(x):
+            return self.conv(F.pad(x, (0, 1, 0, 1)))  # pad right and bottom only
+        height, width = x.shape[-2] // 2, x.shape[-1] // 2
+        out = x.new_empty(x.shape[0], self.conv.out_channels, height, width)
+        step = max(1, BAND_PIXELS // x.shape[-1])
+        for a in range(0, height, step):  # output rows [a, b) read input rows [2a, 2b], the last one padding
+            b = min(a + step, height)
+            rows = x[:, :, 2 * a : 2 * b + 1]
+            out[:, :, a:b] = self.conv(F.pad(rows, (0, 1, 0, 2 * b + 1 - 2 * a - rows.shape[-2])))
+        return out
 
 
 class Upsample(nn.Module):
