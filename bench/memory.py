@@ -92,7 +92,7 @@ class LiveBytes(TorchDispatchMode):
     def _free(self, key: int) -> None:
         self.live -= self._seen.pop(key, 0)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         flat, _ = tree_flatten((args, kwargs))
         on_meta = any(isinstance(a, torch.Tensor) and a.device.type == "meta" for a in flat)
@@ -243,15 +243,30 @@ def show(weights: dict[str, int], rows: list[dict[str, Any]]) -> str:
 
 
 def write_table(rows: list[dict[str, Any]], path: Path = TABLE) -> None:
-    """Replace the estimated rows of card fit's table by cpu-accounted ones (measured rows stay)."""
+    """Put cpu-accounted peaks into card fit's table wherever no GPU measurement exists (measured rows stay).
+
+    A meta run sees no allocator fragmentation, workspaces or kernel choice, so each accounted row is raised by
+    the gap between the GPU measurement and the account at batch 1 for its kind and size (never lowered): the
+    rows then stay consistent with the measured ones, and the account only says how a row grows with the batch."""
     data = json.loads(path.read_text())
-    accounted = {(r["kind"], r["size"], r["batch"]): round(r["peak"] / GIB, 2) for r in rows}
+    accounted = {(r["kind"], r["size"], r["batch"]): r["peak"] / GIB for r in rows}
+    measured = {(r["kind"], r["size"], r["batch"]): r["peak_gib"] for r in data["rows"]
+                if r.get("basis", "estimated" if r["estimated"] else "measured") == "measured"}
     for row in data["rows"]:
         key = (row["kind"], row["size"], row["batch"])
-        if row.get("basis", "estimated" if row.get("estimated") else "measured") != "measured" and key in accounted:
-            row["peak_gib"], row["basis"], row["estimated"] = accounted[key], "cpu-accounted", False
         row.setdefault("basis", "estimated" if row["estimated"] else "measured")
-    path.write_text(json.dumps(data, indent=1) + "\n")
+        if row["basis"] == "measured" or key not in accounted:
+            continue
+        base = (row["kind"], row["size"], 1)
+        gap = max(0.0, measured[base] - accounted[base]) if base in measured and base in accounted else 0.0
+        row["peak_gib"], row["basis"], row["estimated"] = round(accounted[key] + gap, 2), "cpu-accounted", True
+    data["cpu_accounted"] = ("python -m bench.memory --write-table: meta-device run of the engine at the full "
+                             "config, bf16, 32 MAR steps, CFG 3, live storages in 512-byte blocks, raised by the "
+                             "batch-1 gap to the GPU measurement of the same kind and size")
+    head = {k: v for k, v in data.items() if k != "rows"}
+    lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    body = ",\n".join(f"  {json.dumps(r)}" for r in data["rows"])
+    path.write_text("{\n" + "\n".join(lines) + '\n "rows": [\n' + body + "\n ]\n}\n")
 
 
 def main() -> None:

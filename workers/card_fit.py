@@ -1,7 +1,7 @@
 """Card fit: a CUDA worker picks its largest image size and its batch limits from the card's free memory.
 
 Owns the measured peak-memory table (`workers/card_fit_table.json`: peak GiB per kind, size and batch; cells not
-measured are marked estimated, with the formula used) and the choice made from it (issue 20, item 5): with
+measured on a GPU are marked estimated, with their basis: `cpu-accounted` by bench/memory.py, else the formula) and the choice made from it (issue 20, item 5): with
 `budget = free - context reserve - margin`, the largest table size whose batch-1 peak fits for every kind the
 worker serves becomes `worker_max_pixels` (and so its queues), the largest batch that fits at each size gives
 `worker_max_batch` (at the smallest size) and `worker_batch_pixel_budget` (the tightest `batch x pixels` over
@@ -49,7 +49,8 @@ class MemoryRow(BaseModel):
     size: int = Field(gt=0)
     batch: int = Field(ge=1)
     peak_gib: float = Field(gt=0)
-    estimated: bool = False
+    estimated: bool = False  # not measured on a GPU
+    basis: str = "measured"  # measured | cpu-accounted (bench/memory.py, where no GPU measurement exists) | estimated
 
 
 class MemoryTable(BaseModel):

@@ -8,7 +8,9 @@ the VAE decoder's feature maps tens of MiB), so a tracker that counted nothing, 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,3 +53,21 @@ def test_meta_account_matches_the_cpu_allocator(kind: str) -> None:
     assert weights == pytest.approx(sum(p.numel() * 4 for p in engine.model.parameters()), rel=0.01)
     assert set(tracker.phases) >= {"prefill", "mar step", "diffusion head", "vae decode", "png"}
     assert max(tracker.phases.values()) == tracker.peak
+
+
+def test_write_table_fills_only_cells_without_a_gpu_measurement(tmp_path: Path) -> None:
+    from bench.memory import GIB, write_table
+    from workers.card_fit import MemoryTable
+
+    rows = [{"kind": "edit", "size": 1024, "batch": 1, "peak_gib": 7.05, "estimated": False},
+            {"kind": "edit", "size": 1024, "batch": 2, "peak_gib": 9.09, "estimated": True},
+            {"kind": "edit", "size": 512, "batch": 2, "peak_gib": 5.97, "estimated": True}]
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"source": "test", "rows": rows}))
+    write_table([{"kind": "edit", "size": 1024, "batch": 1, "peak": int(6.0 * GIB)},
+                 {"kind": "edit", "size": 1024, "batch": 2, "peak": int(7.0 * GIB)}], path)
+    table = MemoryTable.model_validate(json.loads(path.read_text()))
+    by = {(r.size, r.batch): r for r in table.rows}
+    assert (by[1024, 1].peak_gib, by[1024, 1].basis, by[1024, 1].estimated) == (7.05, "measured", False)
+    assert (by[1024, 2].peak_gib, by[1024, 2].basis, by[1024, 2].estimated) == (8.05, "cpu-accounted", True)
+    assert (by[512, 2].peak_gib, by[512, 2].basis) == (5.97, "estimated")  # nothing accounted: left as it was
