@@ -27,6 +27,6 @@ def test_workers_view_shows_the_card_fit_choice(client: Any, make_key: Any, sess
         shown = rows[worker_id]
         assert shown["max_pixels"] == 1024 * 1024
         assert shown["card_fit"]["batch_by_size"] == {"256": 8, "512": 8, "1024": 3}
-        assert shown["card_fit"]["batch_pixel_budget"] == 2 * 1024 * 1024
+        assert shown["card_fit"]["batch_pixel_budget"] == 3 * 1024 * 1024
     finally:
         registry.stop(worker_id)
