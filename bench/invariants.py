@@ -35,6 +35,7 @@ class Report:
     lost: int = 0
     duplicated: int = 0
     orphans: int = 0
+    stale_attempt_objects: int = 0  # written under an earlier lease of the job: never served, swept later
     missing_objects: int = 0
     latencies: list[float] = field(default_factory=list)
     wall_seconds: float = 0.0
@@ -65,6 +66,7 @@ class Report:
             ("expired", self.expired), ("lost (must be 0)", self.lost),
             ("duplicated (must be 0)", self.duplicated), ("orphan objects (must be 0)", self.orphans),
             ("missing result objects (must be 0)", self.missing_objects),
+            ("stale attempts' objects (never served; swept)", self.stale_attempt_objects),
             ("jobs retried after a lost worker", self.attempts_over_one),
             ("latency p50 / p99 (s)", f"{self.percentile(50):.2f} / {self.percentile(99):.2f}"),
             ("throughput (succeeded jobs/s)", f"{thr:.2f}"), ("wall time (s)", f"{self.wall_seconds:.1f}"),
@@ -162,7 +164,11 @@ def _check_objects(s3: Any, bucket: str, by_id: dict, known_ids: set[str], repor
         if missing:
             report.missing_objects += len(missing)
             report.problems.append(f"job {job_id} result objects missing: {missing}")
+        served_prefixes = {k.rsplit("/", 1)[0] + "/" for k in keys}  # results/{job}/{lease}/
         extra = [s for s in stored if not any(s.endswith(k) for k in keys)]
+        stale = [s for s in extra if not any(p in s for p in served_prefixes)]
+        report.stale_attempt_objects += len(stale)
+        extra = [s for s in extra if s not in stale]  # beside the served result, under the same lease: a duplicate
         if extra:
             report.duplicated += 1
             report.problems.append(f"job {job_id} has objects beyond its result keys: {extra}")
