@@ -14,28 +14,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import auth_first, openai_errors
-from api.bodies import BodyLimit
+from api import auth_first
 from api.docs import install_docs
 from api.errors import install_error_handlers
-from api.event_hub import EventHub
-from api.heartbeats import HeartbeatBatcher
+from api.events.hub import EventHub
+from api.events.reconciler import JobReconciler
+from api.gateway import routes as worker_gateway
+from api.gateway.heartbeats import HeartbeatBatcher
+from api.intake.bodies import BodyLimit
 from api.metrics import Metrics, MetricsMiddleware
+from api.openai import errors as openai_errors
+from api.openai import routes as openai_compat
 from api.openapi import install_openapi
-from api.reconciler import JobReconciler
-from api.routes import (
-    batches,
-    events,
-    health,
-    jobs,
-    objects,
-    openai_compat,
-    ui,
-    uploads,
-    webhooks,
-    worker_gateway,
-)
+from api.routes import batches, events, health, jobs, objects, uploads, webhooks
 from api.services import Services
+from api.status import routes as ui
 from storage.settings import Settings, get_settings
 from storage.tracing import setup_from_settings as setup_tracing
 
@@ -66,9 +59,9 @@ def create_app(settings: Settings) -> FastAPI:
     metrics.watch_jobs(lambda: services.jobs.counts_by_status())
     metrics.watch_fleet(services.fleet.snapshot)
 
-    hub = EventHub.from_settings(settings)  # one Redis subscription per process (api.event_hub)
+    hub = EventHub.from_settings(settings)  # one Redis subscription per process (api.events.hub)
     reconciler = JobReconciler(services.jobs.get_many, settings.events_reconcile_seconds)
-    heartbeats = HeartbeatBatcher(services.registry, min(2.0, settings.heartbeat_seconds / 5))  # api.heartbeats
+    heartbeats = HeartbeatBatcher(services.registry, min(2.0, settings.heartbeat_seconds / 5))  # api.gateway.heartbeats
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

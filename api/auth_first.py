@@ -3,8 +3,8 @@
 FastAPI parses a declared JSON body before it resolves the route's dependencies, so an anonymous request with
 malformed JSON would hear 400 `invalid_json` (and an anonymous multipart with bad fields a validation error)
 before 401. `require_caller` checks the credentials a route needs (an API key through `api.deps`, a worker
-token through `api.worker_auth`) and raises the 401 they would; `install` makes the app's request-validation
-handler call it first. The OpenAI routes' own error handler (api.openai_errors) calls it too.
+token through `api.gateway.auth`) and raises the 401 they would; `install` makes the app's request-validation
+handler call it first. The OpenAI routes' own error handler (api.openai.errors) calls it too.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import _calls, _require_key, authenticate
 from api.errors import ApiError, error_response
+from api.gateway.auth import _unauthorized as worker_unauthorized
+from api.gateway.auth import authenticate_worker
 from api.services import Services
-from api.worker_auth import _unauthorized as worker_unauthorized
-from api.worker_auth import authenticate_worker
 
 
 async def require_caller(request: Request) -> None:

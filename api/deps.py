@@ -20,11 +20,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
-from api.queue_positions import QueuePositions
+from api.events.queue_positions import QueuePositions
 from api.services import Services
-from storage.lifecycle import Lifecycle
-from storage.webhooks import WebhookStore
-from storage.workers_registry import WorkerRegistry
+from storage.fleet.registry import WorkerRegistry
+from storage.lifecycle.store import Lifecycle
+from storage.webhooks.store import WebhookStore
 
 ID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _ID = re.compile(ID_PATTERN.strip("^$"))

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
-from storage.jobs import JobStore
+from storage.jobs.store import JobStore
 from storage.routing import MESSAGE_CONF, JobRef, RunBatchSender
 from storage.settings import Settings
 

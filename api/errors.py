@@ -204,7 +204,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _db_error(request: Request, exc: DatabaseError) -> JSONResponse:
         if connection_lost(exc):
             return error_response(retry_later(503, "unavailable", "database unavailable", RETRY_AFTER_UNAVAILABLE))
-        if isinstance(exc, DatabaseValueError):  # a value api.json_limits let through but the database refused
+        if isinstance(exc, DatabaseValueError):  # a value api.intake.json_limits let through but the database refused
             log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
             return error_response(ApiError(422, "invalid_value", "a value cannot be stored"))
         log.exception("database error on %s %s", request.method, request.url.path)

@@ -3,7 +3,7 @@
 Each app gets its own registry (tests build many apps in one process). Request metrics are labelled by the
 route template (`/v1/jobs/{job_id}`), never the raw path, so cardinality stays bounded. Database gauges (jobs
 by state, per-queue depth and oldest age, running jobs, live workers, webhook backlog) are read when scraped,
-at most once per `JOB_COUNTS_TTL` / `FLEET_TTL` seconds, from `storage.fleet_queries` (a few grouped reads).
+at most once per `JOB_COUNTS_TTL` / `FLEET_TTL` seconds, from `storage.fleet.queries` (a few grouped reads).
 
 Several uvicorn processes: the database gauges are the same from every process, so any one answers. The
 request counters are per process; with `PROMETHEUS_MULTIPROC_DIR` set (as `unipic api --workers N` does),
@@ -23,8 +23,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from api.bodies import ASGIApp, Message, Receive, Scope, Send
-from storage.fleet_queries import FleetSnapshot
+from api.intake.bodies import ASGIApp, Message, Receive, Scope, Send
+from storage.fleet.queries import FleetSnapshot
 from storage.states import JobStatus
 
 JOB_COUNTS_TTL = 2.0

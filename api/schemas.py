@@ -1,7 +1,7 @@
 """The API's request and response schemas, in families (`JobCreate`, `JobOut`, `JobsPage`, `BatchOut`, ...).
 
 They describe the wire format only: static bounds live here (so the OpenAPI document shows them), bounds that
-depend on settings (allowed sizes, max steps, token limits) are checked by `api.params`. They are separate from
+depend on settings (allowed sizes, max steps, token limits) are checked by `api.intake.params`. They are separate from
 the storage tables and records on purpose; `api.views` turns records into these.
 """
 
@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from storage.params import DEFAULT_SIZE, GuidanceSchedule, OutputFormat, SamplingParams, UnderstandParams
-from storage.scheduling import BATCH_DEFAULT_PRIORITY, SINGLE_DEFAULT_PRIORITY
+from storage.jobs.params import DEFAULT_SIZE, GuidanceSchedule, OutputFormat, SamplingParams, UnderstandParams
+from storage.scheduling.policy import BATCH_DEFAULT_PRIORITY, SINGLE_DEFAULT_PRIORITY
 from storage.states import BatchStatus, EventType, JobStatus
 
 Kind = Literal["generate", "edit", "understand"]
@@ -59,7 +59,7 @@ class _Sampling(BaseModel):
     num_images: int = Field(SamplingParams.num_images, strict=True, ge=1, le=4)
     steps: int = Field(SamplingParams.steps, strict=True, ge=1,
                        description="Autoregressive (MAR) steps; at most UNIPIC_MAX_STEPS (the one limit, checked "
-                                   "in api.params)")
+                                   "in api.intake.params)")
     guidance_scale: float = Field(SamplingParams.guidance_scale, strict=True, ge=0.0, le=30.0)
     guidance_schedule: GuidanceSchedule = Field(SamplingParams.guidance_schedule)
     temperature: float = Field(SamplingParams.temperature, strict=True, gt=0.0, le=5.0)
@@ -103,7 +103,7 @@ class UnderstandCreate(_JobCommon):
     size: int | None = Field(None, strict=True, ge=16, le=8192,
                              description=f"Side the image is resized to; default {DEFAULT_SIZE}")
     max_new_tokens: int = Field(UnderstandParams.max_new_tokens, strict=True, ge=1,
-                                description="At most UNIPIC_MAX_NEW_TOKENS_LIMIT (checked in api.params)")
+                                description="At most UNIPIC_MAX_NEW_TOKENS_LIMIT (checked in api.intake.params)")
     temperature: float = Field(UnderstandParams.temperature, strict=True, ge=0.0, le=5.0, description="0 = greedy")
 
 

@@ -13,31 +13,31 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from api.admission import Admission
 from api.auth import KeyCache
 from api.enqueue import Enqueuer
-from api.images import configure_pil
-from api.intake import JobIntake
-from api.params import JobPreparer
-from api.queue_positions import QueuePositions
-from api.tokens import PromptCounter
+from api.events.queue_positions import QueuePositions
+from api.intake.admission import Admission
+from api.intake.images import configure_pil
+from api.intake.params import JobPreparer
+from api.intake.tokens import PromptCounter
+from api.intake.writer import JobIntake
 from api.worker_coverage import QueueCoverage
-from storage.activity_queries import ActivityQueries
-from storage.batches import BatchStore
+from storage.batches.manifests import Manifests
+from storage.batches.store import BatchStore
 from storage.db import DatabaseEngine, make_engine, make_session_factory
 from storage.ephemeral import Ephemeral, make_ephemeral
-from storage.fleet_queries import FleetQueries
-from storage.job_events import attach_from_settings
-from storage.jobs import JobStore
+from storage.fleet.queries import FleetQueries
+from storage.fleet.registry import WorkerRegistry
+from storage.fleet.tokens import WorkerTokenStore
+from storage.jobs.events import attach_from_settings
+from storage.jobs.store import JobStore
 from storage.keys import KeyStore
-from storage.lifecycle import Lifecycle
-from storage.manifests import Manifests
-from storage.objects import ObjectStore, make_object_store
+from storage.lifecycle.store import Lifecycle
+from storage.objects.base import ObjectStore, make_object_store
 from storage.settings import Settings
-from storage.status_queries import StatusQueries
-from storage.webhooks import WebhookStore
-from storage.worker_tokens import WorkerTokenStore
-from storage.workers_registry import WorkerRegistry
+from storage.status.activity import ActivityQueries
+from storage.status.queries import StatusQueries
+from storage.webhooks.store import WebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Services:
             settings.ensure_data_dir()
         engine = make_engine(settings)
         sessions = make_session_factory(engine)
-        attach_from_settings(sessions, settings)  # job events go out after commit (storage.job_events)
+        attach_from_settings(sessions, settings)  # job events go out after commit (storage.jobs.events)
         jobs = JobStore(sessions)
         ephemeral = make_ephemeral(settings, sessions)
         configure_pil(settings.max_upload_pixels)

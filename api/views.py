@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from api.json_limits import safe_for_display
+from api.intake.json_limits import safe_for_display
 from api.schemas import (
     BatchCounts,
     BatchOut,
@@ -55,7 +55,7 @@ def _progress(job: JobRecord) -> Progress | None:
 def _result(job: JobRecord, presign: Presign) -> ResultOut | None:
     if job.status != JobStatus.SUCCEEDED:
         return None
-    if job.purged_at is not None:  # a tombstone: the objects and the text are gone (storage.lifecycle)
+    if job.purged_at is not None:  # a tombstone: the objects and the text are gone (storage.lifecycle.store)
         return ResultOut(expired=True)
     images = []
     for key in job.result_keys or []:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 import time
 
+from storage.fleet.registry import WorkerRegistry
 from storage.records import JobRecord
-from storage.workers_registry import WorkerRegistry
 
 TTL_S = 2.0
 NO_WORKER_FOR_QUEUE = "no_worker_for_queue"

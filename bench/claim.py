@@ -3,7 +3,7 @@
 On the local Postgres (a private schema in database `test`, dropped afterwards) it loads `--jobs` queued jobs
 (default 100,000) across `--keys` API keys (default 1,000; sizes skewed: a few bulk keys hold most jobs, as in
 production) in one queue with a few compatibility keys, then claims `--claims` times, every claim taking a batch
-of up to `--batch` jobs in its own transaction, as a worker does, under the policy of storage.scheduling (fair
+of up to `--batch` jobs in its own transaction, as a worker does, under the policy of storage.scheduling.policy (fair
 share, then priority and age).
 
 It also times submission with the fair-share activation the create path now does: single `create` calls and one
@@ -49,7 +49,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def _owners(sessions: Any, n: int) -> list[str]:
-    from storage.ids import new_id
+    from storage.jobs.ids import new_id
     from storage.tables import ApiKey
 
     ids = [new_id() for _ in range(n)]
@@ -85,7 +85,7 @@ def load(store: Any, owners: list[str], jobs: int, rng: random.Random) -> list[s
 
 def run(jobs: int, keys: int, claims: int, batch: int) -> dict[str, Any]:
     from storage.db import make_engine, make_session_factory
-    from storage.jobs import JobStore
+    from storage.jobs.store import JobStore
     from storage.migrate import upgrade
     from storage.settings import load_settings
 

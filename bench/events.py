@@ -158,8 +158,8 @@ class Bench:
         subprocess.run([sys.executable, "-m", "cli.main", "migrate"], env=self.env("push"), cwd=ROOT, check=True,
                        capture_output=True)
         from storage.db import make_engine, make_session_factory
-        from storage.job_events import RedisPublisher, attach
-        from storage.jobs import JobStore
+        from storage.jobs.events import RedisPublisher, attach
+        from storage.jobs.store import JobStore
         from storage.keys import KeyStore
         from storage.settings import load_settings
 

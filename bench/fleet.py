@@ -4,7 +4,7 @@
 
 One API process (`unipic api`, push events, a private Postgres and Redis, local objects) and, for each N, N
 simulated gateway workers in this process: async httpx clients speaking the real protocol, each holding a
-long-polling `claim` (`wait_seconds` 20, a fresh `claim_id` per claim, as `workers.gateway_client` sends) and
+long-polling `claim` (`wait_seconds` 20, a fresh `claim_id` per claim, as `workers.transport.gateway_client` sends) and
 sending a `heartbeat` every `heartbeat_seconds` (10), with nothing queued. Their phases are spread at random (the
 first claim waits a random part of 20 s, the first beat comes at a random point of its period) so the window
 sees the steady state. After `--warmup` seconds, it measures `--window` seconds: Postgres transactions/s
@@ -69,8 +69,8 @@ class Fleet:
         subprocess.run([sys.executable, "-m", "cli.main", "migrate"], env=self.env(), cwd=ROOT, check=True,
                        capture_output=True)
         from storage.db import make_engine, make_session_factory
+        from storage.fleet.tokens import WorkerTokenStore
         from storage.settings import load_settings
-        from storage.worker_tokens import WorkerTokenStore
 
         settings = load_settings(database_url=self.pg.url, redis_url=self.redis.url,
                                  storage_url=f"file://{self.root / 'objects'}", data_dir=self.root / "data")

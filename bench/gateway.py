@@ -7,7 +7,7 @@ token), and waits for it to register with transport "remote". Jobs are then crea
 message (a gateway worker claims by long-polling the API, not from the broker). Per job, besides the total
 overhead (finished - submitted - model), it reports the claim-to-done overhead (finished - started - model): the
 per-batch cost of the transport itself (renew, input GET, result PUT, complete with its object checks), which
-excludes the long-poll's wake-up delay (`api.routes.worker_gateway.POLL_SECONDS`).
+excludes the long-poll's wake-up delay (`api.gateway.routes.POLL_SECONDS`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ class GatewayPath:
         self.url = f"http://127.0.0.1:{port}"
 
     def start(self, sessions: Any, timeout: float = 300) -> None:
-        from storage.worker_tokens import WorkerTokenStore
-        from storage.workers_registry import WorkerRegistry
+        from storage.fleet.registry import WorkerRegistry
+        from storage.fleet.tokens import WorkerTokenStore
 
         api = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app_from_env", "--host", "127.0.0.1",
                "--port", str(self.port), "--log-level", "warning"]

@@ -12,7 +12,7 @@ section that fails records its error and the run goes on):
   s/call, images/s, achieved TFLOP/s (`bench.flops`) and % of the dense bf16 peak -> throughput.json.
 - `parts`: per-part time split (LLM, MAR encoder, MAR decoder, head, VAE, host; `bench.parts`) -> parts.json.
 - `profile`: `torch.profiler` top ops by device time for one image at the largest size -> profile.json.
-- `memory`: peak memory per kind, size and batch 1..8, in the format of `workers/card_fit_table.json`
+- `memory`: peak memory per kind, size and batch 1..8, in the format of `workers/device/card_fit_table.json`
   (measured cells, `estimated: false`) -> memory_table.json.
 - `cap`: 1024² generate, edit and understand each under an 8 GiB budget, in a child process that first measures
   its own context and then calls `torch.cuda.set_per_process_memory_fraction((8 GiB - context) / total)`
@@ -62,7 +62,7 @@ def measure_context(device: str) -> dict[str, Any]:
     """Device memory this process's CUDA context takes (must run before anything else touches the device)."""
     if not device.startswith("cuda"):
         return {"device": device, "context_gib": None, "note": "no CUDA device (dry run)"}
-    from workers.nvml import Nvml
+    from workers.device.nvml import Nvml
 
     before = Nvml().read()
     used_before = before[0].memory_used if before else None

@@ -7,7 +7,7 @@ edit at 256/512/1024 px, batch 1-4, in bf16, and counts every tensor storage the
 to the CUDA caching allocator's 512-byte blocks, so the peak reads like `torch.cuda.max_memory_allocated`.
 It prints weights by component and, per phase (text prefill, edit image encode, MAR steps, diffusion head, VAE
 decode, PNG conversion), the live bytes at the phase's peak; `--write-table` puts the totals into
-`workers/card_fit_table.json` as `cpu-accounted` rows wherever no GPU measurement exists.
+`workers/device/card_fit_table.json` as `cpu-accounted` rows wherever no GPU measurement exists.
 
 What a meta run cannot see, so a GPU measurement still replaces it: the CUDA context and cuBLAS workspaces
 (card fit reserves them apart), allocator fragmentation (card fit's margin), the diffusion head's CUDA-graph pool
@@ -279,7 +279,7 @@ def main() -> None:
                     help="diffusion head passes per MAR step (the model uses 100; each allocates alike)")
     ap.add_argument("--no-cuts", action="store_true", help="the VAE without bands (the memory before the cuts)")
     ap.add_argument("--json", help="also write the rows here")
-    ap.add_argument("--write-table", action="store_true", help="put the totals into workers/card_fit_table.json")
+    ap.add_argument("--write-table", action="store_true", help="put the totals into workers/device/card_fit_table.json")
     args = ap.parse_args()
     if args.no_cuts:
         vae.BAND_PIXELS = 2**62

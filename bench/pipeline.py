@@ -1,8 +1,8 @@
 """Model-busy fraction with and without worker pipelining, side by side in one run (issue 20, item 3).
 
-An in-process `workers.batching.BatchRunner` (the real store in a private Postgres schema, the real object store,
+An in-process `workers.runner.batching.BatchRunner` (the real store in a private Postgres schema, the real object store,
 the tiny model on CPU) works through a backlog of `--batches` batches of `--batch` jobs twice: serially
-(encode -> upload -> complete, then the next batch) and pipelined (`workers.pipeline`: batch N is written while
+(encode -> upload -> complete, then the next batch) and pipelined (`workers.runner.pipeline`: batch N is written while
 batch N+1 samples). It reports the fraction of wall time the model was computing and the idle gap between
 model calls; results are the same in both (tests/workers/test_pipeline.py checks that).
 
@@ -55,7 +55,7 @@ class TimedEngine:
 
 def _jobs(store: Any, owner_id: str, batches: int, batch: int, size: int, steps_base: int) -> list[str]:
     """`batches` groups of `batch` compatible generate jobs (groups differ in steps, so never merge)."""
-    from storage.ids import new_id
+    from storage.jobs.ids import new_id
     from storage.records import NewJob
     from storage.routing import queue_for
 
@@ -76,12 +76,12 @@ def _jobs(store: Any, owner_id: str, batches: int, batch: int, size: int, steps_
 
 def run_one(stack: Any, engine: Any, pipelined: bool, args: argparse.Namespace) -> dict[str, Any]:
     from storage.db import make_engine, make_session_factory
-    from storage.ids import new_id
-    from storage.jobs import JobStore
-    from storage.objects import make_object_store
+    from storage.jobs.ids import new_id
+    from storage.jobs.store import JobStore
+    from storage.objects.base import make_object_store
     from storage.tables import ApiKey
-    from workers.batching import BatchRunner
     from workers.metrics import WorkerMetrics
+    from workers.runner.batching import BatchRunner
     from workers.shutdown import ShutdownGate
 
     sessions = make_session_factory(make_engine(stack.settings))

@@ -176,7 +176,7 @@ class Stack:
         self.procs.append(subprocess.Popen(cmd, env=self.env(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
 
     def wait_worker_registered(self, sessions: Any, timeout: float = 300) -> None:
-        from storage.workers_registry import WorkerRegistry
+        from storage.fleet.registry import WorkerRegistry
 
         registry = WorkerRegistry(sessions)
         deadline = time.monotonic() + timeout
@@ -219,8 +219,8 @@ def one_job(store: Any, sender: Celery | None, owner_id: str, kind: str, seed: i
     """One job submitted and waited for; `sender=None`: no broker message (the gateway path claims by polling)."""
     from datetime import UTC, datetime
 
-    from storage.ids import new_id
-    from storage.objects import input_key
+    from storage.jobs.ids import new_id
+    from storage.objects.base import input_key
     from storage.records import NewJob
     from storage.routing import queue_for, send_and_stamp
     from storage.states import JobStatus
@@ -294,9 +294,9 @@ def main() -> None:
     import redis
 
     from storage.db import make_engine, make_session_factory
-    from storage.ids import new_id
-    from storage.jobs import JobStore
-    from storage.objects import make_object_store
+    from storage.jobs.ids import new_id
+    from storage.jobs.store import JobStore
+    from storage.objects.base import make_object_store
     from storage.tables import ApiKey
     from workers.app import make_celery
 

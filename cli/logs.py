@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 CHATTY = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "celery.worker.consumer.mingle",
           "celery.worker.consumer.connection", "uvicorn.access", "httpx", "workers.webhooks.dispatcher",
           "workers.webhooks.delivery",
-          "storage.jobs", "api.submission")  # one line per job created, accepted, claimed, finished
+          "storage.jobs.store", "api.intake.submission")  # one line per job created, accepted, claimed, finished
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

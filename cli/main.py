@@ -1,6 +1,6 @@
 """The `unipic` command: the composition root.
 
-Each subcommand lives in its own module under `cli/` and imports the heavy packages (torch, the model, FastAPI,
+Each subcommand lives in its own module under `cli/commands/` and imports the heavy packages (torch, the model, FastAPI,
 Celery workers) inside the command function, so `unipic --help` and the client commands start fast and the
 API image never needs torch.
 """
@@ -13,20 +13,18 @@ from pathlib import Path
 import typer
 from dotenv import dotenv_values
 
-from cli import (
-    admin_cmd,
-    batch_cmd,
-    cpu_cmd,
-    health_cmd,
-    jobs_cmd,
-    keys_cmd,
-    model_cmd,
-    submit_cmd,
-    up,
-    webhooks_cmd,
-    worker_cmd,
-    worker_tokens_cmd,
-)
+from cli.commands import admin as admin_cmd
+from cli.commands import batch as batch_cmd
+from cli.commands import cpu as cpu_cmd
+from cli.commands import health as health_cmd
+from cli.commands import jobs as jobs_cmd
+from cli.commands import keys as keys_cmd
+from cli.commands import model as model_cmd
+from cli.commands import submit as submit_cmd
+from cli.commands import up
+from cli.commands import webhooks as webhooks_cmd
+from cli.commands import worker as worker_cmd
+from cli.commands import worker_tokens as worker_tokens_cmd
 from cli.output import set_json_mode
 
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from cli.supervisor import Child, Supervisor
 
 if TYPE_CHECKING:
+    from storage.fleet.registry import WorkerRegistry
     from storage.settings import Settings
-    from storage.workers_registry import WorkerRegistry
 
 WORKER = "worker"
 POLL_S = 0.3
@@ -42,7 +42,7 @@ def wait_serving(base: str, supervisor: Supervisor, settings: Settings, timeout_
     """Supervise until the API is ready and the worker child is registered (True); False when asked to stop or
     after `timeout_s`. Raises `WorkerDown` when the worker exits first, unless `keep_going`."""
     from storage.db import make_engine, make_session_factory
-    from storage.workers_registry import WorkerRegistry
+    from storage.fleet.registry import WorkerRegistry
 
     engine = make_engine(settings)
     registry = WorkerRegistry(make_session_factory(engine))

@@ -4,7 +4,7 @@ Owns: starting each child in its own session (so a terminal Ctrl-C reaches only 
 stops the children in order), prefixing every output line with the child's name (keeping its last lines, to
 say why it died), restarting a child that exits with exponential backoff (unless its name is in
 `no_restart`), and a clean stop (SIGTERM, wait a grace period, SIGKILL what is left).
-It knows nothing of what the children are; `cli.up` builds their command lines.
+It knows nothing of what the children are; `cli.commands.up` builds their command lines.
 """
 
 from __future__ import annotations

@@ -73,6 +73,6 @@ class InvalidWeight(StoreError, ValueError):
 
 
 class ForeignResultKeys(StoreError):
-    """A completion that names result objects outside its own lease's prefix (`storage.objects.lease_prefix`)."""
+    """A completion that names result objects outside its own lease's prefix (`storage.objects.base.lease_prefix`)."""
 
     code = "foreign_result_keys"

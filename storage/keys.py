@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import write_session
 from storage.errors import InvalidWeight, NotFound
-from storage.ids import new_id
+from storage.jobs.ids import new_id
 from storage.tables import ApiKey, utcnow
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class ApiKeyRecord:
     max_active_jobs: int | None
     created_at: datetime
     revoked_at: datetime | None
-    weight: float = 1.0  # fair-share weight (storage.scheduling)
+    weight: float = 1.0  # fair-share weight (storage.scheduling.policy)
 
     @classmethod
     def of(cls, row: ApiKey) -> ApiKeyRecord:
@@ -140,7 +140,7 @@ class KeyStore:
 
     def set_weight(self, key_id: str, weight: float) -> ApiKeyRecord:
         """Set the key's fair-share weight (> 0; 1 is the default): its share of each queue's work relative to
-        other keys with queued work there. Takes effect at the next claim (see storage.scheduling)."""
+        other keys with queued work there. Takes effect at the next claim (see storage.scheduling.policy)."""
         with write_session(self.sessions) as s:
             row = self._row(s, key_id)
             row.weight = _checked_weight(weight)

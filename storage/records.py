@@ -106,9 +106,9 @@ class JobRecord:
     request_hash: str | None
     input_key: str | None
     pixels: int
-    purged_at: datetime | None = None  # storage.lifecycle: objects deleted (result TTL or erase); status unchanged
+    purged_at: datetime | None = None  # storage.lifecycle.store: objects deleted (result TTL or erase); status unchanged
     claim_id: str | None = None  # the worker's id for the claim that took it (idempotent gateway claims)
-    results_swept_at: datetime | None = None  # storage.lifecycle: stale attempts' objects deleted
+    results_swept_at: datetime | None = None  # storage.lifecycle.store: stale attempts' objects deleted
 
     @property
     def terminal(self) -> bool:

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     api_url: str = Field(default="http://127.0.0.1:8000", description="API base URL for the CLI client")
     api_key: str = Field(default="", description="API key for the CLI client")
     public_url: str = Field(default="", description="Base URL the API is reached at (local download links)")
-    # data lifecycle and exposure (storage.lifecycle, README "Security")
+    # data lifecycle and exposure (storage.lifecycle.store, README "Security")
     result_ttl: int = Field(default=30 * 24 * 3600, ge=60,
           description="Seconds a finished job's input and result objects are kept; then deleted, tombstone kept")
     upload_ttl: int = Field(default=24 * 3600, ge=60,
@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     metrics_token: str = Field(default="", description="Bearer token /metrics requires; empty: /metrics is public")
     ui_public: bool = Field(default=True,
           description="Anonymous /ui shows queue depths and workers (host, pid); false: sign-in required")
-    # job/batch event streams and ?wait= (api.event_hub)
+    # job/batch event streams and ?wait= (api.events.hub)
     events_mode: str = Field(default="push", pattern="^(push|poll)$",
           description="push: one Redis subscription per API process wakes streams; poll: each reads Postgres on a "
                       "tick (always poll without Redis)")

@@ -12,7 +12,7 @@ from enum import StrEnum
 
 
 class JobStatus(StrEnum):
-    """A job's state; `storage.jobs.JobStore` is the only code that moves a job between them."""
+    """A job's state; `storage.jobs.store.JobStore` is the only code that moves a job between them."""
 
     QUEUED = "queued"
     RUNNING = "running"

@@ -99,7 +99,7 @@ class ApiKey(Base):
     max_active_jobs: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
-    # fair-share weight (storage.scheduling): a key with weight 2 gets twice the work of a weight-1 key
+    # fair-share weight (storage.scheduling.policy): a key with weight 2 gets twice the work of a weight-1 key
     weight: Mapped[float] = mapped_column(Float, default=1.0, server_default=text("1.0"))
 
 
@@ -125,7 +125,7 @@ class Batch(Base):
 
 
 class Job(Base):
-    """One unit of user work. Only `storage.jobs.JobStore` changes `status`."""
+    """One unit of user work. Only `storage.jobs.store.JobStore` changes `status`."""
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -178,31 +178,31 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     input_key: Mapped[str | None] = mapped_column(String(300))
     pixels: Mapped[int] = mapped_column(BigInteger, default=0)
-    # data lifecycle (storage.lifecycle): when its objects were deleted (result TTL or DELETE); status unchanged
+    # data lifecycle (storage.lifecycle.store): when its objects were deleted (result TTL or DELETE); status unchanged
     purged_at: Mapped[datetime | None]
     # the worker's id for the claim that took this job (a retried gateway claim returns the same jobs)
     claim_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    # when stale attempts' objects under results/{job}/ were deleted (storage.lifecycle.sweep_stale_results)
+    # when stale attempts' objects under results/{job}/ were deleted (storage.lifecycle.store.sweep_stale_results)
     results_swept_at: Mapped[datetime | None]
 
 
-# The exact per-key quota (storage.quota) counts a key's active jobs on every insert: only active rows are indexed.
+# The exact per-key quota (storage.lifecycle.quota) counts a key's active jobs on every insert: only active rows are indexed.
 Index("ix_jobs_active_by_owner", Job.owner_id,
       postgresql_where=text("status IN ('queued', 'running')"), sqlite_where=text("status IN ('queued', 'running')"))
 
-# The stale-results sweep (storage.lifecycle): finished jobs whose other attempts' objects are not yet deleted.
+# The stale-results sweep (storage.lifecycle.store): finished jobs whose other attempts' objects are not yet deleted.
 Index("ix_jobs_unswept_finished", Job.finished_at,
       postgresql_where=text("results_swept_at IS NULL AND finished_at IS NOT NULL"),
       sqlite_where=text("results_swept_at IS NULL AND finished_at IS NOT NULL"))
 
-# The result-TTL sweep (storage.lifecycle): finished jobs whose objects are not yet deleted, oldest first.
+# The result-TTL sweep (storage.lifecycle.store): finished jobs whose objects are not yet deleted, oldest first.
 Index("ix_jobs_unpurged_finished", Job.finished_at,
       postgresql_where=text("purged_at IS NULL AND finished_at IS NOT NULL"),
       sqlite_where=text("purged_at IS NULL AND finished_at IS NOT NULL"))
 
 
 class Upload(Base):
-    """An upload slot handed out by `POST /v1/uploads` (storage.lifecycle): it reserves `reserved_bytes` of its
+    """An upload slot handed out by `POST /v1/uploads` (storage.lifecycle.store): it reserves `reserved_bytes` of its
     key's storage quota until it expires, when the sweeper deletes its object and the row."""
 
     __tablename__ = "uploads"
@@ -215,7 +215,7 @@ class Upload(Base):
     reserved_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
-# The claim's probe (storage.scheduling): one key's best queued job in a queue, by priority then age. Partial, so
+# The claim's probe (storage.scheduling.policy): one key's best queued job in a queue, by priority then age. Partial, so
 # the index holds only queued rows and stays small however many finished jobs the table keeps.
 Index(
     "ix_jobs_queued_by_owner", Job.queue, Job.owner_id, Job.priority.desc(), Job.created_at, Job.id,
@@ -225,7 +225,7 @@ Index(
 
 class FairShare(Base):
     """Per (queue, API key) virtual time for the fair-share claim: a row exists while the key has (or just had)
-    queued work in the queue; `storage.scheduling` owns every read and write of it."""
+    queued work in the queue; `storage.scheduling.policy` owns every read and write of it."""
 
     __tablename__ = "fair_share"
     __table_args__ = (Index(None, "queue", "vtime"),)
@@ -259,12 +259,12 @@ class Worker(Base):
     batches_served: Mapped[int] = mapped_column(Integer, default=0)
     jobs_served: Mapped[int] = mapped_column(Integer, default=0)
     health: Mapped[dict[str, Any] | None]  # the worker's own report: failure streak, back-off (model workers)
-    # "direct" (database, broker and bucket) or "remote" (the HTTPS worker gateway, api.routes.worker_gateway)
+    # "direct" (database, broker and bucket) or "remote" (the HTTPS worker gateway, api.gateway.routes)
     transport: Mapped[str] = mapped_column(String(20), default="direct", server_default=text("'direct'"))
 
 
 class WorkerToken(Base):
-    """A worker token (`wk_...`) for the HTTPS worker gateway: only its sha256 is stored (storage.worker_tokens)."""
+    """A worker token (`wk_...`) for the HTTPS worker gateway: only its sha256 is stored (storage.fleet.tokens)."""
 
     __tablename__ = "worker_tokens"
 

@@ -193,7 +193,7 @@ def session_factory(engine: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def job_store(session_factory: Any) -> Any:
-    from storage.jobs import JobStore
+    from storage.jobs.store import JobStore
 
     return JobStore(session_factory)
 
@@ -201,7 +201,7 @@ def job_store(session_factory: Any) -> Any:
 @pytest.fixture(scope="session")
 def object_store(settings: Any) -> Any:
     """The S3 object store on the moto server."""
-    from storage.object_s3 import S3ObjectStore
+    from storage.objects.s3 import S3ObjectStore
 
     return S3ObjectStore.from_settings(settings, create_bucket=True)
 
@@ -209,7 +209,7 @@ def object_store(settings: Any) -> Any:
 @pytest.fixture
 def owner_id(session_factory: Any) -> str:
     """A fresh API key row: its id owns the jobs a test creates, isolating tests that share the schema."""
-    from storage.ids import new_id
+    from storage.jobs.ids import new_id
     from storage.tables import ApiKey
 
     key_id = new_id()

@@ -23,8 +23,8 @@ def test_api_app_does_not_import_torch() -> None:
 
 def test_storage_and_torch_free_workers_do_not_import_torch() -> None:
     code = ("import importlib, sys\n"
-            "for name in ('storage.jobs', 'storage.batches', 'storage.keys', 'storage.objects',\n"
-            "             'storage.object_s3', 'storage.object_local', 'storage.ephemeral', 'storage.migrate'):\n"
+            "for name in ('storage.jobs.store', 'storage.batches.store', 'storage.keys', 'storage.objects.base',\n"
+            "             'storage.objects.s3', 'storage.objects.local', 'storage.ephemeral', 'storage.migrate'):\n"
             "    importlib.import_module(name)\n"
             "assert 'torch' not in sys.modules\n")
     result = _run([sys.executable, "-c", code])

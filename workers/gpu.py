@@ -29,8 +29,8 @@ from celery.exceptions import WorkerShutdown
 from storage.routing import RUN_BATCH_TASK, gpu_queues
 from storage.settings import Settings, load_settings
 from workers.app import make_celery, queue
-from workers.card_fit import fit_to_card
-from workers.device_health import DeviceFatal
+from workers.device.card_fit import fit_to_card
+from workers.device.health import DeviceFatal
 
 if TYPE_CHECKING:  # the runtime pulls in torch and the model: imported when a worker process starts
     from celery import Celery

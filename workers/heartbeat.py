@@ -3,7 +3,7 @@
 The worker registers once at start (hostname, pid, device, model id, kinds, max pixels, max batch, queues),
 then a daemon thread refreshes its heartbeat (and served counts) every `heartbeat_seconds`; on a clean stop it
 marks itself stopped. The sweeper marks workers whose heartbeat is old as gone. Rows are written through
-`storage.workers_registry.WorkerRegistry`; this module only schedules the writes.
+`storage.fleet.registry.WorkerRegistry`; this module only schedules the writes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.db import SessionFactory
-from storage.workers_registry import WorkerRegistry
+from storage.fleet.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 

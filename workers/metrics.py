@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from storage.records import JobRecord
-from workers.nvml import Nvml
+from workers.device.nvml import Nvml
 
 log = logging.getLogger(__name__)
 

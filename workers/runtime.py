@@ -4,7 +4,7 @@ Built once per worker process (`WorkerRuntime.start`), before the process subscr
 loads and a one-item warm-up runs first (`workers.startup`; a failure is a `StartupFailure` with an exit code),
 then the worker registers what it serves (kinds, max pixels, max batch, queues) in the `workers` table and keeps
 a heartbeat there until it stops. `run(job_id)` serves one message: it backs off after a run of failed messages
-(`workers.streak`) and, when the device breaks (`workers.device_health.DeviceFatal`), the batch runner has
+(`workers.device.streak`) and, when the device breaks (`workers.device.health.DeviceFatal`), the batch runner has
 already handed the batch back to the queue; the runtime then stops heartbeating and the caller ends the process.
 """
 
@@ -19,22 +19,22 @@ from dataclasses import dataclass
 from celery import Celery
 
 from storage.db import make_engine, make_session_factory
-from storage.job_events import attach_from_settings
-from storage.jobs import JobStore
-from storage.objects import make_object_store
+from storage.jobs.events import attach_from_settings
+from storage.jobs.store import JobStore
+from storage.objects.base import make_object_store
 from storage.records import JobRecord
 from storage.routing import gpu_queues, send_and_stamp
 from storage.settings import Settings
-from workers.batching import BatchRunner
-from workers.card_fit import with_choice
-from workers.continuous import runner_class
-from workers.device_health import GuardedEngine
+from workers.device.card_fit import with_choice
+from workers.device.health import GuardedEngine
+from workers.device.streak import FailureStreak
 from workers.faults import FaultInjector
 from workers.heartbeat import Heartbeat, WorkerInfo
 from workers.metrics import WorkerMetrics
+from workers.runner.batching import BatchRunner
+from workers.runner.continuous import runner_class
 from workers.shutdown import ShutdownGate
-from workers.store_retry import RetryingJobStore
-from workers.streak import FailureStreak
+from workers.transport.store_retry import RetryingJobStore
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class WorkerRuntime:
         faults = FaultInjector.from_env()
         engine = load_ready_engine(settings, faults)
         sessions = make_session_factory(make_engine(settings))
-        attach_from_settings(sessions, settings)  # job events go out after commit (storage.job_events)
+        attach_from_settings(sessions, settings)  # job events go out after commit (storage.jobs.events)
         store = RetryingJobStore(sessions)  # complete/fail/release ride out a database restart
         metrics = WorkerMetrics()
         if settings.worker_metrics_port:

@@ -3,7 +3,7 @@
 Owns the documented exit codes of a model worker and the translation of every known start-up failure (bad
 model path, no CUDA, unsupported dtype, out of memory at load, corrupted or mismatched checkpoint, missing
 tokenizer, failed warm-up) into a `StartupFailure` carrying one line that says what failed and what to do.
-The callers (`cli.worker_cmd`, `workers.gpu`) print that line and exit with its code before subscribing to any
+The callers (`cli.commands.worker`, `workers.gpu`) print that line and exit with its code before subscribing to any
 queue, so a worker that cannot serve never takes a message.
 
 It knows nothing of Celery, queues or jobs.
@@ -16,9 +16,9 @@ from enum import IntEnum
 from typing import Any
 
 from storage.settings import Settings
-from workers.device_health import GuardedEngine, probe_request
+from workers.device.health import GuardedEngine, probe_request
 from workers.faults import FaultInjector
-from workers.oom import is_oom
+from workers.runner.oom import is_oom
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Each pass (a Celery beat task in `workers.cpu`, or a plain loop with `unipic swe
 2. queued jobs past their deadline become `expired`;
 3. queued jobs with no recent message (`requeue_after_seconds`, e.g. after Redis lost its data) are re-enqueued;
 4. workers whose heartbeat is older than three intervals are marked gone;
-5. the data lifecycle (storage.lifecycle): expired upload slots and results older than `result_ttl` are
+5. the data lifecycle (storage.lifecycle.store): expired upload slots and results older than `result_ttl` are
    deleted, and so are the objects stale attempts wrote under a finished job's `results/{job}/` that it does not
    record (once no stale lease's write can still land: two lease lengths after it finished),
    `lifecycle_batch_size` jobs at most per pass for each.
@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from celery import Celery
 
 from storage.db import make_engine, make_session_factory
-from storage.job_events import attach_from_settings
-from storage.jobs import JobStore
-from storage.lifecycle import Lifecycle
-from storage.objects import ObjectStore, make_object_store
+from storage.fleet.registry import WorkerRegistry
+from storage.jobs.events import attach_from_settings
+from storage.jobs.store import JobStore
+from storage.lifecycle.store import Lifecycle
+from storage.objects.base import ObjectStore, make_object_store
 from storage.records import JobRecord
 from storage.routing import SWEEP_TASK, send_and_stamp
 from storage.settings import Settings
 from storage.states import JobStatus
-from storage.workers_registry import WorkerRegistry
 from workers.app import make_celery
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Sweeper:
     @classmethod
     def from_settings(cls, settings: Settings, celery: Celery | None = None) -> Sweeper:
         sessions = make_session_factory(make_engine(settings))
-        attach_from_settings(sessions, settings)  # requeued/expired jobs wake their streams (storage.job_events)
+        attach_from_settings(sessions, settings)  # requeued/expired jobs wake their streams (storage.jobs.events)
         return cls(JobStore(sessions), WorkerRegistry(sessions), celery or make_celery(settings), settings,
                    make_object_store(settings))
 
@@ -90,7 +90,7 @@ class Sweeper:
         return send_and_stamp(self.celery, self.store, [j.ref for j in jobs])
 
     def _apply_lifecycle(self) -> tuple[int, list[str]]:
-        """Expired upload slots and results past `result_ttl`, a bounded batch each (storage.lifecycle)."""
+        """Expired upload slots and results past `result_ttl`, a bounded batch each (storage.lifecycle.store)."""
         lifecycle = Lifecycle(self.store.sessions, self.objects)
         limit = self.settings.lifecycle_batch_size
         try:

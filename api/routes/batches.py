@@ -2,7 +2,7 @@
 
 `GET` answers the per-status counts and, once every job is finished, a signed link to the JSONL results manifest:
 `GET /v1/batches/{id}/manifest`, which streams the manifest with image URLs presigned as it is read (see
-storage.manifests), for the owner's API key or the link's signature.
+storage.batches.manifests), for the owner's API key or the link's signature.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
-from api.batch_replay import submit_batch_once
-from api.bodies import read_batch_body
 from api.deps import (
     ID_PATTERN,
     BatchId,
@@ -27,12 +25,14 @@ from api.deps import (
     reject_unknown_query,
 )
 from api.errors import ApiError
+from api.events.waits import hub_of, open_ready_watch, wait_until
+from api.intake.batch_replay import submit_batch_once
+from api.intake.bodies import read_batch_body
 from api.openapi import batch_body, errors
 from api.schemas import BatchesPage, BatchOut
 from api.services import Services
 from api.views import batch_out
-from api.waits import hub_of, open_ready_watch, wait_until
-from storage.manifests import CONTENT_TYPE
+from storage.batches.manifests import CONTENT_TYPE
 from storage.records import BatchRecord
 
 MAX_WAIT_SECONDS = 60
@@ -86,7 +86,7 @@ async def get_batch(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Block up to N s until done")] = 0,
 ) -> BatchOut:
     """Per-status counts; `manifest_url` once every job is finished. With `wait=N`, answers as soon as the batch
-    is finished or after N seconds (woken by its jobs' events, see api.waits)."""
+    is finished or after N seconds (woken by its jobs' events, see api.events.waits)."""
     batch = await run_in_threadpool(services.batches.get, batch_id, caller.id)
     if wait and batch.finished_at is None:
         hub = hub_of(request)

@@ -4,8 +4,8 @@ Job streams send `status` (the full job, on every status change; the first event
 `progress` (`{"step", "total"}` while running) and `done` (the final job), then end. Batch streams send `counts`
 (the batch, whenever its counts change), one `item` per finished job (its manifest line: job id, custom_id,
 status, result URLs or error) and `done` (the batch with its manifest URL), then end. A comment line keeps idle
-connections open. How a stream learns of changes is `api.event_hub` (one Redis subscription per process; polling
-without Redis); what it sends is `api.job_stream` / `api.batch_stream`. Each stream counts against the key's and
+connections open. How a stream learns of changes is `api.events.hub` (one Redis subscription per process; polling
+without Redis); what it sends is `api.events.job_stream` / `api.events.batch_stream`. Each stream counts against the key's and
 the process's open-stream limits (429 `too_many_streams`). The watch is registered before the row is read, and
 the 404 check is that read, so nothing falls between them.
 """
@@ -18,12 +18,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.batch_stream import batch_events
 from api.deps import BatchId, CallerDep, JobId, PositionsDep, ServicesDep, reject_unknown_query
-from api.event_hub import Watch
-from api.job_stream import Timing, job_events
+from api.events.batch_stream import batch_events
+from api.events.hub import Watch
+from api.events.job_stream import Timing, job_events
+from api.events.waits import hub_of, open_ready_watch
 from api.openapi import errors
-from api.waits import hub_of, open_ready_watch
 
 router = APIRouter(dependencies=[Depends(reject_unknown_query)])
 

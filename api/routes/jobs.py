@@ -1,6 +1,6 @@
 """`/v1/jobs`: submit, read (optionally waiting until done), list with filters and cursors, cancel.
 
-Routes stay thin: bodies are read by `api.bodies`, accepted by `api.submission`, rendered by `api.views`.
+Routes stay thin: bodies are read by `api.intake.bodies`, accepted by `api.intake.submission`, rendered by `api.views`.
 Every query is scoped to the caller; another key's job answers 404 like a missing one.
 """
 
@@ -12,15 +12,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.bodies import read_job_body
 from api.deps import ID_PATTERN, CallerDep, JobId, LifecycleDep, ServicesDep, checked_id, reject_unknown_query
 from api.errors import validation_error
+from api.events.waits import hub_of, open_ready_watch, wait_until
+from api.intake.bodies import read_job_body
+from api.intake.submission import Submitter
 from api.openapi import errors, json_or_multipart_body
 from api.schemas import JobOut, JobsPage, Kind
 from api.services import Services
-from api.submission import Submitter
 from api.views import job_out
-from api.waits import hub_of, open_ready_watch, wait_until
 from storage.records import JobRecord
 from storage.states import JobStatus
 
@@ -88,7 +88,7 @@ async def get_job(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Block up to N s until done")] = 0,
 ) -> JobOut:
     """The job; with `wait=N`, answers as soon as it is finished or after N seconds (woken by the job's events,
-    see api.waits; a wait counts as an open stream: 429 `too_many_streams` past the limits)."""
+    see api.events.waits; a wait counts as an open stream: 429 `too_many_streams` past the limits)."""
     job = await run_in_threadpool(services.jobs.get, job_id, caller.id)
     if wait and not job.terminal:
         hub = hub_of(request)

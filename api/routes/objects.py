@@ -22,8 +22,8 @@ from api.routes.uploads import spool_body, store_upload
 from api.schemas import ErrorOut, UploadDone
 from api.services import Services
 from storage.errors import InvalidKey
-from storage.object_local import LocalObjectStore
-from storage.objects import lease_of_result_key
+from storage.objects.base import lease_of_result_key
+from storage.objects.local import LocalObjectStore
 
 router = APIRouter(prefix="/v1/objects", tags=["objects"], dependencies=[Depends(reject_unknown_query)])
 
@@ -86,7 +86,7 @@ async def put_object(request: Request, services: ServicesDep, key: str, expires:
 
 
 async def _put_result(request: Request, services: Services, key: str, expires: int, sig: str) -> UploadDone:
-    """Store a result a remote worker uploads (api.routes.worker_gateway checks it before `complete`); only under
+    """Store a result a remote worker uploads (api.gateway.routes checks it before `complete`); only under
     the lease that holds the running job now (`results/{job}/{lease}/...`), so neither a finished job's checked
     result nor anything by a lease that was released, expired, reclaimed or revoked can be written (409)."""
     store = _verify(services, key, expires, sig, "PUT")

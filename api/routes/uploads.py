@@ -17,15 +17,15 @@ from typing import IO, Annotated
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.bodies import BodyTooLarge
 from api.deps import CallerDep, LifecycleDep, ServicesDep, reject_unknown_query
 from api.errors import ApiError
-from api.images import sniff_image
+from api.intake.bodies import BodyTooLarge
+from api.intake.images import sniff_image
+from api.intake.submission import upload_id_for
 from api.openapi import errors
 from api.schemas import UploadCreate, UploadDone, UploadOut
 from api.services import Services
-from api.submission import upload_id_for
-from storage.objects import upload_key
+from storage.objects.base import upload_key
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], dependencies=[Depends(reject_unknown_query)])
 

@@ -2,7 +2,7 @@
 
 Everything is scoped to the caller's key: another key's job, event or endpoint answers 404. Delivery itself
 happens in the CPU webhook worker (`workers.webhooks`); these routes only read and adjust the outbox through
-`storage.webhooks.WebhookStore` and the key's secrets through `storage.keys.KeyStore`. A default URL is
+`storage.webhooks.store.WebhookStore` and the key's secrets through `storage.keys.KeyStore`. A default URL is
 checked by the same SSRF guard as job URLs (422 `unsafe_webhook_url`).
 """
 
@@ -21,7 +21,7 @@ from api.openapi import errors
 from api.schemas import WebhookEventName
 from api.services import Services
 from storage.states import DEFAULT_EVENT_TYPES
-from storage.webhook_records import EndpointRecord, EventRecord
+from storage.webhooks.records import EndpointRecord, EventRecord
 
 router = APIRouter(tags=["webhooks"])
 

@@ -1,6 +1,6 @@
 """fair-share scheduling: key weights, per (queue, key) virtual time, the claim's partial index
 
-`api_keys.weight` (default 1.0), the `fair_share` table that `storage.scheduling` reads and advances at claim time,
+`api_keys.weight` (default 1.0), the `fair_share` table that `storage.scheduling.policy` reads and advances at claim time,
 and `ix_jobs_queued_by_owner`, a partial index over queued jobs only (queue, owner, priority desc, age) so a claim
 probes one key's best job without scanning the queue. Keys with jobs already queued get their rows at upgrade.
 

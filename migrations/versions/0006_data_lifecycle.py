@@ -3,7 +3,7 @@
 `uploads` (one row per `POST /v1/uploads` slot, deleted with its object when it expires), `jobs.purged_at` (when
 the job's input and result objects were deleted, by the result TTL or `DELETE /v1/jobs/{id}`) and
 `ix_jobs_unpurged_finished`, a partial index over finished jobs not yet purged, which the sweeper walks, and
-`ix_jobs_active_by_owner` over queued and running jobs only, which the exact per-key quota (storage.quota) counts
+`ix_jobs_active_by_owner` over queued and running jobs only, which the exact per-key quota (storage.lifecycle.quota) counts
 in every insert.
 
 Revision ID: 0006

@@ -1,7 +1,7 @@
 """worker tokens and the worker transport
 
 `worker_tokens` (one row per `unipic worker-tokens create`: name, sha256 of the `wk_...` token, allowed kinds,
-max pixels, revocation time) authenticate the HTTPS worker gateway (`/v1/worker/...`); `workers.transport` says
+max pixels, revocation time) authenticate the HTTPS worker gateway (`/v1/worker/...`); `workers.transport.base` says
 how a worker reaches the deployment: "direct" (database, broker and bucket) or "remote" (the gateway).
 
 Revision ID: 0007

@@ -3,7 +3,7 @@
 `jobs.claim_id` is the id a gateway worker sends with a claim (a uuid per claim attempt, reused on retry), so a
 retried claim whose first answer was lost returns the same jobs instead of a second batch
 (`JobStore.claimed_by`, indexed). `jobs.results_swept_at` is when the sweeper deleted the objects that earlier or
-stale attempts wrote under `results/{job}/` and the finished job does not record (storage.lifecycle); the partial
+stale attempts wrote under `results/{job}/` and the finished job does not record (storage.lifecycle.store); the partial
 index `ix_jobs_unswept_finished` is what that bounded sweep walks. Jobs finished before this revision wrote
 unscoped keys that they record, so they are stamped as swept here.
 

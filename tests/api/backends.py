@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from storage.objects import result_key
+from storage.objects.base import result_key
 from tests.support.api import png_bytes
 from tests.support.claims import claim_job
 

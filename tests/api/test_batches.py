@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from storage.objects import result_key
+from storage.objects.base import result_key
 from tests.support.api import data_url, generate_body, png_bytes, queued_job_ids
 from tests.support.claims import claim_job
 

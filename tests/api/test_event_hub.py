@@ -1,4 +1,4 @@
-"""`api.event_hub` and the streams on it: committed transitions wake watchers through one Redis subscription,
+"""`api.events.hub` and the streams on it: committed transitions wake watchers through one Redis subscription,
 streams and `?wait=` answer 429 past their limits, slow watchers are dropped, a batch stream sends every item once,
 a Redis restart resyncs every watcher, and the poll mode (no push) still streams. Real Redis, Postgres, S3."""
 
@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from api.event_hub import EventHub, TooManyStreams
-from storage.job_events import RedisPublisher, attach
-from storage.objects import result_key
+from api.events.hub import EventHub, TooManyStreams
+from storage.jobs.events import RedisPublisher, attach
+from storage.objects.base import result_key
 from tests.support.api import generate_body, png_bytes
 from tests.support.claims import claim_job
 
@@ -132,7 +132,7 @@ def test_process_cap_and_slow_watchers_are_bounded() -> None:
 
 def test_committed_transitions_wake_a_watch(api_settings: Any, job_store: Any, owner_id: str) -> None:
     from storage.db import make_engine, make_session_factory
-    from storage.jobs import JobStore
+    from storage.jobs.store import JobStore
     from tests.support.storage import job as new_job
 
     sessions = make_session_factory(make_engine(api_settings))
@@ -249,7 +249,7 @@ def test_poll_mode_streams_and_waits_without_push(api_settings: Any, make_key: A
 def test_a_lost_message_is_covered_by_the_batched_reconciliation(server_url: str, make_key: Any, app: Any,
                                                                  api_settings: Any) -> None:
     from storage.db import make_engine, make_session_factory
-    from storage.jobs import JobStore
+    from storage.jobs.store import JobStore
 
     silent = JobStore(make_session_factory(make_engine(api_settings)))  # no publisher: its events are "lost"
     reconciler = app.state.reconciler

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from storage.objects import result_key
+from storage.objects.base import result_key
 from tests.support.api import generate_body, png_bytes
 from tests.support.claims import claim_job
 

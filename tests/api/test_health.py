@@ -81,7 +81,7 @@ def test_api_never_imports_torch_model_or_workers() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, api.app, api.routes.ui\n"
+    code = ("import sys, api.app, api.status.routes\n"
             "bad = [m for m in ('torch', 'transformers', 'model', 'workers') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from api.intake import JobIntake
-from api.json_limits import MAX_DEPTH
+from api.intake.json_limits import MAX_DEPTH
+from api.intake.writer import JobIntake
 from storage.tables import Job
 from tests.api.backends import Backend, backend_fixture, embedded_client_fixture  # noqa: F401 - fixtures
 from tests.support.api import generate_body
@@ -287,7 +287,7 @@ def test_long_prompts_are_refused_by_length_before_tokenizing(backend: Backend) 
 
 
 def test_first_too_long_stops_at_the_first_bad_text() -> None:
-    from api.tokens import CHARS_PER_TOKEN_CAP, PromptCounter
+    from api.intake.tokens import CHARS_PER_TOKEN_CAP, PromptCounter
 
     counter = PromptCounter(max_tokens=10)
     cap = CHARS_PER_TOKEN_CAP * 10
@@ -313,9 +313,9 @@ def test_unknown_query_parameters_and_bad_bodies_answer_401_to_anonymous_callers
 
 def test_metrics_token_and_private_status_page(tmp_path_factory: pytest.TempPathFactory) -> None:
     from api.app import create_app
+    from storage.fleet.registry import WorkerRegistry
     from storage.migrate import upgrade
     from storage.settings import load_settings
-    from storage.workers_registry import WorkerRegistry
 
     settings = load_settings(data_dir=tmp_path_factory.mktemp("private") / "data", model="tiny",
                              metrics_token="m-secret", ui_public=False)

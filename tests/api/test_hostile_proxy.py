@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from cli.up import SERVER_LIMITS
+from cli.commands.up import SERVER_LIMITS
 
 NGINX = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from storage.ids import new_id
+from storage.fleet.registry import WorkerRegistry
+from storage.jobs.ids import new_id
 from storage.records import NewJob
-from storage.workers_registry import WorkerRegistry
 from tests.support.waiting import wait_for
 
 

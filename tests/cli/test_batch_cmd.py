@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from cli.batch_cmd import _checked_jsonl, item_name
+from cli.commands.batch import _checked_jsonl, item_name
 from cli.waiting import image_paths
 
 

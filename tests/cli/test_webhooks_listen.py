@@ -59,7 +59,7 @@ def test_listen_verifies_each_delivery_and_prints_it() -> None:
 
 
 def test_the_embedded_stack_admits_loopback_webhooks_and_production_does_not(tmp_path: Path) -> None:
-    from cli.up import _children
+    from cli.commands.up import _children
     from storage.settings import load_settings
 
     receiver = "http://127.0.0.1:8787/"

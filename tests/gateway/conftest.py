@@ -34,7 +34,7 @@ def _fail_running(session_factory: Any) -> None:
     """Settle the jobs a test left running (so a later lease sweep cannot hand them to the next test)."""
     from sqlalchemy import select
 
-    from storage.jobs import JobStore
+    from storage.jobs.store import JobStore
     from storage.records import Claim
     from storage.states import JobErrorCode
     from storage.tables import Job
@@ -68,7 +68,7 @@ def services(app: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def tokens(services: Any) -> Any:
-    from storage.worker_tokens import WorkerTokenStore
+    from storage.fleet.tokens import WorkerTokenStore
 
     return WorkerTokenStore(services.jobs.sessions)
 

@@ -74,7 +74,7 @@ def fast_url(fast_app: Any) -> Iterator[str]:
 
 @pytest.fixture
 def headers(services: Any) -> dict[str, str]:
-    from storage.worker_tokens import WorkerTokenStore
+    from storage.fleet.tokens import WorkerTokenStore
 
     _, plaintext = WorkerTokenStore(services.jobs.sessions).create("idle-gpu", kinds=["generate"],
                                                                    max_pixels=512 * 512)

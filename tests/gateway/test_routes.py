@@ -153,7 +153,7 @@ def test_a_worker_cannot_touch_a_job_it_did_not_claim(
 def test_a_worker_cannot_read_another_jobs_input_or_write_outside_its_keys(
     client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
 ) -> None:
-    from workers.gateway_client import GatewayObjects, ResultRefused
+    from workers.transport.gateway_client import GatewayObjects, ResultRefused
 
     _, headers = make_token()
     mine = _job(services, owner_id, kind="edit")
@@ -176,8 +176,8 @@ def test_a_worker_cannot_read_another_jobs_input_or_write_outside_its_keys(
 def test_a_worker_cannot_claim_kinds_or_sizes_its_token_does_not_allow(
     client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
 ) -> None:
-    from api.routes.worker_gateway import allowed_queues
-    from api.worker_auth import WorkerCaller
+    from api.gateway.auth import WorkerCaller
+    from api.gateway.routes import allowed_queues
 
     # Given a token for generate up to 512x512, and queued jobs of another kind and of a larger size
     record, headers = make_token(kinds=["generate"], max_pixels=512 * 512)
@@ -277,9 +277,9 @@ def test_heartbeat_shows_the_worker_as_remote(
 def test_embedded_deployment_takes_results_through_signed_local_links(embedded_settings: Any) -> None:
     # Given an embedded deployment (SQLite, local objects: signed links served by the API itself)
     from api.app import create_app
-    from storage.ids import new_id
+    from storage.fleet.tokens import WorkerTokenStore
+    from storage.jobs.ids import new_id
     from storage.tables import ApiKey
-    from storage.worker_tokens import WorkerTokenStore
 
     app = create_app(embedded_settings.model_copy(update={"api_url": "http://testserver"}))
     services = app.state.services
@@ -323,7 +323,7 @@ def _random_idat_png(size: int = 256) -> bytes:
 def test_a_released_lease_cannot_change_what_the_owner_downloads(
     client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
 ) -> None:
-    from storage.lifecycle import Lifecycle
+    from storage.lifecycle.store import Lifecycle
     from tests.support.claims import sweep_stale_results_of
 
     # Given T1 claimed job J and released it (or its token was revoked and its lease expired)
@@ -437,9 +437,9 @@ def test_an_answer_must_be_utf8_within_what_its_tokens_can_decode_to(
 def test_on_the_local_store_a_stale_lease_cannot_write_at_all(embedded_settings: Any) -> None:
     # Given an embedded deployment (local objects: the API itself takes signed PUTs and can check the lease)
     from api.app import create_app
-    from storage.ids import new_id
+    from storage.fleet.tokens import WorkerTokenStore
+    from storage.jobs.ids import new_id
     from storage.tables import ApiKey
-    from storage.worker_tokens import WorkerTokenStore
 
     app = create_app(embedded_settings.model_copy(update={"api_url": "http://testserver"}))
     services = app.state.services

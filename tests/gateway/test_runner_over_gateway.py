@@ -19,10 +19,10 @@ from tests.support.jobs import decode, make_job
 @pytest.fixture(params=["whole", "continuous"])
 def gateway_runner(client: TestClient, migrated: Any, tiny_engine: Any, make_token: Any,
                    request: pytest.FixtureRequest) -> Any:
-    from workers.continuous import runner_class
-    from workers.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
     from workers.metrics import WorkerMetrics
+    from workers.runner.continuous import runner_class
     from workers.shutdown import ShutdownGate
+    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
 
     _, headers = make_token(name="in-process")
     http = GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client)

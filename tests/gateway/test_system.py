@@ -106,7 +106,7 @@ def start_gateway_worker(gateway: Gateway, tiny_checkpoint: Path, tmp_path_facto
 
 @pytest.fixture
 def tokens_for_system(gateway: Gateway) -> Any:
-    from storage.worker_tokens import WorkerTokenStore
+    from storage.fleet.tokens import WorkerTokenStore
 
     store = WorkerTokenStore(gateway.services.jobs.sessions)
     return lambda: store.create("system-test")
@@ -204,7 +204,7 @@ def test_connection_cut_mid_upload_and_lost_complete_answer_keep_results_intact(
 def test_revoked_token_stops_the_worker_with_401(
     gateway: Gateway, start_gateway_worker: Any, tokens_for_system: Any,
 ) -> None:
-    from storage.worker_tokens import WorkerTokenStore
+    from storage.fleet.tokens import WorkerTokenStore
 
     # Given a running gateway worker
     record, token = tokens_for_system()

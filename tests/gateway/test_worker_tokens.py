@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from storage.fleet.tokens import InvalidWorkerToken, WorkerTokenStore, hash_token
 from storage.tables import WorkerToken
-from storage.worker_tokens import InvalidWorkerToken, WorkerTokenStore, hash_token
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ def _unipic(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 def test_create_list_revoke(settings_env: dict[str, str], migrated: Any, session_factory: Any) -> None:
-    from storage.worker_tokens import WorkerTokenStore
+    from storage.fleet.tokens import WorkerTokenStore
 
     env = {**settings_env, "PYTHONPATH": str(REPO)}
     created = _unipic(env, "create", "--name", "cli-4090", "--kinds", "generate,edit", "--max-pixels", "262144",

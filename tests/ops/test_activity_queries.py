@@ -1,12 +1,12 @@
-"""storage.activity_queries: the last hour in buckets, and failing webhook endpoints with their last error."""
+"""storage.status.activity: the last hour in buckets, and failing webhook endpoints with their last error."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
-from storage.activity_queries import ActivityQueries
-from storage.ids import new_id
+from storage.jobs.ids import new_id
+from storage.status.activity import ActivityQueries
 from storage.tables import WebhookAttempt, WebhookEvent, utcnow
 from tests.support.claims import claim_job, lease_keys
 from tests.support.storage import job

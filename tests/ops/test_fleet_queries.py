@@ -1,4 +1,4 @@
-"""storage.fleet_queries: the scrape-time fleet snapshot (per-queue depth and age, running, live workers, outbox)."""
+"""storage.fleet.queries: the scrape-time fleet snapshot (per-queue depth and age, running, live workers, outbox)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import update
 
-from storage.fleet_queries import ALL_GPU_QUEUES, FleetQueries
-from storage.ids import new_id
+from storage.fleet.queries import ALL_GPU_QUEUES, FleetQueries
+from storage.fleet.registry import WorkerRegistry
+from storage.jobs.ids import new_id
 from storage.tables import WebhookEvent, Worker, utcnow
-from storage.workers_registry import WorkerRegistry
 from tests.support.storage import job
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
-from storage.ids import new_id
+from storage.jobs.ids import new_id
 from storage.routing import DISPATCH_WEBHOOKS_TASK, SWEEP_TASK
 from tests.support.storage import job
 from workers.cpu_metrics import CpuMetrics
+from workers.device.nvml import Nvml
 from workers.metrics import WorkerMetrics, job_labels
-from workers.nvml import Nvml
 from workers.sweeper import SweepReport
 
 

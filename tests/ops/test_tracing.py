@@ -22,7 +22,7 @@ from storage.tables import WebhookEvent
 from tests.support.claims import claim_job, lease_keys
 from tests.support.stack import free_port
 from tests.support.webhooks import drop_pending_events_of_others
-from workers.job_traces import trace_failure, trace_success
+from workers.runner.traces import trace_failure, trace_success
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 kept while only keep-alive comments arrive, and the long-poll fallback when the answer is not an event stream.
 
 The server side is httpx's own `MockTransport` speaking the wire format of `GET /v1/jobs/{id}/events`
-(api/job_stream.py: `id`, `event`, `data` fields, `: keep-alive` comments), so these run without a stack; the
+(api/events/job_stream.py: `id`, `event`, `data` fields, `: keep-alive` comments), so these run without a stack; the
 system tests in test_client.py and test_async.py wait on the real one.
 """
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from storage.batches import BatchStore
+from storage.batches.store import BatchStore
 from storage.db import make_engine, make_session_factory
-from storage.jobs import JobStore
+from storage.jobs.store import JobStore
 from tests.support.storage import Stores, add_owner
 
 

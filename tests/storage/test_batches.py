@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from storage.errors import IllegalTransition, NotFound
-from storage.jobs import JobStore
+from storage.jobs.store import JobStore
 from storage.records import NewBatch
 from storage.tables import WebhookEvent
 from tests.support.claims import claim_job, lease_keys
@@ -79,6 +79,6 @@ def test_concurrent_finishes_complete_the_batch_once(storage_jobs: JobStore, com
         done = s.scalars(select(WebhookEvent).where(WebhookEvent.batch_id == batch.id,
                                                     WebhookEvent.event_type == "batch.completed")).all()
     assert len(done) == 1
-    from storage.batches import BatchStore
+    from storage.batches.store import BatchStore
 
     assert BatchStore(job_store.sessions).get(batch.id).status == "completed"

@@ -25,9 +25,9 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from storage import scheduling
 from storage.db import make_engine, make_session_factory, write_session
-from storage.jobs import JobStore
+from storage.jobs.store import JobStore
+from storage.scheduling import policy as scheduling
 from storage.tables import Job, utcnow
 from tests.support.storage import add_owner, job
 from tests.support.waiting import wait_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from storage.ids import id_time_ms, new_id, new_message_id
+from storage.jobs.ids import id_time_ms, new_id, new_message_id
 
 
 def test_uuid7_sortable_and_unique() -> None:

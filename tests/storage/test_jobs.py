@@ -241,7 +241,7 @@ def test_outbox_rows_follow_subscriptions(stores: Stores, compat: str) -> None:
 
 def test_outbox_row_is_in_the_same_transaction(stores: Stores, compat: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a state change whose outbox write fails, Then the state change is rolled back with it
-    from storage import outbox
+    from storage.webhooks import outbox
 
     rec = stores.jobs.create(job(stores.owner_id, compat, webhook_url="http://127.0.0.1/a"))
     claim = claim_one(stores, rec.id)

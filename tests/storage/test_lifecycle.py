@@ -1,4 +1,4 @@
-"""storage.lifecycle on Postgres + S3 and on SQLite + a local directory: bounded purges keep a tombstone,
+"""storage.lifecycle.store on Postgres + S3 and on SQLite + a local directory: bounded purges keep a tombstone,
 upload slots reserve a per-key storage quota and expire, erase clears personal fields.
 
 Purges and expiries select rows table-wide by time, so these tests date their own rows in the year 2000 and
@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import update
 
 from storage.errors import IllegalTransition, NotFound
-from storage.lifecycle import Lifecycle, StorageQuotaExceeded
-from storage.objects import input_key, result_key, upload_key
+from storage.lifecycle.store import Lifecycle, StorageQuotaExceeded
+from storage.objects.base import input_key, result_key, upload_key
 from storage.tables import Job
 from tests.support.claims import claim_job
 from tests.support.storage import Stores, job
@@ -28,7 +28,7 @@ Y2K = datetime(2000, 1, 1, tzinfo=UTC)
 def objects(stores: Stores, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if stores.backend == "postgres":
         return request.getfixturevalue("object_store")  # S3 (moto)
-    from storage.object_local import LocalObjectStore
+    from storage.objects.local import LocalObjectStore
 
     return LocalObjectStore(tmp_path / "objects", secret=b"k" * 32)
 

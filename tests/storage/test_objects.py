@@ -15,9 +15,7 @@ import httpx
 import pytest
 
 from storage.errors import ChecksumMismatch, InvalidKey, NotFound, ObjectTooLarge
-from storage.object_local import LocalObjectStore
-from storage.object_s3 import S3ObjectStore
-from storage.objects import (
+from storage.objects.base import (
     ObjectStore,
     answer_key,
     input_key,
@@ -26,6 +24,8 @@ from storage.objects import (
     upload_key,
     validate_key,
 )
+from storage.objects.local import LocalObjectStore
+from storage.objects.s3 import S3ObjectStore
 from storage.settings import load_settings
 
 

@@ -1,4 +1,4 @@
-"""`storage.queue_snapshot`: queue positions are the scheduling policy's own order (`scheduling.service_order`),
+"""`storage.scheduling.snapshot`: queue positions are the scheduling policy's own order (`scheduling.service_order`),
 so the estimated order is the order in which claims serve the jobs, on Postgres and SQLite. Each test uses queues
 of its own."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import secrets
 
-from storage import queue_snapshot
 from storage.keys import KeyStore
 from storage.records import JobRecord
+from storage.scheduling import snapshot as queue_snapshot
 from tests.support.storage import Stores, job
 
 WORKER = "snap-worker"

@@ -1,4 +1,4 @@
-"""The scheduling policy (storage.scheduling) at the store level, on Postgres and SQLite: fair share across keys,
+"""The scheduling policy (storage.scheduling.policy) at the store level, on Postgres and SQLite: fair share across keys,
 weights, idle keys restarting at the minimum, priority inside a key, batch fill, liveness and exactly-once.
 
 Every test uses a queue of its own, so the policy never sees other tests' jobs in the shared storage schema.
@@ -219,8 +219,8 @@ def test_queue_position_follows_the_policy(stores: Stores) -> None:
 def test_estimated_start_uses_measured_throughput_and_live_workers(stores: Stores) -> None:
     from datetime import timedelta
 
+    from storage.fleet.registry import WorkerRegistry
     from storage.tables import utcnow
-    from storage.workers_registry import WorkerRegistry
 
     queue, a = _queue(), stores.new_owner()
     _submit(stores, a, queue, 5)

@@ -1,6 +1,6 @@
-"""`storage.jobs.JobStore` is the only writer of a job's `status`: a source scan of every service package.
+"""`storage.jobs.store.JobStore` is the only writer of a job's `status`: a source scan of every service package.
 
-The scan (Python's `ast`, no imports) flags, in any module but `storage/jobs.py`:
+The scan (Python's `ast`, no imports) flags, in any module but `storage/jobs/store.py`:
 - `update(Job)` / `insert(Job)` statements whose `.values(...)` set `status` (or pass `**kwargs`, which could);
 - `Job(...)` rows built with a `status` (or `**kwargs`);
 - `<row>.status = ...` where `<row>` was read as a `Job` (bound from an expression naming `Job`, a loop over
@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("storage", "workers", "api", "cli", "bench")
-OWNER = Path("storage/jobs.py")
+OWNER = Path("storage/jobs/store.py")
 SQL_STATUS_UPDATE = re.compile(r"\bupdate\s+\"?jobs\"?\s.*\bset\b.*\bstatus\s*=", re.IGNORECASE | re.DOTALL)
 
 
@@ -164,7 +164,7 @@ def test_only_the_job_store_writes_job_status() -> None:
         str(path): writes for path in modules if path != OWNER
         for writes in [status_writes((ROOT / path).read_text())] if writes
     }
-    assert offenders == {}, "only storage/jobs.py may change Job.status (go through JobStore)"
+    assert offenders == {}, "only storage/jobs/store.py may change Job.status (go through JobStore)"
 
 
 def test_the_job_store_itself_is_seen_writing_status() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from storage.workers_registry import WorkerRegistry
+from storage.fleet.registry import WorkerRegistry
 
 
 def test_lifecycle(storage_sessions: Any) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from storage.jobs import JobStore
+from storage.jobs.store import JobStore
 from storage.records import Claim
 from tests.support.jobs import cancel_leftover_jobs
 
@@ -36,9 +36,9 @@ def claim_job(store: JobStore, job_id: str, worker_id: str = "test-worker", leas
 
 
 def lease_keys(claim: Claim, count: int = 1, ext: str = "png") -> list[str]:
-    """The result keys a claim's lease may write (`results/{job}/{lease}/{i}.{ext}`, storage.objects): what a
+    """The result keys a claim's lease may write (`results/{job}/{lease}/{i}.{ext}`, storage.objects.base): what a
     test that plays the worker passes to `complete`."""
-    from storage.objects import result_key
+    from storage.objects.base import result_key
 
     return [result_key(claim.job_id, claim.lease_token, i, ext) for i in range(count)]
 

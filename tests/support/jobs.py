@@ -13,8 +13,8 @@ from typing import Any
 
 from PIL import Image
 
-from storage.jobs import JobStore
-from storage.objects import input_key
+from storage.jobs.store import JobStore
+from storage.objects.base import input_key
 from storage.records import JobRecord, NewJob
 from storage.routing import queue_for
 
@@ -56,7 +56,7 @@ def new_job(
     tag: str = "",
 ) -> NewJob:
     """One job as the API would make it (normalized params, input stored first), not yet inserted."""
-    from storage.ids import new_id
+    from storage.jobs.ids import new_id
 
     job_id = new_id()
     params = _params(kind, size, seed, steps, num_images, output_format, guidance_scale)
@@ -81,7 +81,7 @@ def make_jobs(store: JobStore, objects: Any, owner_id: str, kind: str, size: int
               **options: Any) -> list[JobRecord]:
     """Create queued jobs in ONE transaction, as the API creates a batch: a worker claiming meanwhile sees all
     of them or none. Jobs made one by one while a worker consumes can be split between claims, because any
-    message wakes its whole queue (storage.scheduling), a stale one left by an earlier test included."""
+    message wakes its whole queue (storage.scheduling.policy), a stale one left by an earlier test included."""
     return store.create_many([new_job(objects, owner_id, kind, size, seed, **options) for seed in seeds])[1]
 
 

@@ -10,9 +10,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from storage.batches import BatchStore
-from storage.ids import new_id
-from storage.jobs import JobStore
+from storage.batches.store import BatchStore
+from storage.jobs.ids import new_id
+from storage.jobs.store import JobStore
 from storage.records import NewJob
 from storage.tables import ApiKey
 

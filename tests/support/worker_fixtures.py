@@ -33,7 +33,7 @@ def worker_env(settings_env: dict[str, str], tiny_checkpoint: Path, migrated: An
 
 @pytest.fixture(scope="session")
 def registry(session_factory: Any) -> Any:
-    from storage.workers_registry import WorkerRegistry
+    from storage.fleet.registry import WorkerRegistry
 
     return WorkerRegistry(session_factory)
 

@@ -11,7 +11,7 @@ import httpx
 from sqlalchemy import select
 
 from storage.tables import WebhookAttempt, WebhookEndpoint, WebhookEvent
-from storage.webhooks import WebhookStore
+from storage.webhooks.store import WebhookStore
 from tests.support.webhooks import Clock, JobDriver, Receiver, standard_webhook_valid
 from workers.webhooks.backoff import MAX_ATTEMPTS, SCHEDULE_SECONDS
 from workers.webhooks.dispatcher import WebhookDispatcher

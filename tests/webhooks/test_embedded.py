@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from storage.db import make_engine, make_session_factory
-from storage.jobs import JobStore
+from storage.jobs.store import JobStore
 from storage.keys import KeyStore
-from storage.objects import make_object_store
+from storage.objects.base import make_object_store
 from tests.support.webhooks import Clock, JobDriver, Receiver, standard_webhook_valid
 from workers.webhooks.dispatcher import WebhookDispatcher
 

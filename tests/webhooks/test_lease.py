@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import select
 
 from storage.tables import WebhookAttempt, WebhookEvent
-from storage.webhook_records import AttemptOutcome
-from storage.webhooks import INTERRUPTED
+from storage.webhooks.records import AttemptOutcome
+from storage.webhooks.store import INTERRUPTED
 from tests.support.webhooks import Clock, JobDriver, Receiver
 from workers.webhooks.dispatcher import WebhookDispatcher, lease_seconds
 

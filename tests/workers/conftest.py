@@ -30,10 +30,10 @@ def tiny_engine(tiny_checkpoint: Path) -> Any:
 def make_runner(settings: Any, job_store: Any, object_store: Any, tiny_engine: Any, celery_app: Any) -> Any:
     """Build a `BatchRunner` in this process with settings overrides and an optional fault injector (a
     `ContinuousRunner` with `worker_batching="continuous"`)."""
-    from workers.batching import BatchRunner
-    from workers.continuous import runner_class
     from workers.faults import FaultInjector
     from workers.metrics import WorkerMetrics
+    from workers.runner.batching import BatchRunner
+    from workers.runner.continuous import runner_class
     from workers.shutdown import ShutdownGate
 
     def make(faults: FaultInjector | None = None, grace_seconds: float = 30.0, **overrides: Any) -> BatchRunner:

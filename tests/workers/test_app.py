@@ -69,7 +69,7 @@ def test_the_gpu_entry_builds_nothing_at_import_and_serves_the_settings_it_is_gi
 
 
 def test_torch_free_modules_stay_torch_free() -> None:
-    code = "import sys, workers.cpu, workers.sweeper, workers.app, workers.leases, workers.progress; " \
+    code = "import sys, workers.cpu, workers.sweeper, workers.app, workers.runner.leases, workers.runner.progress; " \
            "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from storage.settings import Settings
-from workers.card_fit import CardTooSmall, choose, fit_to_card, load_table, with_choice
+from workers.device.card_fit import CardTooSmall, choose, fit_to_card, load_table, with_choice
 
 ALL = ["generate", "edit", "understand"]
 

@@ -14,7 +14,7 @@ import pytest
 from tests.support.jobs import make_job
 from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
-from workers.leases import LeaseKeeper
+from workers.runner.leases import LeaseKeeper
 
 
 def test_an_item_past_its_time_limit_fails_timeout_and_writes_nothing(
@@ -55,7 +55,7 @@ def test_an_item_whose_lease_is_lost_leaves_the_set_and_writes_nothing(
 
     # When a renewal is refused while the set is held, and the set goes on
     assert refused.wait(30)
-    caplog.set_level(logging.WARNING, logger="workers.continuous")
+    caplog.set_level(logging.WARNING, logger="workers.runner.continuous")
     release.touch()
     thread.join(60)
     runner.drain()
@@ -71,7 +71,7 @@ def test_an_item_whose_lease_is_lost_leaves_the_set_and_writes_nothing(
 def _other_owner(session_factory: Any) -> str:
     import secrets
 
-    from storage.ids import new_id
+    from storage.jobs.ids import new_id
     from storage.tables import ApiKey
 
     key_id = new_id()
@@ -85,7 +85,7 @@ def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
     make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
     monkeypatch: Any,
 ) -> None:
-    from workers.continuous import _Loop
+    from workers.runner.continuous import _Loop
 
     retired: list[str] = []
     retire = _Loop._retire

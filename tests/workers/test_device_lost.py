@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.jobs import enqueue, make_job
 from tests.support.waiting import wait_terminal
-from workers.device_health import DeviceFatal, GuardedEngine, is_device_fatal, probe_request
+from workers.device.health import DeviceFatal, GuardedEngine, is_device_fatal, probe_request
 from workers.faults import DEVICE_LOST_MESSAGE, FaultInjector
 from workers.startup import ExitCode
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from storage.db import make_engine, make_session_factory
-from storage.jobs import JobStore
-from storage.objects import make_object_store
+from storage.jobs.store import JobStore
+from storage.objects.base import make_object_store
 from tests.support import REPO
 from tests.support.jobs import decode, enqueue, make_job
 from tests.support.waiting import wait_terminal
@@ -25,7 +25,7 @@ def test_unipic_worker_serves_the_embedded_stack(
     embedded_settings: Any, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     # Given the embedded defaults (nothing configured but a data directory) and a key
-    from storage.ids import new_id
+    from storage.jobs.ids import new_id
     from storage.tables import ApiKey
 
     sessions = make_session_factory(make_engine(embedded_settings))

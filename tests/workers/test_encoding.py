@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from workers.encoding import InvalidInput, decode_image, encode_answer, encode_image, output_format
+from workers.runner.encoding import InvalidInput, decode_image, encode_answer, encode_image, output_format
 
 
 def _gradient(size: int = 32) -> Image.Image:

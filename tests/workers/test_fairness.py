@@ -22,7 +22,7 @@ BULK = 200
 
 
 def _new_owner(session_factory: Any) -> str:
-    from storage.ids import new_id
+    from storage.jobs.ids import new_id
     from storage.tables import ApiKey
 
     key_id = new_id()

@@ -10,7 +10,7 @@ from tests.support.claims import claim_job
 from tests.support.jobs import make_job
 from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
-from workers.leases import LeaseKeeper
+from workers.runner.leases import LeaseKeeper
 
 
 def test_renewal_extends_held_leases_and_records_lost_ones(

@@ -6,7 +6,7 @@ from typing import Any
 
 from tests.support.jobs import make_job
 from workers.faults import FaultInjector
-from workers.limits import BatchClock, hard_limit_seconds, job_pixels, soft_limit_seconds, work_steps
+from workers.runner.limits import BatchClock, hard_limit_seconds, job_pixels, soft_limit_seconds, work_steps
 
 
 def test_small_batches_get_the_floor() -> None:

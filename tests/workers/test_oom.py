@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workers.faults import FaultInjector
-from workers.oom import halves, is_oom
+from workers.runner.oom import halves, is_oom
 
 
 def test_recognizes_torch_oom_and_runtime_messages() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.jobs import cancel_leftover_jobs, decode, make_job
 from workers.faults import FaultInjector
-from workers.pipeline import FinishPipeline
+from workers.runner.pipeline import FinishPipeline
 
 
 def _outcome(job_store: Any, object_store: Any, ids: list[str]) -> list[tuple]:

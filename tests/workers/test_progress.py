@@ -7,7 +7,7 @@ from typing import Any
 from tests.support.claims import claim_job
 from tests.support.jobs import make_job
 from tests.support.waiting import wait_for
-from workers.progress import CancelWatcher, ProgressReporter
+from workers.runner.progress import CancelWatcher, ProgressReporter
 
 
 def _claimed(job_store: Any, object_store: Any, owner_id: str, tag: str) -> Any:

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from storage.lifecycle import Lifecycle
+from storage.lifecycle.store import Lifecycle
 from tests.support.claims import claim_job, sweep_stale_results_of
 from tests.support.jobs import make_job
-from workers.leases import LeaseKeeper
-from workers.results import LeaseLost, write_result
+from workers.runner.leases import LeaseKeeper
+from workers.runner.results import LeaseLost, write_result
 
 
 def _image_result(color: tuple[int, int, int]) -> Any:

@@ -1,11 +1,11 @@
-"""Step scheduling (workers.step_policy): the least-served key's item runs with at most N others, the rest
+"""Step scheduling (workers.runner.step_policy): the least-served key's item runs with at most N others, the rest
 pause, and an item paused STARVE_AFTER steps in a row is forced in."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from workers.step_policy import STARVE_AFTER, Live, choose, step_order
+from workers.runner.step_policy import STARVE_AFTER, Live, choose, step_order
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from storage.jobs import JobStore
+from storage.jobs.store import JobStore
 from tests.support.claims import claim_job, lease_keys
 from tests.support.jobs import make_job
-from workers.store_retry import RetryingJobStore
+from workers.transport.store_retry import RetryingJobStore
 
 
 def _flaky(monkeypatch: pytest.MonkeyPatch, name: str, failures: int, error: Exception) -> list[int]:

@@ -6,8 +6,8 @@ import os
 import secrets
 from typing import Any
 
+from workers.device.streak import FailureStreak
 from workers.heartbeat import Heartbeat, WorkerInfo
-from workers.streak import FailureStreak
 
 
 def test_the_back_off_starts_at_the_threshold_doubles_and_ends_on_a_success() -> None:

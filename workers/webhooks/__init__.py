@@ -6,6 +6,6 @@
 - `payload`: the body as the API shows the job or batch, result URLs presigned at send time, and the Standard
   Webhooks headers that sign it (`standardwebhooks`).
 
-Every read and write of webhook rows goes through `storage.webhooks.WebhookStore` (progress events included);
+Every read and write of webhook rows goes through `storage.webhooks.store.WebhookStore` (progress events included);
 this package runs no SQL. Importing it loads nothing: import the module you need.
 """

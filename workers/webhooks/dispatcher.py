@@ -2,7 +2,7 @@
 
 A beat entry runs `unipic.cpu.dispatch_webhooks` about every second on the CPU webhook worker (queue
 `unipic.webhooks`; GPU workers never deliver). Each tick has the store write due `job.progress` events, leases
-due outbox events (`storage.webhooks.WebhookStore`, the only code touching webhook rows) and delivers them in a
+due outbox events (`storage.webhooks.store.WebhookStore`, the only code touching webhook rows) and delivers them in a
 small thread pool. For each one it:
 
 1. re-checks the URL with the SSRF guard (`egress.url_guard`, re-resolving the name) and connects to the
@@ -33,19 +33,19 @@ from celery import Celery
 
 from egress.url_guard import Resolver, UnresolvableWebhookUrl, UnsafeWebhookUrl, check_webhook_url
 from storage import tracing
-from storage.batches import BatchStore
+from storage.batches.manifests import Manifests
+from storage.batches.store import BatchStore
 from storage.clock import utcnow
 from storage.db import SessionFactory
 from storage.errors import NotFound
 from storage.keys import KeyStore
-from storage.manifests import Manifests
-from storage.objects import ObjectStore
+from storage.objects.base import ObjectStore
 from storage.records import JobRecord
 from storage.routing import DISPATCH_WEBHOOKS_TASK, WEBHOOK_QUEUE
 from storage.settings import Settings
 from storage.states import EventType
-from storage.webhook_records import AttemptOutcome, ClaimedEvent
-from storage.webhooks import WebhookStore
+from storage.webhooks.records import AttemptOutcome, ClaimedEvent
+from storage.webhooks.store import WebhookStore
 from workers.webhooks import backoff
 from workers.webhooks.delivery import SendResult, post_webhook
 from workers.webhooks.payload import batch_data, job_data, render_body, webhook_headers
@@ -93,7 +93,7 @@ class WebhookDispatcher:
     def from_settings(cls, settings: Settings) -> WebhookDispatcher:
         """A dispatcher with its own engine and object store (one per worker process)."""
         from storage.db import make_engine, make_session_factory
-        from storage.objects import make_object_store
+        from storage.objects.base import make_object_store
 
         return cls(settings, make_session_factory(make_engine(settings)), make_object_store(settings))
 

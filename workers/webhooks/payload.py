@@ -25,7 +25,7 @@ IMAGE_EXTENSIONS = (".png", ".webp", ".jpg", ".jpeg")
 
 
 class Presigner(Protocol):
-    """What the renderer needs from `storage.objects.ObjectStore`."""
+    """What the renderer needs from `storage.objects.base.ObjectStore`."""
 
     def presign_get(self, key: str, expires_in: int | None = None) -> tuple[str, datetime]: ...
 
@@ -94,7 +94,7 @@ def job_data(job: JobRecord, snapshot: dict[str, Any], presigner: Presigner,
 def batch_data(batch: BatchRecord, snapshot: dict[str, Any],
                manifest: tuple[str, datetime] | None) -> dict[str, Any]:
     """A batch as `GET /v1/batches/{id}` shows it, with the counts of the event's snapshot and its manifest link
-    (`storage.manifests.Manifests.link`, which outlives the presign expiry)."""
+    (`storage.batches.manifests.Manifests.link`, which outlives the presign expiry)."""
     url, expires_at = manifest or (None, None)
     return {
         "id": batch.id,

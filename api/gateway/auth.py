@@ -1,0 +1,60 @@
+"""Worker-token authentication for the worker gateway: `Authorization: Bearer wk_...` -> `WorkerCaller`.
+
+A worker token (storage.fleet.tokens) is not an API key: API routes refuse it (it is not in `api_keys`) and
+the gateway refuses API keys. There is no cache: a revoked token is refused at its very next call (401), so a
+worker cut off cannot renew its leases and its jobs go to another worker when they expire. Every remote worker
+id is prefixed with its token's id (`remote-<token id>:<name>`), which is how the gateway knows that a job was
+claimed under this token. Knows nothing of jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.deps import ServicesDep
+from api.errors import ApiError
+from storage.fleet.tokens import WorkerTokenRecord
+
+worker_bearer = HTTPBearer(auto_error=False, description="A worker token: `Authorization: Bearer wk_...`")
+
+
+@dataclass(frozen=True)
+class WorkerCaller:
+    """The authenticated worker token."""
+
+    token: WorkerTokenRecord
+
+    @property
+    def prefix(self) -> str:
+        """What every worker id under this token starts with."""
+        return f"remote-{self.token.id}:"
+
+    def worker_id(self, name: str) -> str:
+        return (self.prefix + name)[:200]
+
+    def owns(self, worker_id: str | None) -> bool:
+        """Whether a job claimed by `worker_id` was claimed under this token."""
+        return bool(worker_id) and str(worker_id).startswith(self.prefix)
+
+
+def authenticate_worker(
+    services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(worker_bearer)]
+) -> WorkerCaller:
+    """The caller for a valid, unrevoked worker token; 401 otherwise."""
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise _unauthorized("missing bearer worker token")
+    record = services.worker_tokens.authenticate(credentials.credentials)
+    if record is None:
+        raise _unauthorized("invalid or revoked worker token")
+    return WorkerCaller(record)
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+WorkerDep = Annotated[WorkerCaller, Depends(authenticate_worker)]

@@ -1,0 +1,129 @@
+"""WorkerTokenStore: the tokens that let a worker pull work over the HTTPS gateway (`/v1/worker/...`).
+
+A worker token is not an API key: its role is "worker" and it can only claim, run and finish jobs of the kinds
+and sizes it allows, never submit or read jobs. It is shown once, as `wk_<random>`; only its sha256 is stored
+(with a short prefix to recognise it in listings), exactly as `storage.keys` does for API keys. Revoking it
+takes effect at the next call (the gateway does not cache tokens); the jobs its workers held come back through
+lease expiry. Knows nothing of HTTP or of the gateway's routes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.db import write_session
+from storage.errors import NotFound, StoreError
+from storage.jobs.ids import new_id
+from storage.tables import WorkerToken, utcnow
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "wk_"
+KINDS = ("generate", "edit", "understand")
+ROLE = "worker"
+
+
+class InvalidWorkerToken(StoreError, ValueError):
+    """A token cannot be created with these settings (unknown kind, no kind, pixels out of range)."""
+
+
+@dataclass(frozen=True)
+class WorkerTokenRecord:
+    """A worker token as the service sees it (never the plaintext, never the hash)."""
+
+    id: str
+    name: str
+    token_prefix: str
+    kinds: list[str]
+    max_pixels: int
+    created_at: datetime
+    revoked_at: datetime | None
+    role: str = ROLE
+
+    @classmethod
+    def of(cls, row: WorkerToken) -> WorkerTokenRecord:
+        return cls(row.id, row.name, row.token_prefix, list(row.kinds), int(row.max_pixels), row.created_at,
+                   row.revoked_at)
+
+    def allows(self, kind: str, pixels_per_image: int) -> bool:
+        """Whether a worker holding this token may run a job of `kind` with images of this many pixels."""
+        return kind in self.kinds and pixels_per_image <= self.max_pixels
+
+
+def hash_token(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+class WorkerTokenStore:
+    """Creates, authenticates, lists and revokes worker tokens."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self.sessions = session_factory
+
+    def create(self, name: str, kinds: Sequence[str] = KINDS, max_pixels: int = 1024 * 1024
+               ) -> tuple[WorkerTokenRecord, str]:
+        """A new token: its record and the plaintext, which is never stored and cannot be shown again."""
+        kinds = _checked_kinds(kinds)
+        if not (0 < max_pixels <= 4096 * 4096):
+            raise InvalidWorkerToken(f"max pixels must be between 1 and {4096 * 4096}, not {max_pixels}")
+        plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        row = WorkerToken(id=new_id(), name=name[:200], token_prefix=plaintext[:12], token_hash=hash_token(plaintext),
+                          kinds=kinds, max_pixels=int(max_pixels), created_at=utcnow())
+        with write_session(self.sessions) as s:
+            s.add(row)
+        log.info("worker token %s created (%s, kinds=%s, max_pixels=%d)", row.id, name, kinds, max_pixels)
+        return WorkerTokenRecord.of(row), plaintext
+
+    def authenticate(self, plaintext: str) -> WorkerTokenRecord | None:
+        """The live token this plaintext is, or None (unknown, malformed or revoked)."""
+        if not plaintext or not plaintext.startswith(TOKEN_PREFIX) or len(plaintext) > 200:
+            return None
+        digest = hash_token(plaintext)
+        with self.sessions() as s:
+            row = s.scalars(select(WorkerToken).where(WorkerToken.token_hash == digest)).first()
+        if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at is not None:
+            return None
+        return WorkerTokenRecord.of(row)
+
+    def get(self, token_id: str) -> WorkerTokenRecord:
+        with self.sessions() as s:
+            row = s.get(WorkerToken, token_id)
+            if row is None:
+                raise NotFound(f"worker token {token_id} not found")
+            return WorkerTokenRecord.of(row)
+
+    def page(self, include_revoked: bool = False) -> list[WorkerTokenRecord]:
+        """Every token, oldest first (revoked ones only with `include_revoked`)."""
+        stmt = select(WorkerToken).order_by(WorkerToken.created_at)
+        if not include_revoked:
+            stmt = stmt.where(WorkerToken.revoked_at.is_(None))
+        with self.sessions() as s:
+            return [WorkerTokenRecord.of(r) for r in s.scalars(stmt)]
+
+    def revoke(self, token_id: str) -> WorkerTokenRecord:
+        """Revoke a token (idempotent): its next gateway call is refused."""
+        with write_session(self.sessions) as s:
+            row = s.get(WorkerToken, token_id)
+            if row is None:
+                raise NotFound(f"worker token {token_id} not found")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            log.info("worker token %s revoked", token_id)
+            return WorkerTokenRecord.of(row)
+
+
+def _checked_kinds(kinds: Sequence[str]) -> list[str]:
+    chosen = [k.strip() for k in kinds if k.strip()]
+    unknown = sorted(set(chosen) - set(KINDS))
+    if unknown or not chosen:
+        raise InvalidWorkerToken(f"kinds must be some of {', '.join(KINDS)}; got {', '.join(chosen) or 'none'}")
+    return sorted(set(chosen), key=KINDS.index)

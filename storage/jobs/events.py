@@ -1,0 +1,172 @@
+"""Job events on Redis pub/sub, published after the transaction that made them commits.
+
+`JobStore`'s compare-and-set helpers call `note(s, row, values)` for every job row they change; the notes live in
+the session (`Session.info`) until it commits. A session factory that has a publisher attached
+(`attach(sessions, publisher)`, done once per process by whoever builds the factory: the API, a worker, the
+sweeper) then publishes them, one pipeline per transaction; a rollback drops them. Publishing is best effort: an
+error is logged and never fails (or undoes) the state change, and after one failure the publisher stays quiet for
+`PAUSE_AFTER_FAILURE_S` so a Redis outage costs the state machine nothing. Readers treat an event as a hint to
+re-read Postgres (the truth) and reconcile on a slow timer, so a lost message only delays a stream.
+
+Channels: `{prefix}ev:job:{job_id}` and, for a job of a batch, `{prefix}ev:batch:{batch_id}` too. A message is
+JSON `{"type": "status"|"progress"|"update", "job_id", "batch_id", "custom_id", "status", "step", "total"}`.
+Queue wake-ups: a transaction that makes jobs claimable in a queue (created, requeued, released) also publishes
+`{"type": "queued", "queue", "jobs": n}` on `{prefix}ev:queue:{queue}`, once per queue with the count, so the
+gateway's long-polling claims of that queue wake instead of polling (`note_queued`).
+Without Redis (`settings.redis_url` empty: the embedded mode) nothing is attached and readers poll.
+Knows nothing of HTTP, streams or the API's fan-out (`api.events.hub`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.settings import Settings
+from storage.states import JobStatus
+from storage.tables import Job
+
+log = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "ev:"
+PAUSE_AFTER_FAILURE_S = 2.0
+_NOTES = "unipic_job_events"
+_QUEUED = "unipic_queue_wakeups"
+_ATTACHED = "unipic_job_events_attached"
+
+
+def job_channel(prefix: str, job_id: str) -> str:
+    """The channel carrying one job's events."""
+    return f"{prefix}{CHANNEL_PREFIX}job:{job_id}"
+
+
+def batch_channel(prefix: str, batch_id: str) -> str:
+    """The channel carrying the events of every job of one batch."""
+    return f"{prefix}{CHANNEL_PREFIX}batch:{batch_id}"
+
+
+def queue_channel(prefix: str, queue: str) -> str:
+    """The channel on which a queue's wake-ups (jobs became claimable there) go."""
+    return f"{prefix}{CHANNEL_PREFIX}queue:{queue}"
+
+
+def channel_pattern(prefix: str) -> str:
+    """The pattern one subscriber uses to hear every job and batch channel."""
+    return f"{prefix}{CHANNEL_PREFIX}*"
+
+
+def event_type(values: Mapping[str, Any]) -> str | None:
+    """What a compare-and-set that wrote `values` tells a watcher: None for lease renewals and the like."""
+    if "status" in values:
+        return "status"
+    if "progress_step" in values:
+        return "progress"
+    if "cancel_requested" in values:
+        return "update"
+    return None
+
+
+def note(s: Session, row: Job, values: Mapping[str, Any]) -> None:
+    """Remember that `row` changed (with `values`) in this session's transaction; published after commit."""
+    kind = event_type(values)
+    if kind is None or not s.info.get(_ATTACHED):
+        return
+    s.info.setdefault(_NOTES, []).append({
+        "type": kind, "job_id": row.id, "batch_id": row.batch_id, "custom_id": row.custom_id,
+        "status": str(row.status), "step": row.progress_step, "total": row.progress_total,
+    })
+    if values.get("status") == JobStatus.QUEUED:  # requeued or released: claimable again
+        note_queued(s, [row.queue])
+
+
+def note_queued(s: Session, queues: Iterable[str]) -> None:
+    """Remember that one job per item of `queues` became claimable in this transaction; after commit each queue
+    gets one wake-up message carrying its count."""
+    if not s.info.get(_ATTACHED):
+        return
+    counts: Counter[str] = s.info.setdefault(_QUEUED, Counter())
+    counts.update(queues)
+
+
+def queued_events(counts: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The wake-up messages for a transaction's queue counts."""
+    return [{"type": "queued", "queue": queue, "jobs": n} for queue, n in sorted(counts.items()) if n > 0]
+
+
+class Publisher(Protocol):
+    """Sends a committed transaction's events; must not raise."""
+
+    def publish(self, events: Sequence[dict[str, Any]]) -> None: ...
+
+
+class RedisPublisher:
+    """PUBLISH each event on its job channel (and batch channel), one pipeline per call, best effort."""
+
+    def __init__(self, url: str, prefix: str = "unipic:") -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        self.prefix = prefix
+        self._quiet_until = 0.0
+        self._lock = threading.Lock()
+        self.published = 0
+
+    def publish(self, events: Sequence[dict[str, Any]]) -> None:
+        if not events or time.monotonic() < self._quiet_until:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for ev in events:
+                body = json.dumps(ev, separators=(",", ":"))
+                if ev.get("type") == "queued":
+                    pipe.publish(queue_channel(self.prefix, ev["queue"]), body)
+                    continue
+                pipe.publish(job_channel(self.prefix, ev["job_id"]), body)
+                if ev.get("batch_id"):
+                    pipe.publish(batch_channel(self.prefix, ev["batch_id"]), body)
+            pipe.execute()
+            self.published += len(events)
+        except Exception as exc:  # noqa: BLE001 - best effort: watchers reconcile from Postgres
+            with self._lock:
+                self._quiet_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
+            log.warning("could not publish %d job events (%s); watchers will reconcile", len(events), exc)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def attach(sessions: sessionmaker[Session], publisher: Publisher) -> None:
+    """Publish the job events of every transaction of `sessions` once it commits (idempotent per factory)."""
+    if sessions.kw.get("info", {}).get(_ATTACHED):
+        return
+    sessions.configure(info={**sessions.kw.get("info", {}), _ATTACHED: True})
+
+    def after_commit(session: Session) -> None:
+        events = session.info.pop(_NOTES, None) or []
+        events += queued_events(session.info.pop(_QUEUED, None) or {})
+        if events:
+            publisher.publish(events)
+
+    def after_rollback(session: Session) -> None:
+        session.info.pop(_NOTES, None)
+        session.info.pop(_QUEUED, None)
+
+    event.listen(sessions, "after_commit", after_commit)
+    event.listen(sessions, "after_rollback", after_rollback)
+
+
+def attach_from_settings(sessions: sessionmaker[Session], settings: Settings) -> Publisher | None:
+    """Attach a Redis publisher when `settings.redis_url` is set (else nothing: readers poll); returns it."""
+    if not settings.redis_url:
+        return None
+    publisher = RedisPublisher(settings.redis_url)
+    attach(sessions, publisher)
+    return publisher

@@ -1,0 +1,358 @@
+"""Continuous batching (issue 25, item 3; `UNIPIC_WORKER_BATCHING=continuous`): generate and edit jobs run in
+running sets (`model.running_set`, one per compatibility class: kind and size) that admit, pause and retire jobs
+between two sampling steps. Understand jobs, and engines without `open_set`, run whole-batch as before.
+
+Each pass of the loop: drop what must leave (cancel requested, lease lost, the job's own time limit, a shutdown
+that cannot wait for it) -> ask the store for more work of the queue the message woke (`claim_for_message`: the
+one scheduling policy, over the direct store and the gateway alike) up to the free rows and pixels of the card's
+budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`; only while rows are free, so a full set
+costs no claim queries), so a job queued now starts at the next step -> one step of every set, advancing the items `workers.runner.step_policy` picks (the others pause with their state
+kept) -> retired items are encoded, uploaded and completed in the background by `BatchRunner._succeed`, the same
+finishing path as whole batches, while sampling goes on. Leases of every live item are renewed by one keeper;
+progress is each item's own step count. A step that runs out of memory changes no item (`RunningSet.step`): the
+most recently admitted half goes back to the queue and the set stays smaller for the rest of the loop; a single
+item that cannot fit fails `out_of_memory`. Any other step error is retried item by item and fails only the
+items that raise it. A device-fatal error releases every live item and ends the worker, as in whole mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, wait
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from model.requests import ImageResult
+from storage.jobs.params import progress_total
+from storage.records import Claim
+from storage.settings import Settings
+from storage.states import JobErrorCode, JobStatus
+from workers.device.health import DeviceFatal
+from workers.runner.batching import BatchRunner, Item
+from workers.runner.leases import LeaseKeeper
+from workers.runner.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
+from workers.runner.oom import is_oom, release_cached_memory
+from workers.runner.progress import CancelWatcher, ProgressReporter
+from workers.runner.step_policy import STARVE_AFTER, Live, choose
+
+log = logging.getLogger(__name__)
+
+IMAGE_KINDS = ("generate", "edit")
+T = TypeVar("T")
+
+
+@dataclass
+class Member:
+    """One claimed job live in a running set."""
+
+    item: Item
+    key: tuple[str, int]
+    clock: BatchClock
+    admitted: int  # admission order: out of memory sends the newest back first
+    paused: int = 0  # steps in a row it sat out
+    model_seconds: float = 0.0  # of the steps it took part in
+
+    @property
+    def id(self) -> str:
+        return self.item.job.id
+
+    @property
+    def claim(self) -> Claim:
+        return self.item.claim
+
+    def over_time(self) -> bool:
+        """Past its own time limit: in the steps it took, or in wall time with every pause the step policy may
+        impose (it advances at least once every STARVE_AFTER + 1 steps)."""
+        soft = self.clock.soft_seconds
+        return self.model_seconds > soft or self.clock.elapsed() > soft * (STARVE_AFTER + 1)
+
+    def live(self) -> Live:
+        job = self.item.job
+        return Live(job.id, job.owner_id, job.priority, job.created_at,
+                    job.pixels * 1e-6)
+
+
+class ContinuousRunner(BatchRunner):
+    """`BatchRunner` whose image jobs run in running sets; everything else is the whole-batch path."""
+
+    def run_claims(self, claims: list[Claim], started: float | None = None) -> int:
+        jobs = self.store.get_many([c.job_id for c in claims])
+        if not hasattr(self.engine, "open_set") or any(j.kind not in IMAGE_KINDS for j in jobs):
+            return super().run_claims(claims, started)
+        loop = _Loop(self, claims[0].job_id)
+        try:
+            loop.run(claims)
+        finally:
+            self.batches_served += 1
+            self.jobs_served += loop.claimed
+        log.info("running sets served %d jobs in %.2fs", loop.claimed,
+                 time.monotonic() - (loop.started if started is None else started))
+        self.metrics.observe_gpu_memory(self.device)
+        return loop.claimed
+
+
+class _Loop:
+    """One woken queue served until no item is live."""
+
+    def __init__(self, runner: ContinuousRunner, seed_job_id: str) -> None:
+        s = runner.settings
+        self.r, self.s, self.seed = runner, s, seed_job_id
+        self.started = time.monotonic()
+        self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> model.running_set.RunningSet
+        self.members: dict[str, Member] = {}
+        self.served: dict[tuple[str, int], dict[str, float]] = {}  # per set: owner -> megapixel-steps done
+        self.claims: dict[str, Claim] = {}
+        self.totals: dict[str, int] = {}
+        self.admitted = 0
+        self.claimed = 0
+        self.row_cap = s.worker_max_batch  # lowered by out of memory for the rest of this loop
+        self.step_started: float | None = None
+        self.finishing: list[Future[None]] = []
+        self.released: list[Claim] = []
+        self.keeper = LeaseKeeper(runner.store, [], s.lease_seconds, stop_renewing=self._hung)
+        self.reporter = ProgressReporter(runner.store, self.claims, s.progress_interval_ms / 1000, None, self.totals)
+        self.watcher = CancelWatcher(runner.store, [], 0.0)  # every pass: a cancel takes effect within a step
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def run(self, claims: list[Claim]) -> None:
+        self.keeper.__enter__()
+        try:
+            with self.reporter:
+                self._admit(claims)
+                while self.members:
+                    self._drop_leaving()
+                    self._claim_more()
+                    for key in list(self.sets):
+                        self._step(key)
+                    self._guarded(self.r.faults.on_step, max(1, len(self.members)))  # a lost device is fatal
+        except DeviceFatal:  # the device broke: every live item goes back (attempts unchanged); we exit
+            self._wait_finishing()
+            self.r._release([m.claim for m in self.members.values()] + self.released)
+            self.released = []
+            raise
+        except Exception:  # the store or the network failed past its retries: hand back what is live, if we can
+            log.exception("continuous loop failed; handing its live jobs back")
+            self._wait_finishing()
+            self.r._release([m.claim for m in self.members.values()] + self.released)
+            self.released = []
+            raise
+        finally:
+            self._wait_finishing()
+            self.keeper.__exit__(None, None, None)
+        if self.released:
+            self.r._release(self.released)
+
+    def _hung(self) -> bool:
+        """A step running past the hard limit of every live item: stop renewing, let the sweeper reclaim."""
+        started = self.step_started
+        if started is None or not self.members:
+            return False
+        return time.monotonic() - started > max(m.clock.hard_seconds for m in list(self.members.values()))
+
+    def _guarded(self, call: Callable[[], T], items: int) -> T:
+        guard = getattr(self.r.engine, "guard", None)  # workers.device.health.GuardedEngine
+        return guard(call, items) if guard is not None else call()
+
+    # ---- admission ------------------------------------------------------------------------------------------
+    def _claim_more(self) -> None:
+        if self.r.shutdown.requested:
+            return
+        rows = self.row_cap - len(self.members)
+        pixels = self.s.worker_batch_pixel_budget - sum(m.item.job.pixels for m in self.members.values())
+        if rows <= 0 or pixels <= 0:
+            return
+        kinds = [k for k in self.s.worker_kinds if k in IMAGE_KINDS]  # the gateway claims across queues
+        claims = self.r.store.claim_for_message(self.seed, self.r.worker_id, self.s.lease_seconds, rows, pixels,
+                                                kinds=kinds)
+        if claims:
+            self._admit(claims)
+
+    def _admit(self, claims: list[Claim]) -> None:
+        self.claimed += len(claims)
+        self.claims.update({c.job_id: c for c in claims})
+        self.keeper.add(claims)
+        self.watcher.watch([c.job_id for c in claims])
+        jobs = {j.id: j for j in self.r.store.get_many([c.job_id for c in claims])}
+        self.r._observe_claimed(jobs.values())
+        for claim in claims:
+            item = self.r._prepare(claim, jobs[claim.job_id])
+            if item is None:  # invalid input: already failed
+                self.keeper.finish(claim.job_id)
+            elif item.job.kind not in IMAGE_KINDS:  # not for a running set: back to the queue
+                self.keeper.finish(claim.job_id)
+                self.r._release([claim])
+            else:
+                self._admit_item(item)
+
+    def _admit_item(self, item: Item) -> None:
+        job, s = item.job, self.s
+        key = (job.kind, int(item.request.size))
+        rs = self.sets.get(key)
+        if rs is None:
+            rs = self.sets[key] = self.r.engine.open_set(*key)  # type: ignore[attr-defined]
+            self.served.setdefault(key, {})
+        try:
+            self._guarded(lambda: rs.admit([item.request]), 1)
+        except DeviceFatal:
+            self.released.append(item.claim)
+            raise
+        except Exception as exc:  # noqa: BLE001 - this item's conditioning failed; the set goes on
+            self.keeper.finish(job.id)
+            if is_oom(exc) and self.members:
+                release_cached_memory()
+                self.row_cap = max(1, len(self.members))
+                self.r._release([item.claim])
+            else:
+                code = JobErrorCode.OUT_OF_MEMORY if is_oom(exc) else JobErrorCode.MODEL_ERROR
+                self.r._fail(item.claim, code, str(exc) or type(exc).__name__)
+            return
+        soft = soft_limit_seconds([(job.kind, job.params)], s.time_limit_floor_seconds,
+                                  s.time_limit_seconds_per_megapixel_step)
+        self.totals[job.id] = progress_total(job.kind, job.params)
+        self.admitted += 1
+        self.members[job.id] = Member(item, key, BatchClock(soft, hard_limit_seconds(soft, s.lease_seconds)),
+                                      self.admitted)
+
+    # ---- leaving between steps ------------------------------------------------------------------------------
+    def _drop_leaving(self) -> None:
+        requested = self.watcher()
+        lost = self.keeper.lost()
+        progress = self._progress()
+        for m in list(self.members.values()):
+            if m.id in lost:
+                log.warning("job %s: lease lost; dropped without writing", m.id)
+            elif m.id in requested:
+                self.r.store.cancel_running(m.claim)
+                self.r.metrics.jobs.labels(JobStatus.CANCELED).inc()
+            elif m.over_time():
+                self.r._fail(m.claim, JobErrorCode.TIMEOUT,
+                             f"job exceeded its time limit of {m.clock.soft_seconds:.0f}s")
+            elif self.r.shutdown.should_abandon(m.clock.started, progress.get(m.id, 0.0)):
+                self.released.append(m.claim)
+            else:
+                continue
+            self._remove(m)
+
+    def _remove(self, m: Member) -> None:
+        self.sets[m.key].drop([m.id])
+        self.keeper.finish(m.id)
+        del self.members[m.id]
+        if not self.sets[m.key].items:
+            del self.sets[m.key]
+
+    def _progress(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for rs in self.sets.values():
+            out.update({i: done / total for i, (done, total) in rs.progress().items() if total})
+        return out
+
+    # ---- one step of one set --------------------------------------------------------------------------------
+    def _step(self, key: tuple[str, int]) -> None:
+        rs = self.sets.get(key)
+        if rs is None:
+            return
+        live = [self.members[i] for i in rs.ids]
+        ids = choose([m.live() for m in live], self.served[key], {m.id: m.paused for m in live},
+                     self.s.worker_step_companions)
+        try:
+            finished, seconds = self._run_step(rs, ids)
+        except DeviceFatal:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified: the worker survives anything but a broken device
+            self._on_step_error(rs, ids, exc)
+            return
+        self._after_step(rs, live, ids, finished, seconds)
+
+    def _run_step(self, rs: Any, ids: set[str]) -> tuple[list[Any], float]:
+        pixels = sum(self.members[i].item.job.pixels for i in ids)
+        started = time.perf_counter()
+        self.step_started = time.monotonic()
+        try:
+            self.r.faults.before_model_call(len(ids), pixels)
+            finished = self._guarded(lambda: rs.step(ids), len(ids))
+        finally:
+            self.step_started = None
+        return finished, time.perf_counter() - started
+
+    def _after_step(self, rs: Any, live: list[Member], ids: set[str], finished: list[Any], seconds: float) -> None:
+        served = self.served[live[0].key]
+        for m in live:
+            if m.id in ids:
+                m.paused = 0
+                m.model_seconds += seconds
+                owner = m.item.job.owner_id
+                served[owner] = served.get(owner, 0.0) + m.live().step_work
+            else:
+                m.paused += 1
+        for item_id, (done, total) in rs.progress().items():
+            if item_id in ids:
+                self.reporter([item_id], done, total)
+        for f in finished:
+            self.reporter([f.id], self.totals[f.id], self.totals[f.id])
+            self._retire(self.members.pop(f.id), f.images, len(ids))
+        if not rs.items:
+            self.sets.pop(live[0].key, None)
+
+    def _on_step_error(self, rs: Any, ids: set[str], exc: Exception) -> None:
+        live = sorted((self.members[i] for i in rs.ids), key=lambda m: m.admitted)
+        if is_oom(exc):
+            release_cached_memory()
+            if len(live) > 1:  # shrink: the newest half back to the queue; the step is retried next pass
+                back = live[(len(live) + 1) // 2 :]
+                self.r.metrics.oom_splits.inc()
+                log.warning("out of memory on a step of %d items: %s back to the queue", len(live),
+                            [m.id for m in back])
+                self.row_cap = max(1, len(self.members) - len(back))
+                for m in back:
+                    self._remove(m)
+                self.r._release([m.claim for m in back])  # at once: their leases are no longer renewed
+                return
+        if len(ids) == 1 or len(live) == 1:
+            m = self.members[next(iter(ids))] if ids else live[0]
+            code = JobErrorCode.OUT_OF_MEMORY if is_oom(exc) else JobErrorCode.MODEL_ERROR
+            log.warning("job %s: %s: %s", m.id, code, exc)
+            self.r._fail(m.claim, code, str(exc) or type(exc).__name__)
+            self._remove(m)
+            return
+        log.exception("model error on a step of %d items: stepping them one by one", len(ids))
+        for item_id in sorted(ids):  # a step that raised changed no item: each one alone finds the culprit
+            if item_id in self.members and self.members[item_id].key in self.sets:
+                self._step_one(self.sets[self.members[item_id].key], item_id)
+
+    def _step_one(self, rs: Any, item_id: str) -> None:
+        m = self.members[item_id]
+        try:
+            finished, seconds = self._run_step(rs, {item_id})
+        except DeviceFatal:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this item's own failure
+            log.warning("job %s: model error: %s", item_id, exc)
+            self.r._fail(m.claim, JobErrorCode.MODEL_ERROR, str(exc) or type(exc).__name__)
+            self._remove(m)
+            return
+        self._after_step(rs, [m], {item_id}, finished, seconds)
+
+    # ---- retiring -------------------------------------------------------------------------------------------
+    def _retire(self, m: Member, images: list[Any], call_size: int) -> None:
+        """Encode, upload and complete in the background (the whole-batch finishing path) while sampling goes on."""
+        result = ImageResult(m.id, images, int(m.item.request.seed), m.model_seconds)
+        self.finishing.append(self.r._finishers.submit(self._finish, m, result, call_size))
+
+    def _finish(self, m: Member, result: ImageResult, call_size: int) -> None:
+        try:
+            self.r._succeed(m.item, result, m.model_seconds, call_size, self.keeper)
+        except Exception:  # settled through its lease, as after a crash
+            log.exception("job %s: finishing failed", m.id)
+        finally:
+            self.keeper.finish(m.id)
+
+    def _wait_finishing(self) -> None:
+        wait(self.finishing)
+        self.finishing = []
+
+
+def runner_class(settings: Settings) -> type[BatchRunner]:
+    """The runner `UNIPIC_WORKER_BATCHING` asks for."""
+    return ContinuousRunner if settings.worker_batching == "continuous" else BatchRunner

@@ -1,0 +1,138 @@
+"""Progress reports and cancellation checks of a running batch, both throttled.
+
+`ProgressReporter` is the engine's `progress(ids, step, total)` callback: it forwards step/total per job to the
+store at most every `interval` per job, from a background thread (the sampler never waits on a write). `CancelWatcher` is the engine's `should_cancel()`: it asks the store which
+jobs of the batch have a cancel request, at most every `interval`, and merges in the jobs the batch must drop
+for its own reasons (lost leases, time limit, shutdown). Neither knows the model; errors here are logged and
+never fail a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Self
+
+from storage.records import Claim
+from workers.transport.base import JobPort
+
+log = logging.getLogger(__name__)
+
+
+class ProgressReporter:
+    """Throttled per-job progress, written by a background thread so the sampler never waits on the database."""
+
+    def __init__(
+        self,
+        store: JobPort,
+        claims: Mapping[str, Claim],
+        interval_seconds: float,
+        on_step: Callable[[], None] | None = None,
+        totals: Mapping[str, int] | None = None,
+    ) -> None:
+        self._store = store
+        self._claims = claims
+        self._totals = totals or {}  # each job's own step count: a shared call's total is reported in its terms
+        self._interval = interval_seconds
+        self._last: dict[str, float] = {}
+        self._on_step = on_step
+        self._pending: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._write_loop, name="progress-writer", daemon=True)
+        self.fraction = 0.0  # of the current model call, for the shutdown estimate
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed = True  # what is still pending is superseded by the jobs' final states
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def reset(self) -> None:
+        """A new model call starts (e.g. after an out-of-memory split)."""
+        self.fraction = 0.0
+
+    def __call__(self, ids: list[str], step: int, total: int) -> None:
+        if self._on_step is not None:
+            self._on_step()
+        if total > 0:
+            self.fraction = max(self.fraction, min(1.0, step / total))
+        now = time.monotonic()
+        due = [j for j in ids if j in self._claims and now - self._last.get(j, float("-inf")) >= self._interval]
+        if not due:
+            return
+        with self._lock:
+            for job_id in due:
+                self._last[job_id] = now
+                own = self._totals.get(job_id, total)
+                self._pending[job_id] = (min(step, own), own)
+        self._wake.set()
+
+    def _write_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closed:
+                return
+            with self._lock:
+                batch, self._pending = self._pending, {}
+            for job_id, (step, total) in batch.items():
+                try:
+                    self._store.set_progress(self._claims[job_id], step, total)
+                except Exception:  # progress is best effort
+                    log.exception("progress update failed for job %s", job_id)
+
+
+class CancelWatcher:
+    """Which jobs of the batch to drop now: cancel requests (throttled) plus local reasons."""
+
+    def __init__(
+        self,
+        store: JobPort,
+        job_ids: Iterable[str],
+        interval_seconds: float = 0.25,
+        local: Callable[[], set[str]] = set,
+    ) -> None:
+        self._store = store
+        self._ids = list(job_ids)
+        self._interval = interval_seconds
+        self._local = local
+        self._requested: set[str] = set()
+        # the claim just cleared cancel flags and a queued cancel never reaches a worker: first look one
+        # interval from now, so short jobs pay no query at all
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    @property
+    def requested(self) -> set[str]:
+        """Jobs whose owner asked to cancel them (as of the last check)."""
+        with self._lock:
+            return set(self._requested)
+
+    def watch(self, job_ids: Iterable[str]) -> None:
+        """Also check these jobs (admitted into a running set after the watcher started)."""
+        with self._lock:
+            self._ids.extend(job_ids)
+
+    def __call__(self) -> set[str]:
+        now = time.monotonic()
+        if now - self._checked >= self._interval:
+            self._checked = now
+            with self._lock:
+                pending = [j for j in self._ids if j not in self._requested]
+            if pending:
+                try:
+                    found = set(self._store.cancel_requested_ids(pending))
+                except Exception:
+                    log.exception("cancel check failed for %s", pending)
+                    found = set()
+                with self._lock:
+                    self._requested |= found
+        with self._lock:
+            return self._requested | self._local()

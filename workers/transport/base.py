@@ -1,0 +1,47 @@
+"""The transport a model worker runs batches over: the two small protocols `workers.runner.batching` depends on.
+
+`JobPort` is every job-state call the batch runner, its lease keeper, progress reporter and cancel watcher make;
+`ObjectPort` is how it reads a job's input and writes its results. Two transports implement them:
+
+- **direct** (LAN, one VPC): `storage.jobs.store.JobStore` and `storage.objects.base.ObjectStore` themselves, with the
+  database, broker and bucket credentials in the worker's environment (`workers.runtime`);
+- **remote** (the internet): `workers.transport.gateway_client.GatewayJobs` and `GatewayObjects`, which reach the API's
+  worker gateway (`/v1/worker/...`) over HTTPS with a worker token and move bytes through presigned URLs
+  (`workers.transport.gateway_runtime`).
+
+The batching, out-of-memory splitting, per-item seeds, cancellation between steps and graceful shutdown are the
+same code for both; the transport is the only difference. This module holds no behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import BinaryIO, Protocol
+
+from storage.records import Claim, JobRecord
+from storage.states import JobErrorCode
+
+
+class JobPort(Protocol):
+    """Job-state calls of a running batch; every write is fenced by the claim's lease token."""
+
+    def claim_for_message(self, job_id: str, worker_id: str, lease_seconds: float, max_items: int,
+                          max_pixels: int, kinds: Sequence[str] | None = None) -> list[Claim]: ...
+    def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]: ...
+    def renew(self, claims: Iterable[Claim], lease_seconds: float) -> list[Claim]: ...
+    def set_progress(self, claim: Claim, step: int, total: int) -> bool: ...
+    def cancel_requested_ids(self, job_ids: Iterable[str]) -> set[str]: ...
+    def complete(self, claim: Claim, result_keys: Sequence[str], result_text: str | None = None,
+                 timings: dict[str, float] | None = None, model_id: str | None = None,
+                 model_revision: str | None = None) -> bool: ...
+    def fail(self, claim: Claim, code: JobErrorCode, message: str) -> bool: ...
+    def cancel_running(self, claim: Claim) -> bool: ...
+    def release(self, claims: Iterable[Claim]) -> int: ...
+
+
+class ObjectPort(Protocol):
+    """Reading a job's input and writing its results (keys from `storage.objects.base`)."""
+
+    def get(self, key: str, verify: bool = False) -> bytes: ...
+    def put(self, key: str, data: bytes | BinaryIO, content_type: str = "application/octet-stream",
+            max_bytes: int | None = None) -> object: ...  # a receipt no caller reads
