@@ -53,7 +53,7 @@ def server_url(app: Any) -> Iterator[str]:
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
+        assert time.monotonic() < deadline, "uvicorn did not start"  # wallclock-ok: a start-up deadline
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
@@ -93,6 +93,7 @@ def _until_job(app: Any, key: str, proc: subprocess.Popen[str]) -> Any:
         jobs, _ = app.state.services.jobs.page(owner.id)
         if jobs:
             return jobs[0]
+        # wallclock-ok: a deadline on waiting for the submission, not a speed claim
         assert proc.poll() is None and time.monotonic() < deadline, "the CLI never submitted"
         time.sleep(0.05)  # polling the job table for the submission
 
