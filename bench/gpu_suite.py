@@ -97,7 +97,7 @@ def time_call(engine: Any, device: str, batch: int, size: int, steps: int, repea
 
 def throughput(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
     from bench.flops import achieved_tflops, image_flops
-    from model.fast_paths import set_fast_paths
+    from model.engine.fast_paths import set_fast_paths
 
     peak = peak_tflops(a.device)
     rows = []
@@ -120,7 +120,7 @@ def throughput(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
 
 def parts(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
     from bench.parts import part_times
-    from model.fast_paths import set_fast_paths
+    from model.engine.fast_paths import set_fast_paths
     from model.inference import GenerateRequest
 
     out = []
@@ -241,7 +241,7 @@ def cap_child(a: argparse.Namespace) -> None:
 
 def drift(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
     from bench.model import make_engine as bench_engine
-    from model.fast_paths import set_fast_paths
+    from model.engine.fast_paths import set_fast_paths
     from model.inference import GenerateRequest
 
     def rel(x: list, y: list) -> list[float]:

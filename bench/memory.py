@@ -35,10 +35,11 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from model import running_set, vae
+from model import vae
 from model.checkpoint import LoadedModel, build_empty
 from model.config import UniPicConfig, get_config
 from model.diffusion import DiffusionSchedule
+from model.engine import running_set
 from model.inference import EditRequest, GenerateRequest, UniPicEngine
 from model.prompts import load_tokenizer
 from model.unipic import UniPic

@@ -22,7 +22,7 @@ from PIL import Image
 from bench.flops import achieved_tflops
 from bench.parts import part_times
 from model.checkpoint import load_model
-from model.fast_paths import set_fast_paths
+from model.engine.fast_paths import set_fast_paths
 from model.inference import EditRequest, GenerateRequest, UnderstandRequest, UniPicEngine
 from model.prompts import load_tokenizer
 
@@ -141,7 +141,7 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="first compare tiny on cpu vs this device")
     ap.add_argument("--eager-compare", action="store_true", help="also time 32-step 1024 px with and without graphs")
     ap.add_argument("--fast", choices=["off", "on", "both"], default="off",
-                    help="compiled hot modules (model.fast_paths); 'both' times old and new side by side")
+                    help="compiled hot modules (model.engine.fast_paths); 'both' times old and new side by side")
     ap.add_argument("--parts", action="store_true", help="per-part time split (LLM, MAR enc/dec, head, VAE, host)")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")

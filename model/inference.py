@@ -1,9 +1,9 @@
 """The model engine: `load_engine(source, device, dtype)`, running sets, and batched generate / edit / understand.
 
 Owns the request -> result calls of docs/architecture.md "Model engine": `open_set(kind, size)` hands out a
-stepping engine (`model.running_set`) for continuous batching, and `generate` / `edit` are thin wrappers that
+stepping engine (`model.engine.running_set`) for continuous batching, and `generate` / `edit` are thin wrappers that
 run one set to completion with progress and cancellation between steps; `understand` decodes tokens
-(`model.decoding`). Knows nothing of jobs, queues or storage.
+(`model.engine.decoding`). Knows nothing of jobs, queues or storage.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from dataclasses import dataclass, field
 import torch
 
 from model.checkpoint import LoadedModel, load_model
-from model.conditioning import Conditioner
 from model.config import UniPicConfig
-from model.decoding import DecodeRow, decode
 from model.diffusion import DiffusionSchedule
-from model.fast_paths import eager, set_fast_paths
-from model.images import understand_pixels
-from model.llm import QwenRunner
-from model.prompts import DEFAULT_QUESTION, Tokenizer, image_input, load_tokenizer
-from model.requests import (
+from model.engine.conditioning import Conditioner
+from model.engine.decoding import DecodeRow, decode
+from model.engine.fast_paths import eager, set_fast_paths
+from model.engine.requests import (
     SCHEDULES,
     EditRequest,
     GenerateRequest,
@@ -35,8 +32,11 @@ from model.requests import (
     check_sampling,
     item_generator,
 )
-from model.running_set import RunningSet
-from model.sampler import MARSampler
+from model.engine.running_set import RunningSet
+from model.engine.sampler import MARSampler
+from model.images import understand_pixels
+from model.llm import QwenRunner
+from model.prompts import DEFAULT_QUESTION, Tokenizer, image_input, load_tokenizer
 
 __all__ = [
     "SCHEDULES", "CancelFn", "EditRequest", "GenerateRequest", "ImageResult", "ProgressFn", "RunningSet",
@@ -83,7 +83,7 @@ class UniPicEngine:
     device: torch.device
     dtype: torch.dtype
     cuda_graphs: bool = True
-    fast: bool = False  # torch.compile the hot modules (model.fast_paths); eager stays the reference
+    fast: bool = False  # torch.compile the hot modules (model.engine.fast_paths); eager stays the reference
     runner: QwenRunner = field(init=False)
     sampler: MARSampler = field(init=False)
     conditioner: Conditioner = field(init=False)
@@ -172,7 +172,7 @@ def load_engine(source: str, device: str | torch.device = "cpu", dtype: str | to
     source: "tiny" (random tiny weights, fixed seed, identical in every process), a local checkpoint directory
     (official layout, see `model.checkpoint`), a Hugging Face repo id such as "Skywork/Skywork-UniPic-1.5B", or
     "random:<config>" (random weights drawn on the device; benchmarks only). dtype: float32 / bfloat16 / float16.
-    fast: compiled hot modules (`model.fast_paths`), off by default; the eager path is always selectable.
+    fast: compiled hot modules (`model.engine.fast_paths`), off by default; the eager path is always selectable.
     """
     loaded = load_model(source, device, dtype)
     tokenizer = load_tokenizer(loaded.directory, loaded.config.llm.vocab_size)

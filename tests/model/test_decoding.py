@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from model.decoding import DecodeRow, apply_repetition_penalty, choose
+from model.engine.decoding import DecodeRow, apply_repetition_penalty, choose
 
 
 def test_repetition_penalty_follows_hf_rule():

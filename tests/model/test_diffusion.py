@@ -71,7 +71,7 @@ def test_reverse_loop_with_perfect_eps_recovers_x0():
 
 
 def test_head_graph_buckets_bound_padding():
-    from model.head_graph import bucket
+    from model.engine.head_graph import bucket
 
     assert [bucket(n) for n in (1, 64, 65, 300, 512, 513, 2496)] == [64, 64, 128, 512, 512, 1024, 2560]
     assert all(n <= bucket(n) < n + 512 or bucket(n) <= 2 * n for n in range(1, 5000))

@@ -7,7 +7,7 @@ import torch
 
 from model.config import TINY
 from model.diffloss import ResBlock
-from model.fast_paths import fast_paths_enabled, hot_modules, set_fast_paths
+from model.engine.fast_paths import fast_paths_enabled, hot_modules, set_fast_paths
 from model.mar import Block
 
 

@@ -1,5 +1,5 @@
 """Continuous batching (issue 25, item 3; `UNIPIC_WORKER_BATCHING=continuous`): generate and edit jobs run in
-running sets (`model.running_set`, one per compatibility class: kind and size) that admit, pause and retire jobs
+running sets (`model.engine.running_set`, one per compatibility class: kind and size) that admit, pause and retire jobs
 between two sampling steps. Understand jobs, and engines without `open_set`, run whole-batch as before.
 
 Each pass of the loop: drop what must leave (cancel requested, lease lost, the job's own time limit, a shutdown
@@ -24,7 +24,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from model.requests import ImageResult
+from model.engine.requests import ImageResult
 from storage.jobs.params import progress_total
 from storage.records import Claim
 from storage.settings import Settings
@@ -100,7 +100,7 @@ class _Loop:
         s = runner.settings
         self.r, self.s, self.seed = runner, s, seed_job_id
         self.started = time.monotonic()
-        self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> model.running_set.RunningSet
+        self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> model.engine.running_set.RunningSet
         self.members: dict[str, Member] = {}
         self.served: dict[tuple[str, int], dict[str, float]] = {}  # per set: owner -> megapixel-steps done
         self.claims: dict[str, Claim] = {}

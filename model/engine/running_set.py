@@ -7,7 +7,7 @@ its own state: step index and schedule (`steps`, so the masked count), orders, l
 edit conditioning, generator, temperature and guidance, so items with different `steps`, `guidance_scale` or
 CFG on/off share a step. Rows are item after item (n cond rows, then n uncond rows with CFG); rows that see
 fewer visible tokens are padded, and every attention runs per group of alike rows over their own lengths
-(`model.sampler`), so an item's result does not depend on when it joined or who shared its steps
+(`model.engine.sampler`), so an item's result does not depend on when it joined or who shared its steps
 (tests/model/test_running_set.py).
 It knows nothing of jobs, queues, leases or progress reporting.
 """
@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model.conditioning import Conditioner, Conditioning
 from model.diffusion import masked_after
+from model.engine.conditioning import Conditioner, Conditioning
+from model.engine.requests import EditRequest, GenerateRequest, ImageRequest, check_sampling, item_generator
+from model.engine.sampler import MARSampler, StepRows
 from model.images import to_pil
 from model.llm import KVBuffer
-from model.requests import EditRequest, GenerateRequest, ImageRequest, check_sampling, item_generator
-from model.sampler import MARSampler, StepRows
 
 KINDS = {"generate": GenerateRequest, "edit": EditRequest}
 

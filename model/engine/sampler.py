@@ -5,7 +5,7 @@ proj_out residual -> decoder, for a batch whose rows see different numbers of vi
 different lengths (ragged rows are padded with the index L, and every attention runs per group of alike rows
 over that group's own lengths, so a row's result does not depend on its batch-mates), plus the head's reverse
 loop over committed tokens with per-row guidance and temperature. It draws no random numbers (callers
-pass each item's draws) and knows nothing of items, schedules or steps; `model.running_set` does.
+pass each item's draws) and knows nothing of items, schedules or steps; `model.engine.running_set` does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from model.diffloss import cfg_mix
 from model.diffusion import DiffusionSchedule, p_sample_loop
-from model.head_graph import HeadGraphs
+from model.engine.head_graph import HeadGraphs
 from model.llm import KVBuffer, QwenRunner
 from model.unipic import UniPic
 

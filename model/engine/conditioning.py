@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from model.fast_paths import eager
+from model.engine.fast_paths import eager
+from model.engine.requests import EditRequest, GenerateRequest
 from model.images import edit_pixels
 from model.llm import KVBuffer, QwenRunner
 from model.prompts import EDIT_UNCOND, Tokenizer, image_input, pad_rows, t2i_input, t2i_uncond_input
-from model.requests import EditRequest, GenerateRequest
 from model.unipic import UniPic
 
 
@@ -81,7 +81,7 @@ class Conditioner:
         """One prefix pass over an item's prompt rows ([cond] or [cond, uncond]), each then repeated for its n
         images. Per item, never across items: its K/V then do not depend on who was admitted with it."""
         embeds, mask = self.embed_rows(rows, images)  # (U, T, H), (U, T)
-        with eager():  # text lengths vary per request: the prefix pass is never compiled (model.fast_paths)
+        with eager():  # text lengths vary per request: the prefix pass is never compiled (model.engine.fast_paths)
             _, kv = self.runner.prefix(embeds)
         idx = torch.arange(len(rows), device=mask.device).repeat_interleave(n)  # (U·n,) [cond×n, uncond×n]
         return Conditioning(kv.select(idx), mask.index_select(0, idx), con)
