@@ -17,8 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import _calls, _require_key, authenticate
 from api.errors import ApiError, error_response
-from api.gateway.auth import _unauthorized as worker_unauthorized
-from api.gateway.auth import authenticate_worker
+from api.gateway.auth import authenticate_worker, worker_token
 from api.services import Services
 
 
@@ -35,11 +34,8 @@ async def require_caller(request: Request) -> None:
 
 async def _require_worker(request: Request) -> None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise worker_unauthorized("missing bearer worker token")
     services: Services = request.app.state.services
-    if await run_in_threadpool(services.worker_tokens.authenticate, token.strip()) is None:
-        raise worker_unauthorized("invalid or revoked worker token")
+    await run_in_threadpool(worker_token, services, scheme, token.strip())
 
 
 def install(app: FastAPI) -> None:

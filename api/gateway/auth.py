@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import ServicesDep
 from api.errors import ApiError
+from api.services import Services
 from storage.fleet.tokens import WorkerTokenRecord
 
 worker_bearer = HTTPBearer(auto_error=False, description="A worker token: `Authorization: Bearer wk_...`")
@@ -45,12 +46,20 @@ def authenticate_worker(
     services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(worker_bearer)]
 ) -> WorkerCaller:
     """The caller for a valid, unrevoked worker token; 401 otherwise."""
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+    if credentials is None:
         raise _unauthorized("missing bearer worker token")
-    record = services.worker_tokens.authenticate(credentials.credentials)
+    return WorkerCaller(worker_token(services, credentials.scheme, credentials.credentials))
+
+
+def worker_token(services: Services, scheme: str, token: str) -> WorkerTokenRecord:
+    """The live token a bearer credential names, or the 401 a worker hears (this dependency and the 401-first
+    check of `api.auth_first` both ask here)."""
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized("missing bearer worker token")
+    record = services.worker_tokens.authenticate(token)
     if record is None:
         raise _unauthorized("invalid or revoked worker token")
-    return WorkerCaller(record)
+    return record
 
 
 def _unauthorized(message: str) -> ApiError:
