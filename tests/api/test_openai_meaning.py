@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.support.api import png_bytes
-from tests.support.claims import claim_job, lease_keys
+from tests.support.claims import claim_queue_of, lease_keys
 
 DATA_URL = "data:image/png;base64," + base64.b64encode(png_bytes(16, 16)).decode()
 ANSWERS = {0: "a red square", 1: "it is red"}
@@ -36,12 +36,12 @@ class PlayedWorker:
     def run(self) -> None:
         while not self.stop.is_set():
             queued, _ = self.services.jobs.page(self.owner_id, status="queued")
-            for job in queued:
-                self.finish(job)
+            for job in queued:  # a wake-up per queued job; the policy picks which job each claim takes
+                for claim in claim_queue_of(self.services.jobs, job.id):
+                    self.finish(self.services.jobs.get(claim.job_id), claim)
             self.stop.wait(0.05)  # polling the jobs' state
 
-    def finish(self, job: Any) -> None:
-        (claim,) = claim_job(self.services.jobs, job.id)
+    def finish(self, job: Any, claim: Any) -> None:
         params = job.params or {}
         if job.kind == "understand":
             self.services.jobs.complete(claim, [], ANSWERS[int(params.get("seed") or 0) % 2])
