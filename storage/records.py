@@ -37,6 +37,7 @@ class NewJob:
     max_attempts: int = 3
     deadline_at: datetime | None = None
     id: str | None = None
+    model: str | None = None  # the model's routing key (storage.routing.served_model); None: the default
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class JobRecord:
     purged_at: datetime | None = None  # storage.lifecycle.store: objects deleted (result TTL or erase); status unchanged
     claim_id: str | None = None  # the worker's id for the claim that took it (idempotent gateway claims)
     results_swept_at: datetime | None = None  # storage.lifecycle.store: stale attempts' objects deleted
+    model: str | None = None  # the model it asked for, as a routing key; None: the deployment default
 
     @property
     def terminal(self) -> bool:

@@ -2,7 +2,11 @@
 
 Shared by the API (which enqueues by task name with `send_task`) and the workers (which register the tasks
 and subscribe to queues), so neither needs to import the other and the API never imports Celery task code.
-Queues are split by kind and resolution class so a small GPU can subscribe only to what fits it.
+Queues are split by kind and resolution class so a small GPU can subscribe only to what fits it, and by model:
+the deployment's default model keeps `unipic.{kind}.{class}`, a model named M (a fine-tuned checkpoint served
+beside it) gets `unipic.{M}.{kind}.{class}`, so a message only ever wakes workers holding the job's model and
+everything keyed by queue (fair share, positions, throughput, coverage) is per model. A queue names its model
+(`model_of_queue`): the scheduling policy's claim takes only jobs of that model.
 
 The enqueue contract, the same for every sender (the API's `api.enqueue.Enqueuer`, a worker handing jobs
 back, the sweeper, all through `JobRef`s):
@@ -36,6 +40,7 @@ SWEEP_TASK = "unipic.cpu.sweep"
 DISPATCH_WEBHOOKS_TASK = "unipic.cpu.dispatch_webhooks"
 
 WEBHOOK_QUEUE = "unipic.webhooks"
+DEFAULT_MODEL_ALIAS = "unipic"  # always names the deployment's default model
 MAINTENANCE_QUEUE = "unipic.maintenance"
 
 
@@ -133,19 +138,38 @@ def resolution_class(size: int) -> str:
     return RESOLUTION_CLASSES[-1][0]
 
 
-def queue_for(kind: str, size: int) -> str:
-    """The GPU queue a job of this kind and image size goes to, e.g. `unipic.generate.l`."""
-    return f"unipic.{kind}.{resolution_class(size)}"
+def served_model(name: str, default_model: str) -> str | None:
+    """The model key a model name routes by: None for the deployment's default (no name, `unipic`, or the
+    default's own name), else the name itself. Jobs store it (`jobs.model`) and queue names carry it."""
+    return None if name in ("", DEFAULT_MODEL_ALIAS, default_model) else name
 
 
-def gpu_queues(kinds: list[str] | tuple[str, ...], max_pixels: int) -> list[str]:
-    """The queues a worker serving these kinds up to `max_pixels` per image subscribes to."""
+def queue_name(kind: str, resolution: str, model: str | None = None) -> str:
+    """`unipic.{kind}.{class}` for the default model, `unipic.{model}.{kind}.{class}` for a named one."""
+    return f"unipic.{kind}.{resolution}" if model is None else f"unipic.{model}.{kind}.{resolution}"
+
+
+def model_of_queue(queue: str) -> str | None:
+    """The model key a GPU queue holds jobs of (None: the default model); the inverse of `queue_name`. Model
+    names may hold dots: kind and class are always the last two segments."""
+    parts = queue.split(".")
+    return ".".join(parts[1:-2]) if len(parts) > 3 else None
+
+
+def queue_for(kind: str, size: int, model: str | None = None) -> str:
+    """The GPU queue a job of this kind, image size and model key goes to, e.g. `unipic.generate.l`."""
+    return queue_name(kind, resolution_class(size), model)
+
+
+def gpu_queues(kinds: list[str] | tuple[str, ...], max_pixels: int, model: str | None = None) -> list[str]:
+    """The queues a worker holding `model` (a key: None for the default) serving these kinds up to
+    `max_pixels` per image subscribes to."""
     queues = []
     for kind in kinds:
         for name, _ in RESOLUTION_CLASSES:
             smallest_in_class = 16 if name == RESOLUTION_CLASSES[0][0] else _previous_limit(name) + 16
             if smallest_in_class * smallest_in_class <= max_pixels:
-                queues.append(f"unipic.{kind}.{name}")
+                queues.append(queue_name(kind, name, model))
     return queues
 
 

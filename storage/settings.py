@@ -11,6 +11,7 @@ factories (`make_engine`, `make_object_store`, `make_celery`, `create_app`), nev
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "Skywork/Skywork-UniPic-1.5B"
+MODEL_NAME = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"  # a model's name: it goes into queue names
 KINDS = ("generate", "edit", "understand")
 
 
@@ -51,6 +53,13 @@ class Settings(BaseSettings):
     model_fast: bool = Field(default=False,
           description="torch.compile the model's hot modules (issue 20 fast paths); off: the eager reference")
     model_cache_dir: str = Field(default="", description="Hugging Face cache dir (default HF_HOME)")
+    default_model: str = Field(default="", pattern=MODEL_NAME,
+          description="The name the deployment's default model goes by (jobs naming no model or `unipic` run "
+                      "on it); default: derived from UNIPIC_MODEL (`tiny` -> `unipic-tiny`, a repo or path -> its "
+                      "last part, lower case). Set it alike on the API and every worker when serving several models")
+    model_name: str = Field(default="", pattern=MODEL_NAME,
+          description="A worker: the name its checkpoint is served under when it is not the default model (a "
+                      "fine-tuned checkpoint beside it); empty, `unipic` or UNIPIC_DEFAULT_MODEL: the default")
     # workers
     worker_kinds: Annotated[list[str], NoDecode] = Field(default=list(KINDS),
           description="Job kinds a model worker serves")
@@ -206,6 +215,8 @@ class Settings(BaseSettings):
             self.storage_url = (data / "objects").as_uri()
         if not self.redis_url and self.broker_url.startswith(("redis://", "rediss://")):
             self.redis_url = self.broker_url
+        if not self.default_model:
+            self.default_model = model_name_of(self.model)
         return self
 
     @property
@@ -218,6 +229,16 @@ class Settings(BaseSettings):
         self.data_dir.expanduser().resolve().mkdir(parents=True, exist_ok=True)
         if self.storage_url.startswith("file://"):
             Path(self.storage_url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+
+
+def model_name_of(source: str) -> str:
+    """A model name derived from a checkpoint source: `tiny` -> `unipic-tiny`; a repo id or path -> its last
+    part, lower case, with characters a name cannot hold turned into `-`."""
+    if source == "tiny":
+        return "unipic-tiny"
+    last = source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].replace(":", "-").lower()
+    name = re.sub(r"[^a-z0-9._-]+", "-", last).lstrip("._-")[:64]
+    return name or "unipic"
 
 
 def load_settings(**overrides: Any) -> Settings:

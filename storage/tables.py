@@ -184,6 +184,9 @@ class Job(Base):
     claim_id: Mapped[str | None] = mapped_column(String(64), index=True)
     # when stale attempts' objects under results/{job}/ were deleted (storage.lifecycle.store.sweep_stale_results)
     results_swept_at: Mapped[datetime | None]
+    # the model the job asked for, as a routing key (storage.routing.served_model): NULL = the deployment default;
+    # its queue carries it and only workers holding that model claim it. model_id/model_revision: what ran it
+    model: Mapped[str | None] = mapped_column(String(64))
 
 
 # The exact per-key quota (storage.lifecycle.quota) counts a key's active jobs on every insert: only active rows are indexed.
@@ -261,6 +264,9 @@ class Worker(Base):
     health: Mapped[dict[str, Any] | None]  # the worker's own report: failure streak, back-off (model workers)
     # "direct" (database, broker and bucket) or "remote" (the HTTPS worker gateway, api.gateway.routes)
     transport: Mapped[str] = mapped_column(String(20), default="direct", server_default=text("'direct'"))
+    # the model it holds: its name (NULL: the deployment default) and a digest of its checkpoint's weight files
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    checkpoint_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class WorkerToken(Base):

@@ -51,13 +51,16 @@ class WorkerRecord:
     jobs_served: int
     health: dict[str, Any] | None = None
     transport: str = "direct"  # or "remote": through the HTTPS worker gateway
+    model_name: str | None = None  # the model it holds, by name; None: the deployment's default model
+    checkpoint_hash: str | None = None  # a digest of its checkpoint's weight files
 
     @classmethod
     def of(cls, row: Worker) -> WorkerRecord:
         return cls(row.id, row.hostname, row.pid, row.device, row.model_id, list(row.kinds or []),
                    row.max_pixels, row.max_batch, list(row.queues or []), row.started_at,
                    row.last_heartbeat_at, row.stopped_at, row.batches_served, row.jobs_served,
-                   dict(row.health) if row.health else None, row.transport or "direct")
+                   dict(row.health) if row.health else None, row.transport or "direct", row.model_name,
+                   row.checkpoint_hash)
 
 
 class WorkerRegistry:
@@ -69,14 +72,16 @@ class WorkerRegistry:
     def register(self, worker_id: str, hostname: str, pid: int, device: str | None = None,
                  model_id: str | None = None, kinds: list[str] | None = None,
                  max_pixels: int | None = None, max_batch: int | None = None,
-                 queues: list[str] | None = None, transport: str = "direct") -> WorkerRecord:
-        """Insert or refresh this worker (a restarted worker with the same id starts anew)."""
+                 queues: list[str] | None = None, transport: str = "direct", model_name: str | None = None,
+                 checkpoint_hash: str | None = None) -> WorkerRecord:
+        """Insert or refresh this worker (a restarted worker with the same id starts anew). `model_name`: the
+        model it holds (None: the deployment's default), `checkpoint_hash`: the digest of its weight files."""
         now = utcnow()
         values: dict[str, Any] = {
             "hostname": hostname, "pid": pid, "device": device, "model_id": model_id, "kinds": kinds or [],
             "max_pixels": max_pixels, "max_batch": max_batch, "queues": queues or [], "started_at": now,
             "last_heartbeat_at": now, "stopped_at": None, "batches_served": 0, "jobs_served": 0,
-            "transport": transport,
+            "transport": transport, "model_name": model_name, "checkpoint_hash": checkpoint_hash,
         }
         with write_session(self.sessions) as s:
             row = s.get(Worker, worker_id)
@@ -87,7 +92,8 @@ class WorkerRegistry:
                 for name, value in values.items():
                     setattr(row, name, value)
             s.flush()
-            log.info("worker %s registered on %s pid=%s device=%s", worker_id, hostname, pid, device)
+            log.info("worker %s registered on %s pid=%s device=%s model=%s", worker_id, hostname, pid, device,
+                     model_name or "(default)")
             return WorkerRecord.of(row)
 
     def heartbeat(self, worker_id: str, batches: int = 0, jobs: int = 0,

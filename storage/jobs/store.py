@@ -31,12 +31,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from storage.batches.completion import finish_batch_if_done
 from storage.db import retry_deadlocks, write_session
@@ -47,6 +48,7 @@ from storage.jobs.queries import JobQueries
 from storage.lifecycle.quota import enforce_quotas
 from storage.objects.base import lease_of_result_key, lease_prefix
 from storage.records import BatchRecord, Claim, JobRecord, NewBatch, NewJob
+from storage.routing import model_of_queue
 from storage.scheduling import fair_share
 from storage.scheduling import policy as scheduling
 from storage.states import TERMINAL_STATUSES, BatchStatus, EventType, JobErrorCode, JobStatus
@@ -55,7 +57,7 @@ from storage.webhooks.outbox import OutboxWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Claim", "JobRecord", "JobStore", "NewBatch", "NewJob", "pixels_of"]
+__all__ = ["Claim", "HeldModel", "JobRecord", "JobStore", "NewBatch", "NewJob", "pixels_of"]
 
 
 def pixels_of(kind: str, params: dict[str, Any]) -> int:
@@ -66,8 +68,20 @@ def pixels_of(kind: str, params: dict[str, Any]) -> int:
     return int(params.get("width", 0)) * int(params.get("height", 0)) * int(params.get("num_images", 1))
 
 
+@dataclass(frozen=True)
+class HeldModel:
+    """The model a worker's store holds (its routing key, `storage.routing.served_model`; None: the default)."""
+
+    key: str | None
+
+
 class JobStore(JobQueries):
-    """Creates, reads and moves jobs. Thread-safe: every call runs in its own session and transaction."""
+    """Creates, reads and moves jobs. Thread-safe: every call runs in its own session and transaction. A model
+    worker's store holds its model (`held`): a message for a job of another model then claims nothing."""
+
+    def __init__(self, session_factory: sessionmaker[Session], held: HeldModel | None = None) -> None:
+        super().__init__(session_factory)
+        self.held = held
 
     # ---- creating -------------------------------------------------------------------------------------------
     def create(self, new: NewJob) -> JobRecord:
@@ -147,6 +161,7 @@ class JobStore(JobQueries):
             "seed": new.seed, "webhook_url": new.webhook_url, "webhook_events": new.webhook_events,
             "metadata_": new.metadata, "idempotency_key": new.idempotency_key, "request_hash": new.request_hash,
             "input_key": new.input_key, "pixels": new.pixels or pixels_of(new.kind, new.params),
+            "model": new.model,
         }
 
     # ---- claiming and leases --------------------------------------------------------------------------------
@@ -174,10 +189,15 @@ class JobStore(JobQueries):
         kinds: Sequence[str] | None = None,
     ) -> list[Claim]:
         """A `run_batch(job_id)` message is a wake-up for its job's queue: `claim_next` on that queue, whatever
-        the job's own state. Empty for an unknown job, a kind this worker does not serve, or an empty queue."""
+        the job's own state. Empty for an unknown job, a kind this worker does not serve, a queue of a model this
+        store does not hold (`held`), or an empty queue."""
         with self.sessions() as s:
             found = s.execute(select(Job.queue, Job.kind).where(Job.id == job_id)).first()
         if found is None or (kinds is not None and found.kind not in kinds):
+            return []
+        if self.held is not None and model_of_queue(found.queue) != self.held.key:
+            log.warning("a message for job %s of queue %s reached a worker holding model %s: claimed nothing",
+                        job_id, found.queue, self.held.key or "(default)")
             return []
         return self.claim_next(found.queue, worker_id, lease_seconds, max_items, max_pixels)
 

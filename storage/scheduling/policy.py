@@ -24,7 +24,10 @@ jobs. A claim takes its head (and its batch-mates further along it); queue posit
    `service_order` (the seed's key already charged for the seed), skipping the incompatible ones, within the
    worker's item and pixel budgets. Each job is charged to its own key. The fill looks at the seed's own key
    and the `free slots` other least-served keys (at most MAX_FILL_KEYS in all), one indexed probe each.
-4. **Liveness:** every message claims at least one job while Q has a claimable one: rows locked by someone else
+4. **Models:** a queue holds one model's jobs (`storage.routing`: the queue name carries the model), and
+   `claimable` also requires the job's model to be the queue's, so a worker (which reads only its own model's
+   queues) never claims another model's job; fair share, positions and estimates are per queue, so per model.
+5. **Liveness:** every message claims at least one job while Q has a claimable one: rows locked by someone else
    are skipped (SKIP LOCKED) while looking by policy, and when that finds nothing the claim takes any claimable
    job of Q, waiting for row locks if it must (short: the API stamping `last_enqueued_at`, another claim), one
    row at a time and holding no other while it waits, so claims never wait on each other in a cycle.
@@ -47,6 +50,7 @@ from sqlalchemy import ColumnElement, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from storage import dialect
+from storage.routing import model_of_queue
 from storage.scheduling.fair_share import floor_vtime, weights
 from storage.tables import ApiKey, FairShare, Job
 
@@ -106,8 +110,12 @@ def within_key_of(priority: int, created_at: datetime, job_id: str) -> tuple[Any
 
 
 def claimable(queue: str, now: datetime) -> list[ColumnElement[bool]]:
-    """The conditions a job must meet to be claimed from `queue` now."""
-    return [Job.queue == queue, Job.status == "queued", or_(Job.deadline_at.is_(None), Job.deadline_at > now)]
+    """The conditions a job must meet to be claimed from `queue` now: queued there, not past its deadline, and of
+    the model the queue holds (`storage.routing.model_of_queue`), so a claim never takes another model's job
+    whatever woke it. Claims, positions and estimates all select through this."""
+    model = model_of_queue(queue)
+    return [Job.queue == queue, Job.status == "queued", or_(Job.deadline_at.is_(None), Job.deadline_at > now),
+            Job.model.is_(None) if model is None else Job.model == model]
 
 
 def service_order(keys: Iterable[KeyShare], jobs_of: Callable[[KeyShare], Iterable[J]],
