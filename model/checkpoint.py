@@ -320,3 +320,29 @@ def _repetition_penalty(directory: Path, cfg: UniPicConfig) -> float:
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{f}: unreadable ({exc})") from exc
     return cfg.repetition_penalty
+
+
+
+def checkpoint_hash(loaded: LoadedModel) -> str:
+    """What a worker advertises as its checkpoint: `weights_digest` of the files its weights loaded from;
+    weights built in memory (`tiny`, `random:...`) have none, so theirs is a digest of their id and revision."""
+    if loaded.directory is None:
+        return hashlib.sha256(f"{loaded.model_id}\0{loaded.revision}".encode()).hexdigest()
+    return weights_digest(loaded.directory)
+
+
+def weights_digest(directory: Path, chunk: int = 1 << 24) -> str:
+    """A sha256 of a checkpoint directory's weights: for each safetensors file they load from (the converted
+    `pytorch_model.bin` and `kl16.ckpt`, see `convert`), its tensor table (names, dtypes, shapes, offsets; not the
+    file's free-form metadata, which holds the conversion's source stamp) and its data bytes. Two copies of one
+    checkpoint agree wherever they were converted; a fine-tune of the same shapes differs."""
+    h = hashlib.sha256()
+    for path in (convert(directory / MODEL_FILE), convert(directory / VAE_FILE, key="model")):
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            table = json.loads(f.read(size))
+            table.pop("__metadata__", None)
+            h.update(json.dumps(table, sort_keys=True, separators=(",", ":")).encode())
+            while block := f.read(chunk):
+                h.update(block)
+    return h.hexdigest()
