@@ -5,16 +5,18 @@ the lease token as the fence, exactly as a direct worker's calls do, so a stale 
 overwrite a newer claim:
 
 - `claim` (long-poll up to `wait_seconds`): `JobStore.claim_next` on the queues the token allows (its kinds, the
-  resolution classes that fit its max pixels), so the scheduling policy is the same as for Celery workers. The
+  resolution classes that fit its max pixels) of the model the worker holds (`model`: none for the default), so the scheduling policy is the same as for Celery workers. The
   answer is the batch: per job its id, lease token, kind, params and seed, its input as a presigned GET URL and
   its results as presigned PUT URLs for exactly the keys its lease may write (`api.gateway.result_checks.result_keys`:
   `results/{job}/{lease}/...`), expiring no later than the lease. A claim carries the worker's `claim_id`; a
-  retry with the same id (its first answer was lost) gets the jobs that claim already took, not a second batch;
+  retry with the same id (its first answer was lost) gets the jobs that claim already took, not a second batch
+  (only a retry looks the id up: the first send says `first_try`);
 - `renew` (fresh result URLs for the renewed leases), `progress` (bounded by the job's own step count: 422
   `invalid_progress` otherwise), `cancel-requests`: leases, progress and the owner's cancel requests of held jobs;
 - `complete`: the declared objects (keys, sizes, sha256) are checked (`api.gateway.result_checks.verify_results`: the
   lease's own keys, fully decoded, the format and size the job asked for) before the job is marked succeeded;
-  an invalid result is 422 with the refusal's code and the job stays running under the worker's lease;
+  an invalid result is 422 with the refusal's code and the job stays running under the worker's lease; a retry
+  of a `complete` that succeeded (its answer was lost on the way back) is ok again, not 409;
 - `fail` (a job's own failure, or `canceled` to acknowledge a cancel request), `release` (hand jobs back: they
   are queued again and get a fresh message), `heartbeat` (the worker's entry in `GET /v1/workers`, transport
   "remote"; beats are batched, one transaction per interval for all workers: `api.gateway.heartbeats`).
@@ -44,8 +46,10 @@ from api.gateway.result_checks import DeclaredObject, InvalidResult, result_keys
 from api.services import Services
 from storage.errors import ForeignResultKeys
 from storage.jobs.params import progress_total
+from storage.objects.base import lease_of_result_key
 from storage.records import Claim, JobRecord
-from storage.routing import RESOLUTION_CLASSES
+from storage.routing import RESOLUTION_CLASSES, queue_name, served_model
+from storage.settings import MODEL_NAME
 from storage.states import JobErrorCode, JobStatus
 
 router = APIRouter(prefix="/v1/worker", tags=["worker gateway"])
@@ -71,9 +75,14 @@ class ClaimIn(_Body):
     max_image_pixels: Annotated[int | None, Field(ge=1)] = None
     kinds: list[str] | None = None
     wait_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)] = 20.0
+    model: Annotated[str | None, Field(pattern=MODEL_NAME, description=(
+        "The model this worker holds (UNIPIC_MODEL_NAME): only its jobs are claimed; none: the default"))] = None
     claim_id: Annotated[str | None, Field(pattern=CLAIM_ID, description=(
         "The worker's id for this claim (a uuid per claim, reused when it retries the same claim): a retry "
         "returns the jobs the first attempt took"))] = None
+    first_try: bool = Field(default=False, description=(
+        "True on the first send of this `claim_id`: no earlier try can have taken jobs, so the gateway does not "
+        "look the id up (an idle claim costs the database nothing); retries send false (or omit it)"))
 
 
 class ClaimRef(_Body):
@@ -156,6 +165,8 @@ class HeartbeatIn(_Body):
     kinds: list[str] = []
     max_pixels: int | None = None
     max_batch: int | None = None
+    model_name: Annotated[str | None, Field(pattern=MODEL_NAME)] = None  # the model it holds; none: the default
+    checkpoint_hash: Annotated[str | None, Field(pattern=r"^[0-9a-f]{64}$")] = None
     batches: Annotated[int, Field(ge=0)] = 0
     jobs: Annotated[int, Field(ge=0)] = 0
     start: bool = False  # the worker (re)starts: register it anew
@@ -176,9 +187,9 @@ class HeartbeatOut(BaseModel):
 async def claim(body: ClaimIn, request: Request, services: ServicesDep, caller: WorkerDep) -> ClaimOut:
     """The next batch of a queue this token may serve, by the scheduling policy; waits up to `wait_seconds`."""
     worker_id = caller.worker_id(body.worker)
-    queues = allowed_queues(caller, body.kinds, body.max_image_pixels)
+    queues = allowed_queues(caller, body.kinds, body.max_image_pixels, _model(services, body.model))
     lease = services.settings.lease_seconds
-    if body.claim_id is not None:  # a retry of a claim whose answer was lost: the same jobs, no second batch
+    if body.claim_id is not None and not body.first_try:  # a retry whose answer was lost: the same jobs again
         again = await run_in_threadpool(services.jobs.claimed_by, body.claim_id, worker_id)
         if again:
             jobs = await run_in_threadpool(_claimed_jobs, services, caller, again)
@@ -221,11 +232,19 @@ async def _wait_for_claims(request: Request, services: Services, queues: list[st
                 pause = min(tick, pause * 2)
 
 
-def allowed_queues(caller: WorkerCaller, kinds: list[str] | None, max_image_pixels: int | None) -> list[str]:
-    """The GPU queues whose every job this token (and the worker's own limit) allows."""
+def allowed_queues(caller: WorkerCaller, kinds: list[str] | None, max_image_pixels: int | None,
+                   model: str | None = None) -> list[str]:
+    """The GPU queues of `model` (a routing key; None: the default) whose every job this token (and the worker's
+    own limit) allows."""
     limit = min(caller.token.max_pixels, max_image_pixels or caller.token.max_pixels)
     served = [k for k in caller.token.kinds if kinds is None or k in kinds]
-    return [f"unipic.{kind}.{name}" for kind in served for name, side in RESOLUTION_CLASSES if side * side <= limit]
+    return [queue_name(kind, name, model) for kind in served for name, side in RESOLUTION_CLASSES
+            if side * side <= limit]
+
+
+def _model(services: Services, name: str | None) -> str | None:
+    """The routing key of the model a worker says it holds, as this deployment names its default."""
+    return served_model(name or "", services.settings.default_model)
 
 
 def _claim_once(services: Services, queues: list[str], worker_id: str,
@@ -307,8 +326,14 @@ def progress(body: ProgressIn, services: ServicesDep, caller: WorkerDep) -> Done
 # ---- finishing ------------------------------------------------------------------------------------------------
 @router.post("/complete", response_model=DoneOut, summary="Complete a job")
 def complete(body: CompleteIn, services: ServicesDep, caller: WorkerDep) -> DoneOut:
-    """Mark a job succeeded once its uploaded results check out (422 otherwise; 409 if the lease is stale)."""
-    claim, job = _held(services, caller, body)
+    """Mark a job succeeded once its uploaded results check out (422 otherwise; 409 if the lease is stale). A
+    retry of a `complete` that already succeeded (its answer was lost) is answered ok again."""
+    try:
+        claim, job = _held(services, caller, body)
+    except ApiError as exc:
+        if exc.status == 409 and _completed_by(services, body):
+            return DoneOut(ok=True)
+        raise
     declared = [DeclaredObject(o.key, o.size, o.sha256) for o in body.objects]
     try:
         text = verify_results(services.objects, job, claim.lease_token, declared)
@@ -318,9 +343,19 @@ def complete(body: CompleteIn, services: ServicesDep, caller: WorkerDep) -> Done
         raise ApiError(422, exc.code, str(exc), "objects") from None
     except ForeignResultKeys as exc:
         raise ApiError(422, exc.code, exc.message, "objects") from None
-    if not ok:
+    if not ok and not _completed_by(services, body):
         raise _stale(body.job_id)
     return DoneOut(ok=True)
+
+
+def _completed_by(services: Services, body: CompleteIn) -> bool:
+    """Whether the job succeeded with exactly these objects, all under this lease's own keys: only this lease's
+    `complete` can have recorded them (the keys name the lease), so this is a repeat, not a stale attempt."""
+    jobs = services.jobs.get_many([body.job_id])
+    keys = [o.key for o in body.objects]
+    if not jobs or jobs[0].status != JobStatus.SUCCEEDED or sorted(jobs[0].result_keys or []) != sorted(keys):
+        return False
+    return all(lease_of_result_key(k) == (body.job_id, body.lease_token) for k in keys)
 
 
 @router.post("/fail", response_model=DoneOut, summary="Fail a job (or acknowledge its cancel)")
@@ -369,8 +404,10 @@ def heartbeat(body: HeartbeatIn, request: Request, services: ServicesDep, regist
         batcher.forget(worker_id)
     if body.start or not (batcher.beat(worker_id, body.batches, body.jobs, body.health)
                           or registry.heartbeat(worker_id, body.batches, body.jobs, body.health)):
+        model = _model(services, body.model_name)
         registry.register(worker_id, body.hostname or "remote", body.pid, body.device, body.model_id, kinds,
-                          max_pixels, body.max_batch, allowed_queues(caller, kinds, max_pixels), transport="remote")
+                          max_pixels, body.max_batch, allowed_queues(caller, kinds, max_pixels, model),
+                          transport="remote", model_name=model, checkpoint_hash=body.checkpoint_hash)
         registry.heartbeat(worker_id, body.batches, body.jobs, body.health)
     if body.stopping:
         registry.stop(worker_id)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.gateway.served import Gateway, served_gateway
 from tests.support.jobs import cancel_leftover_jobs
 from tests.support.worker_fixtures import celery_app, registry, start_worker, worker_env
 
@@ -88,6 +89,13 @@ def make_token(tokens: Any) -> Callable[..., tuple[Any, dict[str, str]]]:
 def api_headers(services: Any) -> dict[str, str]:
     _, plaintext = services.keys.create("gateway-test")
     return {"Authorization": f"Bearer {plaintext}"}
+
+
+@pytest.fixture(scope="module")
+def gateway(migrated: Any, s3_server: str) -> Iterator[Gateway]:
+    """The API over loopback HTTP behind a cutting proxy, its presigned URLs behind another (tests.gateway.served)."""
+    with served_gateway(migrated, s3_server) as served:
+        yield served
 
 
 @pytest.fixture(scope="session")

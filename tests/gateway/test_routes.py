@@ -105,8 +105,12 @@ def test_complete_checks_the_uploaded_objects_before_succeeding(
     assert _complete(client, headers, item, objects).json() == {"ok": True}
     done = services.jobs.get(job.id)
     assert done.status == "succeeded" and done.result_keys == [key]
-    # and a second complete with the old lease is a stale claim
-    assert _complete(client, headers, item, objects).status_code in (404, 409)
+    # and a repeat of that complete (its answer lost on the way back) is answered ok again, changing nothing
+    assert _complete(client, headers, item, objects).json() == {"ok": True}
+    assert services.jobs.get(job.id) == done
+    # while a complete under that lease declaring anything else is a stale claim
+    assert _complete(client, headers, item, []).status_code == 409
+    assert _complete(client, headers, {**item, "lease_token": "another-lease"}, objects).status_code == 409
 
 
 def test_understand_answer_must_name_its_job(
@@ -194,25 +198,37 @@ def test_a_worker_cannot_claim_kinds_or_sizes_its_token_does_not_allow(
     assert services.jobs.get(big.id).status == "queued" and services.jobs.get(other_kind.id).status == "queued"
 
 
-def test_revoked_token_is_refused_and_its_jobs_go_to_another_worker(
+def test_revoked_token_is_refused_within_the_bound_and_its_jobs_go_to_another_worker(
     client: TestClient, services: Any, owner_id: str, make_token: TokenMaker, tokens: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from datetime import timedelta
 
     from storage.tables import utcnow
 
-    # Given a job running under token A
+    # Given a job running under token A, which this API process has checked and remembers (its clock injected)
+    cache = services.worker_token_cache
+    now = [cache.clock()]
+    monkeypatch.setattr(cache, "clock", lambda: now[0])
     record, a = make_token(name="revoked")
     _, b = make_token(name="other")
     job = _job(services, owner_id)
     item = _claimed(client, a, job.id)
-    # When A is revoked: its next call is 401
-    tokens.revoke(record.id)
     ref = {"worker": "gpu:1", "job_id": job.id, "lease_token": item["lease_token"]}
-    assert client.post("/v1/worker/progress", headers=a, json={**ref, "step": 1, "total": 2}).status_code == 401
+    assert client.post("/v1/worker/progress", headers=a, json={**ref, "step": 1, "total": 2}).status_code == 200
+    # When A is revoked and the revocation bound passes
+    tokens.revoke(record.id)
+    now[0] += cache.bound
+    # Then its next call and every one after is 401, and it writes nothing more
+    assert client.post("/v1/worker/progress", headers=a, json={**ref, "step": 2, "total": 2}).status_code == 401
+    claims = {"worker": "gpu:1", "claims": [{"job_id": job.id, "lease_token": item["lease_token"]}]}
+    assert client.post("/v1/worker/renew", headers=a, json=claims).status_code == 401
+    assert _complete(client, a, item, _upload(item, _png())).status_code == 401
     assert client.post("/v1/worker/claim", headers=a, json={"worker": "gpu:1", "wait_seconds": 0}).status_code == 401
     assert client.post("/v1/worker/heartbeat", headers=a, json={"worker": "gpu:1"}).status_code == 401
-    # Then once its lease expires the job is queued again and another worker takes it
+    running = services.jobs.get(job.id)
+    assert (running.status, running.progress_step) == ("running", 1)
+    # and once its lease expires the job is queued again and another worker takes it
     assert job.id in services.jobs.requeue_expired(now=utcnow() + timedelta(seconds=120))
     again = _claimed(client, b, job.id)
     assert again["lease_token"] != item["lease_token"] and again["attempts"] == 1
@@ -376,12 +392,14 @@ def test_a_retried_claim_returns_the_same_batch_and_costs_no_attempt(
     _, headers = make_token()
     job, other = _job(services, owner_id), _job(services, owner_id)
     claim_id = "0b8f6f7e-6d1c-4c52-9a4e-3f1c2d5e7a90"
-    first = _claim(client, headers, max_items=1, claim_id=claim_id)["jobs"]
+    first = _claim(client, headers, max_items=1, claim_id=claim_id, first_try=True)["jobs"]
     assert [j["job_id"] for j in first] == [job.id]
-    # When it retries the claim with the same claim id
-    again = _claim(client, headers, max_items=1, claim_id=claim_id)["jobs"]
+    # When it retries the claim with the same claim id (saying it is a retry, or as an older worker, saying nothing)
+    again = _claim(client, headers, max_items=1, claim_id=claim_id, first_try=False)["jobs"]
+    older = _claim(client, headers, max_items=1, claim_id=claim_id)["jobs"]
     # Then it gets the same job under the same lease, the other job is still queued, and no attempt was spent
     assert [(j["job_id"], j["lease_token"]) for j in again] == [(job.id, first[0]["lease_token"])]
+    assert older == again
     assert services.jobs.get(other.id).status == "queued"
     assert services.jobs.get(job.id).attempts == 0 and again[0]["attempts"] == 0
     # and a new claim id is a new claim

@@ -10,60 +10,19 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.gateway.proxy import LoopbackProxy
+from tests.gateway.served import Gateway
 from tests.support import REPO
 from tests.support.jobs import decode, enqueue, make_job
-from tests.support.stack import free_port
 from tests.support.waiting import wait_for, wait_terminal
 from tests.support.workers import WorkerProcess, WorkerStarter, log_dir
 
 pytestmark = pytest.mark.system
-
-GATEWAY_LEASE_SECONDS = 4.0
-
-
-@dataclass
-class Gateway:
-    url: str
-    app: Any
-    s3_proxy: LoopbackProxy
-    api_proxy: LoopbackProxy
-
-    @property
-    def services(self) -> Any:
-        return self.app.state.services
-
-
-@pytest.fixture(scope="module")
-def gateway(migrated: Any, s3_server: str) -> Iterator[Gateway]:
-    """The API on a loopback port behind a proxy; presigned URLs point at a second proxy in front of S3."""
-    import uvicorn
-
-    from api.app import create_app
-
-    s3_proxy = LoopbackProxy(int(s3_server.rsplit(":", 1)[1]))
-    settings = migrated.model_copy(update={"lease_seconds": GATEWAY_LEASE_SECONDS,
-                                           "s3_public_endpoint_url": s3_proxy.url})
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, "the API server to start", timeout=60)
-    api_proxy = LoopbackProxy(port)
-    yield Gateway(api_proxy.url, app, s3_proxy, api_proxy)
-    server.should_exit = True
-    thread.join(timeout=30)
-    api_proxy.close()
-    s3_proxy.close()
 
 
 def gateway_worker_env(checkpoint: Path, **extra: str) -> dict[str, str]:

@@ -9,8 +9,9 @@ as in TGI's batch filter: an undecodable input fails only its job (`invalid_inpu
 splits the batch in halves (a single item that cannot fit fails with `out_of_memory`); any other model error is
 bisected down to the items that raise it (`model_error`). Jobs whose lease was lost are dropped silently and
 nothing of theirs is uploaded: results go under the claim's own lease keys, and only while the lease keeper can
-prove the lease (`LeaseKeeper.holds`); the store's fencing token would refuse a stale completion anyway. The
-worker stays alive through all of it.
+prove the lease (`LeaseKeeper.holds`); the store's fencing token would refuse a stale completion anyway. A
+finished result whose upload or `complete` fails on the network is retried while the lease holds, not recomputed.
+The worker stays alive through all of it.
 Pipelined (`pipeline=True`, `UNIPIC_WORKER_PIPELINE`), encode -> upload -> `complete()` of a batch run in the
 background (`workers.runner.pipeline`, one batch in flight) while the next batch samples; leases stay renewed until then.
 """
@@ -38,15 +39,17 @@ from workers.runner.limits import BatchClock, hard_limit_seconds, soft_limit_sec
 from workers.runner.oom import halves, is_oom, release_cached_memory
 from workers.runner.pipeline import FinishPipeline
 from workers.runner.progress import CancelWatcher, ProgressReporter
-from workers.runner.results import LeaseLost, UploadFailed, write_result
+from workers.runner.results import LeaseLost, UploadFailed, WrittenResult, write_result
 from workers.runner.traces import trace_failure, trace_success
 from workers.shutdown import ShutdownGate
-from workers.transport.base import JobPort, ObjectPort
+from workers.transport.base import JobPort, ObjectPort, Unreachable
 
 log = logging.getLogger(__name__)
 
 CANCEL_CHECK_SECONDS = 0.25
 FINISHING_THREADS = 4
+# between attempts at `complete` once the transport's own retries are spent, each only while the lease holds
+COMPLETE_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 8.0)
 
 
 @dataclass
@@ -278,13 +281,31 @@ class BatchRunner:
             self._fail(item.claim, JobErrorCode.MODEL_ERROR, f"encoding the result failed: {exc}")
             return
         timings = {"model_seconds": model_seconds, "upload_seconds": written.upload_seconds}
-        ok = self.store.complete(
-            item.claim, written.keys, written.text, timings, self.engine.model_id, self.engine.revision,
-        )
+        ok = self._complete(item.claim, written, timings, keeper)
         self.metrics.observe_success(job, model_seconds / call_size, ok)
         trace_success(job, model_seconds, written.upload_seconds, call_size, ok)
         log.debug("job %s succeeded in a call of %d (model %.3fs, upload %.3fs)%s", job.id, call_size,
                  model_seconds, written.upload_seconds, "" if ok else " but its lease was lost")
+
+    def _complete(self, claim: Claim, written: WrittenResult, timings: dict[str, float], keeper: LeaseKeeper,
+                  sleep: Callable[[float], None] = time.sleep) -> bool:
+        """Report a written result; while the store is unreachable, retry with backoff for as long as the lease is
+        provably held (renewals go on meanwhile), so a finished job is reported, not recomputed. Repeating is safe:
+        `complete` is fenced by the lease token. Once the lease cannot be proven it gives up (False): nothing more
+        is written, and the job returns to the queue when its lease expires."""
+        for pause in (*COMPLETE_BACKOFF_SECONDS, None):
+            try:
+                return self.store.complete(claim, written.keys, written.text, timings, self.engine.model_id,
+                                           self.engine.revision)
+            except Unreachable as exc:
+                if pause is None or not keeper.holds(claim.job_id):
+                    log.error("job %s: cannot report its result (%s) and its lease is not provably held; "
+                              "giving it up", claim.job_id, exc)
+                    return False
+                log.warning("job %s: complete failed (%s); retrying in %.1fs while the lease holds",
+                            claim.job_id, exc, pause)
+                sleep(pause)
+        raise AssertionError("unreachable")
 
     def _settle_dropped(self, item: Item, state: BatchState) -> None:
         """An item the engine dropped (or we skipped): say why in the store."""

@@ -3,8 +3,11 @@
 The object keys are scoped to the claim's lease (`results/{job_id}/{lease}/{index}.{ext}`,
 `results/{job_id}/{lease}/answer.json`, storage.objects.base): a worker that lost its lease writes only under its own
 old prefix, which nothing serves and the sweeper deletes. Each upload happens only while `still_held()` says the
-lease is held (`LeaseLost` otherwise, before anything is written). Uploads are retried with backoff; a store that
-stays down raises `UploadFailed` and the caller hands the job back to the queue. Knows nothing of batching.
+lease is held (`LeaseLost` otherwise, before anything is written). A failed upload (a cut connection, an expired
+URL, the store briefly down) is retried with backoff for as long as the lease holds, up to about half a minute:
+a finished result is worth keeping, and the lease keeper renews meanwhile (fresh presigned URLs come with each
+renewal). A store that stays down past that raises `UploadFailed` and the caller hands the job back to the queue;
+a lease that can no longer be proven raises `LeaseLost` and nothing more is written. Knows nothing of batching.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from workers.transport.base import ObjectPort
 
 log = logging.getLogger(__name__)
 
-UPLOAD_BACKOFF_SECONDS = (0.2, 1.0, 3.0)
+# about 32 s in all, each pause only while the lease is held: a cut or a store restart, not an outage
+UPLOAD_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
 
 
 class UploadFailed(RuntimeError):

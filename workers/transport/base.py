@@ -10,7 +10,9 @@
   (`workers.transport.gateway_runtime`).
 
 The batching, out-of-memory splitting, per-item seeds, cancellation between steps and graceful shutdown are the
-same code for both; the transport is the only difference. This module holds no behaviour.
+same code for both; the transport is the only difference. A transport raises `Unreachable` when a call could
+not be made after its own retries (the network or the service is down), so the runner can tell "try again while
+the lease holds" from a refusal. This module holds no behaviour.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from typing import BinaryIO, Protocol
 
 from storage.records import Claim, JobRecord
 from storage.states import JobErrorCode
+
+
+class Unreachable(RuntimeError):
+    """A call that could not reach its service after the transport's own retries. It changed nothing, or it is
+    fenced by the lease token so that repeating it changes nothing: the caller may retry it."""
 
 
 class JobPort(Protocol):

@@ -8,7 +8,8 @@ sha256, which `complete` declares so the server can check them before marking th
 name the lease's own keys and expire with the lease; each renewal hands out fresh ones. Every claim carries a
 new claim id that its retries reuse, so a claim whose answer was lost returns the same jobs when retried.
 
-Transient failures (connection cut, timeouts, 5xx) are retried with backoff; a 401 means the token was revoked
+Transient failures (connection cut, timeouts, 5xx) are retried with backoff, then raise `GatewayUnreachable`
+(`workers.transport.base.Unreachable`: the runner retries a finished job's `complete` while its lease holds); a 401 means the token was revoked
 and raises `TokenRevoked` (the worker stops; its leases expire and its jobs go to other workers); 404/409 mean
 the claim is not (or no longer) ours and read as a stale claim (False), exactly as `JobStore` answers them.
 Knows nothing of the model, of batching, of databases or of storage credentials.
@@ -31,6 +32,7 @@ import httpx
 from storage.errors import NotFound
 from storage.records import Claim, JobRecord
 from storage.states import JobErrorCode, JobStatus
+from workers.transport.base import Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,10 @@ class TokenRevoked(GatewayError):
     """401: the worker token is unknown or revoked; the worker must stop."""
 
 
+class GatewayUnreachable(GatewayError, Unreachable):
+    """The gateway could not be reached (or kept answering 5xx/429) through every retry."""
+
+
 class ResultRefused(GatewayError):
     """A write outside the held jobs' result keys (or a read of another job's input) was attempted."""
 
@@ -86,8 +92,10 @@ class Written:
 class GatewayHttp:
     """POSTs JSON to `<base>/v1/worker/<path>` with the token, retrying transient failures."""
 
-    def __init__(self, base_url: str, token: str, http: HttpClient | None = None) -> None:
+    def __init__(self, base_url: str, token: str, http: HttpClient | None = None,
+                 pauses: Sequence[float] = RETRY_PAUSES) -> None:
         self.base = base_url.rstrip("/")
+        self.pauses = tuple(pauses)
         self.http: HttpClient = http or httpx.Client(timeout=TIMEOUT)
         self.headers = {"Authorization": f"Bearer {token}"}
         self.revoked = threading.Event()
@@ -96,7 +104,7 @@ class GatewayHttp:
         """The response (2xx, 404, 409 or 422); raises `TokenRevoked` on 401, `GatewayError` after retries."""
         url = f"{self.base}/v1/worker/{path}"
         last: Exception | None = None
-        for pause in (*RETRY_PAUSES, None):
+        for pause in (*self.pauses, None):
             try:
                 response = self._send(url, body, timeout)
             except httpx.TransportError as exc:
@@ -112,7 +120,7 @@ class GatewayHttp:
                 break
             log.warning("gateway %s failed (%s); retrying in %.1fs", path, last, pause)
             time.sleep(pause)
-        raise GatewayError(f"gateway {path} failed after retries: {last}")
+        raise GatewayUnreachable(f"gateway {path} failed after retries: {last}")
 
     def _send(self, url: str, body: dict[str, Any], timeout: float | None) -> HttpResponse:
         if timeout is None:  # the client's own default (`TIMEOUT`: a shorter connect timeout than read)
@@ -186,6 +194,7 @@ class GatewayJobs:
 
     def __init__(self, http: GatewayHttp, objects: GatewayObjects, worker: str) -> None:
         self.http, self.objects, self.worker = http, objects, worker
+        self.model: str | None = None  # the model the worker holds (routing key; None: the default): claims take only its jobs
         self._jobs: dict[str, JobRecord] = {}
         self._tokens: dict[str, str] = {}
         self.lease_seconds: float | None = None
@@ -196,7 +205,8 @@ class GatewayJobs:
         """Long-poll for a batch; the claimed jobs' records and URLs are remembered for the runner."""
         body = {"worker": self.worker, "max_items": max_items, "max_batch_pixels": max_batch_pixels,
                 "max_image_pixels": max_image_pixels, "kinds": list(kinds) if kinds else None,
-                "wait_seconds": wait_seconds, "claim_id": str(uuid.uuid4())}  # reused by the retries below
+                "wait_seconds": wait_seconds, "claim_id": str(uuid.uuid4()),  # reused by the retries below
+                "model": self.model}
         response = self.http.post("claim", body, timeout=wait_seconds + 30)
         _check(response, "claim")
         payload = response.json()
