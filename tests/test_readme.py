@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cli.commands.admin import settings_table
+from tests.support.readme import blocks, not_run_markers
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -38,3 +39,14 @@ def test_the_readme_commands_exist() -> None:
         done = subprocess.run([sys.executable, "-m", "cli.main", command, "--help"], check=False, cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, (command, done.stderr)
+
+
+def test_every_code_block_names_its_language_and_every_unrun_shell_block_says_why() -> None:
+    # Given README's fenced blocks
+    found = blocks(README)
+    # Then each names its language (so no shell example hides in a bare fence), each `not run in CI` marker sits
+    # just above a shell block and gives a reason, and the rest of the shell blocks run
+    assert [block.line for block in found if not block.info] == []
+    assert not_run_markers(README) == [block.line - 1 for block in found if block.not_run is not None]
+    assert all(block.shell and block.not_run for block in found if block.not_run is not None)
+    assert sum(block.runs for block in found) >= 2  # the quickstart's client commands and the API's examples
