@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from storage.jobs.params import DEFAULT_SIZE, GuidanceSchedule, OutputFormat, SamplingParams, UnderstandParams
+from storage.routing import DEFAULT_MODEL_ALIAS
 from storage.scheduling.policy import BATCH_DEFAULT_PRIORITY, SINGLE_DEFAULT_PRIORITY
 from storage.states import BatchStatus, EventType, JobStatus
 
@@ -50,6 +51,10 @@ class _JobCommon(_Strict):
     custom_id: str | None = Field(None, min_length=1, max_length=200)
     webhook_url: str | None = Field(None, min_length=1, max_length=2048)
     webhook_events: list[WebhookEventName] | None = Field(None, max_length=6)
+    model: str | None = Field(None, min_length=1, max_length=100,
+                              description="The model to run on: one `GET /v1/models` lists (a live worker holds it). "
+                                          "Default: the deployment's default model, which `unipic` always names. "
+                                          "Another name is 404 `model_not_found`")
 
 
 class _Sampling(BaseModel):
@@ -165,6 +170,9 @@ class JobOut(BaseModel):
     kind: Kind
     status: JobStatus
     priority: int
+    model: str = Field(DEFAULT_MODEL_ALIAS, description="The model it runs on: `unipic` for the deployment's default "
+                                                        "(whichever that is when it runs), else the name it gave; "
+                                                        "`execution.model_id` says what ran it")
     params: dict[str, Any]
     created_at: datetime
     started_at: datetime | None = None

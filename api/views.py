@@ -22,6 +22,7 @@ from api.schemas import (
     ResultOut,
 )
 from storage.records import BatchRecord, JobRecord
+from storage.routing import DEFAULT_MODEL_ALIAS
 from storage.states import BatchStatus, JobStatus
 
 IMAGE_EXTENSIONS = (".png", ".webp", ".jpg", ".jpeg")
@@ -33,7 +34,7 @@ def job_out(job: JobRecord, presign: Presign, queue_position: int | None = None,
     """One job as `JobOut`."""
     return JobOut(
         id=job.id, kind=job.kind, status=JobStatus(job.status), priority=job.priority,
-        params=job.params, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        model=job.model or DEFAULT_MODEL_ALIAS, params=job.params, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         progress=_progress(job),
         queue_position=queue_position if job.status == JobStatus.QUEUED else None,
         estimated_start_at=estimated_start_at if job.status == JobStatus.QUEUED else None,

@@ -1,6 +1,7 @@
 """The model worker's Celery entry: `celery -A workers.gpu worker --pool solo` (or `unipic worker`).
 
-It subscribes to the GPU queues its settings serve (kinds x resolution classes that fit `worker_max_pixels`)
+It subscribes to the GPU queues its settings serve (kinds x resolution classes that fit `worker_max_pixels`, of
+the model it holds: `storage.routing`)
 and registers `unipic.gpu.run_batch(job_id)`. Load before consume: `unipic worker` builds the runtime (model
 loaded, one-item warm-up run) before starting Celery; under `celery -A workers.gpu worker` it is built in
 `worker_process_init`, which the solo pool sends in the main process before the consumer starts and the prefork
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from celery import signals
 from celery.exceptions import WorkerShutdown
 
-from storage.routing import RUN_BATCH_TASK, gpu_queues
+from storage.routing import RUN_BATCH_TASK, gpu_queues, served_model
 from storage.settings import Settings, load_settings
 from workers.app import make_celery, queue
 from workers.device.card_fit import fit_to_card
@@ -64,9 +65,11 @@ def worker_settings() -> Settings:
 
 
 def make_gpu_app(settings: Settings) -> Celery:
-    """A Celery app subscribed to the GPU queues these settings serve, with `run_batch` registered."""
+    """A Celery app subscribed to the GPU queues these settings serve (their model's: the default's, or
+    `UNIPIC_MODEL_NAME`'s), with `run_batch` registered."""
     app = make_celery(settings, name="unipic-gpu")
-    app.conf.task_queues = [queue(q) for q in gpu_queues(settings.worker_kinds, settings.worker_max_pixels)]
+    model = served_model(settings.model_name, settings.default_model)
+    app.conf.task_queues = [queue(q) for q in gpu_queues(settings.worker_kinds, settings.worker_max_pixels, model)]
     app.task(name=RUN_BATCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run_batch)
     return app
 

@@ -1,6 +1,7 @@
 """A model worker's entry in the `workers` table: what it serves, and a heartbeat while it lives.
 
-The worker registers once at start (hostname, pid, device, model id, kinds, max pixels, max batch, queues),
+The worker registers once at start (hostname, pid, device, model id, the model it holds by name and checkpoint
+hash, kinds, max pixels, max batch, queues),
 then a daemon thread refreshes its heartbeat (and served counts) every `heartbeat_seconds`; on a clean stop it
 marks itself stopped. The sweeper marks workers whose heartbeat is old as gone. Rows are written through
 `storage.fleet.registry.WorkerRegistry`; this module only schedules the writes.
@@ -34,6 +35,8 @@ class WorkerInfo:
     max_pixels: int
     max_batch: int
     queues: list[str]
+    model_name: str | None = None  # the model it holds (None: the deployment default)
+    checkpoint_hash: str | None = None  # model.checkpoint.checkpoint_hash of what it loaded
 
 
 class Heartbeat:

@@ -2,7 +2,8 @@
 
 Built once per worker process (`WorkerRuntime.start`), before the process subscribes to any queue: the model
 loads and a one-item warm-up runs first (`workers.startup`; a failure is a `StartupFailure` with an exit code),
-then the worker registers what it serves (kinds, max pixels, max batch, queues) in the `workers` table and keeps
+then the worker registers what it serves (the model it holds by name and checkpoint hash, kinds, max pixels,
+max batch, queues: its model's) in the `workers` table and keeps
 a heartbeat there until it stops. `run(job_id)` serves one message: it backs off after a run of failed messages
 (`workers.device.streak`) and, when the device breaks (`workers.device.health.DeviceFatal`), the batch runner has
 already handed the batch back to the queue; the runtime then stops heartbeating and the caller ends the process.
@@ -20,7 +21,7 @@ from celery import Celery
 
 from storage.db import make_engine, make_session_factory
 from storage.jobs.events import attach_from_settings
-from storage.jobs.store import JobStore
+from storage.jobs.store import HeldModel, JobStore
 from storage.objects.base import make_object_store
 from storage.records import JobRecord
 from storage.routing import gpu_queues, send_and_stamp
@@ -61,15 +62,17 @@ class WorkerRuntime:
     @classmethod
     def start(cls, settings: Settings, celery: Celery, hostname: str | None = None) -> WorkerRuntime:
         """Load, warm up, register. Raises `workers.startup.StartupFailure` when the worker cannot serve."""
-        from workers.startup import load_ready_engine  # torch arrives here, after any fork
+        from workers.startup import held_model, load_ready_engine  # torch arrives here, after any fork
 
         worker_id = worker_id_for(settings, hostname)
         log.info("worker %s loading model %s on %s", worker_id, settings.model, settings.worker_device)
         faults = FaultInjector.from_env()
         engine = load_ready_engine(settings, faults)
+        held = held_model(settings, engine)
         sessions = make_session_factory(make_engine(settings))
         attach_from_settings(sessions, settings)  # job events go out after commit (storage.jobs.events)
-        store = RetryingJobStore(sessions)  # complete/fail/release ride out a database restart
+        # complete/fail/release ride out a database restart; a message of another model's queue claims nothing
+        store = RetryingJobStore(sessions, HeldModel(held.key))
         metrics = WorkerMetrics()
         if settings.worker_metrics_port:
             metrics.serve(settings.worker_metrics_port)
@@ -88,7 +91,8 @@ class WorkerRuntime:
             device=settings.worker_device, model_id=getattr(engine, "model_id", settings.model),
             kinds=list(settings.worker_kinds), max_pixels=settings.worker_max_pixels,
             max_batch=settings.worker_max_batch,
-            queues=gpu_queues(settings.worker_kinds, settings.worker_max_pixels),
+            queues=gpu_queues(settings.worker_kinds, settings.worker_max_pixels, held.key),
+            model_name=held.key, checkpoint_hash=held.checkpoint_hash,
         )
         streak = FailureStreak()
         heartbeat = Heartbeat(sessions, info, settings.heartbeat_seconds, counts=lambda: (

@@ -12,9 +12,11 @@ It knows nothing of Celery, queues or jobs.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from storage.routing import served_model
 from storage.settings import Settings
 from workers.device.health import GuardedEngine, probe_request
 from workers.faults import FaultInjector
@@ -74,6 +76,24 @@ def load_ready_engine(settings: Settings, faults: FaultInjector | None = None) -
         raise StartupFailure(ExitCode.WARMUP_FAILED, f"the one-item warm-up on {device} failed: {_short(exc)}",
                              "check the device (nvidia-smi, driver and CUDA versions) and the checkpoint") from exc
     return guarded
+
+
+@dataclass(frozen=True)
+class WorkerModel:
+    """The model a worker holds, as it advertises it: its routing key (`storage.routing.served_model`: None for
+    the deployment's default) and the digest of the weights it loaded (`model.checkpoint.checkpoint_hash`)."""
+
+    key: str | None
+    checkpoint_hash: str | None
+
+
+def held_model(settings: Settings, engine: Any) -> WorkerModel:
+    """What `engine` (loaded from these settings) holds; hashed once, at start (seconds for a full checkpoint)."""
+    from model.checkpoint import checkpoint_hash
+
+    loaded = getattr(engine, "loaded", None)  # engines that are not a loaded checkpoint (tests) have no hash
+    digest = checkpoint_hash(loaded) if loaded is not None else None
+    return WorkerModel(served_model(settings.model_name, settings.default_model), digest)
 
 
 def check_device(device: str, dtype: str) -> None:

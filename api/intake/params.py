@@ -1,9 +1,9 @@
 """Turning a validated request into a normalized job: settings-dependent checks, defaults, routing.
 
 `JobCreate` (api.schemas) checks types and static bounds; this module checks what depends on the deployment
-(allowed square sizes, max steps, max new tokens, the prompt token limit, metadata size, webhook URL safety),
-fills in defaults (sizes, a random seed) and computes the compatibility key, queue and pixel weight that the
-workers batch by. It builds `storage.records.NewJob` values but knows nothing of HTTP bodies, images or the
+(allowed square sizes, max steps, max new tokens, the prompt token limit, metadata size, webhook URL safety, the
+model: `api.intake.models`, 404 `model_not_found`), fills in defaults (sizes, a random seed) and computes the
+compatibility key, queue (its model's) and pixel weight that the workers batch by. It builds `storage.records.NewJob` values but knows nothing of HTTP bodies, images or the
 database; every refusal is a 422 naming the field.
 """
 
@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from api.errors import ApiError, validation_error
+from api.intake.models import ModelCatalog
 from api.intake.tokens import PromptCounter
 from api.schemas import MAX_METADATA_BYTES, EditCreate, GenerateCreate, UnderstandCreate
 from egress.url_guard import UnsafeWebhookUrl, check_webhook_url
@@ -58,9 +59,10 @@ def request_hash(body: Any, image_digest: str | None = None) -> str:
 class JobPreparer:
     """Normalizes `JobCreate` values for one deployment's settings."""
 
-    def __init__(self, settings: Settings, counter: PromptCounter) -> None:
+    def __init__(self, settings: Settings, counter: PromptCounter, models: ModelCatalog) -> None:
         self.settings = settings
         self.counter = counter
+        self.models = models
         self._safe_urls = VerdictCache()
 
     def prepare(self, owner_id: str, req: AnyCreate, now: datetime | None = None) -> PreparedJob:
@@ -73,15 +75,18 @@ class JobPreparer:
         now = now or utcnow()
         deadline = now + timedelta(seconds=self.settings.job_deadline_seconds)
         out = []
+        models: dict[str | None, str | None] = {}  # each name resolved once per call (a batch names few)
         for i, req in enumerate(reqs):
             try:
-                out.append(self._prepare(owner_id, req, deadline))
+                if req.model not in models:
+                    models[req.model] = self.models.resolve(req.model)
+                out.append(self._prepare(owner_id, req, deadline, models[req.model]))
             except ApiError as err:
                 raise _at_line(err, line_offset, i) from None
         self._check_tokens(reqs, line_offset)
         return out
 
-    def _prepare(self, owner_id: str, req: AnyCreate, deadline: datetime) -> PreparedJob:
+    def _prepare(self, owner_id: str, req: AnyCreate, deadline: datetime, model: str | None) -> PreparedJob:
         self.check_metadata(req.metadata)
         if req.webhook_url:
             self.check_webhook(req.webhook_url, owner_id=owner_id)
@@ -98,7 +103,7 @@ class JobPreparer:
             pixels = size * size * params.num_images
         new = NewJob(
             owner_id=owner_id, kind=req.kind, params=params.to_dict(), compat_key=compat,
-            queue=queue_for(req.kind, size), priority=req.priority, pixels=pixels, seed=params.seed,
+            queue=queue_for(req.kind, size, model), model=model, priority=req.priority, pixels=pixels, seed=params.seed,
             custom_id=req.custom_id,
             webhook_url=req.webhook_url, webhook_events=list(req.webhook_events) if req.webhook_events else None,
             metadata=req.metadata, max_attempts=self.settings.max_attempts, deadline_at=deadline,

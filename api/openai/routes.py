@@ -6,7 +6,9 @@ Each is a synchronous view over an ordinary job: the request becomes a job body 
 submitted like any other (it shows in `/v1/jobs`, counts against quota, honours `Idempotency-Key`), and the
 route waits for it, at most `WAIT_SECONDS` (then 504 naming the job id to follow). Chat's `n` answers are
 `n` jobs (seeds `seed`, `seed + 1`, ... when a seed is given); its `usage` counts the question's and the
-answers' tokens with the API's prompt tokenizer (api.intake.tokens). `GET /v1/models` lists the served models.
+answers' tokens with the API's prompt tokenizer (api.intake.tokens). `GET /v1/models` lists the served models
+(`api.intake.models`: the default, also as `unipic`, and each model a live worker holds, with extensions
+`default`, `workers` and `checkpoint_hashes`); a job's `model` is checked by the ordinary intake.
 Errors use OpenAI's shape (api.openai.errors).
 """
 
@@ -25,14 +27,13 @@ from starlette.datastructures import UploadFile
 
 from api.deps import CallerDep, ServicesDep
 from api.errors import ApiError, from_validation_errors
+from api.intake.models import ServedModel
 from api.intake.submission import Submitter
 from api.openai.errors import OpenAIRoute
 from api.openai.schemas import (
-    MODELS,
     ChatCompletion,
     ImageEdit,
     ImageGeneration,
-    check_model,
     edit_body,
     generate_body,
     understand_body,
@@ -82,6 +83,7 @@ async def images_generations(req: ImageGeneration, services: ServicesDep, caller
                              idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     """OpenAI's Images API: `prompt`, `n`, `size` "WxH", `response_format`; extensions `seed`, `steps`,
     `guidance`, `negative_prompt`."""
+    await run_in_threadpool(services.models.resolve, req.model)  # the model first, as OpenAI answers
     job = await run_job(services, caller.id, caller.max_active_jobs, generate_body(req), None, idempotency_key)
     return await run_in_threadpool(images_answer, services, job, req.response_format)
 
@@ -104,6 +106,7 @@ async def images_edits(request: Request, services: ServicesDep, caller: CallerDe
         req = ImageEdit.model_validate(fields)
     except ValidationError as exc:  # form fields are checked like a JSON body: 400 naming the field
         raise from_validation_errors(list(exc.errors())) from None
+    await run_in_threadpool(services.models.resolve, req.model)
     image = await files[0].read()
     job = await run_job(services, caller.id, caller.max_active_jobs, edit_body(req), image, idempotency_key)
     return await run_in_threadpool(images_answer, services, job, req.response_format)
@@ -114,6 +117,7 @@ async def chat_completions(req: ChatCompletion, services: ServicesDep, caller: C
                            idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     """The last user message: its text parts are the question, its `image_url` part (a data URL or
     `upload://<upload_id>`) the image. Answers one assistant message."""
+    await run_in_threadpool(services.models.resolve, req.model)
     body = understand_body(req)
     bodies = [body if req.seed is None else {**body, "seed": req.seed + i} for i in range(req.n)]
     keys = [None if not idempotency_key else idempotency_key if i == 0 else f"{idempotency_key}#{i}"
@@ -127,7 +131,7 @@ async def chat_completions(req: ChatCompletion, services: ServicesDep, caller: C
     first = jobs[0]
     return {
         "id": f"chatcmpl-{first.id}", "object": "chat.completion", "created": int(first.created_at.timestamp()),
-        "model": check_model(req.model), "job_id": first.id, "job_ids": [job.id for job in jobs],
+        "model": req.model or services.models.name_of(None), "job_id": first.id, "job_ids": [job.id for job in jobs],
         "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                     for i, text in enumerate(answers)],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -135,15 +139,19 @@ async def chat_completions(req: ChatCompletion, services: ServicesDep, caller: C
     }
 
 
-def model_entry(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": "unipic"}
+def model_entry(model: ServedModel) -> dict[str, Any]:
+    return {"id": model.name, "object": "model", "created": model.created, "owned_by": "unipic",
+            "default": model.default, "workers": model.workers, "checkpoint_hashes": model.checkpoint_hashes}
 
 
 @router.get("/models", summary="List models (OpenAI-compatible)")
-async def list_models(caller: CallerDep) -> dict[str, Any]:
-    return {"object": "list", "data": [model_entry(name) for name in MODELS]}
+async def list_models(services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
+    """The default model (first, and again as `unipic`; always listed: its jobs queue with no worker live) and
+    every model some live worker holds."""
+    models = await run_in_threadpool(services.models.listing)
+    return {"object": "list", "data": [model_entry(m) for m in models]}
 
 
 @router.get("/models/{model}", summary="Retrieve a model (OpenAI-compatible)")
-async def get_model(model: str, caller: CallerDep) -> dict[str, Any]:
-    return model_entry(check_model(model))
+async def get_model(model: str, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
+    return model_entry(await run_in_threadpool(services.models.get, model))

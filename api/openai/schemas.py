@@ -2,9 +2,9 @@
 
 Owns the OpenAI field names (`n`, `size` "WxH", `response_format`, chat `messages` with `image_url` parts) and
 the extensions ours need (`seed`, `steps`, `guidance`, `negative_prompt`), turning each request into a
-`generate`, `edit` or `understand` job body that api.intake.submission validates like any other. `model` must name
-a model this deployment serves (`MODELS`; none sent means `unipic`), else 404 `model_not_found` as OpenAI
-answers; `output_format` (png, jpeg, webp) is the result images' format. Fields OpenAI's clients send that
+`generate`, `edit` or `understand` job body that api.intake.submission validates like any other. `model` goes into
+the job body as is: it must name a model this deployment serves (`api.intake.models`; none sent or `unipic`: the
+default), else 404 `model_not_found` as OpenAI answers; `output_format` (png, jpeg, webp) is the result images' format. Fields OpenAI's clients send that
 mean nothing here (`quality`, `style`, `user`) are accepted and ignored.
 """
 
@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
 
-MODELS = ("unipic",)  # what /v1/models lists; the one deployment model
 MAX_CHOICES = 4
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 UPLOAD_URL = re.compile(r"^(?:upload://|unipic-upload:)(?P<id>[^/\s]+)$")
@@ -65,16 +64,6 @@ class ChatCompletion(_Ignoring):
     size: int | None = Field(None, description="Extension: side the image is resized to")
 
 
-def check_model(model: str | None) -> str:
-    """The model a request names (`unipic` when none); 404 `model_not_found` for one not served here."""
-    if model is None or model == "":
-        return MODELS[0]
-    if model not in MODELS:
-        raise ApiError(404, "model_not_found", f"The model `{model[:100]}` does not exist or you do not have "
-                                               f"access to it; this server serves: {', '.join(MODELS)}", "model")
-    return model
-
-
 def parse_size(size: str | None) -> tuple[int, int] | tuple[None, None]:
     if size is None or size == "auto":
         return None, None
@@ -84,15 +73,14 @@ def parse_size(size: str | None) -> tuple[int, int] | tuple[None, None]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _sampling(req: ImageExtensions, n: int, size: str | None) -> dict[str, Any]:
+def _sampling(req: ImageGeneration | ImageEdit, n: int, size: str | None) -> dict[str, Any]:
     width, height = parse_size(size)
     body = {"num_images": n, "width": width, "height": height, "seed": req.seed, "steps": req.steps,
-            "guidance_scale": req.guidance, "output_format": req.output_format}
+            "guidance_scale": req.guidance, "output_format": req.output_format, "model": req.model or None}
     return {k: v for k, v in body.items() if v is not None}
 
 
 def generate_body(req: ImageGeneration) -> dict[str, Any]:
-    check_model(req.model)
     body = {"kind": "generate", "prompt": req.prompt, **_sampling(req, req.n, req.size)}
     if req.negative_prompt:
         body["negative_prompt"] = req.negative_prompt
@@ -100,14 +88,12 @@ def generate_body(req: ImageGeneration) -> dict[str, Any]:
 
 
 def edit_body(req: ImageEdit) -> dict[str, Any]:
-    check_model(req.model)
     return {"kind": "edit", "instruction": req.prompt, **_sampling(req, req.n, req.size)}
 
 
 def understand_body(req: ChatCompletion) -> dict[str, Any]:
     """The last user message's text is the question; its (first) `image_url` part the image: a data URL, or an
     upload of ours as `upload://<upload_id>`."""
-    check_model(req.model)
     if req.stream:
         raise ApiError(400, "unsupported", "streaming is not supported; send stream=false", "stream")
     user = [m for m in req.messages if m.get("role") == "user"]
@@ -122,7 +108,8 @@ def understand_body(req: ChatCompletion) -> dict[str, Any]:
     body: dict[str, Any] = {"kind": "understand", "question": " ".join(t for t in texts if t).strip(),
                             "image": _image_input(urls[0])}
     tokens = req.max_completion_tokens or req.max_tokens
-    extras = {"max_new_tokens": tokens, "temperature": req.temperature, "seed": req.seed, "size": req.size}
+    extras = {"max_new_tokens": tokens, "temperature": req.temperature, "seed": req.seed, "size": req.size,
+              "model": req.model or None}
     body.update({k: v for k, v in extras.items() if v is not None})
     return body
 

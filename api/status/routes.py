@@ -28,6 +28,7 @@ from api.services import Services
 from api.status.panels import operations_context
 from api.views import job_out
 from storage.fleet.registry import WorkerRecord
+from storage.routing import DEFAULT_MODEL_ALIAS
 from storage.states import ACTIVE_STATUSES
 
 COOKIE = "unipic_ui_key"
@@ -121,6 +122,7 @@ def _live_workers(services: Services) -> list[WorkerRecord]:
 def _worker_view(w: WorkerRecord) -> dict[str, Any]:
     return {
         "id": w.id, "hostname": w.hostname, "pid": w.pid, "device": w.device, "model_id": w.model_id,
+        "model": w.model_name or DEFAULT_MODEL_ALIAS, "checkpoint_hash": w.checkpoint_hash,
         "kinds": w.kinds, "max_pixels": w.max_pixels, "max_batch": w.max_batch, "queues": w.queues,
         "started_at": w.started_at.isoformat(), "last_heartbeat_at": w.last_heartbeat_at.isoformat(),
         "batches_served": w.batches_served, "jobs_served": w.jobs_served, "transport": w.transport,

@@ -73,12 +73,13 @@ class GatewayWorker:
     shutdown: ShutdownGate
     name: str
     stopped: threading.Event
+    checkpoint_hash: str | None = None
 
     @classmethod
     def start(cls, settings: Settings, gateway_url: str, token: str) -> GatewayWorker:
         """Load, warm up, register with the gateway. Raises `workers.startup.StartupFailure` (cannot serve),
         `TokenRevoked` (bad token) or `GatewayError` (gateway unreachable)."""
-        from workers.startup import load_ready_engine  # torch arrives here
+        from workers.startup import held_model, load_ready_engine  # torch arrives here
 
         name = f"{settings.worker_name or socket.gethostname()}:{os.getpid()}"
         http = GatewayHttp(gateway_url, token)
@@ -90,13 +91,16 @@ class GatewayWorker:
                                                "heartbeat_seconds": float(first["heartbeat_seconds"])})
         faults = FaultInjector.from_env()
         engine = load_ready_engine(settings, faults)
+        held = held_model(settings, engine)
+        jobs.model = held.key  # its claims take only jobs of the model it holds
         shutdown = ShutdownGate(settings.worker_shutdown_grace_seconds)
         runner = runner_class(settings)(
             store=jobs, objects=objects, engine=engine, settings=settings, worker_id=first["worker_id"],
             metrics=WorkerMetrics(), shutdown=shutdown, enqueue=_server_enqueues, faults=faults,
             device=settings.worker_device, pipeline=settings.worker_pipeline,
         )
-        worker = cls(settings, jobs, objects, runner, engine, shutdown, name, threading.Event())
+        worker = cls(settings, jobs, objects, runner, engine, shutdown, name, threading.Event(),
+                     held.checkpoint_hash)
         worker._beat(start=True)
         log.info("gateway worker %s ready (gateway %s)", first["worker_id"], gateway_url)
         return worker
@@ -168,8 +172,8 @@ class GatewayWorker:
         self.jobs.heartbeat(
             start=start, stopping=stopping, hostname=socket.gethostname(), pid=os.getpid(),
             device=s.worker_device, model_id=getattr(self.engine, "model_id", s.model), kinds=list(s.worker_kinds),
-            max_pixels=s.worker_max_pixels, max_batch=s.worker_max_batch,
-            batches=batches - self._reported[0], jobs=jobs - self._reported[1],
+            max_pixels=s.worker_max_pixels, max_batch=s.worker_max_batch, model_name=self.jobs.model,
+            checkpoint_hash=self.checkpoint_hash, batches=batches - self._reported[0], jobs=jobs - self._reported[1],
         )
         self._reported = (batches, jobs)
 
