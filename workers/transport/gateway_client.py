@@ -9,9 +9,10 @@ name the lease's own keys and expire with the lease; each renewal hands out fres
 new claim id that its retries reuse, so a claim whose answer was lost returns the same jobs when retried.
 
 Transient failures (connection cut, timeouts, 5xx) are retried with backoff, then raise `GatewayUnreachable`
-(`workers.transport.base.Unreachable`: the runner retries a finished job's `complete` while its lease holds); a 401 means the token was revoked
-and raises `TokenRevoked` (the worker stops; its leases expire and its jobs go to other workers); 404/409 mean
-the claim is not (or no longer) ours and read as a stale claim (False), exactly as `JobStore` answers them.
+(`workers.transport.base.Unreachable`: the runner retries a finished job's `complete` while its lease holds); a
+401 means the token was revoked and raises `TokenRevoked` (the worker stops; its leases expire and its jobs go
+to other workers); 404/409 mean the claim is not (or no longer) ours and read as a stale claim (False), exactly
+as `JobStore` answers them.
 Knows nothing of the model, of batching, of databases or of storage credentials.
 """
 
