@@ -1,10 +1,11 @@
 """Worker-token authentication for the worker gateway: `Authorization: Bearer wk_...` -> `WorkerCaller`.
 
 A worker token (storage.fleet.tokens) is not an API key: API routes refuse it (it is not in `api_keys`) and
-the gateway refuses API keys. There is no cache: a revoked token is refused at its very next call (401), so a
-worker cut off cannot renew its leases and its jobs go to another worker when they expire. Every remote worker
-id is prefixed with its token's id (`remote-<token id>:<name>`), which is how the gateway knows that a job was
-claimed under this token. Knows nothing of jobs.
+the gateway refuses API keys. Tokens are checked through the process's `WorkerTokenCache` (`storage.fleet.
+token_cache`: no database work per request): a revoked token is refused (401) at most `REVOCATION_SECONDS` (2 s)
+after its revoke commits, so a worker cut off cannot renew its leases, report or complete, and its jobs go to
+another worker when they expire. Every remote worker id is prefixed with its token's id (`remote-<token id>:
+<name>`), which is how the gateway knows that a job was claimed under this token. Knows nothing of jobs.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def worker_token(services: Services, scheme: str, token: str) -> WorkerTokenReco
     check of `api.auth_first` both ask here)."""
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized("missing bearer worker token")
-    record = services.worker_tokens.authenticate(token)
+    record = services.worker_token_cache.authenticate(token)
     if record is None:
         raise _unauthorized("invalid or revoked worker token")
     return record

@@ -3,8 +3,9 @@
 A worker token is not an API key: its role is "worker" and it can only claim, run and finish jobs of the kinds
 and sizes it allows, never submit or read jobs. It is shown once, as `wk_<random>`; only its sha256 is stored
 (with a short prefix to recognise it in listings), exactly as `storage.keys` does for API keys. Revoking it
-takes effect at the next call (the gateway does not cache tokens); the jobs its workers held come back through
-lease expiry. Knows nothing of HTTP or of the gateway's routes.
+takes effect within the gateway's revocation bound (`storage.fleet.token_cache`: each API process re-checks the
+tokens it has seen with one `live_ids` query per half bound); the jobs its workers held come back through lease
+expiry. Knows nothing of HTTP or of the gateway's routes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -94,6 +95,14 @@ class WorkerTokenStore:
             return None
         return WorkerTokenRecord.of(row)
 
+    def live_ids(self, token_ids: Collection[str]) -> set[str]:
+        """Which of these tokens are still live (exist, unrevoked): one query, whatever their number."""
+        if not token_ids:
+            return set()
+        with self.sessions() as s:
+            return set(s.scalars(select(WorkerToken.id).where(WorkerToken.id.in_(list(token_ids)),
+                                                               WorkerToken.revoked_at.is_(None))))
+
     def get(self, token_id: str) -> WorkerTokenRecord:
         with self.sessions() as s:
             row = s.get(WorkerToken, token_id)
@@ -110,7 +119,7 @@ class WorkerTokenStore:
             return [WorkerTokenRecord.of(r) for r in s.scalars(stmt)]
 
     def revoke(self, token_id: str) -> WorkerTokenRecord:
-        """Revoke a token (idempotent): its next gateway call is refused."""
+        """Revoke a token (idempotent): gateway calls are refused within the revocation bound."""
         with write_session(self.sessions) as s:
             row = s.get(WorkerToken, token_id)
             if row is None:
