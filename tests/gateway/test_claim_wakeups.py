@@ -8,6 +8,7 @@ import asyncio
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -88,7 +89,8 @@ def _claims(url: str, headers: dict[str, str], n: int, wait_seconds: float) -> t
     async def one(client: httpx.AsyncClient, i: int) -> Any:
         started = time.monotonic()
         response = await client.post(f"{url}/v1/worker/claim", headers=headers, json={
-            "worker": f"idle:{i}", "max_items": 1, "wait_seconds": wait_seconds})
+            "worker": f"idle:{i}", "max_items": 1, "wait_seconds": wait_seconds, "claim_id": str(uuid.uuid4()),
+            "first_try": True})  # as `workers.transport.gateway_client` sends a claim
         return response.status_code, response.json(), time.monotonic() - started
 
     async def run() -> None:
@@ -134,17 +136,23 @@ def test_a_waiting_claim_returns_when_a_job_is_created_in_its_queue(
 def test_idle_claims_cost_a_bounded_number_of_transactions(
     slow_app: Any, slow_url: str, headers: dict[str, str],
 ) -> None:
-    # Given an empty queue and a count of the API's database transactions
+    # Given an empty queue, a worker token this API process has seen, and a count of its database transactions
     hub = slow_app.state.event_hub
+    tokens = slow_app.state.services.worker_token_cache
     wait_for(lambda: hub.waiting(QUEUE) == 0, "earlier claims to end", timeout=30)
-    count = _transactions(slow_app)
+    assert httpx.post(f"{slow_url}/v1/worker/heartbeat", headers=headers, json={"worker": "idle:0"}).status_code == 200
+    count, sweeps, lookups, woken = _transactions(slow_app), tokens.sweeps, tokens.lookups, hub.queue_wakeups
     # When 20 claims long-poll it for 4 s
     answers, thread = _claims(slow_url, headers, WAITERS, wait_seconds=4)
     thread.join(timeout=40)
-    # Then they all come back empty, having cost one authentication each and a few looks in all (a claim skips a
-    # queue another claim of this process just found empty with no wake-up since), not one look per poll each
+    # Then they all come back empty, having cost no token lookup and no claim-id lookup (first tries), the
+    # token cache's sweeps (one per second at most) and a look in all (a claim skips a queue another claim of
+    # this process just found empty with no wake-up since; a look may cost a second transaction, forgetting idle
+    # keys), plus one look per claim woken by a job committed elsewhere meanwhile; not one look per poll each
     assert len(answers) == WAITERS and all(s == 200 and not b["jobs"] for s, b, _ in answers)
-    assert count() <= WAITERS + 10, f"{count()} transactions for {WAITERS} idle claims over 4 s"
+    assert tokens.lookups == lookups
+    swept, woken = tokens.sweeps - sweeps, hub.queue_wakeups - woken
+    assert count() <= swept + 2 * (1 + woken), f"{count()} transactions: {swept} sweeps, {woken} wake-ups"
 
 
 def test_a_lost_wakeup_costs_at_most_a_safety_tick(
@@ -180,17 +188,19 @@ def test_heartbeats_of_many_workers_are_written_together(slow_app: Any, slow_url
         for name in names:
             assert client.post("/v1/worker/heartbeat", json={"worker": name, "start": True}).status_code == 200
         before = {w.id: w for w in registry.all() if w.id.endswith(tuple(f":{n}" for n in names))}
-        flushes = batcher.flushes
-        count = _transactions(slow_app)
+        flushes, tokens = batcher.flushes, slow_app.state.services.worker_token_cache
+        count, sweeps, lookups = _transactions(slow_app), tokens.sweeps, tokens.lookups
         # When each beats twice, reporting a batch each time
         for _ in range(2):
             for name in names:
                 beat = client.post("/v1/worker/heartbeat", json={"worker": name, "batches": 1, "jobs": 2})
                 assert beat.status_code == 200
         wait_for(lambda: batcher.flushes > flushes, "the batched heartbeats to be written", timeout=30)
-    # Then the beats cost the database one token check each, and one transaction per batched write for them all
-    written = batcher.flushes - flushes
-    assert count() <= 2 * WAITERS + written, f"{count()} transactions for {2 * WAITERS} beats in {written} writes"
+    # Then the beats cost the database no token check (the token cache's sweeps aside), and one transaction per
+    # batched write for them all
+    written, swept = batcher.flushes - flushes, tokens.sweeps - sweeps
+    assert tokens.lookups == lookups
+    assert count() <= written + swept, f"{count()} transactions for {2 * WAITERS} beats in {written} writes"
     after = {w.id: w for w in registry.all() if w.id in before}
     assert len(after) == WAITERS
     for worker_id, worker in after.items():

@@ -6,7 +6,8 @@ reads inputs and writes results through the presigned URLs a claim handed out, a
 URL is refused here (and the bucket would refuse it anyway). It remembers each written object's size and
 sha256, which `complete` declares so the server can check them before marking the job succeeded. Result URLs
 name the lease's own keys and expire with the lease; each renewal hands out fresh ones. Every claim carries a
-new claim id that its retries reuse, so a claim whose answer was lost returns the same jobs when retried.
+new claim id that its retries reuse, so a claim whose answer was lost returns the same jobs when retried (the
+first send says `first_try`, so the gateway looks the id up only for a retry).
 
 Transient failures (connection cut, timeouts, 5xx) are retried with backoff, then raise `GatewayUnreachable`
 (`workers.transport.base.Unreachable`: the runner retries a finished job's `complete` while its lease holds); a
@@ -101,13 +102,15 @@ class GatewayHttp:
         self.headers = {"Authorization": f"Bearer {token}"}
         self.revoked = threading.Event()
 
-    def post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> HttpResponse:
-        """The response (2xx, 404, 409 or 422); raises `TokenRevoked` on 401, `GatewayError` after retries."""
+    def post(self, path: str, body: dict[str, Any], timeout: float | None = None,
+             retry_body: dict[str, Any] | None = None) -> HttpResponse:
+        """The response (2xx, 404, 409 or 422); raises `TokenRevoked` on 401, `GatewayError` after retries.
+        `retry_body`, when given, is what the retries send instead of `body`."""
         url = f"{self.base}/v1/worker/{path}"
         last: Exception | None = None
-        for pause in (*self.pauses, None):
+        for attempt, pause in enumerate((*self.pauses, None)):
             try:
-                response = self._send(url, body, timeout)
+                response = self._send(url, body if attempt == 0 or retry_body is None else retry_body, timeout)
             except httpx.TransportError as exc:
                 last = exc
             else:
@@ -206,9 +209,10 @@ class GatewayJobs:
         """Long-poll for a batch; the claimed jobs' records and URLs are remembered for the runner."""
         body = {"worker": self.worker, "max_items": max_items, "max_batch_pixels": max_batch_pixels,
                 "max_image_pixels": max_image_pixels, "kinds": list(kinds) if kinds else None,
-                "wait_seconds": wait_seconds, "claim_id": str(uuid.uuid4()),  # reused by the retries below
+                "wait_seconds": wait_seconds, "claim_id": str(uuid.uuid4()), "first_try": True,
                 "model": self.model}
-        response = self.http.post("claim", body, timeout=wait_seconds + 30)
+        # the retries reuse the claim id and say they are retries: only then does the gateway look the id up
+        response = self.http.post("claim", body, timeout=wait_seconds + 30, retry_body={**body, "first_try": False})
         _check(response, "claim")
         payload = response.json()
         self.lease_seconds = float(payload["lease_seconds"])
