@@ -4,6 +4,12 @@ After a scenario, every accepted job must be terminal, each succeeded job must h
 no result object may exist without its job, and every subscribed event must have reached the receiver at least
 once under one stable `webhook-id`. The report counts what was accepted, succeeded, failed (by code), lost and
 duplicated, with latency and throughput, so a run can be judged at a glance.
+
+On a bucket with versioning on, every write leaves a version, so the check also counts the writes to each served
+result key: a served key lives under the completing lease's own prefix (`results/{job}/{lease}/...`), so any
+version of it written after the job succeeded, or holding other bytes than the served one (the holder retrying an
+upload writes the same bytes again), is a write by a worker that did not hold the job's lease. That count must
+be 0; the holder's identical retries are reported beside it.
 """
 
 from __future__ import annotations
@@ -46,11 +52,22 @@ class Report:
     webhook_ids_unstable: int = 0
     bad_signatures: int = 0
     attempts_over_one: int = 0
+    versions_counted: bool = False  # the bucket keeps versions: the three counts below were measured
+    served_key_retries: int = 0  # versions of a served key beyond the first, same bytes, before success
+    served_key_foreign_writes: int = 0  # versions written after success or with other bytes: must be 0
+    stale_attempt_versions: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def _version_rows(self) -> list[tuple[str, object]]:
+        if not self.versions_counted:
+            return []
+        return [("writes to a served key by a non-holder (must be 0)", self.served_key_foreign_writes),
+                ("served-key rewrites by the holder (same bytes)", self.served_key_retries),
+                ("stale attempts' object versions (never served)", self.stale_attempt_versions)]
 
     def percentile(self, p: float) -> float:
         if not self.latencies:
@@ -68,6 +85,7 @@ class Report:
             ("missing result objects (must be 0)", self.missing_objects),
             ("stale attempts' objects (never served; swept)", self.stale_attempt_objects),
             ("jobs retried after a lost worker", self.attempts_over_one),
+            *self._version_rows(),
             ("latency p50 / p99 (s)", f"{self.percentile(50):.2f} / {self.percentile(99):.2f}"),
             ("throughput (succeeded jobs/s)", f"{thr:.2f}"), ("wall time (s)", f"{self.wall_seconds:.1f}"),
             ("worker restarts", self.worker_restarts), ("webhook attempts", self.webhook_attempts),
@@ -133,6 +151,8 @@ def check(engine: sa.Engine, s3: Any, bucket: str, accepted: list[str], deliveri
         else:
             report.expired += 1
     _check_objects(s3, bucket, by_id, known_ids, report)
+    if s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled":
+        _check_versions(s3, bucket, by_id, report)
     _check_webhooks(by_id, deliveries, subscribed, secret_by_owner or {}, report)
     return report
 
@@ -172,6 +192,35 @@ def _check_objects(s3: Any, bucket: str, by_id: dict, known_ids: set[str], repor
         if extra:
             report.duplicated += 1
             report.problems.append(f"job {job_id} has objects beyond its result keys: {extra}")
+
+
+def _check_versions(s3: Any, bucket: str, by_id: dict, report: Report) -> None:
+    """Count every write to each served result key (each is a version); see the module docstring."""
+    report.versions_counted = True
+    versions: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix="results/"):
+        for version in page.get("Versions", []):
+            versions[version["Key"]].append(version)
+    served: set[str] = set()
+    for job_id, job in by_id.items():
+        if job["status"] != JobStatus.SUCCEEDED:
+            continue
+        keys = list(job["result_keys"] or [])
+        served.update(keys)
+        if len({k.rsplit("/", 1)[0] for k in keys}) > 1:
+            report.problems.append(f"job {job_id} serves keys of more than one lease: {keys}")
+        for key in keys:
+            written = sorted(versions.get(key, []), key=lambda v: v["LastModified"])
+            current = next((v for v in written if v["IsLatest"]), None)
+            if current is None:
+                continue  # reported as a missing object
+            foreign = [v for v in written if v["ETag"] != current["ETag"] or v["LastModified"] > job["finished_at"]]
+            report.served_key_foreign_writes += len(foreign)
+            report.served_key_retries += len(written) - 1 - len(foreign)
+            if foreign:
+                report.problems.append(f"job {job_id}: {len(foreign)} writes to served key {key} by a non-holder")
+    report.stale_attempt_versions = sum(len(v) for k, v in versions.items()
+                                        if k not in served and k.split("/")[1] in by_id)
 
 
 def _check_webhooks(by_id: dict, deliveries: list[Delivery], subscribed: dict[str, list[str]],

@@ -41,6 +41,7 @@ class CuttingProxy:
         self.cut_done = threading.Event()
         self.drop_done = threading.Event()
         self.connections_cut = 0
+        self.responses_dropped = 0
         self.refused = 0
         threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True).start()
 
@@ -153,6 +154,8 @@ class CuttingProxy:
         try:
             while chunk := server.recv(65536):
                 if state["drop"]:
+                    with self._changed:
+                        self.responses_dropped += 1
                     self.drop_done.set()
                     break
                 client.sendall(chunk)

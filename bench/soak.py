@@ -1,12 +1,20 @@
 """Soak run: thousands of jobs through the whole stack while scenarios 2-6 of the reliability suite interleave.
 
     python -m bench.soak --jobs 5000 --workers 2 --rate 20
+    python -m bench.soak --jobs 300 --workers 1 --gateway-workers 2 --rate 3 --every 10
 
-Starts private Postgres and Redis, the S3 HTTP server, the API, model workers (tiny model unless --model), the
-webhook worker and the sweeper as separate processes; submits `--jobs` submissions with the load generator; every
-`--every` seconds does one of: SIGKILL a worker, restart Redis (losing its data), restart Postgres, take the
-webhook receiver down for a few seconds, gracefully restart every worker in turn. Prints the report table and
-exits non-zero if any job was lost or duplicated or any invariant failed.
+Starts private Postgres and Redis, the S3 HTTP server (versioning on: every write is a version), the API, model
+workers (tiny model unless --model), the webhook worker and the sweeper as separate processes; submits `--jobs`
+jobs with the load generator; every `--every` seconds does one of: SIGKILL a worker, restart Redis (losing its
+data), restart Postgres, take the webhook receiver down for a few seconds, gracefully restart every worker in
+turn. With `--gateway-workers N`, N remote workers (`unipic worker --gateway`, no credentials but a worker token)
+run among the Celery workers, reaching the API and the bucket only through cutting proxies (`bench.proxy`), and
+chaos also: SIGKILLs a gateway worker, cuts uploads mid-body, cuts every connection in flight (both directions),
+drops a `complete` answer after the server acted, and takes their whole path down, briefly (retried through) or
+for longer than a lease (their leases are lost and the jobs run elsewhere). Prints the report table (with the
+writes counted per served result key) and exits non-zero if any job was lost or duplicated, any object was an
+orphan, any webhook went undelivered, a served key was written by a worker not holding the job's lease, or any
+other invariant failed.
 """
 
 from __future__ import annotations
@@ -30,14 +38,22 @@ from bench.loadgen import LoadConfig, LoadGenerator
 from bench.receiver import WebhookReceiver
 from bench.stack import ROOT, Stack, StackConfig
 
+DIRECT_CHAOS = ["sigkill", "redis", "postgres", "receiver", "rolling"]
+GATEWAY_CHAOS = ["gw-sigkill", "cut-upload", "cut-all", "drop-complete", "outage", "gw-sigkill", "long-outage"]
+OUTAGE_SECONDS = 3.0  # shorter than a lease: the gateway workers retry through it
+LONG_OUTAGE_FACTOR = 1.5  # leases: the gateway workers cannot prove theirs, stop writing, and the jobs run elsewhere
+
 
 def chaos(stack: Stack, receiver: WebhookReceiver, every: float, stop: threading.Event, log: list[str]) -> None:
     workers = [n for n in stack.services if n.startswith("worker")]
-    actions = itertools.cycle(["sigkill", "redis", "postgres", "receiver", "rolling"])
+    remote = [n for n in stack.services if n.startswith("gw-")]
+    actions = itertools.cycle(_interleaved(DIRECT_CHAOS, GATEWAY_CHAOS if remote else []))
     while not stop.wait(every):
         action = next(actions)
         log.append(f"{time.strftime('%H:%M:%S')} {action}")
-        if action == "sigkill":
+        if action.startswith(("gw-", "cut-", "drop-")) or action.endswith("outage"):
+            gateway_chaos(stack, action, remote[len(log) % len(remote)])
+        elif action == "sigkill":
             stack.restart_service(workers[len(log) % len(workers)], signal.SIGKILL)
         elif action == "redis":
             stack.redis.restart(down_seconds=1.0)
@@ -48,14 +64,44 @@ def chaos(stack: Stack, receiver: WebhookReceiver, every: float, stop: threading
             time.sleep(3)
             receiver.up()
         else:
-            for name in workers:
+            for name in workers + remote:
                 stack.restart_service(name, signal.SIGTERM)
+
+
+def gateway_chaos(stack: Stack, action: str, worker: str) -> None:
+    """One fault on the gateway workers' side: the worker process, or its path to the API and the bucket."""
+    api, s3 = stack.api_proxy, stack.s3_proxy
+    assert api is not None and s3 is not None
+    if action == "gw-sigkill":
+        stack.restart_service(worker, signal.SIGKILL)
+    elif action == "cut-upload":  # the next two uploads to presigned URLs break mid-body
+        s3.cut_request(b"PUT ", times=2)
+    elif action == "cut-all":  # whatever is in flight, requests and answers, both proxies
+        api.cut_all()
+        s3.cut_all()
+    elif action == "drop-complete":  # the server marks the job succeeded; the worker never hears it
+        api.drop_response(b"POST /v1/worker/complete")
+    else:
+        api.down()
+        s3.down()
+        time.sleep(OUTAGE_SECONDS if action == "outage" else stack.config.lease_seconds * LONG_OUTAGE_FACTOR)
+        api.up()
+        s3.up()
+
+
+def _interleaved(first: list[str], second: list[str]) -> list[str]:
+    out = []
+    for i in range(max(len(first), len(second))):
+        out += [*first[i:i + 1], *second[i:i + 1]]
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=5000, help="jobs to submit (every 10th submission is a batch)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="Celery (direct) model workers")
+    parser.add_argument("--gateway-workers", type=int, default=0,
+                        help="remote model workers behind cutting proxies (chaos then cuts their path too)")
     parser.add_argument("--rate", type=float, default=20.0, help="submissions per second")
     parser.add_argument("--every", type=float, default=30.0, help="seconds between chaos actions")
     parser.add_argument("--model", default="", help="checkpoint dir (default: write a tiny one)")
@@ -64,7 +110,8 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="unipic-soak-"))
     checkpoint = Path(args.model) if args.model else _tiny_checkpoint(root / "ckpt")
-    stack = Stack(StackConfig(checkpoint=checkpoint, workers=args.workers), root / "stack")
+    stack = Stack(StackConfig(checkpoint=checkpoint, workers=args.workers, gateway_workers=args.gateway_workers,
+                              s3_versioning=True), root / "stack")
     receiver = WebhookReceiver()
     stop = threading.Event()
     chaos_log: list[str] = []
@@ -90,9 +137,12 @@ def main() -> int:
         report = check(engine, s3_client(stack.env()["UNIPIC_S3_ENDPOINT_URL"]), stack.BUCKET, load.state.accepted,
                        receiver.snapshot(), load.state.subscribed, {key["id"]: key["webhook_secret"]},
                        wall_seconds=time.monotonic() - started)
-        report.worker_restarts = sum(v for k, v in stack.restarts.items() if k.startswith("worker"))
-        print(report.table(f"soak: {report.accepted} jobs, {args.workers} workers, chaos every {args.every:.0f}s"))
+        report.worker_restarts = sum(v for k, v in stack.restarts.items() if k.startswith(("worker", "gw-")))
+        print(report.table(f"soak: {report.accepted} jobs, {args.workers} Celery + {args.gateway_workers} gateway "
+                           f"workers, chaos every {args.every:.0f}s"))
         print("chaos:", ", ".join(chaos_log))
+        if args.gateway_workers:
+            print(gateway_summary(engine, stack, load.state.accepted))
         print(f"webhook outbox drained: {drained}; deliveries retried after a failed attempt: "
               f"{_retried_events(engine)}")
         print("API answers:", dict(sorted(load.state.status_counts.items())),
@@ -102,6 +152,18 @@ def main() -> int:
         stop.set()
         stack.close()
         receiver.close()
+
+
+def gateway_summary(engine: sa.Engine, stack: Stack, job_ids: list[str]) -> str:
+    """Who finished the jobs, and what the proxies did to the gateway workers' path."""
+    with engine.connect() as conn:
+        remote = conn.execute(sa.text("select count(*) from jobs where id = any(:ids) and status = 'succeeded' "
+                                      "and worker_id like 'remote-%'"), {"ids": job_ids}).scalar_one()
+    api, s3 = stack.api_proxy, stack.s3_proxy
+    assert api is not None and s3 is not None
+    return (f"succeeded on gateway workers: {remote}; connections cut (API / S3 path): {api.connections_cut} / "
+            f"{s3.connections_cut}; refused during outages: {api.refused} / {s3.refused}; complete answers "
+            f"dropped: {api.responses_dropped}")
 
 
 def wait_outbox_drained(engine: sa.Engine, timeout: float) -> bool:

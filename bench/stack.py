@@ -2,13 +2,18 @@
 
 It owns private Postgres and Redis servers (so a scenario may restart them without touching the machine's
 shared ones), the S3-compatible HTTP server, and the service processes started exactly as the CLI starts them
-in production: the API under uvicorn, model workers, the webhook worker and the sweeper. It knows nothing
-of how those services work inside; it only starts, stops, kills and restarts them.
+in production: the API under uvicorn, model workers, the webhook worker and the sweeper. With `gateway`, remote
+workers (`unipic worker --gateway URL --token wk_...`, with no database, broker or storage settings) reach the
+API through a cutting proxy (`bench.proxy`) and the bucket through another (the presigned URLs name it), so
+chaos can cut their internet path while every service keeps running. With `s3_versioning`, the bucket keeps
+every version of every object, so a run can count each write. It knows nothing of how those services work
+inside; it only starts, stops, kills and restarts them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from bench.proxy import CuttingProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -193,6 +200,9 @@ class StackConfig:
     workers: int = 2
     lease_seconds: float = 8.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    gateway: bool = False  # the API and the bucket also behind cutting proxies, for remote workers
+    gateway_workers: int = 0  # remote workers started with the stack (implies `gateway`)
+    s3_versioning: bool = False
 
 
 class Stack:
@@ -212,6 +222,9 @@ class Stack:
         self.api_port = free_port()
         self.services: dict[str, Service] = {}
         self.restarts: dict[str, int] = {}
+        self.api_proxy: CuttingProxy | None = None
+        self.s3_proxy: CuttingProxy | None = None
+        self._worker_token: str | None = None
 
     @property
     def api_url(self) -> str:
@@ -244,7 +257,16 @@ class Stack:
             # several CPU model workers share the machine: one thread each avoids oversubscription
             "OMP_NUM_THREADS": "1",
         })
+        if self.s3_proxy is not None:  # presigned URLs go through the proxy chaos cuts (direct workers do not)
+            env["UNIPIC_S3_PUBLIC_ENDPOINT_URL"] = self.s3_proxy.url
         env.update(self.config.extra_env)
+        return env
+
+    def gateway_env(self) -> dict[str, str]:
+        """A remote worker's environment: the model settings only, never database, broker or storage ones."""
+        env = {k: v for k, v in self.env().items() if not k.startswith(("UNIPIC_", "AWS_"))}
+        env.update({k: v for k, v in self.env().items()
+                    if k.startswith(("UNIPIC_MODEL", "UNIPIC_WORKER_", "UNIPIC_FAULT_", "UNIPIC_PROGRESS_"))})
         return env
 
     def start(self) -> None:
@@ -256,11 +278,16 @@ class Stack:
         self.s3.start()
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{self.s3_port}/moto-api/", timeout=2).status_code < 500, 30,
                    "S3 server")
+        if self.config.gateway or self.config.gateway_workers:
+            self.api_proxy, self.s3_proxy = CuttingProxy(self.api_port), CuttingProxy(self.s3_port)
         env = self.env()
         import boto3
 
-        boto3.client("s3", endpoint_url=env["UNIPIC_S3_ENDPOINT_URL"], region_name="us-east-1",
-                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=self.BUCKET)
+        s3 = boto3.client("s3", endpoint_url=env["UNIPIC_S3_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket=self.BUCKET)
+        if self.config.s3_versioning:
+            s3.put_bucket_versioning(Bucket=self.BUCKET, VersioningConfiguration={"Status": "Enabled"})
         subprocess.run([sys.executable, "-m", "cli.main", "migrate"], env=env, cwd=ROOT, check=True,
                        capture_output=True)
         unipic = [sys.executable, "-m", "cli.main"]
@@ -277,6 +304,23 @@ class Stack:
         for svc in self.services.values():
             svc.start()
         wait_until(lambda: httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200, 60, "API /readyz")
+        for i in range(self.config.gateway_workers):
+            self.add_gateway_worker(f"gw-{i}")
+
+    def add_gateway_worker(self, name: str, **env: str) -> Service:
+        """Start a remote worker service `name` (its model loads in the background): `unipic worker --gateway`
+        with the API proxy's URL and a worker token of this stack, and nothing else but the model settings."""
+        if self.api_proxy is None:
+            raise RuntimeError("the stack was started without gateway=True: no proxy for remote workers")
+        if self._worker_token is None:
+            out = subprocess.run([sys.executable, "-m", "cli.main", "worker-tokens", "create", "--name", "stack",
+                                  "--json"], env=self.env(), cwd=ROOT, check=True, capture_output=True, text=True)
+            self._worker_token = str(json.loads(out.stdout.strip().splitlines()[-1])["token"])
+        argv = [sys.executable, "-m", "cli.main", "worker", "--gateway", self.api_proxy.url, "--token",
+                self._worker_token, "--device", "cpu", "--name", f"{name}-{self.api_port}"]
+        svc = self.services[name] = Service(name, argv, {**self.gateway_env(), **env}, self.logdir)
+        svc.start()
+        return svc
 
     def restart_service(self, name: str, sig: int = signal.SIGTERM) -> None:
         """Stop a service (gracefully with SIGTERM, or by SIGKILL) and start it again, as a supervisor would."""
@@ -292,6 +336,9 @@ class Stack:
     def close(self) -> None:
         for svc in self.services.values():
             svc.stop(timeout=10)
+        for proxy in (self.api_proxy, self.s3_proxy):
+            if proxy is not None:
+                proxy.close()
         if self.s3 is not None:
             self.s3.stop(timeout=5)
         self.redis.close()

@@ -282,6 +282,7 @@ class BatchRunner:
             return
         timings = {"model_seconds": model_seconds, "upload_seconds": written.upload_seconds}
         ok = self._complete(item.claim, written, timings, keeper)
+        keeper.finish(job.id)  # settled: a renewal racing the completion must not read it as a lost lease
         self.metrics.observe_success(job, model_seconds / call_size, ok)
         trace_success(job, model_seconds, written.upload_seconds, call_size, ok)
         log.debug("job %s succeeded in a call of %d (model %.3fs, upload %.3fs)%s", job.id, call_size,

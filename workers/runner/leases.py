@@ -103,8 +103,8 @@ class LeaseKeeper:
         else:
             with self._lock:
                 self._proven_at = asked_at
-        gone = {c.job_id for c in pending} - still
+        with self._lock:  # a job settled while the renewal was on its way is finished, not lost
+            gone = {c.job_id for c in pending} - still - self._finished
+            self._lost |= gone
         if gone:
             log.warning("lost leases of jobs %s", sorted(gone))
-            with self._lock:
-                self._lost |= gone
