@@ -141,6 +141,57 @@ def test_graceful_rolling_restart_of_workers(system):
     assert report.succeeded == report.accepted
 
 
+def test_gateway_worker_sigkilled_mid_batch_and_cut_mid_upload(system):
+    stack, engine = system["stack"], system["engine"]
+    # Given a gateway worker (slow steps, so a batch is on it for a while) among the Celery workers
+    name = "gw-reliability"
+    stack.add_gateway_worker(name, UNIPIC_FAULT_STEP_DELAY_MS="250")
+    wait_until(lambda: _remote_worker_ready(engine, name), 180, "the gateway worker to register")
+    killed: dict[str, str] = {}
+
+    stack.s3_proxy.cut_request(b"PUT ")  # its first upload breaks mid-body (only gateway workers use the URLs)
+
+    def cut_then_kill(stack, load):
+        # When its connection is cut mid-upload, and later it is SIGKILLed mid-batch (its supervisor restarts it)
+        wait_until(stack.s3_proxy.cut_done.is_set, 60, "an upload of the gateway worker to be cut")
+        wait_until(lambda: _leases_on(engine, name, early=True), 60, "a batch early on the gateway worker",
+                   interval=0.05)
+        stack.restart_service(name, signal.SIGKILL)
+        killed.update(_leases_on(engine, name))  # what it held when it died: no write of its can follow
+
+    try:
+        report, load = run_scenario(system, "gateway worker cut mid-upload, SIGKILLed mid-batch", cut_then_kill,
+                                    submissions=24, rate=3.0, steps=4)
+    finally:
+        stack.services.pop(name).stop(timeout=10)
+    # Then nothing is lost or duplicated, no served key was written by a worker without the lease, and the
+    # killed batch's jobs serve the results of the lease that completed them, not the killed one's
+    assert report.succeeded == report.accepted and report.served_key_foreign_writes == 0
+    assert killed and report.attempts_over_one >= 1
+    with engine.connect() as conn:
+        served = dict(conn.execute(sa.text("select id, result_keys from jobs where id = any(:ids)"),
+                                   {"ids": list(killed)}).all())
+        remote = conn.execute(sa.text("select count(*) from jobs where id = any(:ids) and worker_id like :w"),
+                              {"ids": load.state.accepted, "w": f"%{name}%"}).scalar_one()
+    assert all(keys and all(f"/{lease}/" not in k for k in keys) for job, lease in killed.items()
+               for keys in [served[job]])
+    assert remote >= 1, "the gateway worker finished jobs (the one whose upload was cut among them)"
+
+
+def _remote_worker_ready(engine: sa.Engine, name: str) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(sa.text("select count(*) from workers where transport = 'remote' and id like :w "
+                                         "and stopped_at is null"), {"w": f"%{name}%"}).scalar_one())
+
+
+def _leases_on(engine: sa.Engine, worker_prefix: str, early: bool = False) -> dict[str, str]:
+    """Job id -> lease token of the jobs running on a worker (`early`: at most one of their steps done)."""
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text(
+            "select id, lease_token from jobs where status = 'running' and worker_id like :w "
+            "and (not :early or coalesce(progress_step, 0) <= 1)"), {"w": f"%{worker_prefix}%", "early": early}).all())
+
+
 def test_hostile_input(system):
     from bench.hostile import run_hostile
 
