@@ -32,6 +32,8 @@ def register(app: typer.Typer) -> None:
         device: str | None = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: UNIPIC_WORKER_DEVICE, "
                                            "else cpu)"),
         model: str | None = typer.Option(None, "--model", help="HF repo id, local path, or 'tiny'"),
+        model_name: str | None = typer.Option(None, "--model-name", help="Serve the checkpoint as this model (jobs "
+                                              "naming it run here); default: the deployment's default model"),
         kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: generate,edit,understand"),
         max_batch: int | None = typer.Option(None, "--max-batch", help="Jobs per batch at most"),
         max_pixels: int | None = typer.Option(None, "--max-pixels", help="Largest image (pixels) served"),
@@ -49,6 +51,8 @@ def register(app: typer.Typer) -> None:
         from cli.runtime import settings_for
 
         overrides = _overrides(device, model, kinds, max_batch, max_pixels, name)
+        if model_name is not None:
+            overrides["model_name"] = model_name
         if gateway is not None or token is not None:
             _gateway_worker(gateway, token, overrides, loglevel)
             return
