@@ -11,28 +11,26 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 
 from unipic_client import calls
 from unipic_client.aio_waiting import AsyncBatchFollower, AsyncJobWaiter
 from unipic_client.calls import BatchItems, Call, ImageInput
-from unipic_client.client import image_paths, resolve
-from unipic_client.errors import ApiError, error_of, retry_after_of, unreachable
+from unipic_client.client import Connection, image_paths
+from unipic_client.errors import ApiError, error_of, unreachable
 from unipic_client.models import Batch, BatchesPage, Job, JobsPage, Progress, Upload
 from unipic_client.retrying import RetryPolicy
 
 
-class AsyncClient:
+class AsyncClient(Connection):
     """An asyncio client. `AsyncClient()` reads `UNIPIC_API_URL` and `UNIPIC_API_KEY`."""
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
                  retry: RetryPolicy | None = None, http: httpx.AsyncClient | None = None) -> None:
-        self.base_url, self.api_key = resolve(base_url, api_key)
-        self.retry = retry or RetryPolicy()
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self.http = http or httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+        super().__init__(base_url, api_key, retry)
+        self.http = http or httpx.AsyncClient(**self.http_options(timeout))
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -47,20 +45,13 @@ class AsyncClient:
         attempt = 0
         while True:
             try:
-                response = await self.http.request(call.method, call.path, params=call.params, json=call.json,
-                                                   content=call.content, headers=call.headers,
-                                                   timeout=call.timeout or httpx.USE_CLIENT_DEFAULT)
+                outcome: httpx.Response | httpx.TransportError = await self.http.request(**call.request_args())
             except httpx.TransportError as exc:
-                if not self.retry.should_retry(attempt, None):
-                    raise unreachable(self.base_url, exc) from None
-                await asyncio.sleep(self.retry.delay(attempt))
-                attempt += 1
-                continue
-            if response.status_code < 400:
-                return response
-            if not self.retry.should_retry(attempt, response.status_code):
-                raise error_of(response)
-            await asyncio.sleep(self.retry.delay(attempt, retry_after_of(response)))
+                outcome = exc
+            step = self.retry.after(attempt, outcome, self.base_url)
+            if isinstance(step, httpx.Response):
+                return step
+            await asyncio.sleep(step)
             attempt += 1
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -180,6 +171,3 @@ class AsyncClient:
         if not batch.manifest_url:
             raise ApiError(409, "not_finished", f"batch {batch.id} has no manifest yet ({batch.status})")
         return await self.download(batch.manifest_url)
-
-    def _same_origin(self, url: str) -> bool:
-        return urlsplit(url)[:2] == urlsplit(self.base_url)[:2]

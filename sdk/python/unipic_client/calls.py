@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from httpx import USE_CLIENT_DEFAULT
+
 ImageInput = str | bytes | Path | Mapping[str, str]
 BatchItems = Iterable[Mapping[str, Any]] | str | Path
 
@@ -30,6 +32,12 @@ class Call:
     content: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None
+
+    def request_args(self) -> dict[str, Any]:
+        """The call as `httpx.Client.request` / `httpx.AsyncClient.request` keyword arguments."""
+        return {"method": self.method, "url": self.path, "params": self.params, "json": self.json,
+                "content": self.content, "headers": self.headers, "timeout": self.timeout or USE_CLIENT_DEFAULT}
+
 
 
 def compact(body: Mapping[str, Any]) -> dict[str, Any]:

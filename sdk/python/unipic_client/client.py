@@ -19,7 +19,7 @@ import httpx
 
 from unipic_client import calls
 from unipic_client.calls import BatchItems, Call, ImageInput
-from unipic_client.errors import ApiError, error_of, retry_after_of, unreachable
+from unipic_client.errors import ApiError, error_of, unreachable
 from unipic_client.models import Batch, BatchesPage, Job, JobsPage, Progress, Upload, UploadDone
 from unipic_client.retrying import RetryPolicy
 from unipic_client.waiting import BatchFollower, JobWaiter
@@ -33,15 +33,31 @@ def resolve(base_url: str | None, api_key: str | None) -> tuple[str, str | None]
     return url.rstrip("/") + "/", api_key or os.environ.get("UNIPIC_API_KEY") or None
 
 
-class Client:
+class Connection:
+    """What both clients (`Client`, `aio.AsyncClient`) know before sending anything: the base URL and key, the
+    retry policy, the HTTP client's options, and which URLs are the API's own (sent with the key) rather than
+    another origin's (presigned links: S3 refuses a second authentication)."""
+
+    def __init__(self, base_url: str | None, api_key: str | None, retry: RetryPolicy | None) -> None:
+        self.base_url, self.api_key = resolve(base_url, api_key)
+        self.retry = retry or RetryPolicy()
+
+    def http_options(self, timeout: float) -> dict[str, Any]:
+        """`httpx.Client` / `httpx.AsyncClient` options: base URL, bearer key, default timeout."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return {"base_url": self.base_url, "headers": headers, "timeout": timeout}
+
+    def _same_origin(self, url: str) -> bool:
+        return urlsplit(url)[:2] == urlsplit(self.base_url)[:2]
+
+
+class Client(Connection):
     """A synchronous client. `Client()` reads `UNIPIC_API_URL` and `UNIPIC_API_KEY`."""
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
                  retry: RetryPolicy | None = None, http: httpx.Client | None = None) -> None:
-        self.base_url, self.api_key = resolve(base_url, api_key)
-        self.retry = retry or RetryPolicy()
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self.http = http or httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        super().__init__(base_url, api_key, retry)
+        self.http = http or httpx.Client(**self.http_options(timeout))
         self.sleep: Callable[[float], None] = time.sleep
 
     def close(self) -> None:
@@ -59,20 +75,13 @@ class Client:
         attempt = 0
         while True:
             try:
-                response = self.http.request(call.method, call.path, params=call.params, json=call.json,
-                                             content=call.content, headers=call.headers,
-                                             timeout=call.timeout or httpx.USE_CLIENT_DEFAULT)
+                outcome: httpx.Response | httpx.TransportError = self.http.request(**call.request_args())
             except httpx.TransportError as exc:
-                if not self.retry.should_retry(attempt, None):
-                    raise unreachable(self.base_url, exc) from None
-                self.sleep(self.retry.delay(attempt))
-                attempt += 1
-                continue
-            if response.status_code < 400:
-                return response
-            if not self.retry.should_retry(attempt, response.status_code):
-                raise error_of(response)
-            self.sleep(self.retry.delay(attempt, retry_after_of(response)))
+                outcome = exc
+            step = self.retry.after(attempt, outcome, self.base_url)
+            if isinstance(step, httpx.Response):
+                return step
+            self.sleep(step)
             attempt += 1
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -212,9 +221,6 @@ class Client:
         if not batch.manifest_url:
             raise ApiError(409, "not_finished", f"batch {batch.id} has no manifest yet ({batch.status})")
         return self.download(batch.manifest_url)
-
-    def _same_origin(self, url: str) -> bool:
-        return urlsplit(url)[:2] == urlsplit(self.base_url)[:2]
 
     # ---- webhooks and workers -----------------------------------------------------------------------------
     def webhook_secret(self) -> dict[str, Any]:

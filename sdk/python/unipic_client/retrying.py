@@ -10,6 +10,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import httpx
+
+from unipic_client.errors import error_of, retry_after_of, unreachable
+
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
@@ -33,6 +37,21 @@ class RetryPolicy:
             return min(retry_after, self.max_delay)
         backoff = min(self.base_delay * 2**attempt, self.max_delay)
         return backoff * random.uniform(0.75, 1.25)  # jitter, not security
+
+    def after(self, attempt: int, outcome: httpx.Response | httpx.TransportError, base_url: str
+              ) -> httpx.Response | float:
+        """What try number `attempt` (0-based) came to: the answer to return (a success), or the seconds to wait
+        before sending again; raises the final error when it must not be retried (`ApiError`; code
+        `unreachable` when no answer came at all)."""
+        if isinstance(outcome, httpx.TransportError):
+            if not self.should_retry(attempt, None):
+                raise unreachable(base_url, outcome) from None
+            return self.delay(attempt)
+        if outcome.status_code < 400:
+            return outcome
+        if not self.should_retry(attempt, outcome.status_code):
+            raise error_of(outcome)
+        return self.delay(attempt, retry_after_of(outcome))
 
 
 NO_RETRIES = RetryPolicy(max_retries=0)
