@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
@@ -28,6 +28,7 @@ from storage.webhooks.store import WebhookStore
 
 ID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _ID = re.compile(ID_PATTERN.strip("^$"))
+IdempotencyKey = Annotated[str | None, Header(max_length=200)]  # a submission sent again makes nothing new
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer upk_...`")
 
 

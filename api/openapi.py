@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from api.schemas import JOB_CREATE, BatchCreate, EditCreate, ErrorOut, GenerateCreate, UnderstandCreate
 
@@ -41,6 +41,14 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
             entry["headers"] = RETRY_AFTER
         out[status] = entry
     return out
+
+
+def submission(model: type[BaseModel], summary: str, noun: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The route options of an idempotent submission (`POST /v1/jobs`, `POST /v1/batches`): 202 when it is made,
+    200 with the same `model` when an `Idempotency-Key` replays it; `body` is its `openapi_extra`."""
+    replay = {"model": model, "description": f"Idempotent replay: the {noun} made by the same key and body"}
+    return {"status_code": 202, "response_model": model, "summary": summary, "openapi_extra": body,
+            "responses": {200: replay, **errors(400, 404, 409, 413, 415)}}
 
 
 def json_or_multipart_body() -> dict[str, Any]:

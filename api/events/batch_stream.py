@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from starlette.concurrency import run_in_threadpool
 
 from api.events.hub import Watch
-from api.events.job_stream import KEEPALIVE_SECONDS, MAX_STREAM_SECONDS, Timing, sse
+from api.events.job_stream import MAX_STREAM_SECONDS, KeepAlive, Timing, sse
 from api.routes.batches import render as render_batch
 from api.services import Services
 from api.views import batch_out
@@ -83,22 +83,17 @@ async def batch_events(services: Services, watch: Watch, timing: Timing, batch: 
     with watch:
         for chunk in await run_in_threadpool(follower.sweep):
             yield chunk
-        last_sent = time.monotonic()
+        quiet = KeepAlive(watch)
         while time.monotonic() - started < MAX_STREAM_SECONDS:
             if follower.batch.finished_at is not None:
                 for chunk in await run_in_threadpool(follower.done):
                     yield chunk
                 return
-            reconcile_at = time.monotonic() + timing.timeout(JobStatus.QUEUED)
-            while True:
-                now = time.monotonic()
-                wake = await watch.wait(min(reconcile_at - now, last_sent + KEEPALIVE_SECONDS - now))
-                if wake.dropped:
-                    return
-                if not wake.empty or time.monotonic() >= reconcile_at:
-                    break
-                yield ": keep-alive\n\n"
-                last_sent = time.monotonic()
+            async for chunk in quiet.until(time.monotonic() + timing.timeout(JobStatus.QUEUED)):
+                yield chunk
+            wake = quiet.wake
+            if wake.dropped:
+                return
             if wake.resync or wake.empty:
                 chunks = await run_in_threadpool(follower.sweep)
             else:
@@ -107,4 +102,4 @@ async def batch_events(services: Services, watch: Watch, timing: Timing, batch: 
             for chunk in chunks:
                 yield chunk
             if chunks:
-                last_sent = time.monotonic()
+                quiet.sent()

@@ -39,6 +39,29 @@ def sse(event: str, data: str, event_id: int) -> str:
     return f"id: {event_id}\nevent: {event}\ndata: {data}\n\n"
 
 
+class KeepAlive:
+    """Waits on a watch for something to read, sending a keep-alive comment after every `KEEPALIVE_SECONDS`
+    with nothing sent (so proxies and clients keep a quiet stream open); `wake` is what ended the last wait."""
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+        self.last_sent = time.monotonic()
+        self.wake = Wake()
+
+    def sent(self) -> None:
+        self.last_sent = time.monotonic()
+
+    async def until(self, reconcile_at: float) -> AsyncIterator[str]:
+        """Keep-alive comments until an event, a resync or a dropped watch arrives, or `reconcile_at` passes."""
+        while True:
+            now = time.monotonic()
+            self.wake = await self.watch.wait(min(reconcile_at - now, self.last_sent + KEEPALIVE_SECONDS - now))
+            if self.wake.dropped or not self.wake.empty or time.monotonic() >= reconcile_at:
+                return
+            yield ": keep-alive\n\n"
+            self.sent()
+
+
 @dataclass(frozen=True)
 class Timing:
     """How long a stream sleeps between reads when nothing wakes it."""
@@ -84,7 +107,8 @@ async def _job_events(services: Services, positions: QueuePositions, watch: Watc
     seq = 0
     last_status: str | None = None
     last_progress: tuple[int, int] | None = None
-    last_sent = started = time.monotonic()
+    started = time.monotonic()
+    quiet = KeepAlive(watch)
     job = current[0]
     with watch:
         while time.monotonic() - started < MAX_STREAM_SECONDS:
@@ -93,7 +117,7 @@ async def _job_events(services: Services, positions: QueuePositions, watch: Watc
                 last_status = job.status
                 seq += 1
                 yield sse("status", view.model_dump_json(), seq)
-                last_sent = time.monotonic()
+                quiet.sent()
                 if job.terminal:
                     seq += 1
                     yield sse("done", view.model_dump_json(), seq)
@@ -103,17 +127,13 @@ async def _job_events(services: Services, positions: QueuePositions, watch: Watc
                 last_progress = progress
                 seq += 1
                 yield sse("progress", json.dumps({"step": progress[0], "total": progress[1]}), seq)
-                last_sent = time.monotonic()
-            reconcile_at = time.monotonic() + timing.job_timeout(job.status)
-            while True:  # until something to read: an event, a resync, the reconciliation time
-                now = time.monotonic()
-                wake = await watch.wait(min(reconcile_at - now, last_sent + KEEPALIVE_SECONDS - now))
-                if wake.dropped:
-                    return
-                if not wake.empty or time.monotonic() >= reconcile_at:
-                    break
-                yield ": keep-alive\n\n"
-                last_sent = time.monotonic()
+                quiet.sent()
+            # until something to read: an event, a resync, the reconciliation time
+            async for chunk in quiet.until(time.monotonic() + timing.job_timeout(job.status)):
+                yield chunk
+            wake = quiet.wake
+            if wake.dropped:
+                return
             if _progress_only(job, wake):
                 job = _with_progress(job, wake.events[-1])
             else:

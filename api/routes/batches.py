@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +18,7 @@ from api.deps import (
     ID_PATTERN,
     BatchId,
     CallerDep,
+    IdempotencyKey,
     LifecycleDep,
     ServicesDep,
     authenticate,
@@ -28,7 +29,7 @@ from api.errors import ApiError
 from api.events.waits import hub_of, open_ready_watch, wait_until
 from api.intake.batch_replay import submit_batch_once
 from api.intake.bodies import read_batch_body
-from api.openapi import batch_body, errors
+from api.openapi import batch_body, errors, submission
 from api.schemas import BatchesPage, BatchOut
 from api.services import Services
 from api.views import batch_out
@@ -46,16 +47,9 @@ def render(services: Services, batch: BatchRecord) -> BatchOut:
     return batch_out(batch, services.manifests.link(batch), eta)
 
 
-@router.post(
-    "", status_code=202, response_model=BatchOut, summary="Submit a batch",
-    responses={200: {"model": BatchOut, "description": "Idempotent replay: the batch made by the same key and body"},
-               **errors(400, 404, 409, 413, 415)},
-    openapi_extra=batch_body(),
-)
-async def create_batch(
-    request: Request, services: ServicesDep, caller: CallerDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> Response:
+@router.post("", **submission(BatchOut, "Submit a batch", "batch", batch_body()))
+async def create_batch(request: Request, services: ServicesDep, caller: CallerDep,
+                       idempotency_key: IdempotencyKey = None) -> Response:
     """A JSON array of jobs, `{"requests": [...], "webhook_url", "webhook_events", "metadata"}`, or JSONL
     (`Content-Type: application/x-ndjson`). Validated as a whole: one bad item is 422 naming its line and
     nothing is created. With an `Idempotency-Key`, sending the same batch again returns the first (200)."""

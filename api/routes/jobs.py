@@ -9,15 +9,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ID_PATTERN, CallerDep, JobId, LifecycleDep, ServicesDep, checked_id, reject_unknown_query
+from api.deps import (
+    ID_PATTERN,
+    CallerDep,
+    IdempotencyKey,
+    JobId,
+    LifecycleDep,
+    ServicesDep,
+    checked_id,
+    reject_unknown_query,
+)
 from api.errors import validation_error
 from api.events.waits import hub_of, open_ready_watch, wait_until
 from api.intake.bodies import read_job_body
 from api.intake.submission import Submitter
-from api.openapi import errors, json_or_multipart_body
+from api.openapi import errors, json_or_multipart_body, submission
 from api.schemas import JobOut, JobsPage, Kind
 from api.services import Services
 from api.views import job_out
@@ -40,16 +49,9 @@ def render(services: Services, job: JobRecord, with_position: bool = True) -> Jo
     return job_out(job, services.presign, estimate.position, estimate.estimated_start_at, warnings)
 
 
-@router.post(
-    "", status_code=202, response_model=JobOut, summary="Submit a job",
-    responses={200: {"model": JobOut, "description": "Idempotent replay: the job made by the same key and body"},
-               **errors(400, 404, 409, 413, 415)},
-    openapi_extra=json_or_multipart_body(),
-)
-async def create_job(
-    request: Request, services: ServicesDep, caller: CallerDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> Response:
+@router.post("", **submission(JobOut, "Submit a job", "job", json_or_multipart_body()))
+async def create_job(request: Request, services: ServicesDep, caller: CallerDep,
+                     idempotency_key: IdempotencyKey = None) -> Response:
     """Submit a `generate`, `edit` or `understand` job (JSON, or multipart with an `image` file part).
     `queue_position` is left out here (counting the queue would cost more than the rest); GET shows it."""
     body = await read_job_body(request)
