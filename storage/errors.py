@@ -12,67 +12,53 @@ class StoreError(Exception):
 
     code = "store_error"
 
+    def __init_subclass__(cls, code: str = "", **kwargs: object) -> None:
+        """`class NotFound(StoreError, code="not_found")`: the code is named on the class line."""
+        super().__init_subclass__(**kwargs)
+        if code:
+            cls.code = code
+
     def __init__(self, message: str = "", **details: object) -> None:
         super().__init__(message or self.code)
         self.message = message or self.code
         self.details = details
 
 
-class NotFound(StoreError):
+class NotFound(StoreError, code="not_found"):
     """The row or object does not exist (or belongs to another owner)."""
 
-    code = "not_found"
 
-
-class IllegalTransition(StoreError):
+class IllegalTransition(StoreError, code="illegal_transition"):
     """A state change that the job state machine does not allow (e.g. anything from a terminal state)."""
 
-    code = "illegal_transition"
 
-
-class Conflict(StoreError):
+class Conflict(StoreError, code="conflict"):
     """A uniqueness or concurrency conflict."""
 
-    code = "conflict"
 
-
-class IdempotencyConflict(Conflict):
+class IdempotencyConflict(Conflict, code="idempotency_conflict"):
     """The same idempotency key was used with a different request body."""
 
-    code = "idempotency_conflict"
 
-
-class InvalidKey(StoreError):
+class InvalidKey(StoreError, code="invalid_key"):
     """An object key that is unsafe or malformed (path traversal, absolute path, NUL, backslash)."""
 
-    code = "invalid_key"
 
-
-class ObjectTooLarge(StoreError):
+class ObjectTooLarge(StoreError, code="payload_too_large"):
     """An object larger than the configured bound."""
 
-    code = "payload_too_large"
 
-
-class ChecksumMismatch(StoreError):
+class ChecksumMismatch(StoreError, code="checksum_mismatch"):
     """An object whose content does not match its stored sha256."""
 
-    code = "checksum_mismatch"
 
-
-class Unavailable(StoreError):
+class Unavailable(StoreError, code="unavailable"):
     """A backing service (database, Redis, object store) cannot be reached."""
 
-    code = "unavailable"
 
-
-class InvalidWeight(StoreError, ValueError):
+class InvalidWeight(StoreError, ValueError, code="invalid_weight"):
     """A fair-share weight that is not a positive number (at most `storage.keys.MAX_WEIGHT`)."""
 
-    code = "invalid_weight"
 
-
-class ForeignResultKeys(StoreError):
+class ForeignResultKeys(StoreError, code="foreign_result_keys"):
     """A completion that names result objects outside its own lease's prefix (`storage.objects.base.lease_prefix`)."""
-
-    code = "foreign_result_keys"

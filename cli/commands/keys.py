@@ -8,27 +8,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
-from cli.runtime import DataDir
+from cli.runtime import DataDir, database_for
+
+if TYPE_CHECKING:
+    from storage.keys import KeyStore
 
 app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys; set their fair-share weight")
 WEIGHT_HELP = "Fair-share weight (> 0): under contention a key gets work in proportion to its weight"
 
 
-def _key_store(data_dir: Path | None) -> Any:
-    from cli.runtime import settings_for
-    from storage.db import make_engine, make_session_factory
+def _key_store(data_dir: Path | None) -> KeyStore:
     from storage.keys import KeyStore
 
-    settings = settings_for(data_dir, must_exist=True)
-    if settings.embedded:
-        from storage.migrate import upgrade
-
-        upgrade(settings)
-    return KeyStore(make_session_factory(make_engine(settings)))
+    return KeyStore(database_for(data_dir))
 
 
 @app.command("create")

@@ -10,26 +10,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.runtime import DataDir
+from cli.runtime import DataDir, database_for
+
+if TYPE_CHECKING:
+    from storage.fleet.tokens import WorkerTokenStore
 
 app = typer.Typer(no_args_is_help=True, help="Create, list and revoke worker tokens (remote GPUs over HTTPS)")
 
 
-def _token_store(data_dir: Path | None) -> Any:
-    from cli.runtime import settings_for
-    from storage.db import make_engine, make_session_factory
+def _token_store(data_dir: Path | None) -> WorkerTokenStore:
     from storage.fleet.tokens import WorkerTokenStore
 
-    settings = settings_for(data_dir, must_exist=True)
-    if settings.embedded:
-        from storage.migrate import upgrade
-
-        upgrade(settings)
-    return WorkerTokenStore(make_session_factory(make_engine(settings)))
+    return WorkerTokenStore(database_for(data_dir))
 
 
 @app.command("create")
@@ -64,9 +60,10 @@ def list_tokens(
     data_dir: Path | None = DataDir,
 ) -> None:
     """List worker tokens (id, name, prefix, kinds, max pixels, created, revoked); never the token itself."""
-    rows = [{"id": r.id, "name": r.name, "prefix": r.token_prefix, "kinds": r.kinds, "max_pixels": r.max_pixels,
-             "created_at": r.created_at.isoformat(), "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}
-            for r in _token_store(data_dir).page(include_revoked=include_revoked)]
+    rows: list[dict[str, Any]] = [
+        {"id": r.id, "name": r.name, "prefix": r.token_prefix, "kinds": r.kinds, "max_pixels": r.max_pixels,
+         "created_at": r.created_at.isoformat(), "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}
+        for r in _token_store(data_dir).page(include_revoked=include_revoked)]
     if as_json:
         typer.echo(json.dumps(rows))
         return
