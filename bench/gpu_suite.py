@@ -79,24 +79,9 @@ def measure_context(device: str) -> dict[str, Any]:
             "how": "mem_get_info after the first allocation, less allocator reserve, less NVML 'used' before"}
 
 
-def time_call(engine: Any, device: str, batch: int, size: int, steps: int, repeats: int) -> float:
-    from model.inference import GenerateRequest
-
-    reqs = [GenerateRequest(str(i), f"a photo of object number {i}", seed=i, size=size, steps=steps)
-            for i in range(batch)]
-    engine.generate(reqs)  # warm-up (and compile, on the fast path)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        engine.generate(reqs)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def throughput(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
     from bench.flops import achieved_tflops, image_flops
+    from bench.model import time_generate  # its warm-up call also compiles, on the fast path
     from model.engine.fast_paths import set_fast_paths
 
     peak = peak_tflops(a.device)
@@ -106,7 +91,7 @@ def throughput(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
         for size in a.sizes:
             for batch in a.batches:
                 t0 = time.perf_counter()
-                sec = time_call(engine, a.device, batch, size, a.steps, a.repeats)
+                sec = time_generate(engine, a.device, batch, size, a.steps, a.repeats)
                 tf = achieved_tflops(engine.config, size, a.steps, 3.0, batch, sec)
                 rows.append({"fast": fast, "size": size, "steps": a.steps, "batch": batch, "seconds": sec,
                              "seconds_per_image": sec / batch, "images_per_s": batch / sec, "achieved_tflops": tf,

@@ -15,10 +15,10 @@ from PIL import Image
 SCHEDULES = ("constant", "linear")
 
 
-@dataclass
-class GenerateRequest:
-    id: str
-    prompt: str
+@dataclass(kw_only=True)
+class ImageSampling:
+    """The sampling parameters every image request takes (keyword-only; `check_sampling` checks them)."""
+
     seed: int
     size: int = 1024
     num_images: int = 1
@@ -26,21 +26,20 @@ class GenerateRequest:
     guidance_scale: float = 3.0
     guidance_schedule: str = "constant"
     temperature: float = 1.0
+
+
+@dataclass
+class GenerateRequest(ImageSampling):
+    id: str
+    prompt: str
     negative_prompt: str | None = None
 
 
 @dataclass
-class EditRequest:
+class EditRequest(ImageSampling):
     id: str
     image: Image.Image
     instruction: str
-    seed: int
-    size: int = 1024
-    num_images: int = 1
-    steps: int = 32
-    guidance_scale: float = 3.0
-    guidance_schedule: str = "constant"
-    temperature: float = 1.0
 
 
 @dataclass

@@ -20,15 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from workers.runner.oom import is_oom
 
 if TYPE_CHECKING:  # the model (and torch) load only in a worker process that runs it
-    from model.inference import (
-        CancelFn,
-        EditRequest,
-        GenerateRequest,
-        ImageResult,
-        ProgressFn,
-        TextResult,
-        UnderstandRequest,
-    )
+    from model import inference as mi
     from workers.runner.engine import Engine
 
 T = TypeVar("T")
@@ -63,7 +55,7 @@ def is_device_fatal(exc: BaseException) -> bool:
     return any(marker in text for marker in FATAL_MARKERS)
 
 
-def probe_request(sizes: Sequence[int], max_pixels: int) -> GenerateRequest:
+def probe_request(sizes: Sequence[int], max_pixels: int) -> mi.GenerateRequest:
     """The warm-up probe: one image at the smallest served size, one sampling step."""
     from model.inference import GenerateRequest
 
@@ -74,8 +66,8 @@ def probe_request(sizes: Sequence[int], max_pixels: int) -> GenerateRequest:
 class GuardedEngine:
     """The engine, with every model call judged as device-fatal or not (see the module docstring)."""
 
-    def __init__(self, engine: Engine, probe: GenerateRequest, check_device: Callable[[], None] = lambda: None,
-                 ) -> None:
+    def __init__(self, engine: Engine, probe: mi.GenerateRequest,
+                 check_device: Callable[[], None] = lambda: None) -> None:
         self._engine = engine
         self._probe_request = probe
         self._check_device = check_device
@@ -95,16 +87,16 @@ class GuardedEngine:
     def revision(self) -> str:
         return self._engine.revision
 
-    def generate(self, requests: list[GenerateRequest], progress: ProgressFn | None = None,
-                 should_cancel: CancelFn | None = None) -> list[ImageResult]:
+    def generate(self, requests: list[mi.GenerateRequest], progress: mi.ProgressFn | None = None,
+                 should_cancel: mi.CancelFn | None = None) -> list[mi.ImageResult]:
         return self._call(lambda: self._engine.generate(requests, progress, should_cancel), len(requests))
 
-    def edit(self, requests: list[EditRequest], progress: ProgressFn | None = None,
-             should_cancel: CancelFn | None = None) -> list[ImageResult]:
+    def edit(self, requests: list[mi.EditRequest], progress: mi.ProgressFn | None = None,
+             should_cancel: mi.CancelFn | None = None) -> list[mi.ImageResult]:
         return self._call(lambda: self._engine.edit(requests, progress, should_cancel), len(requests))
 
-    def understand(self, requests: list[UnderstandRequest], progress: ProgressFn | None = None,
-                   should_cancel: CancelFn | None = None) -> list[TextResult]:
+    def understand(self, requests: list[mi.UnderstandRequest], progress: mi.ProgressFn | None = None,
+                   should_cancel: mi.CancelFn | None = None) -> list[mi.TextResult]:
         return self._call(lambda: self._engine.understand(requests, progress, should_cancel), len(requests))
 
     def warm_up(self) -> None:
