@@ -20,6 +20,7 @@ other invariant failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -69,9 +70,12 @@ def chaos(stack: Stack, receiver: WebhookReceiver, every: float, stop: threading
 
 
 def gateway_chaos(stack: Stack, action: str, worker: str) -> None:
-    """One fault on the gateway workers' side: the worker process, or its path to the API and the bucket."""
+    """One fault on the gateway workers' side: the worker process, or its path to the API and the bucket. A
+    SIGKILL or a lease-long outage waits (a little) for a batch on a gateway worker, so it lands mid-batch."""
     api, s3 = stack.api_proxy, stack.s3_proxy
     assert api is not None and s3 is not None
+    if action in ("gw-sigkill", "long-outage"):
+        _wait_for_remote_batch(stack, worker if action == "gw-sigkill" else "", timeout=stack.config.lease_seconds)
     if action == "gw-sigkill":
         stack.restart_service(worker, signal.SIGKILL)
     elif action == "cut-upload":  # the next two uploads to presigned URLs break mid-body
@@ -87,6 +91,22 @@ def gateway_chaos(stack: Stack, action: str, worker: str) -> None:
         time.sleep(OUTAGE_SECONDS if action == "outage" else stack.config.lease_seconds * LONG_OUTAGE_FACTOR)
         api.up()
         s3.up()
+
+
+def _wait_for_remote_batch(stack: Stack, worker: str, timeout: float) -> bool:
+    """Whether a job is running on a gateway worker (named `worker`, or any) within `timeout` seconds."""
+    engine = sa.create_engine(stack.pg.url, pool_pre_ping=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(sa.exc.OperationalError), engine.connect() as conn:
+                if conn.execute(sa.text("select count(*) from jobs where status = 'running' and worker_id like :w"),
+                                {"w": f"remote-%{worker}%"}).scalar_one():
+                    return True
+            time.sleep(0.05)
+        return False
+    finally:
+        engine.dispose()
 
 
 def _interleaved(first: list[str], second: list[str]) -> list[str]:
