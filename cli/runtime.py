@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
-    from storage.db import SessionFactory
     from storage.settings import Settings
 
 DataDir = typer.Option(None, "--data-dir", envvar="UNIPIC_DATA_DIR", help="Where embedded state lives")
@@ -35,15 +34,3 @@ def settings_for(data_dir: Path | None = None, must_exist: bool = False, **overr
     settings.ensure_data_dir()
     return settings
 
-
-def database_for(data_dir: Path | None) -> SessionFactory:
-    """Sessions on an existing deployment's database (`keys`, `worker-tokens`: same settings as the server). In
-    embedded mode the SQLite database is migrated first, so these commands work on a fresh data directory."""
-    from storage.db import make_engine, make_session_factory
-
-    settings = settings_for(data_dir, must_exist=True)
-    if settings.embedded:
-        from storage.migrate import upgrade
-
-        upgrade(settings)
-    return make_session_factory(make_engine(settings))

@@ -6,13 +6,13 @@ migrated first, so `unipic keys create` works on a fresh data directory.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.runtime import DataDir, database_for
+from cli.commands.credentials import database_for, print_created, print_listing, print_revoked
+from cli.runtime import DataDir
 
 if TYPE_CHECKING:
     from storage.keys import KeyStore
@@ -45,12 +45,9 @@ def create(
     except InvalidWeight as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    if as_json:
-        typer.echo(json.dumps({"id": record.id, "key": plaintext, "webhook_secret": record.webhook_secret}))
-        return
-    typer.echo(f"id:             {record.id}")
-    typer.echo(f"key:            {plaintext}   (shown once: store it now)")
-    typer.echo(f"webhook secret: {record.webhook_secret}")
+    print_created(as_json, {"id": record.id, "key": plaintext, "webhook_secret": record.webhook_secret},
+                  [f"id:             {record.id}", f"key:            {plaintext}   (shown once: store it now)",
+                   f"webhook secret: {record.webhook_secret}"])
 
 
 @app.command("list")
@@ -61,27 +58,17 @@ def list_keys(
 ) -> None:
     """List keys (id, name, prefix, weight, created, revoked); never the key itself."""
     records = _key_store(data_dir).page(include_revoked=include_revoked)
-    rows = [{"id": r.id, "name": r.name, "prefix": r.key_prefix, "created_at": r.created_at.isoformat(),
-             "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None, "weight": r.weight} for r in records]
-    if as_json:
-        typer.echo(json.dumps(rows))
-        return
-    for row in rows:
-        revoked = f"  revoked {row['revoked_at']}" if row["revoked_at"] else ""
-        typer.echo(f"{row['id']}  {row['prefix']}…  {row['name']}  weight {row['weight']:g}  {row['created_at']}{revoked}")
+    rows: list[dict[str, Any]] = [
+        {"id": r.id, "name": r.name, "prefix": r.key_prefix, "created_at": r.created_at.isoformat(),
+         "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None, "weight": r.weight} for r in records]
+    print_listing(rows, as_json, lambda row: f"{row['id']}  {row['prefix']}…  {row['name']}  "
+                                             f"weight {row['weight']:g}  {row['created_at']}")
 
 
 @app.command("revoke")
 def revoke(key_id: str = typer.Argument(..., help="The key's id"), data_dir: Path | None = DataDir) -> None:
     """Revoke a key: it can no longer authenticate; its jobs stay."""
-    from storage.errors import NotFound
-
-    try:
-        record = _key_store(data_dir).revoke(key_id)
-    except NotFound:
-        typer.echo(f"no key {key_id}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"revoked {record.id} ({record.name})")
+    print_revoked(lambda: _key_store(data_dir).revoke(key_id), lambda _: f"no key {key_id}")
 
 
 @app.command("set-weight")

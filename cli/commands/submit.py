@@ -62,9 +62,8 @@ def generate(
     api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Text to image: submit, wait with a progress bar, download to -o."""
-    fmt = checked_output(output, fmt, mkdir)
     body = {"kind": "generate", "prompt": prompt, "negative_prompt": negative, "num_images": num_images,
-            **_sampling(size, steps, seed, guidance, temperature, fmt, priority)}
+            **_image_options(output, fmt, mkdir, size, steps, seed, guidance, temperature, priority)}
     _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json, timeout, cancel_on_interrupt)
 
 
@@ -80,9 +79,9 @@ def edit(
     api_url: str = ApiUrl, api_key: str | None = ApiKey,
 ) -> None:
     """Edit an image following an instruction: submit, wait, download to -o."""
-    fmt = checked_output(output, fmt, mkdir)
+    options = _image_options(output, fmt, mkdir, size, steps, seed, guidance, temperature, priority)  # -o first
     body = {"kind": "edit", "image": data_url(image), "instruction": instruction, "num_images": num_images,
-            **_sampling(size, steps, seed, guidance, temperature, fmt, priority)}
+            **options}
     _run_image_job(api_url, api_key, body, output, num_images, no_wait, as_json, timeout, cancel_on_interrupt)
 
 
@@ -112,8 +111,12 @@ def ask(
 
 
 # ---- shared ---------------------------------------------------------------------------------------------------
-def _sampling(size: int | None, steps: int | None, seed: int | None, guidance: float | None,
-              temperature: float | None, fmt: str | None, priority: int) -> dict[str, Any]:
+def _image_options(output: Path, fmt: str | None, mkdir: bool, size: int | None, steps: int | None,
+                   seed: int | None, guidance: float | None, temperature: float | None,
+                   priority: int) -> dict[str, Any]:
+    """The sampling and output fields of an image job, after `-o` is checked (exit 2 before anything is read
+    or sent); `-o` decides the output format."""
+    fmt = checked_output(output, fmt, mkdir)
     return _compact({"size": size, "steps": steps, "seed": seed, "guidance_scale": guidance,
                      "temperature": temperature, "output_format": fmt, "priority": priority or None})
 

@@ -8,13 +8,13 @@ embedded mode the SQLite database is migrated first.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.runtime import DataDir, database_for
+from cli.commands.credentials import database_for, print_created, print_listing, print_revoked
+from cli.runtime import DataDir
 
 if TYPE_CHECKING:
     from storage.fleet.tokens import WorkerTokenStore
@@ -44,13 +44,10 @@ def create(
     except InvalidWorkerToken as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    if as_json:
-        typer.echo(json.dumps({"id": record.id, "token": plaintext, "kinds": record.kinds,
-                               "max_pixels": record.max_pixels}))
-        return
-    typer.echo(f"id:     {record.id}")
-    typer.echo(f"token:  {plaintext}   (shown once: store it now)")
-    typer.echo(f"serves: {', '.join(record.kinds)} up to {record.max_pixels} pixels")
+    data = {"id": record.id, "token": plaintext, "kinds": record.kinds, "max_pixels": record.max_pixels}
+    print_created(as_json, data,
+                  [f"id:     {record.id}", f"token:  {plaintext}   (shown once: store it now)",
+                   f"serves: {', '.join(record.kinds)} up to {record.max_pixels} pixels"])
 
 
 @app.command("list")
@@ -64,26 +61,14 @@ def list_tokens(
         {"id": r.id, "name": r.name, "prefix": r.token_prefix, "kinds": r.kinds, "max_pixels": r.max_pixels,
          "created_at": r.created_at.isoformat(), "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}
         for r in _token_store(data_dir).page(include_revoked=include_revoked)]
-    if as_json:
-        typer.echo(json.dumps(rows))
-        return
-    for row in rows:
-        revoked = f"  revoked {row['revoked_at']}" if row["revoked_at"] else ""
-        typer.echo(f"{row['id']}  {row['prefix']}…  {row['name']}  {','.join(row['kinds'])}  "
-                   f"{row['max_pixels']} px  {row['created_at']}{revoked}")
+    print_listing(rows, as_json, lambda row: f"{row['id']}  {row['prefix']}…  {row['name']}  "
+                                             f"{','.join(row['kinds'])}  {row['max_pixels']} px  {row['created_at']}")
 
 
 @app.command("revoke")
 def revoke(token_id: str = typer.Argument(..., help="The token's id"), data_dir: Path | None = DataDir) -> None:
     """Revoke a worker token: its workers' next call is refused (401); their jobs return to the queue."""
-    from storage.errors import NotFound
-
-    try:
-        record = _token_store(data_dir).revoke(token_id)
-    except NotFound as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"revoked {record.id} ({record.name})")
+    print_revoked(lambda: _token_store(data_dir).revoke(token_id), str)
 
 
 def register(root: typer.Typer) -> None:
