@@ -9,18 +9,16 @@ window so receivers can switch without dropping deliveries (both signatures are 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.credentials import found, hash_secret, listed, live_row, new_plaintext, revoke
 from storage.db import write_session
-from storage.errors import InvalidWeight, NotFound
+from storage.errors import InvalidWeight
 from storage.jobs.ids import new_id
 from storage.tables import ApiKey, utcnow
 
@@ -66,10 +64,6 @@ class ApiKeyRecord:
         return secrets_
 
 
-def hash_key(plaintext: str) -> str:
-    return hashlib.sha256(plaintext.encode()).hexdigest()
-
-
 def new_webhook_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
 
@@ -83,8 +77,8 @@ class KeyStore:
     def create(self, name: str, rate_limit_per_minute: int | None = None, max_active_jobs: int | None = None,
                default_webhook_url: str | None = None, weight: float = 1.0) -> tuple[ApiKeyRecord, str]:
         """A new key: its record and the plaintext, which is never stored and cannot be shown again."""
-        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-        row = ApiKey(id=new_id(), name=name, key_prefix=plaintext[:12], key_hash=hash_key(plaintext),
+        plaintext = new_plaintext(KEY_PREFIX)
+        row = ApiKey(id=new_id(), name=name, key_prefix=plaintext[:12], key_hash=hash_secret(plaintext),
                      webhook_secret=new_webhook_secret(), default_webhook_url=default_webhook_url,
                      rate_limit_per_minute=rate_limit_per_minute, max_active_jobs=max_active_jobs,
                      created_at=utcnow(), weight=_checked_weight(weight))
@@ -95,38 +89,22 @@ class KeyStore:
 
     def authenticate(self, plaintext: str) -> ApiKeyRecord | None:
         """The live key this plaintext belongs to, or None (unknown, malformed or revoked)."""
-        if not plaintext or not plaintext.startswith(KEY_PREFIX) or len(plaintext) > 200:
-            return None
-        digest = hash_key(plaintext)
-        with self.sessions() as s:
-            row = s.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
-        if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
-            return None
-        return ApiKeyRecord.of(row)
+        row = live_row(self.sessions, ApiKey, "key_hash", KEY_PREFIX, plaintext)
+        return None if row is None else ApiKeyRecord.of(row)
 
     def get(self, key_id: str) -> ApiKeyRecord:
         with self.sessions() as s:
-            row = s.get(ApiKey, key_id)
-            if row is None:
-                raise NotFound(f"api key {key_id} not found")
-            return ApiKeyRecord.of(row)
+            return ApiKeyRecord.of(self._row(s, key_id))
 
     def page(self, include_revoked: bool = False) -> list[ApiKeyRecord]:
         """Every key, oldest first (revoked ones only with `include_revoked`)."""
-        stmt = select(ApiKey).order_by(ApiKey.created_at)
-        if not include_revoked:
-            stmt = stmt.where(ApiKey.revoked_at.is_(None))
-        with self.sessions() as s:
-            return [ApiKeyRecord.of(r) for r in s.scalars(stmt)]
+        return listed(self.sessions, ApiKey, include_revoked, ApiKeyRecord.of)
 
     def revoke(self, key_id: str) -> ApiKeyRecord:
         """Revoke a key (idempotent); its jobs stay, it can no longer authenticate."""
-        with write_session(self.sessions) as s:
-            row = self._row(s, key_id)
-            if row.revoked_at is None:
-                row.revoked_at = utcnow()
-            log.info("api key %s revoked", key_id)
-            return ApiKeyRecord.of(row)
+        record = revoke(self.sessions, ApiKey, key_id, "api key", ApiKeyRecord.of)
+        log.info("api key %s revoked", key_id)
+        return record
 
     def rotate_webhook_secret(self, key_id: str, overlap_seconds: float) -> ApiKeyRecord:
         """A new current secret; the old one stays valid (signatures sent with both) for `overlap_seconds`."""
@@ -155,10 +133,7 @@ class KeyStore:
 
     @staticmethod
     def _row(s: Session, key_id: str) -> ApiKey:
-        row = s.get(ApiKey, key_id)
-        if row is None:
-            raise NotFound(f"api key {key_id} not found")
-        return row
+        return found(s, ApiKey, key_id, "api key")
 
 
 def _checked_weight(weight: float) -> float:

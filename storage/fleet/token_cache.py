@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from storage.fleet.tokens import TOKEN_PREFIX, WorkerTokenRecord, WorkerTokenStore, hash_token
+from storage.credentials import hash_secret
+from storage.fleet.tokens import TOKEN_PREFIX, WorkerTokenRecord, WorkerTokenStore
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class WorkerTokenCache:
             return self.tokens.authenticate(plaintext)
         if not plaintext.startswith(TOKEN_PREFIX) or len(plaintext) > 200:
             return None
-        digest = hash_token(plaintext)
+        digest = hash_secret(plaintext)
         self._sweep_if_due()
         started = self.clock()
         entry = self._entries.get(digest)

@@ -10,10 +10,7 @@ expiry. Knows nothing of HTTP or of the gateway's routes.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,8 +18,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.credentials import found, hash_secret, listed, live_row, new_plaintext, revoke
 from storage.db import write_session
-from storage.errors import NotFound, StoreError
+from storage.errors import StoreError
 from storage.jobs.ids import new_id
 from storage.tables import WorkerToken, utcnow
 
@@ -60,10 +58,6 @@ class WorkerTokenRecord:
         return kind in self.kinds and pixels_per_image <= self.max_pixels
 
 
-def hash_token(plaintext: str) -> str:
-    return hashlib.sha256(plaintext.encode()).hexdigest()
-
-
 class WorkerTokenStore:
     """Creates, authenticates, lists and revokes worker tokens."""
 
@@ -76,8 +70,8 @@ class WorkerTokenStore:
         kinds = _checked_kinds(kinds)
         if not (0 < max_pixels <= 4096 * 4096):
             raise InvalidWorkerToken(f"max pixels must be between 1 and {4096 * 4096}, not {max_pixels}")
-        plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        row = WorkerToken(id=new_id(), name=name[:200], token_prefix=plaintext[:12], token_hash=hash_token(plaintext),
+        plaintext = new_plaintext(TOKEN_PREFIX)
+        row = WorkerToken(id=new_id(), name=name[:200], token_prefix=plaintext[:12], token_hash=hash_secret(plaintext),
                           kinds=kinds, max_pixels=int(max_pixels), created_at=utcnow())
         with write_session(self.sessions) as s:
             s.add(row)
@@ -86,14 +80,8 @@ class WorkerTokenStore:
 
     def authenticate(self, plaintext: str) -> WorkerTokenRecord | None:
         """The live token this plaintext is, or None (unknown, malformed or revoked)."""
-        if not plaintext or not plaintext.startswith(TOKEN_PREFIX) or len(plaintext) > 200:
-            return None
-        digest = hash_token(plaintext)
-        with self.sessions() as s:
-            row = s.scalars(select(WorkerToken).where(WorkerToken.token_hash == digest)).first()
-        if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at is not None:
-            return None
-        return WorkerTokenRecord.of(row)
+        row = live_row(self.sessions, WorkerToken, "token_hash", TOKEN_PREFIX, plaintext)
+        return None if row is None else WorkerTokenRecord.of(row)
 
     def live_ids(self, token_ids: Collection[str]) -> set[str]:
         """Which of these tokens are still live (exist, unrevoked): one query, whatever their number."""
@@ -105,29 +93,17 @@ class WorkerTokenStore:
 
     def get(self, token_id: str) -> WorkerTokenRecord:
         with self.sessions() as s:
-            row = s.get(WorkerToken, token_id)
-            if row is None:
-                raise NotFound(f"worker token {token_id} not found")
-            return WorkerTokenRecord.of(row)
+            return WorkerTokenRecord.of(found(s, WorkerToken, token_id, "worker token"))
 
     def page(self, include_revoked: bool = False) -> list[WorkerTokenRecord]:
         """Every token, oldest first (revoked ones only with `include_revoked`)."""
-        stmt = select(WorkerToken).order_by(WorkerToken.created_at)
-        if not include_revoked:
-            stmt = stmt.where(WorkerToken.revoked_at.is_(None))
-        with self.sessions() as s:
-            return [WorkerTokenRecord.of(r) for r in s.scalars(stmt)]
+        return listed(self.sessions, WorkerToken, include_revoked, WorkerTokenRecord.of)
 
     def revoke(self, token_id: str) -> WorkerTokenRecord:
         """Revoke a token (idempotent): gateway calls are refused within the revocation bound."""
-        with write_session(self.sessions) as s:
-            row = s.get(WorkerToken, token_id)
-            if row is None:
-                raise NotFound(f"worker token {token_id} not found")
-            if row.revoked_at is None:
-                row.revoked_at = utcnow()
-            log.info("worker token %s revoked", token_id)
-            return WorkerTokenRecord.of(row)
+        record = revoke(self.sessions, WorkerToken, token_id, "worker token", WorkerTokenRecord.of)
+        log.info("worker token %s revoked", token_id)
+        return record
 
 
 def _checked_kinds(kinds: Sequence[str]) -> list[str]:

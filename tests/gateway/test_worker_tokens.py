@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from storage.fleet.tokens import InvalidWorkerToken, WorkerTokenStore, hash_token
+from storage.credentials import hash_secret
+from storage.fleet.tokens import InvalidWorkerToken, WorkerTokenStore
 from storage.tables import WorkerToken
 
 
@@ -21,7 +22,7 @@ def test_created_token_is_hashed_at_rest_and_authenticates(store: WorkerTokenSto
     assert plaintext.startswith("wk_") and record.role == "worker"
     with session_factory() as s:
         row = s.scalars(select(WorkerToken).where(WorkerToken.id == record.id)).one()
-    assert row.token_hash == hash_token(plaintext) and plaintext not in (row.token_hash, row.token_prefix)
+    assert row.token_hash == hash_secret(plaintext) and plaintext not in (row.token_hash, row.token_prefix)
     found = store.authenticate(plaintext)
     assert found is not None and found.kinds == ["generate", "edit"] and found.max_pixels == 512 * 512
     assert found.allows("generate", 512 * 512) and not found.allows("understand", 64 * 64)

@@ -7,7 +7,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from storage.keys import KeyStore, hash_key
+from storage.credentials import hash_secret
+from storage.keys import KeyStore
 from storage.tables import ApiKey, utcnow
 
 
@@ -18,7 +19,7 @@ def test_create_and_authenticate(storage_sessions: Any) -> None:
     assert record.webhook_secret.startswith("whsec_") and record.key_prefix == plaintext[:12]
     with storage_sessions() as s:
         row = s.scalars(select(ApiKey).where(ApiKey.id == record.id)).one()
-    assert row.key_hash == hash_key(plaintext) and plaintext not in (row.key_hash, row.key_prefix, row.name)
+    assert row.key_hash == hash_secret(plaintext) and plaintext not in (row.key_hash, row.key_prefix, row.name)
     found = keys.authenticate(plaintext)
     assert found is not None and found.id == record.id and found.max_active_jobs == 7
     for wrong in (plaintext + "x", plaintext[:-1], "", "Bearer " + plaintext, "upk_" + "a" * 500):
