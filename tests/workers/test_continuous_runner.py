@@ -145,3 +145,27 @@ def test_a_shutdown_that_cannot_wait_hands_live_items_back_and_claims_nothing_mo
         assert job.status == "queued" and job.attempts == 0 and not job.result_keys, job
         assert not object_store.page(f"results/{job.id}/")
     assert job_store.get(waiting.id).status == "queued"
+
+
+def test_a_loop_over_a_backlog_takes_turns_with_the_workers_other_queues(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str
+) -> None:
+    from tests.support.jobs import make_jobs
+
+    # Given a backlog of four generate jobs for a worker that runs two at a time, and an edit job and an
+    # understand job waiting in two of the worker's other queues
+    runner = make_runner(worker_batching="continuous", worker_max_batch=2)
+    bulk = make_jobs(job_store, object_store, owner_id, "generate", 64, [960, 961, 962, 963], steps=4,
+                     tag="cont-elsewhere")
+    edit = make_job(job_store, object_store, owner_id, "edit", 64, seed=964, steps=4, tag="cont-elsewhere")
+    ask = make_job(job_store, object_store, owner_id, "understand", 64, seed=965, tag="cont-elsewhere")
+
+    # When the worker serves one message of the generate queue
+    runner.run(bulk[0].id)
+    runner.drain()
+
+    # Then the running loop took both between its steps, before the backlog's last job started
+    done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), edit.id, ask.id])}
+    assert all(j.status == "succeeded" for j in done.values()), [(j.kind, j.status, j.error_code, j.error_message) for j in done.values()]
+    last = max(done[j.id].started_at for j in bulk)
+    assert done[edit.id].started_at < last and done[ask.id].started_at < last

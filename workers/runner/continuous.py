@@ -6,8 +6,14 @@ Each pass of the loop: drop what must leave (cancel requested, lease lost, the j
 that cannot wait for it) -> ask the store for more work of the queue the message woke (`claim_for_message`: the
 one scheduling policy, over the direct store and the gateway alike) up to the free rows and pixels of the card's
 budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`; only while rows are free, so a full set
-costs no claim queries), so a job queued now starts at the next step -> one step of every set, advancing the items `workers.runner.step_policy` picks (the others pause with their state
-kept) -> retired items are encoded, uploaded and completed in the background by `BatchRunner._succeed`, the same
+costs no claim queries), so a job queued now starts at the next step. The loop holds the worker's one message
+for as long as its queue has work, so it also asks the worker's other queues (direct: each other queue it
+subscribes to, in turn; the gateway: the kinds a running set cannot hold, its claims already span the image
+queues) when a row is free: while they have work, they and the loop's own queue take turns at free rows, and
+once they have none, it looks again only every `LOOK_ELSEWHERE_SECONDS`. Image jobs of another kind or size open
+their own set; understand jobs run as one whole batch right there, between two steps. So one queue's backlog
+never starves another queue's jobs on a continuous worker -> one step of every set, advancing the items
+`workers.runner.step_policy` picks (the others pause with their state kept) -> retired items are encoded, uploaded and completed in the background by `BatchRunner._succeed`, the same
 finishing path as whole batches, while sampling goes on. Leases of every live item are renewed by one keeper;
 progress is each item's own step count. A step that runs out of memory changes no item (`RunningSet.step`): the
 most recently admitted half goes back to the queue and the set stays smaller for the rest of the loop; a single
@@ -22,11 +28,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from model.engine.requests import ImageResult
 from storage.jobs.params import progress_total
-from storage.records import Claim
+from storage.records import Claim, JobRecord
+from storage.routing import gpu_queues, model_of_queue
 from storage.settings import Settings
 from storage.states import JobErrorCode, JobStatus
 from workers.device.health import DeviceFatal
@@ -40,7 +47,17 @@ from workers.runner.step_policy import STARVE_AFTER, Live, choose
 log = logging.getLogger(__name__)
 
 IMAGE_KINDS = ("generate", "edit")
+LOOK_ELSEWHERE_SECONDS = 1.0  # how often a loop with a free row asks the worker's other queues first
 T = TypeVar("T")
+
+
+@runtime_checkable
+class QueueClaims(Protocol):
+    """The direct transport's claim of one named queue (`storage.jobs.store.JobStore.claim_next`); the gateway
+    has none (the API picks among the token's queues)."""
+
+    def claim_next(self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
+                   claim_id: str | None = None) -> list[Claim]: ...
 
 
 @dataclass
@@ -81,7 +98,7 @@ class ContinuousRunner(BatchRunner):
         jobs = self.store.get_many([c.job_id for c in claims])
         if not hasattr(self.engine, "open_set") or any(j.kind not in IMAGE_KINDS for j in jobs):
             return super().run_claims(claims, started)
-        loop = _Loop(self, claims[0].job_id)
+        loop = _Loop(self, jobs[0])
         try:
             loop.run(claims)
         finally:
@@ -94,12 +111,15 @@ class ContinuousRunner(BatchRunner):
 
 
 class _Loop:
-    """One woken queue served until no item is live."""
+    """One woken queue served until no item is live and nothing more is claimable."""
 
-    def __init__(self, runner: ContinuousRunner, seed_job_id: str) -> None:
+    def __init__(self, runner: ContinuousRunner, seed: JobRecord) -> None:
         s = runner.settings
-        self.r, self.s, self.seed = runner, s, seed_job_id
+        self.r, self.s, self.seed, self.queue = runner, s, seed.id, seed.queue
         self.started = time.monotonic()
+        self.look_elsewhere_at = self.started  # the first free row already asks the other queues
+        self.looks = 0
+        self.own_turn = False
         self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> model.engine.running_set.RunningSet
         self.members: dict[str, Member] = {}
         self.served: dict[tuple[str, int], dict[str, float]] = {}  # per set: owner -> megapixel-steps done
@@ -121,9 +141,11 @@ class _Loop:
         try:
             with self.reporter:
                 self._admit(claims)
-                while self.members:
+                while True:
                     self._drop_leaving()
-                    self._claim_more()
+                    self._claim_more()  # also when the last step emptied the set: its rows are free now
+                    if not self.members:
+                        break
                     for key in list(self.sets):
                         self._step(key)
                     self._guarded(self.r.faults.on_step, max(1, len(self.members)))  # a lost device is fatal
@@ -156,33 +178,68 @@ class _Loop:
         return guard(call, items) if guard is not None else call()
 
     # ---- admission ------------------------------------------------------------------------------------------
+    def _free(self) -> tuple[int, int]:
+        """Rows and pixels of the card's budget no live item holds."""
+        rows = self.row_cap - len(self.members)
+        return rows, self.s.worker_batch_pixel_budget - sum(m.item.job.pixels for m in self.members.values())
+
     def _claim_more(self) -> None:
         if self.r.shutdown.requested:
             return
-        rows = self.row_cap - len(self.members)
-        pixels = self.s.worker_batch_pixel_budget - sum(m.item.job.pixels for m in self.members.values())
+        rows, pixels = self._free()
         if rows <= 0 or pixels <= 0:
             return
+        if time.monotonic() >= self.look_elsewhere_at and not self.own_turn:
+            self.own_turn = True  # while other queues have work, they and the loop's own queue take turns
+            if self._claim_elsewhere(rows, pixels):
+                return
+            self.look_elsewhere_at = time.monotonic() + LOOK_ELSEWHERE_SECONDS  # nothing there: look again later
+        self.own_turn = False
         kinds = [k for k in self.s.worker_kinds if k in IMAGE_KINDS]  # the gateway claims across queues
         claims = self.r.store.claim_for_message(self.seed, self.r.worker_id, self.s.lease_seconds, rows, pixels,
                                                 kinds=kinds)
         if claims:
             self._admit(claims)
 
+    def _claim_elsewhere(self, rows: int, pixels: int) -> bool:
+        """Work of the worker's other queues: the first of them (in turn) that has some. False if none had."""
+        store, s = self.r.store, self.s
+        claims: list[Claim] = []
+        if isinstance(store, QueueClaims):  # direct: the queues this worker subscribes to, but the loop's own
+            served = gpu_queues(s.worker_kinds, s.worker_max_pixels, model_of_queue(self.queue))
+            others = [q for q in served if q != self.queue]
+            self.looks += 1
+            for i in range(len(others)):
+                queue = others[(self.looks + i) % len(others)]
+                claims = store.claim_next(queue, self.r.worker_id, s.lease_seconds, rows, pixels)
+                if claims:
+                    break
+        else:  # the gateway's claims span the image queues already: only the kinds a running set cannot hold
+            kinds = [k for k in s.worker_kinds if k not in IMAGE_KINDS]
+            if kinds:
+                claims = store.claim_for_message(self.seed, self.r.worker_id, s.lease_seconds, rows, pixels,
+                                                 kinds=kinds)
+        if claims:
+            self._admit(claims)
+        return bool(claims)
+
     def _admit(self, claims: list[Claim]) -> None:
+        jobs = {j.id: j for j in self.r.store.get_many([c.job_id for c in claims])}
+        whole = [c for c in claims if jobs[c.job_id].kind not in IMAGE_KINDS]
+        if whole:  # not for a running set (understand): one whole batch now, between two steps
+            BatchRunner.run_claims(self.r, whole)
+            claims = [c for c in claims if c not in whole]
+            if not claims:
+                return
         self.claimed += len(claims)
         self.claims.update({c.job_id: c for c in claims})
         self.keeper.add(claims)
         self.watcher.watch([c.job_id for c in claims])
-        jobs = {j.id: j for j in self.r.store.get_many([c.job_id for c in claims])}
-        self.r._observe_claimed(jobs.values())
+        self.r._observe_claimed(jobs[c.job_id] for c in claims)
         for claim in claims:
             item = self.r._prepare(claim, jobs[claim.job_id])
             if item is None:  # invalid input: already failed
                 self.keeper.finish(claim.job_id)
-            elif item.job.kind not in IMAGE_KINDS:  # not for a running set: back to the queue
-                self.keeper.finish(claim.job_id)
-                self.r._release([claim])
             else:
                 self._admit_item(item)
 
