@@ -20,6 +20,9 @@ new job, not the whole herd: a woken claim that finds its job gone simply waits 
 per queue, that a claim looked and found it empty while subscribed with no wake-up since (`begin_look` /
 `end_look`): other waiters then skip that queue until a wake-up, a resync or `fresh_s` (the safety tick) has
 passed, so an idle fleet costs the database about one look per queue per tick per process, whatever its size.
+While one claim reads a queue not known to hold work, claims that come meanwhile wait for that read's outcome
+(`settled`) instead of reading too: empty, they skip it; it took jobs, they read it at once (a queue whose last
+read took jobs is a backlog, and every claim reads it without waiting on another).
 Knows nothing of HTTP routes, rendering or Postgres.
 """
 
@@ -171,13 +174,25 @@ class QueueWaiter:
         self.close()
 
 
+@dataclass
+class Reading:
+    """One claim's read of one queue, in flight: when it is over, whether it found the queue empty."""
+
+    state: tuple[int, int]  # (wake-ups of the queue, generation) when it began
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    empty: bool = False
+
+
 @dataclass(frozen=True)
 class Look:
-    """A claim's look at some queues: which to read, and the wake-up counts when it began."""
+    """A claim's look at some queues: which to read, the wake-up counts when it began, its own reads in flight
+    (others may wait on them) and the reads of other claims it waits on instead of reading those queues itself."""
 
     queues: list[str]
     seen: dict[str, int]
     generation: int
+    mine: dict[str, Reading] = field(default_factory=dict)
+    pending: list[Reading] = field(default_factory=list)
 
 
 class EventHub:
@@ -202,7 +217,8 @@ class EventHub:
         self._queue_waiters: dict[str, dict[QueueWaiter, None]] = {}  # insertion order: longest waiting first
         self._queue_wakes: Counter[str] = Counter()  # wake-ups per queue so far
         self._empty_since: dict[str, tuple[int, int, float]] = {}  # queue -> (wakes, generation, when) seen empty
-        self._looking: dict[str, tuple[int, int]] = {}  # queue -> (wakes, generation) of a look in flight
+        self._looking: dict[str, Reading] = {}  # queue -> the read in flight others wait on
+        self._has_work: set[str] = set()  # queues whose last read took jobs (a backlog: every claim reads them)
         self._generation = 0  # +1 per resync: what was known empty before may not be any more
         self.queue_wakeups = 0
         self.delivered = 0
@@ -287,29 +303,57 @@ class EventHub:
         return self.push and self._subscribed is not None and self._subscribed.is_set()
 
     def begin_look(self, queues: Iterable[str], fresh_s: float) -> Look:
-        """The queues a claim should read now: all of them, less those seen empty within `fresh_s` with no
-        wake-up since, and those another claim is reading already since the last wake-up (only while live)."""
+        """The queues a claim should read now: all of them, less (only while live) those seen empty within
+        `fresh_s` with no wake-up since, and those another claim is reading already when nothing says they hold
+        work: this claim waits for that read's outcome instead (`settled`). A queue whose last read took jobs (a
+        backlog) is read by every claim at once."""
         wanted = list(queues)
         seen = {q: self._queue_wakes[q] for q in wanted}
+        mine: dict[str, Reading] = {}
+        pending: list[Reading] = []
         if self.live:
-            state = {q: (seen[q], self._generation) for q in wanted}
-            fresh = {q for q in wanted if self.known_empty(q, fresh_s)}
-            wanted = [q for q in wanted if q not in fresh and self._looking.get(q) != state[q]]
+            reading = []
             for q in wanted:
-                self._looking[q] = state[q]
-        return Look(wanted, seen, self._generation)
+                if self.known_empty(q, fresh_s):
+                    continue
+                state, current = (seen[q], self._generation), self._looking.get(q)
+                if current is not None and current.state == state and q not in self._has_work:
+                    pending.append(current)
+                    continue
+                if current is None or current.state != state:
+                    mine[q] = self._looking[q] = Reading(state)
+                reading.append(q)
+            wanted = reading
+        return Look(wanted, seen, self._generation, mine, pending)
 
-    def end_look(self, look: Look, empty: Iterable[str]) -> None:
-        """The look is over; `empty`: the queues it read and found with nothing claimable."""
+    def end_look(self, look: Look, empty: Iterable[str], took: str | None = None) -> None:
+        """The look is over; `empty`: the queues it read and found with nothing claimable; `took`: the queue it
+        claimed from (the queues it did not reach are neither)."""
         now = time.monotonic()
-        for q in look.queues:
-            if self._looking.get(q) == (look.seen[q], look.generation):
+        empty = set(empty)
+        for q, reading in look.mine.items():
+            reading.empty = q in empty
+            reading.done.set()
+            if self._looking.get(q) is reading:
                 del self._looking[q]
+        self._has_work -= empty
+        if took is not None:
+            self._has_work.add(took)
         if not self.live or look.generation != self._generation:
             return
         for q in empty:
             if self._queue_wakes[q] == look.seen.get(q):
                 self._empty_since[q] = (look.seen[q], look.generation, now)
+
+    async def settled(self, look: Look, timeout: float) -> bool:
+        """Wait (up to `timeout`) for the other claims' reads this look waits on; True when they are over and one
+        of them did not find its queue empty (it took jobs, or did not reach it): the caller should look again
+        now rather than wait for a wake-up. False when they all found their queues empty, or are not over."""
+        if not look.pending:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(r.done.wait() for r in look.pending)), max(timeout, 0.0))
+        return all(r.done.is_set() for r in look.pending) and not all(r.empty for r in look.pending)
 
     def wake_queue(self, queue: str, jobs: int, count: bool = True) -> None:
         """`jobs` became claimable in `queue`: wake that many of its waiters (the longest waiting first).

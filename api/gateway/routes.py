@@ -58,6 +58,7 @@ MAX_WAIT_SECONDS = 30.0
 # without wake-ups (embedded or poll mode, Redis down) an idle long-poll looks again after 20 ms, doubling up to
 # the safety tick: a worker asking right after a batch sees new work within tens of ms, an idle one costs little
 POLL_SECONDS = 0.02
+SETTLE_SECONDS = 1.0  # the longest even a claim that would not wait waits for another claim's read of its queue
 WORKER_NAME = r"^[A-Za-z0-9._:@-]{1,100}$"
 CLAIM_ID = r"^[A-Za-z0-9-]{8,64}$"
 FAIL_CODES = {JobErrorCode.INVALID_INPUT, JobErrorCode.MODEL_ERROR, JobErrorCode.OUT_OF_MEMORY,
@@ -216,12 +217,14 @@ async def _wait_for_claims(request: Request, services: Services, queues: list[st
         while True:
             look = hub.begin_look(queues, tick)
             claims: list[Claim] = []
-            empty = list(look.queues)
+            empty, took = list(look.queues), None
             try:
                 if look.queues:
-                    claims, empty = await run_in_threadpool(_claim_once, services, look.queues, worker_id, body)
+                    claims, empty, took = await run_in_threadpool(_claim_once, services, look.queues, worker_id, body)
             finally:
-                hub.end_look(look, empty)
+                hub.end_look(look, empty, took)
+            if not claims and await hub.settled(look, max(deadline - time.monotonic(), SETTLE_SECONDS)):
+                continue  # another claim's read of a queue this one left to it found work: read it now
             left = deadline - time.monotonic()
             if claims or left <= 0 or await request.is_disconnected():
                 return claims
@@ -248,16 +251,17 @@ def _model(services: Services, name: str | None) -> str | None:
 
 
 def _claim_once(services: Services, queues: list[str], worker_id: str,
-                body: ClaimIn) -> tuple[list[Claim], list[str]]:
-    """The first batch found, the queues in random order (no queue starves another); and the queues read empty."""
+                body: ClaimIn) -> tuple[list[Claim], list[str], str | None]:
+    """The first batch found, the queues in random order (no queue starves another); the queues read empty; and
+    the queue the batch came from."""
     empty: list[str] = []
     for queue in random.sample(queues, len(queues)):
         claims = services.jobs.claim_next(queue, worker_id, services.settings.lease_seconds, body.max_items,
                                           body.max_batch_pixels, claim_id=body.claim_id)
         if claims:
-            return claims, empty
+            return claims, empty, queue
         empty.append(queue)
-    return [], empty
+    return [], empty, None
 
 
 def _claimed_jobs(services: Services, caller: WorkerCaller, claims: list[Claim]) -> list[ClaimedJob]:

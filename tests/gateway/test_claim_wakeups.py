@@ -18,7 +18,7 @@ import redis
 from sqlalchemy import event
 
 from storage.routing import queue_for
-from tests.support.jobs import make_job
+from tests.support.jobs import make_job, make_jobs
 from tests.support.waiting import wait_for
 
 QUEUE = queue_for("generate", 256)  # the one queue a generate-only token capped at 512x512 serves
@@ -82,14 +82,16 @@ def headers(services: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {plaintext}"}
 
 
-def _claims(url: str, headers: dict[str, str], n: int, wait_seconds: float) -> tuple[list[Any], threading.Thread]:
+def _claims(url: str, headers: dict[str, str], n: int, wait_seconds: float,
+            max_items: int = 1) -> tuple[list[Any], threading.Thread]:
     """`n` concurrent long-polling claims (async httpx, in a thread); their answers land in the list."""
     answers: list[Any] = []
 
     async def one(client: httpx.AsyncClient, i: int) -> Any:
         started = time.monotonic()
         response = await client.post(f"{url}/v1/worker/claim", headers=headers, json={
-            "worker": f"idle:{i}", "max_items": 1, "wait_seconds": wait_seconds, "claim_id": str(uuid.uuid4()),
+            "worker": f"idle:{i}", "max_items": max_items, "wait_seconds": wait_seconds,
+            "claim_id": str(uuid.uuid4()),
             "first_try": True})  # as `workers.transport.gateway_client` sends a claim
         return response.status_code, response.json(), time.monotonic() - started
 
@@ -133,14 +135,37 @@ def test_a_waiting_claim_returns_when_a_job_is_created_in_its_queue(
     assert hub.queue_wakeups == woken_before + 1, f"claim returned after {elapsed:.1f}s without being woken"
 
 
+def test_claims_that_arrive_together_at_a_backlog_each_take_their_batch_at_once(
+    slow_app: Any, slow_url: str, headers: dict[str, str], owner_id: str,
+) -> None:
+    # Given 20 jobs queued before any claim waits (their wake-up reached no one), and a safety tick (60 s) longer
+    # than the claims' wait (20 s)
+    hub = slow_app.state.event_hub
+    services = slow_app.state.services
+    wait_for(lambda: hub.waiting(QUEUE) == 0, "earlier claims to end", timeout=30)
+    jobs = make_jobs(services.jobs, services.objects, owner_id, "generate", 256, range(100, 100 + 2 * WAITERS // 2))
+    # When 10 claims of up to 2 jobs arrive together
+    answers, thread = _claims(slow_url, headers, WAITERS // 2, wait_seconds=20, max_items=2)
+    thread.join(timeout=60)
+    # Then each took jobs of the backlog (one or two: rows another claim holds locked are skipped): none was left
+    # to wait for a wake-up or the tick because another claim was reading the queue when it looked (it waited for
+    # that read, saw it take jobs, and read the queue itself)
+    assert all(status == 200 for status, _, _ in answers)
+    taken = [j["job_id"] for _, body, _ in answers for j in body["jobs"]]
+    assert all(body["jobs"] for _, body, _ in answers), sorted(len(body["jobs"]) for _, body, _ in answers)
+    assert len(set(taken)) == len(taken) and set(taken) <= {j.id for j in jobs}
+
+
 def test_idle_claims_cost_a_bounded_number_of_transactions(
     slow_app: Any, slow_url: str, headers: dict[str, str],
 ) -> None:
-    # Given an empty queue, a worker token this API process has seen, and a count of its database transactions
+    # Given an empty queue that a claim of this API process just found empty (with a worker token it has seen),
+    # and a count of its database transactions
     hub = slow_app.state.event_hub
     tokens = slow_app.state.services.worker_token_cache
     wait_for(lambda: hub.waiting(QUEUE) == 0, "earlier claims to end", timeout=30)
-    assert httpx.post(f"{slow_url}/v1/worker/heartbeat", headers=headers, json={"worker": "idle:0"}).status_code == 200
+    first = httpx.post(f"{slow_url}/v1/worker/claim", headers=headers, json={"worker": "idle:0", "wait_seconds": 0})
+    assert first.status_code == 200 and not first.json()["jobs"]
     count, sweeps, lookups, woken = _transactions(slow_app), tokens.sweeps, tokens.lookups, hub.queue_wakeups
     # When 20 claims long-poll it for 4 s
     answers, thread = _claims(slow_url, headers, WAITERS, wait_seconds=4)
