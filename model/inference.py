@@ -35,7 +35,7 @@ from model.engine.requests import (
 from model.engine.running_set import RunningSet
 from model.engine.sampler import MARSampler
 from model.images import understand_pixels
-from model.llm import QwenRunner
+from model.llm import QwenRunner, quantize_int8
 from model.prompts import DEFAULT_QUESTION, Tokenizer, image_input, load_tokenizer
 
 __all__ = [
@@ -84,6 +84,9 @@ class UniPicEngine:
     dtype: torch.dtype
     cuda_graphs: bool = True
     fast: bool = False  # torch.compile the hot modules (model.engine.fast_paths); eager stays the reference
+    # image size -> passes a MAR step's rows run in (2: CFG's cond and uncond rows apart) where one batch does not
+    # fit the device; the worker's card fit sets it, results do not depend on it
+    row_passes: dict[int, int] = field(default_factory=dict)
     runner: QwenRunner = field(init=False)
     sampler: MARSampler = field(init=False)
     conditioner: Conditioner = field(init=False)
@@ -115,7 +118,7 @@ class UniPicEngine:
 
     def open_set(self, kind: str, size: int) -> RunningSet:
         """An empty running set for one compatibility class: kind "generate" or "edit", and the image size."""
-        return RunningSet(self.sampler, self.conditioner, kind, size)
+        return RunningSet(self.sampler, self.conditioner, kind, size, row_passes=self.row_passes.get(size, 1))
 
     # ---- tasks ------------------------------------------------------------------------------------------
     def _image_call(self, kind: str, requests: list[GenerateRequest] | list[EditRequest], progress: ProgressFn | None,
@@ -166,15 +169,19 @@ class UniPicEngine:
 
 
 def load_engine(source: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
-                fast: bool = False) -> UniPicEngine:
+                fast: bool = False, int8: bool = False) -> UniPicEngine:
     """Load weights and tokenizer once; the engine then serves any number of calls.
 
     source: "tiny" (random tiny weights, fixed seed, identical in every process), a local checkpoint directory
     (official layout, see `model.checkpoint`), a Hugging Face repo id such as "Skywork/Skywork-UniPic-1.5B", or
     "random:<config>" (random weights drawn on the device; benchmarks only). dtype: float32 / bfloat16 / float16.
     fast: compiled hot modules (`model.engine.fast_paths`), off by default; the eager path is always selectable.
+    int8: the LLM's decoder linears as weight-only int8 (`model.llm.quantize_int8`), off by default: 1.2 GiB less
+    at bf16 for a small drift (`python -m bench.memory --drift`).
     """
     loaded = load_model(source, device, dtype)
+    if int8:
+        quantize_int8(loaded.model.llm)
     tokenizer = load_tokenizer(loaded.directory, loaded.config.llm.vocab_size)
     params = next(loaded.model.parameters())
     log.info("loaded %s (%s) on %s as %s", loaded.model_id, loaded.revision, params.device, params.dtype)

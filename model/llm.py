@@ -3,12 +3,16 @@
 Owns the forward passes UniPic needs (spec §3.2, §5.2-5.4, §7.1): a causal prefix pass that fills a KV buffer,
 and chunk passes that attend to a read-only prefix (pads excluded by `text_mask`) with per-row positions. Doing
 this here rather than through `DynamicCache` keeps the prefix immutable, lets rows of different lengths share a
-batch without changing any row's result, and makes cancellation a row selection. Math equals HF's Qwen2
+batch without changing any row's result, and makes cancellation a row selection. A MAR step's chunk (`chunk`)
+attends to prefixes held where they already are (each item's own buffer): its own K/V live for one layer only,
+so no step-sized copy of every prefix is made. The SwiGLU MLP runs over at most `mlp_rows` token rows at a time
+(row-wise math: the same bits, a bounded intermediate). Math equals HF's Qwen2
 (RMSNorm, half-split RoPE in float32, GQA, SwiGLU); `tests/model/test_llm.py` checks it against HF's forward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +22,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from model.config import LLMConfig
 
 ROPE_BLOCK = 256  # positions per block of the cached RoPE table
+# token rows per SwiGLU MLP call: its three (rows, intermediate) tensors are the largest a MAR step allocates
+# (1024² edit: 2 x 3960 rows x 8960 x 3, 406 MiB in bf16); 2048 rows keep them near 100 MiB and GEMMs large
+MLP_ROWS = 2048
 
 
 def build_llm(cfg: LLMConfig) -> Qwen2ForCausalLM:
@@ -57,12 +64,37 @@ class KVBuffer:
         return KVBuffer([take(k) for k in self.keys], [take(v) for v in self.values], self.prefix_len)
 
 
+@dataclass
+class PrefixRun:
+    """Consecutive rows of a chunk pass whose prefix K/V are rows [first, first + count) of `kv`."""
+
+    kv: KVBuffer
+    first: int
+    count: int
+
+
+@dataclass
+class ChunkGroup:
+    """Rows [a, b) of a chunk pass that are alike: prefix length t (K/V from `runs`, in row order), chunk length
+    n (the chunk's later tokens are padding)."""
+
+    a: int
+    b: int
+    t: int
+    n: int
+    runs: list[PrefixRun]
+
+
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class QwenRunner:
     """Cached forward passes over a `Qwen2ForCausalLM` whose weights it reads but never changes."""
 
-    def __init__(self, llm: Qwen2ForCausalLM, cfg: LLMConfig) -> None:
+    def __init__(self, llm: Qwen2ForCausalLM, cfg: LLMConfig, mlp_rows: int | None = MLP_ROWS) -> None:
         self.llm = llm
         self.cfg = cfg
+        self.mlp_rows = mlp_rows  # None: the MLP over all rows at once
         self._rope_table: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -91,17 +123,11 @@ class QwenRunner:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
-    def _layers(
-        self, x: torch.Tensor, positions: torch.Tensor, kv: KVBuffer, start: int, mask: torch.Tensor | None,
-        ragged: list[tuple[int, int, int, int, torch.Tensor]] | None = None,
-    ) -> torch.Tensor:
-        """Run all layers on x (R, Q, H) written at slots [start, start+Q); mask None = causal from slot 0.
-        ragged: row groups (first row, end row, prefix T, chunk length n, mask (b-a, 1, n, T+n)) whose chunk
-        goes to slots [T, T+n) and attends over exactly those T+n slots (see `extend`)."""
+    def _layers(self, x: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """Run all layers on x (R, Q, H) at these positions (R, Q); `attend(layer, q, k, v)` -> (R, nh, Q, hd)."""
         r, q_len, hidden = x.shape
         nh, nkv, hd = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
         cos, sin = self._rope(positions, x.dtype)
-        end = start + q_len
         for i, layer in enumerate(self.llm.model.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -109,32 +135,73 @@ class QwenRunner:
             k = attn.k_proj(h).view(r, q_len, nkv, hd).transpose(1, 2)  # (R, nkv, Q, hd)
             v = attn.v_proj(h).view(r, q_len, nkv, hd).transpose(1, 2)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            if ragged is not None:
-                out = self._ragged_attention(q, k, v, kv, i, ragged)
-            else:
-                kv.keys[i][:, :, start:end] = k
-                kv.values[i][:, :, start:end] = v
-                keys, values = kv.keys[i][:, :, :end], kv.values[i][:, :, :end]
-                if mask is None:
-                    out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
-                else:  # expand kv heads: the masked (memory-efficient) CUDA kernels take no GQA flag
-                    keys, values = (t.repeat_interleave(nh // nkv, dim=1) for t in (keys, values))
-                    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            out = attend(i, q, k, v)
+            del q, k, v, h
             x = x + attn.o_proj(out.transpose(1, 2).reshape(r, q_len, hidden))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            del out
+            x = x + self._mlp(layer, x)
         return self.llm.model.norm(x)
 
-    def _ragged_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: KVBuffer, layer: int,
-                          ragged: list[tuple[int, int, int, int, torch.Tensor]]) -> torch.Tensor:
-        """Each row group attends over its own prefix and chunk lengths only -> (R, nh, Q, hd), zeros at padding."""
-        groups = self.cfg.num_heads // self.cfg.num_kv_heads
-        out = torch.zeros_like(q)
-        for a, b, t, n, mask in ragged:
-            kv.keys[layer][a:b, :, t : t + n] = k[a:b, :, :n]
-            kv.values[layer][a:b, :, t : t + n] = v[a:b, :, :n]
-            keys, values = (c[layer][a:b, :, : t + n].repeat_interleave(groups, dim=1) for c in (kv.keys, kv.values))
-            out[a:b, :, :n] = F.scaled_dot_product_attention(q[a:b, :, :n], keys, values, attn_mask=mask)
-        return out
+    def _mlp(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The layer's norm + SwiGLU MLP over x (R, Q, H), at most `mlp_rows` token rows per call: contiguous
+        slices of the flat (R·Q, H) view, sizes within one of each other (never a small remainder: BLAS rounds
+        differently below 4 rows), so each row meets the same kernels as in one call."""
+        r, q_len, hidden = x.shape
+        rows = r * q_len
+        if self.mlp_rows is None or rows <= self.mlp_rows:
+            return layer.mlp(layer.post_attention_layernorm(x))
+        parts = -(-rows // self.mlp_rows)
+        flat = x.reshape(rows, hidden)
+        out = torch.empty_like(flat)
+        for i in range(parts):
+            s, e = i * rows // parts, (i + 1) * rows // parts
+            out[s:e] = layer.mlp(layer.post_attention_layernorm(flat[s:e]))
+        return out.view(r, q_len, hidden)
+
+    def _cached(self, kv: KVBuffer, start: int, mask: torch.Tensor | None) -> Attend:
+        """Attention that writes the pass's K/V at slots [start, start+Q) of `kv` and attends over [0, start+Q);
+        mask None = causal from slot 0."""
+        nh, nkv = self.cfg.num_heads, self.cfg.num_kv_heads
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            end = start + q.shape[2]
+            kv.keys[i][:, :, start:end] = k
+            kv.values[i][:, :, start:end] = v
+            keys, values = kv.keys[i][:, :, :end], kv.values[i][:, :, :end]
+            if mask is None:
+                return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
+            # expand kv heads: the masked (memory-efficient) CUDA kernels take no GQA flag
+            keys, values = (t.repeat_interleave(nh // nkv, dim=1) for t in (keys, values))
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
+        return attend
+
+    def _grouped(self, groups: list[ChunkGroup], masks: list[torch.Tensor]) -> Attend:
+        """Attention of each row group over its own prefix (read where it is held) and its first n chunk tokens:
+        the shapes it has alone, so batch-mates and padding change none of its bits. Zeros at padding."""
+        nh, nkv = self.cfg.num_heads, self.cfg.num_kv_heads
+
+        def expanded(i: int, g: ChunkGroup, chunk: torch.Tensor, which: str) -> torch.Tensor:
+            """(b-a, nh, t+n, hd): the group's prefix K (or V) then its chunk's, kv heads repeated for GQA."""
+            b, hd = g.b - g.a, chunk.shape[-1]
+            out = chunk.new_empty(b, nkv, nh // nkv, g.t + g.n, hd)
+            row = 0
+            for run in g.runs:
+                src = getattr(run.kv, which)[i][run.first : run.first + run.count, :, : g.t]  # (count, nkv, t, hd)
+                out[row : row + run.count, :, :, : g.t] = src[:, :, None]
+                row += run.count
+            out[:, :, :, g.t :] = chunk[g.a : g.b, :, None, : g.n]
+            return out.view(b, nh, g.t + g.n, hd)
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros_like(q)
+            for g, mask in zip(groups, masks, strict=True):
+                keys, values = expanded(i, g, k, "keys"), expanded(i, g, v, "values")
+                out[g.a : g.b, :, : g.n] = F.scaled_dot_product_attention(q[g.a : g.b, :, : g.n], keys, values,
+                                                                         attn_mask=mask)
+            return out
+
+        return attend
 
     def new_buffer(self, rows: int, capacity: int, like: torch.Tensor) -> KVBuffer:
         shape = (rows, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
@@ -150,34 +217,74 @@ class QwenRunner:
         r, t, _ = embeds.shape
         kv = self.new_buffer(r, capacity or t, embeds)
         positions = torch.arange(t, device=embeds.device).expand(r, t)
-        hidden = self._layers(embeds, positions, kv, 0, None)
+        hidden = self._layers(embeds, positions, self._cached(kv, 0, None))
         kv.prefix_len = t
         return hidden, kv
 
-    def extend(self, x: torch.Tensor, kv: KVBuffer, text_mask: torch.Tensor, written: int = 0,
-               segments: list[tuple[int, int, int, int]] | None = None) -> torch.Tensor:
+    def extend(self, x: torch.Tensor, kv: KVBuffer, text_mask: torch.Tensor, written: int = 0) -> torch.Tensor:
         """Chunk x (R, Q, H) at slots prefix_len+written.. attending to real prefix tokens and causally to the
-        `written` earlier slots and itself; row r's positions continue from its real length T_r.
-
-        segments (first row, end row, prefix T, chunk length n): ragged rows (MAR steps of items at different
-        steps, prompts of different lengths). Rows [a, b) then attend over exactly their T prefix slots and the
-        first n chunk tokens, the shapes they have alone, so batch-mates and padding change none of their bits.
-        The chunk's later tokens are padding (its outputs are zeros)."""
+        `written` earlier slots and itself; row r's positions continue from its real length T_r."""
         r, q_len, _ = x.shape
         start = kv.prefix_len + written
-        lengths = text_mask.sum(dim=1)  # (R,) T_r
-        positions = lengths[:, None] + written + torch.arange(q_len, device=x.device)[None]  # (R, Q)
-        if segments is not None:
-            assert written == 0, "ragged chunks are MAR steps: nothing written before them"
-            ragged = []
-            for a, b, t, n in segments:
-                causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-                mask = torch.cat([text_mask[a:b, None, :t].expand(-1, n, -1), causal.expand(b - a, -1, -1)], dim=2)
-                ragged.append((a, b, t, n, mask[:, None]))  # mask (b-a, 1, n, T+n)
-            return self._layers(x, positions, kv, start, None, ragged)
+        positions = self._chunk_positions(text_mask, written, q_len)
         causal = torch.ones(q_len, written + q_len, dtype=torch.bool, device=x.device).tril(written)
         mask = torch.cat([text_mask[:, None, :].expand(r, q_len, -1), causal.expand(r, -1, -1)], dim=2)
-        return self._layers(x, positions, kv, start, mask[:, None])  # mask (R, 1, Q, start+Q)
+        return self._layers(x, positions, self._cached(kv, start, mask[:, None]))  # mask (R, 1, Q, start+Q)
+
+    def chunk(self, x: torch.Tensor, text_mask: torch.Tensor, groups: list[ChunkGroup]) -> torch.Tensor:
+        """A MAR step's chunk x (R, Q, H) over ragged rows: rows [a, b) of each group attend to their t real
+        prefix tokens (pads excluded by `text_mask` (R, T)) and causally to their first n chunk tokens; positions
+        continue from each row's real length. The chunk's K/V are never stored (nothing reuses them)."""
+        q_len = x.shape[1]
+        masks = []
+        for g in groups:
+            causal = torch.ones(g.n, g.n, dtype=torch.bool, device=x.device).tril()
+            mask = torch.cat([text_mask[g.a : g.b, None, : g.t].expand(-1, g.n, -1),
+                              causal.expand(g.b - g.a, -1, -1)], dim=2)
+            masks.append(mask[:, None])  # (b-a, 1, n, t+n)
+        positions = self._chunk_positions(text_mask, 0, q_len)
+        return self._layers(x, positions, self._grouped(groups, masks))
+
+    @staticmethod
+    def _chunk_positions(text_mask: torch.Tensor, written: int, q_len: int) -> torch.Tensor:
+        lengths = text_mask.sum(dim=1)  # (R,) T_r
+        return lengths[:, None] + written + torch.arange(q_len, device=text_mask.device)[None]  # (R, Q)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.llm.lm_head(hidden)
+
+
+
+class Int8Linear(torch.nn.Module):
+    """A linear layer with int8 weights and one scale per output channel (symmetric, max |w| -> 127), dequantized
+    into the activations' dtype inside each call: half the bytes of bf16 weights at rest, one layer's weight
+    in the model dtype for the length of its matmul."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach()
+        scale = w.abs().amax(dim=1).float().clamp(min=torch.finfo(torch.float32).tiny) / 127  # (out,)
+        self.register_buffer("weight_int8", torch.round(w.float() / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(w.dtype))
+        self.bias = linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight_int8.to(x.dtype) * self.scale.to(x.dtype)[:, None]
+        return F.linear(x, weight, self.bias)
+
+
+INT8_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                "mlp.up_proj", "mlp.down_proj")
+
+
+def quantize_int8(llm: Qwen2ForCausalLM) -> None:
+    """Opt-in weight-only int8 for the LLM's decoder linears (q/k/v/o and the SwiGLU MLP, 85% of its weights):
+    each becomes an `Int8Linear`, in place. Their bytes halve (2.44 -> 1.22 GiB at bf16 on the full model) for a
+    small drift (`python -m bench.memory --drift`). The token embedding (a lookup, tied to lm_head), the norms and
+    everything outside the LLM stay as they are. Off unless asked for (`load_engine(int8=True)`)."""
+    for layer in llm.model.layers:
+        for name in INT8_LINEARS:
+            parent, attr = name.split(".")
+            owner = getattr(layer, parent)
+            setattr(owner, attr, Int8Linear(getattr(owner, attr)))

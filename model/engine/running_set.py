@@ -26,7 +26,7 @@ from model.engine.conditioning import Conditioner, Conditioning
 from model.engine.requests import EditRequest, GenerateRequest, ImageRequest, check_sampling, item_generator
 from model.engine.sampler import MARSampler, StepRows
 from model.images import to_pil
-from model.llm import KVBuffer
+from model.llm import PrefixRun
 
 KINDS = {"generate": GenerateRequest, "edit": EditRequest}
 
@@ -85,8 +85,8 @@ class Layout:
 
     ids: tuple[str, ...]
     at: list[int]  # first row of each item: its n cond rows, then its n uncond rows with CFG
-    kv: KVBuffer  # (R, kv_heads, T + P + L, head_dim): prefixes padded to the longest T
-    text_mask: torch.Tensor  # (R, T)
+    prefixes: list[PrefixRun]  # each item's own prefix K/V, read where they are (no step-sized copy)
+    text_mask: torch.Tensor  # (R, T), T the longest prefix
     con_embed: torch.Tensor | None  # (R, P+L, D)
 
 
@@ -107,6 +107,9 @@ class RunningSet:
     size: int
     items: list[ItemState] = field(default_factory=list)
     stats: StepStats = field(default_factory=StepStats)
+    # rows of a step run in this many passes (2 with CFG: cond rows, then uncond rows) when memory does not allow
+    # one batch (chosen by the worker's card fit); the results are the same
+    row_passes: int = 1
     _layout: Layout | None = None
 
     def __post_init__(self) -> None:
@@ -198,7 +201,7 @@ class RunningSet:
         if not done:
             return []
         if self._layout is not None and {it.id for it in done} & set(self._layout.ids):
-            self._layout = None  # its rows change anyway: free the padded K/V before the decoder needs the memory
+            self._layout = None  # its rows change anyway: free its edit rows before the decoder needs the memory
         finished = self._finish(done)
         gone = {it.id for it in done}
         self.items = [it for it in self.items if it.id not in gone]
@@ -209,7 +212,7 @@ class RunningSet:
         try:
             layout = self._rows_layout(chosen)
             rows = self._step_rows(chosen, layout)
-            z = self.sampler.conditions(rows, self.grid)  # (R, L, D)
+            z = self.sampler.conditions(rows, self.grid, self.row_passes)  # (R, L, D)
             commits = [it.orders[:, it.after[it.step] : it.masked].sort(dim=1).values for it in chosen]  # (n, k_i)
             samples = self._sample(chosen, layout, z, commits)
         except BaseException:
@@ -228,24 +231,14 @@ class RunningSet:
         at = [sum(it.total_rows for it in chosen[:i]) for i in range(len(chosen))]
         rows = sum(it.total_rows for it in chosen)
         width = max(it.cond.kv.prefix_len for it in chosen)
-        capacity = width + self.model.cfg.mar.buffer_size + self.seq_len
-        first = chosen[0].cond.kv
         mask = chosen[0].cond.text_mask.new_zeros(rows, width)  # (R, T)
-        keys, values = [], []
-        for layer, k0 in enumerate(first.keys):
-            k = k0.new_zeros(rows, k0.shape[1], capacity, k0.shape[3])  # (R, kv_heads, T+P+L, head_dim)
-            v = torch.zeros_like(k)
-            for it, a in zip(chosen, at, strict=True):
-                b, t = a + it.total_rows, it.cond.kv.prefix_len
-                k[a:b, :, :t] = it.cond.kv.keys[layer]
-                v[a:b, :, :t] = it.cond.kv.values[layer]
-                mask[a:b, :t] = it.cond.text_mask
-            keys.append(k)
-            values.append(v)
+        for it, a in zip(chosen, at, strict=True):
+            mask[a : a + it.total_rows, : it.cond.kv.prefix_len] = it.cond.text_mask
+        prefixes = [PrefixRun(it.cond.kv, 0, it.total_rows) for it in chosen]
         con = None
         if self.kind == "edit":
             con = torch.cat([it.cond.con_embed.expand(it.total_rows, -1, -1) for it in chosen])
-        self._layout = Layout(ids, at, KVBuffer(keys, values, width), mask, con)  # con (R, P+L, D)
+        self._layout = Layout(ids, at, prefixes, mask, con)  # con (R, P+L, D)
         return self._layout
 
     def _step_rows(self, chosen: list[ItemState], layout: Layout) -> StepRows:
@@ -268,7 +261,7 @@ class RunningSet:
         self.stats.steps += 1
         self.stats.token_rows += r * (2 * (p + width) + p + length)  # encoder, LLM chunk, decoder
         self.stats.pad_rows += 2 * sum((b - a) * (width - v) for a, b, _, v in groups)  # host numbers: no sync
-        return StepRows(tokens, vis, lengths, groups, layout.kv, layout.text_mask, layout.con_embed)
+        return StepRows(tokens, vis, lengths, groups, layout.prefixes, layout.text_mask, layout.con_embed)
 
     def _sample(self, chosen: list[ItemState], layout: Layout, z: torch.Tensor, commits: list[torch.Tensor]
                 ) -> list[torch.Tensor]:

@@ -11,13 +11,14 @@ pass each item's draws) and knows nothing of items, schedules or steps; `model.e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
 from model.diffloss import cfg_mix
 from model.diffusion import DiffusionSchedule, p_sample_loop
 from model.engine.head_graph import HeadGraphs
-from model.llm import KVBuffer, QwenRunner
+from model.llm import ChunkGroup, PrefixRun, QwenRunner
 from model.unipic import UniPic
 
 
@@ -29,14 +30,21 @@ class StepRows:
     visible: torch.Tensor  # (R, V) ascending raster indices; a row with fewer visible tokens is padded with L
     lengths: torch.Tensor  # (R,) visible tokens per row
     groups: list[tuple[int, int, int, int]]  # (first row, end row, prefix T, visible V): rows alike, in order
-    kv: KVBuffer  # R rows: the prefix (padded to the longest T), then room for the P+V chunk
-    text_mask: torch.Tensor  # (R, T) bool
+    prefixes: list[PrefixRun]  # where each row's prefix K/V are held, covering the R rows in order
+    text_mask: torch.Tensor  # (R, T) bool, T the longest prefix
     con_embed: torch.Tensor | None  # (R, P+L, D) decoder_embed(x_con), editing
 
     @property
     def padded(self) -> bool:
         """Whether some row sees fewer visible tokens than the widest (else the plain, unpadded MAR path)."""
         return any(v < self.visible.shape[1] for *_, v in self.groups)
+
+    def rows(self, a: int, b: int) -> StepRows:
+        """Rows [a, b) alone (as if only they were stepped; shapes other than the row count unchanged)."""
+        groups = [(max(g, a) - a, min(e, b) - a, t, v) for g, e, t, v in self.groups if max(g, a) < min(e, b)]
+        con = None if self.con_embed is None else self.con_embed[a:b]
+        return StepRows(self.tokens[a:b], self.visible[a:b], self.lengths[a:b], groups,
+                        prefix_runs(self.prefixes, a, b), self.text_mask[a:b], con)
 
     def encoder_segments(self, p: int) -> list[tuple[int, int, int]]:
         """(first row, end row, P+V) with neighbouring groups of the same V merged."""
@@ -47,6 +55,17 @@ class StepRows:
             else:
                 out.append((a, b, p + v))
         return out
+
+
+def prefix_runs(runs: list[PrefixRun], a: int, b: int) -> list[PrefixRun]:
+    """The parts of `runs` (covering rows 0.. in order) that hold rows [a, b)."""
+    out, row = [], 0
+    for run in runs:
+        lo, hi = max(a, row), min(b, row + run.count)
+        if lo < hi:
+            out.append(PrefixRun(run.kv, run.first + lo - row, hi - lo))
+        row += run.count
+    return out
 
 
 def chunk_order(lengths: torch.Tensor, p: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,23 +110,34 @@ class MARSampler:
             self._t_emb[key] = net.time_embed(t)
         return self._t_emb[key]
 
-    def conditions(self, rows: StepRows, grid: tuple[int, int]) -> torch.Tensor:
+    def conditions(self, rows: StepRows, grid: tuple[int, int], passes: int = 1) -> torch.Tensor:
         """Steps 1-6 of spec §5.4 -> per-position head conditions z (R, L, D).
 
         Every attention runs per row group over that group's own lengths (`StepRows.groups`), and row-wise
-        layers see padding only as extra rows, so a row's result does not depend on its batch-mates."""
+        layers see padding only as extra rows, so a row's result does not depend on its batch-mates. That is
+        what lets `passes` > 1 run the rows in that many passes of contiguous rows (about R/passes each: with CFG
+        and 2 passes, an item's cond rows, then its uncond rows) when the activations of all rows at once do not
+        fit: the same z, for a peak that the step's transients add only R/passes rows' worth to."""
+        r = rows.tokens.shape[0]
+        if passes <= 1 or r == 1:
+            return self._conditions(rows, grid)
+        n = min(passes, r)
+        bounds = [i * r // n for i in range(n + 1)]
+        return torch.cat([self._conditions(rows.rows(a, b), grid) for a, b in pairwise(bounds)])
+
+    def _conditions(self, rows: StepRows, grid: tuple[int, int]) -> torch.Tensor:
         mar, p = self.model.mar, self.model.cfg.mar.buffer_size
         padded = rows.padded
         x_enc = mar.encode(rows.tokens, rows.visible, grid, rows.encoder_segments(p) if padded else None)  # (R, P+V, D)
         u = self.model.proj_in(x_enc)  # (R, P+V, H)
-        chunks = [(a, b, t, v + p) for a, b, t, v in rows.groups]
+        chunks = [ChunkGroup(a, b, t, v + p, prefix_runs(rows.prefixes, a, b)) for a, b, t, v in rows.groups]
         if padded:
             to_chunk, from_chunk = chunk_order(rows.lengths, p, rows.visible.shape[1])
-            h = self.runner.extend(gather_rows(u, to_chunk), rows.kv, rows.text_mask, segments=chunks)  # (R, V+P, H)
+            h = self.runner.chunk(gather_rows(u, to_chunk), rows.text_mask, chunks)  # (R, V+P, H)
             h = gather_rows(h, from_chunk)  # (R, P+V, H) buffers first again
         else:
             u = torch.cat([u[:, p:], u[:, :p]], dim=1)  # visible tokens, then buffers
-            h = self.runner.extend(u, rows.kv, rows.text_mask, segments=chunks)  # (R, V+P, H)
+            h = self.runner.chunk(u, rows.text_mask, chunks)  # (R, V+P, H)
             h = torch.cat([h[:, -p:], h[:, :-p]], dim=1)  # buffers first again
         x_enc = x_enc + self.model.proj_out(h)
         return mar.decode(x_enc, rows.visible, grid, rows.con_embed)  # (R, L, D)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from model.config import TINY
-from model.llm import QwenRunner, build_llm
+from model.llm import ChunkGroup, KVBuffer, PrefixRun, QwenRunner, build_llm
 
 
 def runner() -> QwenRunner:
@@ -49,3 +50,66 @@ def test_incremental_decoding_equals_full_pass():
         steps = [run.extend(toks[:, i : i + 1], kv, mask, written=i) for i in range(3)]
         ref = run.llm.model(inputs_embeds=torch.cat([x, toks], dim=1)).last_hidden_state[:, 5:]
     torch.testing.assert_close(torch.cat(steps, dim=1), ref, rtol=1e-5, atol=1e-5)
+
+
+def copied_buffer_attention(prefixes: list[KVBuffer], text_mask: torch.Tensor,
+                            groups: list[tuple[int, int, int, int]]):
+    """The MAR step's attention before issue 26's cuts: every item's prefix K/V copied into one (R, T+Q) buffer,
+    the chunk's K/V written after each group's prefix, kv heads repeated, one SDPA per group."""
+    width = max(kv.prefix_len for kv in prefixes)
+
+    def attend(i, q, k, v):
+        r, q_len = q.shape[0], q.shape[2]
+        keys = k.new_zeros(r, k.shape[1], width + q_len, k.shape[3])
+        values = torch.zeros_like(keys)
+        row = 0
+        for kv in prefixes:
+            n = kv.keys[i].shape[0]
+            keys[row : row + n, :, : kv.prefix_len], values[row : row + n, :, : kv.prefix_len] = kv.keys[i], kv.values[i]
+            row += n
+        out = torch.zeros_like(q)
+        for a, b, t, n in groups:
+            keys[a:b, :, t : t + n], values[a:b, :, t : t + n] = k[a:b, :, :n], v[a:b, :, :n]
+            ks, vs = (c[a:b, :, : t + n].repeat_interleave(q.shape[1] // k.shape[1], dim=1) for c in (keys, values))
+            causal = torch.ones(n, n, dtype=torch.bool).tril()
+            mask = torch.cat([text_mask[a:b, None, :t].expand(-1, n, -1), causal.expand(b - a, -1, -1)], dim=2)
+            out[a:b, :, :n] = F.scaled_dot_product_attention(q[a:b, :, :n], ks, vs, attn_mask=mask[:, None])
+        return out
+
+    return attend
+
+
+def test_chunk_reads_each_prefix_where_held_with_the_bits_of_a_copied_buffer():
+    # Before the memory cuts (issue 26) a MAR step copied every item's prefix K/V into one (R, T+P+L) buffer and
+    # wrote the chunk's K/V into it; now each group reads its items' own buffers and the chunk's K/V live for one
+    # layer. The output must have exactly the bits of the copied buffer (two items, prefix lengths 7 and 5, the
+    # second item's chunk shorter: ragged rows).
+    run = runner()
+    x, y = torch.randn(2, 7, 64), torch.randn(1, 5, 64)
+    mask = torch.tensor([[True] * 7, [True] * 6 + [False], [True] * 5 + [False] * 2])
+    chunk = torch.randn(3, 6, 64)
+    with torch.no_grad():
+        held = [run.prefix(x)[1], run.prefix(y)[1]]
+        old = copied_buffer_attention(held, mask, [(0, 2, 7, 6), (2, 3, 5, 4)])
+        ref = run._layers(chunk, run._chunk_positions(mask, 0, 6), old)
+        out = run.chunk(chunk, mask, [ChunkGroup(0, 2, 7, 6, [PrefixRun(held[0], 0, 2)]),
+                                      ChunkGroup(2, 3, 5, 4, [PrefixRun(held[1], 0, 1)])])
+        assert torch.equal(out, ref)
+        # a group may take its rows from several buffers, or from part of one
+        parts = run.chunk(chunk[:2], mask[:2], [ChunkGroup(0, 2, 7, 6, [PrefixRun(held[0], 0, 1),
+                                                                       PrefixRun(held[0], 1, 1)])])
+        assert torch.equal(parts, run.chunk(chunk[:2], mask[:2], [ChunkGroup(0, 2, 7, 6, [PrefixRun(held[0], 0, 2)])]))
+
+
+def test_mlp_in_row_slices_has_the_bits_of_one_call():
+    # The SwiGLU MLP runs over at most `mlp_rows` token rows per call (issue 26: its intermediates were the MAR
+    # step's peak); every row must come out with the same bits as in one call, the prefix pass included.
+    run = runner()
+    x = torch.randn(3, 19, 64)
+    with torch.no_grad():
+        run.mlp_rows = None
+        whole, kv_whole = run.prefix(x)
+        run.mlp_rows = 8  # 57 rows -> 8 slices of 7-8 rows
+        sliced, kv_sliced = run.prefix(x)
+    assert torch.equal(sliced, whole)
+    assert all(torch.equal(a, b) for a, b in zip(kv_sliced.keys, kv_whole.keys, strict=True))
