@@ -18,6 +18,7 @@ from typing import Any
 
 from storage.routing import served_model
 from storage.settings import Settings
+from workers.device.card_fit import configure_engine
 from workers.device.health import GuardedEngine, probe_request
 from workers.faults import FaultInjector
 from workers.runner.oom import is_oom
@@ -66,6 +67,7 @@ def load_ready_engine(settings: Settings, faults: FaultInjector | None = None) -
     device, dtype = settings.worker_device, runtime_dtype(settings)
     check_device(device, dtype)
     engine = _load(settings.model, device, dtype, fast=settings.model_fast, cache_dir=settings.model_cache_dir)
+    configure_engine(engine)  # card fit's CFG row passes per size, where one batch does not fit the card
     guarded = GuardedEngine(engine, probe_request(settings.allowed_sizes, settings.worker_max_pixels),
                             check_device=(faults or FaultInjector()).check_device)
     try:

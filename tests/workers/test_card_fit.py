@@ -67,3 +67,28 @@ def test_fit_to_card_keeps_explicit_limits_and_ignores_cpu() -> None:
     assert report["card_fit"]["batch_by_size"] == {"256": 8, "512": 8, "1024": 4}
     unknown = Settings(worker_device="cuda:0")
     assert fit_to_card(unknown, read_free=lambda _: None) is unknown
+
+
+def test_cfg_rows_in_two_passes_where_one_batch_does_not_fit() -> None:
+    # issue 26: a size whose one-pass rows do not fit (or fit fewer items) runs its CFG rows in two passes, and
+    # the worker's engine is told so (`configure_engine`); where one pass fits as many, it stays one batch
+    from workers.device.card_fit import MemoryRow, MemoryTable, configure_engine
+
+    def rows(size: int, passes: int, peaks: list[float]) -> list[MemoryRow]:
+        return [MemoryRow(kind="edit", size=size, batch=b + 1, peak_gib=p, passes=passes) for b, p in enumerate(peaks)]
+
+    table = MemoryTable(source="test", rows=rows(512, 1, [5.0, 5.5]) + rows(512, 2, [4.9, 5.3])
+                        + rows(1024, 1, [6.9, 7.9]) + rows(1024, 2, [6.3, 7.1]))
+    choice = choose(7.6, ["edit"], table)  # budget 6.62
+    assert (choice.max_size, choice.batch_by_size, choice.row_passes) == (1024, {512: 2, 1024: 1}, {1024: 2})
+    assert "CFG rows in passes {1024: 2}" in choice.line()
+    roomy = choose(8.6, ["edit"], table)  # budget 7.57: one pass fits batch 1 at 1024, two passes batch 2
+    assert (roomy.batch_by_size, roomy.row_passes) == ({512: 2, 1024: 2}, {1024: 2})
+    assert choose(9.6, ["edit"], table).row_passes == {}  # one batch fits batch 2 too
+
+    class Engine:
+        row_passes: dict[int, int] = {}
+
+    engine = Engine()
+    configure_engine(engine, choice)
+    assert engine.row_passes == {1024: 2}

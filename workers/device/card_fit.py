@@ -5,7 +5,9 @@ measured on a GPU are marked estimated, with their basis: `cpu-accounted` by ben
 `budget = free - context reserve - margin`, the largest table size whose batch-1 peak fits for every kind the
 worker serves becomes `worker_max_pixels` (and so its queues), the largest batch that fits at each size gives
 `worker_max_batch` (at the smallest size) and `worker_batch_pixel_budget` (the tightest `batch x pixels` over
-the sizes served), so a batch the store claims never holds more than fits. Limits the user set explicitly
+the sizes served), so a batch the store claims never holds more than fits. Where a size fits a larger batch
+(or fits at all) only with a MAR step's CFG rows run in two passes (rows with `passes: 2`, same results, less
+memory), the choice says so (`row_passes`) and the worker's engine runs that size so. Limits the user set explicitly
 (`UNIPIC_WORKER_MAX_PIXELS`, `--max-batch`, ...) are kept; out-of-memory splitting stays the fallback.
 
 Free memory is read through NVML (`workers.device.nvml`), so choosing touches no CUDA context and is safe before a
@@ -51,6 +53,7 @@ class MemoryRow(BaseModel):
     peak_gib: float = Field(gt=0)
     estimated: bool = False  # not measured on a GPU
     basis: str = "measured"  # measured | cpu-accounted (bench/memory.py, where no GPU measurement exists) | estimated
+    passes: int = Field(default=1, ge=1)  # a MAR step's rows in this many passes (2: CFG's cond and uncond apart)
 
 
 class MemoryTable(BaseModel):
@@ -61,9 +64,9 @@ class MemoryTable(BaseModel):
     source: str
     rows: list[MemoryRow]
 
-    def peak(self, kind: str, size: int, batch: int) -> float | None:
+    def peak(self, kind: str, size: int, batch: int, passes: int = 1) -> float | None:
         for row in self.rows:
-            if (row.kind, row.size, row.batch) == (kind, size, batch):
+            if (row.kind, row.size, row.batch, row.passes) == (kind, size, batch, passes):
                 return row.peak_gib
         return None
 
@@ -86,13 +89,17 @@ class CardChoice(BaseModel):
     batch_by_size: dict[int, int]
     max_batch: int
     batch_pixel_budget: int
+    row_passes: dict[int, int] = Field(default_factory=dict,
+                                       description="sizes whose MAR steps run their rows in passes (2: CFG apart)")
     kept: list[str] = Field(default_factory=list, description="limits set explicitly, left as they were")
     table: str = ""
 
     def line(self) -> str:
         return (f"card fit: {self.free_gib:.1f} GiB free, budget {self.budget_gib:.1f} GiB -> max size "
                 f"{self.max_size}px, batch by size {self.batch_by_size}, max batch {self.max_batch}, "
-                f"pixel budget {self.batch_pixel_budget}" + (f" (kept explicit {self.kept})" if self.kept else ""))
+                f"pixel budget {self.batch_pixel_budget}"
+                + (f", CFG rows in passes {self.row_passes}" if self.row_passes else "")
+                + (f" (kept explicit {self.kept})" if self.kept else ""))
 
 
 @lru_cache(maxsize=4)
@@ -113,18 +120,17 @@ def choose(free_gib: float, kinds: Iterable[str], table: MemoryTable | None = No
     budget = budget_gib(free_gib, context_gib)
     allowed = set(sizes) if sizes is not None else None
     batch_by_size: dict[int, int] = {}
+    row_passes: dict[int, int] = {}
     for size in table.sizes():
         if allowed is not None and size not in allowed:
             continue
-        fits = 0
-        for batch in range(1, table.max_batch() + 1):
-            peaks = [table.peak(kind, size, batch) for kind in kinds]
-            if any(p is None or p > budget for p in peaks):
-                break
-            fits = batch
-        if fits == 0:
+        fits = {passes: fitting_batch(table, kinds, size, budget, passes) for passes in (1, 2)}
+        passes = 2 if fits[2] > fits[1] else 1  # one batch where it fits as many items
+        if fits[passes] == 0:
             break  # larger sizes need more memory still
-        batch_by_size[size] = fits
+        batch_by_size[size] = fits[passes]
+        if passes > 1:
+            row_passes[size] = passes
     if not batch_by_size:
         raise CardTooSmall(f"{free_gib:.1f} GiB free (budget {budget:.1f} GiB) fits no image size for {kinds} at "
                            f"batch 1; the smallest needs {min_peak(table, kinds):.1f} GiB")
@@ -132,8 +138,27 @@ def choose(free_gib: float, kinds: Iterable[str], table: MemoryTable | None = No
     return CardChoice(
         free_gib=round(free_gib, 2), budget_gib=round(budget, 2), max_pixels=max_size * max_size, max_size=max_size,
         batch_by_size=batch_by_size, max_batch=batch_by_size[min(batch_by_size)],
-        batch_pixel_budget=pixel_budget(batch_by_size, table.max_batch()), table=table.source,
+        batch_pixel_budget=pixel_budget(batch_by_size, table.max_batch()), row_passes=row_passes, table=table.source,
     )
+
+
+def fitting_batch(table: MemoryTable, kinds: list[str], size: int, budget: float, passes: int) -> int:
+    """The largest batch whose rows (with this many passes) fit `budget` for every kind; 0 if none (or no rows)."""
+    fits = 0
+    for batch in range(1, table.max_batch() + 1):
+        peaks = [table.peak(kind, size, batch, passes) for kind in kinds]
+        if any(p is None or p > budget for p in peaks):
+            break
+        fits = batch
+    return fits
+
+
+def configure_engine(engine: Any, choice: CardChoice | None = None) -> None:
+    """Give a loaded engine this process's choice of row passes per size (`UniPicEngine.row_passes`); engines
+    without the knob (tests' stand-ins) are left alone."""
+    choice = choice if choice is not None else chosen()
+    if choice is not None and hasattr(engine, "row_passes"):
+        engine.row_passes = dict(choice.row_passes)
 
 
 def pixel_budget(batch_by_size: dict[int, int], table_batch: int) -> int:
