@@ -249,3 +249,10 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"writing the tiny checkpoint failed:\n{result.stderr[-4000:]}", pytrace=False)
     return Path(result.stdout.strip().splitlines()[-1])
 
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_checkpoint: Path) -> Any:
+    """The tiny checkpoint loaded once per session, for in-process runs (worker and gateway tests)."""
+    from model.inference import load_engine
+
+    return load_engine(str(tiny_checkpoint), device="cpu", dtype="float32")

@@ -9,7 +9,6 @@ each test makes its own jobs and checks only those.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,13 +95,6 @@ def gateway(migrated: Any, s3_server: str) -> Iterator[Gateway]:
     """The API over loopback HTTP behind a cutting proxy, its presigned URLs behind another (tests.gateway.served)."""
     with served_gateway(migrated, s3_server) as served:
         yield served
-
-
-@pytest.fixture(scope="session")
-def tiny_engine(tiny_checkpoint: Path) -> Any:
-    from model.inference import load_engine
-
-    return load_engine(str(tiny_checkpoint), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Fixtures for the model tests: one tiny engine per session (random weights, fixed seed), a tiny checkpoint."""
+"""Fixtures for the model tests: one tiny engine per session (random weights, fixed seed), the tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -24,10 +24,9 @@ def engine():
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    from model.testing import write_tiny_checkpoint
-
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"))
+def tiny_dir(tiny_checkpoint):
+    """The session's tiny checkpoint (tests/conftest.py), written once for the model, worker and gateway tests."""
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

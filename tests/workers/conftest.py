@@ -7,7 +7,6 @@ tests/support/jobs.py and tests/support/waiting.py.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,13 +18,6 @@ __all__ = ["celery_app", "module_worker", "registry", "start_worker", "worker_en
 
 
 # ---- in-process runs (the real runner, store, S3 and tiny engine, without Celery) ------------------------------
-@pytest.fixture(scope="session")
-def tiny_engine(tiny_checkpoint: Path) -> Any:
-    from model.inference import load_engine
-
-    return load_engine(str(tiny_checkpoint), device="cpu", dtype="float32")
-
-
 @pytest.fixture
 def make_runner(settings: Any, job_store: Any, object_store: Any, tiny_engine: Any, celery_app: Any) -> Any:
     """Build a `BatchRunner` in this process with settings overrides and an optional fault injector (a
