@@ -9,6 +9,12 @@ It prints weights by component and, per phase (text prefill, edit image encode, 
 decode, PNG conversion), the live bytes at the phase's peak; `--write-table` puts the totals into
 `workers/device/card_fit_table.json` as `cpu-accounted` rows wherever no GPU measurement exists.
 
+`--cuts` prints issue 26's memory cuts one by one at 1024 px, batch 1 and 2 (cumulative, each row with its
+saving): the VAE decoder and encoder in bands, each MAR step reading the items' prefix K/V where they are held
+(before: copied into one (R, T+P+L) buffer per layer, emulated here by holding that buffer), the LLM MLP in
+slices of rows, CFG rows in two passes, and the opt-in int8 LLM. `--drift` prints the int8 mode's drift
+against fp32 and bf16 on the tiny model's parity inputs (CPU).
+
 What a meta run cannot see, so a GPU measurement still replaces it: the CUDA context and cuBLAS workspaces
 (card fit reserves them apart), allocator fragmentation (card fit's margin), the diffusion head's CUDA-graph pool
 (run eager here), and which attention kernel CUDA picks: every `scaled_dot_product_attention` is counted as a
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -40,13 +47,14 @@ from model.checkpoint import LoadedModel, build_empty
 from model.config import UniPicConfig, get_config
 from model.diffusion import DiffusionSchedule
 from model.engine import running_set
-from model.inference import EditRequest, GenerateRequest, UniPicEngine
+from model.inference import EditRequest, GenerateRequest, UniPicEngine, load_engine
+from model.llm import quantize_int8
 from model.prompts import load_tokenizer
 from model.unipic import UniPic
 
 GIB = 2**30
 BLOCK = 512  # the CUDA caching allocator rounds every block up to 512 bytes
-TABLE = Path(__file__).resolve().parents[1] / "workers" / "card_fit_table.json"
+TABLE = Path(__file__).resolve().parents[1] / "workers" / "device" / "card_fit_table.json"
 PHASES = ("prefill", "edit encode", "mar step", "diffusion head", "vae decode", "png")
 
 
@@ -149,11 +157,13 @@ def weight_bytes(model: UniPic) -> dict[str, int]:
     return out
 
 
-def meta_engine(cfg: UniPicConfig, dtype: torch.dtype = torch.bfloat16, head_steps: int | None = None
-                ) -> UniPicEngine:
+def meta_engine(cfg: UniPicConfig, dtype: torch.dtype = torch.bfloat16, head_steps: int | None = None,
+                int8: bool = False) -> UniPicEngine:
     """The engine over a meta-device model; `head_steps` shortens the diffusion head's reverse loop (every pass
     allocates alike, so only the (K-1, N, C) noise draws shrink with it) to keep the full-size runs short."""
     model = build_empty(cfg, torch.device("meta"), dtype)
+    if int8:
+        quantize_int8(model.llm)
     loaded = LoadedModel(model, cfg, None, f"meta:{cfg.name}", "meta", cfg.repetition_penalty)
     tok = load_tokenizer(None, cfg.llm.vocab_size)
     engine = UniPicEngine(loaded, tok, torch.device("meta"), dtype, cuda_graphs=False)
@@ -243,31 +253,152 @@ def show(weights: dict[str, int], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_table(rows: list[dict[str, Any]], path: Path = TABLE) -> None:
-    """Put cpu-accounted peaks into card fit's table wherever no GPU measurement exists (measured rows stay).
+def write_table(rows: list[dict[str, Any]], path: Path = TABLE,
+                before: dict[tuple[str, int], int] | None = None) -> None:
+    """Put cpu-accounted peaks into card fit's table wherever no GPU measurement of this code exists.
 
     A meta run sees no allocator fragmentation, workspaces or kernel choice, so each accounted row is raised by
     the gap between the GPU measurement and the account at batch 1 for its kind and size (never lowered): the
-    rows then stay consistent with the measured ones, and the account only says how a row grows with the batch."""
+    rows then stay consistent with the measured ones, and the account only says how a row grows with the batch.
+    `before`: the account at batch 1, per (kind, size), of the code the GPU measured (issue 26's cuts off); the
+    gap is then taken against it, and the measured cells of those sizes are replaced too (the code they measured
+    is gone), the measurement kept beside as `measured_gib`. Rows with "passes" 2 (CFG rows in two passes)
+    are added beside the one-pass rows, with the same gap."""
     data = json.loads(path.read_text())
-    accounted = {(r["kind"], r["size"], r["batch"]): r["peak"] / GIB for r in rows}
-    measured = {(r["kind"], r["size"], r["batch"]): r["peak_gib"] for r in data["rows"]
-                if r.get("basis", "estimated" if r["estimated"] else "measured") == "measured"}
     for row in data["rows"]:
-        key = (row["kind"], row["size"], row["batch"])
         row.setdefault("basis", "estimated" if row["estimated"] else "measured")
-        if row["basis"] == "measured" or key not in accounted:
+    accounted = {(r["kind"], r["size"], r["batch"], r.get("passes", 1)): r["peak"] / GIB for r in rows}
+    measured = {(r["kind"], r["size"], r["batch"]): r.get("measured_gib", r["peak_gib"]) for r in data["rows"]
+                if r["basis"] == "measured" or "measured_gib" in r}
+    before = before or {}
+
+    def gap(kind: str, size: int) -> float:
+        if (kind, size, 1) not in measured:
+            return 0.0
+        base = before[kind, size] / GIB if (kind, size) in before else accounted.get((kind, size, 1, 1))
+        return 0.0 if base is None else max(0.0, measured[kind, size, 1] - base)
+
+    by_key = {(r["kind"], r["size"], r["batch"], r.get("passes", 1)): r for r in data["rows"]}
+    for key, peak in accounted.items():
+        kind, size, batch, passes = key
+        row = by_key.get(key)
+        if row is None:
+            if passes == 1:
+                continue  # cells of the table only
+            row = by_key[key] = {"kind": kind, "size": size, "batch": batch}
+            data["rows"].append(row)
+        row.setdefault("basis", "cpu-accounted")
+        if row["basis"] == "measured" and (kind, size) not in before:
             continue
-        base = (row["kind"], row["size"], 1)
-        gap = max(0.0, measured[base] - accounted[base]) if base in measured and base in accounted else 0.0
-        row["peak_gib"], row["basis"], row["estimated"] = round(accounted[key] + gap, 2), "cpu-accounted", True
+        if row["basis"] == "measured":
+            row["measured_gib"], row["measured_note"] = row["peak_gib"], "GPU, before issue 26's cuts"
+        row["peak_gib"], row["basis"], row["estimated"] = round(peak + gap(kind, size), 2), "cpu-accounted", True
+        if passes != 1:
+            row["passes"] = passes
+    data["rows"].sort(key=lambda r: (r["kind"], r["size"], r.get("passes", 1), r["batch"]))
     data["cpu_accounted"] = ("python -m bench.memory --write-table: meta-device run of the engine at the full "
                              "config, bf16, 32 MAR steps, CFG 3, live storages in 512-byte blocks, raised by the "
-                             "batch-1 gap to the GPU measurement of the same kind and size")
+                             "batch-1 gap between the GPU measurement and the account of the code it measured")
     head = {k: v for k, v in data.items() if k != "rows"}
     lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
     body = ",\n".join(f"  {json.dumps(r)}" for r in data["rows"])
     path.write_text("{\n" + "\n".join(lines) + '\n "rows": [\n' + body + "\n ]\n}\n")
+
+
+CUTS = ("vae bands", "no step K/V copy", "llm mlp slices", "cfg two passes", "int8 llm")
+
+
+@contextmanager
+def cuts_applied(engine: UniPicEngine, cuts: set[str], size: int) -> Iterator[None]:
+    """The engine with only these cuts in effect ("int8 llm" is the engine's own: build it with `int8=True`)."""
+    bands, rows, passes = vae.BAND_PIXELS, engine.runner.mlp_rows, engine.row_passes
+    build = running_set.RunningSet._rows_layout
+
+    def copied_layout(self: running_set.RunningSet, chosen: list[running_set.ItemState]) -> running_set.Layout:
+        """Before the cut each layout held every prefix copied into one (R, kv_heads, T+P+L, hd) buffer per
+        layer (K and V), beside the items' own prefixes: hold that buffer with the layout."""
+        layout = build(self, chosen)
+        if not hasattr(layout, "copied"):
+            rows, width = layout.text_mask.shape
+            k0 = chosen[0].cond.kv.keys[0]
+            shape = (rows, k0.shape[1], width + self.model.cfg.mar.buffer_size + self.seq_len, k0.shape[3])
+            layout.copied = [k0.new_zeros(shape) for _ in range(2 * len(chosen[0].cond.kv.keys))]  # type: ignore[attr-defined]
+        return layout
+
+    patch = None if "no step K/V copy" in cuts else mock.patch.object(running_set.RunningSet, "_rows_layout",
+                                                                        copied_layout)
+    if "vae bands" not in cuts:
+        vae.BAND_PIXELS = 2**62
+    engine.runner.mlp_rows = rows if "llm mlp slices" in cuts else None
+    engine.row_passes = {size: 2} if "cfg two passes" in cuts else {}
+    if patch is not None:
+        patch.start()
+    try:
+        yield
+    finally:
+        if patch is not None:
+            patch.stop()
+        vae.BAND_PIXELS, engine.runner.mlp_rows, engine.row_passes = bands, rows, passes
+
+
+def cuts_table(cfg: UniPicConfig, head_steps: int, steps: int, size: int = 1024, batches: tuple[int, ...] = (1, 2)
+               ) -> list[dict[str, Any]]:
+    """Peaks with the cuts added one at a time (cumulative), generate and edit at each batch."""
+    plain, int8 = meta_engine(cfg, head_steps=head_steps), meta_engine(cfg, head_steps=head_steps, int8=True)
+    out = []
+    for n in range(len(CUTS) + 1):
+        cuts = set(CUTS[:n])
+        engine = int8 if "int8 llm" in cuts else plain
+        peaks = {}
+        for kind in ("generate", "edit"):
+            for batch in batches:
+                with cuts_applied(engine, cuts, size):
+                    peaks[f"{kind} b{batch}"] = account(engine, kind, size, batch, steps).peak
+        out.append({"cut": CUTS[n - 1] if n else "none (before issue 26)", "peaks": peaks})
+    return out
+
+
+def show_cuts(rows: list[dict[str, Any]]) -> str:
+    cols = list(rows[0]["peaks"])
+    lines = ["peak GiB at 1024 px with the cuts added one by one (saving against the row above):",
+             f"{'cut added':24s} " + " ".join(f"{c:>17s}" for c in cols)]
+    for prev, row in zip([None, *rows], rows, strict=False):
+        cells = []
+        for c in cols:
+            now = row["peaks"][c] / GIB
+            cells.append(f"{now:7.3f}" + (f" ({now - prev['peaks'][c] / GIB:+.3f})" if prev else " " * 9))
+        lines.append(f"{row['cut']:24s} " + " ".join(f"{c:>17s}" for c in cells))
+    return "\n".join(lines)
+
+
+def drift() -> str:
+    """int8 LLM vs fp32 and bf16 on the tiny model's parity inputs (bench/gpu_suite.py's drift requests), CPU:
+    max |a - b| / 255 over each image's 8-bit pixels, and the final latent tokens' max |a - b| / max |a|."""
+    reqs = [GenerateRequest(str(i), f"prompt {i}", seed=i, size=64, steps=4) for i in range(3)]
+    runs = {}
+    for name, dtype, int8 in (("fp32", "float32", False), ("bf16", "bfloat16", False),
+                              ("int8 fp32", "float32", True), ("int8 bf16", "bfloat16", True)):
+        engine = load_engine("tiny", "cpu", dtype, int8=int8)
+        rs = engine.open_set("generate", 64)
+        rs.admit(reqs)
+        done = {}
+        while rs.items:
+            done.update({f.id: f for f in rs.step()})
+        runs[name] = [done[r.id] for r in reqs]
+
+    def compare(a: str, b: str) -> str:
+        px = [float(np.abs(np.asarray(x.images[0], np.float32) - np.asarray(y.images[0], np.float32)).max()) / 255
+              for x, y in zip(runs[a], runs[b], strict=True)]
+        tok = [float((x.tokens.float() - y.tokens.float()).abs().max() / x.tokens.float().abs().max())
+               for x, y in zip(runs[a], runs[b], strict=True)]
+        return (f"{b + ' vs ' + a:22s} " + " ".join(f"{v:6.3f}" for v in px) + "   "
+                + " ".join(f"{v:8.2e}" for v in tok))
+
+    lines = ["drift on the tiny model's parity inputs (3 generate requests, 64 px, 4 steps, CPU):",
+             f"{'pair':22s} {'max |dpx| / 255 per image':>22s}   {'tokens max |d| / max |a|':>26s}"]
+    lines += [compare("fp32", "bf16"), compare("fp32", "int8 fp32"), compare("fp32", "int8 bf16"),
+              compare("bf16", "int8 bf16")]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -279,12 +410,22 @@ def main() -> None:
     ap.add_argument("--head-steps", type=int, default=4,
                     help="diffusion head passes per MAR step (the model uses 100; each allocates alike)")
     ap.add_argument("--no-cuts", action="store_true", help="the VAE without bands (the memory before the cuts)")
+    ap.add_argument("--int8", action="store_true", help="the LLM's decoder linears as weight-only int8")
+    ap.add_argument("--cuts", action="store_true", help="issue 26's cuts one by one at 1024 px (at --batches)")
+    ap.add_argument("--drift", action="store_true", help="the int8 mode's drift on the tiny model (CPU)")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--write-table", action="store_true", help="put the totals into workers/device/card_fit_table.json")
     args = ap.parse_args()
+    if args.drift:
+        print(drift())
+        return
+    if args.cuts:
+        batches = tuple(int(b) for b in args.batches.split(","))
+        print(show_cuts(cuts_table(get_config(args.config), args.head_steps, args.steps, batches=batches)))
+        return
     if args.no_cuts:
         vae.BAND_PIXELS = 2**62
-    engine = meta_engine(get_config(args.config), head_steps=args.head_steps)
+    engine = meta_engine(get_config(args.config), head_steps=args.head_steps, int8=args.int8)
     weights = weight_bytes(engine.model)
     rows = table(engine, [int(s) for s in args.sizes.split(",")], [int(b) for b in args.batches.split(",")],
                  args.steps)
