@@ -70,10 +70,9 @@ class Settings(BaseSettings):
           description="Most pixels (w*h*num_images summed) in one batch")
     worker_pipeline: bool = Field(default=False,
           description="Write a batch's results while the next batch samples (opt-in; default: one after the other)")
-    worker_batching: Literal["continuous", "whole"] = Field(default="whole",
+    worker_batching: Literal["continuous", "whole"] = Field(default="continuous",
           description="continuous: running sets that admit, pause and retire image jobs between sampling steps; "
-                      "whole: a claimed batch runs to its last step (the default until continuous passes the "
-                      "reliability suite and the soak)")
+                      "whole: a claimed batch runs to its last step (the fallback)")
     worker_step_companions: int = Field(default=7, ge=0, le=63,
           description="continuous: while a less-served key's job is live, how many others share its steps")
     batch_wait_ms: int = Field(default=0, ge=0, le=60_000,

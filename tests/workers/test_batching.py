@@ -1,5 +1,8 @@
 """Batches under stress: cancellation while queued and while running, and out-of-memory splitting.
 
+These run whole-batch workers (`UNIPIC_WORKER_BATCHING=whole`, the fallback to the default continuous batching), so
+the fallback keeps a system test; tests/workers/test_continuous.py has the continuous counterparts.
+
 Faults come from the worker's test-only fault injector (`workers.faults`): slowed sampling steps to catch a
 batch mid-run, and simulated out-of-memory errors above a batch size or a pixel count.
 """
@@ -30,7 +33,7 @@ def free_port() -> int:
 def test_cancel_while_queued_and_while_running_leaves_batch_mates_unchanged(
     start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
 ) -> None:
-    worker = start_worker("cancel", UNIPIC_FAULT_STEP_DELAY_MS="200")
+    worker = start_worker("cancel", UNIPIC_FAULT_STEP_DELAY_MS="200", UNIPIC_WORKER_BATCHING="whole")
 
     # Given four compatible jobs, one of them canceled while still queued
     jobs = [make_job(job_store, object_store, owner_id, "generate", 64, seed=500 + i, steps=STEPS, tag="cancel")
@@ -71,7 +74,7 @@ def test_out_of_memory_splits_the_batch_and_an_item_that_cannot_fit_fails_alone(
     # Given a worker that runs out of memory above one item per call or above 64x64 pixels
     port = free_port()
     worker = start_worker("oom", UNIPIC_FAULT_OOM_ABOVE="1", UNIPIC_FAULT_OOM_ABOVE_PIXELS=str(64 * 64),
-                          UNIPIC_WORKER_METRICS_PORT=str(port))
+                          UNIPIC_WORKER_METRICS_PORT=str(port), UNIPIC_WORKER_BATCHING="whole")
     small = [make_job(job_store, object_store, owner_id, "generate", 64, seed=700 + i, tag="oom") for i in range(4)]
     big = make_job(job_store, object_store, owner_id, "generate", 128, seed=777, tag="oom")
 

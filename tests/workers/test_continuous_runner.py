@@ -169,3 +169,28 @@ def test_a_loop_over_a_backlog_takes_turns_with_the_workers_other_queues(
     assert all(j.status == "succeeded" for j in done.values()), [(j.kind, j.status, j.error_code, j.error_message) for j in done.values()]
     last = max(done[j.id].started_at for j in bulk)
     assert done[edit.id].started_at < last and done[ask.id].started_at < last
+
+
+def test_a_job_released_under_the_loop_and_claimed_again_starts_over_on_its_new_lease(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str
+) -> None:
+    from tests.support.jobs import make_jobs
+
+    # Given a running set of two jobs with short leases and slow steps
+    runner = make_runner(FaultInjector(step_delay_seconds=0.25), lease_seconds=0.6, worker_batching="continuous")
+    kept, taken = make_jobs(job_store, object_store, owner_id, "generate", 64, [85, 86], steps=8, tag="reclaimed")
+    thread = threading.Thread(target=runner.run, args=(kept.id,))
+    thread.start()
+
+    # When another party hands one of them back to the queue under the worker (as the sweeper would)
+    wait_for(lambda: job_store.get(taken.id).status == "running", "the set to start")
+    first = job_store.get(taken.id).claim
+    assert job_store.release([first]) == 1
+    thread.join(timeout=120)
+    runner.drain()
+
+    # Then the loop claimed it again and it succeeded once, on its new lease: nothing under the first lease
+    done = {j.id: j for j in job_store.get_many([kept.id, taken.id])}
+    assert done[kept.id].status == "succeeded" and done[taken.id].status == "succeeded", done
+    assert all(first.lease_token not in key for key in done[taken.id].result_keys)
+    assert not object_store.page(f"results/{taken.id}/{first.lease_token}/")

@@ -39,7 +39,8 @@ def test_a_job_whose_lease_is_lost_mid_batch_is_dropped_and_its_mates_finish(
     make_runner: Any, job_store: Any, object_store: Any, owner_id: str
 ) -> None:
     # Given a batch of two running with short leases (renewed every 0.2 s) and slow steps
-    runner = make_runner(FaultInjector(step_delay_seconds=0.25), lease_seconds=0.6)
+    # (whole-batch: a continuous loop claims the released job again; tests/workers/test_continuous_runner.py)
+    runner = make_runner(FaultInjector(step_delay_seconds=0.25), lease_seconds=0.6, worker_batching="whole")
     jobs = [make_job(job_store, object_store, owner_id, "generate", 64, seed=80 + i, steps=8, tag="lost")
             for i in range(2)]
     kept, lost = jobs

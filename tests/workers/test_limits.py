@@ -43,9 +43,10 @@ def test_batch_clock_expiry() -> None:
 def test_a_batch_over_its_time_limit_fails_with_timeout(
     make_runner: Any, job_store: Any, object_store: Any, owner_id: str
 ) -> None:
-    # Given a runner whose batches may take half a second, and slow sampling steps
+    # Given a whole-batch runner whose batches may take half a second, and slow sampling steps (the continuous
+    # loop counts each item's own steps: tests/workers/test_continuous_runner.py)
     runner = make_runner(FaultInjector(step_delay_seconds=0.3), time_limit_floor_seconds=0.5,
-                         time_limit_seconds_per_megapixel_step=0.001)
+                         time_limit_seconds_per_megapixel_step=0.001, worker_batching="whole")
     jobs = [make_job(job_store, object_store, owner_id, "generate", 64, seed=i, steps=6, tag="timeout")
             for i in range(2)]
 

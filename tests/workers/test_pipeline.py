@@ -1,4 +1,7 @@
-"""Worker pipelining (issue 20, item 3): writing batch N while batch N+1 samples changes no result and no state."""
+"""Worker pipelining (issue 20, item 3): writing batch N while batch N+1 samples changes no result and no state.
+
+Pipelining is an option of whole-batch execution (`UNIPIC_WORKER_BATCHING=whole`); continuous batching always
+retires items in the background while sampling goes on (tests/workers/test_continuous_runner.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ def _outcome(job_store: Any, object_store: Any, ids: list[str]) -> list[tuple]:
 
 def _two_batches(make_runner: Any, job_store: Any, object_store: Any, owner_id: str, pipelined: bool,
                  tag: str, faults: FaultInjector | None = None) -> list[tuple]:
-    runner = make_runner(faults)
+    runner = make_runner(faults, worker_batching="whole")
     runner.pipeline = FinishPipeline(enabled=pipelined)
     # two incompatible groups (steps differ), so two batches of two
     first = [make_job(job_store, object_store, owner_id, "generate", 64, seed=40 + i, steps=2, tag=tag)

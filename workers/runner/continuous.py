@@ -231,6 +231,13 @@ class _Loop:
             claims = [c for c in claims if c not in whole]
             if not claims:
                 return
+        for c in claims:  # claimed again while an earlier lease of it is live here (released under us): that run
+            old = self.members.pop(c.job_id, None)  # ends without writing; the new lease starts it over
+            if old is not None:
+                log.warning("job %s: claimed again under a new lease; its earlier run is dropped", c.job_id)
+                self.sets[old.key].drop([old.id])
+                if not self.sets[old.key].items:
+                    del self.sets[old.key]
         self.claimed += len(claims)
         self.claims.update({c.job_id: c for c in claims})
         self.keeper.add(claims)

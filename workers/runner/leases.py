@@ -73,7 +73,10 @@ class LeaseKeeper:
         """Start renewing claims made after the keeper started (a running set admitting jobs); just claimed,
         they are proven now."""
         with self._lock:
-            self._held.update({c.job_id: c for c in claims})
+            for claim in claims:  # a job claimed again (released under us, re-queued) starts over on its new lease
+                self._held[claim.job_id] = claim
+                self._lost.discard(claim.job_id)
+                self._finished.discard(claim.job_id)
 
     def finish(self, job_id: str) -> None:
         """Stop renewing a job that reached its end in this batch."""
@@ -104,7 +107,7 @@ class LeaseKeeper:
             with self._lock:
                 self._proven_at = asked_at
         with self._lock:  # a job settled while the renewal was on its way is finished, not lost
-            gone = {c.job_id for c in pending} - still - self._finished
+            gone = {c.job_id for c in pending if self._held.get(c.job_id) == c} - still - self._finished
             self._lost |= gone
         if gone:
             log.warning("lost leases of jobs %s", sorted(gone))
