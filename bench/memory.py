@@ -295,7 +295,6 @@ def write_table(rows: list[dict[str, Any]], path: Path = TABLE,
         row["peak_gib"], row["basis"], row["estimated"] = round(peak + gap(kind, size), 2), "cpu-accounted", True
         if passes != 1:
             row["passes"] = passes
-    data["rows"].sort(key=lambda r: (r["kind"], r["size"], r.get("passes", 1), r["batch"]))
     data["cpu_accounted"] = ("python -m bench.memory --write-table: meta-device run of the engine at the full "
                              "config, bf16, 32 MAR steps, CFG 3, live storages in 512-byte blocks, raised by the "
                              "batch-1 gap between the GPU measurement and the account of the code it measured")
