@@ -50,16 +50,33 @@ def _pg_base_url() -> str:
 PG_BASE_URL = _pg_base_url()
 # fixtures that start long-lived processes (model workers, the `unipic up` stack): their users are `system` tests
 PROCESS_FIXTURES = frozenset({"start_worker", "module_worker", "stack", "prod_stack"})
+STOPS_PRODUCTION_STACK = "test_up_with_postgres_redis_and_s3_urls"  # tests/cli/test_up_production.py
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TEST_BUCKET = "unipic-test"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Refuse to run a test that starts processes through a fixture but is not marked `system`."""
+    """Refuse to run a test that starts processes through a fixture but is not marked `system`; run the users of
+    the production-path stack one after another."""
     unmarked = [item.nodeid for item in items if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
                 and item.get_closest_marker("system") is None]
     if unmarked:
         raise pytest.UsageError("tests that start processes must be marked `system`:\n  " + "\n  ".join(unmarked))
+    _group_production_stack_users(items)
+
+
+def _group_production_stack_users(items: list[pytest.Item]) -> None:
+    """The tests that use `prod_stack` (OpenAI routes, SDK, `unipic up` on the production path) run together where
+    the first of them stands, so the stack starts once (it stops before any other test: production_stack.py); the
+    one that stops it runs last of them. Every other test keeps its place and order."""
+    users = [item for item in items if "prod_stack" in getattr(item, "fixturenames", ())]
+    if not users:
+        return
+    first = items.index(users[0])
+    chosen = {id(item) for item in users}
+    rest = [item for item in items if id(item) not in chosen]
+    users.sort(key=lambda item: item.name == STOPS_PRODUCTION_STACK)  # stable: the rest keep their order
+    items[:] = rest[:first] + users + rest[first:]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -1,6 +1,7 @@
 """The same `unipic up` with Postgres, Redis and S3 URLs in the environment runs the production path.
 
-The stack gets this session's Postgres schema, Redis db and moto S3 server (tests/conftest.py), so results are
+The stack (the shared production-path stack of tests/support/production_stack.py, which this test stops last of
+its users) gets this session's Postgres schema, Redis db and moto S3 server (tests/conftest.py), so results are
 presigned S3 URLs of another origin that the client downloads without the API key.
 """
 
@@ -8,27 +9,22 @@ from __future__ import annotations
 
 import json
 import signal
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 
-from tests.support.stack import start_stack
+from tests.support.production_stack import prod_stack
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.system
+__all__ = ["prod_stack"]  # the fixture
 
 
-def test_up_with_postgres_redis_and_s3_urls(settings_env: dict[str, str], session_factory: Any,
-                                           s3_server: str, tmp_path: Path) -> None:
-    # Given: a key in the session's Postgres schema, and the production URLs in the environment
-    from storage.keys import KeyStore
-
-    _record, key = KeyStore(session_factory).create("up production test")
-    urls = {k: v for k, v in settings_env.items() if k.startswith("UNIPIC_") and v
-            and k not in ("UNIPIC_ALLOWED_SIZES", "UNIPIC_API_URL", "UNIPIC_API_KEY", "UNIPIC_DATA_DIR")}
-    stack = start_stack(Path(tempfile.mkdtemp(dir=tmp_path)), extra_env=urls, key=key)
+def test_up_with_postgres_redis_and_s3_urls(prod_stack: Stack, s3_server: str, tmp_path: Path) -> None:
+    # Given: the production-path stack (tests/support/production_stack.py): `unipic up` with this session's
+    # Postgres schema, Redis db and S3 URLs in its environment, and a key in that schema
+    stack = prod_stack
     try:
         # When: a user generates an image through it
         out = tmp_path / "prod.png"

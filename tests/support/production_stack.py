@@ -1,6 +1,7 @@
 """One `unipic up --model tiny` on this session's Postgres schema, Redis db and moto S3 (the production path),
-shared by the SDK and OpenAI-route tests: started on first use and kept across consecutive tests that use it
-(the four SDK modules share one), stopped before the first test that does not (its worker serves every queue of
+shared by the SDK, OpenAI-route and `unipic up` production-path tests: started on first use and kept across
+consecutive tests that use it (tests/conftest.py runs them one after another, so it starts once), stopped before
+the first test that does not (its worker serves every queue of
 the shared schema and broker db, so it would run other tests' jobs): tests/conftest.py's `pytest_runtest_setup`
 calls `stop_unless_used`.
 
