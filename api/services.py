@@ -18,6 +18,7 @@ from api.enqueue import Enqueuer
 from api.events.queue_positions import QueuePositions
 from api.intake.admission import Admission
 from api.intake.images import configure_pil
+from api.intake.models import ModelCatalog
 from api.intake.params import JobPreparer
 from api.intake.tokens import PromptCounter
 from api.intake.writer import JobIntake
@@ -66,6 +67,7 @@ class Services:
     activity: ActivityQueries
     fleet: FleetQueries
     coverage: QueueCoverage
+    models: ModelCatalog
     positions: QueuePositions
     manifests: Manifests
 
@@ -86,16 +88,18 @@ class Services:
         stale_after = 3 * settings.heartbeat_seconds  # a worker silent for three heartbeats is gone
         registry = WorkerRegistry(sessions)
         batches = BatchStore(sessions)
+        coverage = QueueCoverage(registry, stale_after)
+        models = ModelCatalog(settings, coverage)
         worker_tokens = WorkerTokenStore(sessions)
         return cls(
             settings=settings, engine=engine, jobs=jobs, batches=batches, keys=keys,
             objects=objects, ephemeral=ephemeral, enqueuer=enqueuer,
-            preparer=JobPreparer(settings, counter), admission=Admission(settings, jobs, ephemeral),
+            preparer=JobPreparer(settings, counter, models), admission=Admission(settings, jobs, ephemeral),
             key_cache=KeyCache(keys), intake=JobIntake(jobs, enqueuer),
             lifecycle=Lifecycle(sessions, objects), webhooks=WebhookStore(sessions),
             registry=registry, worker_tokens=worker_tokens, worker_token_cache=WorkerTokenCache(worker_tokens),
             status=StatusQueries(sessions), activity=ActivityQueries(sessions),
-            fleet=FleetQueries(sessions, stale_after), coverage=QueueCoverage(registry, stale_after),
+            fleet=FleetQueries(sessions, stale_after), coverage=coverage, models=models,
             positions=QueuePositions(sessions), manifests=Manifests(sessions, batches, objects, settings),
         )
 
