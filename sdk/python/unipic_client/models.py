@@ -60,6 +60,7 @@ class Job(_Model):
     kind: Literal["generate", "edit", "understand"]
     status: str
     priority: int = 0
+    model: str = Field("unipic", description="The model it runs on; `unipic` is the deployment's default")
     params: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     started_at: datetime | None = None
