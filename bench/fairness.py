@@ -1,12 +1,19 @@
 """Fairness benchmark: tenant B's interactive latency while tenant A's bulk batch runs, against B alone, one run.
 
-    python -m bench.fairness [--bulk 5000] [--b-jobs 30] [--interval 1.5] [--workers 1]
+    python -m bench.fairness [--bulk 5000] [--b-jobs 30] [--interval 1.5] [--workers 1] [--compatible]
+                             [--batching whole|continuous|both]
 
 Starts the whole stack as separate processes (`bench.stack`: private Postgres and Redis, S3 server, API, model
 workers with the tiny model, webhook worker, sweeper) and two API keys. Phase 1: B alone submits one job every
-`--interval` seconds (after two warm-up jobs). Phase 2: A submits a batch of `--bulk` items; once the worker is busy with it, B submits the
-same stream again. B's latency is `finished_at - created_at` as the API reports it. Prints p50/p99 for both
-phases and their ratio (target <= 2x), then cancels what is left of A's batch. Prints a table and a JSON line.
+`--interval` seconds (after two warm-up jobs). Phase 2: A submits a batch of `--bulk` items; once the worker is
+busy with it, A runs alone for as long as B's stream will take (A's throughput alone), then B submits the same
+stream again (A's throughput during B's stream: A's images finished in that window). B's latency is
+`finished_at - created_at` as the API reports it. Prints p50/p99 for both phases and their ratio (targets with
+continuous batching: p50 <= 1.3x, p99 <= 1.6x; A during B >= 80 % of A alone), then cancels what is left of A's
+batch. B's jobs are 2 steps and A's 4 (not batch-compatible for whole-batch execution; continuous batching
+shares a running set), or with `--compatible` the same size and steps as A's. `--batching both` runs the same
+workload with whole-batch and then continuous workers and prints them side by side. Prints a table and a JSON
+line per run.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +43,13 @@ def _key(stack: Stack, name: str) -> str:
     return str(json.loads(out.stdout.strip().splitlines()[-1])["key"])
 
 
-def _stream(client: httpx.Client, key: str, n: int, interval: float) -> list[str]:
+def _stream(client: httpx.Client, key: str, n: int, interval: float, body: dict[str, Any]) -> list[str]:
     """Submit `n` single jobs, one every `interval` seconds (the interactive tenant)."""
     ids = []
     headers = {"Authorization": f"Bearer {key}"}
     for i in range(n):
         started = time.monotonic()
-        r = client.post("/v1/jobs", json={**B_BODY, "seed": i}, headers=headers)
+        r = client.post("/v1/jobs", json={**body, "seed": i}, headers=headers)
         r.raise_for_status()
         ids.append(r.json()["id"])
         time.sleep(max(0.0, interval - (time.monotonic() - started)))
@@ -91,35 +98,77 @@ def _claim_order(pg_url: str, b_ids: list[str], batch_id: str) -> dict[str, Any]
             "a_batch_seconds_p50": round(float(a_batch or 0.0), 3)}
 
 
+def _a_rate(pg_url: str, batch_id: str, start: datetime, end: datetime) -> float:
+    """A's images finished per second in [start, end) (server timestamps)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            done = conn.execute(sa.text(
+                "select count(*) from jobs where batch_id = :b and status = 'succeeded' "
+                "and finished_at >= :s and finished_at < :e"), {"b": batch_id, "s": start, "e": end}).scalar_one()
+    finally:
+        engine.dispose()
+    return round(done / max(1e-9, (end - start).total_seconds()), 2)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path, root: Path,
-        batching: str = "whole") -> dict[str, Any]:
+        batching: str = "whole", compatible: bool = False) -> dict[str, Any]:
     stack = Stack(StackConfig(checkpoint=checkpoint, workers=workers, lease_seconds=30.0,
-                              extra_env={"UNIPIC_WORKER_BATCHING": batching}), root / "stack")
+                              extra_env={"UNIPIC_WORKER_BATCHING": batching}), root / f"stack-{batching}")
+    b_body = {**A_BODY, "prompt": B_BODY["prompt"]} if compatible else B_BODY
     try:
         stack.start()
         key_a, key_b = _key(stack, "tenant-a"), _key(stack, "tenant-b")
         with httpx.Client(base_url=stack.api_url, timeout=120) as client:
-            _latencies(client, key_b, _stream(client, key_b, 2, 0.0), 600)  # warm-up: the worker's first calls
-            alone = _latencies(client, key_b, _stream(client, key_b, b_jobs, interval), 600)
+            _latencies(client, key_b, _stream(client, key_b, 2, 0.0, b_body), 600)  # warm-up: first calls
+            alone = _latencies(client, key_b, _stream(client, key_b, b_jobs, interval, b_body), 600)
             a_headers = {"Authorization": f"Bearer {key_a}"}
             r = client.post("/v1/batches", json=[{**A_BODY, "seed": i} for i in range(bulk)], headers=a_headers)
             r.raise_for_status()
             batch_id = r.json()["id"]
             wait_until(lambda: client.get(f"/v1/batches/{batch_id}", headers=a_headers).json()["counts"]["running"],
                        120, "A's bulk to start")
-            contended_ids = _stream(client, key_b, b_jobs, interval)
+            a_alone_from = _now()
+            time.sleep(b_jobs * interval)  # A alone, as long as B's stream will take
+            a_alone_to = _now()
+            contended_ids = _stream(client, key_b, b_jobs, interval, b_body)
+            a_during_to = _now()
             contended = _latencies(client, key_b, contended_ids, 1800)
             counts = client.get(f"/v1/batches/{batch_id}", headers=a_headers).json()["counts"]
             client.post(f"/v1/batches/{batch_id}/cancel", headers=a_headers)
         order = _claim_order(stack.pg.url, contended_ids, batch_id)
+        a_alone = _a_rate(stack.pg.url, batch_id, a_alone_from, a_alone_to)
+        a_during = _a_rate(stack.pg.url, batch_id, a_alone_to, a_during_to)
         result = {"bulk": bulk, "b_jobs": b_jobs, "interval": interval, "workers": workers, "batching": batching,
-                  "b_alone_s": _stats(alone), "b_during_bulk_s": _stats(contended),
+                  "compatible": compatible, "b_alone_s": _stats(alone), "b_during_bulk_s": _stats(contended),
+                  "a_alone_images_per_s": a_alone, "a_during_b_images_per_s": a_during,
                   "a_counts_when_b_done": counts, **order}
         result["ratio_p50"] = round(result["b_during_bulk_s"]["p50"] / result["b_alone_s"]["p50"], 2)
         result["ratio_p99"] = round(result["b_during_bulk_s"]["p99"] / result["b_alone_s"]["p99"], 2)
+        result["a_share"] = round(a_during / a_alone, 2) if a_alone else 0.0
         return result
     finally:
         stack.close()
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """The runs side by side: B's latency alone and during A's bulk, their ratio, A's throughput share."""
+    head = (f"{'batching':12}{'B alone p50/p99 s':>20}{'B during A p50/p99 s':>23}{'ratio p50':>11}{'ratio p99':>11}"
+            f"{'A alone img/s':>15}{'A during B':>12}{'A share':>9}{'A queued past B max':>21}")
+    lines = [head]
+    for r in runs:
+        alone, during = r["b_alone_s"], r["b_during_bulk_s"]
+        lines.append(f"{r['batching']:12}{alone['p50']:>10}/{alone['p99']:<9}{during['p50']:>12}/{during['p99']:<10}"
+                     f"{r['ratio_p50']:>11}{r['ratio_p99']:>11}{r['a_alone_images_per_s']:>15}"
+                     f"{r['a_during_b_images_per_s']:>12}{r['a_share']:>9}"
+                     f"{r['a_batches_started_while_b_queued_max']:>21}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -129,8 +178,10 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=1.5, help="seconds between B's submissions")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--model", default="", help="checkpoint dir (default: write a tiny one)")
-    ap.add_argument("--batching", choices=("continuous", "whole"), default="whole",
-                    help="the workers' UNIPIC_WORKER_BATCHING")
+    ap.add_argument("--batching", choices=("continuous", "whole", "both"), default="both",
+                    help="the workers' UNIPIC_WORKER_BATCHING (both: whole, then continuous, side by side)")
+    ap.add_argument("--compatible", action="store_true",
+                    help="B's jobs have A's size and steps (batch-compatible); default: B 2 steps, A 4")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="unipic-fairness-"))
     if args.model:
@@ -140,18 +191,18 @@ def main() -> None:
 
         (root / "ckpt").mkdir(parents=True)
         checkpoint = write_tiny_checkpoint(root / "ckpt")
-    out = run(args.bulk, args.b_jobs, args.interval, args.workers, checkpoint, root, args.batching)
-    print(f"tenant B: {args.b_jobs} jobs, one every {args.interval}s; tenant A: {args.bulk}-item batch; "
-          f"{args.workers} worker(s), {args.batching} batching")
-    print(f"{'':28}{'p50 s':>10}{'p99 s':>10}")
-    for label, key in (("B alone", "b_alone_s"), ("B during A's bulk", "b_during_bulk_s")):
-        print(f"{label:28}{out[key]['p50']:>10}{out[key]['p99']:>10}")
-    print(f"{'ratio (target <= 2x)':28}{out['ratio_p50']:>10}{out['ratio_p99']:>10}")
-    print(f"A's batch when B's stream finished: {out['a_counts_when_b_done']}")
-    print(f"A's batches that started while one of B's jobs was queued: max "
-          f"{out['a_batches_started_while_b_queued_max']}, mean {out['a_batches_started_while_b_queued_mean']}; "
-          f"A's batch time p50 {out['a_batch_seconds_p50']} s")
-    print(json.dumps(out))
+    modes = ("whole", "continuous") if args.batching == "both" else (args.batching,)
+    runs = []
+    for mode in modes:
+        out = run(args.bulk, args.b_jobs, args.interval, args.workers, checkpoint, root, mode, args.compatible)
+        print(json.dumps(out), flush=True)
+        runs.append(out)
+    b = {**A_BODY, "prompt": B_BODY["prompt"]} if args.compatible else B_BODY
+    print(f"tenant B: {args.b_jobs} jobs of {b['width']} px, {b['steps']} steps, one every {args.interval}s; "
+          f"tenant A: {args.bulk}-item batch of {A_BODY['width']} px, {A_BODY['steps']} steps; "
+          f"{args.workers} worker(s); {'batch-compatible' if args.compatible else 'not batch-compatible'}")
+    print(table(runs))
+    print("targets (continuous): ratio p50 <= 1.3, p99 <= 1.6; A share >= 0.8")
 
 
 if __name__ == "__main__":
