@@ -154,6 +154,9 @@ def test_gateway_worker_sigkilled_mid_batch_and_cut_mid_upload(system):
     def cut_then_kill(stack, load):
         # When its connection is cut mid-upload, and later it is SIGKILLed mid-batch (its supervisor restarts it)
         wait_until(stack.s3_proxy.cut_done.is_set, 60, "an upload of the gateway worker to be cut")
+        # (a continuous worker finishes results in the background while it takes new work: the cut upload's
+        # retry completes before the kill)
+        wait_until(lambda: _finished_on(engine, name), 60, "the gateway worker to finish a job")
         wait_until(lambda: _leases_on(engine, name, early=True), 60, "a batch early on the gateway worker",
                    interval=0.05)
         stack.restart_service(name, signal.SIGKILL)
@@ -176,6 +179,12 @@ def test_gateway_worker_sigkilled_mid_batch_and_cut_mid_upload(system):
     assert all(keys and all(f"/{lease}/" not in k for k in keys) for job, lease in killed.items()
                for keys in [served[job]])
     assert remote >= 1, "the gateway worker finished jobs (the one whose upload was cut among them)"
+
+
+def _finished_on(engine: sa.Engine, name: str) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(sa.text("select count(*) from jobs where status = 'succeeded' and worker_id like :w"),
+                                 {"w": f"%{name}%"}).scalar_one())
 
 
 def _remote_worker_ready(engine: sa.Engine, name: str) -> bool:
