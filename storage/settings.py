@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     model_dtype: str = Field(default="bfloat16", description="bfloat16, float16 or float32")
     model_fast: bool = Field(default=False,
           description="torch.compile the model's hot modules (issue 20 fast paths); off: the eager reference")
+    model_int8: bool = Field(default=False,
+          description="Weight-only int8 for the LLM's decoder linears (1.2 GiB less at bf16 for a small drift, "
+                      "`python -m bench.memory --drift`); off: the weights as the checkpoint has them")
     model_cache_dir: str = Field(default="", description="Hugging Face cache dir (default HF_HOME)")
     default_model: str = Field(default="", pattern=MODEL_NAME,
           description="The name the deployment's default model goes by (jobs naming no model or `unipic` run "

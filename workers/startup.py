@@ -66,7 +66,8 @@ def load_ready_engine(settings: Settings, faults: FaultInjector | None = None) -
     """Check the device, load weights and tokenizer, run the warm-up: a guarded engine ready to serve."""
     device, dtype = settings.worker_device, runtime_dtype(settings)
     check_device(device, dtype)
-    engine = _load(settings.model, device, dtype, fast=settings.model_fast, cache_dir=settings.model_cache_dir)
+    engine = _load(settings.model, device, dtype, fast=settings.model_fast, cache_dir=settings.model_cache_dir,
+                   int8=settings.model_int8)
     configure_engine(engine)  # card fit's CFG row passes per size, where one batch does not fit the card
     guarded = GuardedEngine(engine, probe_request(settings.allowed_sizes, settings.worker_max_pixels),
                             check_device=(faults or FaultInjector()).check_device)
@@ -123,18 +124,22 @@ def check_device(device: str, dtype: str) -> None:
                              "start the worker with --device cpu")
 
 
-def _load(source: str, device: str, dtype: str, fast: bool = False, cache_dir: str = "") -> Any:
+def _load(source: str, device: str, dtype: str, fast: bool = False, cache_dir: str = "", int8: bool = False) -> Any:
     """`model.inference.load_engine`, step by step, so each failure is named by the step that failed; a hub repo
-    downloads into `cache_dir` (`UNIPIC_MODEL_CACHE_DIR`; empty: the hub's default)."""
+    downloads into `cache_dir` (`UNIPIC_MODEL_CACHE_DIR`; empty: the hub's default); `int8`: the LLM's linears as
+    weight-only int8 (`UNIPIC_MODEL_INT8`), before anything else is allocated on the device."""
     from model.checkpoint import load_model
     from model.errors import CheckpointError
     from model.inference import UniPicEngine
+    from model.llm import quantize_int8
     from model.prompts import load_tokenizer
 
     try:
         loaded = load_model(source, device, dtype, cache_dir=cache_dir or None)
     except Exception as exc:
         raise _weights_failure(exc, source, device) from exc
+    if int8:
+        quantize_int8(loaded.model.llm)
     try:
         tokenizer = load_tokenizer(loaded.directory, loaded.config.llm.vocab_size)
     except CheckpointError as exc:
