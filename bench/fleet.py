@@ -177,12 +177,19 @@ class Stack:
         self.apis = []
 
     def clear_jobs(self) -> None:
-        """Cancel what an earlier run left queued or running, so the next run sees only its own jobs."""
+        """Cancel what an earlier run left queued (and ask the running ones to stop), through the job store like
+        any other cancel, so the next run sees only its own jobs."""
         import sqlalchemy as sa
 
-        with self.engine.begin() as conn:
-            conn.execute(sa.text("UPDATE jobs SET status = 'canceled', finished_at = now() "
-                                 "WHERE status IN ('queued', 'running')"))
+        from storage.errors import IllegalTransition
+        from storage.jobs.store import JobStore
+
+        with self.engine.connect() as conn:
+            ids = conn.execute(sa.text("SELECT id FROM jobs WHERE status IN ('queued', 'running')")).scalars().all()
+        store = JobStore(self.sessions)
+        for job_id in ids:
+            with contextlib.suppress(IllegalTransition):  # it finished meanwhile
+                store.request_cancel(job_id, None)
 
     def xact_commit(self) -> int:
         import sqlalchemy as sa
