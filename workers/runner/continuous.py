@@ -104,7 +104,8 @@ class ContinuousRunner(BatchRunner):
         finally:
             self.batches_served += 1
             self.jobs_served += loop.claimed
-        log.info("running sets served %d jobs in %.2fs", loop.claimed,
+        # the console's one line per finished batch (README): a running set is served as one batch
+        log.info("batch of %d %s finished in %.2fs (running set)", loop.claimed, jobs[0].compat_key,
                  time.monotonic() - (loop.started if started is None else started))
         self.metrics.observe_gpu_memory(self.device)
         return loop.claimed
