@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,21 +16,14 @@ from typing import Any
 import pytest
 
 from tests.support.api import png_bytes
-from tests.support.stack import REPO, clean_env, unipic_argv
+from tests.support.serving import serve_app
+from tests.support.stack import REPO, clean_env, free_port, unipic_argv
 
 DEAD_URL = "http://127.0.0.1:9"  # nothing listens: a command that tried to submit would fail to connect
 GEN = ("--size", "256", "--steps", "2")
 
 
-def _free_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
-
-
-PORT = _free_port()
+PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +36,8 @@ def app(api_settings: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def server_url(app: Any) -> Iterator[str]:
-    import uvicorn
-
-    port = PORT
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"  # wallclock-ok: a start-up deadline
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app, port=PORT, lifespan="off") as url:
+        yield url
 
 
 def run_cli(*args: str, url: str = DEAD_URL, key: str = "upk_x") -> subprocess.CompletedProcess[str]:
@@ -93,8 +73,7 @@ def _until_job(app: Any, key: str, proc: subprocess.Popen[str]) -> Any:
         jobs, _ = app.state.services.jobs.page(owner.id)
         if jobs:
             return jobs[0]
-        # wallclock-ok: a deadline on waiting for the submission, not a speed claim
-        assert proc.poll() is None and time.monotonic() < deadline, "the CLI never submitted"
+        assert proc.poll() is None and time.monotonic() < deadline, "the CLI never submitted"  # wallclock-ok: a deadline on waiting for the submission, not a speed claim
         time.sleep(0.05)  # polling the job table for the submission
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +18,7 @@ from storage.jobs.events import RedisPublisher, attach
 from storage.objects.base import result_key
 from tests.support.api import generate_body, png_bytes
 from tests.support.claims import claim_job
+from tests.support.serving import serve_app
 
 PER_KEY = 2
 PER_PROCESS = 5
@@ -27,24 +26,6 @@ LIVENESS_S = 20.0
 RECONCILE_S = 1.0
 
 
-def serve(app: Any) -> Iterator[str]:
-    """`app` under uvicorn on a free port, in a thread (lifespan on: the hub starts as in production)."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"  # wallclock-ok: bounded wait for readiness, not a speed claim
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +42,8 @@ def app(api_settings: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def server_url(app: Any) -> Iterator[str]:
-    yield from serve(app)
+    with serve_app(app) as url:
+        yield url
 
 
 def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -232,18 +214,17 @@ def test_poll_mode_streams_and_waits_without_push(api_settings: Any, make_key: A
     assert not poll_app.state.event_hub.push
     services = poll_app.state.services
     _, auth = make_key()
-    for url in serve(poll_app):
-        with httpx.Client(base_url=url, headers=auth, timeout=30) as http:
-            job = http.post("/v1/jobs", json=generate_body()).json()
-            with http.stream("GET", f"/v1/jobs/{job['id']}/events") as r:
-                stream = sse_events(r)
-                assert next(stream)[1]["status"] == "queued"
-                [claim] = claim_job(services.jobs, job["id"], "w")
-                assert next(stream)[1]["status"] == "running"
-                services.jobs.fail(claim, "model_error", "boom")
-                rest = list(stream)
-            assert [n for n, _ in rest][-2:] == ["status", "done"]
-            assert http.get(f"/v1/jobs/{job['id']}", params={"wait": 5}).json()["status"] == "failed"
+    with serve_app(poll_app) as url, httpx.Client(base_url=url, headers=auth, timeout=30) as http:
+        job = http.post("/v1/jobs", json=generate_body()).json()
+        with http.stream("GET", f"/v1/jobs/{job['id']}/events") as r:
+            stream = sse_events(r)
+            assert next(stream)[1]["status"] == "queued"
+            [claim] = claim_job(services.jobs, job["id"], "w")
+            assert next(stream)[1]["status"] == "running"
+            services.jobs.fail(claim, "model_error", "boom")
+            rest = list(stream)
+        assert [n for n, _ in rest][-2:] == ["status", "done"]
+        assert http.get(f"/v1/jobs/{job['id']}", params={"wait": 5}).json()["status"] == "failed"
 
 
 def test_a_lost_message_is_covered_by_the_batched_reconciliation(server_url: str, make_key: Any, app: Any,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,29 +12,14 @@ import pytest
 from storage.objects.base import result_key
 from tests.support.api import generate_body, png_bytes
 from tests.support.claims import claim_job
+from tests.support.serving import serve_app
 
 
 @pytest.fixture(scope="module")
 def server_url(app: Any) -> Iterator[str]:
     """The module's app served by uvicorn on a free port, in a thread."""
-    import socket
-
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app, lifespan="off") as url:
+        yield url
 
 
 def events(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -4,15 +4,13 @@ test can cut the worker's path to the API or to the bucket while both services k
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from bench.proxy import CuttingProxy
-from tests.support.stack import free_port
-from tests.support.waiting import wait_for
+from tests.support.serving import serve_app
 
 GATEWAY_LEASE_SECONDS = 4.0  # short: a killed worker's jobs come back within seconds
 
@@ -32,23 +30,15 @@ class Gateway:
 @contextmanager
 def served_gateway(settings: Any, s3_server: str) -> Iterator[Gateway]:
     """The API (with `settings`, leases of `GATEWAY_LEASE_SECONDS`) on a loopback port behind a proxy."""
-    import uvicorn
-
     from api.app import create_app
 
     s3_proxy = CuttingProxy(int(s3_server.rsplit(":", 1)[1]))
     app = create_app(settings.model_copy(update={"lease_seconds": GATEWAY_LEASE_SECONDS,
                                                  "s3_public_endpoint_url": s3_proxy.url}))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, "the API server to start", timeout=60)
-    api_proxy = CuttingProxy(port)
-    try:
-        yield Gateway(api_proxy.url, app, s3_proxy, api_proxy)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        api_proxy.close()
-        s3_proxy.close()
+    with serve_app(app, start_timeout=60) as url:
+        api_proxy = CuttingProxy(int(url.rsplit(":", 1)[1]))
+        try:
+            yield Gateway(api_proxy.url, app, s3_proxy, api_proxy)
+        finally:
+            api_proxy.close()
+            s3_proxy.close()

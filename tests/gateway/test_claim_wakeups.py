@@ -5,7 +5,6 @@ tick, and a lost wake-up costs at most one tick. Real uvicorn, Postgres, Redis a
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 import uuid
@@ -19,6 +18,7 @@ from sqlalchemy import event
 
 from storage.routing import queue_for
 from tests.support.jobs import make_job, make_jobs
+from tests.support.serving import serve_app
 from tests.support.waiting import wait_for
 
 QUEUE = queue_for("generate", 256)  # the one queue a generate-only token capped at 512x512 serves
@@ -27,21 +27,6 @@ FAST_TICK_S = 0.5
 WAITERS = 20
 
 
-def _serve(app: Any) -> Iterator[str]:
-    """`app` under uvicorn on a free port, in a thread (lifespan on: the hub starts as in production)."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, "uvicorn to start", timeout=30)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def _app(migrated: Any, tick: float) -> Any:
@@ -60,7 +45,8 @@ def slow_app(migrated: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def slow_url(slow_app: Any) -> Iterator[str]:
-    yield from _serve(slow_app)
+    with serve_app(slow_app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +56,8 @@ def fast_app(migrated: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def fast_url(fast_app: Any) -> Iterator[str]:
-    yield from _serve(fast_app)
+    with serve_app(fast_app) as url:
+        yield url
 
 
 @pytest.fixture
