@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from api.background import stop_task
-from storage.jobs.events import CHANNEL_PREFIX, channel_pattern
+from storage.jobs.events import CHANNEL_PREFIX, channel_pattern, channel_prefix
 from storage.settings import Settings
 
 if TYPE_CHECKING:  # redis is imported when the subscription starts
@@ -54,7 +54,6 @@ RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 2.0
 SLOW_AFTER_S = 30.0
 MAX_PENDING = 20_000
-PREFIX = "unipic:"
 
 
 class TooManyStreams(Exception):
@@ -199,14 +198,14 @@ class EventHub:
     """The process's one subscription and its waiters (all on the event loop that serves requests)."""
 
     def __init__(self, redis_url: str, push: bool, max_streams: int, max_per_key: int,
-                 slow_after_s: float = SLOW_AFTER_S, max_pending: int = MAX_PENDING, prefix: str = PREFIX) -> None:
+                 slow_after_s: float = SLOW_AFTER_S, max_pending: int = MAX_PENDING, prefix: str | None = None) -> None:
         self.redis_url = redis_url
         self.push = push and bool(redis_url)
         self.max_streams = max_streams
         self.max_per_key = max_per_key
         self.slow_after_s = slow_after_s
         self.max_pending = max_pending
-        self.prefix = prefix
+        self.prefix = channel_prefix(redis_url) if prefix is None else prefix
         self._by_key: dict[str, set[Watch]] = {}
         self._per_owner: Counter[str] = Counter()
         self._open = 0

@@ -43,6 +43,15 @@ _QUEUED = "unipic_queue_wakeups"
 _ATTACHED = "unipic_job_events_attached"
 
 
+def channel_prefix(redis_url: str) -> str:
+    """`unipic:{db}:` for the Redis db in `redis_url`: PUBLISH ignores the db number, so two deployments (or two
+    test sessions) on one Redis server with their own dbs would otherwise wake each other's queues."""
+    from urllib.parse import urlparse
+
+    path = urlparse(redis_url).path.strip("/")
+    return f"unipic:{int(path) if path.isdigit() else 0}:"
+
+
 def job_channel(prefix: str, job_id: str) -> str:
     """The channel carrying one job's events."""
     return f"{prefix}{CHANNEL_PREFIX}job:{job_id}"
@@ -110,11 +119,11 @@ class Publisher(Protocol):
 class RedisPublisher:
     """PUBLISH each event on its job channel (and batch channel), one pipeline per call, best effort."""
 
-    def __init__(self, url: str, prefix: str = "unipic:") -> None:
+    def __init__(self, url: str, prefix: str | None = None) -> None:
         import redis
 
         self.client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        self.prefix = prefix
+        self.prefix = channel_prefix(url) if prefix is None else prefix
         self._quiet_until = 0.0
         self._lock = threading.Lock()
         self.published = 0

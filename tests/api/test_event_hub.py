@@ -100,10 +100,10 @@ def test_process_cap_and_slow_watchers_are_bounded() -> None:
             hub.watch("key-x", job_ids=["j2"])
         assert raised.value.scope == "process"
         # a watcher that does not take its events is dropped (slow_after_s<0: any event finding it behind)
-        hub.dispatch("unipic:ev:job:j1", json.dumps({"type": "status", "job_id": "j1", "status": "running"}))
+        hub.dispatch(f"{hub.prefix}ev:job:j1", json.dumps({"type": "status", "job_id": "j1", "status": "running"}))
         assert (await watches[0].wait(1)).events[0]["status"] == "running"
-        hub.dispatch("unipic:ev:job:j1", json.dumps({"type": "progress", "job_id": "j1", "status": "running"}))
-        hub.dispatch("unipic:ev:job:j1", json.dumps({"type": "progress", "job_id": "j1", "status": "running"}))
+        hub.dispatch(f"{hub.prefix}ev:job:j1", json.dumps({"type": "progress", "job_id": "j1", "status": "running"}))
+        hub.dispatch(f"{hub.prefix}ev:job:j1", json.dumps({"type": "progress", "job_id": "j1", "status": "running"}))
         assert (await watches[1].wait(1)).dropped and hub.dropped >= 2
         for w in watches:
             w.close()
@@ -141,6 +141,31 @@ def test_committed_transitions_wake_a_watch(api_settings: Any, job_store: Any, o
     assert [(e["type"], e["status"]) for e in got] == [("status", "running"), ("progress", "running"),
                                                        ("status", "succeeded")]
     assert got[1]["step"] == 1 and got[1]["total"] == 4
+
+
+def test_channels_are_scoped_to_the_redis_db(api_settings: Any) -> None:
+    """PUBLISH ignores the db number: a deployment (or test session) on another db of the same server must not
+    wake this one's watchers. Redis delivers one subscriber's messages in publish order, so the first event this
+    hub sees after both publishes is the one from its own db."""
+    from storage.jobs.events import channel_prefix
+
+    own = api_settings.redis_url
+    base, _, db = own.rpartition("/")
+    other = f"{base}/{(int(db) % 15) + 1}"
+    assert channel_prefix(own) != channel_prefix(other) and channel_prefix("redis://h:6379") == "unipic:0:"
+    hub = EventHub(own, push=True, max_streams=10, max_per_key=10)
+
+    async def scenario() -> list[dict[str, Any]]:
+        assert await hub.ready(LIVENESS_S)
+        with hub.watch("k", job_ids=["shared-id"]) as watch:
+            event = {"type": "status", "job_id": "shared-id"}
+            await asyncio.to_thread(RedisPublisher(other).publish, [{**event, "status": "running"}])
+            await asyncio.to_thread(RedisPublisher(own).publish, [{**event, "status": "succeeded"}])
+            got = (await watch.wait(LIVENESS_S)).events
+        await hub.stop()
+        return got
+
+    assert [e["status"] for e in asyncio.run(scenario())][:1] == ["succeeded"]
 
 
 @pytest.mark.system  # starts a private redis-server
