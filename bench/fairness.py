@@ -1,7 +1,7 @@
 """Fairness benchmark: tenant B's interactive latency while tenant A's bulk batch runs, against B alone, one run.
 
     python -m bench.fairness [--bulk 5000] [--b-jobs 30] [--interval 1.5] [--workers 1] [--compatible]
-                             [--batching whole|continuous|both]
+                             [--batching whole|continuous|both] [--companions auto,0,7]
 
 Starts the whole stack as separate processes (`bench.stack`: private Postgres and Redis, S3 server, API, model
 workers with the tiny model, webhook worker, sweeper) and two API keys. Phase 1: B alone submits one job every
@@ -82,7 +82,7 @@ def _claim_order(pg_url: str, b_ids: list[str], batch_id: str) -> dict[str, Any]
     engine = sa.create_engine(pg_url)
     try:
         with engine.connect() as conn:
-            b_rows = conn.execute(sa.text("select created_at, started_at from jobs where id = any(:ids)"),
+            b_rows = conn.execute(sa.text("select created_at, started_at, finished_at from jobs where id = any(:ids)"),
                                   {"ids": b_ids}).all()
             a_starts = [r[0] for r in conn.execute(sa.text(
                 "select distinct started_at from jobs where batch_id = :b and started_at is not null"),
@@ -92,8 +92,10 @@ def _claim_order(pg_url: str, b_ids: list[str], batch_id: str) -> dict[str, Any]
                 "where batch_id = :b and model_seconds is not null"), {"b": batch_id}).scalar()
     finally:
         engine.dispose()
-    passed = [sum(1 for t in a_starts if created < t < started) for created, started in b_rows]
-    return {"a_batches_started_while_b_queued_max": max(passed, default=0),
+    passed = [sum(1 for t in a_starts if created < t < started) for created, started, _ in b_rows]
+    waits = [(started - created).total_seconds() for created, started, _ in b_rows]
+    runs = [(finished - started).total_seconds() for _, started, finished in b_rows]
+    return {"b_wait_to_start_s": _stats(waits), "b_start_to_finish_s": _stats(runs),"a_batches_started_while_b_queued_max": max(passed, default=0),
             "a_batches_started_while_b_queued_mean": round(sum(passed) / max(1, len(passed)), 2),
             "a_batch_seconds_p50": round(float(a_batch or 0.0), 3)}
 
@@ -118,9 +120,11 @@ def _now() -> datetime:
 
 
 def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path, root: Path,
-        batching: str = "whole", compatible: bool = False) -> dict[str, Any]:
-    stack = Stack(StackConfig(checkpoint=checkpoint, workers=workers, lease_seconds=30.0,
-                              extra_env={"UNIPIC_WORKER_BATCHING": batching}), root / f"stack-{batching}")
+        batching: str = "whole", compatible: bool = False, companions: str = "auto") -> dict[str, Any]:
+    env = {"UNIPIC_WORKER_BATCHING": batching, "UNIPIC_WORKER_STEP_COMPANIONS": companions}
+    label = batching if batching == "whole" else f"{batching}/{companions}"
+    stack = Stack(StackConfig(checkpoint=checkpoint, workers=workers, lease_seconds=30.0, extra_env=env),
+                  root / f"stack-{label.replace('/', '-')}")
     b_body = {**A_BODY, "prompt": B_BODY["prompt"]} if compatible else B_BODY
     try:
         stack.start()
@@ -145,7 +149,7 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
         order = _claim_order(stack.pg.url, contended_ids, batch_id)
         a_alone = _a_rate(stack.pg.url, batch_id, a_alone_from, a_alone_to)
         a_during = _a_rate(stack.pg.url, batch_id, a_alone_to, a_during_to)
-        result = {"bulk": bulk, "b_jobs": b_jobs, "interval": interval, "workers": workers, "batching": batching,
+        result = {"bulk": bulk, "b_jobs": b_jobs, "interval": interval, "workers": workers, "batching": label,
                   "compatible": compatible, "b_alone_s": _stats(alone), "b_during_bulk_s": _stats(contended),
                   "a_alone_images_per_s": a_alone, "a_during_b_images_per_s": a_during,
                   "a_counts_when_b_done": counts, **order}
@@ -159,15 +163,17 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
 
 def table(runs: list[dict[str, Any]]) -> str:
     """The runs side by side: B's latency alone and during A's bulk, their ratio, A's throughput share."""
-    head = (f"{'batching':12}{'B alone p50/p99 s':>20}{'B during A p50/p99 s':>23}{'ratio p50':>11}{'ratio p99':>11}"
-            f"{'A alone img/s':>15}{'A during B':>12}{'A share':>9}{'A queued past B max':>21}")
+    head = (f"{'batching':16}{'B alone p50/p99 s':>20}{'B during A p50/p99 s':>23}{'ratio p50':>11}{'ratio p99':>11}"
+            f"{'A alone img/s':>15}{'A during B':>12}{'A share':>9}{'A queued past B max':>21}"
+            f"{'B wait/run p50 s':>18}")
     lines = [head]
     for r in runs:
         alone, during = r["b_alone_s"], r["b_during_bulk_s"]
-        lines.append(f"{r['batching']:12}{alone['p50']:>10}/{alone['p99']:<9}{during['p50']:>12}/{during['p99']:<10}"
+        lines.append(f"{r['batching']:16}{alone['p50']:>10}/{alone['p99']:<9}{during['p50']:>12}/{during['p99']:<10}"
                      f"{r['ratio_p50']:>11}{r['ratio_p99']:>11}{r['a_alone_images_per_s']:>15}"
                      f"{r['a_during_b_images_per_s']:>12}{r['a_share']:>9}"
-                     f"{r['a_batches_started_while_b_queued_max']:>21}")
+                     f"{r['a_batches_started_while_b_queued_max']:>21}"
+                     f"{r['b_wait_to_start_s']['p50']:>11}/{r['b_start_to_finish_s']['p50']}")
     return "\n".join(lines)
 
 
@@ -180,6 +186,8 @@ def main() -> None:
     ap.add_argument("--model", default="", help="checkpoint dir (default: write a tiny one)")
     ap.add_argument("--batching", choices=("continuous", "whole", "both"), default="both",
                     help="the workers' UNIPIC_WORKER_BATCHING (both: whole, then continuous, side by side)")
+    ap.add_argument("--companions", default="auto",
+                    help="continuous runs' UNIPIC_WORKER_STEP_COMPANIONS, comma-separated for one run each (auto,0,7)")
     ap.add_argument("--compatible", action="store_true",
                     help="B's jobs have A's size and steps (batch-compatible); default: B 2 steps, A 4")
     args = ap.parse_args()
@@ -193,8 +201,9 @@ def main() -> None:
         checkpoint = write_tiny_checkpoint(root / "ckpt")
     modes = ("whole", "continuous") if args.batching == "both" else (args.batching,)
     runs = []
-    for mode in modes:
-        out = run(args.bulk, args.b_jobs, args.interval, args.workers, checkpoint, root, mode, args.compatible)
+    for mode, companions in [(m, c) for m in modes for c in (args.companions.split(",") if m != "whole" else ["auto"])]:
+        out = run(args.bulk, args.b_jobs, args.interval, args.workers, checkpoint, root, mode, args.compatible,
+                  companions)
         print(json.dumps(out), flush=True)
         runs.append(out)
     b = {**A_BODY, "prompt": B_BODY["prompt"]} if args.compatible else B_BODY

@@ -76,8 +76,9 @@ class Settings(BaseSettings):
     worker_batching: Literal["continuous", "whole"] = Field(default="continuous",
           description="continuous: running sets that admit, pause and retire image jobs between sampling steps; "
                       "whole: a claimed batch runs to its last step (the fallback)")
-    worker_step_companions: int = Field(default=7, ge=0, le=63,
-          description="continuous: while a less-served key's job is live, how many others share its steps")
+    worker_step_companions: Annotated[int, Field(ge=0, le=63)] | Literal["auto"] = Field(default="auto",
+          description="continuous: while a less-served key's job is live, how many others share its steps; auto: "
+                      "none on a CPU; on a GPU as many as keep a step within 20 % of its time alone, measured")
     batch_wait_ms: int = Field(default=0, ge=0, le=60_000,
           description="Wait this long for more compatible jobs before running a batch (0: take what is queued)")
     lease_seconds: float = Field(default=60.0, gt=0,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -168,15 +168,15 @@ class JobStore(JobQueries):
     @retry_deadlocks
     def claim_next(
         self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
-        claim_id: str | None = None,
+        claim_id: str | None = None, skip_owners: Collection[str] = (),
     ) -> list[Claim]:
         """Claim the next batch of `queue` as `storage.scheduling.policy` decides (fair share across keys, then
         priority and age; compatible batch-mates in the same order), charging each key in the same transaction.
         `claim_id` (the worker's id for this claim) is stored with the lease (`claimed_by`). Empty only when the
-        queue has no claimable job."""
+        queue has no claimable job (of a key not in `skip_owners`)."""
         now = utcnow()
         with write_session(self.sessions) as s:
-            picked = scheduling.pick(s, queue, now, max_items, max_pixels)
+            picked = scheduling.pick(s, queue, now, max_items, max_pixels, skip_owners)
             claims = self._start(s, picked.rows, worker_id, lease_seconds, now, claim_id)
             _charge(s, picked.rows, claims, now, picked.weights)
         if picked.idle_owners:

@@ -27,7 +27,10 @@ jobs. A claim takes its head (and its batch-mates further along it); queue posit
 4. **Models:** a queue holds one model's jobs (`storage.routing`: the queue name carries the model), and
    `claimable` also requires the job's model to be the queue's, so a worker (which reads only its own model's
    queues) never claims another model's job; fair share, positions and estimates are per queue, so per model.
-5. **Liveness:** every message claims at least one job while Q has a claimable one: rows locked by someone else
+5. **Passing over keys:** a running set that is full asks for one job of a key it holds nothing of
+   (`workers.runner.continuous`): `pick(..., skip_owners=...)` serves the policy's order without those keys, and
+   finds nothing rather than fall back to scanning their backlog.
+6. **Liveness:** every message claims at least one job while Q has a claimable one: rows locked by someone else
    are skipped (SKIP LOCKED) while looking by policy, and when that finds nothing the claim takes any claimable
    job of Q, waiting for row locks if it must (short: the API stamping `last_enqueued_at`, another claim), one
    row at a time and holding no other while it waits, so claims never wait on each other in a cycle.
@@ -41,7 +44,7 @@ Knows nothing of leases, webhooks or HTTP; it selects and locks rows, and `JobSt
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -179,10 +182,14 @@ class Pick:
     weights: dict[str, float] = field(default_factory=dict)  # of the keys seen, for the charge
 
 
-def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int) -> Pick:
-    """Choose and lock (FOR UPDATE SKIP LOCKED) the next batch of `queue` under the policy."""
+def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int,
+         skip_owners: Collection[str] = ()) -> Pick:
+    """Choose and lock (FOR UPDATE SKIP LOCKED) the next batch of `queue` under the policy, passing over the keys
+    in `skip_owners` (a running set looking for a key it does not hold yet: `workers.runner.continuous`)."""
     result = Pick()
-    seed, key = _seed_by_policy(s, queue, now, result.idle_owners)
+    seed, key = _seed_by_policy(s, queue, now, result.idle_owners, skip_owners)
+    if seed is None and skip_owners:  # no liveness fallback: its scan would read the skipped keys' whole backlog,
+        return result                 # and a key is active from its first queued job (fair_share.activate)
     if seed is None:
         seed = _any_claimable(s, queue, now)
         if seed is None:
@@ -193,12 +200,12 @@ def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int)
     result.weights[key.owner_id] = key.weight
     if max_items > 1:
         result.rows += _fill(s, queue, seed, key, now, max_items - 1, max_pixels - seed.pixels, result.weights,
-                             result.idle_owners)
+                             [*result.idle_owners, *skip_owners])
     return result
 
 
-def _seed_by_policy(s: Session, queue: str, now: datetime,
-                    idle: list[str]) -> tuple[Job | None, KeyShare | None]:
+def _seed_by_policy(s: Session, queue: str, now: datetime, idle: list[str],
+                    skip: Collection[str] = ()) -> tuple[Job | None, KeyShare | None]:
     """The head of `service_order`, its row locked: each key's best claimable job is probed (SKIP LOCKED) in
     rank order until one is found; keys with nothing queued on the way are noted in `idle`."""
 
@@ -210,7 +217,7 @@ def _seed_by_policy(s: Session, queue: str, now: datetime,
             idle.append(key.owner_id)
         return [] if row is None else [row]
 
-    for key, row in service_order(active_keys(s, queue), head, job_work):
+    for key, row in service_order(active_keys(s, queue, skip=skip), head, job_work):
         return row, key
     return None, None
 
@@ -270,7 +277,7 @@ class _Candidate:
 
 def _fill(s: Session, queue: str, seed: Job, seed_key: KeyShare, now: datetime, slots: int,
           budget: int, weights_seen: dict[str, float], idle: list[str]) -> list[Job]:
-    """Compatible jobs in `service_order` after the seed, then locked with SKIP LOCKED."""
+    """Compatible jobs in `service_order` after the seed, then locked with SKIP LOCKED (none of `idle`'s keys)."""
     keys, by_owner = _candidates(s, queue, seed, seed_key.charged(job_work(seed)), now, slots, idle)
     chosen: list[str] = []
     for key, row in service_order(keys, lambda k: by_owner.get(k.owner_id, []), lambda c: c.work):

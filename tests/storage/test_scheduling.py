@@ -239,3 +239,19 @@ def test_estimated_start_uses_measured_throughput_and_live_workers(stores: Store
     assert before + timedelta(seconds=4) <= estimate.estimated_start_at <= after + timedelta(seconds=4)  # wallclock-ok: brackets the estimate's own "now", not a speed claim
     for n in range(2):
         registry.stop(f"{WORKER}-{queue}-{n}")
+
+
+def test_a_claim_can_pass_over_keys_and_finds_the_next_key_by_policy(stores: Stores) -> None:
+    # Given A's backlog (served least so far), then B's and C's single jobs
+    queue, a, b, c = _queue(), stores.new_owner(), stores.new_owner(), stores.new_owner()
+    _submit(stores, a, queue, 20, priority=-10)
+    [b_job] = _submit(stores, b, queue, 1)
+    [c_job] = _submit(stores, c, queue, 1)
+    # When a running set that holds A's and B's items asks for a key it does not hold
+    claims = stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9, skip_owners={a, b})
+    # Then it gets C's job and only that (no batch-mates of the skipped keys), B's waits for the next claim
+    assert [cl.job_id for cl in claims] == [c_job]
+    assert stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9, skip_owners={a})[0].job_id == b_job
+    # And with every queued key skipped it claims nothing (no fallback over the skipped backlog)
+    assert stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9, skip_owners={a}) == []
+    assert len(stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9)) == 4

@@ -194,3 +194,56 @@ def test_a_job_released_under_the_loop_and_claimed_again_starts_over_on_its_new_
     assert done[kept.id].status == "succeeded" and done[taken.id].status == "succeeded", done
     assert all(first.lease_token not in key for key in done[taken.id].result_keys)
     assert not object_store.page(f"results/{taken.id}/{first.lease_token}/")
+
+
+def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_more_than_the_cap(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, settings: Any,
+    tmp_path: Path, monkeypatch: Any,
+) -> None:
+    from storage.db import make_engine, make_session_factory
+    from storage.jobs.events import RedisPublisher, attach
+    from storage.jobs.store import JobStore
+    from workers.runner.continuous import _Loop
+
+    step_sizes: list[int] = []
+    retired: list[str] = []
+    run_step, retire = _Loop._run_step, _Loop._retire
+
+    def observed_run_step(loop: _Loop, rs: Any, ids: set[str]) -> Any:  # observe: items per step
+        step_sizes.append(len(ids))
+        return run_step(loop, rs, ids)
+
+    def observed_retire(loop: _Loop, m: Any, images: Any, call_size: int) -> None:  # observe: retirement order
+        retired.append(m.id)
+        retire(loop, m, images, call_size)
+
+    monkeypatch.setattr(_Loop, "_run_step", observed_run_step)
+    monkeypatch.setattr(_Loop, "_retire", observed_retire)
+    # Given tenant A's two jobs filling a set of two rows, held after two steps
+    release = tmp_path / "release"
+    runner = make_runner(FaultInjector(hold_file=str(release), hold_after_steps=1), worker_batching="continuous",
+                         worker_max_batch=2)
+    bulk = [make_job(job_store, object_store, owner_id, "generate", 64, seed=960 + i, steps=8, tag="cont-full")
+            for i in range(2)]
+    thread = threading.Thread(target=lambda: runner.run(bulk[0].id))
+    thread.start()
+    wait_for(lambda: all((job_store.get(j.id).progress_step or 0) >= 2 for j in bulk), "A's set to take two steps")
+    assert runner.wakeups is not None and runner.wakeups.listening.is_set()
+
+    # When tenant B queues one job through a store that publishes queue wake-ups (as the API's does), and the
+    # worker has heard it
+    heard = runner.wakeups.heard(bulk[0].queue)
+    publishing = make_session_factory(make_engine(settings))
+    attach(publishing, RedisPublisher(settings.redis_url))
+    late = make_job(JobStore(publishing), object_store, _other_owner(session_factory), "generate", 64, seed=969,
+                    steps=8, tag="cont-full-b")
+    wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
+    release.touch()
+    thread.join(120)
+    runner.drain()
+
+    # Then B's job joined the full set at once and finished first, and no step ran more than two items
+    done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), late.id])}
+    assert all(j.status == "succeeded" for j in done.values())
+    assert retired[0] == late.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
+    assert max(step_sizes) == 2

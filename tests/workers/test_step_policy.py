@@ -10,8 +10,8 @@ from workers.runner.step_policy import STARVE_AFTER, Live, choose, step_order
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def live(job_id: str, owner: str, priority: int = 0, age: int = 0) -> Live:
-    return Live(job_id, owner, priority, T0 + timedelta(seconds=age), 0.0625)
+def live(job_id: str, owner: str, priority: int = 0, age: int = 0, phase: tuple[int, int] = (0, 8)) -> Live:
+    return Live(job_id, owner, priority, T0 + timedelta(seconds=age), 0.0625, phase)
 
 
 def test_one_key_live_advances_every_item() -> None:
@@ -20,12 +20,24 @@ def test_one_key_live_advances_every_item() -> None:
 
 
 def test_the_under_served_key_runs_first_with_at_most_n_companions_in_policy_order() -> None:
-    bulk = [live(f"a{i}", "A", age=i) for i in range(4)]
+    bulk = [live(f"a{i}", "A", age=i, phase=(i, 8)) for i in range(4)]
     newcomer = live("b0", "B", age=9)
     served = {"A": 1.0}
     assert step_order([*bulk, newcomer], served)[0] == "b0"
     assert choose([*bulk, newcomer], served, {}, companions=0) == {"b0"}
     assert choose([*bulk, newcomer], served, {}, companions=2) == {"b0", "a0", "a1"}
+
+
+def test_companions_come_a_whole_phase_at_a_time_so_the_bulk_stays_in_step() -> None:
+    # Given A's bulk in two phases (three items at step 2, two at step 5) and B's newcomer
+    bulk = [live(f"a{i}", "A", age=i, phase=(2, 8)) for i in range(3)]
+    bulk += [live(f"a{i}", "A", age=i, phase=(5, 8)) for i in range(3, 5)]
+    newcomer = live("b0", "B", age=9)
+    served = {"A": 1.0}
+    # Then room for two takes the phase of two (the first phase would be split), room for one takes none
+    assert choose([*bulk, newcomer], served, {}, companions=2) == {"b0", "a3", "a4"}
+    assert choose([*bulk, newcomer], served, {}, companions=1) == {"b0"}
+    assert choose([*bulk, newcomer], served, {}, companions=5) == {"b0", *(i.id for i in bulk)}
 
 
 def test_priority_orders_items_inside_a_key() -> None:
@@ -38,3 +50,35 @@ def test_an_item_paused_too_long_is_forced_in() -> None:
     newcomer = live("b0", "B")
     paused = {"a2": STARVE_AFTER, "a1": STARVE_AFTER - 1}
     assert choose([*bulk, newcomer], {"A": 1.0}, paused, companions=0) == {"b0", "a2"}
+
+
+def test_auto_companions_time_the_head_alone_first_then_grow_one_row_at_a_time() -> None:
+    from workers.runner.step_policy import StepCosts
+
+    costs = StepCosts()
+    costs.observe(8, 0.80)  # the bulk's full steps before the newcomer came
+    assert costs.companions(7) == 0  # the head alone is not timed yet: that step times it
+    costs.observe(1, 0.10)
+    assert costs.companions(7) == 1  # two items never timed: tried once
+    costs.observe(2, 0.20)  # a compute-bound device: every row adds its own time
+    assert costs.companions(7) == 0
+    for _ in range(5):  # the head alone stays the fastest: still none
+        costs.observe(1, 0.10)
+        assert costs.companions(7) == 0
+
+
+def test_auto_companions_fill_the_step_where_rows_are_free() -> None:
+    from workers.runner.step_policy import SLACK, StepCosts
+
+    costs = StepCosts()
+    costs.observe(1, 0.100)
+    costs.observe(8, 0.100 * (1 + SLACK / 2))  # a GPU at small sizes: eight cost about what one does
+    assert costs.companions(7) == 7
+    assert costs.companions(3) == 3  # never more than are live
+    costs.observe(8, 0.5)  # the device got slower at eight (a larger working set): a full step no longer fits
+    costs.observe(8, 0.5)
+    assert costs.companions(7) == 1  # back to exploring upward from the head alone: two items next
+    costs.observe(2, 0.105)
+    assert costs.companions(7) == 2
+    costs.observe(3, 0.2)
+    assert costs.companions(7) == 1  # three came out too slow: two it is

@@ -7,9 +7,10 @@ that cannot wait for it) -> ask the store for more work of the queue the message
 one scheduling policy, over the direct store and the gateway alike) up to the free rows and pixels of the card's
 budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`; only while rows are free, so a full set
 costs no claim queries), so a job queued now starts at the next step. The loop holds the worker's one message
-for as long as its queue has work, so it also asks the worker's other queues (direct: each other queue it
-subscribes to, in turn; the gateway: the kinds a running set cannot hold, its claims already span the image
-queues) when a row is free: while they have work, they and the loop's own queue take turns at free rows, and
+for as long as its queue has work, so once that queue has fed it more than its first claim (a backlog loop; a
+loop that ends soon leaves the other queues to their own messages) it also asks the worker's other queues
+(direct: each other queue it subscribes to, in turn; the gateway: the kinds a running set cannot hold, its claims
+already span the image queues) when a row is free: while they have work, they and the loop's own queue take turns at free rows, and
 once they have none, it looks again only every `LOOK_ELSEWHERE_SECONDS`. Image jobs of another kind or size open
 their own set; understand jobs run as one whole batch right there, between two steps. So one queue's backlog
 never starves another queue's jobs on a continuous worker -> one step of every set, advancing the items
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -42,12 +43,15 @@ from workers.runner.leases import LeaseKeeper
 from workers.runner.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
 from workers.runner.oom import is_oom, release_cached_memory
 from workers.runner.progress import CancelWatcher, ProgressReporter
-from workers.runner.step_policy import STARVE_AFTER, Live, choose
+from workers.runner.step_policy import STARVE_AFTER, Live, StepCosts, choose
+from workers.runner.wakeups import QueueWakeups
 
 log = logging.getLogger(__name__)
 
 IMAGE_KINDS = ("generate", "edit")
 LOOK_ELSEWHERE_SECONDS = 1.0  # how often a loop with a free row asks the worker's other queues first
+NEWCOMER_SECONDS = 0.25  # a full set without queue wake-ups asks this often for a key it does not hold
+NEWCOMER_SAFETY_SECONDS = 2.0  # with wake-ups, it asks this often anyway (a wake-up can be lost)
 T = TypeVar("T")
 
 
@@ -57,7 +61,7 @@ class QueueClaims(Protocol):
     has none (the API picks among the token's queues)."""
 
     def claim_next(self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
-                   claim_id: str | None = None) -> list[Claim]: ...
+                   claim_id: str | None = None, skip_owners: Collection[str] = ()) -> list[Claim]: ...
 
 
 @dataclass
@@ -85,14 +89,25 @@ class Member:
         soft = self.clock.soft_seconds
         return self.model_seconds > soft or self.clock.elapsed() > soft * (STARVE_AFTER + 1)
 
-    def live(self) -> Live:
+    def live(self, phase: tuple[int, int] = (0, 0)) -> Live:
         job = self.item.job
-        return Live(job.id, job.owner_id, job.priority, job.created_at,
-                    job.pixels * 1e-6)
+        return Live(job.id, job.owner_id, job.priority, job.created_at, job.pixels * 1e-6, phase)
 
 
 class ContinuousRunner(BatchRunner):
     """`BatchRunner` whose image jobs run in running sets; everything else is the whole-batch path."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.step_costs: dict[tuple[str, int], StepCosts] = {}  # per (kind, size): outlives one loop
+        self._wakeups: QueueWakeups | None = None
+
+    @property
+    def wakeups(self) -> QueueWakeups | None:
+        """The process's queue wake-ups (direct transport with Redis), subscribed at the first loop."""
+        if self._wakeups is None and self.settings.redis_url and isinstance(self.store, QueueClaims):
+            self._wakeups = QueueWakeups(self.settings.redis_url).start()
+        return self._wakeups
 
     def run_claims(self, claims: list[Claim], started: float | None = None) -> int:
         jobs = self.store.get_many([c.job_id for c in claims])
@@ -119,8 +134,11 @@ class _Loop:
         self.r, self.s, self.seed, self.queue = runner, s, seed.id, seed.queue
         self.started = time.monotonic()
         self.look_elsewhere_at = self.started  # the first free row already asks the other queues
+        self.newcomer_at = self.started
+        self.wakeups = runner.wakeups
         self.looks = 0
         self.own_turn = False
+        self.fed = False  # the loop's own queue had more than the set held: a backlog loop (see _claim_more)
         self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> model.engine.running_set.RunningSet
         self.members: dict[str, Member] = {}
         self.served: dict[tuple[str, int], dict[str, float]] = {}  # per set: owner -> megapixel-steps done
@@ -141,6 +159,7 @@ class _Loop:
         self.keeper.__enter__()
         try:
             with self.reporter:
+                self.fed = len(claims) >= self.row_cap
                 self._admit(claims)
                 while True:
                     self._drop_leaving()
@@ -189,8 +208,9 @@ class _Loop:
             return
         rows, pixels = self._free()
         if rows <= 0 or pixels <= 0:
+            self._claim_newcomer()
             return
-        if time.monotonic() >= self.look_elsewhere_at and not self.own_turn:
+        if self.fed and time.monotonic() >= self.look_elsewhere_at and not self.own_turn:
             self.own_turn = True  # while other queues have work, they and the loop's own queue take turns
             if self._claim_elsewhere(rows, pixels):
                 return
@@ -199,6 +219,27 @@ class _Loop:
         kinds = [k for k in self.s.worker_kinds if k in IMAGE_KINDS]  # the gateway claims across queues
         claims = self.r.store.claim_for_message(self.seed, self.r.worker_id, self.s.lease_seconds, rows, pixels,
                                                 kinds=kinds)
+        if claims:
+            self.fed = True
+            self._admit(claims)
+
+    def _claim_newcomer(self) -> None:
+        """A full set still takes one job of a key it holds none of, into one row over the cap: a step never runs
+        more than the cap (`_step_rows`), so that job pauses someone else's item instead of waiting for a row
+        to free (a whole wave of the bulk's items, often). Asked when the queue was woken since the last look
+        (`workers.runner.wakeups`: a job arrived), else every NEWCOMER_SAFETY_SECONDS, or every NEWCOMER_SECONDS
+        without Redis. The gateway's claims cannot pass over keys yet, so only the direct transport asks."""
+        store = self.r.store
+        if not isinstance(store, QueueClaims) or len(self.members) > self.row_cap:
+            return
+        now = time.monotonic()
+        woken = self.wakeups.take(self.queue) if self.wakeups is not None else None
+        if not woken and now < self.newcomer_at:
+            return
+        self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
+        owners = {m.item.job.owner_id for m in self.members.values()}
+        claims = store.claim_next(self.queue, self.r.worker_id, self.s.lease_seconds, 1, self.s.worker_max_pixels,
+                                  skip_owners=owners)
         if claims:
             self._admit(claims)
 
@@ -319,8 +360,14 @@ class _Loop:
         if rs is None:
             return
         live = [self.members[i] for i in rs.ids]
-        ids = choose([m.live() for m in live], self.served[key], {m.id: m.paused for m in live},
-                     self.s.worker_step_companions)
+        costs = self.r.step_costs.setdefault(key, StepCosts())
+        rows = self._step_rows(live)
+        companions = self.s.worker_step_companions
+        if companions == "auto":  # a CPU is compute-bound at real sizes: none there (see step_policy)
+            companions = 0 if self.r.device == "cpu" else costs.companions(min(len(live), rows) - 1)
+        phases = rs.progress()
+        ids = choose([m.live(phases.get(m.id, (0, 0))) for m in live], self.served[key],
+                     {m.id: m.paused for m in live}, companions, rows)
         try:
             finished, seconds = self._run_step(rs, ids)
         except DeviceFatal:
@@ -328,7 +375,13 @@ class _Loop:
         except Exception as exc:  # noqa: BLE001 - classified: the worker survives anything but a broken device
             self._on_step_error(rs, ids, exc)
             return
+        costs.observe(len(ids), seconds)
         self._after_step(rs, live, ids, finished, seconds)
+
+    def _step_rows(self, live: list[Member]) -> int:
+        """The most items one step of this set may run: the card's rows and pixels (a set may hold more)."""
+        pixels = max(1, live[0].item.job.pixels)
+        return max(1, min(self.row_cap, self.s.worker_batch_pixel_budget // pixels))
 
     def _run_step(self, rs: Any, ids: set[str]) -> tuple[list[Any], float]:
         pixels = sum(self.members[i].item.job.pixels for i in ids)

@@ -3,20 +3,22 @@
 The one scheduling policy decides (`storage.scheduling.policy.service_order`: fair share across keys, priority then age
 inside a key). Here the keys are the owners of the set's live items, charged with the work the set already did
 for them (megapixel-steps, weight 1), so a key that just joined is the least served. When more than one key is
-live, the step runs the policy's first item with at most `companions` others in policy order; the rest pause with
-their state kept. An item paused `STARVE_AFTER` steps in a row is forced in, so nothing starves. With one key
+live, the step runs the policy's first item with at most `companions` others in policy order, whole phases at a
+time (items at the same step; a split phase would pad every later step); the rest pause with their state kept. An item paused `STARVE_AFTER` steps in a row is forced in, so nothing starves. With one key
 live every item advances. Pure: no clocks, no store, no model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from storage.scheduling.policy import KeyShare, service_order, within_key_of
 
 STARVE_AFTER = 4  # an item paused this many steps in a row advances in the next one
+SLACK = 0.2  # "near its minimum": a step with companions may take this much longer than the head alone
+SMOOTHING = 0.2  # weight of the newest step in a row count's running mean
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Live:
     priority: int
     created_at: datetime
     step_work: float  # megapixel-steps one step of this item costs
+    phase: tuple[int, int] = (0, 0)  # (steps done, steps in all): items in one phase step without padding
 
 
 def step_order(items: Iterable[Live], served: Mapping[str, float]) -> list[str]:
@@ -43,12 +46,62 @@ def step_order(items: Iterable[Live], served: Mapping[str, float]) -> list[str]:
     return [item.id for _, item in service_order(keys, jobs_of, lambda i: i.step_work)]
 
 
-def choose(items: list[Live], served: Mapping[str, float], paused: Mapping[str, int], companions: int) -> set[str]:
+def choose(items: list[Live], served: Mapping[str, float], paused: Mapping[str, int], companions: int,
+           max_rows: int | None = None) -> set[str]:
     """Ids that advance in the next step: everything when one key is live; otherwise the policy's head with at
-    most `companions` others in policy order, plus every item paused `STARVE_AFTER` steps in a row."""
+    most `companions` others in policy order, plus every item paused `STARVE_AFTER` steps in a row. Never more
+    than `max_rows` (what one step may hold on the card; a set can hold one item more, a newcomer's): then the
+    starving go first, longest paused first, then policy order, so every item still advances."""
     if len({i.owner_id for i in items}) <= 1:
-        return {i.id for i in items}
-    order = step_order(items, served)
-    chosen = set(order[: 1 + companions])
-    chosen |= {i.id for i in items if paused.get(i.id, 0) >= STARVE_AFTER}
-    return chosen
+        chosen = {i.id for i in items}
+    else:
+        order = step_order(items, served)
+        chosen = {order[0], *_whole_phases(items, order[1:], companions)}
+        chosen |= {i.id for i in items if paused.get(i.id, 0) >= STARVE_AFTER}
+    if max_rows is None or len(chosen) <= max_rows:
+        return chosen
+    rank = {item_id: n for n, item_id in enumerate(step_order(items, served))}
+    first = sorted(chosen, key=lambda i: (paused.get(i, 0) < STARVE_AFTER, -paused.get(i, 0), rank[i]))
+    return set(first[: max(1, max_rows)])
+
+
+def _whole_phases(items: list[Live], order: list[str], room: int) -> list[str]:
+    """Companions in policy order, a whole phase at a time (items at the same step of the same schedule), as many
+    phases as fit in `room`. Splitting a phase would leave its items at different steps for the rest of their
+    run, and a step over items at different steps pads the shorter ones: the bulk would pay for that every step
+    after the newcomer left."""
+    phase_of = {i.id: i.phase for i in items}
+    phases: dict[tuple[int, int], list[str]] = {}
+    for item_id in order:
+        phases.setdefault(phase_of[item_id], []).append(item_id)
+    taken: list[str] = []
+    for members in phases.values():
+        if len(members) <= room - len(taken):
+            taken += members
+    return taken
+
+
+@dataclass
+class StepCosts:
+    """A running set's step seconds by the number of items a step advanced (a running mean per count)."""
+
+    means: dict[int, float] = field(default_factory=dict)
+
+    def observe(self, rows: int, seconds: float) -> None:
+        old = self.means.get(rows)
+        self.means[rows] = seconds if old is None else old + SMOOTHING * (seconds - old)
+
+    def companions(self, limit: int) -> int:
+        """Others that may share the head's step: one fewer than the most items a step was seen to advance
+        within SLACK of the head alone. Until the head alone has been timed it is none (that step times it);
+        while the next larger step has never been timed, that one is tried once, so the table grows one row
+        at a time (a step that came out too slow is not tried again; one used is timed again every time)."""
+        if limit <= 0 or 1 not in self.means:
+            return 0
+        bound = self.means[1] * (1 + SLACK)
+        best = max(n for n, t in self.means.items() if t <= bound)  # fewer rows than a fast step cost no more
+        if best > limit:
+            return limit
+        if best + 1 not in self.means:
+            return best  # best + 1 items: times the next size
+        return best - 1
