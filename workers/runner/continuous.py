@@ -5,13 +5,14 @@ between two sampling steps. Understand jobs, and engines without `open_set`, run
 Each pass of the loop: drop what must leave (cancel requested, lease lost, the job's own time limit, a shutdown
 that cannot wait for it) -> ask the store for more work of the queue the message woke (`claim_for_message`: the
 one scheduling policy, over the direct store and the gateway alike) up to the free rows and pixels of the card's
-budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`; only while rows are free, so a full set
-costs no claim queries), so a job queued now starts at the next step. The loop holds the worker's one message
+budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`), so a job queued now starts at the next
+step; a full set asks only for a key it holds nothing of, one job over the cap, when the queue's Redis wake-up
+says a job arrived (`_claim_newcomer`). The loop holds the worker's one message
 for as long as its queue has work, so once that queue has fed it more than its first claim (a backlog loop; a
 loop that ends soon leaves the other queues to their own messages) it also asks the worker's other queues
-(direct: each other queue it subscribes to, in turn; the gateway: the kinds a running set cannot hold, its claims
-already span the image queues) when a row is free: while they have work, they and the loop's own queue take turns at free rows, and
-once they have none, it looks again only every `LOOK_ELSEWHERE_SECONDS`. Image jobs of another kind or size open
+(direct: each other queue it subscribes to, in turn; the gateway: the kinds a running set cannot hold, its
+claims already span the image queues) when a row is free: while they have work, they and the loop's own queue
+take turns at free rows, and once they have none, it looks again only every `LOOK_ELSEWHERE_SECONDS`. Image jobs of another kind or size open
 their own set; understand jobs run as one whole batch right there, between two steps. So one queue's backlog
 never starves another queue's jobs on a continuous worker -> one step of every set, advancing the items
 `workers.runner.step_policy` picks (the others pause with their state kept) -> retired items are encoded, uploaded and completed in the background by `BatchRunner._succeed`, the same
@@ -133,7 +134,7 @@ class _Loop:
         s = runner.settings
         self.r, self.s, self.seed, self.queue = runner, s, seed.id, seed.queue
         self.started = time.monotonic()
-        self.look_elsewhere_at = self.started  # the first free row already asks the other queues
+        self.look_elsewhere_at = self.started  # a backlog loop's first free row already asks the other queues
         self.newcomer_at = self.started
         self.wakeups = runner.wakeups
         self.looks = 0
@@ -308,7 +309,7 @@ class _Loop:
             self.keeper.finish(job.id)
             if is_oom(exc) and self.members:
                 release_cached_memory()
-                self.row_cap = max(1, len(self.members))
+                self.row_cap = max(1, min(self.row_cap, len(self.members)))  # never up: a newcomer may be over it
                 self.r._release([item.claim])
             else:
                 code = JobErrorCode.OUT_OF_MEMORY if is_oom(exc) else JobErrorCode.MODEL_ERROR
