@@ -1,118 +1,148 @@
-"""Model-busy fraction with and without worker pipelining, side by side in one run (issue 20, item 3).
+"""Model-busy fraction of the worker loops side by side in one run (issue 20, item 3; issue 25, figures).
 
-An in-process `workers.runner.batching.BatchRunner` (the real store in a private Postgres schema, the real object store,
-the tiny model on CPU) works through a backlog of `--batches` batches of `--batch` jobs twice: serially
-(encode -> upload -> complete, then the next batch) and pipelined (`workers.runner.pipeline`: batch N is written while
-batch N+1 samples). It reports the fraction of wall time the model was computing and the idle gap between
-model calls; results are the same in both (tests/workers/test_pipeline.py checks that).
+An in-process runner (the real store in a private Postgres schema, the real object store, the tiny model on
+CPU) works through the same workload of `--batches` groups of `--batch` jobs (groups alternate `--steps` and
+`--steps`+1, so whole batches never merge) three times:
+- whole serial: `workers.runner.batching.BatchRunner`, encode -> upload -> complete, then the next batch;
+- whole pipelined: the same with `workers.runner.pipeline` (batch N is written while batch N+1 samples);
+- continuous: `workers.runner.continuous.ContinuousRunner` (the default), `--batch` rows in a running set that
+  claims between steps; its steps and admissions (conditioning) are the model calls.
+It reports the fraction of wall time the model was computing (target under backlog: >= 95 %), the idle gap
+between model calls, and images/s. By default the workload is a backlog queued before the clock starts, one
+message per group. With `--arrival-gap-ms G` a background thread creates the jobs G ms apart (the clock starts
+with the first) and each job sends its own message, as the API does; the runner serves them in arrival order.
 
-    python -m bench.worker --model-busy [--batches 12] [--batch 4] [--size 128] [--storage s3|local]
+    python -m bench.worker --model-busy [--batches 12] [--batch 4] [--size 128] [--steps 2]
+                                        [--storage s3|local] [--arrival-gap-ms 0] [--modes ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import queue
 import secrets
 import statistics
+import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from model.inference import ImageResult, TextResult
+from bench.timed import TimedEngine
+
+MODES = ("whole serial", "whole pipelined", "continuous")
 
 
-@dataclass
-class TimedEngine:
-    """The engine, with the wall time of each model call recorded (bench only)."""
-
-    inner: Any
-    calls: list[tuple[float, float]] = field(default_factory=list)
-
-    @property
-    def model_id(self) -> str:
-        return str(self.inner.model_id)
-
-    @property
-    def revision(self) -> str:
-        return str(self.inner.revision)
-
-    def _timed(self, method: str, requests: list, progress: Any = None, should_cancel: Any = None) -> list:
-        start = time.perf_counter()
-        try:
-            return list(getattr(self.inner, method)(requests, progress=progress, should_cancel=should_cancel))
-        finally:
-            self.calls.append((start, time.perf_counter()))
-
-    def generate(self, requests: list, progress: Any = None, should_cancel: Any = None) -> list[ImageResult]:
-        return self._timed("generate", requests, progress, should_cancel)
-
-    def edit(self, requests: list, progress: Any = None, should_cancel: Any = None) -> list[ImageResult]:
-        return self._timed("edit", requests, progress, should_cancel)
-
-    def understand(self, requests: list, progress: Any = None, should_cancel: Any = None) -> list[TextResult]:
-        return self._timed("understand", requests, progress, should_cancel)
-
-
-def _jobs(store: Any, owner_id: str, batches: int, batch: int, size: int, steps_base: int) -> list[str]:
-    """`batches` groups of `batch` compatible generate jobs (groups differ in steps, so never merge)."""
+def new_owner(sessions: Any) -> str:
     from storage.jobs.ids import new_id
-    from storage.records import NewJob
-    from storage.routing import queue_for
-
-    seeds = []
-    for b in range(batches):
-        steps = steps_base + (b % 2)
-        for i in range(batch):
-            params = {"prompt": f"a red cube {i}", "negative_prompt": None, "width": size, "height": size,
-                      "num_images": 1, "steps": steps, "guidance_scale": 3.0, "guidance_schedule": "constant",
-                      "temperature": 1.0, "seed": 1000 * b + i, "output_format": "png"}
-            job = store.create(NewJob(id=new_id(), owner_id=owner_id, kind="generate", params=params,
-                                      compat_key=f"generate:{size}:{steps}:3.0:constant",
-                                      queue=queue_for("generate", size), seed=1000 * b + i))
-            if i == 0:
-                seeds.append(job.id)
-    return seeds
-
-
-def run_one(stack: Any, engine: Any, pipelined: bool, args: argparse.Namespace) -> dict[str, Any]:
-    from storage.db import make_engine, make_session_factory
-    from storage.jobs.ids import new_id
-    from storage.jobs.store import JobStore
-    from storage.objects.base import make_object_store
     from storage.tables import ApiKey
-    from workers.metrics import WorkerMetrics
-    from workers.runner.batching import BatchRunner
-    from workers.shutdown import ShutdownGate
 
-    sessions = make_session_factory(make_engine(stack.settings))
-    store = JobStore(sessions)
     owner_id = new_id()
     with sessions.begin() as s:
         s.add(ApiKey(id=owner_id, name="bench", key_prefix="upk_bench", key_hash=secrets.token_hex(32),
                      webhook_secret="whsec_" + secrets.token_hex(24)))
+    return owner_id
+
+
+def create_job(store: Any, owner_id: str, size: int, steps: int, seed: int) -> str:
+    from storage.jobs.ids import new_id
+    from storage.records import NewJob
+    from storage.routing import queue_for
+
+    params = {"prompt": f"a red cube {seed}", "negative_prompt": None, "width": size, "height": size,
+              "num_images": 1, "steps": steps, "guidance_scale": 3.0, "guidance_schedule": "constant",
+              "temperature": 1.0, "seed": seed, "output_format": "png"}
+    return store.create(NewJob(id=new_id(), owner_id=owner_id, kind="generate", params=params,
+                               compat_key=f"generate:{size}:{steps}:3.0:constant",
+                               queue=queue_for("generate", size), seed=seed)).id
+
+
+def _workload(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(steps, seed) of every job, group after group."""
+    return [(args.steps + b % 2, 1000 * b + i) for b in range(args.batches) for i in range(args.batch)]
+
+
+def make_runner(stack: Any, store: Any, engine: TimedEngine, mode: str, batch: int) -> Any:
+    from storage.objects.base import make_object_store
+    from workers.metrics import WorkerMetrics
+    from workers.runner.batching import BatchRunner
+    from workers.runner.continuous import ContinuousRunner
+    from workers.shutdown import ShutdownGate
+
+    cls = ContinuousRunner if mode == "continuous" else BatchRunner
+    settings = stack.settings.model_copy(update={"worker_max_batch": batch, "progress_interval_ms": 250,
+                                                 "worker_batching": mode.split()[0]})
+    return cls(store=store, objects=make_object_store(stack.settings), engine=engine, settings=settings,
+               worker_id=f"bench-pipeline:{mode.replace(' ', '-')}", metrics=WorkerMetrics(),
+               shutdown=ShutdownGate(30.0), enqueue=lambda jobs: None, pipeline=mode == "whole pipelined")
+
+
+def _backlog(store: Any, owner_id: str, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Every job queued now; one message per group (its first job)."""
+    ids = [create_job(store, owner_id, args.size, steps, seed) for steps, seed in _workload(args)]
+    return ids, ids[:: args.batch]
+
+
+def _arrivals(store: Any, owner_id: str, args: argparse.Namespace, messages: queue.Queue[str | None],
+              ids: list[str]) -> None:
+    """Jobs created `--arrival-gap-ms` apart, each with its own message; None when the last has arrived."""
+    due = time.perf_counter()
+    try:
+        for steps, seed in _workload(args):
+            ids.append(create_job(store, owner_id, args.size, steps, seed))
+            messages.put(ids[-1])
+            due += args.arrival_gap_ms / 1000
+            time.sleep(max(0.0, due - time.perf_counter()))  # pacing the arrivals, not waiting on a state
+    finally:
+        messages.put(None)
+
+
+def _serve(runner: Any, messages: queue.Queue[str | None]) -> int:
+    served = 0
+    while (job_id := messages.get()) is not None:
+        served += runner.run(job_id)
+    return served
+
+
+def run_one(stack: Any, engine: Any, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    from storage.db import make_engine, make_session_factory
+    from storage.jobs.events import attach_from_settings
+    from storage.jobs.store import JobStore
+
+    sessions = make_session_factory(make_engine(stack.settings))
+    attach_from_settings(sessions, stack.settings)  # queue wake-ups on Redis, as the API's store sends them
+    store = JobStore(sessions)
+    owner_id = new_owner(sessions)
     timed = TimedEngine(engine)
-    runner = BatchRunner(store=store, objects=make_object_store(stack.settings), engine=timed,
-                         settings=stack.settings.model_copy(update={"worker_max_batch": args.batch,
-                                                                    "progress_interval_ms": 250}),
-                         worker_id=f"bench-pipeline:{int(pipelined)}", metrics=WorkerMetrics(),
-                         shutdown=ShutdownGate(30.0), enqueue=lambda jobs: None, pipeline=pipelined)
-    # warm-up batch (not counted)
-    runner.run(_jobs(store, owner_id, 1, args.batch, args.size, args.steps)[0])
+    runner = make_runner(stack, store, timed, mode, args.batch)
+    warm = [create_job(store, owner_id, args.size, args.steps, 10**6 + i) for i in range(args.batch)]
+    runner.run(warm[0])  # warm-up batch (not counted)
     runner.drain()
-    timed.calls.clear()
-    seeds = _jobs(store, owner_id, args.batches, args.batch, args.size, args.steps)
-    started = time.perf_counter()
-    for seed in seeds:
-        assert runner.run(seed) == args.batch
+    timed.clear()
+    messages: queue.Queue[str | None] = queue.Queue()
+    ids: list[str] = []
+    if args.arrival_gap_ms > 0:
+        started = time.perf_counter()
+        threading.Thread(target=_arrivals, args=(store, owner_id, args, messages, ids), daemon=True).start()
+    else:
+        ids, seeds = _backlog(store, owner_id, args)
+        for seed in seeds:
+            messages.put(seed)
+        messages.put(None)
+        started = time.perf_counter()
+    served = _serve(runner, messages)
     runner.drain()
     wall = time.perf_counter() - started
-    busy = sum(end - start for start, end in timed.calls)
-    gaps = [timed.calls[i + 1][0] - timed.calls[i][1] for i in range(len(timed.calls) - 1)]
     runner.pipeline.close()
-    return {"pipelined": pipelined, "batches": len(seeds), "wall_s": round(wall, 3),
-            "model_busy_fraction": round(busy / wall, 3), "gap_between_calls_ms_p50": round(
-                1000 * statistics.median(gaps), 1) if gaps else 0.0,
-            "images_per_s": round(len(seeds) * args.batch / wall, 3),
+    done = store.get_many(ids)
+    assert served == len(ids) == args.batches * args.batch, (served, len(ids))
+    assert all(j.status == "succeeded" for j in done), [(j.id, j.status, j.error_message) for j in done]
+    calls = sorted(timed.calls)
+    busy = sum(end - start for start, end in calls)
+    gaps = [calls[i + 1][0] - calls[i][1] for i in range(len(calls) - 1)]
+    return {"mode": mode, "jobs": len(ids), "model_calls": len(calls), "wall_s": round(wall, 3),
+            "model_busy_fraction": round(busy / wall, 3),
+            "gap_between_calls_ms_p50": round(1000 * statistics.median(gaps), 1) if gaps else 0.0,
+            "gap_between_calls_ms_mean": round(1000 * statistics.fmean(gaps), 1) if gaps else 0.0,
+            "images_per_s": round(len(ids) / wall, 3),
             "waited_for_previous_finish_s": round(runner.pipeline.wait_seconds, 3)}
 
 
@@ -124,22 +154,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=12)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=4, help="jobs per whole batch; rows of the running set")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--storage", choices=["s3", "local"], default="s3")
+    ap.add_argument("--arrival-gap-ms", type=float, default=0.0,
+                    help="jobs arrive this far apart while the runner works (0: a backlog queued up front)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
     args = ap.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",")]
+    if unknown := set(modes) - set(MODES):
+        ap.error(f"unknown modes {sorted(unknown)}")
     engine = load_engine("tiny")
     rows = []
     worker_bench.REDIS = worker_bench.REDIS or worker_bench.free_redis_db()  # Stack flushes its own db
     with worker_bench.Stack(args.storage) as stack:
-        for pipelined in (False, True):
-            rows.append(run_one(stack, engine, pipelined, args))
-    print(f"{'pipelined':>10}{'wall s':>10}{'model busy':>12}{'gap p50 ms':>12}{'img/s':>8}")
+        for mode in modes:
+            rows.append(run_one(stack, engine, mode, args))
+    print(f"{'mode':>16}{'wall s':>9}{'model busy':>12}{'gap p50 ms':>12}{'gap mean ms':>13}{'img/s':>8}"
+          f"{'calls':>7}")
     for r in rows:
-        print(f"{r['pipelined']!s:>10}{r['wall_s']:>10}{r['model_busy_fraction']:>12}"
-              f"{r['gap_between_calls_ms_p50']:>12}{r['images_per_s']:>8}")
-    report = {"storage": args.storage, "size": args.size, "batch": args.batch, "rows": rows}
+        print(f"{r['mode']:>16}{r['wall_s']:>9}{r['model_busy_fraction']:>12}{r['gap_between_calls_ms_p50']:>12}"
+              f"{r['gap_between_calls_ms_mean']:>13}{r['images_per_s']:>8}{r['model_calls']:>7}")
+    report = {"storage": args.storage, "size": args.size, "batch": args.batch, "steps": args.steps,
+              "arrival_gap_ms": args.arrival_gap_ms, "rows": rows}
     print(json.dumps(report))
     return report
 

@@ -11,7 +11,7 @@ i.e. everything but the model: the insert, the broker, the claim, input/result I
 completing transaction. The bare round trip is send -> worker runs a no-op -> reply on a Redis list.
 
     python -m bench.worker [--jobs 200] [--kind generate] [--storage s3|local]
-    python -m bench.worker --model-busy [...]   # model-busy fraction, pipelining off vs on (bench.pipeline)
+    python -m bench.worker --model-busy [...]   # model busy: whole serial, pipelined, continuous (bench.pipeline)
 
 Then, in the same run (unless `--no-gateway`; S3 only), the same jobs through a gateway worker over loopback HTTP
 (`bench.gateway`): its overhead and its claim-to-done overhead (the transport's per-batch cost) beside Celery's.
@@ -274,7 +274,7 @@ _PNG = _png()
 
 
 def main() -> None:
-    if "--model-busy" in sys.argv[1:]:  # issue 20: worker pipelining off vs on, in process (bench.pipeline)
+    if "--model-busy" in sys.argv[1:]:  # issues 20, 25: whole serial, pipelined, continuous, in process
         from bench.pipeline import main as model_busy
 
         model_busy([a for a in sys.argv[1:] if a != "--model-busy"])

@@ -1,0 +1,132 @@
+"""Cancel latency of a running item under continuous batching, and whether its row is reused (issue 25).
+
+An in-process `workers.runner.continuous.ContinuousRunner` (the real store in a private Postgres schema, the
+real object store, the tiny model on CPU) serves, on a thread, a backlog of `--rows` + 1 compatible jobs
+(`--steps` steps at `--size` px): `--rows` fill its running set and one waits in the queue. Once the set has
+taken half its steps, one running item is canceled through `JobStore.request_cancel` (what the API calls).
+Per repeat, each on a fresh backlog:
+- steps: step calls of the set that ended after the request and before the item was dropped (the step in
+  flight counts; target <= 1). The request commits somewhere inside its own call, so two counts bound it:
+  from when it was sent (at most one too many) and from when it returned (at most one too few);
+- ms: from sending the request to the job's `finished_at` as `canceled` (and the request's own duration);
+- row reused: the queued job was admitted after the drop and before the next step, which ran with every row
+  live.
+
+    python -m bench.cancel [--repeats 10] [--rows 8] [--steps 16] [--size 128] [--storage s3|local]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.pipeline import create_job, make_runner, new_owner
+from bench.timed import SetEvent, TimedEngine
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 300.0) -> None:
+    """Poll an in-process state; the bound is a liveness limit, not a measurement."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def _analyse(events: list[SetEvent], victim: str, waiting: str, sent: float, returned: float, rows: int
+             ) -> dict[str, Any]:
+    drop = next(e for e in events if e.what == "drop" and victim in e.ids)
+    steps = [e for e in events if e.what == "step"]
+    before = [e for e in steps if e.end <= sent]
+    nxt = next((e for e in steps if e.start >= drop.end), None)
+    admitted = any(e.what == "admit" and waiting in e.ids and drop.end <= e.start
+                   and (nxt is None or e.end <= nxt.start) for e in events)
+    return {"steps_from_sent": sum(sent < e.end <= drop.start for e in steps),
+            "steps_from_returned": sum(returned < e.end <= drop.start for e in steps),
+            "victim_was_live": bool(before) and victim in before[-1].live,
+            "row_reused": admitted and nxt is not None and len(nxt.live) == rows,
+            "step_ms_p50": round(1000 * statistics.median(e.end - e.start for e in steps), 1)}
+
+
+def one_cancel(store: Any, runner: Any, timed: TimedEngine, owner_id: str, args: argparse.Namespace, r: int
+               ) -> dict[str, Any]:
+    from storage.states import JobStatus
+
+    jobs = [create_job(store, owner_id, args.size, args.steps, 10_000 * r + i) for i in range(args.rows + 1)]
+    victim, waiting = jobs[r % args.rows], jobs[-1]  # the oldest `rows` fill the set; the last one waits
+    timed.clear()
+    served: list[int] = []
+    thread = threading.Thread(target=lambda: served.append(runner.run(jobs[0])), name="bench-runner")
+    thread.start()
+    wait_until(lambda: timed.steps() >= args.steps // 2, "the set to take half its steps")
+    requested_at, sent = datetime.now(UTC), time.perf_counter()
+    store.request_cancel(victim, None)
+    returned = time.perf_counter()
+    thread.join(600)
+    runner.drain()
+    done = {j.id: j for j in store.get_many(jobs)}
+    assert served == [len(jobs)], served
+    assert done[victim].status == JobStatus.CANCELED, done[victim]
+    assert all(j.status == JobStatus.SUCCEEDED for i, j in done.items() if i != victim), done
+    out = _analyse(list(timed.events), victim, waiting, sent, returned, args.rows)
+    finished_at = done[victim].finished_at
+    assert finished_at is not None
+    out["ms"] = round(1000 * (finished_at - requested_at).total_seconds(), 1)
+    out["request_ms"] = round(1000 * (returned - sent), 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import bench.worker as worker_bench
+    from model.inference import load_engine
+    from storage.db import make_engine, make_session_factory
+    from storage.jobs.store import JobStore
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--rows", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--storage", choices=["s3", "local"], default="s3")
+    args = ap.parse_args(argv)
+    timed = TimedEngine(load_engine("tiny"))
+    worker_bench.REDIS = worker_bench.REDIS or worker_bench.free_redis_db()  # Stack flushes its own db
+    with worker_bench.Stack(args.storage) as stack:
+        store = JobStore(make_session_factory(make_engine(stack.settings)))
+        owner_id = new_owner(store.sessions)
+        runner = make_runner(stack, store, timed, "continuous", args.rows)
+        warm = [create_job(store, owner_id, args.size, 2, 10**6 + i) for i in range(args.rows)]
+        runner.run(warm[0])  # warm-up (not counted)
+        runs = [one_cancel(store, runner, timed, owner_id, args, r) for r in range(args.repeats)]
+    def spread(key: str) -> dict[str, float]:
+        values = [r[key] for r in runs]
+        return {"p50": round(statistics.median(values), 1), "max": max(values)}
+
+    report = {"rows": args.rows, "steps": args.steps, "size": args.size, "repeats": len(runs),
+              "latency_steps_from_sent": spread("steps_from_sent"),
+              "latency_steps_from_returned": spread("steps_from_returned"),
+              "latency_ms": spread("ms"), "request_ms": spread("request_ms"),
+              "step_ms_p50": round(statistics.median(r["step_ms_p50"] for r in runs), 1),
+              "rows_reused": sum(r["row_reused"] for r in runs),
+              "victim_was_live": sum(r["victim_was_live"] for r in runs), "runs": runs,
+              "targets": {"latency_steps_max": 1}}
+    print(f"{'cancel latency':36}{'p50':>8}{'max':>8}")
+    for label, key in (("  steps, from the request sent", "latency_steps_from_sent"),
+                       ("  steps, from the request returned", "latency_steps_from_returned"),
+                       ("  ms, request sent -> canceled", "latency_ms"),
+                       ("  (the request itself, ms)", "request_ms")):
+        print(f"{label:36}{report[key]['p50']:>8}{report[key]['max']:>8}")
+    print(f"step p50 {report['step_ms_p50']} ms; rows reused {report['rows_reused']}/{len(runs)}; "
+          f"victim live at the request {report['victim_was_live']}/{len(runs)}")
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
