@@ -81,9 +81,21 @@ def _other_owner(session_factory: Any) -> str:
     return key_id
 
 
+def _publishing_store(settings: Any) -> Any:
+    """A store whose commits publish job events and queue wake-ups on Redis, as the API's does (the session's
+    `job_store` publishes nothing): a running loop hears a job queued through it."""
+    from storage.db import make_engine, make_session_factory
+    from storage.jobs.events import RedisPublisher, attach
+    from storage.jobs.store import JobStore
+
+    sessions = make_session_factory(make_engine(settings))
+    attach(sessions, RedisPublisher(settings.redis_url))
+    return JobStore(sessions)
+
+
 def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
     make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
-    monkeypatch: Any,
+    monkeypatch: Any, settings: Any,
 ) -> None:
     from workers.runner.continuous import _Loop
 
@@ -106,9 +118,12 @@ def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
     thread.start()
     wait_for(lambda: all((job_store.get(j.id).progress_step or 0) >= 2 for j in bulk), "A's set to take two steps")
 
-    # When tenant B queues one job of as many steps and the set goes on
-    late = make_job(job_store, object_store, _other_owner(session_factory), "generate", 64, seed=949, steps=8,
-                    tag="cont-sched-b")
+    # When tenant B queues one job of as many steps (the worker hears the queue's wake-up) and the set goes on
+    assert runner.wakeups is not None
+    heard = runner.wakeups.heard(bulk[0].queue)
+    late = make_job(_publishing_store(settings), object_store, _other_owner(session_factory), "generate", 64,
+                    seed=949, steps=8, tag="cont-sched-b")
+    wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
     release.touch()
     thread.join(120)
     runner.drain()
@@ -200,9 +215,6 @@ def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_mo
     make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, settings: Any,
     tmp_path: Path, monkeypatch: Any,
 ) -> None:
-    from storage.db import make_engine, make_session_factory
-    from storage.jobs.events import RedisPublisher, attach
-    from storage.jobs.store import JobStore
     from workers.runner.continuous import _Loop
 
     step_sizes: list[int] = []
@@ -233,10 +245,8 @@ def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_mo
     # When tenant B queues one job through a store that publishes queue wake-ups (as the API's does), and the
     # worker has heard it
     heard = runner.wakeups.heard(bulk[0].queue)
-    publishing = make_session_factory(make_engine(settings))
-    attach(publishing, RedisPublisher(settings.redis_url))
-    late = make_job(JobStore(publishing), object_store, _other_owner(session_factory), "generate", 64, seed=969,
-                    steps=8, tag="cont-full-b")
+    late = make_job(_publishing_store(settings), object_store, _other_owner(session_factory), "generate", 64,
+                    seed=969, steps=8, tag="cont-full-b")
     wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
     release.touch()
     thread.join(120)

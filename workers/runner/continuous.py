@@ -6,8 +6,10 @@ Each pass of the loop: drop what must leave (cancel requested, lease lost, the j
 that cannot wait for it) -> ask the store for more work of the queue the message woke (`claim_for_message`: the
 one scheduling policy, over the direct store and the gateway alike) up to the free rows and pixels of the card's
 budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`), so a job queued now starts at the next
-step; a full set asks only for a key it holds nothing of, one job over the cap, when the queue's Redis wake-up
-says a job arrived (`_claim_newcomer`). The loop holds the worker's one message
+step; a full set asks only for a key it holds nothing of, one job over the cap (`_claim_newcomer`). With Redis,
+the worker hears its queues' wake-ups (`workers.runner.wakeups`), so once a claim found the queue empty the loop
+asks again only when a job arrived (or every NEWCOMER_SAFETY_SECONDS, and always before it ends): a claim query
+costs about as much as a small step on a busy CPU. The loop holds the worker's one message
 for as long as its queue has work, so once that queue has fed it more than its first claim (a backlog loop; a
 loop that ends soon leaves the other queues to their own messages) it also asks the worker's other queues
 (direct: each other queue it subscribes to, in turn; the gateway: the kinds a running set cannot hold, its
@@ -43,7 +45,7 @@ from workers.runner.batching import BatchRunner, Item
 from workers.runner.leases import LeaseKeeper
 from workers.runner.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
 from workers.runner.oom import is_oom, release_cached_memory
-from workers.runner.progress import CancelWatcher, ProgressReporter
+from workers.runner.progress import BackgroundCancelWatcher, ProgressReporter
 from workers.runner.step_policy import STARVE_AFTER, Live, StepCosts, choose
 from workers.runner.wakeups import QueueWakeups
 
@@ -51,6 +53,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_KINDS = ("generate", "edit")
 LOOK_ELSEWHERE_SECONDS = 1.0  # how often a loop with a free row asks the worker's other queues first
+ADMIT_EVERY_SECONDS = 0.1  # a set with live items claims its own queue at most this often: one claim per
+# step costs as much as a small step on a busy CPU; arrivals are taken together instead (at most this much later)
+CANCEL_POLL_SECONDS = 0.1  # cancel requests are read this often, off the sampling thread
 NEWCOMER_SECONDS = 0.25  # a full set without queue wake-ups asks this often for a key it does not hold
 NEWCOMER_SAFETY_SECONDS = 2.0  # with wake-ups, it asks this often anyway (a wake-up can be lost)
 T = TypeVar("T")
@@ -140,6 +145,9 @@ class _Loop:
         self.looks = 0
         self.own_turn = False
         self.fed = False  # the loop's own queue had more than the set held: a backlog loop (see _claim_more)
+        self.drained = False  # its last claim found nothing: with wake-ups, ask again only when one comes
+        self.recheck_at = self.started  # or at this time (a wake-up can be lost)
+        self.claimed_at = self.started - ADMIT_EVERY_SECONDS  # the last claim of the own queue
         self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> model.engine.running_set.RunningSet
         self.members: dict[str, Member] = {}
         self.served: dict[tuple[str, int], dict[str, float]] = {}  # per set: owner -> megapixel-steps done
@@ -153,13 +161,13 @@ class _Loop:
         self.released: list[Claim] = []
         self.keeper = LeaseKeeper(runner.store, [], s.lease_seconds, stop_renewing=self._hung)
         self.reporter = ProgressReporter(runner.store, self.claims, s.progress_interval_ms / 1000, None, self.totals)
-        self.watcher = CancelWatcher(runner.store, [], 0.0)  # every pass: a cancel takes effect within a step
+        self.watcher = BackgroundCancelWatcher(runner.store, CANCEL_POLL_SECONDS)  # read between steps
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self, claims: list[Claim]) -> None:
         self.keeper.__enter__()
         try:
-            with self.reporter:
+            with self.reporter, self.watcher:
                 self.fed = len(claims) >= self.row_cap
                 self._admit(claims)
                 while True:
@@ -207,24 +215,39 @@ class _Loop:
     def _claim_more(self) -> None:
         if self.r.shutdown.requested:
             return
+        woken = self.wakeups.take(self.queue) if self.wakeups is not None else None
+        if woken:
+            self.drained = False
         rows, pixels = self._free()
         if rows <= 0 or pixels <= 0:
-            self._claim_newcomer()
+            self._claim_newcomer(woken)
             return
-        if self.fed and time.monotonic() >= self.look_elsewhere_at and not self.own_turn:
+        now = time.monotonic()
+        if self.drained and woken is False and self.members and now < self.recheck_at:
+            return  # the queue was empty and no job arrived since (wake-ups): no claim query this step
+        if self.members and now < self.claimed_at + ADMIT_EVERY_SECONDS:
+            self.drained = self.drained and not woken  # keep the news for the next pass
+            return
+        if self.fed and now >= self.look_elsewhere_at and not self.own_turn:
             self.own_turn = True  # while other queues have work, they and the loop's own queue take turns
             if self._claim_elsewhere(rows, pixels):
-                return
-            self.look_elsewhere_at = time.monotonic() + LOOK_ELSEWHERE_SECONDS  # nothing there: look again later
+                if self.members:
+                    return
+                rows, pixels = self._free()  # it ran whole (understand) and left the set empty: our turn now
+            else:
+                self.look_elsewhere_at = time.monotonic() + LOOK_ELSEWHERE_SECONDS  # nothing there: look later
         self.own_turn = False
         kinds = [k for k in self.s.worker_kinds if k in IMAGE_KINDS]  # the gateway claims across queues
         claims = self.r.store.claim_for_message(self.seed, self.r.worker_id, self.s.lease_seconds, rows, pixels,
                                                 kinds=kinds)
+        self.drained = not claims
+        self.recheck_at = now + NEWCOMER_SAFETY_SECONDS
+        self.claimed_at = now
         if claims:
             self.fed = True
             self._admit(claims)
 
-    def _claim_newcomer(self) -> None:
+    def _claim_newcomer(self, woken: bool | None) -> None:
         """A full set still takes one job of a key it holds none of, into one row over the cap: a step never runs
         more than the cap (`_step_rows`), so that job pauses someone else's item instead of waiting for a row
         to free (a whole wave of the bulk's items, often). Asked when the queue was woken since the last look
@@ -234,7 +257,6 @@ class _Loop:
         if not isinstance(store, QueueClaims) or len(self.members) > self.row_cap:
             return
         now = time.monotonic()
-        woken = self.wakeups.take(self.queue) if self.wakeups is not None else None
         if not woken and now < self.newcomer_at:
             return
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
@@ -290,6 +312,7 @@ class _Loop:
             item = self.r._prepare(claim, jobs[claim.job_id])
             if item is None:  # invalid input: already failed
                 self.keeper.finish(claim.job_id)
+                self.watcher.unwatch([claim.job_id])
             else:
                 self._admit_item(item)
 
@@ -307,6 +330,7 @@ class _Loop:
             raise
         except Exception as exc:  # noqa: BLE001 - this item's conditioning failed; the set goes on
             self.keeper.finish(job.id)
+            self.watcher.unwatch([job.id])
             if is_oom(exc) and self.members:
                 release_cached_memory()
                 self.row_cap = max(1, min(self.row_cap, len(self.members)))  # never up: a newcomer may be over it
@@ -345,6 +369,7 @@ class _Loop:
     def _remove(self, m: Member) -> None:
         self.sets[m.key].drop([m.id])
         self.keeper.finish(m.id)
+        self.watcher.unwatch([m.id])
         del self.members[m.id]
         if not self.sets[m.key].items:
             del self.sets[m.key]
@@ -410,6 +435,7 @@ class _Loop:
                 self.reporter([item_id], done, total)
         for f in finished:
             self.reporter([f.id], self.totals[f.id], self.totals[f.id])
+            self.watcher.unwatch([f.id])
             self._retire(self.members.pop(f.id), f.images, len(ids))
         if not rs.items:
             self.sets.pop(live[0].key, None)

@@ -120,19 +120,59 @@ class CancelWatcher:
         with self._lock:
             self._ids.extend(job_ids)
 
+    def unwatch(self, job_ids: Iterable[str]) -> None:
+        """Stop checking these jobs (they left the running set): a loop over a long backlog would otherwise ask
+        about every job it ever ran, each time."""
+        gone = set(job_ids)
+        with self._lock:
+            self._ids = [j for j in self._ids if j not in gone]
+            self._requested -= gone
+
     def __call__(self) -> set[str]:
         now = time.monotonic()
         if now - self._checked >= self._interval:
             self._checked = now
-            with self._lock:
-                pending = [j for j in self._ids if j not in self._requested]
-            if pending:
-                try:
-                    found = set(self._store.cancel_requested_ids(pending))
-                except Exception:
-                    log.exception("cancel check failed for %s", pending)
-                    found = set()
-                with self._lock:
-                    self._requested |= found
+            self.check()
         with self._lock:
             return self._requested | self._local()
+
+    def check(self) -> None:
+        """Ask the store now which watched jobs have a cancel request."""
+        with self._lock:
+            pending = [j for j in self._ids if j not in self._requested]
+        if not pending:
+            return
+        try:
+            found = set(self._store.cancel_requested_ids(pending))
+        except Exception:
+            log.exception("cancel check failed for %s", pending)
+            found = set()
+        with self._lock:
+            self._requested |= found & set(self._ids)  # not one unwatched meanwhile
+
+
+class BackgroundCancelWatcher(CancelWatcher):
+    """A `CancelWatcher` whose store checks run on its own thread every `interval_seconds`, so a running set's
+    loop reads the latest answer between two steps without a query on the sampling thread (one per step cost
+    as much as a small step on a busy CPU)."""
+
+    def __init__(self, store: JobPort, interval_seconds: float) -> None:
+        super().__init__(store, [], interval_seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cancel-watcher", daemon=True)
+
+    def __enter__(self) -> BackgroundCancelWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def __call__(self) -> set[str]:
+        with self._lock:
+            return self._requested | self._local()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.check()
