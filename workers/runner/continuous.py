@@ -55,7 +55,7 @@ IMAGE_KINDS = ("generate", "edit")
 LOOK_ELSEWHERE_SECONDS = 1.0  # how often a loop with a free row asks the worker's other queues first
 ADMIT_EVERY_SECONDS = 0.1  # a set with live items claims its own queue at most this often: one claim per
 # step costs as much as a small step on a busy CPU; arrivals are taken together instead (at most this much later)
-CANCEL_POLL_SECONDS = 0.1  # cancel requests are read this often, off the sampling thread
+CANCEL_POLL_SECONDS = 0.1  # cancel requests are read off the sampling thread, this often until a step paced it
 NEWCOMER_SECONDS = 0.25  # a full set without queue wake-ups asks this often for a key it does not hold
 NEWCOMER_SAFETY_SECONDS = 2.0  # with wake-ups, it asks this often anyway (a wake-up can be lost)
 T = TypeVar("T")
@@ -402,6 +402,7 @@ class _Loop:
             self._on_step_error(rs, ids, exc)
             return
         costs.observe(len(ids), seconds)
+        self.watcher.pace(seconds)
         self._after_step(rs, live, ids, finished, seconds)
 
     def _step_rows(self, live: list[Member]) -> int:

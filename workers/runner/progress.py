@@ -151,10 +151,14 @@ class CancelWatcher:
             self._requested |= found & set(self._ids)  # not one unwatched meanwhile
 
 
+MIN_CANCEL_POLL_SECONDS = 0.02
+MAX_CANCEL_POLL_SECONDS = 0.25
+
+
 class BackgroundCancelWatcher(CancelWatcher):
-    """A `CancelWatcher` whose store checks run on its own thread every `interval_seconds`, so a running set's
-    loop reads the latest answer between two steps without a query on the sampling thread (one per step cost
-    as much as a small step on a busy CPU)."""
+    """A `CancelWatcher` whose store checks run on its own thread every `interval_seconds` (then about once a
+    step: `pace`), so a running set's loop reads the latest answer between two steps without a query on the
+    sampling thread (one per step there cost as much as a small step on a busy CPU)."""
 
     def __init__(self, store: JobPort, interval_seconds: float) -> None:
         super().__init__(store, [], interval_seconds)
@@ -172,6 +176,11 @@ class BackgroundCancelWatcher(CancelWatcher):
     def __call__(self) -> set[str]:
         with self._lock:
             return self._requested | self._local()
+
+    def pace(self, seconds: float) -> None:
+        """Check about this often from now on (the loop passes its step time: a cancel lands within a step or
+        two, at one query per step, however long steps are)."""
+        self._interval = min(MAX_CANCEL_POLL_SECONDS, max(MIN_CANCEL_POLL_SECONDS, seconds))
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
