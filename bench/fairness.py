@@ -82,8 +82,8 @@ def _claim_order(pg_url: str, b_ids: list[str], batch_id: str) -> dict[str, Any]
     engine = sa.create_engine(pg_url)
     try:
         with engine.connect() as conn:
-            b_rows = conn.execute(sa.text("select created_at, started_at, finished_at from jobs where id = any(:ids)"),
-                                  {"ids": b_ids}).all()
+            b_rows = conn.execute(sa.text(
+                "select created_at, started_at, finished_at from jobs where id = any(:ids)"), {"ids": b_ids}).all()
             a_starts = [r[0] for r in conn.execute(sa.text(
                 "select distinct started_at from jobs where batch_id = :b and started_at is not null"),
                 {"b": batch_id})]

@@ -4,8 +4,10 @@ The one scheduling policy decides (`storage.scheduling.policy.service_order`: fa
 inside a key). Here the keys are the owners of the set's live items, charged with the work the set already did
 for them (megapixel-steps, weight 1), so a key that just joined is the least served. When more than one key is
 live, the step runs the policy's first item with at most `companions` others in policy order, whole phases at a
-time (items at the same step; a split phase would pad every later step); the rest pause with their state kept. An item paused `STARVE_AFTER` steps in a row is forced in, so nothing starves. With one key
-live every item advances. Pure: no clocks, no store, no model.
+time (items at the same step; a split phase would pad every later step); the rest pause with their state kept.
+An item paused `STARVE_AFTER` steps in a row is forced in, so nothing starves. With one key live every item
+advances. A step never runs more than the card's rows (a full set may hold one newcomer over them). Pure: no
+clocks, no store, no model.
 """
 
 from __future__ import annotations
