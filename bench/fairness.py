@@ -95,7 +95,8 @@ def _claim_order(pg_url: str, b_ids: list[str], batch_id: str) -> dict[str, Any]
     passed = [sum(1 for t in a_starts if created < t < started) for created, started, _ in b_rows]
     waits = [(started - created).total_seconds() for created, started, _ in b_rows]
     runs = [(finished - started).total_seconds() for _, started, finished in b_rows]
-    return {"b_wait_to_start_s": _stats(waits), "b_start_to_finish_s": _stats(runs),"a_batches_started_while_b_queued_max": max(passed, default=0),
+    return {"b_wait_to_start_s": _stats(waits), "b_start_to_finish_s": _stats(runs),
+            "a_batches_started_while_b_queued_max": max(passed, default=0),
             "a_batches_started_while_b_queued_mean": round(sum(passed) / max(1, len(passed)), 2),
             "a_batch_seconds_p50": round(float(a_batch or 0.0), 3)}
 
