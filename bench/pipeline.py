@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import queue
-import secrets
 import statistics
 import threading
 import time
@@ -32,14 +31,11 @@ MODES = ("whole serial", "whole pipelined", "continuous")
 
 
 def new_owner(sessions: Any) -> str:
-    from storage.jobs.ids import new_id
-    from storage.tables import ApiKey
+    """A new API key (`storage.keys.KeyStore`, as `unipic keys create` makes one); its id owns the bench's jobs."""
+    from storage.keys import KeyStore
 
-    owner_id = new_id()
-    with sessions.begin() as s:
-        s.add(ApiKey(id=owner_id, name="bench", key_prefix="upk_bench", key_hash=secrets.token_hex(32),
-                     webhook_secret="whsec_" + secrets.token_hex(24)))
-    return owner_id
+    record, _ = KeyStore(sessions).create("bench")
+    return record.id
 
 
 def create_job(store: Any, owner_id: str, size: int, steps: int, seed: int) -> str:

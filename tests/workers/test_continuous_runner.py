@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.jobs import make_job
+from tests.support.storage import add_owner
 from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
 from workers.runner.leases import LeaseKeeper
@@ -68,17 +69,6 @@ def test_an_item_whose_lease_is_lost_leaves_the_set_and_writes_nothing(
     assert not object_store.page(f"results/{job.id}/")
 
 
-def _other_owner(session_factory: Any) -> str:
-    import secrets
-
-    from storage.jobs.ids import new_id
-    from storage.tables import ApiKey
-
-    key_id = new_id()
-    with session_factory.begin() as s:
-        s.add(ApiKey(id=key_id, name="test-b", key_prefix="upk_test", key_hash=secrets.token_hex(32),
-                     webhook_secret="whsec_" + secrets.token_hex(24)))
-    return key_id
 
 
 def _publishing_store(settings: Any) -> Any:
@@ -121,7 +111,7 @@ def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
     # When tenant B queues one job of as many steps (the worker hears the queue's wake-up) and the set goes on
     assert runner.wakeups is not None
     heard = runner.wakeups.heard(bulk[0].queue)
-    late = make_job(_publishing_store(settings), object_store, _other_owner(session_factory), "generate", 64,
+    late = make_job(_publishing_store(settings), object_store, add_owner(session_factory), "generate", 64,
                     seed=949, steps=8, tag="cont-sched-b")
     wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
     release.touch()
@@ -245,7 +235,7 @@ def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_mo
     # When tenant B queues one job through a store that publishes queue wake-ups (as the API's does), and the
     # worker has heard it
     heard = runner.wakeups.heard(bulk[0].queue)
-    late = make_job(_publishing_store(settings), object_store, _other_owner(session_factory), "generate", 64,
+    late = make_job(_publishing_store(settings), object_store, add_owner(session_factory), "generate", 64,
                     seed=969, steps=8, tag="cont-full-b")
     wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
     release.touch()

@@ -8,12 +8,12 @@ worker is free, while A's bulk is still queued. Asserted on order and states, ne
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import pytest
 
 from tests.support.jobs import enqueue, make_job
+from tests.support.storage import add_owner
 from tests.support.waiting import wait_for, wait_terminal
 
 pytestmark = pytest.mark.system  # starts a model-worker process
@@ -21,22 +21,13 @@ pytestmark = pytest.mark.system  # starts a model-worker process
 BULK = 200
 
 
-def _new_owner(session_factory: Any) -> str:
-    from storage.jobs.ids import new_id
-    from storage.tables import ApiKey
-
-    key_id = new_id()
-    with session_factory.begin() as s:
-        s.add(ApiKey(id=key_id, name="tenant", key_prefix="upk_test", key_hash=secrets.token_hex(32),
-                     webhook_secret="whsec_" + secrets.token_hex(24)))
-    return key_id
 
 
 def test_one_job_of_tenant_b_runs_within_a_few_batches_while_tenant_a_bulk_waits(
     start_worker: Any, job_store: Any, object_store: Any, session_factory: Any, celery_app: Any
 ) -> None:
     worker = start_worker("fair", UNIPIC_WORKER_MAX_BATCH="4", UNIPIC_FAULT_STEP_DELAY_MS="20")
-    tenant_a, tenant_b = _new_owner(session_factory), _new_owner(session_factory)
+    tenant_a, tenant_b = add_owner(session_factory), add_owner(session_factory)
 
     # Given tenant A's bulk of 200 (batch priority), with the worker busy on it
     bulk = [make_job(job_store, object_store, tenant_a, "generate", 64, seed=i, steps=4, priority=-10,
