@@ -83,40 +83,55 @@ def _publishing_store(settings: Any) -> Any:
     return JobStore(sessions)
 
 
-def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
-    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
-    monkeypatch: Any, settings: Any,
-) -> None:
+def _newcomer_joins_a_held_set(runner: Any, release: Path, job_store: Any, object_store: Any, owner_id: str,
+                               session_factory: Any, settings: Any, seed: int, tag: str) -> tuple[list[Any], Any]:
+    """Tenant A's two 8-step jobs run until the set is held after two steps; then tenant B queues one job of as
+    many steps through a store that publishes queue wake-ups (as the API's does), the worker hears it, the set
+    is released and runs to the end. Returns A's jobs and B's."""
+    bulk = [make_job(job_store, object_store, owner_id, "generate", 64, seed=seed + i, steps=8, tag=tag)
+            for i in range(2)]
+    thread = threading.Thread(target=lambda: runner.run(bulk[0].id))
+    thread.start()
+    wait_for(lambda: all((job_store.get(j.id).progress_step or 0) >= 2 for j in bulk), "A's set to take two steps")
+    assert runner.wakeups is not None and runner.wakeups.listening.is_set()
+    heard = runner.wakeups.heard(bulk[0].queue)
+    late = make_job(_publishing_store(settings), object_store, add_owner(session_factory), "generate", 64,
+                    seed=seed + 9, steps=8, tag=f"{tag}-b")
+    wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
+    release.touch()
+    thread.join(120)
+    runner.drain()
+    return bulk, late
+
+
+def _retirements(monkeypatch: Any) -> list[str]:
+    """The ids the running loops retire, in order (observed, not changed)."""
     from workers.runner.continuous import _Loop
 
     retired: list[str] = []
     retire = _Loop._retire
 
-    def observed_retire(loop: _Loop, m: Any, images: Any, call_size: int) -> None:  # observe: retirement order
+    def observed_retire(loop: _Loop, m: Any, images: Any, call_size: int) -> None:
         retired.append(m.id)
         retire(loop, m, images, call_size)
 
     monkeypatch.setattr(_Loop, "_retire", observed_retire)
+    return retired
+
+
+def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
+    monkeypatch: Any, settings: Any,
+) -> None:
+    retired = _retirements(monkeypatch)
     # Given tenant A's two jobs in a set held after two steps, on a worker that runs a less-served key's job
     # with no companions
     release = tmp_path / "release"
     runner = make_runner(FaultInjector(hold_file=str(release), hold_after_steps=1), worker_batching="continuous",
                          worker_step_companions=0)
-    bulk = [make_job(job_store, object_store, owner_id, "generate", 64, seed=940 + i, steps=8, tag="cont-sched")
-            for i in range(2)]
-    thread = threading.Thread(target=lambda: runner.run(bulk[0].id))
-    thread.start()
-    wait_for(lambda: all((job_store.get(j.id).progress_step or 0) >= 2 for j in bulk), "A's set to take two steps")
-
     # When tenant B queues one job of as many steps (the worker hears the queue's wake-up) and the set goes on
-    assert runner.wakeups is not None
-    heard = runner.wakeups.heard(bulk[0].queue)
-    late = make_job(_publishing_store(settings), object_store, add_owner(session_factory), "generate", 64,
-                    seed=949, steps=8, tag="cont-sched-b")
-    wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
-    release.touch()
-    thread.join(120)
-    runner.drain()
+    bulk, late = _newcomer_joins_a_held_set(runner, release, job_store, object_store, owner_id, session_factory,
+                                            settings, seed=940, tag="cont-sched")
 
     # Then B's job joined and finished first: A's items paused for its steps (forced in only against starvation)
     done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), late.id])}
@@ -207,40 +222,22 @@ def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_mo
 ) -> None:
     from workers.runner.continuous import _Loop
 
+    retired = _retirements(monkeypatch)
     step_sizes: list[int] = []
-    retired: list[str] = []
-    run_step, retire = _Loop._run_step, _Loop._retire
+    run_step = _Loop._run_step
 
     def observed_run_step(loop: _Loop, rs: Any, ids: set[str]) -> Any:  # observe: items per step
         step_sizes.append(len(ids))
         return run_step(loop, rs, ids)
 
-    def observed_retire(loop: _Loop, m: Any, images: Any, call_size: int) -> None:  # observe: retirement order
-        retired.append(m.id)
-        retire(loop, m, images, call_size)
-
     monkeypatch.setattr(_Loop, "_run_step", observed_run_step)
-    monkeypatch.setattr(_Loop, "_retire", observed_retire)
     # Given tenant A's two jobs filling a set of two rows, held after two steps
     release = tmp_path / "release"
     runner = make_runner(FaultInjector(hold_file=str(release), hold_after_steps=1), worker_batching="continuous",
                          worker_max_batch=2)
-    bulk = [make_job(job_store, object_store, owner_id, "generate", 64, seed=960 + i, steps=8, tag="cont-full")
-            for i in range(2)]
-    thread = threading.Thread(target=lambda: runner.run(bulk[0].id))
-    thread.start()
-    wait_for(lambda: all((job_store.get(j.id).progress_step or 0) >= 2 for j in bulk), "A's set to take two steps")
-    assert runner.wakeups is not None and runner.wakeups.listening.is_set()
-
-    # When tenant B queues one job through a store that publishes queue wake-ups (as the API's does), and the
-    # worker has heard it
-    heard = runner.wakeups.heard(bulk[0].queue)
-    late = make_job(_publishing_store(settings), object_store, add_owner(session_factory), "generate", 64,
-                    seed=969, steps=8, tag="cont-full-b")
-    wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
-    release.touch()
-    thread.join(120)
-    runner.drain()
+    # When tenant B queues one job and the worker has heard the queue's wake-up
+    bulk, late = _newcomer_joins_a_held_set(runner, release, job_store, object_store, owner_id, session_factory,
+                                            settings, seed=960, tag="cont-full")
 
     # Then B's job joined the full set at once and finished first, and no step ran more than two items
     done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), late.id])}
