@@ -22,21 +22,12 @@ import json
 import statistics
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from bench.pipeline import create_job, make_runner, new_owner
+from bench.stack import wait_until
 from bench.timed import SetEvent, TimedEngine
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 300.0) -> None:
-    """Poll an in-process state; the bound is a liveness limit, not a measurement."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.002)
 
 
 def _analyse(events: list[SetEvent], victim: str, waiting: str, sent: float, returned: float, rows: int
@@ -64,7 +55,7 @@ def one_cancel(store: Any, runner: Any, timed: TimedEngine, owner_id: str, args:
     served: list[int] = []
     thread = threading.Thread(target=lambda: served.append(runner.run(jobs[0])), name="bench-runner")
     thread.start()
-    wait_until(lambda: timed.steps() >= args.steps // 2, "the set to take half its steps")
+    wait_until(lambda: timed.steps() >= args.steps // 2, 300, "the set to take half its steps", interval=0.002)
     requested_at, sent = datetime.now(UTC), time.perf_counter()
     store.request_cancel(victim, None)
     returned = time.perf_counter()
