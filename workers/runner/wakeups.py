@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from storage.jobs.events import CHANNEL_PREFIX, channel_prefix
+from storage.jobs.events import channel_prefix, queue_channel
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class QueueWakeups:
         import redis
 
         self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, health_check_interval=30)
-        self.prefix = channel_prefix(redis_url) + CHANNEL_PREFIX + "queue:"
+        self.prefix = queue_channel(channel_prefix(redis_url), "")  # + the queue's name
         self.pattern = self.prefix + "*"  # not the job channels: their progress events are many
         self.listening = threading.Event()
         self._stop = threading.Event()
