@@ -198,14 +198,14 @@ class EventHub:
     """The process's one subscription and its waiters (all on the event loop that serves requests)."""
 
     def __init__(self, redis_url: str, push: bool, max_streams: int, max_per_key: int,
-                 slow_after_s: float = SLOW_AFTER_S, max_pending: int = MAX_PENDING, prefix: str | None = None) -> None:
+                 slow_after_s: float = SLOW_AFTER_S, max_pending: int = MAX_PENDING) -> None:
         self.redis_url = redis_url
         self.push = push and bool(redis_url)
         self.max_streams = max_streams
         self.max_per_key = max_per_key
         self.slow_after_s = slow_after_s
         self.max_pending = max_pending
-        self.prefix = channel_prefix(redis_url) if prefix is None else prefix
+        self.prefix = channel_prefix(redis_url)
         self._by_key: dict[str, set[Watch]] = {}
         self._per_owner: Counter[str] = Counter()
         self._open = 0

@@ -119,11 +119,11 @@ class Publisher(Protocol):
 class RedisPublisher:
     """PUBLISH each event on its job channel (and batch channel), one pipeline per call, best effort."""
 
-    def __init__(self, url: str, prefix: str | None = None) -> None:
+    def __init__(self, url: str) -> None:
         import redis
 
         self.client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        self.prefix = channel_prefix(url) if prefix is None else prefix
+        self.prefix = channel_prefix(url)
         self._quiet_until = 0.0
         self._lock = threading.Lock()
         self.published = 0
