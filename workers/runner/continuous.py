@@ -226,8 +226,7 @@ class _Loop:
         if self.drained and woken is False and self.members and now < self.recheck_at:
             return  # the queue was empty and no job arrived since (wake-ups): no claim query this step
         if self.members and now < self.claimed_at + ADMIT_EVERY_SECONDS:
-            self.drained = self.drained and not woken  # keep the news for the next pass
-            return
+            return  # a wake-up heard now is kept: it cleared `drained` above
         if self.fed and now >= self.look_elsewhere_at and not self.own_turn:
             self.own_turn = True  # while other queues have work, they and the loop's own queue take turns
             if self._claim_elsewhere(rows, pixels):
@@ -311,8 +310,7 @@ class _Loop:
         for claim in claims:
             item = self.r._prepare(claim, jobs[claim.job_id])
             if item is None:  # invalid input: already failed
-                self.keeper.finish(claim.job_id)
-                self.watcher.unwatch([claim.job_id])
+                self._let_go(claim.job_id)
             else:
                 self._admit_item(item)
 
@@ -329,8 +327,7 @@ class _Loop:
             self.released.append(item.claim)
             raise
         except Exception as exc:  # noqa: BLE001 - this item's conditioning failed; the set goes on
-            self.keeper.finish(job.id)
-            self.watcher.unwatch([job.id])
+            self._let_go(job.id)
             if is_oom(exc) and self.members:
                 release_cached_memory()
                 self.row_cap = max(1, min(self.row_cap, len(self.members)))  # never up: a newcomer may be over it
@@ -366,10 +363,14 @@ class _Loop:
                 continue
             self._remove(m)
 
+    def _let_go(self, job_id: str) -> None:
+        """This loop no longer renews the job's lease nor watches it for cancels (it ended or went back)."""
+        self.keeper.finish(job_id)
+        self.watcher.unwatch([job_id])
+
     def _remove(self, m: Member) -> None:
         self.sets[m.key].drop([m.id])
-        self.keeper.finish(m.id)
-        self.watcher.unwatch([m.id])
+        self._let_go(m.id)
         del self.members[m.id]
         if not self.sets[m.key].items:
             del self.sets[m.key]
