@@ -157,6 +157,7 @@ class _Loop:
         self.claimed = 0
         self.row_cap = s.worker_max_batch  # lowered by out of memory for the rest of this loop
         self.step_started: float | None = None
+        self.last_step_at: float | None = None  # when the last step began (cancel checks cover it)
         self.finishing: list[Future[None]] = []
         self.released: list[Claim] = []
         self.keeper = LeaseKeeper(runner.store, [], s.lease_seconds, stop_renewing=self._hung)
@@ -345,7 +346,7 @@ class _Loop:
 
     # ---- leaving between steps ------------------------------------------------------------------------------
     def _drop_leaving(self) -> None:
-        requested = self.watcher()
+        requested = self.watcher(self.last_step_at)
         lost = self.keeper.lost()
         progress = self._progress()
         for m in list(self.members.values()):
@@ -414,7 +415,7 @@ class _Loop:
     def _run_step(self, rs: Any, ids: set[str]) -> tuple[list[Any], float]:
         pixels = sum(self.members[i].item.job.pixels for i in ids)
         started = time.perf_counter()
-        self.step_started = time.monotonic()
+        self.step_started = self.last_step_at = time.monotonic()
         try:
             self.r.faults.before_model_call(len(ids), pixels)
             finished = self._guarded(lambda: rs.step(ids), len(ids))

@@ -107,6 +107,7 @@ class CancelWatcher:
         # the claim just cleared cancel flags and a queued cancel never reaches a worker: first look one
         # interval from now, so short jobs pay no query at all
         self._checked = time.monotonic()
+        self._check_started = 0.0  # when the last store check began
         self._lock = threading.Lock()
 
     @property
@@ -138,6 +139,7 @@ class CancelWatcher:
 
     def check(self) -> None:
         """Ask the store now which watched jobs have a cancel request."""
+        self._check_started = time.monotonic()
         with self._lock:
             pending = [j for j in self._ids if j not in self._requested]
         if not pending:
@@ -173,7 +175,12 @@ class BackgroundCancelWatcher(CancelWatcher):
         self._stop.set()
         self._thread.join(5)
 
-    def __call__(self) -> set[str]:
+    def __call__(self, since: float | None = None) -> set[str]:
+        """The latest answer; checked here first when no background check began after `since` (the loop passes
+        the start of its last step: a cancel requested before that step ended is seen now, even after a step
+        far longer than the pace)."""
+        if since is not None and self._check_started < since:
+            self.check()
         with self._lock:
             return self._requested | self._local()
 
