@@ -37,7 +37,11 @@ def run_scenario(system, name: str, action=None, submissions: int = 24, rate: fl
     load.wait()
     wait_all_terminal(engine, load.state.accepted, SETTLE_TIMEOUT)
     # webhooks for the last jobs may still be in flight: give the dispatcher a moment
-    wait_until(lambda: _webhooks_settled(engine, load.state.accepted), 60, "webhook outbox to drain")
+    try:
+        wait_until(lambda: _webhooks_settled(engine, load.state.accepted), 60, "webhook outbox to drain")
+    except TimeoutError:
+        print(_outbox_diagnosis(engine, stack, load.state.accepted))
+        raise
     report = check(engine, system["s3"], stack.BUCKET, load.state.accepted, receiver.snapshot(),
                    load.state.subscribed, {keys[0]["id"]: keys[0]["webhook_secret"]},
                    wall_seconds=time.monotonic() - started)
@@ -54,6 +58,23 @@ def _webhooks_settled(engine: sa.Engine, job_ids: list[str]) -> bool:
         return conn.execute(sa.text(
             "select count(*) from webhook_events where status = 'pending' and event_type <> 'job.progress' "
             "and (job_id = any(:ids) or job_id is null)"), {"ids": job_ids}).scalar_one() == 0
+
+
+def _outbox_diagnosis(engine: sa.Engine, stack, job_ids: list[str]) -> str:
+    """What a drain that timed out left pending (with each event's last attempt) and what the dispatching services
+    logged last: the stack's logs live in a temporary folder a CI run does not keep."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "select e.id, e.event_type, e.job_id, e.batch_id, e.attempts, e.next_attempt_at, now() as db_now, "
+            "(select coalesce(a.status_code::text, '-') || ' ' || coalesce(a.error, '') from webhook_attempts a where a.event_id = e.id "
+            " order by a.attempt desc limit 1) as last_attempt "
+            "from webhook_events e where e.status = 'pending' and e.event_type <> 'job.progress' "
+            "and (e.job_id = any(:ids) or e.job_id is null) order by e.created_at limit 20"), {"ids": job_ids}).all()
+    lines = ["pending outbox events:", *(f"  {dict(r._mapping)}" for r in rows)]
+    for name in ("webhooks", "beat"):
+        svc = stack.services[name]
+        lines += [f"--- {name} (alive: {svc.alive}) ---", svc.log_tail(40)]
+    return "\n".join(lines)
 
 
 def _running_on(engine: sa.Engine, worker_prefix: str) -> int:
