@@ -135,9 +135,11 @@ class Watch:
 class QueueWaiter:
     """One long-polling claim's registration for its queues' wake-ups. Use as a context manager."""
 
-    def __init__(self, hub: EventHub, queues: list[str]) -> None:
+    def __init__(self, hub: EventHub, queues: list[str], observer: bool = False) -> None:
         self.hub = hub
         self.queues = queues
+        self.observer = observer  # woken by every wake-up and never counted (a look for a newcomer, which passes
+        # over most jobs: it must not take a wake-up from a claim that would claim the job)
         self._wake = asyncio.Event()
         self._closed = False
 
@@ -162,7 +164,8 @@ class QueueWaiter:
         if not self._closed:
             self._closed = True
             self.hub.release_waiter(self)
-            if self._wake.is_set():  # woken as it ended (its wait ran out): the wake-up goes to another waiter
+            if self._wake.is_set() and not self.observer:  # woken as it ended (its wait ran out): the wake-up
+                # goes to another waiter
                 for queue in self.queues:
                     self.hub.wake_queue(queue, 1, count=False)
 
@@ -264,10 +267,11 @@ class EventHub:
         return self._per_owner.get(owner_id, 0)
 
     # ---- long-polling claims ----------------------------------------------------------------------------------
-    def queue_waiter(self, queues: Iterable[str]) -> QueueWaiter:
-        """Register a claim waiting for any of `queues` (no stream limit: the gateway's callers are tokens)."""
+    def queue_waiter(self, queues: Iterable[str], observer: bool = False) -> QueueWaiter:
+        """Register a claim waiting for any of `queues` (no stream limit: the gateway's callers are tokens);
+        an `observer` hears every wake-up without using one up."""
         self.ensure_started()
-        waiter = QueueWaiter(self, list(queues))
+        waiter = QueueWaiter(self, list(queues), observer)
         for queue in waiter.queues:
             self._queue_waiters.setdefault(queue, {})[waiter] = None
         return waiter
@@ -365,9 +369,10 @@ class EventHub:
             return
         woken = 0
         for waiter in list(waiters):
-            if woken >= jobs:
-                break
-            if not waiter.woken:
+            if waiter.observer:
+                if count:
+                    waiter.wake()
+            elif woken < jobs and not waiter.woken:
                 waiter.wake()
                 woken += 1
         self.queue_wakeups += woken

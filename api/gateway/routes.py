@@ -10,7 +10,10 @@ overwrite a newer claim:
   its results as presigned PUT URLs for exactly the keys its lease may write (`api.gateway.result_checks.result_keys`:
   `results/{job}/{lease}/...`), expiring no later than the lease. A claim carries the worker's `claim_id`; a
   retry with the same id (its first answer was lost) gets the jobs that claim already took, not a second batch
-  (only a retry looks the id up: the first send says `first_try`);
+  (only a retry looks the id up: the first send says `first_try`). Each job also carries an opaque `tenant`
+  tag of its key, its priority and its creation time, so a continuous worker's step policy shares steps across
+  keys as a direct worker's does; `queue` narrows a claim to one queue and `skip_owners_of` (jobs the worker
+  holds) to keys none of them belongs to: a full running set's newcomer claim, one look and no wait;
 - `renew` (fresh result URLs for the renewed leases), `progress` (bounded by the job's own step count: 422
   `invalid_progress` otherwise), `cancel-requests`: leases, progress and the owner's cancel requests of held jobs;
 - `complete`: the declared objects (keys, sizes, sha256) are checked (`api.gateway.result_checks.verify_results`: the
@@ -29,8 +32,10 @@ Knows nothing of the model; no SQL here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
@@ -84,6 +89,11 @@ class ClaimIn(_Body):
     first_try: bool = Field(default=False, description=(
         "True on the first send of this `claim_id`: no earlier try can have taken jobs, so the gateway does not "
         "look the id up (an idle claim costs the database nothing); retries send false (or omit it)"))
+    queue: Annotated[str | None, Field(max_length=200, description=(
+        "Claim from this one queue only (one the token serves): a running set asking for compatible work"))] = None
+    skip_owners_of: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=256, description=(
+        "Jobs this worker holds: claim only a job of a key none of them belongs to (a full running set taking a "
+        "newcomer over its cap, `workers.runner.continuous`); the keys stay the gateway's to know"))] = []
 
 
 class ClaimRef(_Body):
@@ -100,6 +110,10 @@ class ClaimedJob(BaseModel):
     compat_key: str
     queue: str
     pixels: int
+    tenant: str = Field(description="An opaque tag of the job's key (equal for one key's jobs): the step policy "
+                                    "shares a running set's steps across keys without the worker knowing them")
+    priority: int
+    created_at: datetime
     attempts: int
     input_key: str | None
     input_url: str | None
@@ -195,34 +209,43 @@ async def claim(body: ClaimIn, request: Request, services: ServicesDep, caller: 
         if again:
             jobs = await run_in_threadpool(_claimed_jobs, services, caller, again)
             return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=jobs)
-    claims = await _wait_for_claims(request, services, queues, worker_id, body)
+    if body.queue is not None:
+        if body.queue not in queues:
+            raise ApiError(403, "queue_not_allowed", f"this worker token (or the worker's limits) does not serve "
+                           f"queue {body.queue!r}", "queue")
+        queues = [body.queue]
+    skip = await run_in_threadpool(services.jobs.owners_held, body.skip_owners_of, worker_id)
+    claims = await _wait_for_claims(request, services, queues, worker_id, body, skip)
     jobs = await run_in_threadpool(_claimed_jobs, services, caller, claims) if claims else []
     return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=jobs)
 
 
 async def _wait_for_claims(request: Request, services: Services, queues: list[str], worker_id: str,
-                           body: ClaimIn) -> list[Claim]:
+                           body: ClaimIn, skip: set[str]) -> list[Claim]:
     """Claim now, else wait for a wake-up of one of `queues` (`api.events.hub`: published after the commit that
     made a job claimable there) and claim again, until `wait_seconds`. The database is read only when woken, on
     the slow jittered safety tick (`gateway_claim_tick_seconds`: a lost message costs at most that), and then
     only for queues no other claim of this process has just found empty. Without a live subscription (embedded
-    mode, poll mode, Redis down) it polls, 20 ms doubling to the tick."""
+    mode, poll mode, Redis down) it polls, 20 ms doubling to the tick. A claim that passes over the keys in `skip`
+    tells the hub nothing of the queues it found without such a job (they may hold the skipped keys' backlog) and
+    waits as an observer: it hears every wake-up and takes none from a claim that would claim that job."""
     hub: EventHub = request.app.state.event_hub
     tick = services.settings.gateway_claim_tick_seconds
     deadline = time.monotonic() + body.wait_seconds
     pause = POLL_SECONDS
     if body.wait_seconds > 0:
         await hub.ready(min(1.0, body.wait_seconds))  # so no wake-up published after the first look is missed
-    with hub.queue_waiter(queues) as waiter:  # registered before the first look: nothing falls in between
+    with hub.queue_waiter(queues, observer=bool(skip)) as waiter:  # registered before the first look: nothing falls in between
         while True:
             look = hub.begin_look(queues, tick)
             claims: list[Claim] = []
             empty, took = list(look.queues), None
             try:
                 if look.queues:
-                    claims, empty, took = await run_in_threadpool(_claim_once, services, look.queues, worker_id, body)
+                    claims, empty, took = await run_in_threadpool(_claim_once, services, look.queues, worker_id, body,
+                                                                  skip)
             finally:
-                hub.end_look(look, empty, took)
+                hub.end_look(look, [] if skip else empty, took)
             if not claims and await hub.settled(look, max(deadline - time.monotonic(), SETTLE_SECONDS)):
                 continue  # another claim's read of a queue this one left to it found work: read it now
             left = deadline - time.monotonic()
@@ -250,18 +273,23 @@ def _model(services: Services, name: str | None) -> str | None:
     return served_model(name or "", services.settings.default_model)
 
 
-def _claim_once(services: Services, queues: list[str], worker_id: str,
-                body: ClaimIn) -> tuple[list[Claim], list[str], str | None]:
+def _claim_once(services: Services, queues: list[str], worker_id: str, body: ClaimIn,
+                skip: set[str]) -> tuple[list[Claim], list[str], str | None]:
     """The first batch found, the queues in random order (no queue starves another); the queues read empty; and
     the queue the batch came from."""
     empty: list[str] = []
     for queue in random.sample(queues, len(queues)):
         claims = services.jobs.claim_next(queue, worker_id, services.settings.lease_seconds, body.max_items,
-                                          body.max_batch_pixels, claim_id=body.claim_id)
+                                          body.max_batch_pixels, claim_id=body.claim_id, skip_owners=skip)
         if claims:
             return claims, empty, queue
         empty.append(queue)
     return [], empty, None
+
+
+def tenant_tag(owner_id: str) -> str:
+    """An opaque tag of a key for remote workers: equal for one key's jobs, and not the key's id."""
+    return hashlib.sha256(f"unipic-tenant\0{owner_id}".encode()).hexdigest()[:16]
 
 
 def _claimed_jobs(services: Services, caller: WorkerCaller, claims: list[Claim]) -> list[ClaimedJob]:
@@ -277,6 +305,7 @@ def _claimed_jobs(services: Services, caller: WorkerCaller, claims: list[Claim])
         puts = _result_urls(services, job, tokens[job.id])
         out.append(ClaimedJob(job_id=job.id, lease_token=tokens[job.id], kind=job.kind, params=job.params,
                               seed=job.seed, compat_key=job.compat_key, queue=job.queue, pixels=job.pixels,
+                              tenant=tenant_tag(job.owner_id), priority=job.priority, created_at=job.created_at,
                               attempts=job.attempts, input_key=job.input_key, input_url=input_url,
                               result_urls=puts))
     return out

@@ -210,6 +210,22 @@ class JobStore(JobQueries):
             ).order_by(Job.id)).all()
         return [Claim(job_id, token) for job_id, token in rows if token]
 
+    def claim_newcomer(self, queue: str, worker_id: str, lease_seconds: float, max_pixels: int,
+                       held: Collection[str], wait_seconds: float = 0.0) -> list[Claim]:
+        """One job of `queue` of a key none of the `held` jobs (this worker's) belongs to: a full running set's
+        newcomer (`workers.runner.continuous`). Never waits: a direct worker hears the queue's wake-ups."""
+        return self.claim_next(queue, worker_id, lease_seconds, 1, max_pixels,
+                               skip_owners=self.owners_held(held, worker_id))
+
+    def owners_held(self, job_ids: Collection[str], worker_id: str) -> set[str]:
+        """The keys of those of `job_ids` this worker holds (running under its id): what a remote worker's
+        running set already serves, without the worker knowing the keys."""
+        if not job_ids:
+            return set()
+        with self.sessions() as s:
+            return set(s.scalars(select(Job.owner_id).where(
+                Job.id.in_(list(job_ids)), Job.worker_id == worker_id, Job.status == JobStatus.RUNNING).distinct()))
+
     def _forget_idle(self, queue: str, owner_ids: list[str]) -> None:
         """Drop the fair-share rows of keys a claim found with nothing queued (own transaction, best effort)."""
         try:

@@ -143,6 +143,45 @@ def test_claims_that_arrive_together_at_a_backlog_each_take_their_batch_at_once(
     assert len(set(taken)) == len(taken) and set(taken) <= {j.id for j in jobs}
 
 
+def test_a_newcomer_look_hears_every_wake_up_and_takes_none_from_an_idle_claim(
+    slow_app: Any, slow_url: str, headers: dict[str, str], owner_id: str, session_factory: Any,
+) -> None:
+    from tests.support.storage import add_owner
+
+    hub = slow_app.state.event_hub
+    services = slow_app.state.services
+    wait_for(lambda: hub.waiting(QUEUE) == 0, "earlier claims to end", timeout=30)
+    # Given a busy worker holding tenant A's job, long-polling for a job of another key (a newcomer look), and
+    # then an idle worker's claim waiting on the same queue (safety tick 60 s, longer than both waits)
+    held = make_job(services.jobs, services.objects, owner_id, "generate", 256, seed=11)
+    took = httpx.post(f"{slow_url}/v1/worker/claim", headers=headers, json={"worker": "busy:1", "wait_seconds": 0})
+    assert [j["job_id"] for j in took.json()["jobs"]] == [held.id]
+    look, look_thread = _post_in_thread(f"{slow_url}/v1/worker/claim", headers, {
+        "worker": "busy:1", "queue": QUEUE, "skip_owners_of": [held.id], "wait_seconds": 30})
+    wait_for(lambda: hub.waiting(QUEUE) == 1, "the newcomer look to wait", timeout=30)
+    idle, idle_thread = _post_in_thread(f"{slow_url}/v1/worker/claim", headers, {"worker": "idle:0",
+                                                                                   "wait_seconds": 30})
+    wait_for(lambda: hub.waiting(QUEUE) == 2, "the idle claim to wait", timeout=30)
+    # When tenant A's next job is committed (one wake-up, the look heard first)
+    more = make_job(services.jobs, services.objects, owner_id, "generate", 256, seed=12)
+    idle_thread.join(timeout=40)
+    # Then the idle claim took it at once (the look passed over it and did not use the wake-up up)
+    assert [j["job_id"] for j in idle[0].json()["jobs"]] == [more.id]
+    assert look_thread.is_alive()
+    # And when tenant B's job is committed, the look returns it
+    newcomer = make_job(services.jobs, services.objects, add_owner(session_factory), "generate", 256, seed=13)
+    look_thread.join(timeout=40)
+    assert [j["job_id"] for j in look[0].json()["jobs"]] == [newcomer.id]
+
+
+def _post_in_thread(url: str, headers: dict[str, str], body: dict[str, Any]) -> tuple[list[Any], threading.Thread]:
+    answer: list[Any] = []
+    thread = threading.Thread(target=lambda: answer.append(httpx.post(url, headers=headers, json=body, timeout=60)),
+                              daemon=True)
+    thread.start()
+    return answer, thread
+
+
 def test_idle_claims_cost_a_bounded_number_of_transactions(
     slow_app: Any, slow_url: str, headers: dict[str, str],
 ) -> None:

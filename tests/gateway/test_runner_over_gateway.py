@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,9 @@ from fastapi.testclient import TestClient
 
 from tests.support import REPO
 from tests.support.jobs import decode, make_job
+from tests.support.storage import add_owner
+from tests.support.waiting import wait_for
+from workers.faults import FaultInjector
 
 
 @pytest.fixture(params=["whole", "continuous"])
@@ -89,3 +94,101 @@ def test_gateway_worker_refuses_direct_credentials(variable: str) -> None:
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2, result.stderr
     assert variable in result.stderr and "--gateway" in result.stderr
+
+
+def test_a_full_set_over_the_gateway_takes_another_keys_job_over_the_cap(
+    client: TestClient, migrated: Any, tiny_engine: Any, make_token: Any, services: Any, owner_id: str,
+    session_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers.runner.continuous import _Loop
+
+    retired: list[str] = []
+    steps: list[int] = []
+    retire, run_step = _Loop._retire, _Loop._run_step
+
+    def observed_retire(loop: _Loop, m: Any, images: Any, call_size: int) -> None:  # observe, not change
+        retired.append(m.id)
+        retire(loop, m, images, call_size)
+
+    def observed_run_step(loop: _Loop, rs: Any, ids: set[str]) -> Any:
+        steps.append(len(ids))
+        return run_step(loop, rs, ids)
+
+    monkeypatch.setattr(_Loop, "_retire", observed_retire)
+    monkeypatch.setattr(_Loop, "_run_step", observed_run_step)
+    # Given a continuous gateway worker whose set of two rows is full of tenant A's jobs, held after one step
+    release = tmp_path / "release"
+    jobs, runner = _continuous_gateway_runner(client, migrated, tiny_engine, make_token,
+                                              FaultInjector(hold_file=str(release), hold_after_steps=1))
+    bulk = [make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=970 + i, steps=8,
+                     tag="gw-full") for i in range(2)]
+    claims = jobs.claim(2, 8 * 1024 * 1024, kinds=["generate"], wait_seconds=0)
+    assert sorted(c.job_id for c in claims) == sorted(j.id for j in bulk)
+    thread = threading.Thread(target=runner.run_claims, args=(claims,))
+    thread.start()
+    # When tenant B queues one job while the set is held
+    late = make_job(services.jobs, services.objects, add_owner(session_factory), "generate", 64, seed=979, steps=8,
+                    tag="gw-full-b")
+    # Then the worker's newcomer look (off the sampling thread, the set still held) claims it
+    wait_for(lambda: services.jobs.get(late.id).status == "running", "the newcomer look to claim B's job")
+    release.touch()
+    thread.join(120)
+    runner.drain()
+    # And B's job joined the full set and finished first, and no step ran more than two items
+    done = services.jobs.get_many([*(j.id for j in bulk), late.id])
+    assert all(j.status == "succeeded" for j in done), [(j.id, j.status, j.error_code) for j in done]
+    assert retired[0] == late.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
+    assert max(steps) == 2
+
+
+def test_claims_tag_each_key_opaquely_and_a_newcomer_claim_passes_over_the_held_keys(
+    client: TestClient, migrated: Any, make_token: Any, services: Any, owner_id: str, session_factory: Any,
+) -> None:
+    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
+
+    _, headers = make_token(name="tags")
+    jobs = GatewayJobs(GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client),
+                       GatewayObjects(), "tags:1")
+    other = add_owner(session_factory)
+    # Given tenant A's three queued jobs (one of them urgent) and then one of tenant B, all of one queue
+    a_jobs = [make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=990 + i, tag="gw-tags")
+              for i in range(3)]
+    b_job = make_job(services.jobs, services.objects, other, "generate", 64, seed=995, tag="gw-tags-b")
+    # When a worker claims one of A's jobs, then asks for a newcomer of that queue passing over what it holds
+    first = jobs.claim(1, 64 * 64, kinds=["generate"], wait_seconds=0)
+    held = jobs.get_many([c.job_id for c in first])[0]
+    assert held.id in {j.id for j in a_jobs}
+    newcomer = jobs.claim_newcomer(held.queue, "tags:1", 30.0, 64 * 64, [held.id])
+    # Then it gets B's job (A's two queued jobs are passed over), and the two jobs carry different tags, neither
+    # of them a key's id; the next claim still finds A's jobs (the newcomer look marked no queue empty)
+    assert [c.job_id for c in newcomer] == [b_job.id]
+    got = jobs.get_many([held.id, b_job.id])
+    assert got[0].owner_id != got[1].owner_id and {got[0].owner_id, got[1].owner_id}.isdisjoint({owner_id, other})
+    assert got[0].created_at <= got[1].created_at
+    again = jobs.claim(2, 2 * 64 * 64, kinds=["generate"], wait_seconds=0)
+    assert sorted(c.job_id for c in again) == sorted(j.id for j in a_jobs if j.id != held.id)
+    tags = {j.owner_id for j in jobs.get_many([c.job_id for c in again])}
+    assert tags == {got[0].owner_id}
+    # And a newcomer claim of a queue the token does not serve is refused with a code
+    refused = client.post("/v1/worker/claim", headers=headers, json={
+        "worker": "tags:1", "queue": "unipic.gpu.understand.nowhere", "skip_owners_of": [held.id], "wait_seconds": 0})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "queue_not_allowed"
+
+
+def _continuous_gateway_runner(client: TestClient, migrated: Any, tiny_engine: Any, make_token: Any,
+                               faults: Any) -> tuple[Any, Any]:
+    from workers.metrics import WorkerMetrics
+    from workers.runner.continuous import runner_class
+    from workers.shutdown import ShutdownGate
+    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
+
+    _, headers = make_token(name="full-set")
+    http = GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client)
+    jobs = GatewayJobs(http, GatewayObjects(), "full-set:1")
+    settings = migrated.model_copy(update={"progress_interval_ms": 0, "worker_max_batch": 2,
+                                           "worker_batching": "continuous"})
+    runner = runner_class(settings)(
+        store=jobs, objects=jobs.objects, engine=tiny_engine, settings=settings, worker_id="full-set:1",
+        metrics=WorkerMetrics(), shutdown=ShutdownGate(30.0), enqueue=lambda _: None, faults=faults,
+    )
+    return jobs, runner

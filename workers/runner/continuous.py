@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -58,6 +58,7 @@ ADMIT_EVERY_SECONDS = 0.1  # a set with live items claims its own queue at most 
 CANCEL_POLL_SECONDS = 0.1  # cancel requests are read off the sampling thread, this often until a step paced it
 NEWCOMER_SECONDS = 0.25  # a full set without queue wake-ups asks this often for a key it does not hold
 NEWCOMER_SAFETY_SECONDS = 2.0  # with wake-ups, it asks this often anyway (a wake-up can be lost)
+NEWCOMER_WAIT_SECONDS = 3.0  # a gateway worker's newcomer look long-polls this long (the gateway waits on wake-ups)
 T = TypeVar("T")
 
 
@@ -107,6 +108,33 @@ class ContinuousRunner(BatchRunner):
         super().__init__(**kwargs)
         self.step_costs: dict[tuple[str, int], StepCosts] = {}  # per (kind, size): outlives one loop
         self._wakeups: QueueWakeups | None = None
+        self._looks: ThreadPoolExecutor | None = None  # the gateway's newcomer looks, off the sampling thread
+
+    def look_remotely(self, queue: str, held: list[str]) -> Future[list[Claim] | None]:
+        """A gateway worker's newcomer look (`_Loop._claim_newcomer`) on this runner's one look thread: it
+        long-polls up to NEWCOMER_WAIT_SECONDS (a wait costs the gateway nothing between wake-ups). None when
+        the look failed."""
+        if self._looks is None:
+            self._looks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="newcomer-look")
+        store, s = self.store, self.settings
+
+        def look() -> list[Claim] | None:
+            try:
+                return store.claim_newcomer(queue, self.worker_id, s.lease_seconds, s.worker_max_pixels, held,
+                                            wait_seconds=NEWCOMER_WAIT_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - the next look asks again; the set goes on meanwhile
+                log.warning("newcomer look at %s failed: %s", queue, exc)
+                return None
+
+        return self._looks.submit(look)
+
+    def drain(self) -> None:
+        """Also wait for a newcomer look still in flight (at most NEWCOMER_WAIT_SECONDS): what it takes goes back
+        to the queue before the worker exits, not when its lease runs out."""
+        super().drain()
+        if self._looks is not None:
+            self._looks.shutdown(wait=True)
+            self._looks = None
 
     @property
     def wakeups(self) -> QueueWakeups | None:
@@ -141,6 +169,7 @@ class _Loop:
         self.started = time.monotonic()
         self.look_elsewhere_at = self.started  # a backlog loop's first free row already asks the other queues
         self.newcomer_at = self.started
+        self.newcomer: Future[list[Claim] | None] | None = None  # a gateway worker's newcomer look in flight
         self.wakeups = runner.wakeups
         self.looks = 0
         self.own_turn = False
@@ -191,6 +220,7 @@ class _Loop:
             self.released = []
             raise
         finally:
+            self._abandon_newcomer()
             self._wait_finishing()
             self.keeper.__exit__(None, None, None)
         if self.released:
@@ -216,6 +246,7 @@ class _Loop:
     def _claim_more(self) -> None:
         if self.r.shutdown.requested:
             return
+        self._collect_newcomer()
         woken = self.wakeups.take(self.queue) if self.wakeups is not None else None
         if woken:
             self.drained = False
@@ -250,21 +281,51 @@ class _Loop:
     def _claim_newcomer(self, woken: bool | None) -> None:
         """A full set still takes one job of a key it holds none of, into one row over the cap: a step never runs
         more than the cap (`_step_rows`), so that job pauses someone else's item instead of waiting for a row
-        to free (a whole wave of the bulk's items, often). Asked when the queue was woken since the last look
-        (`workers.runner.wakeups`: a job arrived), else every NEWCOMER_SAFETY_SECONDS, or every NEWCOMER_SECONDS
-        without Redis. The gateway's claims cannot pass over keys yet, so only the direct transport asks."""
+        to free (a whole wave of the bulk's items, often). The direct transport asks when the queue was woken
+        since the last look (`workers.runner.wakeups`: a job arrived), else every NEWCOMER_SAFETY_SECONDS, or
+        every NEWCOMER_SECONDS without Redis. A gateway worker hears no wake-ups and a round trip may cost more
+        than a step: it long-polls the gateway off the sampling thread (`_look_remotely`), one look at a time,
+        and the set takes what the look found at the next pass."""
         store = self.r.store
-        if not isinstance(store, QueueClaims) or len(self.members) > self.row_cap:
+        if self.newcomer is not None or len(self.members) > self.row_cap:
             return
         now = time.monotonic()
         if not woken and now < self.newcomer_at:
             return
+        held = list(self.members)
+        if not isinstance(store, QueueClaims):
+            self.newcomer = self.r.look_remotely(self.queue, held)
+            return
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
-        owners = {m.item.job.owner_id for m in self.members.values()}
-        claims = store.claim_next(self.queue, self.r.worker_id, self.s.lease_seconds, 1, self.s.worker_max_pixels,
-                                  skip_owners=owners)
+        claims = store.claim_newcomer(self.queue, self.r.worker_id, self.s.lease_seconds, self.s.worker_max_pixels,
+                                      held)
         if claims:
             self._admit(claims)
+
+    def _collect_newcomer(self) -> None:
+        """Admit what a finished remote look found (`_claim_newcomer`); a failed look is retried later."""
+        look = self.newcomer
+        if look is None or not look.done():
+            return
+        self.newcomer = None
+        claims = look.result()
+        if claims is None:
+            self.newcomer_at = time.monotonic() + NEWCOMER_SAFETY_SECONDS
+        elif claims:
+            self._admit(claims)
+
+    def _abandon_newcomer(self) -> None:
+        """The loop ends with a remote look in flight: whatever it takes goes back to the queue."""
+        look, self.newcomer = self.newcomer, None
+        if look is None:
+            return
+
+        def hand_back(done: Future[list[Claim] | None]) -> None:
+            claims = done.result()
+            if claims:
+                self.r._release(claims)
+
+        look.add_done_callback(hand_back)
 
     def _claim_elsewhere(self, rows: int, pixels: int) -> bool:
         """Work of the worker's other queues: the first of them (in turn) that has some. False if none had."""

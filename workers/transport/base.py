@@ -17,7 +17,7 @@ the lease holds" from a refusal. This module holds no behaviour.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import BinaryIO, Protocol
 
 from storage.records import Claim, JobRecord
@@ -34,6 +34,8 @@ class JobPort(Protocol):
 
     def claim_for_message(self, job_id: str, worker_id: str, lease_seconds: float, max_items: int,
                           max_pixels: int, kinds: Sequence[str] | None = None) -> list[Claim]: ...
+    def claim_newcomer(self, queue: str, worker_id: str, lease_seconds: float, max_pixels: int,
+                       held: Collection[str], wait_seconds: float = 0.0) -> list[Claim]: ...
     def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]: ...
     def renew(self, claims: Iterable[Claim], lease_seconds: float) -> list[Claim]: ...
     def set_progress(self, claim: Claim, step: int, total: int) -> bool: ...

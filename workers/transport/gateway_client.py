@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Protocol
 
@@ -205,12 +205,13 @@ class GatewayJobs:
 
     # ---- claiming -------------------------------------------------------------------------------------------
     def claim(self, max_items: int, max_batch_pixels: int, max_image_pixels: int | None = None,
-              kinds: Sequence[str] | None = None, wait_seconds: float = 20.0) -> list[Claim]:
+              kinds: Sequence[str] | None = None, wait_seconds: float = 20.0, queue: str | None = None,
+              skip_owners_of: Collection[str] = ()) -> list[Claim]:
         """Long-poll for a batch; the claimed jobs' records and URLs are remembered for the runner."""
         body = {"worker": self.worker, "max_items": max_items, "max_batch_pixels": max_batch_pixels,
                 "max_image_pixels": max_image_pixels, "kinds": list(kinds) if kinds else None,
                 "wait_seconds": wait_seconds, "claim_id": str(uuid.uuid4()), "first_try": True,
-                "model": self.model}
+                "model": self.model, "queue": queue, "skip_owners_of": list(skip_owners_of)}
         # the retries reuse the claim id and say they are retries: only then does the gateway look the id up
         response = self.http.post("claim", body, timeout=wait_seconds + 30, retry_body={**body, "first_try": False})
         _check(response, "claim")
@@ -229,6 +230,12 @@ class GatewayJobs:
                           max_pixels: int, kinds: Sequence[str] | None = None) -> list[Claim]:
         """No messages over the gateway: any claim is a claim of the next batch (no wait)."""
         return self.claim(max_items, max_pixels, kinds=kinds, wait_seconds=0)
+
+    def claim_newcomer(self, queue: str, worker_id: str, lease_seconds: float, max_pixels: int,
+                       held: Collection[str], wait_seconds: float = 0.0) -> list[Claim]:
+        """One job of `queue` of a key none of the `held` jobs belongs to (the gateway knows the keys; this
+        worker sees only their tags), long-polling up to `wait_seconds` for one to arrive."""
+        return self.claim(1, max_pixels, wait_seconds=wait_seconds, queue=queue, skip_owners_of=held)
 
     def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]:
         """The claimed jobs as the claim described them (a remote worker reads no other job)."""
@@ -348,9 +355,18 @@ def _record(item: dict[str, Any]) -> JobRecord:
     """A `JobRecord` with what the claim told (the rest of the row is none of a remote worker's business)."""
     values: dict[str, Any] = dict.fromkeys(_FIELDS)
     values.update(
-        id=item["job_id"], owner_id="", kind=item["kind"], status=JobStatus.RUNNING.value, priority=0,
-        params=item["params"], compat_key=item["compat_key"], queue=item["queue"], attempts=item["attempts"],
-        max_attempts=0, lease_token=item["lease_token"], cancel_requested=False, created_at=datetime.now(UTC),
+        id=item["job_id"], owner_id=item.get("tenant", ""), kind=item["kind"], status=JobStatus.RUNNING.value,
+        priority=int(item.get("priority", 0)), params=item["params"], compat_key=item["compat_key"],
+        queue=item["queue"], attempts=item["attempts"], max_attempts=0, lease_token=item["lease_token"],
+        cancel_requested=False, created_at=_created_at(item.get("created_at")),
         seed=item["seed"], input_key=item.get("input_key"), pixels=item["pixels"],
     )
     return JobRecord(**values)
+
+
+def _created_at(value: str | None) -> datetime:
+    """The job's creation time as the gateway told it (an older gateway does not: now)."""
+    if not value:
+        return datetime.now(UTC)
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
