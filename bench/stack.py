@@ -299,7 +299,7 @@ class Stack:
                 self.logdir)
         self.services["webhooks"] = Service("webhooks", [*unipic, "cpu-worker", "--name", f"cpu-{self.api_port}@%h"],
                                             env, self.logdir)
-        # beat schedules the sweeper and the outbox dispatch; exactly one per deployment
+        # beat schedules the sweeper, exactly one per deployment (the webhook worker drains the outbox itself)
         self.services["beat"] = Service("beat", [*unipic, "beat"], env, self.logdir)
         for svc in self.services.values():
             svc.start()

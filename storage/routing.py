@@ -37,9 +37,7 @@ from storage import tracing
 
 RUN_BATCH_TASK = "unipic.gpu.run_batch"
 SWEEP_TASK = "unipic.cpu.sweep"
-DISPATCH_WEBHOOKS_TASK = "unipic.cpu.dispatch_webhooks"
 
-WEBHOOK_QUEUE = "unipic.webhooks"
 DEFAULT_MODEL_ALIAS = "unipic"  # always names the deployment's default model
 MAINTENANCE_QUEUE = "unipic.maintenance"
 

@@ -15,18 +15,17 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from storage.routing import (
-    DISPATCH_WEBHOOKS_TASK,
-    MAINTENANCE_QUEUE,
-    MESSAGE_CONF,
-    SWEEP_TASK,
-    WEBHOOK_QUEUE,
-)
+from storage.routing import MAINTENANCE_QUEUE, MESSAGE_CONF, SWEEP_TASK
 from storage.settings import Settings
 
 # A message outstanding longer than this is handed to another consumer by Redis; it must outlast any batch.
 MIN_VISIBILITY_TIMEOUT_SECONDS = 3600.0
 
+
+WORKER_FLAGS = ("--without-gossip", "--without-mingle", "--without-heartbeat")
+"""Every Celery worker of ours runs without gossip, mingle and worker heartbeats: nothing here reads them (task
+events are off; liveness is the `workers` table and a remote-control ping), and they are what Celery's consumer
+trips on after a broker reconnection, when it can stop consuming (celery/celery#8030, #9054)."""
 
 def visibility_timeout(settings: Settings) -> float:
     """Seconds an unacked message stays invisible: well beyond the time limit of a large batch."""
@@ -64,10 +63,7 @@ def make_celery(settings: Settings, name: str = "unipic") -> Celery:
         task_default_queue=MAINTENANCE_QUEUE,
         task_default_exchange=MAINTENANCE_QUEUE,
         task_default_routing_key=MAINTENANCE_QUEUE,
-        task_routes={
-            SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
-            DISPATCH_WEBHOOKS_TASK: {"queue": WEBHOOK_QUEUE},
-        },
+        task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

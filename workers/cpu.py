@@ -1,6 +1,7 @@
 """The CPU worker's Celery entry: `celery -A workers.cpu worker -B` (sweeper + webhook delivery). Torch-free.
 
-It only builds the app and lets each task module register its tasks (and beat entries) on it. Nothing is built
+It only builds the app and lets each module register on it: the sweeper its task and beat entry, the webhook
+dispatcher its loop, which runs on the worker's own threads (no task, no beat entry: it needs no broker). Nothing is built
 at import: `configure(settings)` builds the app once, at start (`unipic cpu-worker` and `unipic beat` pass the
 settings they made from their options); `celery -A workers.cpu` asks for the module's `app`, which builds it from
 the `UNIPIC_*` environment on that first use.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from storage.routing import MAINTENANCE_QUEUE, WEBHOOK_QUEUE
+from storage.routing import MAINTENANCE_QUEUE
 from storage.settings import Settings, load_settings
 from workers import sweeper
 from workers.app import make_celery, queue
@@ -29,7 +30,7 @@ def configure(settings: Settings | None = None) -> Celery:
 
 def make_cpu_app(settings: Settings) -> Celery:
     app = make_celery(settings, name="unipic-cpu")
-    app.conf.task_queues = [queue(MAINTENANCE_QUEUE), queue(WEBHOOK_QUEUE)]
+    app.conf.task_queues = [queue(MAINTENANCE_QUEUE)]
     sweeper.register(app, settings)
     webhook_dispatcher.register(app, settings)
     return app

@@ -1,7 +1,8 @@
 """Prometheus metrics of the CPU worker (webhook delivery + sweeper), served on `unipic cpu-worker --metrics-port`.
 
-Owns two counters, fed from Celery's `task_postrun` signal with what the tasks return, so the delivery and
-sweeper code stays free of metrics: webhook deliveries by outcome (`delivered`, `retry` = still pending after a
+Owns two counters, fed from Celery signals with what the sweeper's task returns (`task_postrun`) and what each
+tick of the webhook dispatch loop counted (`webhooks_dispatched`), so the delivery and sweeper code stays free
+of metrics: webhook deliveries by outcome (`delivered`, `retry` = still pending after a
 failed attempt, `failed`, `lost` = lease lost) and sweeper actions (`requeued` = lease expiries put back in the
 queue, `expired`, `reenqueued`, `worker_gone`). A CPU worker is one process with a thread pool, so
 plain counters are exact (no multiprocess mode). It knows nothing of how deliveries or sweeps are done.
@@ -15,7 +16,8 @@ from typing import Any
 from celery.signals import task_postrun
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from storage.routing import DISPATCH_WEBHOOKS_TASK, SWEEP_TASK
+from storage.routing import SWEEP_TASK
+from workers.webhooks.dispatcher import webhooks_dispatched
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,15 @@ class CpuMetrics:
         for action in SWEEP_ACTIONS.values():
             self.sweeper_actions.labels(action)
 
+    def observe_deliveries(self, counts: Any) -> None:
+        """Count one dispatch tick's deliveries by final status (anything unexpected is ignored)."""
+        if isinstance(counts, dict):
+            for status, n in counts.items():
+                self._delivery(status, int(n))
+
     def observe(self, task_name: str, retval: Any) -> None:
         """Count what one finished task returned (anything unexpected is ignored)."""
-        if task_name == DISPATCH_WEBHOOKS_TASK and isinstance(retval, dict):
-            for status, n in retval.items():
-                self._delivery(status, int(n))
-        elif task_name == SWEEP_TASK and retval is not None:
+        if task_name == SWEEP_TASK and retval is not None:
             for attr, action in SWEEP_ACTIONS.items():
                 n = len(getattr(retval, attr, ()) or ())
                 if n:
@@ -59,7 +64,11 @@ class CpuMetrics:
         def on_postrun(sender: Any = None, retval: Any = None, **_: Any) -> None:
             self.observe(getattr(sender, "name", ""), retval)
 
+        def on_dispatched(sender: Any = None, counts: Any = None, **_: Any) -> None:
+            self.observe_deliveries(counts)
+
         task_postrun.connect(on_postrun, weak=False)
+        webhooks_dispatched.connect(on_dispatched, weak=False)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
         log.info("serving CPU worker metrics on %s:%d", addr, port)

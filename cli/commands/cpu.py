@@ -1,7 +1,7 @@
 """`unipic cpu-worker` (webhook delivery + maintenance tasks, optionally with beat) and `unipic beat`.
 
-Both run the torch-free Celery app of `workers.cpu` in this process. The CPU worker is scalable; beat (the
-periodic sweeper and outbox dispatch) must run exactly once per deployment: `unipic up` runs
+Both run the torch-free Celery app of `workers.cpu` in this process. The CPU worker is scalable (each one also
+drains the webhook outbox on its own threads); beat (the periodic sweeper) must run exactly once per deployment: `unipic up` runs
 `cpu-worker --beat`, compose runs `webhooks` replicas plus one `beat`. Options are settings overrides: the
 command builds `Settings` and hands them to `workers.cpu.configure`, which builds the app from them.
 """
@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
 
 def cpu_worker(
     with_beat: bool = typer.Option(False, "--beat", help="Also run beat in this process (one per deployment)"),
-    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Threads delivering webhooks"),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Threads running maintenance tasks, and dispatch-loop threads delivering webhooks"),
     name: str = typer.Option("cpu@%h", "--name", help="Celery node name"),
     loglevel: str = typer.Option("INFO", "--loglevel"),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics (deliveries, "
@@ -37,6 +37,7 @@ def cpu_worker(
     overrides: dict[str, Any] = {"cpu_metrics_port": metrics_port} if metrics_port is not None else {}
     settings = settings_for(data_dir, **overrides)
     from cli.logs import celery_argv, take_over_celery
+    from workers.app import WORKER_FLAGS
     from workers.cpu import configure
 
     app = configure(settings)
@@ -47,7 +48,7 @@ def cpu_worker(
 
     take_over_celery(loglevel, settings)
     argv = ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--hostname", name,
-            "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+            "--loglevel", loglevel, *WORKER_FLAGS]
     if with_beat:
         argv += ["--beat", "--schedule", str(_schedule(settings))]
     app.worker_main(celery_argv(argv, loglevel, settings))
@@ -57,7 +58,7 @@ def beat(
     loglevel: str = typer.Option("INFO", "--loglevel"),
     data_dir: Path | None = DataDir,
 ) -> None:
-    """Run beat alone: it schedules the sweeper and the outbox dispatch (run exactly one)."""
+    """Run beat alone: it schedules the sweeper (run exactly one)."""
     settings = settings_for(data_dir)
     from cli.logs import take_over_celery
     from workers.cpu import configure

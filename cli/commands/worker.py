@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
         settings = settings_for(data_dir, **overrides)  # exits 2 naming a bad value; creates the embedded data dir
 
         from cli.logs import celery_argv, take_over_celery
+        from workers.app import WORKER_FLAGS
         from workers.gpu import configure, start_runtime, worker_settings
         from workers.startup import StartupFailure
 
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
         # returns the worker's exit code (celery-types says NoReturn)
         code: int | None = celery_app.start(celery_argv([
             "worker", "--pool", "solo", "--concurrency", "1", "--queues", subscribed,
-            "--hostname", hostname, "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+            "--hostname", hostname, "--loglevel", loglevel, *WORKER_FLAGS,
         ], loglevel, settings))
         raise typer.Exit(int(code or 0))
 

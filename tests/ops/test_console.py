@@ -19,8 +19,8 @@ import logging.config
 from cli.logs import configure
 configure("info")
 logging.getLogger("workers.runner.batching").info("batch of 2 generate:64 finished in 0.50s: ['a', 'b']")
-logging.getLogger("celery.app.trace").info("Task unipic.cpu.dispatch_webhooks succeeded in 0.001s: {}")
-logging.getLogger("celery.beat").info("Scheduler: Sending due task unipic-dispatch-webhooks")
+logging.getLogger("celery.app.trace").info("Task unipic.cpu.sweep succeeded in 0.001s: {}")
+logging.getLogger("celery.beat").info("Scheduler: Sending due task unipic-sweep")
 logging.getLogger("workers.sweeper").warning("worker w1: no heartbeat, marked gone")
 try:
     raise RuntimeError("boom")

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import generate_latest
 
 from storage.jobs.ids import new_id
-from storage.routing import DISPATCH_WEBHOOKS_TASK, SWEEP_TASK
+from storage.routing import SWEEP_TASK
 from tests.support.storage import job
 from workers.cpu_metrics import CpuMetrics
 from workers.device.nvml import Nvml
@@ -65,9 +65,9 @@ def test_gpu_gauges_are_empty_but_declared_without_nvml() -> None:
 
 def test_cpu_metrics_count_deliveries_by_outcome_and_sweeper_actions() -> None:
     metrics = CpuMetrics()
-    metrics.observe(DISPATCH_WEBHOOKS_TASK, {"delivered": 3, "pending": 2, "failed": 1})
-    metrics.observe(DISPATCH_WEBHOOKS_TASK, {"lost": 1})
-    metrics.observe(DISPATCH_WEBHOOKS_TASK, None)
+    metrics.observe_deliveries({"delivered": 3, "pending": 2, "failed": 1})
+    metrics.observe_deliveries({"lost": 1})
+    metrics.observe_deliveries(None)
     metrics.observe(SWEEP_TASK, SweepReport(requeued=["a", "b"], workers_gone=["w"]))
     metrics.observe("something.else", SimpleNamespace())
     text = generate_latest(metrics.registry).decode()

@@ -1,37 +1,57 @@
-"""The Celery wiring: the dispatch task registered by name on the CPU app, its beat tick, and one run of it."""
+"""The dispatch loop: ticks on its own threads (no Celery task, no beat entry, no broker), each tick's counts
+heard by its observer, a tick that fails followed by the next one; and its wiring into the CPU Celery app."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from sqlalchemy import select
-
-from storage.routing import DISPATCH_WEBHOOKS_TASK, WEBHOOK_QUEUE
-from storage.tables import WebhookEvent
+from storage.routing import SWEEP_TASK
+from tests.support.waiting import wait_for
 from tests.support.webhooks import JobDriver, Receiver
 from workers.app import make_celery
-from workers.webhooks.dispatcher import register
+from workers.webhooks.dispatcher import DispatchLoop, register
 
 
-def test_tasks_and_beat_entry_are_registered(settings: Any) -> None:
-    app = make_celery(settings)
-    register(app, settings)
-    assert DISPATCH_WEBHOOKS_TASK in app.tasks
-    (entry,) = [e for e in app.conf.beat_schedule.values() if e["task"] == DISPATCH_WEBHOOKS_TASK]
-    assert entry["schedule"] <= 1.0 and entry["options"]["queue"] == WEBHOOK_QUEUE
-    assert app.conf.task_routes[DISPATCH_WEBHOOKS_TASK]["queue"] == WEBHOOK_QUEUE
+def test_the_cpu_app_has_no_dispatch_task_nor_beat_entry(settings: Any) -> None:
+    from workers.cpu import make_cpu_app
+
+    app = make_cpu_app(settings)
+    assert not [name for name in app.tasks if "webhook" in name]
+    assert [e["task"] for e in app.conf.beat_schedule.values()] == [SWEEP_TASK]
+    register(make_celery(settings), settings)  # registering twice (another app) adds nothing either
 
 
-def test_dispatch_task_sends_the_due_event(
-    settings: Any, receiver: Receiver, jobs: JobDriver, session_factory: Any, dispatcher: Any,
+def test_the_loop_delivers_due_events_and_survives_a_failed_tick(
+    receiver: Receiver, jobs: JobDriver, dispatcher: Any,
 ) -> None:
-    app = make_celery(settings)
-    register(app, settings)
-    job = jobs.create(receiver.url + "/task", ["job.succeeded"])
+    # Given a succeeded job's due event, and a loop whose first tick fails (the database was down, say)
+    job = jobs.create(receiver.url + "/loop", ["job.succeeded"])
     jobs.succeed(job)
-    with session_factory() as s:
-        event_id = s.scalars(select(WebhookEvent.id).where(WebhookEvent.job_id == job.id)).one()
-    # run in process, through Celery's task machinery, with the dispatcher the task builds from settings
-    assert app.tasks[DISPATCH_WEBHOOKS_TASK].apply().get() == {"delivered": 1}
-    assert receiver.wait_for(1)[0].headers["webhook-id"] == event_id
-    assert app.tasks[DISPATCH_WEBHOOKS_TASK].apply().get() == {}  # nothing due any more
+    calls, counts = [0], []
+    heard = threading.Event()
+
+    def flaky() -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("database unavailable (fault injected)")
+        return dispatcher
+
+    def observe(tick: dict[str, int]) -> None:
+        counts.append(tick)
+        if tick:
+            heard.set()
+
+    # When the loop runs with two threads, a tick every 50 ms each
+    loop = DispatchLoop(flaky, threads=2, interval=0.05, observe=observe).start()
+    try:
+        # Then the event is delivered once, and the observer hears the tick that delivered it
+        assert len(receiver.wait_for(1)) == 1
+        wait_for(heard.is_set, "the observer to hear the delivering tick")
+        assert {"delivered": 1} in counts
+        ticks = loop.ticks
+        wait_for(lambda: loop.ticks >= ticks + 2, "more ticks (nothing due)")
+    finally:
+        loop.stop()
+    assert not any(t.is_alive() for t in loop._threads)
+    assert sum(c.get("delivered", 0) for c in counts) == 1

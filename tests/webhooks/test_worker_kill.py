@@ -30,7 +30,7 @@ class WebhookWorker:
         self.log_path = workdir / f"{name}.log"
         self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.cpu", "worker", "-Q", "unipic.webhooks,unipic.maintenance",
+            [sys.executable, "-m", "celery", "-A", "workers.cpu", "worker", "-Q", "unipic.maintenance",
              "-B", "--pool", "threads", "--concurrency", "2", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
              "--schedule", str(workdir / f"{name}-beat"), "-n", f"{name}@%h"],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,

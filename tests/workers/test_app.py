@@ -6,13 +6,7 @@ import subprocess
 import sys
 from typing import Any
 
-from storage.routing import (
-    DISPATCH_WEBHOOKS_TASK,
-    MAINTENANCE_QUEUE,
-    RUN_BATCH_TASK,
-    SWEEP_TASK,
-    WEBHOOK_QUEUE,
-)
+from storage.routing import MAINTENANCE_QUEUE, RUN_BATCH_TASK, SWEEP_TASK
 from tests.support import REPO
 from workers.app import make_celery, queue, visibility_timeout
 
@@ -29,10 +23,9 @@ def test_reliability_settings(settings: Any) -> None:
     assert conf.broker_transport_options["visibility_timeout"] == visibility_timeout(settings) > longest
 
 
-def test_maintenance_and_webhook_tasks_are_routed_to_their_queues(settings: Any) -> None:
+def test_the_maintenance_task_is_routed_to_its_queue(settings: Any) -> None:
     app = make_celery(settings)
     assert app.amqp.router.route({}, SWEEP_TASK)["queue"].name == MAINTENANCE_QUEUE
-    assert app.amqp.router.route({}, DISPATCH_WEBHOOKS_TASK)["queue"].name == WEBHOOK_QUEUE
 
 
 def test_a_queue_is_bound_to_its_own_exchange() -> None:

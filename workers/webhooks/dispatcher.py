@@ -1,7 +1,8 @@
-"""Webhook delivery: the dispatcher that drains the outbox, its policy, and its Celery tasks.
+"""Webhook delivery: the dispatcher that drains the outbox, its policy, and the loop that runs it.
 
-A beat entry runs `unipic.cpu.dispatch_webhooks` about every second on the CPU webhook worker (queue
-`unipic.webhooks`; GPU workers never deliver). Each tick has the store write due `job.progress` events, leases
+Each CPU webhook worker runs the dispatch loop on its own threads (`DispatchLoop`, started when the Celery worker
+is ready; GPU workers never deliver): about every second per thread, a tick, with no broker and no beat in the
+path, so a Redis restart or a beat outage does not stop delivery. Each tick has the store write due `job.progress` events, leases
 due outbox events (`storage.webhooks.store.WebhookStore`, the only code touching webhook rows) and delivers them in a
 small thread pool. For each one it:
 
@@ -30,6 +31,8 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+from celery.utils.dispatch import Signal
 
 from egress.url_guard import Resolver, UnresolvableWebhookUrl, UnsafeWebhookUrl, check_webhook_url
 from storage import tracing
@@ -41,7 +44,6 @@ from storage.errors import NotFound
 from storage.keys import KeyStore
 from storage.objects.base import ObjectStore
 from storage.records import JobRecord
-from storage.routing import DISPATCH_WEBHOOKS_TASK, WEBHOOK_QUEUE
 from storage.settings import Settings
 from storage.states import EventType
 from storage.webhooks.records import AttemptOutcome, ClaimedEvent
@@ -186,15 +188,61 @@ class WebhookDispatcher:
         return batch_data(subject, snapshot, self.manifests.link(subject))  # batch.completed links its manifest
 
 
+# -- the dispatch loop ---------------------------------------------------------------------------------------------
+class DispatchLoop:
+    """Ticks of the dispatcher on this process's own threads, about every DISPATCH_INTERVAL_SECONDS each.
+
+    The outbox is in the database and so is the leasing (several threads, processes or replicas share it), so the
+    loop needs no broker: webhooks keep flowing while Redis restarts or beat is down. When ticks were Celery tasks
+    that beat sent every second, one Redis restart in CI left the webhook worker connected and alive but running no
+    tick again (Celery's consumer can stop consuming after a reconnection: celery/celery#8030), and every outbox
+    event stayed pending. `observe` hears each tick's counts (the CPU worker's metrics)."""
+
+    def __init__(self, dispatcher: Callable[[], WebhookDispatcher], threads: int = 1,
+                 interval: float = DISPATCH_INTERVAL_SECONDS,
+                 observe: Callable[[dict[str, int]], None] | None = None) -> None:
+        self.dispatcher, self.interval, self.observe = dispatcher, interval, observe
+        self.stopping = threading.Event()
+        self.ticks = 0
+        self._threads = [threading.Thread(target=self._run, args=(i * interval / max(1, threads),),
+                                          name=f"webhook-dispatch-{i}", daemon=True) for i in range(max(1, threads))]
+
+    def start(self) -> DispatchLoop:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout: float = TICK_BUDGET_SECONDS + 5.0) -> None:
+        """Stop after the ticks in progress (a delivery in flight finishes or its lease runs out)."""
+        self.stopping.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout)
+
+    def _run(self, offset: float) -> None:
+        if self.stopping.wait(offset):  # the threads' ticks spread over the interval
+            return
+        while not self.stopping.is_set():
+            try:
+                counts = self.dispatcher().dispatch_due()
+                if self.observe is not None:
+                    self.observe(counts)
+            except Exception:  # the database is down, say: the next tick tries again
+                log.exception("webhook dispatch tick failed")
+            self.ticks += 1
+            self.stopping.wait(self.interval * random.uniform(0.8, 1.2))
+
+
 # -- Celery wiring ------------------------------------------------------------------------------------------------
 def register(app: Celery, settings: Settings) -> None:
-    """Add the dispatch task and its beat tick to a (CPU) Celery app.
+    """Run the dispatch loop in each Celery worker of this (CPU) app: started when the worker is ready, with as
+    many threads as its concurrency, stopped when it shuts down. Beat sends no dispatch ticks (see DispatchLoop).
 
-    The dispatcher (engine, object store) is built on the first run in each worker process, after the fork;
-    it is thread-safe (the `threads` pool of `unipic cpu-worker` runs several ticks at once).
+    The dispatcher (engine, object store) is built on the first tick in the worker process; it is thread-safe.
     """
     holder: dict[str, WebhookDispatcher] = {}
-    lock = threading.Lock()  # the threads pool runs ticks concurrently: build one dispatcher per process
+    lock = threading.Lock()  # the loop's threads tick concurrently: build one dispatcher per process
+    loops: list[DispatchLoop] = []
 
     def dispatcher() -> WebhookDispatcher:
         with lock:
@@ -202,19 +250,28 @@ def register(app: Celery, settings: Settings) -> None:
                 holder["dispatcher"] = WebhookDispatcher.from_settings(settings)
             return holder["dispatcher"]
 
-    @app.task(name=DISPATCH_WEBHOOKS_TASK, ignore_result=True, acks_late=False, shared=False)
-    def dispatch_webhooks() -> dict[str, int]:
-        return dispatcher().dispatch_due()
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app:
+            return
+        threads = int(getattr(getattr(sender, "controller", None), "concurrency", 1) or 1)
+        loops.append(DispatchLoop(dispatcher, threads, observe=_send_dispatched(app)).start())
 
-    app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **beat_schedule()}
+    def on_shutdown(**_: Any) -> None:
+        while loops:
+            loops.pop().stop()
+
+    worker_ready.connect(on_ready, weak=False)
+    worker_shutdown.connect(on_shutdown, weak=False)
 
 
-def beat_schedule() -> dict[str, dict[str, Any]]:
-    """One dispatch tick per second; a tick nobody picked up within 5 s expires (the next one comes anyway)."""
-    return {
-        "unipic-dispatch-webhooks": {
-            "task": DISPATCH_WEBHOOKS_TASK,
-            "schedule": DISPATCH_INTERVAL_SECONDS,
-            "options": {"queue": WEBHOOK_QUEUE, "expires": 5.0},
-        }
-    }
+def _send_dispatched(app: Celery) -> Callable[[dict[str, int]], None]:
+    """Send `webhooks_dispatched` with a tick's counts (`workers.cpu_metrics` listens)."""
+
+    def send(counts: dict[str, int]) -> None:
+        webhooks_dispatched.send(sender=app, counts=counts)
+
+    return send
+
+
+webhooks_dispatched = Signal(name="webhooks_dispatched", providing_args=["counts"])
+"""Sent after each dispatch tick with its counts per final status (a Celery signal, as `task_postrun` is)."""
