@@ -1,7 +1,7 @@
 """Fairness benchmark: tenant B's interactive latency while tenant A's bulk batch runs, against B alone, one run.
 
     python -m bench.fairness [--bulk 5000] [--b-jobs 30] [--interval 1.5] [--workers 1] [--compatible]
-                             [--batching whole|continuous|both] [--companions auto,0,7]
+                             [--batching whole|continuous|both] [--companions auto,0,7] [--gateway]
 
 Starts the whole stack as separate processes (`bench.stack`: private Postgres and Redis, S3 server, API, model
 workers with the tiny model, webhook worker, sweeper) and two API keys. Phase 1: B alone submits one job every
@@ -11,7 +11,8 @@ stream again (A's throughput during B's stream: A's images finished in that wind
 `finished_at - created_at` as the API reports it. Prints p50/p99 for both phases and their ratio (targets with
 continuous batching: p50 <= 1.3x, p99 <= 1.6x; A during B >= 80 % of A alone), then cancels what is left of A's
 batch. B's jobs are 2 steps and A's 4 (not batch-compatible for whole-batch execution; continuous batching
-shares a running set), or with `--compatible` the same size and steps as A's. `--batching both` runs the same
+shares a running set), or with `--compatible` the same size and steps as A's. `--gateway`: the workers are
+`unipic worker --gateway` workers that reach only the API (through its proxy), not Celery workers. `--batching both` runs the same
 workload with whole-batch and then continuous workers and prints them side by side. Prints a table and a JSON
 line per run.
 """
@@ -121,11 +122,13 @@ def _now() -> datetime:
 
 
 def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path, root: Path,
-        batching: str = "whole", compatible: bool = False, companions: str = "auto") -> dict[str, Any]:
+        batching: str = "whole", compatible: bool = False, companions: str = "auto",
+        gateway: bool = False) -> dict[str, Any]:
     env = {"UNIPIC_WORKER_BATCHING": batching, "UNIPIC_WORKER_STEP_COMPANIONS": companions}
-    label = batching if batching == "whole" else f"{batching}/{companions}"
-    stack = Stack(StackConfig(checkpoint=checkpoint, workers=workers, lease_seconds=30.0, extra_env=env),
-                  root / f"stack-{label.replace('/', '-')}")
+    label = (batching if batching == "whole" else f"{batching}/{companions}") + ("/gw" if gateway else "")
+    config = StackConfig(checkpoint=checkpoint, workers=0 if gateway else workers,
+                         gateway_workers=workers if gateway else 0, lease_seconds=30.0, extra_env=env)
+    stack = Stack(config, root / f"stack-{label.replace('/', '-')}")
     b_body = {**A_BODY, "prompt": B_BODY["prompt"]} if compatible else B_BODY
     try:
         stack.start()
@@ -151,6 +154,7 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
         a_alone = _a_rate(stack.pg.url, batch_id, a_alone_from, a_alone_to)
         a_during = _a_rate(stack.pg.url, batch_id, a_alone_to, a_during_to)
         result = {"bulk": bulk, "b_jobs": b_jobs, "interval": interval, "workers": workers, "batching": label,
+                  "gateway": gateway,
                   "compatible": compatible, "b_alone_s": _stats(alone), "b_during_bulk_s": _stats(contended),
                   "a_alone_images_per_s": a_alone, "a_during_b_images_per_s": a_during,
                   "a_counts_when_b_done": counts, **order}
@@ -189,6 +193,7 @@ def main() -> None:
                     help="the workers' UNIPIC_WORKER_BATCHING (both: whole, then continuous, side by side)")
     ap.add_argument("--companions", default="auto",
                     help="continuous runs' UNIPIC_WORKER_STEP_COMPANIONS, comma-separated for one run each (auto,0,7)")
+    ap.add_argument("--gateway", action="store_true", help="gateway workers (HTTPS to the API only), not Celery ones")
     ap.add_argument("--compatible", action="store_true",
                     help="B's jobs have A's size and steps (batch-compatible); default: B 2 steps, A 4")
     args = ap.parse_args()
@@ -204,13 +209,14 @@ def main() -> None:
     runs = []
     for mode, companions in [(m, c) for m in modes for c in (args.companions.split(",") if m != "whole" else ["auto"])]:
         out = run(args.bulk, args.b_jobs, args.interval, args.workers, checkpoint, root, mode, args.compatible,
-                  companions)
+                  companions, args.gateway)
         print(json.dumps(out), flush=True)
         runs.append(out)
     b = {**A_BODY, "prompt": B_BODY["prompt"]} if args.compatible else B_BODY
     print(f"tenant B: {args.b_jobs} jobs of {b['width']} px, {b['steps']} steps, one every {args.interval}s; "
           f"tenant A: {args.bulk}-item batch of {A_BODY['width']} px, {A_BODY['steps']} steps; "
-          f"{args.workers} worker(s); {'batch-compatible' if args.compatible else 'not batch-compatible'}")
+          f"{args.workers} {'gateway' if args.gateway else 'Celery'} worker(s); "
+          f"{'batch-compatible' if args.compatible else 'not batch-compatible'}")
     print(table(runs))
     print("targets (continuous): ratio p50 <= 1.3, p99 <= 1.6; A share >= 0.8")
 

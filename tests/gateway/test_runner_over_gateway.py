@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from workers.faults import FaultInjector
 
 @pytest.fixture(params=["whole", "continuous"])
 def gateway_runner(client: TestClient, migrated: Any, tiny_engine: Any, make_token: Any,
-                   request: pytest.FixtureRequest) -> Any:
+                   request: pytest.FixtureRequest) -> Iterator[Any]:
     from workers.metrics import WorkerMetrics
     from workers.runner.continuous import runner_class
     from workers.shutdown import ShutdownGate
@@ -38,7 +39,8 @@ def gateway_runner(client: TestClient, migrated: Any, tiny_engine: Any, make_tok
         store=jobs, objects=jobs.objects, engine=tiny_engine, settings=settings,
         worker_id="in-process:1", metrics=WorkerMetrics(), shutdown=ShutdownGate(30.0), enqueue=lambda _: None,
     )
-    return jobs, runner
+    yield jobs, runner
+    runner.drain()  # a look a continuous loop left in flight hands back what it took, as a worker's exit does
 
 
 def test_all_three_kinds_succeed_through_the_gateway(
@@ -48,9 +50,10 @@ def test_all_three_kinds_succeed_through_the_gateway(
     jobs, runner = gateway_runner
     made = [make_job(services.jobs, services.objects, owner_id, kind, 64, seed=3)
             for kind in ("generate", "edit", "understand")]
-    # When the runner claims and runs batches over the gateway until they are all done
+    # When the runner claims and runs batches over the gateway until they are all done (its next claim is what
+    # a continuous loop's last look took, if it took anything, as `unipic worker --gateway` claims)
     for _ in range(6):
-        claims = jobs.claim(8, 8 * 1024 * 1024, kinds=None, wait_seconds=0)
+        claims = runner.left_claims() or jobs.claim(8, 8 * 1024 * 1024, kinds=None, wait_seconds=0)
         if claims:
             runner.run_claims(claims)
         if all(services.jobs.get(j.id).terminal for j in made):
@@ -139,6 +142,30 @@ def test_a_full_set_over_the_gateway_takes_another_keys_job_over_the_cap(
     assert all(j.status == "succeeded" for j in done), [(j.id, j.status, j.error_code) for j in done]
     assert retired[0] == late.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
     assert max(steps) == 2
+
+
+def test_the_look_a_loop_leaves_in_flight_is_the_workers_next_claim(
+    client: TestClient, migrated: Any, tiny_engine: Any, make_token: Any, services: Any, owner_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import workers.runner.continuous as continuous
+
+    monkeypatch.setattr(continuous, "REMOTE_LOOK_SECONDS", 25.0)  # the look outlasts the loop whatever the load
+    # Given a continuous gateway worker that ran one job: while it sampled, it long-polled for more (off the
+    # sampling thread), and the loop ended with that look in flight
+    jobs, runner = _continuous_gateway_runner(client, migrated, tiny_engine, make_token, FaultInjector())
+    first = make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=981, tag="gw-left")
+    runner.run_claims(jobs.claim(1, 64 * 64, kinds=["generate"], wait_seconds=0))
+    assert services.jobs.get(first.id).status == "succeeded" and runner.left_look is not None
+    # When a job arrives after the loop ended
+    late = make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=982, tag="gw-left")
+    # Then the look takes it and hands it to the worker as its next claim (not back to the queue)
+    left = runner.left_claims()
+    assert [c.job_id for c in left] == [late.id] and services.jobs.get(late.id).status == "running"
+    monkeypatch.setattr(continuous, "REMOTE_LOOK_SECONDS", 0.0)  # this loop's look ends at once (drain waits)
+    runner.run_claims(left)
+    runner.drain()
+    assert services.jobs.get(late.id).status == "succeeded"
 
 
 def test_claims_tag_each_key_opaquely_and_a_newcomer_claim_passes_over_the_held_keys(

@@ -200,6 +200,11 @@ class BatchRunner:
         # encode + upload + complete are I/O bound: overlap them across the batch
         list(self._finishers.map(lambda f: self._succeed(f[0], f[1], f[2], f[3], keeper), finishing))
 
+    def left_claims(self) -> list[Claim]:
+        """Jobs claimed for this worker that no batch runs yet (none here; a continuous gateway runner's last
+        look may have taken some)."""
+        return []
+
     def drain(self) -> None:
         """Wait for the batch whose results are being written in the background (before exiting)."""
         self.pipeline.drain()

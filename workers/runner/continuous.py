@@ -9,7 +9,9 @@ budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`), so a job
 step; a full set asks only for a key it holds nothing of, one job over the cap (`_claim_newcomer`). With Redis,
 the worker hears its queues' wake-ups (`workers.runner.wakeups`), so once a claim found the queue empty the loop
 asks again only when a job arrived (or every NEWCOMER_SAFETY_SECONDS, and always before it ends): a claim query
-costs about as much as a small step on a busy CPU. The loop holds the worker's one message
+costs about as much as a small step on a busy CPU. A gateway worker hears no wake-ups: while its set samples, it
+claims by long-polling the gateway on a look thread (`ContinuousRunner.look_remotely`), and the set takes what a
+look found at the next pass; a look in flight when the loop ends is the worker's next claim (`left_claims`). The loop holds the worker's one message
 for as long as its queue has work, so once that queue has fed it more than its first claim (a backlog loop; a
 loop that ends soon leaves the other queues to their own messages) it also asks the worker's other queues
 (direct: each other queue it subscribes to, in turn; the gateway: the kinds a running set cannot hold, its
@@ -58,7 +60,7 @@ ADMIT_EVERY_SECONDS = 0.1  # a set with live items claims its own queue at most 
 CANCEL_POLL_SECONDS = 0.1  # cancel requests are read off the sampling thread, this often until a step paced it
 NEWCOMER_SECONDS = 0.25  # a full set without queue wake-ups asks this often for a key it does not hold
 NEWCOMER_SAFETY_SECONDS = 2.0  # with wake-ups, it asks this often anyway (a wake-up can be lost)
-NEWCOMER_WAIT_SECONDS = 3.0  # a gateway worker's newcomer look long-polls this long (the gateway waits on wake-ups)
+REMOTE_LOOK_SECONDS = 3.0  # a gateway worker's claim while sampling long-polls this long (on wake-ups, at the API)
 T = TypeVar("T")
 
 
@@ -108,33 +110,41 @@ class ContinuousRunner(BatchRunner):
         super().__init__(**kwargs)
         self.step_costs: dict[tuple[str, int], StepCosts] = {}  # per (kind, size): outlives one loop
         self._wakeups: QueueWakeups | None = None
-        self._looks: ThreadPoolExecutor | None = None  # the gateway's newcomer looks, off the sampling thread
+        self._looks: ThreadPoolExecutor | None = None  # the gateway's claims while sampling, off its thread
+        self.left_look: Future[list[Claim] | None] | None = None  # one a loop left in flight when it ended
 
-    def look_remotely(self, queue: str, held: list[str]) -> Future[list[Claim] | None]:
-        """A gateway worker's newcomer look (`_Loop._claim_newcomer`) on this runner's one look thread: it
-        long-polls up to NEWCOMER_WAIT_SECONDS (a wait costs the gateway nothing between wake-ups). None when
-        the look failed."""
+    def look_remotely(self, claim: Callable[[], list[Claim]]) -> Future[list[Claim] | None]:
+        """A gateway worker's claim while its set samples (`_Loop`: free rows, or a full set's newcomer), on this
+        runner's one look thread: a long-poll of up to REMOTE_LOOK_SECONDS, which costs the gateway nothing
+        between wake-ups and the sampling thread no round trip. None when the look failed."""
         if self._looks is None:
-            self._looks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="newcomer-look")
-        store, s = self.store, self.settings
+            self._looks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="remote-look")
 
         def look() -> list[Claim] | None:
             try:
-                return store.claim_newcomer(queue, self.worker_id, s.lease_seconds, s.worker_max_pixels, held,
-                                            wait_seconds=NEWCOMER_WAIT_SECONDS)
+                return claim()
             except Exception as exc:  # noqa: BLE001 - the next look asks again; the set goes on meanwhile
-                log.warning("newcomer look at %s failed: %s", queue, exc)
+                log.warning("a claim while sampling failed: %s", exc)
                 return None
 
         return self._looks.submit(look)
 
+    def left_claims(self) -> list[Claim]:
+        """What the look a loop left in flight took (waiting for it: at most REMOTE_LOOK_SECONDS, less when a job
+        arrives): a gateway worker takes it as its next claim, so the look never takes a job from that claim."""
+        look, self.left_look = self.left_look, None
+        return (look.result() or []) if look is not None else []
+
     def drain(self) -> None:
-        """Also wait for a newcomer look still in flight (at most NEWCOMER_WAIT_SECONDS): what it takes goes back
-        to the queue before the worker exits, not when its lease runs out."""
+        """Also wait for a remote look still in flight (at most REMOTE_LOOK_SECONDS): what it took goes back to
+        the queue before the worker exits, not when its lease runs out."""
         super().drain()
         if self._looks is not None:
             self._looks.shutdown(wait=True)
             self._looks = None
+        left = self.left_claims()
+        if left:
+            self._release(left)
 
     @property
     def wakeups(self) -> QueueWakeups | None:
@@ -169,7 +179,7 @@ class _Loop:
         self.started = time.monotonic()
         self.look_elsewhere_at = self.started  # a backlog loop's first free row already asks the other queues
         self.newcomer_at = self.started
-        self.newcomer: Future[list[Claim] | None] | None = None  # a gateway worker's newcomer look in flight
+        self.look: Future[list[Claim] | None] | None = None  # a gateway worker's remote look in flight
         self.wakeups = runner.wakeups
         self.looks = 0
         self.own_turn = False
@@ -220,7 +230,7 @@ class _Loop:
             self.released = []
             raise
         finally:
-            self._abandon_newcomer()
+            self._abandon_look()
             self._wait_finishing()
             self.keeper.__exit__(None, None, None)
         if self.released:
@@ -246,7 +256,7 @@ class _Loop:
     def _claim_more(self) -> None:
         if self.r.shutdown.requested:
             return
-        self._collect_newcomer()
+        self._collect_look()
         woken = self.wakeups.take(self.queue) if self.wakeups is not None else None
         if woken:
             self.drained = False
@@ -269,8 +279,15 @@ class _Loop:
                 self.look_elsewhere_at = time.monotonic() + LOOK_ELSEWHERE_SECONDS  # nothing there: look later
         self.own_turn = False
         kinds = [k for k in self.s.worker_kinds if k in IMAGE_KINDS]  # the gateway claims across queues
-        claims = self.r.store.claim_for_message(self.seed, self.r.worker_id, self.s.lease_seconds, rows, pixels,
-                                                kinds=kinds)
+        store, seed, worker, lease = self.r.store, self.seed, self.r.worker_id, self.s.lease_seconds
+        if self.members and not isinstance(store, QueueClaims):  # the gateway: a long-poll off the sampling thread,
+            # for every kind this worker serves (it may be the worker's next claim: `ContinuousRunner.left_claims`)
+            if self.look is None:
+                every = list(self.s.worker_kinds)
+                self.look = self.r.look_remotely(lambda: store.claim_for_message(
+                    seed, worker, lease, rows, pixels, kinds=every, wait_seconds=REMOTE_LOOK_SECONDS))
+            return
+        claims = store.claim_for_message(seed, worker, lease, rows, pixels, kinds=kinds)
         self.drained = not claims
         self.recheck_at = now + NEWCOMER_SAFETY_SECONDS
         self.claimed_at = now
@@ -284,17 +301,19 @@ class _Loop:
         to free (a whole wave of the bulk's items, often). The direct transport asks when the queue was woken
         since the last look (`workers.runner.wakeups`: a job arrived), else every NEWCOMER_SAFETY_SECONDS, or
         every NEWCOMER_SECONDS without Redis. A gateway worker hears no wake-ups and a round trip may cost more
-        than a step: it long-polls the gateway off the sampling thread (`_look_remotely`), one look at a time,
-        and the set takes what the look found at the next pass."""
+        than a step: it long-polls the gateway off the sampling thread (`ContinuousRunner.look_remotely`), as it
+        does for free rows, and the set takes what the look found at the next pass."""
         store = self.r.store
-        if self.newcomer is not None or len(self.members) > self.row_cap:
+        if self.look is not None or len(self.members) > self.row_cap:
             return
         now = time.monotonic()
         if not woken and now < self.newcomer_at:
             return
-        held = list(self.members)
+        held, queue, worker, lease, most = list(self.members), self.queue, self.r.worker_id, self.s.lease_seconds, \
+            self.s.worker_max_pixels
         if not isinstance(store, QueueClaims):
-            self.newcomer = self.r.look_remotely(self.queue, held)
+            self.look = self.r.look_remotely(lambda: store.claim_newcomer(queue, worker, lease, most, held,
+                                                                          wait_seconds=REMOTE_LOOK_SECONDS))
             return
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
         claims = store.claim_newcomer(self.queue, self.r.worker_id, self.s.lease_seconds, self.s.worker_max_pixels,
@@ -302,30 +321,24 @@ class _Loop:
         if claims:
             self._admit(claims)
 
-    def _collect_newcomer(self) -> None:
-        """Admit what a finished remote look found (`_claim_newcomer`); a failed look is retried later."""
-        look = self.newcomer
+    def _collect_look(self) -> None:
+        """Admit what a finished remote look found; after a failed one, the next waits a little."""
+        look = self.look
         if look is None or not look.done():
             return
-        self.newcomer = None
+        self.look = None
         claims = look.result()
         if claims is None:
-            self.newcomer_at = time.monotonic() + NEWCOMER_SAFETY_SECONDS
+            self.newcomer_at = self.claimed_at = time.monotonic() + NEWCOMER_SAFETY_SECONDS
         elif claims:
+            self.fed = True
             self._admit(claims)
 
-    def _abandon_newcomer(self) -> None:
-        """The loop ends with a remote look in flight: whatever it takes goes back to the queue."""
-        look, self.newcomer = self.newcomer, None
-        if look is None:
-            return
-
-        def hand_back(done: Future[list[Claim] | None]) -> None:
-            claims = done.result()
-            if claims:
-                self.r._release(claims)
-
-        look.add_done_callback(hand_back)
+    def _abandon_look(self) -> None:
+        """The loop ends with a remote look in flight: it is the worker's next claim (`left_claims`)."""
+        look, self.look = self.look, None
+        if look is not None:
+            self.r.left_look = look
 
     def _claim_elsewhere(self, rows: int, pixels: int) -> bool:
         """Work of the worker's other queues: the first of them (in turn) that has some. False if none had."""

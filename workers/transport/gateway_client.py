@@ -227,9 +227,10 @@ class GatewayJobs:
         return claims
 
     def claim_for_message(self, job_id: str, worker_id: str, lease_seconds: float, max_items: int,
-                          max_pixels: int, kinds: Sequence[str] | None = None) -> list[Claim]:
-        """No messages over the gateway: any claim is a claim of the next batch (no wait)."""
-        return self.claim(max_items, max_pixels, kinds=kinds, wait_seconds=0)
+                          max_pixels: int, kinds: Sequence[str] | None = None,
+                          wait_seconds: float = 0.0) -> list[Claim]:
+        """No messages over the gateway: any claim is a claim of the next batch (no wait unless asked)."""
+        return self.claim(max_items, max_pixels, kinds=kinds, wait_seconds=wait_seconds)
 
     def claim_newcomer(self, queue: str, worker_id: str, lease_seconds: float, max_pixels: int,
                        held: Collection[str], wait_seconds: float = 0.0) -> list[Claim]:

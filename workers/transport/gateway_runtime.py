@@ -112,8 +112,9 @@ class GatewayWorker:
         try:
             while not self.shutdown.requested:
                 try:
-                    claims = self.jobs.claim(s.worker_max_batch, s.worker_batch_pixel_budget,
-                                             s.worker_max_pixels, s.worker_kinds, CLAIM_WAIT_SECONDS)
+                    claims = self.runner.left_claims() or self.jobs.claim(
+                        s.worker_max_batch, s.worker_batch_pixel_budget, s.worker_max_pixels, s.worker_kinds,
+                        CLAIM_WAIT_SECONDS)
                 except TokenRevoked:
                     raise
                 except GatewayError as exc:
