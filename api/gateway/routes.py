@@ -13,7 +13,8 @@ overwrite a newer claim:
   (only a retry looks the id up: the first send says `first_try`). Each job also carries an opaque `tenant`
   tag of its key, its priority and its creation time, so a continuous worker's step policy shares steps across
   keys as a direct worker's does; `queue` narrows a claim to one queue and `skip_owners_of` (jobs the worker
-  holds) to keys none of them belongs to: a full running set's newcomer claim, one look and no wait;
+  holds) to keys none of them belongs to: a full running set's newcomer claim, which waits as an observer of
+  the queue's wake-ups (it takes none from a claim that would claim the job);
 - `renew` (fresh result URLs for the renewed leases), `progress` (bounded by the job's own step count: 422
   `invalid_progress` otherwise), `cancel-requests`: leases, progress and the owner's cancel requests of held jobs;
 - `complete`: the declared objects (keys, sizes, sha256) are checked (`api.gateway.result_checks.verify_results`: the
@@ -214,7 +215,8 @@ async def claim(body: ClaimIn, request: Request, services: ServicesDep, caller: 
             raise ApiError(403, "queue_not_allowed", f"this worker token (or the worker's limits) does not serve "
                            f"queue {body.queue!r}", "queue")
         queues = [body.queue]
-    skip = await run_in_threadpool(services.jobs.owners_held, body.skip_owners_of, worker_id)
+    skip = (await run_in_threadpool(services.jobs.owners_held, body.skip_owners_of, worker_id)
+            if body.skip_owners_of else set())
     claims = await _wait_for_claims(request, services, queues, worker_id, body, skip)
     jobs = await run_in_threadpool(_claimed_jobs, services, caller, claims) if claims else []
     return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=jobs)
@@ -235,7 +237,8 @@ async def _wait_for_claims(request: Request, services: Services, queues: list[st
     pause = POLL_SECONDS
     if body.wait_seconds > 0:
         await hub.ready(min(1.0, body.wait_seconds))  # so no wake-up published after the first look is missed
-    with hub.queue_waiter(queues, observer=bool(skip)) as waiter:  # registered before the first look: nothing falls in between
+    # registered before the first look: nothing falls in between
+    with hub.queue_waiter(queues, observer=bool(skip)) as waiter:
         while True:
             look = hub.begin_look(queues, tick)
             claims: list[Claim] = []

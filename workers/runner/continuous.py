@@ -11,9 +11,10 @@ the worker hears its queues' wake-ups (`workers.runner.wakeups`), so once a clai
 asks again only when a job arrived (or every NEWCOMER_SAFETY_SECONDS, and always before it ends): a claim query
 costs about as much as a small step on a busy CPU. A gateway worker hears no wake-ups: while its set samples, it
 claims by long-polling the gateway on a look thread (`ContinuousRunner.look_remotely`), and the set takes what a
-look found at the next pass; a look in flight when the loop ends is the worker's next claim (`left_claims`). The loop holds the worker's one message
-for as long as its queue has work, so once that queue has fed it more than its first claim (a backlog loop; a
-loop that ends soon leaves the other queues to their own messages) it also asks the worker's other queues
+look found at the next pass; a look in flight when the loop ends is the worker's next claim (`left_claims`). The
+loop holds the worker's one message for as long as its queue has work, so once that queue has fed it more than
+its first claim (a backlog loop; a loop that ends soon leaves the other queues to their own messages) it also
+asks the worker's other queues
 (direct: each other queue it subscribes to, in turn; the gateway: the kinds a running set cannot hold, its
 claims already span the image queues) when a row is free: while they have work, they and the loop's own queue
 take turns at free rows, and once they have none, it looks again only every `LOOK_ELSEWHERE_SECONDS`. Image jobs of another kind or size open
