@@ -190,22 +190,25 @@ class WebhookDispatcher:
 
 # -- the dispatch loop ---------------------------------------------------------------------------------------------
 class DispatchLoop:
-    """Ticks of the dispatcher on this process's own threads, about every DISPATCH_INTERVAL_SECONDS each.
+    """Ticks of the dispatcher on this process's own threads: about one tick every `interval` from the process,
+    the threads taking turns (each ticks every `threads * interval`), so a thread held by a slow endpoint's round
+    leaves the others ticking, and an idle process reads the outbox about once a second, however many threads.
 
     The outbox is in the database and so is the leasing (several threads, processes or replicas share it), so the
     loop needs no broker: webhooks keep flowing while Redis restarts or beat is down. When ticks were Celery tasks
-    that beat sent every second, one Redis restart in CI left the webhook worker connected and alive but running no
-    tick again (Celery's consumer can stop consuming after a reconnection: celery/celery#8030), and every outbox
-    event stayed pending. `observe` hears each tick's counts (the CPU worker's metrics)."""
+    that beat sent every second through Redis, a CI run saw no tick deliver anything after a Redis restart (Celery's
+    consumer can stop consuming after a reconnection: celery/celery#8030), and every outbox event stayed pending.
+    `observe` hears each tick's counts (the CPU worker's metrics)."""
 
     def __init__(self, dispatcher: Callable[[], WebhookDispatcher], threads: int = 1,
                  interval: float = DISPATCH_INTERVAL_SECONDS,
                  observe: Callable[[dict[str, int]], None] | None = None) -> None:
-        self.dispatcher, self.interval, self.observe = dispatcher, interval, observe
+        count = max(1, threads)
+        self.dispatcher, self.period, self.observe = dispatcher, interval * count, observe
         self.stopping = threading.Event()
         self.ticks = 0
-        self._threads = [threading.Thread(target=self._run, args=(i * interval / max(1, threads),),
-                                          name=f"webhook-dispatch-{i}", daemon=True) for i in range(max(1, threads))]
+        self._threads = [threading.Thread(target=self._run, args=(i * interval,), name=f"webhook-dispatch-{i}",
+                                          daemon=True) for i in range(count)]
 
     def start(self) -> DispatchLoop:
         for thread in self._threads:
@@ -220,9 +223,10 @@ class DispatchLoop:
                 thread.join(timeout)
 
     def _run(self, offset: float) -> None:
-        if self.stopping.wait(offset):  # the threads' ticks spread over the interval
-            return
-        while not self.stopping.is_set():
+        """Tick on a fixed schedule (the thread's turn every `period`, `offset` into it), so the threads keep
+        their turns; a tick that overran its turns goes on at the next turn to come."""
+        next_at = time.monotonic() + offset
+        while not self.stopping.wait(max(0.0, next_at - time.monotonic())):
             try:
                 counts = self.dispatcher().dispatch_due()
                 if self.observe is not None:
@@ -230,7 +234,8 @@ class DispatchLoop:
             except Exception:  # the database is down, say: the next tick tries again
                 log.exception("webhook dispatch tick failed")
             self.ticks += 1
-            self.stopping.wait(self.interval * random.uniform(0.8, 1.2))
+            now = time.monotonic()
+            next_at += self.period * (1 + max(0, int((now - next_at) // self.period)))
 
 
 # -- Celery wiring ------------------------------------------------------------------------------------------------
