@@ -189,8 +189,9 @@ class JobStore(JobQueries):
         kinds: Sequence[str] | None = None, wait_seconds: float = 0.0,
     ) -> list[Claim]:
         """A `run_batch(job_id)` message is a wake-up for its job's queue: `claim_next` on that queue, whatever
-        the job's own state; never waits (`wait_seconds` is the gateway's: a direct worker hears wake-ups). Empty for an unknown job, a kind this worker does not serve, a queue of a model this
-        store does not hold (`held`), or an empty queue."""
+        the job's own state; never waits (`wait_seconds` is the gateway's: a direct worker hears wake-ups).
+        Empty for an unknown job, a kind this worker does not serve, a queue of a model this store does not hold
+        (`held`), or an empty queue."""
         with self.sessions() as s:
             found = s.execute(select(Job.queue, Job.kind).where(Job.id == job_id)).first()
         if found is None or (kinds is not None and found.kind not in kinds):

@@ -211,7 +211,9 @@ class GatewayJobs:
         body = {"worker": self.worker, "max_items": max_items, "max_batch_pixels": max_batch_pixels,
                 "max_image_pixels": max_image_pixels, "kinds": list(kinds) if kinds else None,
                 "wait_seconds": wait_seconds, "claim_id": str(uuid.uuid4()), "first_try": True,
-                "model": self.model, "queue": queue, "skip_owners_of": list(skip_owners_of)}
+                "model": self.model}
+        if queue is not None or skip_owners_of:  # only then: a gateway older than these fields refuses them
+            body.update(queue=queue, skip_owners_of=list(skip_owners_of))
         # the retries reuse the claim id and say they are retries: only then does the gateway look the id up
         response = self.http.post("claim", body, timeout=wait_seconds + 30, retry_body={**body, "first_try": False})
         _check(response, "claim")
