@@ -12,8 +12,8 @@ stream again (A's throughput during B's stream: A's images finished in that wind
 continuous batching: p50 <= 1.3x, p99 <= 1.6x; A during B >= 80 % of A alone), then cancels what is left of A's
 batch. B's jobs are 2 steps and A's 4 (not batch-compatible for whole-batch execution; continuous batching
 shares a running set), or with `--compatible` the same size and steps as A's. `--gateway`: the workers are
-`unipic worker --gateway` workers that reach only the API (through its proxy), not Celery workers. `--batching both` runs the same
-workload with whole-batch and then continuous workers and prints them side by side. Prints a table and a JSON
+`unipic worker --gateway` workers that reach only the API (through its proxy), not Celery workers.
+`--batching both` runs the same workload with whole-batch and then continuous workers and prints them side by side. Prints a table and a JSON
 line per run.
 """
 

@@ -27,6 +27,7 @@ WORKER_FLAGS = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 events are off; liveness is the `workers` table and a remote-control ping), and they are what Celery's consumer
 trips on after a broker reconnection, when it can stop consuming (celery/celery#8030, #9054)."""
 
+
 def visibility_timeout(settings: Settings) -> float:
     """Seconds an unacked message stays invisible: well beyond the time limit of a large batch."""
     longest_batch = settings.time_limit_floor_seconds + (

@@ -1,8 +1,8 @@
 """The CPU worker's Celery entry: `celery -A workers.cpu worker -B` (sweeper + webhook delivery). Torch-free.
 
 It only builds the app and lets each module register on it: the sweeper its task and beat entry, the webhook
-dispatcher its loop, which runs on the worker's own threads (no task, no beat entry: it needs no broker). Nothing is built
-at import: `configure(settings)` builds the app once, at start (`unipic cpu-worker` and `unipic beat` pass the
+dispatcher its loop, which runs on the worker's own threads (no task, no beat entry: it needs no broker).
+Nothing is built at import: `configure(settings)` builds the app once, at start (`unipic cpu-worker` and `unipic beat` pass the
 settings they made from their options); `celery -A workers.cpu` asks for the module's `app`, which builds it from
 the `UNIPIC_*` environment on that first use.
 """

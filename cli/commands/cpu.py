@@ -1,8 +1,8 @@
 """`unipic cpu-worker` (webhook delivery + maintenance tasks, optionally with beat) and `unipic beat`.
 
 Both run the torch-free Celery app of `workers.cpu` in this process. The CPU worker is scalable (each one also
-drains the webhook outbox on its own threads); beat (the periodic sweeper) must run exactly once per deployment: `unipic up` runs
-`cpu-worker --beat`, compose runs `webhooks` replicas plus one `beat`. Options are settings overrides: the
+drains the webhook outbox on its own threads); beat (the periodic sweeper) must run exactly once per deployment:
+`unipic up` runs `cpu-worker --beat`, compose runs `webhooks` replicas plus one `beat`. Options are settings overrides: the
 command builds `Settings` and hands them to `workers.cpu.configure`, which builds the app from them.
 """
 
@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
 
 def cpu_worker(
     with_beat: bool = typer.Option(False, "--beat", help="Also run beat in this process (one per deployment)"),
-    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Threads running maintenance tasks, and dispatch-loop threads delivering webhooks"),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Threads running maintenance tasks, and "
+                                    "dispatch-loop threads delivering webhooks"),
     name: str = typer.Option("cpu@%h", "--name", help="Celery node name"),
     loglevel: str = typer.Option("INFO", "--loglevel"),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics (deliveries, "

@@ -66,8 +66,8 @@ def _outbox_diagnosis(engine: sa.Engine, stack, job_ids: list[str]) -> str:
     with engine.connect() as conn:
         rows = conn.execute(sa.text(
             "select e.id, e.event_type, e.job_id, e.batch_id, e.attempts, e.next_attempt_at, now() as db_now, "
-            "(select coalesce(a.status_code::text, '-') || ' ' || coalesce(a.error, '') from webhook_attempts a where a.event_id = e.id "
-            " order by a.attempt desc limit 1) as last_attempt "
+            "(select coalesce(a.status_code::text, '-') || ' ' || coalesce(a.error, '') from webhook_attempts a "
+            " where a.event_id = e.id order by a.attempt desc limit 1) as last_attempt "
             "from webhook_events e where e.status = 'pending' and e.event_type <> 'job.progress' "
             "and (e.job_id = any(:ids) or e.job_id is null) order by e.created_at limit 20"), {"ids": job_ids}).all()
     lines = ["pending outbox events:", *(f"  {dict(r._mapping)}" for r in rows)]

@@ -17,8 +17,8 @@ its first claim (a backlog loop; a loop that ends soon leaves the other queues t
 asks the worker's other queues
 (direct: each other queue it subscribes to, in turn; the gateway: the kinds a running set cannot hold, its
 claims already span the image queues) when a row is free: while they have work, they and the loop's own queue
-take turns at free rows, and once they have none, it looks again only every `LOOK_ELSEWHERE_SECONDS`. Image jobs of another kind or size open
-their own set; understand jobs run as one whole batch right there, between two steps. So one queue's backlog
+take turns at free rows, and once they have none, it looks again only every `LOOK_ELSEWHERE_SECONDS`. Image
+jobs of another kind or size open their own set; understand jobs run as one whole batch right there, between two steps. So one queue's backlog
 never starves another queue's jobs on a continuous worker -> one step of every set, advancing the items
 `workers.runner.step_policy` picks (the others pause with their state kept) -> retired items are encoded, uploaded and completed in the background by `BatchRunner._succeed`, the same
 finishing path as whole batches, while sampling goes on. Leases of every live item are renewed by one keeper;
@@ -310,15 +310,17 @@ class _Loop:
         now = time.monotonic()
         if not woken and now < self.newcomer_at:
             return
-        held, queue, worker, lease, most = list(self.members), self.queue, self.r.worker_id, self.s.lease_seconds, \
-            self.s.worker_max_pixels
+        held = list(self.members)
+
+        def claim(wait_seconds: float = 0.0) -> list[Claim]:
+            return store.claim_newcomer(self.queue, self.r.worker_id, self.s.lease_seconds,
+                                        self.s.worker_max_pixels, held, wait_seconds=wait_seconds)
+
         if not isinstance(store, QueueClaims):
-            self.look = self.r.look_remotely(lambda: store.claim_newcomer(queue, worker, lease, most, held,
-                                                                          wait_seconds=REMOTE_LOOK_SECONDS))
+            self.look = self.r.look_remotely(lambda: claim(REMOTE_LOOK_SECONDS))
             return
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
-        claims = store.claim_newcomer(self.queue, self.r.worker_id, self.s.lease_seconds, self.s.worker_max_pixels,
-                                      held)
+        claims = claim()
         if claims:
             self._admit(claims)
 

@@ -1,10 +1,10 @@
 """Webhook delivery: the dispatcher that drains the outbox, its policy, and the loop that runs it.
 
 Each CPU webhook worker runs the dispatch loop on its own threads (`DispatchLoop`, started when the Celery worker
-is ready; GPU workers never deliver): about every second per thread, a tick, with no broker and no beat in the
-path, so a Redis restart or a beat outage does not stop delivery. Each tick has the store write due `job.progress` events, leases
-due outbox events (`storage.webhooks.store.WebhookStore`, the only code touching webhook rows) and delivers them in a
-small thread pool. For each one it:
+is ready; GPU workers never deliver): about one tick a second from the process, the threads taking turns, with no
+broker and no beat in the path, so a Redis restart or a beat outage does not stop delivery. Each tick has the
+store write due `job.progress` events, leases due outbox events (`storage.webhooks.store.WebhookStore`, the only
+code touching webhook rows) and delivers them in a small thread pool. For each one it:
 
 1. re-checks the URL with the SSRF guard (`egress.url_guard`, re-resolving the name) and connects to the
    checked address (`delivery`);
