@@ -193,8 +193,8 @@ def _submit_and_wait(client: ApiClient, body: dict[str, Any], no_wait: bool, tim
         if no_wait:
             typer.echo(job["id"])
             return None
-        (submitted or _say_submitted)(job, cancel_on_interrupt)
-        try:
+        try:  # the announcement is inside: a Ctrl-C just after its line is written still says how to follow the job
+            (submitted or _say_submitted)(job, cancel_on_interrupt)
             job = wait_job(client, job, timeout)
         except KeyboardInterrupt:
             raise typer.Exit(_interrupted(client, job["id"], cancel_on_interrupt)) from None
