@@ -2,8 +2,8 @@
 
 Owns the request -> result calls of docs/architecture.md "Model engine": `open_set(kind, size)` hands out a
 stepping engine (`model.engine.running_set`) for continuous batching, and `generate` / `edit` are thin wrappers that
-run one set to completion with progress and cancellation between steps; `understand` decodes tokens
-(`model.engine.decoding`). Knows nothing of jobs, queues or storage.
+run one set to completion with progress and cancellation between steps; so is `understand`, over a decode set
+(`model.engine.decode_set`: token-level, one token per step). Knows nothing of jobs, queues or storage.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 import torch
 
@@ -19,8 +20,8 @@ from model.checkpoint import LoadedModel, load_model
 from model.config import UniPicConfig
 from model.diffusion import DiffusionSchedule
 from model.engine.conditioning import Conditioner
-from model.engine.decoding import DecodeRow, decode
-from model.engine.fast_paths import eager, set_fast_paths
+from model.engine.decode_set import DecodeSet
+from model.engine.fast_paths import set_fast_paths
 from model.engine.requests import (
     SCHEDULES,
     EditRequest,
@@ -34,9 +35,8 @@ from model.engine.requests import (
 )
 from model.engine.running_set import RunningSet
 from model.engine.sampler import MARSampler
-from model.images import understand_pixels
 from model.llm import QwenRunner, quantize_int8
-from model.prompts import DEFAULT_QUESTION, Tokenizer, image_input, load_tokenizer
+from model.prompts import Tokenizer, load_tokenizer
 
 __all__ = [
     "SCHEDULES", "CancelFn", "EditRequest", "GenerateRequest", "ImageResult", "ProgressFn", "RunningSet",
@@ -116,8 +116,17 @@ class UniPicEngine:
     def revision(self) -> str:
         return self.loaded.revision
 
-    def open_set(self, kind: str, size: int) -> RunningSet:
-        """An empty running set for one compatibility class: kind "generate" or "edit", and the image size."""
+    @overload
+    def open_set(self, kind: Literal["generate", "edit"], size: int) -> RunningSet: ...
+    @overload
+    def open_set(self, kind: Literal["understand"], size: int) -> DecodeSet: ...
+    @overload
+    def open_set(self, kind: str, size: int) -> RunningSet | DecodeSet: ...
+    def open_set(self, kind: str, size: int) -> RunningSet | DecodeSet:
+        """An empty running set for one compatibility class: kind "generate" or "edit" (sampling steps), or
+        "understand" (decode steps), and the image size."""
+        if kind == "understand":
+            return DecodeSet(self.conditioner, size, self.loaded.repetition_penalty)
         return RunningSet(self.sampler, self.conditioner, kind, size, row_passes=self.row_passes.get(size, 1))
 
     # ---- tasks ------------------------------------------------------------------------------------------
@@ -141,31 +150,24 @@ class UniPicEngine:
 
     def understand(self, requests: list[UnderstandRequest], progress: ProgressFn | None = None,
                    should_cancel: CancelFn | None = None) -> list[TextResult]:
+        """Run one decode set to completion: every item one token per step, canceled ones dropped between steps."""
         _same_key(requests, ("size",))
         if not requests:
             return []
         t0 = time.perf_counter()
-        first = requests[0]
-        stride = self.config.vae.stride
-        if first.size <= 0 or first.size % stride:
-            raise ValueError(f"size must be a positive multiple of {stride}, got {first.size}")
-        grid = (first.size // stride, first.size // stride)
-        slots = grid[0] * grid[1] + self.config.mar.buffer_size
-        for r in requests:
-            if r.max_new_tokens < 1 or r.temperature < 0:
-                raise ValueError(f"request {r.id}: max_new_tokens must be >= 1 and temperature >= 0")
-        with torch.inference_mode():
-            pixels = understand_pixels([r.image for r in requests], first.size, self.dtype, self.device)
-            _, z_img = self.conditioner.image_embeddings(pixels, grid)
-            rows = [self.tokenizer.encode(image_input(r.question or DEFAULT_QUESTION), slots) for r in requests]
-            embeds, mask = self.conditioner.embed_rows(rows, list(z_img))
-            decode_rows = [DecodeRow(r.id, r.max_new_tokens, r.temperature, item_generator(r.seed)) for r in requests]
-            with eager():  # token decoding: shapes vary with the prompt, never compiled
-                out = decode(self.runner, embeds, mask, decode_rows, self.tokenizer.stop_ids,
-                             self.loaded.repetition_penalty, should_cancel or (lambda: set()), progress)
+        ds = self.open_set("understand", requests[0].size)
+        ds.admit(requests)
+        texts: dict[str, str | None] = {}
+        limit = max(r.max_new_tokens for r in requests)
+        step = 0
+        while ds.items:
+            texts.update((f.id, f.text) for f in ds.step())
+            step += 1
+            texts.update((gone, None) for gone in ds.drop(should_cancel() if should_cancel else set()))
+            if progress is not None:
+                progress(ds.ids, step, limit)
         elapsed = time.perf_counter() - t0
-        return [TextResult(r.id, "" if ids is None else self.tokenizer.decode(ids), r.seed, elapsed, ids is None)
-                for r, ids in zip(requests, out, strict=False)]
+        return [TextResult(r.id, texts[r.id] or "", r.seed, elapsed, texts[r.id] is None) for r in requests]
 
 
 def load_engine(source: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",

@@ -158,21 +158,15 @@ class QwenRunner:
             out[s:e] = layer.mlp(layer.post_attention_layernorm(flat[s:e]))
         return out.view(r, q_len, hidden)
 
-    def _cached(self, kv: KVBuffer, start: int, mask: torch.Tensor | None) -> Attend:
-        """Attention that writes the pass's K/V at slots [start, start+Q) of `kv` and attends over [0, start+Q);
-        mask None = causal from slot 0."""
-        nh, nkv = self.cfg.num_heads, self.cfg.num_kv_heads
+    def _cached(self, kv: KVBuffer) -> Attend:
+        """Causal attention from slot 0 that writes the pass's K/V at slots [0, Q) of `kv` (the prefix pass)."""
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            end = start + q.shape[2]
-            kv.keys[i][:, :, start:end] = k
-            kv.values[i][:, :, start:end] = v
+            end = q.shape[2]
+            kv.keys[i][:, :, :end] = k
+            kv.values[i][:, :, :end] = v
             keys, values = kv.keys[i][:, :, :end], kv.values[i][:, :, :end]
-            if mask is None:
-                return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
-            # expand kv heads: the masked (memory-efficient) CUDA kernels take no GQA flag
-            keys, values = (t.repeat_interleave(nh // nkv, dim=1) for t in (keys, values))
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
 
         return attend
 
@@ -203,12 +197,14 @@ class QwenRunner:
 
         return attend
 
-    def new_buffer(self, rows: int, capacity: int, like: torch.Tensor) -> KVBuffer:
+    def new_buffer(self, rows: int, capacity: int, like: torch.Tensor, zeroed: bool = False) -> KVBuffer:
+        """Uninitialized unless `zeroed`: a masked attention over slots never written must read finite values
+        (its zero weights times a NaN left in free memory are NaN)."""
         shape = (rows, self.cfg.num_kv_heads, capacity, self.cfg.head_dim)
         n = self.cfg.num_layers
 
         def mk() -> list[torch.Tensor]:
-            return [like.new_empty(shape) for _ in range(n)]
+            return [like.new_zeros(shape) if zeroed else like.new_empty(shape) for _ in range(n)]
 
         return KVBuffer(mk(), mk(), 0)
 
@@ -217,19 +213,36 @@ class QwenRunner:
         r, t, _ = embeds.shape
         kv = self.new_buffer(r, capacity or t, embeds)
         positions = torch.arange(t, device=embeds.device).expand(r, t)
-        hidden = self._layers(embeds, positions, self._cached(kv, 0, None))
+        hidden = self._layers(embeds, positions, self._cached(kv))
         kv.prefix_len = t
         return hidden, kv
 
-    def extend(self, x: torch.Tensor, kv: KVBuffer, text_mask: torch.Tensor, written: int = 0) -> torch.Tensor:
-        """Chunk x (R, Q, H) at slots prefix_len+written.. attending to real prefix tokens and causally to the
-        `written` earlier slots and itself; row r's positions continue from its real length T_r."""
-        r, q_len, _ = x.shape
-        start = kv.prefix_len + written
-        positions = self._chunk_positions(text_mask, written, q_len)
-        causal = torch.ones(q_len, written + q_len, dtype=torch.bool, device=x.device).tril(written)
-        mask = torch.cat([text_mask[:, None, :].expand(r, q_len, -1), causal.expand(r, -1, -1)], dim=2)
-        return self._layers(x, positions, self._cached(kv, start, mask[:, None]))  # mask (R, 1, Q, start+Q)
+    def extend_rows(self, x: torch.Tensor, kv: KVBuffer, rows: list[int], slots: torch.Tensor) -> torch.Tensor:
+        """One new token per row for rows at different lengths (token-level continuous batching): x (R, 1, H) is
+        the token of slab row `rows[r]` at slot `slots[r]` (R,). Each row holds its prompt unpadded from slot 0, so
+        a slot is also the token's position. Writes the token's K/V at its slot and attends to slots [0, slot] of
+        its own row: one attention call per layer over the widest row, the rest masked (the padding is the
+        difference between the longest and each row; nothing of it reaches a row's result but rounding)."""
+        r, dev = x.shape[0], x.device
+        nh, nkv = self.cfg.num_heads, self.cfg.num_kv_heads
+        index = torch.tensor(rows, device=dev)
+        width = int(slots.max()) + 1
+        mask = (torch.arange(width, device=dev)[None] <= slots[:, None])[:, None, None]  # (R, 1, 1, W)
+        first = rows[0]
+        in_order = rows == list(range(first, first + r))  # the usual case: a slice, not a gather
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            kv.keys[i][index, :, slots] = k[:, :, 0]
+            kv.values[i][index, :, slots] = v[:, :, 0]
+            if in_order:
+                keys, values = kv.keys[i][first : first + r, :, :width], kv.values[i][first : first + r, :, :width]
+            else:
+                keys = kv.keys[i][:, :, :width].index_select(0, index)
+                values = kv.values[i][:, :, :width].index_select(0, index)
+            keys, values = (t.repeat_interleave(nh // nkv, dim=1) for t in (keys, values))
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
+        return self._layers(x, slots[:, None], attend)
 
     def chunk(self, x: torch.Tensor, text_mask: torch.Tensor, groups: list[ChunkGroup]) -> torch.Tensor:
         """A MAR step's chunk x (R, Q, H) over ragged rows: rows [a, b) of each group attend to their t real
@@ -242,13 +255,13 @@ class QwenRunner:
             mask = torch.cat([text_mask[g.a : g.b, None, : g.t].expand(-1, g.n, -1),
                               causal.expand(g.b - g.a, -1, -1)], dim=2)
             masks.append(mask[:, None])  # (b-a, 1, n, t+n)
-        positions = self._chunk_positions(text_mask, 0, q_len)
+        positions = self._chunk_positions(text_mask, q_len)
         return self._layers(x, positions, self._grouped(groups, masks))
 
     @staticmethod
-    def _chunk_positions(text_mask: torch.Tensor, written: int, q_len: int) -> torch.Tensor:
+    def _chunk_positions(text_mask: torch.Tensor, q_len: int) -> torch.Tensor:
         lengths = text_mask.sum(dim=1)  # (R,) T_r
-        return lengths[:, None] + written + torch.arange(q_len, device=text_mask.device)[None]  # (R, Q)
+        return lengths[:, None] + torch.arange(q_len, device=text_mask.device)[None]  # (R, Q)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.llm.lm_head(hidden)

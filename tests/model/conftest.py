@@ -11,14 +11,19 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session")
-def engine():
+@pytest.fixture(scope="session", autouse=True)
+def one_intra_op_thread() -> None:
+    """Every model test, whichever of them run: the box has 2 cores shared with other suites (one intra-op thread
+    avoids spin-wait contention), and the bit-equality tests hold per thread count (a matmul split over two
+    threads rounds by its row count: test_llm's MLP slices failed when run alone, before any engine was built)."""
     import torch
 
-    from model.inference import load_engine
-
-    # The box has 2 cores shared with other suites: one intra-op thread avoids spin-wait contention.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from model.inference import load_engine
 
     return load_engine("tiny")
 

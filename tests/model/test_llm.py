@@ -25,31 +25,29 @@ def test_prefix_equals_hf_last_hidden_state():
     assert kv.prefix_len == 7 and kv.keys[0].shape == (2, 2, 7, 16)
 
 
-def test_chunk_over_padded_prefix_equals_unpadded_sequence():
-    # Given rows of real lengths 7 and 4 right-padded to 7, a chunk pass must equal HF on the unpadded text + chunk.
+def test_token_steps_of_rows_at_different_lengths_equal_full_passes():
+    # Given a slab whose rows hold prompts of 5 and 3 tokens (each prefilled alone, from slot 0), decoding steps
+    # that advance the rows at different slots, in slab order, reversed, or one row alone, must each equal HF's
+    # forward over that row's prompt and tokens so far
     run = runner()
-    x, chunk = torch.randn(2, 7, 64), torch.randn(2, 3, 64)
-    text_mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    prompts, toks = [torch.randn(1, 5, 64), torch.randn(1, 3, 64)], torch.randn(2, 4, 64)
     with torch.no_grad():
-        _, kv = run.prefix(x, capacity=12)
-        out = run.extend(chunk, kv, text_mask)
-        for r, n in enumerate([7, 4]):
-            full = torch.cat([x[r : r + 1, :n], chunk[r : r + 1]], dim=1)
-            ref = run.llm.model(inputs_embeds=full).last_hidden_state[0, n:]
-            torch.testing.assert_close(out[r], ref, rtol=1e-5, atol=1e-5)
-        # the chunk slots are scratch: a second chunk pass gives the same answer
-        torch.testing.assert_close(run.extend(chunk, kv, text_mask), out)
-
-
-def test_incremental_decoding_equals_full_pass():
-    run = runner()
-    x, toks = torch.randn(1, 5, 64), torch.randn(1, 3, 64)
-    mask = torch.ones(1, 5, dtype=torch.bool)
-    with torch.no_grad():
-        _, kv = run.prefix(x, capacity=8)
-        steps = [run.extend(toks[:, i : i + 1], kv, mask, written=i) for i in range(3)]
-        ref = run.llm.model(inputs_embeds=torch.cat([x, toks], dim=1)).last_hidden_state[:, 5:]
-    torch.testing.assert_close(torch.cat(steps, dim=1), ref, rtol=1e-5, atol=1e-5)
+        slab = run.new_buffer(2, 9, prompts[0], zeroed=True)
+        for row, x in enumerate(prompts):
+            _, kv = run.prefix(x)
+            for src, dst in zip(kv.keys + kv.values, slab.keys + slab.values, strict=True):
+                dst[row, :, : x.shape[1]] = src[0]
+        done = [0, 0]
+        for rows in ([0], [0, 1], [1, 0], [1], [0, 1]):
+            slots = torch.tensor([prompts[r].shape[1] + done[r] for r in rows])
+            x = torch.stack([toks[r, done[r]] for r in rows])[:, None]
+            out = run.extend_rows(x, slab, rows, slots)
+            for n, r in enumerate(rows):
+                done[r] += 1
+                full = torch.cat([prompts[r], toks[r : r + 1, : done[r]]], dim=1)
+                ref = run.llm.model(inputs_embeds=full).last_hidden_state[0, -1]
+                torch.testing.assert_close(out[n, 0], ref, rtol=1e-5, atol=1e-5)
+    assert done == [4, 4]
 
 
 def copied_buffer_attention(prefixes: list[KVBuffer], text_mask: torch.Tensor,
@@ -91,7 +89,7 @@ def test_chunk_reads_each_prefix_where_held_with_the_bits_of_a_copied_buffer():
     with torch.no_grad():
         held = [run.prefix(x)[1], run.prefix(y)[1]]
         old = copied_buffer_attention(held, mask, [(0, 2, 7, 6), (2, 3, 5, 4)])
-        ref = run._layers(chunk, run._chunk_positions(mask, 0, 6), old)
+        ref = run._layers(chunk, run._chunk_positions(mask, 6), old)
         out = run.chunk(chunk, mask, [ChunkGroup(0, 2, 7, 6, [PrefixRun(held[0], 0, 2)]),
                                       ChunkGroup(2, 3, 5, 4, [PrefixRun(held[1], 0, 1)])])
         assert torch.equal(out, ref)

@@ -189,7 +189,7 @@ def test_admit_checks_everything_before_admitting_anything(engine, photos):
             rs.admit(requests)
         assert rs.ids == []
     with pytest.raises(ValueError, match="kind"):
-        engine.open_set("understand", 64)
+        engine.open_set("caption", 64)
     with pytest.raises(ValueError, match="multiple of 16"):
         engine.open_set("edit", 70)
     assert rs.step() == []  # an empty set steps to nothing
