@@ -217,16 +217,16 @@ class QwenRunner:
         kv.prefix_len = t
         return hidden, kv
 
-    def extend_rows(self, x: torch.Tensor, kv: KVBuffer, rows: list[int], slots: torch.Tensor) -> torch.Tensor:
+    def extend_rows(self, x: torch.Tensor, kv: KVBuffer, rows: list[int], at: list[int]) -> torch.Tensor:
         """One new token per row for rows at different lengths (token-level continuous batching): x (R, 1, H) is
-        the token of slab row `rows[r]` at slot `slots[r]` (R,). Each row holds its prompt unpadded from slot 0, so
-        a slot is also the token's position. Writes the token's K/V at its slot and attends to slots [0, slot] of
+        the token of slab row `rows[r]` at slot `at[r]`. Each row holds its prompt unpadded from slot 0, so a slot
+        is also the token's position (host lists: the widest row is known without a device sync). Writes the token's K/V at its slot and attends to slots [0, slot] of
         its own row: one attention call per layer over the widest row, the rest masked (the padding is the
         difference between the longest and each row; nothing of it reaches a row's result but rounding)."""
         r, dev = x.shape[0], x.device
         nh, nkv = self.cfg.num_heads, self.cfg.num_kv_heads
-        index = torch.tensor(rows, device=dev)
-        width = int(slots.max()) + 1
+        index, slots = torch.tensor(rows, device=dev), torch.tensor(at, device=dev)
+        width = max(at) + 1
         mask = (torch.arange(width, device=dev)[None] <= slots[:, None])[:, None, None]  # (R, 1, 1, W)
         first = rows[0]
         in_order = rows == list(range(first, first + r))  # the usual case: a slice, not a gather

@@ -215,12 +215,12 @@ class DecodeSet:
         assert self._slab is not None
         dev = self._slab.keys[0].device
         tokens = torch.tensor([tok for _, tok in going], device=dev)
-        slots = torch.tensor([it.length + len(it.out) for it, _ in going], device=dev)
+        slots = [it.length + len(it.out) for it, _ in going]
         with eager():
             hidden = self.runner.extend_rows(self.runner.embed(tokens)[:, None], self._slab,
                                              [it.row for it, _ in going], slots)  # (R, 1, H)
             logits = self.runner.logits(hidden[:, 0]).float()
-        ends = [it.length + len(it.out) + 1 for it, _ in going]
+        ends = [slot + 1 for slot in slots]
         self.stats.steps += 1
         self.stats.rows += len(going)
         self.stats.slots += max(ends) * len(going)

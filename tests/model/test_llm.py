@@ -39,7 +39,7 @@ def test_token_steps_of_rows_at_different_lengths_equal_full_passes():
                 dst[row, :, : x.shape[1]] = src[0]
         done = [0, 0]
         for rows in ([0], [0, 1], [1, 0], [1], [0, 1]):
-            slots = torch.tensor([prompts[r].shape[1] + done[r] for r in rows])
+            slots = [prompts[r].shape[1] + done[r] for r in rows]
             x = torch.stack([toks[r, done[r]] for r in rows])[:, None]
             out = run.extend_rows(x, slab, rows, slots)
             for n, r in enumerate(rows):

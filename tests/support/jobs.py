@@ -37,9 +37,10 @@ def noise_png(size: int = 48, seed: int = 0) -> bytes:
 
 
 def _params(kind: str, size: int, seed: int, steps: int, num_images: int, output_format: str,
-            guidance_scale: float) -> dict[str, Any]:
+            guidance_scale: float, max_new_tokens: int = 4) -> dict[str, Any]:
     if kind == "understand":
-        return {"question": "what is this?", "size": size, "max_new_tokens": 4, "temperature": 0.0, "seed": seed}
+        return {"question": "what is this?", "size": size, "max_new_tokens": max_new_tokens, "temperature": 0.0,
+                "seed": seed}
     params: dict[str, Any] = {
         "width": size, "height": size, "num_images": num_images, "steps": steps, "guidance_scale": guidance_scale,
         "guidance_schedule": "constant", "temperature": 1.0, "seed": seed, "output_format": output_format,
@@ -53,13 +54,13 @@ def _params(kind: str, size: int, seed: int, steps: int, num_images: int, output
 def new_job(
     objects: Any, owner_id: str, kind: str, size: int, seed: int, steps: int = 2, num_images: int = 1,
     output_format: str = "png", input_bytes: bytes | None = None, priority: int = 0, guidance_scale: float = 3.0,
-    tag: str = "",
+    tag: str = "", max_new_tokens: int = 4,
 ) -> NewJob:
     """One job as the API would make it (normalized params, input stored first), not yet inserted."""
     from storage.jobs.ids import new_id
 
     job_id = new_id()
-    params = _params(kind, size, seed, steps, num_images, output_format, guidance_scale)
+    params = _params(kind, size, seed, steps, num_images, output_format, guidance_scale, max_new_tokens)
     key = None
     if kind in ("edit", "understand"):
         key = input_key(job_id)

@@ -111,9 +111,9 @@ def _retirements(monkeypatch: Any) -> list[str]:
     retired: list[str] = []
     retire = _Loop._retire
 
-    def observed_retire(loop: _Loop, m: Any, images: Any, call_size: int) -> None:
+    def observed_retire(loop: _Loop, m: Any, finished: Any, call_size: int) -> None:
         retired.append(m.id)
-        retire(loop, m, images, call_size)
+        retire(loop, m, finished, call_size)
 
     monkeypatch.setattr(_Loop, "_retire", observed_retire)
     return retired
@@ -137,6 +137,43 @@ def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
     done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), late.id])}
     assert all(j.status == "succeeded" for j in done.values())
     assert retired[0] == late.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
+
+
+def test_an_understand_job_queued_mid_decode_joins_at_the_next_token_and_reads_as_alone(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
+    monkeypatch: Any, settings: Any,
+) -> None:
+    retired = _retirements(monkeypatch)
+    # Given an understand job of 24 tokens decoding in a set held after its second token
+    release = tmp_path / "release"
+    runner = make_runner(FaultInjector(hold_file=str(release), hold_after_steps=2), worker_batching="continuous")
+    first = make_job(job_store, object_store, owner_id, "understand", 64, seed=955, max_new_tokens=24, tag="cont-ask")
+    thread = threading.Thread(target=lambda: runner.run(first.id))
+    thread.start()
+    wait_for(lambda: (job_store.get(first.id).progress_step or 0) >= 2, "the first job to choose two tokens")
+    assert runner.wakeups is not None and runner.wakeups.listening.is_set()
+    heard = runner.wakeups.heard(first.queue)
+
+    # When another key queues a 6-token question (the worker hears the wake-up) and the set goes on
+    late = make_job(_publishing_store(settings), object_store, add_owner(session_factory), "understand", 64,
+                    seed=956, max_new_tokens=6, tag="cont-ask-b")
+    wait_for(lambda: runner.wakeups.heard(first.queue) > heard, "the worker to hear the wake-up")
+    release.touch()
+    thread.join(120)
+    runner.drain()
+
+    # Then it joined the running decode (started before the first finished) and finished first
+    done = {j.id: j for j in job_store.get_many([first.id, late.id])}
+    assert all(j.status == "succeeded" for j in done.values()), [(j.status, j.error_message) for j in done.values()]
+    assert done[late.id].started_at < done[first.id].finished_at and retired == [late.id, first.id]
+
+    # And each answer is the one the same question gets alone
+    for job in (first, late):
+        alone = make_job(job_store, object_store, owner_id, "understand", 64, seed=job.params["seed"],
+                         max_new_tokens=job.params["max_new_tokens"], tag="cont-ask-alone")
+        assert runner.run(alone.id) == 1
+        runner.drain()
+        assert job_store.get(alone.id).result_text == done[job.id].result_text
 
 
 def test_a_shutdown_that_cannot_wait_hands_live_items_back_and_claims_nothing_more(

@@ -1,6 +1,7 @@
-"""Continuous batching (issue 25, item 3; `UNIPIC_WORKER_BATCHING=continuous`): generate and edit jobs run in
-running sets (`model.engine.running_set`, one per compatibility class: kind and size) that admit, pause and retire jobs
-between two sampling steps. Understand jobs, and engines without `open_set`, run whole-batch as before.
+"""Continuous batching (issue 25, items 2-3; `UNIPIC_WORKER_BATCHING=continuous`): every job runs in a running set,
+one per compatibility class (kind and size), that admits, pauses and retires jobs between two steps: a sampling step
+for generate and edit (`model.engine.running_set`), a token for understand (`model.engine.decode_set`). Engines
+without `open_set` run whole-batch as before.
 
 Each pass of the loop: drop what must leave (cancel requested, lease lost, the job's own time limit, a shutdown
 that cannot wait for it) -> ask the store for more work of the queue the message woke (`claim_for_message`: the
@@ -15,11 +16,10 @@ look found at the next pass; a look in flight when the loop ends is the worker's
 loop holds the worker's one message for as long as its queue has work, so once that queue has fed it more than
 its first claim (a backlog loop; a loop that ends soon leaves the other queues to their own messages) it also
 asks the worker's other queues
-(direct: each other queue it subscribes to, in turn; the gateway: the kinds a running set cannot hold, its
-claims already span the image queues) when a row is free: while they have work, they and the loop's own queue
-take turns at free rows, and once they have none, it looks again only every `LOOK_ELSEWHERE_SECONDS`. Image
-jobs of another kind or size open their own set; understand jobs run as one whole batch right there, between two steps. So one queue's backlog
-never starves another queue's jobs on a continuous worker -> one step of every set, advancing the items
+(direct: each other queue it subscribes to, in turn; a gateway worker's claims already span its queues) when a row is free: while they have work, they and the loop's own queue
+take turns at free rows, and once they have none, it looks again only every `LOOK_ELSEWHERE_SECONDS`. Jobs of
+another kind or size open their own set, stepped in turn with the others (an understand job takes a token while an
+image set takes a sampling step). So one queue's backlog never starves another queue's jobs on a continuous worker -> one step of every set, advancing the items
 `workers.runner.step_policy` picks (the others pause with their state kept) -> retired items are encoded, uploaded and completed in the background by `BatchRunner._succeed`, the same
 finishing path as whole batches, while sampling goes on. Leases of every live item are renewed by one keeper;
 progress is each item's own step count. A step that runs out of memory changes no item (`RunningSet.step`): the
@@ -37,7 +37,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from model.engine.requests import ImageResult
+from model.engine.decode_set import TextFinished
+from model.engine.requests import ImageResult, TextResult
+from model.engine.running_set import Finished
 from storage.jobs.params import progress_total
 from storage.records import Claim, JobRecord
 from storage.routing import gpu_queues, model_of_queue
@@ -45,6 +47,7 @@ from storage.settings import Settings
 from storage.states import JobErrorCode, JobStatus
 from workers.device.health import DeviceFatal
 from workers.runner.batching import BatchRunner, Item
+from workers.runner.engine import ModelResult
 from workers.runner.leases import LeaseKeeper
 from workers.runner.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
 from workers.runner.oom import is_oom, release_cached_memory
@@ -54,7 +57,7 @@ from workers.runner.wakeups import QueueWakeups
 
 log = logging.getLogger(__name__)
 
-IMAGE_KINDS = ("generate", "edit")
+SET_KINDS = ("generate", "edit", "understand")  # what runs in a running set when the engine opens sets
 LOOK_ELSEWHERE_SECONDS = 1.0  # how often a loop with a free row asks the worker's other queues first
 ADMIT_EVERY_SECONDS = 0.1  # a set with live items claims its own queue at most this often: one claim per
 # step costs as much as a small step on a busy CPU; arrivals are taken together instead (at most this much later)
@@ -156,7 +159,7 @@ class ContinuousRunner(BatchRunner):
 
     def run_claims(self, claims: list[Claim], started: float | None = None) -> int:
         jobs = self.store.get_many([c.job_id for c in claims])
-        if not hasattr(self.engine, "open_set") or any(j.kind not in IMAGE_KINDS for j in jobs):
+        if not hasattr(self.engine, "open_set") or any(j.kind not in SET_KINDS for j in jobs):
             return super().run_claims(claims, started)
         loop = _Loop(self, jobs[0])
         try:
@@ -275,11 +278,11 @@ class _Loop:
             if self._claim_elsewhere(rows, pixels):
                 if self.members:
                     return
-                rows, pixels = self._free()  # it ran whole (understand) and left the set empty: our turn now
+                rows, pixels = self._free()  # all it claimed failed at admission: our turn now
             else:
                 self.look_elsewhere_at = time.monotonic() + LOOK_ELSEWHERE_SECONDS  # nothing there: look later
         self.own_turn = False
-        kinds = [k for k in self.s.worker_kinds if k in IMAGE_KINDS]  # the gateway claims across queues
+        kinds = [k for k in self.s.worker_kinds if k in SET_KINDS]  # the gateway claims across queues
         store, seed, worker, lease = self.r.store, self.seed, self.r.worker_id, self.s.lease_seconds
         if self.members and not isinstance(store, QueueClaims):  # the gateway: a long-poll off the sampling thread,
             # for every kind this worker serves (it may be the worker's next claim: `ContinuousRunner.left_claims`)
@@ -356,8 +359,8 @@ class _Loop:
                 claims = store.claim_next(queue, self.r.worker_id, s.lease_seconds, rows, pixels)
                 if claims:
                     break
-        else:  # the gateway's claims span the image queues already: only the kinds a running set cannot hold
-            kinds = [k for k in s.worker_kinds if k not in IMAGE_KINDS]
+        else:  # the gateway's claims span the worker's queues already: only the kinds a running set cannot hold
+            kinds = [k for k in s.worker_kinds if k not in SET_KINDS]
             if kinds:
                 claims = store.claim_for_message(self.seed, self.r.worker_id, s.lease_seconds, rows, pixels,
                                                  kinds=kinds)
@@ -367,8 +370,8 @@ class _Loop:
 
     def _admit(self, claims: list[Claim]) -> None:
         jobs = {j.id: j for j in self.r.store.get_many([c.job_id for c in claims])}
-        whole = [c for c in claims if jobs[c.job_id].kind not in IMAGE_KINDS]
-        if whole:  # not for a running set (understand): one whole batch now, between two steps
+        whole = [c for c in claims if jobs[c.job_id].kind not in SET_KINDS]
+        if whole:  # not for a running set: one whole batch now, between two steps
             BatchRunner.run_claims(self.r, whole)
             claims = [c for c in claims if c not in whole]
             if not claims:
@@ -516,7 +519,7 @@ class _Loop:
         for f in finished:
             self.reporter([f.id], self.totals[f.id], self.totals[f.id])
             self.watcher.unwatch([f.id])
-            self._retire(self.members.pop(f.id), f.images, len(ids))
+            self._retire(self.members.pop(f.id), f, len(ids))
         if not rs.items:
             self.sets.pop(live[0].key, None)
 
@@ -560,12 +563,15 @@ class _Loop:
         self._after_step(rs, [m], {item_id}, finished, seconds)
 
     # ---- retiring -------------------------------------------------------------------------------------------
-    def _retire(self, m: Member, images: list[Any], call_size: int) -> None:
+    def _retire(self, m: Member, finished: Finished | TextFinished, call_size: int) -> None:
         """Encode, upload and complete in the background (the whole-batch finishing path) while sampling goes on."""
-        result = ImageResult(m.id, images, int(m.item.request.seed), m.model_seconds)
+        seed = int(m.item.request.seed)
+        result: ModelResult = (TextResult(m.id, finished.text, seed, m.model_seconds)
+                               if isinstance(finished, TextFinished)
+                               else ImageResult(m.id, finished.images, seed, m.model_seconds))
         self.finishing.append(self.r._finishers.submit(self._finish, m, result, call_size))
 
-    def _finish(self, m: Member, result: ImageResult, call_size: int) -> None:
+    def _finish(self, m: Member, result: ModelResult, call_size: int) -> None:
         try:
             self.r._succeed(m.item, result, m.model_seconds, call_size, self.keeper)
         except Exception:  # settled through its lease, as after a crash
