@@ -2,6 +2,7 @@
 
     python -m bench.fairness [--bulk 5000] [--b-jobs 30] [--interval 1.5] [--workers 1] [--compatible]
                              [--batching whole|continuous|both] [--companions auto,0,7] [--gateway]
+                             [--b-kind generate|understand]
 
 Starts the whole stack as separate processes (`bench.stack`: private Postgres and Redis, S3 server, API, model
 workers with the tiny model, webhook worker, sweeper) and two API keys. Phase 1: B alone submits one job every
@@ -11,7 +12,8 @@ stream again (A's throughput during B's stream: A's images finished in that wind
 `finished_at - created_at` as the API reports it. Prints p50/p99 for both phases and their ratio (targets with
 continuous batching: p50 <= 1.3x, p99 <= 1.6x; A during B >= 80 % of A alone), then cancels what is left of A's
 batch. B's jobs are 2 steps and A's 4 (not batch-compatible for whole-batch execution; continuous batching
-shares a running set), or with `--compatible` the same size and steps as A's. `--gateway`: the workers are
+shares a running set), or with `--compatible` the same size and steps as A's, or with `--b-kind understand`
+16-token questions about a 64 px image (continuous: a token-level decode set beside A's image set). `--gateway`: the workers are
 `unipic worker --gateway` workers that reach only the API (through its proxy), not Celery workers.
 `--batching both` runs the same workload with whole-batch and then continuous workers and prints them side by side. Prints a table and a JSON
 line per run.
@@ -36,6 +38,25 @@ from bench.stack import ROOT, Stack, StackConfig, wait_until
 
 B_BODY = {"kind": "generate", "prompt": "a webhook-driven thumbnail", "width": 64, "height": 64, "steps": 2}
 A_BODY = {"kind": "generate", "prompt": "bulk content", "width": 64, "height": 64, "steps": 4}
+B_ASK_TOKENS = 16
+
+
+def _b_body(compatible: bool, b_kind: str) -> dict[str, Any]:
+    """B's job: a 2-step image, A's kind of image (`compatible`), or a question about a 64 px image."""
+    if b_kind == "understand":
+        import base64
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        buf = io.BytesIO()
+        pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, format="PNG")
+        image = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        return {"kind": "understand", "image": image, "question": "what is in this picture?", "size": 64,
+                "max_new_tokens": B_ASK_TOKENS}
+    return {**A_BODY, "prompt": B_BODY["prompt"]} if compatible else B_BODY
 
 
 def _key(stack: Stack, name: str) -> str:
@@ -123,13 +144,13 @@ def _now() -> datetime:
 
 def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path, root: Path,
         batching: str = "whole", compatible: bool = False, companions: str = "auto",
-        gateway: bool = False) -> dict[str, Any]:
+        gateway: bool = False, b_kind: str = "generate") -> dict[str, Any]:
     env = {"UNIPIC_WORKER_BATCHING": batching, "UNIPIC_WORKER_STEP_COMPANIONS": companions}
     label = (batching if batching == "whole" else f"{batching}/{companions}") + ("/gw" if gateway else "")
     config = StackConfig(checkpoint=checkpoint, workers=0 if gateway else workers,
                          gateway_workers=workers if gateway else 0, lease_seconds=30.0, extra_env=env)
     stack = Stack(config, root / f"stack-{label.replace('/', '-')}")
-    b_body = {**A_BODY, "prompt": B_BODY["prompt"]} if compatible else B_BODY
+    b_body = _b_body(compatible, b_kind)
     try:
         stack.start()
         key_a, key_b = _key(stack, "tenant-a"), _key(stack, "tenant-b")
@@ -154,7 +175,7 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
         a_alone = _a_rate(stack.pg.url, batch_id, a_alone_from, a_alone_to)
         a_during = _a_rate(stack.pg.url, batch_id, a_alone_to, a_during_to)
         result = {"bulk": bulk, "b_jobs": b_jobs, "interval": interval, "workers": workers, "batching": label,
-                  "gateway": gateway,
+                  "gateway": gateway, "b_kind": b_kind,
                   "compatible": compatible, "b_alone_s": _stats(alone), "b_during_bulk_s": _stats(contended),
                   "a_alone_images_per_s": a_alone, "a_during_b_images_per_s": a_during,
                   "a_counts_when_b_done": counts, **order}
@@ -196,6 +217,8 @@ def main() -> None:
     ap.add_argument("--gateway", action="store_true", help="gateway workers (HTTPS to the API only), not Celery ones")
     ap.add_argument("--compatible", action="store_true",
                     help="B's jobs have A's size and steps (batch-compatible); default: B 2 steps, A 4")
+    ap.add_argument("--b-kind", choices=("generate", "understand"), default="generate",
+                    help=f"understand: B asks {B_ASK_TOKENS}-token questions about a 64 px image instead")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="unipic-fairness-"))
     if args.model:
@@ -209,11 +232,13 @@ def main() -> None:
     runs = []
     for mode, companions in [(m, c) for m in modes for c in (args.companions.split(",") if m != "whole" else ["auto"])]:
         out = run(args.bulk, args.b_jobs, args.interval, args.workers, checkpoint, root, mode, args.compatible,
-                  companions, args.gateway)
+                  companions, args.gateway, args.b_kind)
         print(json.dumps(out), flush=True)
         runs.append(out)
-    b = {**A_BODY, "prompt": B_BODY["prompt"]} if args.compatible else B_BODY
-    print(f"tenant B: {args.b_jobs} jobs of {b['width']} px, {b['steps']} steps, one every {args.interval}s; "
+    b = _b_body(args.compatible, args.b_kind)
+    what = (f"questions of {b['max_new_tokens']} tokens about a 64 px image" if args.b_kind == "understand"
+            else f"jobs of {b['width']} px, {b['steps']} steps")
+    print(f"tenant B: {args.b_jobs} {what}, one every {args.interval}s; "
           f"tenant A: {args.bulk}-item batch of {A_BODY['width']} px, {A_BODY['steps']} steps; "
           f"{args.workers} {'gateway' if args.gateway else 'Celery'} worker(s); "
           f"{'batch-compatible' if args.compatible else 'not batch-compatible'}")

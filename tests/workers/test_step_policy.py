@@ -1,11 +1,12 @@
 """Step scheduling (workers.runner.step_policy): the least-served key's item runs with at most N others, the rest
-pause, and an item paused STARVE_AFTER steps in a row is forced in."""
+pause, and an item paused STARVE_AFTER steps in a row is forced in; across a loop's sets (`SetShares`), the set of
+the least-served key steps first, sets of one key share the device by time, and nothing starves."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from workers.runner.step_policy import STARVE_AFTER, Live, choose, step_order
+from workers.runner.step_policy import STARVE_AFTER, Live, SetShares, choose, step_order
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -82,3 +83,46 @@ def test_auto_companions_fill_the_step_where_rows_are_free() -> None:
     assert costs.companions(7) == 2
     costs.observe(3, 0.2)
     assert costs.companions(7) == 1  # three came out too slow: two it is
+
+
+IMAGE, TOKENS = ("generate", 64), ("understand", 64)
+
+
+def run_sets(shares: SetShares, cost: dict, owners: dict, passes: int) -> list:
+    """Step the set `shares` picks `passes` times; each step of a set costs `cost[set]` seconds."""
+    picked = []
+    for _ in range(passes):
+        key = shares.next(list(owners), lambda k: owners[k])
+        shares.stepped(key, owners[key], cost[key])
+        picked.append(key)
+    return picked
+
+
+def test_sets_of_one_key_share_the_device_by_time_not_by_step() -> None:
+    # Given one key's image set (10 s a step) and understand set (1 s a token), both open from the start
+    shares = SetShares()
+    shares.opened(IMAGE)
+    shares.opened(TOKENS)
+    picked = run_sets(shares, {IMAGE: 10.0, TOKENS: 1.0}, {IMAGE: ["A"], TOKENS: ["A"]}, 110)
+    # Then each had about half the time: ten tokens for each image step
+    assert picked.count(IMAGE) == 10 and picked.count(TOKENS) == 100
+    assert abs(shares.used[IMAGE] - shares.used[TOKENS]) <= 10.0
+
+
+def test_the_least_served_keys_set_goes_first_and_the_other_is_forced_in_after_its_own_step_times() -> None:
+    # Given key A's image set that has run alone for a while, and key B's question that opens a token set
+    shares = SetShares()
+    shares.opened(IMAGE)
+    owners = {IMAGE: ["A", "A"]}
+    run_sets(shares, {IMAGE: 10.0}, owners, 5)
+    shares.opened(TOKENS)
+    owners[TOKENS] = ["B"]
+    # When they share the loop
+    picked = run_sets(shares, {IMAGE: 10.0, TOKENS: 1.0}, owners, 60)
+    # Then B's tokens run, and A's set steps only when it sat out STARVE_AFTER of its own step times (40 s of tokens)
+    assert picked[:STARVE_AFTER * 10] == [TOKENS] * (STARVE_AFTER * 10)
+    assert picked[STARVE_AFTER * 10] == IMAGE
+    # and a set opened late starts at the least time of the open ones (it neither banks nor owes time)
+    assert shares.used[TOKENS] >= 50.0
+    shares.closed(TOKENS)
+    assert set(shares.used) == {IMAGE} and TOKENS not in shares.waited

@@ -51,8 +51,8 @@ from workers.runner.engine import ModelResult
 from workers.runner.leases import LeaseKeeper
 from workers.runner.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
 from workers.runner.oom import is_oom, release_cached_memory
-from workers.runner.progress import BackgroundCancelWatcher, ProgressReporter
-from workers.runner.step_policy import STARVE_AFTER, Live, StepCosts, choose
+from workers.runner.progress import MIN_CANCEL_POLL_SECONDS, BackgroundCancelWatcher, ProgressReporter
+from workers.runner.step_policy import STARVE_AFTER, Live, SetShares, StepCosts, choose
 from workers.runner.wakeups import QueueWakeups
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,8 @@ class _Loop:
         self.drained = False  # its last claim found nothing: with wake-ups, ask again only when one comes
         self.recheck_at = self.started  # or at this time (a wake-up can be lost)
         self.claimed_at = self.started - ADMIT_EVERY_SECONDS  # the last claim of the own queue
-        self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> model.engine.running_set.RunningSet
+        self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> RunningSet or DecodeSet (model.engine)
+        self.shares = SetShares()  # which set steps next
         self.members: dict[str, Member] = {}
         self.served: dict[tuple[str, int], dict[str, float]] = {}  # per set: owner -> megapixel-steps done
         self.claims: dict[str, Claim] = {}
@@ -219,8 +220,7 @@ class _Loop:
                     self._claim_more()  # also when the last step emptied the set: its rows are free now
                     if not self.members:
                         break
-                    for key in list(self.sets):
-                        self._step(key)
+                    self._step(self.shares.next(self.sets, self._owners_of))
                     self._guarded(self.r.faults.on_step, max(1, len(self.members)))  # a lost device is fatal
         except DeviceFatal:  # the device broke: every live item goes back (attempts unchanged); we exit
             self._wait_finishing()
@@ -261,6 +261,7 @@ class _Loop:
         if self.r.shutdown.requested:
             return
         self._collect_look()
+        self._claim_woken_elsewhere()
         woken = self.wakeups.take(self.queue) if self.wakeups is not None else None
         if woken:
             self.drained = False
@@ -346,13 +347,39 @@ class _Loop:
         if look is not None:
             self.r.left_look = look
 
+    def _other_queues(self) -> list[str]:
+        """The queues this (direct) worker subscribes to, but the loop's own."""
+        s = self.s
+        return [q for q in gpu_queues(s.worker_kinds, s.worker_max_pixels, model_of_queue(self.queue))
+                if q != self.queue]
+
+    def _claim_woken_elsewhere(self) -> None:
+        """A job that arrived in another queue of this worker (its wake-up heard) is claimed at once, not at the
+        loop's next look elsewhere (a free row, every LOOK_ELSEWHERE_SECONDS): into free rows, or when the sets
+        are full, one job of a key they hold nothing of, one row over the cap (as `_claim_newcomer`: a step runs
+        one set, never more than the cap). It opens its own set, and `SetShares` lets a less-served key's set
+        go first, so a question asked during an image bulk is answered at about its own speed."""
+        store, s, wakeups = self.r.store, self.s, self.wakeups
+        if wakeups is None or not isinstance(store, QueueClaims):
+            return
+        for queue in self._other_queues():
+            if len(self.members) > self.row_cap or not wakeups.take(queue):
+                continue
+            rows, pixels = self._free()
+            if rows > 0 and pixels > 0:
+                claims = store.claim_next(queue, self.r.worker_id, s.lease_seconds, rows, pixels)
+            else:
+                claims = store.claim_newcomer(queue, self.r.worker_id, s.lease_seconds, s.worker_max_pixels,
+                                              list(self.members))
+            if claims:
+                self._admit(claims)
+
     def _claim_elsewhere(self, rows: int, pixels: int) -> bool:
         """Work of the worker's other queues: the first of them (in turn) that has some. False if none had."""
         store, s = self.r.store, self.s
         claims: list[Claim] = []
         if isinstance(store, QueueClaims):  # direct: the queues this worker subscribes to, but the loop's own
-            served = gpu_queues(s.worker_kinds, s.worker_max_pixels, model_of_queue(self.queue))
-            others = [q for q in served if q != self.queue]
+            others = self._other_queues()
             self.looks += 1
             for i in range(len(others)):
                 queue = others[(self.looks + i) % len(others)]
@@ -382,7 +409,7 @@ class _Loop:
                 log.warning("job %s: claimed again under a new lease; its earlier run is dropped", c.job_id)
                 self.sets[old.key].drop([old.id])
                 if not self.sets[old.key].items:
-                    del self.sets[old.key]
+                    self._close(old.key)
         self.claimed += len(claims)
         self.claims.update({c.job_id: c for c in claims})
         self.keeper.add(claims)
@@ -401,6 +428,7 @@ class _Loop:
         rs = self.sets.get(key)
         if rs is None:
             rs = self.sets[key] = self.r.engine.open_set(*key)  # type: ignore[attr-defined]
+            self.shares.opened(key)
             self.served.setdefault(key, {})
         try:
             self._guarded(lambda: rs.admit([item.request]), 1)
@@ -409,6 +437,8 @@ class _Loop:
             raise
         except Exception as exc:  # noqa: BLE001 - this item's conditioning failed; the set goes on
             self._let_go(job.id)
+            if not rs.items:  # it was to open the set: nothing to step
+                self._close(key)
             if is_oom(exc) and self.members:
                 release_cached_memory()
                 self.row_cap = max(1, min(self.row_cap, len(self.members)))  # never up: a newcomer may be over it
@@ -426,7 +456,10 @@ class _Loop:
 
     # ---- leaving between steps ------------------------------------------------------------------------------
     def _drop_leaving(self) -> None:
-        requested = self.watcher(self.last_step_at)
+        # a cancel requested before the last step began is seen now, read here if no background read began since;
+        # steps shorter than the background's fastest pace (a token) count as one, so a token costs no query
+        since = None if self.last_step_at is None else min(self.last_step_at, time.monotonic() - MIN_CANCEL_POLL_SECONDS)
+        requested = self.watcher(since)
         lost = self.keeper.lost()
         progress = self._progress()
         for m in list(self.members.values()):
@@ -454,7 +487,14 @@ class _Loop:
         self._let_go(m.id)
         del self.members[m.id]
         if not self.sets[m.key].items:
-            del self.sets[m.key]
+            self._close(m.key)
+
+    def _close(self, key: tuple[str, int]) -> None:
+        self.sets.pop(key, None)
+        self.shares.closed(key)
+
+    def _owners_of(self, key: tuple[str, int]) -> list[str]:
+        return [self.members[i].item.job.owner_id for i in self.sets[key].ids]
 
     def _progress(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -485,6 +525,7 @@ class _Loop:
             return
         costs.observe(len(ids), seconds)
         self.watcher.pace(seconds)
+        self.shares.stepped(key, [self.members[i].item.job.owner_id for i in ids], seconds)
         self._after_step(rs, live, ids, finished, seconds)
 
     def _step_rows(self, live: list[Member]) -> int:
@@ -521,7 +562,7 @@ class _Loop:
             self.watcher.unwatch([f.id])
             self._retire(self.members.pop(f.id), f, len(ids))
         if not rs.items:
-            self.sets.pop(live[0].key, None)
+            self._close(live[0].key)
 
     def _on_step_error(self, rs: Any, ids: set[str], exc: Exception) -> None:
         live = sorted((self.members[i] for i in rs.ids), key=lambda m: m.admitted)

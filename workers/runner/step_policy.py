@@ -12,7 +12,7 @@ clocks, no store, no model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -107,3 +107,51 @@ class StepCosts:
         if best + 1 not in self.means:
             return best  # best + 1 items: times the next size
         return best - 1
+
+
+@dataclass
+class SetShares:
+    """Which running set of a loop steps next when it holds several (kinds or sizes): the set holding the least-served
+    key (the model time charged to each key in this loop: a step's time split among the items it advanced), then
+    the set that had the least model time. Sets share the device by time, not by step: an understand set's step is
+    one token, a small fraction of an image step, so a question behind an image bulk takes many tokens per image
+    step instead of one. A set opens at the least time of the open ones (it banks nothing and owes nothing), and one
+    that sat out for STARVE_AFTER of its own step times is forced in, so nothing starves. Pure, like `choose`."""
+
+    used: dict[tuple[str, int], float] = field(default_factory=dict)  # model seconds per open set
+    waited: dict[tuple[str, int], float] = field(default_factory=dict)  # seconds others stepped since it last did
+    last: dict[tuple[str, int], float] = field(default_factory=dict)  # its last step's seconds
+    owners: dict[str, float] = field(default_factory=dict)  # model seconds charged to each key
+
+    def opened(self, key: tuple[str, int]) -> None:
+        self.used[key] = min(self.used.values(), default=0.0)
+        self.waited[key] = 0.0
+
+    def closed(self, key: tuple[str, int]) -> None:
+        for table in (self.used, self.waited, self.last):
+            table.pop(key, None)
+
+    def stepped(self, key: tuple[str, int], owners: list[str], seconds: float) -> None:
+        """A step of `key` advanced items of these owners (one entry per item) in `seconds`."""
+        for other in self.waited:
+            self.waited[other] += seconds
+        self.waited[key], self.last[key] = 0.0, seconds
+        self.used[key] = self.used.get(key, 0.0) + seconds
+        for owner in owners:
+            self.owners[owner] = self.owners.get(owner, 0.0) + seconds / len(owners)
+
+    def next(self, keys: Iterable[tuple[str, int]], owners_of: Callable[[tuple[str, int]], list[str]]
+             ) -> tuple[str, int]:
+        keys = list(keys)
+        if len(keys) == 1:
+            return keys[0]
+        starving = [k for k in keys if self.waited.get(k, 0.0) > 0 and
+                    self.waited[k] >= STARVE_AFTER * self.last.get(k, 0.0)]
+        if starving:
+            return max(starving, key=lambda k: self.waited[k])
+
+        def rank(key: tuple[str, int]) -> tuple[float, float]:
+            least = min((self.owners.get(o, 0.0) for o in owners_of(key)), default=0.0)
+            return least, self.used.get(key, 0.0)
+
+        return min(keys, key=rank)
