@@ -211,10 +211,13 @@ class JobStore(JobQueries):
             ).order_by(Job.id)).all()
         return [Claim(job_id, token) for job_id, token in rows if token]
 
-    def claim_newcomer(self, queue: str, worker_id: str, lease_seconds: float, max_pixels: int,
+    def claim_newcomer(self, queue: str | None, worker_id: str, lease_seconds: float, max_pixels: int,
                        held: Collection[str], wait_seconds: float = 0.0) -> list[Claim]:
         """One job of `queue` of a key none of the `held` jobs (this worker's) belongs to: a full running set's
-        newcomer (`workers.runner.continuous`). Never waits: a direct worker hears the queue's wake-ups."""
+        newcomer (`workers.runner.continuous`). Never waits: a direct worker hears the queue's wake-ups, each
+        queue's (so it names one; only a gateway, which knows the token's queues, takes None)."""
+        if queue is None:
+            raise ValueError("a direct newcomer claim names its queue")
         return self.claim_next(queue, worker_id, lease_seconds, 1, max_pixels,
                                skip_owners=self.owners_held(held, worker_id))
 

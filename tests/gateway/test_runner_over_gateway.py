@@ -200,6 +200,12 @@ def test_claims_tag_each_key_opaquely_and_a_newcomer_claim_passes_over_the_held_
     refused = client.post("/v1/worker/claim", headers=headers, json={
         "worker": "tags:1", "queue": "unipic.gpu.understand.nowhere", "skip_owners_of": [held.id], "wait_seconds": 0})
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "queue_not_allowed"
+    # And a newcomer look naming no queue spans the token's queues (B's question in the understand queue), which
+    # only the gateway knows: a direct store's newcomer claim must name its queue
+    ask = make_job(services.jobs, services.objects, other, "understand", 64, seed=996, tag="gw-tags-ask")
+    assert [c.job_id for c in jobs.claim_newcomer(None, "tags:1", 30.0, 64 * 64, [held.id])] == [ask.id]
+    with pytest.raises(ValueError, match="names its queue"):
+        services.jobs.claim_newcomer(None, "tags:1", 30.0, 64 * 64, [held.id])
 
 
 def _continuous_gateway_runner(client: TestClient, migrated: Any, tiny_engine: Any, make_token: Any,

@@ -51,7 +51,7 @@ from workers.runner.engine import ModelResult
 from workers.runner.leases import LeaseKeeper
 from workers.runner.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
 from workers.runner.oom import is_oom, release_cached_memory
-from workers.runner.progress import MIN_CANCEL_POLL_SECONDS, BackgroundCancelWatcher, ProgressReporter
+from workers.runner.progress import MAX_CANCEL_POLL_SECONDS, BackgroundCancelWatcher, ProgressReporter
 from workers.runner.step_policy import STARVE_AFTER, Live, SetShares, StepCosts, choose
 from workers.runner.wakeups import QueueWakeups
 
@@ -307,7 +307,8 @@ class _Loop:
         since the last look (`workers.runner.wakeups`: a job arrived), else every NEWCOMER_SAFETY_SECONDS, or
         every NEWCOMER_SECONDS without Redis. A gateway worker hears no wake-ups and a round trip may cost more
         than a step: it long-polls the gateway off the sampling thread (`ContinuousRunner.look_remotely`), as it
-        does for free rows, and the set takes what the look found at the next pass."""
+        does for free rows, for a job of any queue the token serves (one of another queue opens its own set),
+        and the set takes what the look found at the next pass."""
         store = self.r.store
         if self.look is not None or len(self.members) > self.row_cap:
             return
@@ -315,12 +316,14 @@ class _Loop:
         if not woken and now < self.newcomer_at:
             return
         held = list(self.members)
+        direct = isinstance(store, QueueClaims)
+        queue = self.queue if direct else None  # a gateway look spans the token's queues (`_claim_woken_elsewhere`)
 
         def claim(wait_seconds: float = 0.0) -> list[Claim]:
-            return store.claim_newcomer(self.queue, self.r.worker_id, self.s.lease_seconds,
-                                        self.s.worker_max_pixels, held, wait_seconds=wait_seconds)
+            return store.claim_newcomer(queue, self.r.worker_id, self.s.lease_seconds, self.s.worker_max_pixels,
+                                        held, wait_seconds=wait_seconds)
 
-        if not isinstance(store, QueueClaims):
+        if not direct:
             self.look = self.r.look_remotely(lambda: claim(REMOTE_LOOK_SECONDS))
             return
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
@@ -457,8 +460,9 @@ class _Loop:
     # ---- leaving between steps ------------------------------------------------------------------------------
     def _drop_leaving(self) -> None:
         # a cancel requested before the last step began is seen now, read here if no background read began since;
-        # steps shorter than the background's fastest pace (a token) count as one, so a token costs no query
-        since = None if self.last_step_at is None else min(self.last_step_at, time.monotonic() - MIN_CANCEL_POLL_SECONDS)
+        # short steps (tokens, small images) rely on the background reads (paced to the step time), so a step
+        # costs no query on the sampling thread (over the gateway, a round trip per token)
+        since = None if self.last_step_at is None else min(self.last_step_at, time.monotonic() - MAX_CANCEL_POLL_SECONDS)
         requested = self.watcher(since)
         lost = self.keeper.lost()
         progress = self._progress()

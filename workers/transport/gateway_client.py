@@ -234,10 +234,10 @@ class GatewayJobs:
         """No messages over the gateway: any claim is a claim of the next batch (no wait unless asked)."""
         return self.claim(max_items, max_pixels, kinds=kinds, wait_seconds=wait_seconds)
 
-    def claim_newcomer(self, queue: str, worker_id: str, lease_seconds: float, max_pixels: int,
+    def claim_newcomer(self, queue: str | None, worker_id: str, lease_seconds: float, max_pixels: int,
                        held: Collection[str], wait_seconds: float = 0.0) -> list[Claim]:
-        """One job of `queue` of a key none of the `held` jobs belongs to (the gateway knows the keys; this
-        worker sees only their tags), long-polling up to `wait_seconds` for one to arrive."""
+        """One job of `queue` (None: of any queue the token serves) of a key none of the `held` jobs belongs to
+        (the gateway knows the keys; this worker sees only their tags), long-polling up to `wait_seconds`."""
         return self.claim(1, max_pixels, wait_seconds=wait_seconds, queue=queue, skip_owners_of=held)
 
     def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]:
