@@ -15,13 +15,14 @@ claims by long-polling the gateway on a look thread (`ContinuousRunner.look_remo
 look found at the next pass; a look in flight when the loop ends is the worker's next claim (`left_claims`). The
 loop holds the worker's one message for as long as its queue has work, so once that queue has fed it more than
 its first claim (a backlog loop; a loop that ends soon leaves the other queues to their own messages) it also
-asks the worker's other queues
-(direct: each other queue it subscribes to, in turn; a gateway worker's claims already span its queues) when a row is free: while they have work, they and the loop's own queue
-take turns at free rows, and once they have none, it looks again only every `LOOK_ELSEWHERE_SECONDS`. Jobs of
-another kind or size open their own set, stepped in turn with the others (an understand job takes a token while an
-image set takes a sampling step). So one queue's backlog never starves another queue's jobs on a continuous worker -> one step of every set, advancing the items
-`workers.runner.step_policy` picks (the others pause with their state kept) -> retired items are encoded, uploaded and completed in the background by `BatchRunner._succeed`, the same
-finishing path as whole batches, while sampling goes on. Leases of every live item are renewed by one keeper;
+asks a direct worker's other queues, in turn, when a row is free (a gateway worker's claims span its queues
+already): while they have work, they and the loop's own queue take turns at free rows, and once they have none, it
+looks again only every `LOOK_ELSEWHERE_SECONDS`; a job whose wake-up it hears there is claimed at once
+(`_claim_woken_elsewhere`). So one queue's backlog never starves another queue's jobs on a continuous worker. Jobs
+of another kind or size open their own set -> one step of the set `step_policy.SetShares` picks (the least-served
+key's, sets of one key sharing the device by time), advancing the items `step_policy.choose` picks (the others
+pause with their state kept) -> retired items are encoded, uploaded and completed in the background by
+`BatchRunner._succeed`, the same finishing path as whole batches, while sampling goes on. Leases of every live item are renewed by one keeper;
 progress is each item's own step count. A step that runs out of memory changes no item (`RunningSet.step`): the
 most recently admitted half goes back to the queue and the set stays smaller for the rest of the loop; a single
 item that cannot fit fails `out_of_memory`. Any other step error is retried item by item and fails only the
@@ -57,7 +58,6 @@ from workers.runner.wakeups import QueueWakeups
 
 log = logging.getLogger(__name__)
 
-SET_KINDS = ("generate", "edit", "understand")  # what runs in a running set when the engine opens sets
 LOOK_ELSEWHERE_SECONDS = 1.0  # how often a loop with a free row asks the worker's other queues first
 ADMIT_EVERY_SECONDS = 0.1  # a set with live items claims its own queue at most this often: one claim per
 # step costs as much as a small step on a busy CPU; arrivals are taken together instead (at most this much later)
@@ -159,7 +159,7 @@ class ContinuousRunner(BatchRunner):
 
     def run_claims(self, claims: list[Claim], started: float | None = None) -> int:
         jobs = self.store.get_many([c.job_id for c in claims])
-        if not hasattr(self.engine, "open_set") or any(j.kind not in SET_KINDS for j in jobs):
+        if not hasattr(self.engine, "open_set"):
             return super().run_claims(claims, started)
         loop = _Loop(self, jobs[0])
         try:
@@ -283,14 +283,13 @@ class _Loop:
             else:
                 self.look_elsewhere_at = time.monotonic() + LOOK_ELSEWHERE_SECONDS  # nothing there: look later
         self.own_turn = False
-        kinds = [k for k in self.s.worker_kinds if k in SET_KINDS]  # the gateway claims across queues
+        kinds = list(self.s.worker_kinds)  # a gateway claim spans the worker's queues (a direct one: the seed's)
         store, seed, worker, lease = self.r.store, self.seed, self.r.worker_id, self.s.lease_seconds
-        if self.members and not isinstance(store, QueueClaims):  # the gateway: a long-poll off the sampling thread,
-            # for every kind this worker serves (it may be the worker's next claim: `ContinuousRunner.left_claims`)
+        if self.members and not isinstance(store, QueueClaims):  # the gateway: a long-poll off the sampling thread
+            # (it may be the worker's next claim: `ContinuousRunner.left_claims`)
             if self.look is None:
-                every = list(self.s.worker_kinds)
                 self.look = self.r.look_remotely(lambda: store.claim_for_message(
-                    seed, worker, lease, rows, pixels, kinds=every, wait_seconds=REMOTE_LOOK_SECONDS))
+                    seed, worker, lease, rows, pixels, kinds=kinds, wait_seconds=REMOTE_LOOK_SECONDS))
             return
         claims = store.claim_for_message(seed, worker, lease, rows, pixels, kinds=kinds)
         self.drained = not claims
@@ -381,31 +380,21 @@ class _Loop:
         """Work of the worker's other queues: the first of them (in turn) that has some. False if none had."""
         store, s = self.r.store, self.s
         claims: list[Claim] = []
-        if isinstance(store, QueueClaims):  # direct: the queues this worker subscribes to, but the loop's own
-            others = self._other_queues()
-            self.looks += 1
-            for i in range(len(others)):
-                queue = others[(self.looks + i) % len(others)]
-                claims = store.claim_next(queue, self.r.worker_id, s.lease_seconds, rows, pixels)
-                if claims:
-                    break
-        else:  # the gateway's claims span the worker's queues already: only the kinds a running set cannot hold
-            kinds = [k for k in s.worker_kinds if k not in SET_KINDS]
-            if kinds:
-                claims = store.claim_for_message(self.seed, self.r.worker_id, s.lease_seconds, rows, pixels,
-                                                 kinds=kinds)
+        if not isinstance(store, QueueClaims):  # the gateway's claims span the worker's queues already
+            return False
+        others = self._other_queues()
+        self.looks += 1
+        for i in range(len(others)):
+            queue = others[(self.looks + i) % len(others)]
+            claims = store.claim_next(queue, self.r.worker_id, s.lease_seconds, rows, pixels)
+            if claims:
+                break
         if claims:
             self._admit(claims)
         return bool(claims)
 
     def _admit(self, claims: list[Claim]) -> None:
         jobs = {j.id: j for j in self.r.store.get_many([c.job_id for c in claims])}
-        whole = [c for c in claims if jobs[c.job_id].kind not in SET_KINDS]
-        if whole:  # not for a running set: one whole batch now, between two steps
-            BatchRunner.run_claims(self.r, whole)
-            claims = [c for c in claims if c not in whole]
-            if not claims:
-                return
         for c in claims:  # claimed again while an earlier lease of it is live here (released under us): that run
             old = self.members.pop(c.job_id, None)  # ends without writing; the new lease starts it over
             if old is not None:
