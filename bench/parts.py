@@ -30,7 +30,8 @@ def part_times(engine: Any) -> Iterator[dict[str, float]]:
     totals = {p: 0.0 for p in PARTS}
     model, device = engine.model, engine.device
     targets: list[tuple[Any, str, str]] = [
-        (engine.runner, "extend", "llm"), (engine.runner, "prefix", "llm"), (model.mar, "encode", "mar_encoder"),
+        (engine.runner, "extend_rows", "llm"), (engine.runner, "chunk", "llm"), (engine.runner, "prefix", "llm"),
+        (model.mar, "encode", "mar_encoder"),
         (model.mar, "decode", "mar_decoder"), (engine.sampler, "sample_head", "head"),
         (model.vae, "decode_tokens", "vae"), (model.vae, "encode_tokens", "vae"),
     ]
