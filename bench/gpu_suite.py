@@ -11,6 +11,10 @@ section that fails records its error and the run goes on):
 - `throughput`: generate at each size and batch, eager (old) and compiled fast paths (new) side by side:
   s/call, images/s, achieved TFLOP/s (`bench.flops`) and % of the dense bf16 peak -> throughput.json.
 - `parts`: per-part time split (LLM, MAR encoder, MAR decoder, head, VAE, host; `bench.parts`) -> parts.json.
+- `continuous`: issue 25 on the device: a running set's step time by the items it advances (what
+  `UNIPIC_WORKER_STEP_COMPANIONS=auto` measures), whole batches vs a running set on the same staggered arrivals
+  (`bench.running_set`: images/s, latency, padding % of the MAR token rows, an upper bound of its share of the
+  FLOPs) per size, and whole batches vs a decode set for questions (`bench.decode_set`) -> continuous.json.
 - `profile`: `torch.profiler` top ops by device time for one image at the largest size -> profile.json.
 - `memory`: peak memory per kind, size and batch 1..8, in the format of `workers/device/card_fit_table.json`
   (measured cells, `estimated: false`) -> memory_table.json.
@@ -42,7 +46,7 @@ import torch
 GIB = 2**30
 # dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by device name fragment
 DENSE_BF16_PEAK = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "4090": 165.0}
-SECTIONS = ("context", "throughput", "parts", "profile", "memory", "cap", "drift")
+SECTIONS = ("context", "throughput", "parts", "continuous", "profile", "memory", "cap", "drift")
 
 
 def peak_tflops(device: str) -> float | None:
@@ -119,6 +123,54 @@ def parts(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
         out.append({"fast": fast, "size": size, "batch": 1, "steps": a.steps, **split})
     set_fast_paths(engine.model, False)
     return {"rows": out, "note": "device synchronized around each part; totals are a little above plain timing"}
+
+
+def continuous(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
+    import random
+
+    from bench import decode_set as asks
+    from bench import running_set as images
+    from model.inference import GenerateRequest
+
+    steps, n, rows = a.continuous_steps, a.continuous_requests, 8
+    out: dict[str, Any] = {"steps": steps, "max_items": rows, "step_seconds": [], "images": [], "questions": []}
+    for size in a.continuous_sizes:
+        by_rows = {}
+        for count in (1, 2, 4, rows):  # every item in phase: no padding, so this is the rows' own cost
+            rs = engine.open_set("generate", size)
+            rs.admit([GenerateRequest(f"s{i}", "a photo", seed=i, size=size, steps=steps + 2) for i in range(count)])
+            rs.step()  # warm: kernels for these shapes
+            sync(a.device)
+            t0 = time.perf_counter()
+            rs.step()
+            sync(a.device)
+            by_rows[count] = time.perf_counter() - t0
+            out["step_seconds"].append({"size": size, "rows": count, "seconds": by_rows[count],
+                                        "vs_one_row": by_rows[count] / by_rows[1]})
+        rng = random.Random(0)
+        reqs = images.workload(n, size, sorted({max(1, steps // 2), steps, steps * 3 // 2}), rng)
+        capacity = rows / (by_rows[rows] * steps)  # images/s of full whole batches of `steps` steps
+        at = dict(zip([r.id for r in reqs], images.arrivals(n, 0.7 * capacity, rng), strict=True))
+        for mode, run in (("whole", images.run_whole), ("continuous", images.run_continuous)):
+            result = run(engine, reqs, at, rows)
+            out["images"].append({"size": size, "mode": mode, "images_per_s": result.images_per_s,
+                                  "p50_s": result.p50, "p95_s": result.p95, "busy": result.busy,
+                                  "padding_of_token_rows": result.padding})
+            print(f"  {size}px {mode:10} {result.images_per_s:7.2f} img/s  p50 {result.p50:6.2f} s  "
+                  f"padding {100 * result.padding:5.1f} %", flush=True)
+    size = max(a.continuous_sizes)
+    rng = random.Random(0)
+    questions = asks.workload(n, size, a.continuous_tokens, rng)
+    at = dict(zip([r.id for r in questions], images.arrivals(n, 4 * n, rng), strict=True))  # a backlog
+    texts = {}
+    for mode, ask in (("whole", asks.run_whole), ("continuous", asks.run_continuous)):
+        answered = ask(engine, questions, at, rows)
+        texts[mode] = answered.texts
+        out["questions"].append({"size": size, "mode": mode, "answers_per_s": answered.answers_per_s,
+                                 "tokens_per_s": answered.tokens_per_s, "p50_s": answered.p50, "p95_s": answered.p95,
+                                 "padding_of_attention_slots": answered.padding})
+    out["answers_that_differ"] = sum(texts["whole"][k] != texts["continuous"][k] for k in texts["whole"])
+    return out
 
 
 def profile(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
@@ -278,6 +330,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cap-timeout-s", type=float, default=240.0)
     ap.add_argument("--static", action="store_true",
                     help="fast paths as one static graph per (size, step, rows) bucket (many compiles)")
+    ap.add_argument("--continuous-sizes", default="256,1024")
+    ap.add_argument("--continuous-steps", type=int, default=8)
+    ap.add_argument("--continuous-requests", type=int, default=16)
+    ap.add_argument("--continuous-tokens", default="16,64", help="question token limits drawn per request")
     ap.add_argument("--tokenizer-dir", default=None)
     ap.add_argument("--cap-child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -285,9 +341,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         a.device, a.steps, a.repeats = "cpu", 2, 1
         a.sizes, a.batches, a.memory_sizes, a.memory_batches = "64", "1,2", "64", "1,2"
         a.memory_steps, a.cap_gib = 2, 8.0
+        a.continuous_sizes, a.continuous_steps, a.continuous_requests, a.continuous_tokens = "64", 2, 6, "4,8"
     a.config = "tiny" if a.dry_run else "unipic-1.5b"
     a.dtype = "float32" if a.dry_run else "bfloat16"
-    for name in ("sizes", "batches", "memory_sizes", "memory_batches"):
+    for name in ("sizes", "batches", "memory_sizes", "memory_batches", "continuous_sizes", "continuous_tokens"):
         setattr(a, name, [int(x) for x in str(getattr(a, name)).split(",")])
     return a
 
@@ -328,6 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     engine = make_engine(a) if set(wanted) - {"context", "cap"} else None  # the capped child loads its own
     record("throughput", lambda: throughput(engine, a), "throughput.json")
     record("parts", lambda: parts(engine, a), "parts.json")
+    record("continuous", lambda: continuous(engine, a), "continuous.json")
     record("profile", lambda: profile(engine, a), "profile.json")
     record("memory", lambda: memory(engine, a), "memory_table.json")
     if "cap" in wanted and a.device.startswith("cuda"):

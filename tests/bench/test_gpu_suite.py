@@ -19,6 +19,10 @@ def test_dry_run_writes_every_table(tmp_path: Path) -> None:
     assert all(r["achieved_tflops"] > 0 for r in rows)
     parts = json.loads((tmp_path / "parts.json").read_text())["rows"]
     assert {"llm", "mar_encoder", "mar_decoder", "head", "vae", "host"} <= set(parts[0])
+    cont = json.loads((tmp_path / "continuous.json").read_text())
+    assert [r["rows"] for r in cont["step_seconds"]] == [1, 2, 4, 8] and all(r["seconds"] > 0 for r in cont["step_seconds"])
+    assert [r["mode"] for r in cont["images"]] == ["whole", "continuous"] and all(r["images_per_s"] > 0 for r in cont["images"])
+    assert [r["mode"] for r in cont["questions"]] == ["whole", "continuous"] and cont["answers_that_differ"] == 0
     table = json.loads((tmp_path / "memory_table.json").read_text())
     assert {(r["kind"], r["size"], r["batch"]) for r in table["rows"]} == {
         (k, 64, b) for k in ("generate", "edit", "understand") for b in (1, 2)}
