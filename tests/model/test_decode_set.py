@@ -152,3 +152,30 @@ def test_admit_checks_everything_before_admitting_anything(engine, photos):
     with pytest.raises(ValueError, match="multiple of 16"):
         engine.open_set("understand", 70)
     assert ds.step() == [] and torch.is_inference_mode_enabled() is False
+
+
+def test_answers_equal_transformers_greedy_generate_for_items_joining_at_different_tokens(engine, photos):
+    # The reference (spec §7.1): transformers' `generate` from the item's own inputs_embeds, greedy, the checkpoint's
+    # repetition penalty over generated tokens, stopping at the stop ids (it keeps the stop token; we do not)
+    from model.images import understand_pixels
+    from model.prompts import DEFAULT_QUESTION, image_input
+
+    asks = [UnderstandRequest(str(i), photos[i], q, seed=i, size=64, max_new_tokens=12)
+            for i, q in enumerate(QUESTIONS)]
+    ds = engine.open_set("understand", 64)
+    done = {}
+    for t in range(40):  # item i joins at token 3·i
+        ds.admit([r for i, r in enumerate(asks) if 3 * i == t])
+        done.update({f.id: f.token_ids for f in ds.step()})
+    assert len(done) == len(asks)
+    c, stops = engine.conditioner, list(engine.tokenizer.stop_ids)
+    weight, slots = c.model.proj_in[0].weight, ds.grid[0] * ds.grid[1] + c.model.cfg.mar.buffer_size
+    for r in asks:
+        _, z = c.image_embeddings(understand_pixels([r.image], 64, weight.dtype, weight.device), ds.grid)
+        embeds, _ = c.embed_rows([engine.tokenizer.encode(image_input(r.question or DEFAULT_QUESTION), slots)], [z[0]])
+        with torch.no_grad():
+            ref = engine.runner.llm.generate(
+                inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                max_new_tokens=r.max_new_tokens, do_sample=False, repetition_penalty=engine.loaded.repetition_penalty,
+                eos_token_id=stops, pad_token_id=engine.tokenizer.pad_id)[0].tolist()
+        assert done[r.id] == [t for t in ref if t not in stops], r.id
