@@ -122,11 +122,21 @@ class DecodeSet:
                 raise ValueError(f"request {r.id}: max_new_tokens must be >= 1 and temperature >= 0")
             seen.add(r.id)
         with eager():  # prompt lengths vary per request: never compiled (model.engine.fast_paths)
-            for r in requests:
-                self.items.append(self._prefill(r))
+            prefills = [self._prefill(r) for r in requests]  # each may raise (out of memory): nothing changed yet
+        placed: list[DecodeItem] = []
+        try:
+            for r, (length, kv, logits) in zip(requests, prefills, strict=True):
+                request = DecodeRow(r.id, r.max_new_tokens, r.temperature, item_generator(r.seed))
+                row = self._take_row(length + r.max_new_tokens, kv)
+                placed.append(DecodeItem(request, row, length, logits, torch.zeros_like(logits, dtype=torch.bool)))
+        except BaseException:  # a slab that could not grow: the rows already taken are free again
+            self._retire(placed)
+            raise
+        self.items += placed
 
-    def _prefill(self, r: UnderstandRequest) -> DecodeItem:
-        """The item's image and prompt alone (no batch-mate's image or length enters its K/V)."""
+    def _prefill(self, r: UnderstandRequest) -> tuple[int, KVBuffer, torch.Tensor]:
+        """The item's image and prompt alone (no batch-mate's image or length enters its K/V) -> its prompt length,
+        K/V and first logits."""
         weight = self.conditioner.model.proj_in[0].weight
         slots = self.grid[0] * self.grid[1] + self.conditioner.model.cfg.mar.buffer_size
         pixels = understand_pixels([r.image], self.size, weight.dtype, weight.device)
@@ -135,10 +145,7 @@ class DecodeSet:
         embeds, _ = self.conditioner.embed_rows([ids], [z_img[0]])  # (1, T, H), one row: no padding
         length = embeds.shape[1]
         hidden, kv = self.runner.prefix(embeds)
-        row = self._take_row(length + r.max_new_tokens, kv)
-        logits = self.runner.logits(hidden[0, length - 1]).float()
-        request = DecodeRow(r.id, r.max_new_tokens, r.temperature, item_generator(r.seed))
-        return DecodeItem(request, row, length, logits, torch.zeros_like(logits, dtype=torch.bool))
+        return length, kv, self.runner.logits(hidden[0, length - 1]).float()
 
     def _take_row(self, capacity: int, prefix: KVBuffer) -> int:
         """A slab row holding `prefix` (one row) at slots [0, its length), with room for `capacity` slots."""

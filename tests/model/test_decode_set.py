@@ -179,3 +179,29 @@ def test_answers_equal_transformers_greedy_generate_for_items_joining_at_differe
                 max_new_tokens=r.max_new_tokens, do_sample=False, repetition_penalty=engine.loaded.repetition_penalty,
                 eos_token_id=stops, pad_token_id=engine.tokenizer.pad_id)[0].tolist()
         assert done[r.id] == [t for t in ref if t not in stops], r.id
+
+
+def test_an_admission_that_runs_out_of_memory_admits_nothing(engine, photos, monkeypatch):
+    # Given a set with one live item
+    ds = engine.open_set("understand", 64)
+    ds.admit([UnderstandRequest("live", photos[0], "q", seed=1, size=64, max_new_tokens=4)])
+    # When two more are admitted together and the second one's prefill runs out of memory (injected)
+    real, calls = engine.runner.prefix, []
+
+    def oom_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.runner, "prefix", oom_on_second)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        ds.admit([UnderstandRequest(str(i), photos[i], "q", seed=i, size=64, max_new_tokens=4) for i in (1, 2)])
+    # Then neither joined, and the live item ends as it would alone
+    monkeypatch.setattr(engine.runner, "prefix", real)
+    assert ds.ids == ["live"] and sorted(it.row for it in ds.items) == [0]
+    done = []
+    while ds.items:
+        done += ds.step()
+    assert done[0].token_ids == run_alone(engine, UnderstandRequest("live", photos[0], "q", seed=1, size=64,
+                                                                    max_new_tokens=4)).token_ids
