@@ -123,7 +123,12 @@ def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
     make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
     monkeypatch: Any, settings: Any,
 ) -> None:
+    from workers.runner import continuous
+
     retired = _retirements(monkeypatch)
+    # (a loop that polls claims at most every ADMIT_EVERY_SECONDS; one that hears a job arrive claims it at once,
+    # however recent its last claim: CI once saw A finish alone before B's claim was due)
+    monkeypatch.setattr(continuous, "ADMIT_EVERY_SECONDS", 30.0)
     # Given tenant A's two jobs in a set held after two steps, on a worker that runs a less-served key's job
     # with no companions
     release = tmp_path / "release"

@@ -59,8 +59,8 @@ from workers.runner.wakeups import QueueWakeups
 log = logging.getLogger(__name__)
 
 LOOK_ELSEWHERE_SECONDS = 1.0  # how often a loop with a free row asks the worker's other queues first
-ADMIT_EVERY_SECONDS = 0.1  # a set with live items claims its own queue at most this often: one claim per
-# step costs as much as a small step on a busy CPU; arrivals are taken together instead (at most this much later)
+ADMIT_EVERY_SECONDS = 0.1  # a set with live items and no wake-up heard claims its own queue at most this often:
+# one claim per step costs as much as a small step on a busy CPU (a woken one claims at once: a job arrived)
 CANCEL_POLL_SECONDS = 0.1  # cancel requests are read off the sampling thread, this often until a step paced it
 NEWCOMER_SECONDS = 0.25  # a full set without queue wake-ups asks this often for a key it does not hold
 NEWCOMER_SAFETY_SECONDS = 2.0  # with wake-ups, it asks this often anyway (a wake-up can be lost)
@@ -272,8 +272,8 @@ class _Loop:
         now = time.monotonic()
         if self.drained and woken is False and self.members and now < self.recheck_at:
             return  # the queue was empty and no job arrived since (wake-ups): no claim query this step
-        if self.members and now < self.claimed_at + ADMIT_EVERY_SECONDS:
-            return  # a wake-up heard now is kept: it cleared `drained` above
+        if self.members and not woken and now < self.claimed_at + ADMIT_EVERY_SECONDS:
+            return  # polling (no wake-ups heard): at most this often; a job heard arriving is claimed at once
         if self.fed and now >= self.look_elsewhere_at and not self.own_turn:
             self.own_turn = True  # while other queues have work, they and the loop's own queue take turns
             if self._claim_elsewhere(rows, pixels):
