@@ -191,6 +191,9 @@ class _Loop:
         self.drained = False  # its last claim found nothing: with wake-ups, ask again only when one comes
         self.recheck_at = self.started  # or at this time (a wake-up can be lost)
         self.claimed_at = self.started - ADMIT_EVERY_SECONDS  # the last claim of the own queue
+        # the queues a direct worker subscribes to, but the loop's own
+        self.other_queues = [q for q in gpu_queues(s.worker_kinds, s.worker_max_pixels, model_of_queue(self.queue))
+                             if q != self.queue]
         self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> RunningSet or DecodeSet (model.engine)
         self.shares = SetShares()  # which set steps next
         self.members: dict[str, Member] = {}
@@ -350,12 +353,6 @@ class _Loop:
         if look is not None:
             self.r.left_look = look
 
-    def _other_queues(self) -> list[str]:
-        """The queues this (direct) worker subscribes to, but the loop's own."""
-        s = self.s
-        return [q for q in gpu_queues(s.worker_kinds, s.worker_max_pixels, model_of_queue(self.queue))
-                if q != self.queue]
-
     def _claim_woken_elsewhere(self) -> None:
         """A job that arrived in another queue of this worker (its wake-up heard) is claimed at once, not at the
         loop's next look elsewhere (a free row, every LOOK_ELSEWHERE_SECONDS): into free rows, or when the sets
@@ -365,7 +362,7 @@ class _Loop:
         store, s, wakeups = self.r.store, self.s, self.wakeups
         if wakeups is None or not isinstance(store, QueueClaims):
             return
-        for queue in self._other_queues():
+        for queue in self.other_queues:
             if len(self.members) > self.row_cap or not wakeups.take(queue):
                 continue
             rows, pixels = self._free()
@@ -383,7 +380,7 @@ class _Loop:
         claims: list[Claim] = []
         if not isinstance(store, QueueClaims):  # the gateway's claims span the worker's queues already
             return False
-        others = self._other_queues()
+        others = self.other_queues
         self.looks += 1
         for i in range(len(others)):
             queue = others[(self.looks + i) % len(others)]
