@@ -5,40 +5,15 @@ join at random steps and advance in random subsets; each one's token ids equal t
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.inference import UnderstandRequest
+from tests.support.running_sets import run_alone, run_staggered
 
 QUESTIONS = ("what is this?", "describe the colours and shapes of everything in this picture in detail", "", "hm")
-
-
-def run_staggered(engine, requests: list, arrive: dict[str, int], rng: random.Random) -> dict:
-    """Admit each request at its arrival step; each step advances a random non-empty subset (or all)."""
-    ds = engine.open_set("understand", requests[0].size)
-    done, t = {}, 0
-    while len(done) < len(requests):
-        ds.admit([r for r in requests if arrive[r.id] == t])
-        live = ds.ids
-        chosen = None if not live or rng.random() < 0.3 else set(rng.sample(live, rng.randint(1, len(live))))
-        done.update({f.id: f for f in ds.step(chosen)})
-        t += 1
-    assert not ds.items
-    return done
-
-
-def run_alone(engine, request):
-    ds = engine.open_set("understand", request.size)
-    ds.admit([request])
-    finished = []
-    while ds.items:
-        finished += ds.step()
-    (only,) = finished
-    return only
 
 
 ask_fields = st.fixed_dictionaries({
@@ -60,10 +35,10 @@ def test_an_item_joining_at_any_token_reads_as_it_alone(engine, photos, items, r
         arrive[str(i)] = f.pop("arrive")
         requests.append(UnderstandRequest(str(i), photos[i % len(photos)], size=64, **f))
     # When they share one decode set, advancing in random subsets
-    together = run_staggered(engine, requests, arrive, rng)
+    together = run_staggered(engine, "understand", 64, requests, arrive, rng)
     # Then each item generated the tokens it generates alone, within its limit
     for r in requests:
-        alone = run_alone(engine, r)
+        alone = run_alone(engine, "understand", r)
         assert together[r.id].token_ids == alone.token_ids and together[r.id].text == alone.text, r
         assert len(alone.token_ids) <= r.max_new_tokens
 
@@ -73,7 +48,7 @@ def test_wrapper_equals_a_set_run_and_reports_each_token(engine, photos):
             UnderstandRequest("b", photos[1], "and this one, in many more words?", seed=2, size=64, max_new_tokens=3)]
     calls = []
     texts = engine.understand(asks, progress=lambda ids, step, total: calls.append((ids, step, total)))
-    assert [t.text for t in texts] == [run_alone(engine, r).text for r in asks]
+    assert [t.text for t in texts] == [run_alone(engine, "understand", r).text for r in asks]
     assert calls[0] == (["a", "b"], 1, 6) and calls[-1][0] == [] and [c[1] for c in calls] == list(range(1, len(calls) + 1))
 
 
@@ -93,8 +68,8 @@ def test_rows_are_reused_and_the_slab_grows_for_a_longer_newcomer(engine, photos
     done = {}
     while ds.items:
         done.update({f.id: f for f in ds.step()})
-    assert done["1"].token_ids == run_alone(engine, short[1]).token_ids
-    assert done["2"].token_ids == run_alone(engine, long).token_ids
+    assert done["1"].token_ids == run_alone(engine, "understand", short[1]).token_ids
+    assert done["2"].token_ids == run_alone(engine, "understand", long).token_ids
     assert ds._slab is None  # an empty set holds no memory
 
 
@@ -109,7 +84,7 @@ def test_paused_items_keep_their_place(engine, photos):
     done = {}
     while ds.items:
         done.update({f.id: f for f in ds.step()})
-    assert all(done[r.id].token_ids == run_alone(engine, r).token_ids for r in asks)
+    assert all(done[r.id].token_ids == run_alone(engine, "understand", r).token_ids for r in asks)
 
 
 def test_a_failed_step_changes_nothing(engine, photos, monkeypatch):
@@ -136,7 +111,7 @@ def test_a_failed_step_changes_nothing(engine, photos, monkeypatch):
     done = []
     while ds.items:
         done += ds.step()
-    assert done[0].token_ids == run_alone(engine, asks[0]).token_ids
+    assert done[0].token_ids == run_alone(engine, "understand", asks[0]).token_ids
 
 
 def test_admit_checks_everything_before_admitting_anything(engine, photos):
@@ -203,5 +178,5 @@ def test_an_admission_that_runs_out_of_memory_admits_nothing(engine, photos, mon
     done = []
     while ds.items:
         done += ds.step()
-    assert done[0].token_ids == run_alone(engine, UnderstandRequest("live", photos[0], "q", seed=1, size=64,
+    assert done[0].token_ids == run_alone(engine, "understand", UnderstandRequest("live", photos[0], "q", seed=1, size=64,
                                                                     max_new_tokens=4)).token_ids

@@ -9,14 +9,13 @@ which round differently: MKL on AVX-512 below about 16 rows, 4e-5 seen) and its 
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.inference import EditRequest, GenerateRequest
+from tests.support.running_sets import run_alone, run_staggered
 
 PROMPTS = ("a cat", "a dog on a long red sofa in the afternoon sun", "x", "tree at dawn")
 TOKENS_TOL = 1e-4  # of the tokens' largest magnitude
@@ -32,30 +31,6 @@ def max_level_diff(a, b) -> int:
 
 def tokens_close(a, b) -> bool:
     return float((a - b).abs().max()) <= TOKENS_TOL * max(1.0, float(b.abs().max()))
-
-
-def run_staggered(engine, kind: str, size: int, requests: list, arrive: dict[str, int], rng: random.Random) -> dict:
-    """Admit each request at its arrival step; each step advances a random non-empty subset (or all)."""
-    rs = engine.open_set(kind, size)
-    done, t = {}, 0
-    while len(done) < len(requests):
-        rs.admit([r for r in requests if arrive[r.id] == t])
-        live = rs.ids
-        chosen = None if not live or rng.random() < 0.3 else set(rng.sample(live, rng.randint(1, len(live))))
-        done.update({f.id: f for f in rs.step(chosen)})
-        t += 1
-    assert not rs.items
-    return done
-
-
-def run_alone(engine, kind: str, request):
-    rs = engine.open_set(kind, request.size)
-    rs.admit([request])
-    finished = []
-    while rs.items:
-        finished += rs.step()
-    (only,) = finished
-    return only
 
 
 def assert_same_as_alone(engine, kind: str, requests: list, together: dict) -> None:
