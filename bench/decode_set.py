@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.running_set import Clock, arrivals
+from bench.running_set import Clock, arrivals, stagger_continuous, stagger_whole
 from model.inference import UnderstandRequest, UniPicEngine, load_engine
 
 QUESTIONS = ("what is this?", "describe every object in this picture, its colour, its size and where it is",
@@ -58,37 +58,16 @@ def summarize(engine: UniPicEngine, reqs: list[UnderstandRequest], at: dict[str,
 
 
 def run_whole(engine: UniPicEngine, reqs: list[UnderstandRequest], at: dict[str, float], max_items: int) -> Run:
-    clock, waiting, done, texts = Clock(), list(reqs), {}, {}
-    while waiting:
-        ready = [r for r in waiting if at[r.id] <= clock.now()]
-        if not ready:
-            clock.wait_until(min(at[r.id] for r in waiting))
-            continue
-        results = clock.timed(engine.understand, ready[:max_items])
-        finished = clock.now()
-        for res in results:
-            done[res.id], texts[res.id] = finished, res.text
-        waiting = [r for r in waiting if r.id not in done]
-    return summarize(engine, reqs, at, done, clock, 0.0, texts)
+    clock, done, results = stagger_whole(engine.understand, reqs, at, lambda ready: ready[:max_items])
+    return summarize(engine, reqs, at, done, clock, 0.0, {k: r.text for k, r in results.items()})
 
 
 def run_continuous(engine: UniPicEngine, reqs: list[UnderstandRequest], at: dict[str, float],
                    max_items: int) -> Run:
-    clock, waiting, done, texts = Clock(), list(reqs), {}, {}
     ds = engine.open_set("understand", reqs[0].size)
-    while waiting or ds.items:
-        room = max_items - len(ds.items)
-        joining = [r for r in waiting if at[r.id] <= clock.now()][:room]
-        if joining:
-            clock.timed(ds.admit, joining)
-            waiting = [r for r in waiting if r not in joining]
-        if not ds.items:
-            clock.wait_until(min(at[r.id] for r in waiting))
-            continue
-        for f in clock.timed(ds.step):
-            done[f.id], texts[f.id] = clock.now(), f.text
+    clock, done, finished = stagger_continuous(ds, reqs, at, max_items)
     padding = ds.stats.pad_slots / max(ds.stats.slots, 1)
-    return summarize(engine, reqs, at, done, clock, padding, texts)
+    return summarize(engine, reqs, at, done, clock, padding, {k: f.text for k, f in finished.items()})
 
 
 def main() -> None:

@@ -79,25 +79,29 @@ def summarize(reqs: list[GenerateRequest], at: dict[str, float], done: dict[str,
                padding, images)
 
 
-def run_whole(engine: UniPicEngine, reqs: list[GenerateRequest], at: dict[str, float], max_items: int) -> Run:
-    clock, waiting, done, images = Clock(), list(reqs), {}, {}
+def stagger_whole(call: Callable[[list[Any]], list[Any]], reqs: list[Any], at: dict[str, float],
+                  batch_of: Callable[[list[Any]], list[Any]]) -> tuple[Clock, dict[str, float], dict[str, Any]]:
+    """Whole batches: `call` on `batch_of` the requests that have arrived, to the end, then look again.
+    -> the clock, finish time and result per request."""
+    clock, waiting, done, results = Clock(), list(reqs), {}, {}
     while waiting:
         ready = [r for r in waiting if at[r.id] <= clock.now()]
         if not ready:
             clock.wait_until(min(at[r.id] for r in waiting))
             continue
-        batch = [r for r in ready if r.steps == ready[0].steps][:max_items]  # the oldest request's class
-        results = clock.timed(engine.generate, batch)
+        out = clock.timed(call, batch_of(ready))
         finished = clock.now()
-        for res in results:
-            done[res.id], images[res.id] = finished, res.images
+        for res in out:
+            done[res.id], results[res.id] = finished, res
         waiting = [r for r in waiting if r.id not in done]
-    return summarize(reqs, at, done, clock, 0.0, images)
+    return clock, done, results
 
 
-def run_continuous(engine: UniPicEngine, reqs: list[GenerateRequest], at: dict[str, float], max_items: int) -> Run:
-    clock, waiting, done, images = Clock(), list(reqs), {}, {}
-    rs = engine.open_set("generate", reqs[0].size)
+def stagger_continuous(rs: Any, reqs: list[Any], at: dict[str, float], max_items: int
+                       ) -> tuple[Clock, dict[str, float], dict[str, Any]]:
+    """One set (`engine.open_set`): arrivals admitted between two steps up to `max_items` live, each retired at
+    its end. -> the clock, finish time and finished item per request."""
+    clock, waiting, done, results = Clock(), list(reqs), {}, {}
     while waiting or rs.items:
         room = max_items - len(rs.items)
         joining = [r for r in waiting if at[r.id] <= clock.now()][:room]
@@ -107,11 +111,24 @@ def run_continuous(engine: UniPicEngine, reqs: list[GenerateRequest], at: dict[s
         if not rs.items:
             clock.wait_until(min(at[r.id] for r in waiting))
             continue
-        finished = clock.timed(rs.step)
-        for f in finished:
-            done[f.id], images[f.id] = clock.now(), f.images
+        for f in clock.timed(rs.step):
+            done[f.id], results[f.id] = clock.now(), f
+    return clock, done, results
+
+
+def run_whole(engine: UniPicEngine, reqs: list[GenerateRequest], at: dict[str, float], max_items: int) -> Run:
+    def oldest_class(ready: list[GenerateRequest]) -> list[GenerateRequest]:
+        return [r for r in ready if r.steps == ready[0].steps][:max_items]
+
+    clock, done, results = stagger_whole(engine.generate, reqs, at, oldest_class)
+    return summarize(reqs, at, done, clock, 0.0, {k: r.images for k, r in results.items()})
+
+
+def run_continuous(engine: UniPicEngine, reqs: list[GenerateRequest], at: dict[str, float], max_items: int) -> Run:
+    rs = engine.open_set("generate", reqs[0].size)
+    clock, done, finished = stagger_continuous(rs, reqs, at, max_items)
     padding = rs.stats.pad_rows / max(rs.stats.token_rows, 1)
-    return summarize(reqs, at, done, clock, padding, images)
+    return summarize(reqs, at, done, clock, padding, {k: f.images for k, f in finished.items()})
 
 
 def level_diff(a: dict[str, list[Image.Image]], b: dict[str, list[Image.Image]]) -> int:
