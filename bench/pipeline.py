@@ -6,7 +6,9 @@ CPU) works through the same workload of `--batches` groups of `--batch` jobs (gr
 - whole serial: `workers.runner.batching.BatchRunner`, encode -> upload -> complete, then the next batch;
 - whole pipelined: the same with `workers.runner.pipeline` (batch N is written while batch N+1 samples);
 - continuous: `workers.runner.continuous.ContinuousRunner` (the default), `--batch` rows in a running set that
-  claims between steps; its steps and admissions (conditioning) are the model calls.
+  claims between steps; its steps and admissions (conditioning) are the model calls;
+- continuous ahead: the same, claiming the rows a step frees while it samples (`UNIPIC_WORKER_CLAIM_AHEAD=true`;
+  `auto`, the default, does so on a GPU only).
 It reports the fraction of wall time the model was computing (target under backlog: >= 95 %), the idle gap
 between model calls, and images/s. By default the workload is a backlog queued before the clock starts, one
 message per group. With `--arrival-gap-ms G` a background thread creates the jobs G ms apart (the clock starts
@@ -27,7 +29,7 @@ from typing import Any
 
 from bench.timed import TimedEngine
 
-MODES = ("whole serial", "whole pipelined", "continuous")
+MODES = ("whole serial", "whole pipelined", "continuous", "continuous ahead")
 
 
 def new_owner(sessions: Any) -> str:
@@ -63,9 +65,10 @@ def make_runner(stack: Any, store: Any, engine: TimedEngine, mode: str, batch: i
     from workers.runner.continuous import ContinuousRunner
     from workers.shutdown import ShutdownGate
 
-    cls = ContinuousRunner if mode == "continuous" else BatchRunner
+    cls = ContinuousRunner if mode.startswith("continuous") else BatchRunner
     settings = stack.settings.model_copy(update={"worker_max_batch": batch, "progress_interval_ms": 250,
-                                                 "worker_batching": mode.split()[0]})
+                                                 "worker_batching": mode.split()[0],
+                                                 "worker_claim_ahead": True if mode == "continuous ahead" else "auto"})
     return cls(store=store, objects=make_object_store(stack.settings), engine=engine, settings=settings,
                worker_id=f"bench-pipeline:{mode.replace(' ', '-')}", metrics=WorkerMetrics(),
                shutdown=ShutdownGate(30.0), enqueue=lambda jobs: None, pipeline=mode == "whole pipelined")

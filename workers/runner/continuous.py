@@ -7,7 +7,10 @@ Each pass of the loop: drop what must leave (cancel requested, lease lost, the j
 that cannot wait for it) -> ask the store for more work of the queue the message woke (`claim_for_message`: the
 one scheduling policy, over the direct store and the gateway alike) up to the free rows and pixels of the card's
 budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`), so a job queued now starts at the next
-step; a full set asks only for a key it holds nothing of, one job over the cap (`_claim_newcomer`). With Redis,
+step; a full set asks only for a key it holds nothing of, one job over the cap (`_claim_newcomer`). On a GPU
+(`UNIPIC_WORKER_CLAIM_AHEAD`), the rows a step will free (its items at their last step) are claimed while it
+samples, on the runner's look thread, and admitted before the next step (`_claim_ahead`), so the device does not
+wait for a claim's round trip; on a CPU the claim would take a core from the step. With Redis,
 the worker hears its queues' wake-ups (`workers.runner.wakeups`), so once a claim found the queue empty the loop
 asks again only when a job arrived (or every NEWCOMER_SAFETY_SECONDS, and always before it ends): a claim query
 costs about as much as a small step on a busy CPU. A gateway worker hears no wake-ups: while its set samples, it
@@ -65,6 +68,7 @@ CANCEL_POLL_SECONDS = 0.1  # cancel requests are read off the sampling thread, t
 NEWCOMER_SECONDS = 0.25  # a full set without queue wake-ups asks this often for a key it does not hold
 NEWCOMER_SAFETY_SECONDS = 2.0  # with wake-ups, it asks this often anyway (a wake-up can be lost)
 REMOTE_LOOK_SECONDS = 3.0  # a gateway worker's claim while sampling long-polls this long (on wake-ups, at the API)
+OWN, ELSEWHERE, OWN_AFTER_ELSEWHERE, NEWCOMER = "own", "elsewhere", "own after elsewhere", "newcomer"  # Found.where
 T = TypeVar("T")
 
 
@@ -75,6 +79,30 @@ class QueueClaims(Protocol):
 
     def claim_next(self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
                    claim_id: str | None = None, skip_owners: Collection[str] = ()) -> list[Claim]: ...
+
+
+@dataclass(frozen=True)
+class Found:
+    """What one claim took (with the jobs' records, read on the same thread) and which queues it asked."""
+
+    where: str  # OWN, ELSEWHERE (another queue of a direct worker had work), OWN_AFTER_ELSEWHERE, NEWCOMER
+    claims: list[Claim]
+    jobs: dict[str, JobRecord]
+
+    @classmethod
+    def of(cls, store: Any, where: str, claims: list[Claim]) -> Found:
+        jobs = {j.id: j for j in store.get_many([c.job_id for c in claims])} if claims else {}
+        return cls(where, claims, jobs)
+
+
+@dataclass
+class Look:
+    """A claim in flight on the look thread; the rows and pixels it may fill are held for it until collected."""
+
+    future: Future[Found | None]
+    rows: int
+    pixels: int
+    asked_at: float
 
 
 @dataclass
@@ -115,16 +143,17 @@ class ContinuousRunner(BatchRunner):
         self.step_costs: dict[tuple[str, int], StepCosts] = {}  # per (kind, size): outlives one loop
         self._wakeups: QueueWakeups | None = None
         self._looks: ThreadPoolExecutor | None = None  # the gateway's claims while sampling, off its thread
-        self.left_look: Future[list[Claim] | None] | None = None  # one a loop left in flight when it ended
+        self.left_look: Future[Found | None] | None = None  # a gateway loop's, in flight when it ended
 
-    def look_remotely(self, claim: Callable[[], list[Claim]]) -> Future[list[Claim] | None]:
-        """A gateway worker's claim while its set samples (`_Loop`: free rows, or a full set's newcomer), on this
-        runner's one look thread: a long-poll of up to REMOTE_LOOK_SECONDS, which costs the gateway nothing
-        between wake-ups and the sampling thread no round trip. None when the look failed."""
+    def look_aside(self, claim: Callable[[], Found]) -> Future[Found | None]:
+        """A claim while a set samples (`_Loop`: the rows a step frees, free rows, a gateway worker's newcomer),
+        on this runner's one look thread, so the sampling thread waits for no round trip: a plain claim on the
+        direct transport, a long-poll of up to REMOTE_LOOK_SECONDS over the gateway (which costs the gateway
+        nothing between wake-ups). None when the claim failed."""
         if self._looks is None:
-            self._looks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="remote-look")
+            self._looks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claim-look")
 
-        def look() -> list[Claim] | None:
+        def look() -> Found | None:
             try:
                 return claim()
             except Exception as exc:  # noqa: BLE001 - the next look asks again; the set goes on meanwhile
@@ -134,10 +163,11 @@ class ContinuousRunner(BatchRunner):
         return self._looks.submit(look)
 
     def left_claims(self) -> list[Claim]:
-        """What the look a loop left in flight took (waiting for it: at most REMOTE_LOOK_SECONDS, less when a job
-        arrives): a gateway worker takes it as its next claim, so the look never takes a job from that claim."""
+        """What the look a gateway loop left in flight took (waiting for it: at most REMOTE_LOOK_SECONDS, less
+        when a job arrives): the worker takes it as its next claim, so the look never takes a job from that claim."""
         look, self.left_look = self.left_look, None
-        return (look.result() or []) if look is not None else []
+        found = look.result() if look is not None else None
+        return found.claims if found is not None else []
 
     def drain(self) -> None:
         """Also wait for a remote look still in flight (at most REMOTE_LOOK_SECONDS): what it took goes back to
@@ -183,7 +213,7 @@ class _Loop:
         self.started = time.monotonic()
         self.look_elsewhere_at = self.started  # a backlog loop's first free row already asks the other queues
         self.newcomer_at = self.started
-        self.look: Future[list[Claim] | None] | None = None  # a gateway worker's remote look in flight
+        self.look: Look | None = None  # a claim in flight off the sampling thread
         self.wakeups = runner.wakeups
         self.looks = 0
         self.own_turn = False
@@ -194,6 +224,8 @@ class _Loop:
         # the queues a direct worker subscribes to, but the loop's own
         self.other_queues = [q for q in gpu_queues(s.worker_kinds, s.worker_max_pixels, model_of_queue(self.queue))
                              if q != self.queue]
+        # claims while a step samples (`_claim_ahead`); inline on a CPU, where the claim takes a core from the step
+        self.ahead = s.worker_claim_ahead is True or (s.worker_claim_ahead == "auto" and runner.device != "cpu")
         self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> RunningSet or DecodeSet (model.engine)
         self.shares = SetShares()  # which set steps next
         self.members: dict[str, Member] = {}
@@ -257,14 +289,21 @@ class _Loop:
 
     # ---- admission ------------------------------------------------------------------------------------------
     def _free(self) -> tuple[int, int]:
-        """Rows and pixels of the card's budget no live item holds."""
-        rows = self.row_cap - len(self.members)
-        return rows, self.s.worker_batch_pixel_budget - sum(m.item.job.pixels for m in self.members.values())
+        """Rows and pixels of the card's budget no live item holds and no claim in flight may fill."""
+        look = self.look
+        rows = self.row_cap - len(self.members) - (look.rows if look is not None else 0)
+        pixels = self.s.worker_batch_pixel_budget - sum(m.item.job.pixels for m in self.members.values())
+        return rows, pixels - (look.pixels if look is not None else 0)
+
+    @property
+    def direct(self) -> bool:
+        """The store is the database (it hears queue wake-ups), not the HTTPS gateway."""
+        return isinstance(self.r.store, QueueClaims)
 
     def _claim_more(self) -> None:
         if self.r.shutdown.requested:
             return
-        self._collect_look()
+        self._collect_look(wait=not self.members)
         self._claim_woken_elsewhere()
         woken = self.wakeups.take(self.queue) if self.wakeups is not None else None
         if woken:
@@ -278,30 +317,86 @@ class _Loop:
             return  # the queue was empty and no job arrived since (wake-ups): no claim query this step
         if self.members and not woken and now < self.claimed_at + ADMIT_EVERY_SECONDS:
             return  # polling (no wake-ups heard): at most this often; a job heard arriving is claimed at once
-        if self.fed and now >= self.look_elsewhere_at and not self.own_turn:
-            self.own_turn = True  # while other queues have work, they and the loop's own queue take turns
-            if self._claim_elsewhere(rows, pixels):
-                if self.members:
-                    return
-                rows, pixels = self._free()  # all it claimed failed at admission: our turn now
-            else:
-                self.look_elsewhere_at = time.monotonic() + LOOK_ELSEWHERE_SECONDS  # nothing there: look later
-        self.own_turn = False
-        kinds = list(self.s.worker_kinds)  # a gateway claim spans the worker's queues (a direct one: the seed's)
-        store, seed, worker, lease = self.r.store, self.seed, self.r.worker_id, self.s.lease_seconds
-        if self.members and not isinstance(store, QueueClaims):  # the gateway: a long-poll off the sampling thread
-            # (it may be the worker's next claim: `ContinuousRunner.left_claims`)
-            if self.look is None:
-                self.look = self.r.look_remotely(lambda: store.claim_for_message(
-                    seed, worker, lease, rows, pixels, kinds=kinds, wait_seconds=REMOTE_LOOK_SECONDS))
+        if self.members and (not self.direct or (self.ahead and not woken)):  # the gateway, or nothing new heard
+            if self.look is None:  # the claim goes off the sampling thread; the next pass admits what it found
+                self._look(rows, pixels)
             return
-        claims = store.claim_for_message(seed, worker, lease, rows, pixels, kinds=kinds)
-        self.drained = not claims
-        self.recheck_at = now + NEWCOMER_SAFETY_SECONDS
-        self.claimed_at = now
+        for _ in range(2):  # a job heard arriving is claimed now, before the step; nothing live: nothing to overlap
+            found = self._ask(rows, pixels, self._elsewhere_first(), wait_seconds=0.0)()
+            self._took(found, now)
+            if self.members or found.where != ELSEWHERE:
+                return
+            rows, pixels = self._free()  # all it claimed elsewhere failed at admission: the own queue's turn now
+
+    def _claim_ahead(self, rs: Any, ids: Collection[str]) -> None:
+        """The rows the coming step frees (its items at their last step) are claimed while it samples, off the
+        sampling thread, and admitted before the next step: a claim costs a round trip to Postgres (10-15 ms on
+        a busy CPU, a step of a small image) or to the gateway, which the device spent idle when the claim came
+        after the step (issue 25: the model-busy fraction under backlog). What it claims starts at the next step.
+        Not when the queue was found empty and no job arrived since: the next pass claims a heard one at once."""
+        if not self.ahead or self.look is not None or self.drained or self.r.shutdown.requested:
+            return
+        ending = [i for i, (done, total) in rs.progress().items() if i in ids and done + 1 >= total]
+        if not ending:
+            return
+        rows, pixels = self._free()
+        rows, pixels = rows + len(ending), pixels + sum(self.members[i].item.job.pixels for i in ending)
+        if rows > 0 and pixels > 0:
+            self._look(rows, pixels)
+
+    def _elsewhere_first(self) -> bool:
+        """Whether this claim of free rows asks the worker's other queues before its own: while they have work,
+        they and the loop's own queue take turns (a backlog loop only, see `_claim_more`)."""
+        if self.direct and self.fed and time.monotonic() >= self.look_elsewhere_at and not self.own_turn:
+            self.own_turn = True
+            self.looks += 1
+            return True
+        self.own_turn = False
+        return False
+
+    def _ask(self, rows: int, pixels: int, elsewhere_first: bool, wait_seconds: float) -> Callable[[], Found]:
+        """The store calls of one claim of free rows (any thread): the other queues first when it is their turn
+        (each in turn, the first that has work), else or then the loop's own queue (for a gateway worker, every
+        queue of its token, waiting up to `wait_seconds` for a job)."""
+        store, seed, worker, lease = self.r.store, self.seed, self.r.worker_id, self.s.lease_seconds
+        kinds = list(self.s.worker_kinds)  # a gateway claim spans the worker's queues (a direct one: the seed's)
+        others, turn = self.other_queues, self.looks
+
+        def ask() -> Found:
+            if elsewhere_first and isinstance(store, QueueClaims):
+                for i in range(len(others)):
+                    claims = store.claim_next(others[(turn + i) % len(others)], worker, lease, rows, pixels)
+                    if claims:
+                        return Found.of(store, ELSEWHERE, claims)
+            claims = store.claim_for_message(seed, worker, lease, rows, pixels, kinds=kinds,
+                                             wait_seconds=wait_seconds)
+            return Found.of(store, OWN_AFTER_ELSEWHERE if elsewhere_first else OWN, claims)
+
+        return ask
+
+    def _look(self, rows: int, pixels: int) -> None:
+        """A claim of free rows off the sampling thread: for a gateway worker a long-poll of up to
+        REMOTE_LOOK_SECONDS (it hears no wake-ups), for a direct one a plain claim. Its rows and pixels are held
+        for it until it is collected (`_free`)."""
+        wait_seconds = 0.0 if self.direct else REMOTE_LOOK_SECONDS
+        self.look = Look(self.r.look_aside(self._ask(rows, pixels, self._elsewhere_first(), wait_seconds)),
+                         rows, pixels, time.monotonic())
+
+    def _took(self, found: Found, asked_at: float) -> None:
+        """Admit what a claim of free rows found and remember what it says about the queues."""
+        where, claims = found.where, found.claims
+        if where == ELSEWHERE:
+            self.own_turn = True  # the own queue's turn next
+        else:
+            self.own_turn = False
+            if where == OWN_AFTER_ELSEWHERE:
+                self.look_elsewhere_at = asked_at + LOOK_ELSEWHERE_SECONDS  # nothing there: look later
+            self.drained = not claims
+            self.recheck_at = asked_at + NEWCOMER_SAFETY_SECONDS
+            self.claimed_at = asked_at
         if claims:
             self.fed = True
-            self._admit(claims)
+            self._admit(claims, found.jobs)
 
     def _claim_newcomer(self, woken: bool | None) -> None:
         """A full set still takes one job of a key it holds none of, into one row over the cap: a step never runs
@@ -309,17 +404,16 @@ class _Loop:
         to free (a whole wave of the bulk's items, often). The direct transport asks when the queue was woken
         since the last look (`workers.runner.wakeups`: a job arrived), else every NEWCOMER_SAFETY_SECONDS, or
         every NEWCOMER_SECONDS without Redis. A gateway worker hears no wake-ups and a round trip may cost more
-        than a step: it long-polls the gateway off the sampling thread (`ContinuousRunner.look_remotely`), as it
+        than a step: it long-polls the gateway off the sampling thread (`ContinuousRunner.look_aside`), as it
         does for free rows, for a job of any queue the token serves (one of another queue opens its own set),
         and the set takes what the look found at the next pass."""
-        store = self.r.store
-        if self.look is not None or len(self.members) > self.row_cap:
+        store, direct = self.r.store, self.direct
+        if (self.look is not None and not direct) or len(self.members) > self.row_cap:
             return
         now = time.monotonic()
         if not woken and now < self.newcomer_at:
             return
         held = list(self.members)
-        direct = isinstance(store, QueueClaims)
         queue = self.queue if direct else None  # a gateway look spans the token's queues (`_claim_woken_elsewhere`)
 
         def claim(wait_seconds: float = 0.0) -> list[Claim]:
@@ -327,31 +421,56 @@ class _Loop:
                                         held, wait_seconds=wait_seconds)
 
         if not direct:
-            self.look = self.r.look_remotely(lambda: claim(REMOTE_LOOK_SECONDS))
+            self.look = Look(self.r.look_aside(lambda: Found.of(store, NEWCOMER, claim(REMOTE_LOOK_SECONDS))),
+                             0, 0, now)
             return
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
         claims = claim()
         if claims:
             self._admit(claims)
 
-    def _collect_look(self) -> None:
-        """Admit what a finished remote look found; after a failed one, the next waits a little."""
+    def _collect_look(self, wait: bool = False) -> None:
+        """Admit what a finished look found (with `wait`, a direct worker's look is waited for: nothing is live
+        to step meanwhile); after a failed one, the next claim waits a little. A look whose prediction failed (a
+        step that raised retired nothing) may have found more than the rows free now: those go back at once."""
         look = self.look
-        if look is None or not look.done():
+        if look is None or not (look.future.done() or (wait and self.direct)):
             return
         self.look = None
-        claims = look.result()
-        if claims is None:
+        found = look.future.result()
+        if found is None:
             self.newcomer_at = self.claimed_at = time.monotonic() + NEWCOMER_SAFETY_SECONDS
-        elif claims:
-            self.fed = True
-            self._admit(claims)
+            return
+        if found.where == NEWCOMER:
+            if found.claims:
+                self._admit(found.claims, found.jobs)
+            return
+        rows, pixels = self._free()
+        keep = 0
+        for c in found.claims:  # in the policy's order: the first ones fit
+            rows, pixels = rows - 1, pixels - found.jobs[c.job_id].pixels
+            if rows < 0 or pixels < 0:
+                break
+            keep += 1
+        if keep < len(found.claims):
+            log.warning("a claim while sampling found %d jobs for %d free rows: the rest go back",
+                        len(found.claims), keep)
+            self.r._release(found.claims[keep:])
+        self._took(Found(found.where, found.claims[:keep], found.jobs), look.asked_at)
+        self.drained = self.drained and keep == len(found.claims)  # what went back is queued: not drained
 
     def _abandon_look(self) -> None:
-        """The loop ends with a remote look in flight: it is the worker's next claim (`left_claims`)."""
+        """The loop ends with a look in flight. A gateway worker's is its next claim (`left_claims`); a direct
+        one's (a short query) is waited for and what it took goes back to the queue at once."""
         look, self.look = self.look, None
-        if look is not None:
-            self.r.left_look = look
+        if look is None:
+            return
+        if not self.direct:
+            self.r.left_look = look.future
+            return
+        found = look.future.result()
+        if found is not None and found.claims:
+            self.r._release(found.claims)
 
     def _claim_woken_elsewhere(self) -> None:
         """A job that arrived in another queue of this worker (its wake-up heard) is claimed at once, not at the
@@ -374,25 +493,9 @@ class _Loop:
             if claims:
                 self._admit(claims)
 
-    def _claim_elsewhere(self, rows: int, pixels: int) -> bool:
-        """Work of the worker's other queues: the first of them (in turn) that has some. False if none had."""
-        store, s = self.r.store, self.s
-        claims: list[Claim] = []
-        if not isinstance(store, QueueClaims):  # the gateway's claims span the worker's queues already
-            return False
-        others = self.other_queues
-        self.looks += 1
-        for i in range(len(others)):
-            queue = others[(self.looks + i) % len(others)]
-            claims = store.claim_next(queue, self.r.worker_id, s.lease_seconds, rows, pixels)
-            if claims:
-                break
-        if claims:
-            self._admit(claims)
-        return bool(claims)
-
-    def _admit(self, claims: list[Claim]) -> None:
-        jobs = {j.id: j for j in self.r.store.get_many([c.job_id for c in claims])}
+    def _admit(self, claims: list[Claim], jobs: dict[str, JobRecord] | None = None) -> None:
+        if jobs is None:
+            jobs = {j.id: j for j in self.r.store.get_many([c.job_id for c in claims])}
         for c in claims:  # claimed again while an earlier lease of it is live here (released under us): that run
             old = self.members.pop(c.job_id, None)  # ends without writing; the new lease starts it over
             if old is not None:
@@ -510,6 +613,7 @@ class _Loop:
         phases = rs.progress()
         ids = choose([m.live(phases.get(m.id, (0, 0))) for m in live], self.served[key],
                      {m.id: m.paused for m in live}, companions, rows)
+        self._claim_ahead(rs, ids)
         try:
             finished, seconds = self._run_step(rs, ids)
         except DeviceFatal:
