@@ -6,15 +6,15 @@ CPU) works through the same workload of `--batches` groups of `--batch` jobs (gr
 - whole serial: `workers.runner.batching.BatchRunner`, encode -> upload -> complete, then the next batch;
 - whole pipelined: the same with `workers.runner.pipeline` (batch N is written while batch N+1 samples);
 - continuous: `workers.runner.continuous.ContinuousRunner` (the default), `--batch` rows in a running set that
-  claims between steps; its steps and admissions (conditioning) are the model calls;
-- continuous ahead: the same, claiming the rows a step frees while it samples (`UNIPIC_WORKER_CLAIM_AHEAD=true`;
-  `auto`, the default, does so on a GPU only).
+  claims the rows a step frees while it samples (off the sampling thread); its steps and admissions
+  (conditioning) are the model calls;
+- continuous inline: the same, claiming between steps on the sampling thread (`UNIPIC_WORKER_CLAIM_AHEAD=false`).
 It reports the fraction of wall time the model was computing (target under backlog: >= 95 %), the idle gap
 between model calls, and images/s. By default the workload is a backlog queued before the clock starts, one
 message per group. With `--arrival-gap-ms G` a background thread creates the jobs G ms apart (the clock starts
 with the first) and each job sends its own message, as the API does; the runner serves them in arrival order.
 
-    python -m bench.worker --model-busy [--batches 12] [--batch 4] [--size 128] [--steps 2]
+    python -m bench.worker --model-busy [--batches 12] [--batch 4] [--size 128] [--steps 2] [--kind edit]
                                         [--storage s3|local] [--arrival-gap-ms 0] [--modes ...]
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.timed import TimedEngine
 
-MODES = ("whole serial", "whole pipelined", "continuous", "continuous ahead")
+MODES = ("whole serial", "whole pipelined", "continuous", "continuous inline")
 
 
 def new_owner(sessions: Any) -> str:
@@ -40,17 +40,34 @@ def new_owner(sessions: Any) -> str:
     return record.id
 
 
-def create_job(store: Any, owner_id: str, size: int, steps: int, seed: int) -> str:
+def create_job(store: Any, owner_id: str, size: int, steps: int, seed: int, kind: str = "generate",
+               objects: Any = None, input_px: int = 512) -> str:
+    """A queued job as the API makes it; an edit's input (seeded noise, `input_px` square PNG) is stored first."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
     from storage.jobs.ids import new_id
+    from storage.objects.base import input_key
     from storage.records import NewJob
     from storage.routing import queue_for
 
-    params = {"prompt": f"a red cube {seed}", "negative_prompt": None, "width": size, "height": size,
-              "num_images": 1, "steps": steps, "guidance_scale": 3.0, "guidance_schedule": "constant",
-              "temperature": 1.0, "seed": seed, "output_format": "png"}
-    return store.create(NewJob(id=new_id(), owner_id=owner_id, kind="generate", params=params,
-                               compat_key=f"generate:{size}:{steps}:3.0:constant",
-                               queue=queue_for("generate", size), seed=seed)).id
+    job_id, key = new_id(), None
+    params = {"width": size, "height": size, "num_images": 1, "steps": steps, "guidance_scale": 3.0,
+              "guidance_schedule": "constant", "temperature": 1.0, "seed": seed, "output_format": "png"}
+    if kind == "edit":
+        params["instruction"] = f"make it red {seed}"
+        buf = io.BytesIO()
+        pixels = np.random.default_rng(seed).integers(0, 255, (input_px, input_px, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, format="PNG")
+        key = input_key(job_id)
+        objects.put(key, buf.getvalue(), "image/png")
+    else:
+        params.update(prompt=f"a red cube {seed}", negative_prompt=None)
+    return store.create(NewJob(id=job_id, owner_id=owner_id, kind=kind, params=params,
+                               compat_key=f"{kind}:{size}:{steps}:3.0:constant", queue=queue_for(kind, size),
+                               seed=seed, input_key=key)).id
 
 
 def _workload(args: argparse.Namespace) -> list[tuple[int, int]]:
@@ -68,25 +85,25 @@ def make_runner(stack: Any, store: Any, engine: TimedEngine, mode: str, batch: i
     cls = ContinuousRunner if mode.startswith("continuous") else BatchRunner
     settings = stack.settings.model_copy(update={"worker_max_batch": batch, "progress_interval_ms": 250,
                                                  "worker_batching": mode.split()[0],
-                                                 "worker_claim_ahead": True if mode == "continuous ahead" else "auto"})
+                                                 "worker_claim_ahead": mode != "continuous inline"})
     return cls(store=store, objects=make_object_store(stack.settings), engine=engine, settings=settings,
                worker_id=f"bench-pipeline:{mode.replace(' ', '-')}", metrics=WorkerMetrics(),
                shutdown=ShutdownGate(30.0), enqueue=lambda jobs: None, pipeline=mode == "whole pipelined")
 
 
-def _backlog(store: Any, owner_id: str, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+def _backlog(store: Any, owner_id: str, args: argparse.Namespace, objects: Any) -> tuple[list[str], list[str]]:
     """Every job queued now; one message per group (its first job)."""
-    ids = [create_job(store, owner_id, args.size, steps, seed) for steps, seed in _workload(args)]
+    ids = [create_job(store, owner_id, args.size, steps, seed, args.kind, objects) for steps, seed in _workload(args)]
     return ids, ids[:: args.batch]
 
 
 def _arrivals(store: Any, owner_id: str, args: argparse.Namespace, messages: queue.Queue[str | None],
-              ids: list[str]) -> None:
+              ids: list[str], objects: Any) -> None:
     """Jobs created `--arrival-gap-ms` apart, each with its own message; None when the last has arrived."""
     due = time.perf_counter()
     try:
         for steps, seed in _workload(args):
-            ids.append(create_job(store, owner_id, args.size, steps, seed))
+            ids.append(create_job(store, owner_id, args.size, steps, seed, args.kind, objects))
             messages.put(ids[-1])
             due += args.arrival_gap_ms / 1000
             time.sleep(max(0.0, due - time.perf_counter()))  # pacing the arrivals, not waiting on a state
@@ -112,7 +129,9 @@ def run_one(stack: Any, engine: Any, mode: str, args: argparse.Namespace) -> dic
     owner_id = new_owner(sessions)
     timed = TimedEngine(engine)
     runner = make_runner(stack, store, timed, mode, args.batch)
-    warm = [create_job(store, owner_id, args.size, args.steps, 10**6 + i) for i in range(args.batch)]
+    objects = runner.objects
+    warm = [create_job(store, owner_id, args.size, args.steps, 10**6 + i, args.kind, objects)
+            for i in range(args.batch)]
     runner.run(warm[0])  # warm-up batch (not counted)
     runner.drain()
     timed.clear()
@@ -120,9 +139,9 @@ def run_one(stack: Any, engine: Any, mode: str, args: argparse.Namespace) -> dic
     ids: list[str] = []
     if args.arrival_gap_ms > 0:
         started = time.perf_counter()
-        threading.Thread(target=_arrivals, args=(store, owner_id, args, messages, ids), daemon=True).start()
+        threading.Thread(target=_arrivals, args=(store, owner_id, args, messages, ids, objects), daemon=True).start()
     else:
-        ids, seeds = _backlog(store, owner_id, args)
+        ids, seeds = _backlog(store, owner_id, args, objects)
         for seed in seeds:
             messages.put(seed)
         messages.put(None)
@@ -156,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=4, help="jobs per whole batch; rows of the running set")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--kind", choices=["generate", "edit"], default="generate",
+                    help="edit: each job has a 512 px PNG input in the object store (read and decoded at admission)")
     ap.add_argument("--storage", choices=["s3", "local"], default="s3")
     ap.add_argument("--arrival-gap-ms", type=float, default=0.0,
                     help="jobs arrive this far apart while the runner works (0: a backlog queued up front)")
@@ -175,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in rows:
         print(f"{r['mode']:>16}{r['wall_s']:>9}{r['model_busy_fraction']:>12}{r['gap_between_calls_ms_p50']:>12}"
               f"{r['gap_between_calls_ms_mean']:>13}{r['images_per_s']:>8}{r['model_calls']:>7}")
-    report = {"storage": args.storage, "size": args.size, "batch": args.batch, "steps": args.steps,
+    report = {"kind": args.kind, "storage": args.storage, "size": args.size, "batch": args.batch, "steps": args.steps,
               "arrival_gap_ms": args.arrival_gap_ms, "rows": rows}
     print(json.dumps(report))
     return report

@@ -79,9 +79,9 @@ class Settings(BaseSettings):
     worker_step_companions: Annotated[int, Field(ge=0, le=63)] | Literal["auto"] = Field(default="auto",
           description="continuous: while a less-served key's job is live, how many others share its steps; auto: "
                       "none on a CPU; on a GPU as many as keep a step within 20 % of its time alone, measured")
-    worker_claim_ahead: bool | Literal["auto"] = Field(default="auto",
-          description="continuous: claim the rows a step frees while it samples, off the sampling thread; auto: on "
-                      "a GPU, not on a CPU (there the claim's CPU slows the step as much as it saves)")
+    worker_claim_ahead: bool = Field(default=True,
+          description="continuous: claim the rows a step frees (and read their inputs) while it samples, off the "
+                      "sampling thread; false: between steps, on it")
     batch_wait_ms: int = Field(default=0, ge=0, le=60_000,
           description="Wait this long for more compatible jobs before running a batch (0: take what is queued)")
     lease_seconds: float = Field(default=60.0, gt=0,

@@ -1,4 +1,4 @@
-"""Claims while a step samples (`UNIPIC_WORKER_CLAIM_AHEAD`, on by default on a GPU): the rows a step frees are
+"""Claims while a step samples (`UNIPIC_WORKER_CLAIM_AHEAD`, the default): the rows a step frees are
 claimed off the sampling thread while it runs and their jobs start at the next step; a claim that finds more
 than the rows free when it is collected hands the rest back; a loop that ends with one in flight hands back what
 it took. The real store, S3 and tiny engine in this process. A step that frees rows waits until the claim made
@@ -151,3 +151,38 @@ def test_a_loop_that_ends_with_a_claim_in_flight_hands_back_what_it_took(
     for job in done[2:]:
         assert job.status == "queued" and job.attempts == 0 and not job.result_keys, job
         assert not object_store.page(f"results/{job.id}/")
+
+
+def test_inputs_of_jobs_claimed_ahead_are_read_off_the_sampling_thread(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.jobs import make_job
+
+    # Given a backlog of four 2-step edit jobs, the last with an input that is not an image, for a worker of
+    # two rows that claims ahead; the threads that fetch each input are observed
+    gate = ClaimGate(job_store, monkeypatch)
+    runner = make_runner(worker_batching="continuous", worker_max_batch=2, worker_claim_ahead=True)
+    runner.engine = EndingStepsWait(runner.engine, gate, held=2)
+    fetched: dict[str, list[str]] = {}
+    get = object_store.get
+
+    def observed_get(key: str, verify: bool = False) -> bytes:
+        fetched.setdefault(key, []).append(threading.current_thread().name)
+        return get(key, verify)
+
+    monkeypatch.setattr(object_store, "get", observed_get)
+    jobs = [make_job(job_store, object_store, owner_id, "edit", 64, seed=985 + i, steps=2, tag="ahead-inputs",
+                     **({"input_bytes": b"not an image"} if i == 3 else {})) for i in range(4)]
+
+    # When the worker serves one message of the queue
+    runner.run(jobs[0].id)
+    runner.drain()
+
+    # Then the inputs of the jobs claimed while a step sampled were fetched on the look thread, and the one that
+    # is not an image was read again at admission and failed that job alone
+    assert sorted(gate.ahead()) == sorted(j.id for j in jobs[2:])
+    assert [fetched[j.input_key][0].startswith(LOOK_THREAD) for j in jobs] == [False, False, True, True]
+    assert not fetched[jobs[3].input_key][1].startswith(LOOK_THREAD)
+    done = job_store.get_many([j.id for j in jobs])
+    assert [j.status for j in done] == ["succeeded", "succeeded", "succeeded", "failed"]
+    assert done[3].error_code == "invalid_input"

@@ -152,9 +152,11 @@ class BatchRunner:
         self.metrics.observe_batch(jobs)
         log.debug("batch of %d (%s): %s", len(jobs), jobs[0].compat_key, [j.id for j in jobs])
 
-    def _prepare(self, claim: Claim, job: JobRecord) -> Item | None:
+    def _prepare(self, claim: Claim, job: JobRecord, request: ModelRequest | None = None) -> Item | None:
+        """The job's item, its input read and decoded here unless `request` was built already (a continuous
+        loop reads inputs with the claim, off its sampling thread); None if it failed for invalid input."""
         try:
-            return Item(job, claim, prepare(self.objects, job))
+            return Item(job, claim, request if request is not None else prepare(self.objects, job))
         except InvalidInput as exc:
             log.warning("job %s: invalid input: %s", job.id, exc)
             self._fail(claim, JobErrorCode.INVALID_INPUT, str(exc))

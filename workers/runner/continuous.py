@@ -7,10 +7,11 @@ Each pass of the loop: drop what must leave (cancel requested, lease lost, the j
 that cannot wait for it) -> ask the store for more work of the queue the message woke (`claim_for_message`: the
 one scheduling policy, over the direct store and the gateway alike) up to the free rows and pixels of the card's
 budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`), so a job queued now starts at the next
-step; a full set asks only for a key it holds nothing of, one job over the cap (`_claim_newcomer`). On a GPU
-(`UNIPIC_WORKER_CLAIM_AHEAD`), the rows a step will free (its items at their last step) are claimed while it
-samples, on the runner's look thread, and admitted before the next step (`_claim_ahead`), so the device does not
-wait for a claim's round trip; on a CPU the claim would take a core from the step. With Redis,
+step; a full set asks only for a key it holds nothing of, one job over the cap (`_claim_newcomer`). The rows a
+step will free (its items at their last step) are claimed while it samples, on the runner's look thread, with
+their records and inputs read there too, and admitted before the next step (`_claim_ahead`,
+`UNIPIC_WORKER_CLAIM_AHEAD`), so the device does not wait for a claim's round trip or an input's download;
+a claim heard arriving (a wake-up) is still made at once, on the sampling thread. With Redis,
 the worker hears its queues' wake-ups (`workers.runner.wakeups`), so once a claim found the queue empty the loop
 asks again only when a job arrived (or every NEWCOMER_SAFETY_SECONDS, and always before it ends): a claim query
 costs about as much as a small step on a busy CPU. A gateway worker hears no wake-ups: while its set samples, it
@@ -38,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from model.engine.decode_set import TextFinished
@@ -51,7 +52,8 @@ from storage.settings import Settings
 from storage.states import JobErrorCode, JobStatus
 from workers.device.health import DeviceFatal
 from workers.runner.batching import BatchRunner, Item
-from workers.runner.engine import ModelResult
+from workers.runner.engine import ModelRequest, ModelResult
+from workers.runner.inputs import prepare
 from workers.runner.leases import LeaseKeeper
 from workers.runner.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
 from workers.runner.oom import is_oom, release_cached_memory
@@ -88,11 +90,21 @@ class Found:
     where: str  # OWN, ELSEWHERE (another queue of a direct worker had work), OWN_AFTER_ELSEWHERE, NEWCOMER
     claims: list[Claim]
     jobs: dict[str, JobRecord]
+    requests: dict[str, ModelRequest] = field(default_factory=dict)  # inputs read and decoded on the same thread
 
     @classmethod
-    def of(cls, store: Any, where: str, claims: list[Claim]) -> Found:
-        jobs = {j.id: j for j in store.get_many([c.job_id for c in claims])} if claims else {}
-        return cls(where, claims, jobs)
+    def of(cls, runner: ContinuousRunner, where: str, claims: list[Claim]) -> Found:
+        """The claims with their records and model requests: an edit's or a question's input image is fetched
+        and decoded here, off the sampling thread when this runs on the look thread. A job whose input cannot be
+        read here is read again at admission (`BatchRunner._prepare`), which fails it if the input is invalid."""
+        jobs = {j.id: j for j in runner.store.get_many([c.job_id for c in claims])} if claims else {}
+        requests: dict[str, ModelRequest] = {}
+        for job in jobs.values():
+            try:
+                requests[job.id] = prepare(runner.objects, job)
+            except Exception as exc:  # noqa: BLE001 - admission reads it again and settles the job
+                log.debug("job %s: input not read with its claim: %s", job.id, exc)
+        return cls(where, claims, jobs, requests)
 
 
 @dataclass
@@ -224,8 +236,7 @@ class _Loop:
         # the queues a direct worker subscribes to, but the loop's own
         self.other_queues = [q for q in gpu_queues(s.worker_kinds, s.worker_max_pixels, model_of_queue(self.queue))
                              if q != self.queue]
-        # claims while a step samples (`_claim_ahead`); inline on a CPU, where the claim takes a core from the step
-        self.ahead = s.worker_claim_ahead is True or (s.worker_claim_ahead == "auto" and runner.device != "cpu")
+        self.ahead = s.worker_claim_ahead  # claims while a step samples (`_claim_ahead`), off the sampling thread
         self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> RunningSet or DecodeSet (model.engine)
         self.shares = SetShares()  # which set steps next
         self.members: dict[str, Member] = {}
@@ -333,7 +344,10 @@ class _Loop:
         sampling thread, and admitted before the next step: a claim costs a round trip to Postgres (10-15 ms on
         a busy CPU, a step of a small image) or to the gateway, which the device spent idle when the claim came
         after the step (issue 25: the model-busy fraction under backlog). What it claims starts at the next step.
-        Not when the queue was found empty and no job arrived since: the next pass claims a heard one at once."""
+        Not when the queue was found empty and no job arrived since: the next pass claims a heard one at once.
+        Measured on the 2-core CPU with the tiny model (`bench.pipeline`): model busy 0.77 -> 0.93 at 128 px,
+        0.90 -> 0.97 at 256 px; images/s fell up to 7 % at 128 px and 2 steps (steps of tens of ms share the
+        cores with the claim) and rose up to 24 % for 256 px edits. A real-size step is far longer than a claim."""
         if not self.ahead or self.look is not None or self.drained or self.r.shutdown.requested:
             return
         ending = [i for i, (done, total) in rs.progress().items() if i in ids and done + 1 >= total]
@@ -358,7 +372,7 @@ class _Loop:
         """The store calls of one claim of free rows (any thread): the other queues first when it is their turn
         (each in turn, the first that has work), else or then the loop's own queue (for a gateway worker, every
         queue of its token, waiting up to `wait_seconds` for a job)."""
-        store, seed, worker, lease = self.r.store, self.seed, self.r.worker_id, self.s.lease_seconds
+        runner, store, seed, worker, lease = self.r, self.r.store, self.seed, self.r.worker_id, self.s.lease_seconds
         kinds = list(self.s.worker_kinds)  # a gateway claim spans the worker's queues (a direct one: the seed's)
         others, turn = self.other_queues, self.looks
 
@@ -367,10 +381,10 @@ class _Loop:
                 for i in range(len(others)):
                     claims = store.claim_next(others[(turn + i) % len(others)], worker, lease, rows, pixels)
                     if claims:
-                        return Found.of(store, ELSEWHERE, claims)
+                        return Found.of(runner, ELSEWHERE, claims)
             claims = store.claim_for_message(seed, worker, lease, rows, pixels, kinds=kinds,
                                              wait_seconds=wait_seconds)
-            return Found.of(store, OWN_AFTER_ELSEWHERE if elsewhere_first else OWN, claims)
+            return Found.of(runner, OWN_AFTER_ELSEWHERE if elsewhere_first else OWN, claims)
 
         return ask
 
@@ -396,7 +410,7 @@ class _Loop:
             self.claimed_at = asked_at
         if claims:
             self.fed = True
-            self._admit(claims, found.jobs)
+            self._admit(found)
 
     def _claim_newcomer(self, woken: bool | None) -> None:
         """A full set still takes one job of a key it holds none of, into one row over the cap: a step never runs
@@ -421,7 +435,7 @@ class _Loop:
                                         held, wait_seconds=wait_seconds)
 
         if not direct:
-            self.look = Look(self.r.look_aside(lambda: Found.of(store, NEWCOMER, claim(REMOTE_LOOK_SECONDS))),
+            self.look = Look(self.r.look_aside(lambda: Found.of(self.r, NEWCOMER, claim(REMOTE_LOOK_SECONDS))),
                              0, 0, now)
             return
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
@@ -443,7 +457,7 @@ class _Loop:
             return
         if found.where == NEWCOMER:
             if found.claims:
-                self._admit(found.claims, found.jobs)
+                self._admit(found)
             return
         rows, pixels = self._free()
         keep = 0
@@ -456,7 +470,7 @@ class _Loop:
             log.warning("a claim while sampling found %d jobs for %d free rows: the rest go back",
                         len(found.claims), keep)
             self.r._release(found.claims[keep:])
-        self._took(Found(found.where, found.claims[:keep], found.jobs), look.asked_at)
+        self._took(replace(found, claims=found.claims[:keep]), look.asked_at)
         self.drained = self.drained and keep == len(found.claims)  # what went back is queued: not drained
 
     def _abandon_look(self) -> None:
@@ -493,9 +507,11 @@ class _Loop:
             if claims:
                 self._admit(claims)
 
-    def _admit(self, claims: list[Claim], jobs: dict[str, JobRecord] | None = None) -> None:
-        if jobs is None:
-            jobs = {j.id: j for j in self.r.store.get_many([c.job_id for c in claims])}
+    def _admit(self, found: Found | list[Claim]) -> None:
+        """Claims into the sets: a `Found` carries their records and requests, read with the claim."""
+        if not isinstance(found, Found):
+            found = Found.of(self.r, OWN, found)
+        claims, jobs = found.claims, found.jobs
         for c in claims:  # claimed again while an earlier lease of it is live here (released under us): that run
             old = self.members.pop(c.job_id, None)  # ends without writing; the new lease starts it over
             if old is not None:
@@ -509,7 +525,7 @@ class _Loop:
         self.watcher.watch([c.job_id for c in claims])
         self.r._observe_claimed(jobs[c.job_id] for c in claims)
         for claim in claims:
-            item = self.r._prepare(claim, jobs[claim.job_id])
+            item = self.r._prepare(claim, jobs[claim.job_id], found.requests.get(claim.job_id))
             if item is None:  # invalid input: already failed
                 self._let_go(claim.job_id)
             else:
