@@ -113,7 +113,7 @@ def test_a_claim_that_finds_more_than_the_free_rows_hands_the_rest_back(
     runner.engine = engine = EndingStepsWait(runner.engine, gate, held=1, then=out_of_memory)
     jobs = make_jobs(job_store, object_store, owner_id, "generate", 64, [975, 976, 977, 978], steps=1,
                      tag="ahead-surplus")
-    caplog.set_level(logging.WARNING, logger="workers.runner.continuous")
+    caplog.set_level(logging.INFO, logger="workers.runner.continuous")
 
     # When the worker serves one message of the queue
     runner.run(jobs[0].id)

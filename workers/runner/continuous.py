@@ -344,11 +344,14 @@ class _Loop:
         sampling thread, and admitted before the next step: a claim costs a round trip to Postgres (10-15 ms on
         a busy CPU, a step of a small image) or to the gateway, which the device spent idle when the claim came
         after the step (issue 25: the model-busy fraction under backlog). What it claims starts at the next step.
-        Not when the queue was found empty and no job arrived since: the next pass claims a heard one at once.
+        Not when the queue was found empty and no job arrived since, if the worker hears wake-ups: the next pass
+        claims a heard one at once.
         Measured on the 2-core CPU with the tiny model (`bench.pipeline`): model busy 0.77 -> 0.93 at 128 px,
         0.90 -> 0.97 at 256 px; images/s fell up to 7 % at 128 px and 2 steps (steps of tens of ms share the
         cores with the claim) and rose up to 24 % for 256 px edits. A real-size step is far longer than a claim."""
-        if not self.ahead or self.look is not None or self.drained or self.r.shutdown.requested:
+        if not self.ahead or self.look is not None or self.r.shutdown.requested:
+            return
+        if self.drained and self.wakeups is not None:
             return
         ending = [i for i, (done, total) in rs.progress().items() if i in ids and done + 1 >= total]
         if not ending:
@@ -445,8 +448,9 @@ class _Loop:
 
     def _collect_look(self, wait: bool = False) -> None:
         """Admit what a finished look found (with `wait`, a direct worker's look is waited for: nothing is live
-        to step meanwhile); after a failed one, the next claim waits a little. A look whose prediction failed (a
-        step that raised retired nothing) may have found more than the rows free now: those go back at once."""
+        to step meanwhile); after a failed one, the next claim waits a little. A look may have found more than
+        the rows free now (a step that raised retired nothing; a heard newcomer took a row meanwhile): the rest
+        go back to the queue at once, in the policy's order (the last found go first)."""
         look = self.look
         if look is None or not (look.future.done() or (wait and self.direct)):
             return
@@ -467,8 +471,8 @@ class _Loop:
                 break
             keep += 1
         if keep < len(found.claims):
-            log.warning("a claim while sampling found %d jobs for %d free rows: the rest go back",
-                        len(found.claims), keep)
+            log.info("a claim while sampling found %d jobs for %d free rows: the rest go back",
+                     len(found.claims), keep)
             self.r._release(found.claims[keep:])
         self._took(replace(found, claims=found.claims[:keep]), look.asked_at)
         self.drained = self.drained and keep == len(found.claims)  # what went back is queued: not drained
