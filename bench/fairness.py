@@ -96,16 +96,18 @@ def _stats(samples: list[float]) -> dict[str, float]:
             "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3), "n": len(ordered)}
 
 
-def _claim_order(pg_url: str, b_ids: list[str], batch_id: str) -> dict[str, Any]:
+def _claim_order(pg_url: str, b_ids: list[str], batch_id: str, alone_ids: list[str]) -> dict[str, Any]:
     """How the claims interleaved: for each of B's jobs, how many of A's batches started while it was queued;
-    and A's median batch time (a non-preemptive wait is at most one of those per busy worker)."""
+    and A's median batch time (a non-preemptive wait is at most one of those per busy worker). B's latency in
+    two parts, alone and during A: queued (created -> claimed) and run (claimed -> finished, its result written)."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(pg_url)
     try:
         with engine.connect() as conn:
-            b_rows = conn.execute(sa.text(
-                "select created_at, started_at, finished_at from jobs where id = any(:ids)"), {"ids": b_ids}).all()
+            b_rows, alone_rows = (conn.execute(sa.text(
+                "select created_at, started_at, finished_at from jobs where id = any(:ids)"), {"ids": ids}).all()
+                for ids in (b_ids, alone_ids))
             a_starts = [r[0] for r in conn.execute(sa.text(
                 "select distinct started_at from jobs where batch_id = :b and started_at is not null"),
                 {"b": batch_id})]
@@ -117,7 +119,10 @@ def _claim_order(pg_url: str, b_ids: list[str], batch_id: str) -> dict[str, Any]
     passed = [sum(1 for t in a_starts if created < t < started) for created, started, _ in b_rows]
     waits = [(started - created).total_seconds() for created, started, _ in b_rows]
     runs = [(finished - started).total_seconds() for _, started, finished in b_rows]
+    alone_waits = [(started - created).total_seconds() for created, started, _ in alone_rows]
+    alone_runs = [(finished - started).total_seconds() for _, started, finished in alone_rows]
     return {"b_wait_to_start_s": _stats(waits), "b_start_to_finish_s": _stats(runs),
+            "b_alone_wait_to_start_s": _stats(alone_waits), "b_alone_start_to_finish_s": _stats(alone_runs),
             "a_batches_started_while_b_queued_max": max(passed, default=0),
             "a_batches_started_while_b_queued_mean": round(sum(passed) / max(1, len(passed)), 2),
             "a_batch_seconds_p50": round(float(a_batch or 0.0), 3)}
@@ -156,7 +161,8 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
         key_a, key_b = _key(stack, "tenant-a"), _key(stack, "tenant-b")
         with httpx.Client(base_url=stack.api_url, timeout=120) as client:
             _latencies(client, key_b, _stream(client, key_b, 2, 0.0, b_body), 600)  # warm-up: first calls
-            alone = _latencies(client, key_b, _stream(client, key_b, b_jobs, interval, b_body), 600)
+            alone_ids = _stream(client, key_b, b_jobs, interval, b_body)
+            alone = _latencies(client, key_b, alone_ids, 600)
             a_headers = {"Authorization": f"Bearer {key_a}"}
             r = client.post("/v1/batches", json=[{**A_BODY, "seed": i} for i in range(bulk)], headers=a_headers)
             r.raise_for_status()
@@ -171,7 +177,7 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
             contended = _latencies(client, key_b, contended_ids, 1800)
             counts = client.get(f"/v1/batches/{batch_id}", headers=a_headers).json()["counts"]
             client.post(f"/v1/batches/{batch_id}/cancel", headers=a_headers)
-        order = _claim_order(stack.pg.url, contended_ids, batch_id)
+        order = _claim_order(stack.pg.url, contended_ids, batch_id, alone_ids)
         a_alone = _a_rate(stack.pg.url, batch_id, a_alone_from, a_alone_to)
         a_during = _a_rate(stack.pg.url, batch_id, a_alone_to, a_during_to)
         result = {"bulk": bulk, "b_jobs": b_jobs, "interval": interval, "workers": workers, "batching": label,
@@ -191,7 +197,7 @@ def table(runs: list[dict[str, Any]]) -> str:
     """The runs side by side: B's latency alone and during A's bulk, their ratio, A's throughput share."""
     head = (f"{'batching':16}{'B alone p50/p99 s':>20}{'B during A p50/p99 s':>23}{'ratio p50':>11}{'ratio p99':>11}"
             f"{'A alone img/s':>15}{'A during B':>12}{'A share':>9}{'A queued past B max':>21}"
-            f"{'B wait/run p50 s':>18}")
+            f"{'B wait/run p50 s, alone -> during A':>37}")
     lines = [head]
     for r in runs:
         alone, during = r["b_alone_s"], r["b_during_bulk_s"]
@@ -199,7 +205,8 @@ def table(runs: list[dict[str, Any]]) -> str:
                      f"{r['ratio_p50']:>11}{r['ratio_p99']:>11}{r['a_alone_images_per_s']:>15}"
                      f"{r['a_during_b_images_per_s']:>12}{r['a_share']:>9}"
                      f"{r['a_batches_started_while_b_queued_max']:>21}"
-                     f"{r['b_wait_to_start_s']['p50']:>11}/{r['b_start_to_finish_s']['p50']}")
+                     f"{r['b_alone_wait_to_start_s']['p50']:>16}/{r['b_alone_start_to_finish_s']['p50']} -> "
+                     f"{r['b_wait_to_start_s']['p50']}/{r['b_start_to_finish_s']['p50']}")
     return "\n".join(lines)
 
 
