@@ -387,7 +387,7 @@ def drift() -> str:
 
     def compare(a: str, b: str) -> str:
         px = [float(np.abs(np.asarray(x.images[0], np.float32) - np.asarray(y.images[0], np.float32)).max()) / 255
-              for x, y in zip(runs[a], runs[b], strict=True)]
+              for x, y in zip(runs[a], runs[b], strict=True) if x.images and y.images]  # step() decodes
         tok = [float((x.tokens.float() - y.tokens.float()).abs().max() / x.tokens.float().abs().max())
                for x, y in zip(runs[a], runs[b], strict=True)]
         return (f"{b + ' vs ' + a:22s} " + " ".join(f"{v:6.3f}" for v in px) + "   "

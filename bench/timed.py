@@ -20,7 +20,7 @@ T = TypeVar("T")
 class SetEvent:
     """One call on a running set: what, when (perf_counter), the ids it named, the ids live when it began."""
 
-    what: str  # "admit" | "step" | "drop"
+    what: str  # "admit" | "step" | "decode" | "drop"
     start: float
     end: float
     ids: tuple[str, ...]
@@ -92,9 +92,12 @@ class TimedSet:
     def admit(self, requests: list) -> None:
         self._logged("admit", [r.id for r in requests], lambda: self._inner.admit(requests), model=True)
 
-    def step(self, ids: Collection[str] | None = None) -> list:
+    def step(self, ids: Collection[str] | None = None, **options: Any) -> list:
         named = self._inner.ids if ids is None else ids
-        return list(self._logged("step", named, lambda: self._inner.step(ids), model=True))
+        return list(self._logged("step", named, lambda: self._inner.step(ids, **options), model=True))
+
+    def decode(self, finished: Any) -> Any:
+        return self._logged("decode", [finished.id], lambda: self._inner.decode(finished), model=True)
 
     def drop(self, ids: Collection[str]) -> list[str]:
         return list(self._logged("drop", ids, lambda: self._inner.drop(ids), model=False))

@@ -42,10 +42,11 @@ def cfg_scale(scale: float, schedule: str, seq_len: int, masked_next: int) -> fl
 
 @dataclass
 class Finished:
-    """An item that took its last step: its images and final latent tokens (cond rows, (n, L, C))."""
+    """An item that took its last step: its images and final latent tokens (cond rows, (n, L, C)). `images` is None
+    when the step was asked not to decode (`RunningSet.step(decode=False)`): `RunningSet.decode` makes them."""
 
     id: str
-    images: list[Image.Image]
+    images: list[Image.Image] | None
     tokens: torch.Tensor
 
 
@@ -186,9 +187,12 @@ class RunningSet:
 
     # ---- one MAR iteration ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self, ids: Collection[str] | None = None) -> list[Finished]:
+    def step(self, ids: Collection[str] | None = None, decode: bool = True) -> list[Finished]:
         """Advance every live item by one MAR iteration (or only those in `ids`; the others pause).
-        Returns the items that took their last step, removed from the set, with their images.
+        Returns the items that took their last step, removed from the set, with their images; with
+        `decode=False` without them (`images` None; `decode` makes them, one item per call), so a caller can
+        put other work between the decodes of a wave of finished items (the VAE decode of eight small images
+        takes far longer than their last MAR iteration) and their rows are free at once.
 
         A step that raises (out of memory, a device error) changes no item: generators are rewound, so the
         caller may drop items and step again with the same results. If decoding raises, the finished items
@@ -202,7 +206,7 @@ class RunningSet:
             return []
         if self._layout is not None and {it.id for it in done} & set(self._layout.ids):
             self._layout = None  # its rows change anyway: free its edit rows before the decoder needs the memory
-        finished = self._finish(done)
+        finished = self._finish(done) if decode else [Finished(it.id, None, it.tokens) for it in done]
         gone = {it.id for it in done}
         self.items = [it for it in self.items if it.id not in gone]
         return finished
@@ -302,9 +306,13 @@ class RunningSet:
     def _finish(self, done: list[ItemState]) -> list[Finished]:
         """VAE-decode each finished item on its own: a batched decode would let batch-mates move a pixel by a
         level (convolutions round differently with the batch size)."""
+        return [self.decode(Finished(it.id, None, it.tokens)) for it in done]
+
+    @torch.inference_mode()
+    def decode(self, finished: Finished) -> Finished:
+        """The images of an item that left the set undecoded (`step(decode=False)`); needs nothing of the set
+        but its model and grid, so it works after the set emptied."""
         m, n = self.grid
-        out = []
-        for it in done:
-            pixels = self.model.vae.decode_tokens(it.tokens.reshape(it.rows, m, n, -1))  # (n, 3, S, S)
-            out.append(Finished(it.id, to_pil(pixels), it.tokens))
-        return out
+        tokens = finished.tokens
+        pixels = self.model.vae.decode_tokens(tokens.reshape(tokens.shape[0], m, n, -1))  # (n, 3, S, S)
+        return Finished(finished.id, to_pil(pixels), tokens)

@@ -106,6 +106,29 @@ def test_paused_items_keep_their_state_and_progress(engine):
     assert rs.stats.steps == 4 and rs.stats.pad_rows > 0  # "a" at step 2 and "b" at step 0 shared a padded step
 
 
+def test_an_item_left_undecoded_frees_its_rows_and_decodes_to_the_same_images(engine):
+    # Given two items of different lengths in one set
+    first, second = (GenerateRequest("first", "a cat", seed=11, size=64, steps=2),
+                     GenerateRequest("second", "tree", seed=12, size=64, steps=3, num_images=2))
+    rs = engine.open_set("generate", 64)
+    rs.admit([first, second])
+    rs.step(decode=False)
+    # When the shorter one takes its last step without decoding
+    (left,) = rs.step(decode=False)
+    # Then it left the set with no images and its rows are free; the other goes on
+    assert left.id == "first" and left.images is None and rs.ids == ["second"] and rs.rows == 4
+    (last,) = rs.step(decode=False)
+    assert not rs.items
+    # And decoding each later (the set empty by then) gives exactly the images of the same set decoding in its steps
+    same = engine.open_set("generate", 64)
+    same.admit([first, second])
+    decoded = {f.id: f for _ in range(3) for f in same.step()}
+    for done in (rs.decode(left), rs.decode(last)):
+        ref = decoded[done.id]
+        assert done.images is not None and ref.images is not None and len(done.images) == len(ref.images)
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(done.images, ref.images, strict=True))
+
+
 def test_drop_frees_rows_and_leaves_others_unchanged(engine):
     keep = GenerateRequest("keep", "a cat", seed=7, size=64, steps=3)
     rs = engine.open_set("generate", 64)

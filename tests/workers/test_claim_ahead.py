@@ -62,13 +62,13 @@ class _GatedSet:
     def __init__(self, inner: Any, engine: EndingStepsWait) -> None:
         self.inner, self.engine = inner, engine
 
-    def step(self, ids: Any) -> Any:
+    def step(self, ids: Any, **options: Any) -> Any:
         engine, progress = self.engine, self.inner.progress()
         if len(engine.waited) < engine.held and any(progress[i][0] + 1 >= progress[i][1] for i in ids):
             engine.waited.append(engine.gate.returned.wait(30))
             engine.gate.returned.clear()
             engine.then()
-        return self.inner.step(ids)
+        return self.inner.step(ids, **options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

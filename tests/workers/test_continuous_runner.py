@@ -286,3 +286,69 @@ def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_mo
     assert all(j.status == "succeeded" for j in done.values())
     assert retired[0] == late.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
     assert max(step_sizes) == 2
+
+class _ArrivesDuringDecodes:
+    """The engine, with its sets' calls logged (("step", ids) or ("decode", id)); the first decode of a finished
+    image first runs `arrive` (a job queued, its wake-up heard) so the job is there while the rest wait."""
+
+    def __init__(self, inner: Any, arrive: Any) -> None:
+        self.inner, self.arrive, self.calls = inner, arrive, []
+
+    def open_set(self, kind: str, size: int) -> Any:
+        return _LoggedSet(self.inner.open_set(kind, size), self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class _LoggedSet:
+    def __init__(self, inner: Any, engine: _ArrivesDuringDecodes) -> None:
+        self.inner, self.engine = inner, engine
+
+    def step(self, ids: Any, **options: Any) -> Any:
+        self.engine.calls.append(("step", frozenset(ids)))
+        return self.inner.step(ids, **options)
+
+    def decode(self, finished: Any) -> Any:
+        if not any(what == "decode" for what, _ in self.engine.calls):
+            self.engine.arrive()
+        self.engine.calls.append(("decode", finished.id))
+        return self.inner.decode(finished)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_job_heard_during_the_bulks_decodes_steps_between_them(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, settings: Any
+) -> None:
+    from tests.support.jobs import make_jobs
+
+    # Given a wave of four 2-step jobs of tenant A that take their last step together, and tenant B's job queued
+    # (through a store that publishes wake-ups) while the first of the wave's images is being decoded
+    runner = make_runner(worker_batching="continuous", worker_max_batch=4)
+    bulk = make_jobs(job_store, object_store, owner_id, "generate", 64, [990, 991, 992, 993], steps=2,
+                     tag="cont-decodes")
+    late: list[Any] = []
+
+    def arrive() -> None:
+        assert runner.wakeups is not None and runner.wakeups.listening.is_set()
+        heard = runner.wakeups.heard(bulk[0].queue)
+        late.append(make_job(_publishing_store(settings), object_store, add_owner(session_factory), "generate", 64,
+                             seed=994, steps=2, tag="cont-decodes"))
+        wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
+
+    runner.engine = engine = _ArrivesDuringDecodes(runner.engine, arrive)
+
+    # When the worker serves one message of A's queue
+    runner.run(bulk[0].id)
+    runner.drain()
+
+    # Then each of A's images was decoded on its own, and B's first step ran before A's last decode
+    decodes = [i for what, i in engine.calls if what == "decode"]
+    assert sorted(i for i in decodes if i != late[0].id) == sorted(j.id for j in bulk)
+    b_first_step = next(n for n, (what, ids) in enumerate(engine.calls) if what == "step" and late[0].id in ids)
+    last_a_decode = max(n for n, (what, i) in enumerate(engine.calls) if what == "decode" and i != late[0].id)
+    assert b_first_step < last_a_decode, engine.calls
+    done = job_store.get_many([*(j.id for j in bulk), late[0].id])
+    assert all(j.status == "succeeded" for j in done), [(j.status, j.error_message) for j in done]

@@ -140,6 +140,10 @@ class SetShares:
         for owner in owners:
             self.owners[owner] = self.owners.get(owner, 0.0) + seconds / len(owners)
 
+    def charged(self, owner: str, seconds: float) -> None:
+        """Model time spent for one key outside a set's step (a finished image's decode)."""
+        self.owners[owner] = self.owners.get(owner, 0.0) + seconds
+
     def next(self, keys: Iterable[tuple[str, int]], owners_of: Callable[[tuple[str, int]], list[str]]
              ) -> tuple[str, int]:
         keys = list(keys)
