@@ -692,9 +692,11 @@ class _Loop:
             self.r.faults.before_model_call(len(ids), pixels)
             if rs.kind == "understand":  # a token: nothing to decode
                 finished = self._guarded(lambda: rs.step(ids), len(ids))
-            else:  # a step that ran the policy's choice ahead of paused items finishes it at once; a wave of the
-                # bulk leaves undecoded: each decode is then its own unit of work (`_next_decode`)
-                decode = len(ids) < len(rs.ids)
+            else:  # a wave of the bulk leaves undecoded: each decode is then its own unit of work (`_next_decode`);
+                # one image, or a step that ran the policy's choice ahead of paused items, is decoded at once (a
+                # pass between costs a finished job a cancel read, a round trip over the gateway)
+                ending = sum(1 for i, (done, total) in rs.progress().items() if i in ids and done + 1 >= total)
+                decode = ending <= 1 or len(ids) < len(rs.ids)
                 finished = self._guarded(lambda: rs.step(ids, decode=decode), len(ids))
         finally:
             self.step_started = None
