@@ -126,3 +126,24 @@ def test_the_least_served_keys_set_goes_first_and_the_other_is_forced_in_after_i
     assert shares.used[TOKENS] >= 50.0
     shares.closed(TOKENS)
     assert set(shares.used) == {IMAGE} and TOKENS not in shares.waited
+
+
+def test_a_decode_serves_its_set_and_key_like_a_step_even_after_the_set_closed() -> None:
+    # Given key A's image set forced to starve behind key B's tokens
+    shares = SetShares()
+    shares.opened(IMAGE)
+    owners = {IMAGE: ["A"]}
+    run_sets(shares, {IMAGE: 10.0}, owners, 10)
+    shares.opened(TOKENS)
+    owners[TOKENS] = ["B"]
+    assert run_sets(shares, {IMAGE: 10.0, TOKENS: 1.0}, owners, STARVE_AFTER * 10) == [TOKENS] * (STARVE_AFTER * 10)
+    assert shares.next(list(owners), lambda k: owners[k]) == IMAGE
+    # When one of A's finished images is decoded (2 s)
+    shares.decoded(IMAGE, "A", 2.0)
+    # Then A's set is no longer starving, A is charged the time, and B's tokens wait for it
+    assert shares.next(list(owners), lambda k: owners[k]) == TOKENS
+    assert shares.owners["A"] == 102.0 and shares.waited[TOKENS] == 2.0
+    # and a decode for a set already closed charges its key only
+    shares.closed(IMAGE)
+    shares.decoded(IMAGE, "A", 2.0)
+    assert shares.owners["A"] == 104.0 and IMAGE not in shares.used and shares.waited[TOKENS] == 4.0

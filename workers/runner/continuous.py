@@ -802,7 +802,7 @@ class _Loop:
         seconds = time.perf_counter() - started
         self.decoding.remove(d)
         m.model_seconds += seconds
-        self.shares.charged(m.item.job.owner_id, seconds)
+        self.shares.decoded(m.key, m.item.job.owner_id, seconds)
         self._done(m, finished, d.call_size)
 
     # ---- retiring -------------------------------------------------------------------------------------------

@@ -140,8 +140,14 @@ class SetShares:
         for owner in owners:
             self.owners[owner] = self.owners.get(owner, 0.0) + seconds / len(owners)
 
-    def charged(self, owner: str, seconds: float) -> None:
-        """Model time spent for one key outside a set's step (a finished image's decode)."""
+    def decoded(self, key: tuple[str, int], owner: str, seconds: float) -> None:
+        """A finished image of set `key` (open or closed since) was decoded for `owner`: it counts as a step of
+        that set (an open set that was starving is served by it) and as that key's model time."""
+        if key in self.used:
+            self.stepped(key, [owner], seconds)
+            return
+        for other in self.waited:
+            self.waited[other] += seconds
         self.owners[owner] = self.owners.get(owner, 0.0) + seconds
 
     def next(self, keys: Iterable[tuple[str, int]], owners_of: Callable[[tuple[str, int]], list[str]]
