@@ -44,8 +44,8 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from model.engine.decode_set import TextFinished
 from model.engine.requests import ImageResult, TextResult
@@ -57,13 +57,23 @@ from storage.settings import Settings
 from storage.states import JobErrorCode, JobStatus
 from workers.device.health import DeviceFatal
 from workers.runner.batching import BatchRunner, Item
-from workers.runner.engine import ModelRequest, ModelResult
-from workers.runner.inputs import prepare
+from workers.runner.engine import ModelResult
 from workers.runner.leases import LeaseKeeper
 from workers.runner.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
+from workers.runner.loop_records import (
+    ELSEWHERE,
+    NEWCOMER,
+    OWN,
+    OWN_AFTER_ELSEWHERE,
+    Decode,
+    Found,
+    Look,
+    Member,
+    QueueClaims,
+)
 from workers.runner.oom import is_oom, release_cached_memory
 from workers.runner.progress import MAX_CANCEL_POLL_SECONDS, BackgroundCancelWatcher, ProgressReporter
-from workers.runner.step_policy import STARVE_AFTER, Live, SetShares, StepCosts, choose
+from workers.runner.step_policy import SetShares, StepCosts, choose
 from workers.runner.wakeups import QueueWakeups
 
 log = logging.getLogger(__name__)
@@ -75,91 +85,7 @@ CANCEL_POLL_SECONDS = 0.1  # cancel requests are read off the sampling thread, t
 NEWCOMER_SECONDS = 0.25  # a full set without queue wake-ups asks this often for a key it does not hold
 NEWCOMER_SAFETY_SECONDS = 2.0  # with wake-ups, it asks this often anyway (a wake-up can be lost)
 REMOTE_LOOK_SECONDS = 3.0  # a gateway worker's claim while sampling long-polls this long (on wake-ups, at the API)
-OWN, ELSEWHERE, OWN_AFTER_ELSEWHERE, NEWCOMER = "own", "elsewhere", "own after elsewhere", "newcomer"  # Found.where
 T = TypeVar("T")
-
-
-@runtime_checkable
-class QueueClaims(Protocol):
-    """The direct transport's claim of one named queue (`storage.jobs.store.JobStore.claim_next`); the gateway
-    has none (the API picks among the token's queues)."""
-
-    def claim_next(self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
-                   claim_id: str | None = None, skip_owners: Collection[str] = ()) -> list[Claim]: ...
-
-
-@dataclass(frozen=True)
-class Found:
-    """What one claim took (with the jobs' records, read on the same thread) and which queues it asked."""
-
-    where: str  # OWN, ELSEWHERE (another queue of a direct worker had work), OWN_AFTER_ELSEWHERE, NEWCOMER
-    claims: list[Claim]
-    jobs: dict[str, JobRecord]
-    requests: dict[str, ModelRequest] = field(default_factory=dict)  # inputs read and decoded on the same thread
-
-    @classmethod
-    def of(cls, runner: ContinuousRunner, where: str, claims: list[Claim]) -> Found:
-        """The claims with their records and model requests: an edit's or a question's input image is fetched
-        and decoded here, off the sampling thread when this runs on the look thread. A job whose input cannot be
-        read here is read again at admission (`BatchRunner._prepare`), which fails it if the input is invalid."""
-        jobs = {j.id: j for j in runner.store.get_many([c.job_id for c in claims])} if claims else {}
-        requests: dict[str, ModelRequest] = {}
-        for job in jobs.values():
-            try:
-                requests[job.id] = prepare(runner.objects, job)
-            except Exception as exc:  # noqa: BLE001 - admission reads it again and settles the job
-                log.debug("job %s: input not read with its claim: %s", job.id, exc)
-        return cls(where, claims, jobs, requests)
-
-
-@dataclass
-class Look:
-    """A claim in flight on the look thread; the rows and pixels it may fill are held for it until collected."""
-
-    future: Future[Found | None]
-    rows: int
-    pixels: int
-    asked_at: float
-
-
-@dataclass
-class Decode:
-    """An item whose last step is done, waiting for its VAE decode (`_Loop._next_decode`); its row is free."""
-
-    member: Member
-    rs: Any  # the RunningSet it left (its model and grid decode it, even after the set closed)
-    finished: Finished  # images None
-    call_size: int  # items its last step advanced
-
-
-@dataclass
-class Member:
-    """One claimed job live in a running set."""
-
-    item: Item
-    key: tuple[str, int]
-    clock: BatchClock
-    admitted: int  # admission order: out of memory sends the newest back first
-    paused: int = 0  # steps in a row it sat out
-    model_seconds: float = 0.0  # of the steps it took part in
-
-    @property
-    def id(self) -> str:
-        return self.item.job.id
-
-    @property
-    def claim(self) -> Claim:
-        return self.item.claim
-
-    def over_time(self) -> bool:
-        """Past its own time limit: in the steps it took, or in wall time with every pause the step policy may
-        impose (it advances at least once every STARVE_AFTER + 1 steps)."""
-        soft = self.clock.soft_seconds
-        return self.model_seconds > soft or self.clock.elapsed() > soft * (STARVE_AFTER + 1)
-
-    def live(self, phase: tuple[int, int] = (0, 0)) -> Live:
-        job = self.item.job
-        return Live(job.id, job.owner_id, job.priority, job.created_at, job.pixels * 1e-6, phase)
 
 
 class ContinuousRunner(BatchRunner):
@@ -413,10 +339,10 @@ class _Loop:
                 for i in range(len(others)):
                     claims = store.claim_next(others[(turn + i) % len(others)], worker, lease, rows, pixels)
                     if claims:
-                        return Found.of(runner, ELSEWHERE, claims)
+                        return Found.of(runner.store, runner.objects, ELSEWHERE, claims)
             claims = store.claim_for_message(seed, worker, lease, rows, pixels, kinds=kinds,
                                              wait_seconds=wait_seconds)
-            return Found.of(runner, OWN_AFTER_ELSEWHERE if elsewhere_first else OWN, claims)
+            return Found.of(runner.store, runner.objects, OWN_AFTER_ELSEWHERE if elsewhere_first else OWN, claims)
 
         return ask
 
@@ -467,7 +393,7 @@ class _Loop:
                                         held, wait_seconds=wait_seconds)
 
         if not direct:
-            self.look = Look(self.r.look_aside(lambda: Found.of(self.r, NEWCOMER, claim(REMOTE_LOOK_SECONDS))),
+            self.look = Look(self.r.look_aside(lambda: Found.of(self.r.store, self.r.objects, NEWCOMER, claim(REMOTE_LOOK_SECONDS))),
                              0, 0, now)
             return
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
@@ -543,7 +469,7 @@ class _Loop:
     def _admit(self, found: Found | list[Claim]) -> None:
         """Claims into the sets: a `Found` carries their records and requests, read with the claim."""
         if not isinstance(found, Found):
-            found = Found.of(self.r, OWN, found)
+            found = Found.of(self.r.store, self.r.objects, OWN, found)
         claims, jobs = found.claims, found.jobs
         for c in claims:  # claimed again while an earlier lease of it is live here (released under us): that run
             old = self.members.pop(c.job_id, None)  # ends without writing; the new lease starts it over
