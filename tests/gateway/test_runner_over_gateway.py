@@ -113,9 +113,9 @@ def test_a_full_set_over_the_gateway_takes_another_keys_job_over_the_cap(
         retired.append(m.id)
         retire(loop, m, images, call_size)
 
-    def observed_run_step(loop: _Loop, rs: Any, ids: set[str]) -> Any:
+    def observed_run_step(loop: _Loop, rs: Any, ids: set[str], *decode: bool) -> Any:
         steps.append(len(ids))
-        return run_step(loop, rs, ids)
+        return run_step(loop, rs, ids, *decode)
 
     monkeypatch.setattr(_Loop, "_retire", observed_retire)
     monkeypatch.setattr(_Loop, "_run_step", observed_run_step)

@@ -268,9 +268,9 @@ def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_mo
     step_sizes: list[int] = []
     run_step = _Loop._run_step
 
-    def observed_run_step(loop: _Loop, rs: Any, ids: set[str]) -> Any:  # observe: items per step
+    def observed_run_step(loop: _Loop, rs: Any, ids: set[str], *decode: bool) -> Any:  # observe: items per step
         step_sizes.append(len(ids))
-        return run_step(loop, rs, ids)
+        return run_step(loop, rs, ids, *decode)
 
     monkeypatch.setattr(_Loop, "_run_step", observed_run_step)
     # Given tenant A's two jobs filling a set of two rows, held after two steps

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -294,7 +294,7 @@ class _Loop:
                 return
             rows, pixels = self._free()  # all it claimed elsewhere failed at admission: the own queue's turn now
 
-    def _claim_ahead(self, rs: Any, ids: Collection[str]) -> None:
+    def _claim_ahead(self, ending: list[str]) -> None:
         """The rows the coming step frees (its items at their last step) are claimed while it samples, off the
         sampling thread, and admitted before the next step: a claim costs a round trip to Postgres (10-15 ms on
         a busy CPU, a step of a small image) or to the gateway, which the device spent idle when the claim came
@@ -306,10 +306,7 @@ class _Loop:
         cores with the claim) and rose up to 24 % for 256 px edits. A real-size step is far longer than a claim."""
         if not self.ahead or self.look is not None or self.r.shutdown.requested:
             return
-        if self.drained and self.wakeups is not None:
-            return
-        ending = [i for i, (done, total) in rs.progress().items() if i in ids and done + 1 >= total]
-        if not ending:
+        if not ending or (self.drained and self.wakeups is not None):
             return
         rows, pixels = self._free()
         rows, pixels = rows + len(ending), pixels + sum(self.members[i].item.job.pixels for i in ending)
@@ -591,9 +588,14 @@ class _Loop:
         phases = rs.progress()
         ids = choose([m.live(phases.get(m.id, (0, 0))) for m in live], self.served[key],
                      {m.id: m.paused for m in live}, companions, rows)
-        self._claim_ahead(rs, ids)
+        ending = [i for i in ids if phases[i][0] + 1 >= phases[i][1]]  # items at their last step (or token limit)
+        self._claim_ahead(ending)
+        # a wave of the bulk leaves undecoded: each decode is then its own unit of work (`_next_decode`); one image,
+        # or a step that ran the policy's choice ahead of paused items, is decoded at once (a pass between costs a
+        # finished job a cancel read, a round trip over the gateway)
+        decode = len(ending) <= 1 or len(ids) < len(live)
         try:
-            finished, seconds = self._run_step(rs, ids)
+            finished, seconds = self._run_step(rs, ids, decode)
         except DeviceFatal:
             raise
         except Exception as exc:  # noqa: BLE001 - classified: the worker survives anything but a broken device
@@ -609,7 +611,7 @@ class _Loop:
         pixels = max(1, live[0].item.job.pixels)
         return max(1, min(self.row_cap, self.s.worker_batch_pixel_budget // pixels))
 
-    def _run_step(self, rs: Any, ids: set[str]) -> tuple[list[Any], float]:
+    def _run_step(self, rs: Any, ids: set[str], decode: bool = True) -> tuple[list[Any], float]:
         pixels = sum(self.members[i].item.job.pixels for i in ids)
         started = time.perf_counter()
         self.step_started = self.last_step_at = time.monotonic()
@@ -618,11 +620,7 @@ class _Loop:
             self.r.faults.before_model_call(len(ids), pixels)
             if rs.kind == "understand":  # a token: nothing to decode
                 finished = self._guarded(lambda: rs.step(ids), len(ids))
-            else:  # a wave of the bulk leaves undecoded: each decode is then its own unit of work (`_next_decode`);
-                # one image, or a step that ran the policy's choice ahead of paused items, is decoded at once (a
-                # pass between costs a finished job a cancel read, a round trip over the gateway)
-                ending = sum(1 for i, (done, total) in rs.progress().items() if i in ids and done + 1 >= total)
-                decode = ending <= 1 or len(ids) < len(rs.ids)
+            else:
                 finished = self._guarded(lambda: rs.step(ids, decode=decode), len(ids))
         finally:
             self.step_started = None
