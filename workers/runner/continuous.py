@@ -470,7 +470,7 @@ class _Loop:
         claims, jobs = found.claims, found.jobs
         for c in claims:  # claimed again while an earlier lease of it is live here (released under us): that run
             old = self.members.pop(c.job_id, None)  # ends without writing; the new lease starts it over
-            self.decoding = [d for d in self.decoding if d.member.id != c.job_id]
+            self._forget_decode(c.job_id)
             if old is not None:
                 log.warning("job %s: claimed again under a new lease; its earlier run is dropped", c.job_id)
                 self.sets[old.key].drop([old.id])
@@ -555,7 +555,7 @@ class _Loop:
     def _remove(self, m: Member) -> None:
         self._let_go(m.id)
         if self.members.pop(m.id, None) is None:  # it was waiting for its decode
-            self.decoding = [d for d in self.decoding if d.member.id != m.id]
+            self._forget_decode(m.id)
             return
         self.sets[m.key].drop([m.id])
         if not self.sets[m.key].items:
@@ -703,6 +703,9 @@ class _Loop:
             return first
         least = min(owners.get(o, 0.0) for o in self._owners_of(self.shares.next(self.sets, self._owners_of)))
         return first if owners.get(first.member.item.job.owner_id, 0.0) <= least else None
+
+    def _forget_decode(self, job_id: str) -> None:
+        self.decoding = [d for d in self.decoding if d.member.id != job_id]
 
     def _decode(self, d: Decode) -> None:
         m = d.member
