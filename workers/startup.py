@@ -20,6 +20,7 @@ from storage.routing import served_model
 from storage.settings import Settings
 from workers.device.card_fit import configure_engine
 from workers.device.health import GuardedEngine, probe_request
+from workers.device.host_memory import keep_host_memory
 from workers.faults import FaultInjector
 from workers.runner.oom import is_oom
 
@@ -66,6 +67,8 @@ def load_ready_engine(settings: Settings, faults: FaultInjector | None = None) -
     """Check the device, load weights and tokenizer, run the warm-up: a guarded engine ready to serve."""
     device, dtype = settings.worker_device, runtime_dtype(settings)
     check_device(device, dtype)
+    if settings.worker_host_memory_reuse:
+        keep_host_memory()  # before the weights: blocks allocated from now on are reused, not mapped again
     engine = _load(settings.model, device, dtype, fast=settings.model_fast, cache_dir=settings.model_cache_dir,
                    int8=settings.model_int8)
     configure_engine(engine)  # card fit's CFG row passes per size, where one batch does not fit the card
