@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.support.jobs import make_jobs
+from tests.support.running_sets import Forwarded, WrappedSets
 
 LOOK_THREAD = "claim-look"
 
@@ -43,24 +44,21 @@ class ClaimGate:
         return [i for name, ids in self.claims if name.startswith(LOOK_THREAD) for i in ids]
 
 
-class EndingStepsWait:
+class EndingStepsWait(WrappedSets):
     """The engine, whose first `held` steps that end an item each wait (up to 30 s) for a claim on the look
     thread to return, then run `then` (which may raise: the step then changes nothing), then step."""
 
     def __init__(self, inner: Any, gate: ClaimGate, held: int, then: Callable[[], None] = lambda: None) -> None:
-        self.inner, self.gate, self.held, self.then = inner, gate, held, then
+        super().__init__(inner)
+        self.gate, self.held, self.then = gate, held, then
         self.waited: list[bool] = []
 
-    def open_set(self, kind: str, size: int) -> Any:
-        return _GatedSet(self.inner.open_set(kind, size), self)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    def wrap(self, rs: Any) -> Any:
+        return _GatedSet(rs, self)
 
 
-class _GatedSet:
-    def __init__(self, inner: Any, engine: EndingStepsWait) -> None:
-        self.inner, self.engine = inner, engine
+class _GatedSet(Forwarded):
+    engine: EndingStepsWait
 
     def step(self, ids: Any, **options: Any) -> Any:
         engine, progress = self.engine, self.inner.progress()
@@ -69,9 +67,6 @@ class _GatedSet:
             engine.gate.returned.clear()
             engine.then()
         return self.inner.step(ids, **options)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def test_the_rows_a_step_frees_are_claimed_while_it_samples(
