@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.jobs import make_job
+from tests.support.running_sets import Forwarded, WrappedSets
 from tests.support.storage import add_owner
 from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
@@ -287,23 +288,20 @@ def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_mo
     assert retired[0] == late.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
     assert max(step_sizes) == 2
 
-class _ArrivesDuringDecodes:
+class _ArrivesDuringDecodes(WrappedSets):
     """The engine, with its sets' calls logged (("step", ids) or ("decode", id)); the first decode of a finished
     image first runs `arrive` (a job queued, its wake-up heard) so the job is there while the rest wait."""
 
     def __init__(self, inner: Any, arrive: Any) -> None:
-        self.inner, self.arrive, self.calls = inner, arrive, []
+        super().__init__(inner)
+        self.arrive, self.calls = arrive, []
 
-    def open_set(self, kind: str, size: int) -> Any:
-        return _LoggedSet(self.inner.open_set(kind, size), self)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    def wrap(self, rs: Any) -> Any:
+        return _LoggedSet(rs, self)
 
 
-class _LoggedSet:
-    def __init__(self, inner: Any, engine: _ArrivesDuringDecodes) -> None:
-        self.inner, self.engine = inner, engine
+class _LoggedSet(Forwarded):
+    engine: _ArrivesDuringDecodes
 
     def step(self, ids: Any, **options: Any) -> Any:
         self.engine.calls.append(("step", frozenset(ids)))
@@ -314,9 +312,6 @@ class _LoggedSet:
             self.engine.arrive()
         self.engine.calls.append(("decode", finished.id))
         return self.inner.decode(finished)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def test_a_job_heard_during_the_bulks_decodes_steps_between_them(
@@ -352,3 +347,36 @@ def test_a_job_heard_during_the_bulks_decodes_steps_between_them(
     assert b_first_step < last_a_decode, engine.calls
     done = job_store.get_many([*(j.id for j in bulk), late[0].id])
     assert all(j.status == "succeeded" for j in done), [(j.status, j.error_message) for j in done]
+
+
+def test_the_wake_up_of_a_job_its_messages_claim_took_starts_no_claim_on_the_sampling_thread(
+    make_runner: Any, job_store: Any, object_store: Any, session_factory: Any, settings: Any,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a continuous worker that hears queue wake-ups, and one job queued (its wake-up heard) while it idles
+    runner = make_runner(worker_batching="continuous", worker_max_batch=4)
+    assert runner.wakeups is not None
+    wait_for(runner.wakeups.listening.is_set, "the worker to subscribe to wake-ups")
+    claims_on: list[tuple[str, str]] = []  # (thread, the job's status then)
+    claim = job_store.claim_for_message
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        claims_on.append((threading.current_thread().name, job_store.get(job.id).status))
+        return claim(*args, **kwargs)
+
+    monkeypatch.setattr(job_store, "claim_for_message", observed)
+    job = make_job(_publishing_store(settings), object_store, add_owner(session_factory), "generate", 64, seed=995,
+                   steps=2, tag="cont-stale-wakeup")
+    wait_for(lambda: runner.wakeups.heard(job.queue) > 0, "the worker to hear the wake-up")
+
+    # When the worker serves the job's message
+    assert runner.run(job.id) == 1
+    runner.drain()
+
+    # Then the sampling thread claimed for the message and, once the set emptied, to see whether the loop may end;
+    # not between: the message's claim saw the job its wake-up announced (the loop's look for more went to the
+    # look thread, beside the first step)
+    sampling = threading.current_thread().name
+    assert claims_on[0] == (sampling, "queued"), claims_on
+    assert [thread for thread, _ in claims_on].count(sampling) == 2, claims_on
+    assert job_store.get(job.id).status == "succeeded"

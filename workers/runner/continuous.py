@@ -97,6 +97,7 @@ class ContinuousRunner(BatchRunner):
         self._wakeups: QueueWakeups | None = None
         self._looks: ThreadPoolExecutor | None = None  # the gateway's claims while sampling, off its thread
         self.left_look: Future[Found | None] | None = None  # a gateway loop's, in flight when it ended
+        self._heard_before_claim: dict[str, int] = {}  # queue wake-ups heard before a message's claim
 
     def look_aside(self, claim: Callable[[], Found]) -> Future[Found | None]:
         """A claim while a set samples (`_Loop`: the rows a step frees, free rows, a gateway worker's newcomer),
@@ -140,10 +141,18 @@ class ContinuousRunner(BatchRunner):
             self._wakeups = QueueWakeups(self.settings.redis_url).start()
         return self._wakeups
 
+    def _claim(self, job_id: str) -> list[Claim]:
+        wakeups = self.wakeups
+        self._heard_before_claim = wakeups.counts() if wakeups is not None else {}
+        return super()._claim(job_id)
+
     def run_claims(self, claims: list[Claim], started: float | None = None) -> int:
         jobs = self.store.get_many([c.job_id for c in claims])
         if not hasattr(self.engine, "open_set"):
             return super().run_claims(claims, started)
+        heard, self._heard_before_claim = self._heard_before_claim, {}
+        if self.wakeups is not None:  # the claim that took these saw the jobs those wake-ups announced
+            self.wakeups.seen_by_claim(jobs[0].queue, heard)
         loop = _Loop(self, jobs[0])
         try:
             loop.run(claims)
