@@ -156,7 +156,7 @@ def test_the_look_a_loop_leaves_in_flight_is_the_workers_next_claim(
     jobs, runner = _continuous_gateway_runner(client, migrated, tiny_engine, make_token, FaultInjector())
     first = make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=981, tag="gw-left")
     runner.run_claims(jobs.claim(1, 64 * 64, kinds=["generate"], wait_seconds=0))
-    assert services.jobs.get(first.id).status == "succeeded" and runner.left_look is not None
+    assert services.jobs.get(first.id).status == "succeeded" and runner.left_looks
     # When a job arrives after the loop ended
     late = make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=982, tag="gw-left")
     # Then the look takes it and hands it to the worker as its next claim (not back to the queue)
@@ -225,3 +225,51 @@ def _continuous_gateway_runner(client: TestClient, migrated: Any, tiny_engine: A
         metrics=WorkerMetrics(), shutdown=ShutdownGate(30.0), enqueue=lambda _: None, faults=faults,
     )
     return jobs, runner
+
+
+def test_a_gateway_workers_newcomer_long_poll_never_keeps_its_freed_rows_empty(
+    client: TestClient, migrated: Any, tiny_engine: Any, make_token: Any, services: Any, owner_id: str,
+    session_factory: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import workers.runner.continuous as continuous
+
+    monkeypatch.setattr(continuous, "REMOTE_LOOK_SECONDS", 25.0)  # the looks outlast the loop whatever the load
+    # Given a continuous gateway worker of two rows running two of tenant A's four 2-step jobs: its set is full, so
+    # it long-polls for a job of another key (none is queued)
+    jobs, runner = _continuous_gateway_runner(client, migrated, tiny_engine, make_token, FaultInjector())
+    bulk = [make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=1000 + i, steps=2,
+                     tag="gw-refill") for i in range(4)]
+    first = jobs.claim(2, 8 * 1024 * 1024, kinds=["generate"], wait_seconds=0)
+    claims_of_rows: list[tuple[str, int]] = []  # (thread, jobs taken) of each claim not for a newcomer
+    claim = jobs.claim
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        taken = claim(*args, **kwargs)
+        if not kwargs.get("skip_owners_of"):
+            claims_of_rows.append((threading.current_thread().name, len(taken)))
+        return taken
+
+    monkeypatch.setattr(jobs, "claim", observed)
+
+    # When the loop runs them
+    runner.run_claims(first)
+
+    # Then the rows they freed were claimed off the sampling thread while the newcomer long-poll waited, and A's
+    # other two jobs ran in the same loop
+    sampling = threading.current_thread().name
+    assert [n for thread, n in claims_of_rows if thread != sampling] == [2], claims_of_rows
+    assert all(n == 0 for thread, n in claims_of_rows if thread == sampling), claims_of_rows
+    assert all(services.jobs.get(j.id).status == "succeeded" for j in bulk)
+    # And tenant B's job, queued after the loop, is taken by a look it left and is the worker's next claim
+    late = make_job(services.jobs, services.objects, add_owner(session_factory), "generate", 64, seed=1009,
+                    tag="gw-refill-b")
+    left = runner.left_claims()
+    assert [c.job_id for c in left] == [late.id]
+    monkeypatch.setattr(continuous, "REMOTE_LOOK_SECONDS", 0.0)  # this loop's own looks end at once
+    runner.run_claims(left)
+    assert services.jobs.get(late.id).status == "succeeded"
+    # And the other look, adopted by that loop and left again, takes the next job; a worker that stops hands it back
+    last = make_job(services.jobs, services.objects, add_owner(session_factory), "generate", 64, seed=1010,
+                    tag="gw-refill-c")
+    runner.drain()
+    assert services.jobs.get(last.id).status == "queued"

@@ -15,9 +15,10 @@ a claim heard arriving (a wake-up) is still made at once, on the sampling thread
 the worker hears its queues' wake-ups (`workers.runner.wakeups`), so once a claim found the queue empty the loop
 asks again only when a job arrived (or every NEWCOMER_SAFETY_SECONDS, and always before it ends): a claim query
 costs about as much as a small step on a busy CPU. A gateway worker hears no wake-ups: while its set samples, it
-claims by long-polling the gateway on a look thread (`ContinuousRunner.look_remotely`), and the set takes what a
-look found at the next pass; a look in flight when the loop ends is the worker's next claim (`left_claims`). The
-loop holds the worker's one message for as long as its queue has work, so once that queue has fed it more than
+claims by long-polling the gateway on a look thread (`ContinuousRunner.look_aside`), for free rows and, beside
+that, for a key its sets hold nothing of (so a newcomer's long wait never keeps freed rows empty), and the set takes
+what a look found at the next pass; looks in flight when the loop ends are the worker's next claim (`left_claims`).
+The loop holds the worker's one message for as long as its queue has work, so once that queue has fed it more than
 its first claim (a backlog loop; a loop that ends soon leaves the other queues to their own messages) it also
 asks a direct worker's other queues, in turn, when a row is free (a gateway worker's claims span its queues
 already): while they have work, they and the loop's own queue take turns at free rows, and once they have none, it
@@ -43,7 +44,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -95,17 +96,20 @@ class ContinuousRunner(BatchRunner):
         super().__init__(**kwargs)
         self.step_costs: dict[tuple[str, int], StepCosts] = {}  # per (kind, size): outlives one loop
         self._wakeups: QueueWakeups | None = None
-        self._looks: ThreadPoolExecutor | None = None  # the gateway's claims while sampling, off its thread
-        self.left_look: Future[Found | None] | None = None  # a gateway loop's, in flight when it ended
+        self._looks: ThreadPoolExecutor | None = None  # claims while sampling, off the sampling thread
+        # a gateway loop's looks in flight when it ended (OWN: for rows, NEWCOMER: for a key it held nothing of):
+        # the worker's next claim, and what that claim does not wait for the next loop adopts
+        self.left_looks: list[tuple[str, Future[Found | None]]] = []
         self._heard_before_claim: dict[str, int] = {}  # queue wake-ups heard before a message's claim
 
     def look_aside(self, claim: Callable[[], Found]) -> Future[Found | None]:
         """A claim while a set samples (`_Loop`: the rows a step frees, free rows, a gateway worker's newcomer),
-        on this runner's one look thread, so the sampling thread waits for no round trip: a plain claim on the
+        on this runner's look threads, so the sampling thread waits for no round trip: a plain claim on the
         direct transport, a long-poll of up to REMOTE_LOOK_SECONDS over the gateway (which costs the gateway
-        nothing between wake-ups). None when the claim failed."""
+        nothing between wake-ups). Two threads: a gateway worker's newcomer long-poll waits for another key's job
+        while the claim of the rows a step frees goes on beside it. None when the claim failed."""
         if self._looks is None:
-            self._looks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claim-look")
+            self._looks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="claim-look")
 
         def look() -> Found | None:
             try:
@@ -117,11 +121,18 @@ class ContinuousRunner(BatchRunner):
         return self._looks.submit(look)
 
     def left_claims(self) -> list[Claim]:
-        """What the look a gateway loop left in flight took (waiting for it: at most REMOTE_LOOK_SECONDS, less
-        when a job arrives): the worker takes it as its next claim, so the look never takes a job from that claim."""
-        look, self.left_look = self.left_look, None
-        found = look.result() if look is not None else None
-        return found.claims if found is not None else []
+        """What the looks a gateway loop left in flight took, as soon as one of them took a job (waiting at most
+        REMOTE_LOOK_SECONDS, less when a job arrives): the worker takes it as its next claim, so a look never
+        takes a job from that claim; a look still waiting is adopted by the loop that runs it (`_Loop`)."""
+        left, claims = self.left_looks, list[Claim]()
+        while left and not claims:
+            wait([future for _, future in left], return_when=FIRST_COMPLETED)
+            for _, future in left:
+                found = future.result() if future.done() else None
+                claims += found.claims if found is not None else []
+            left = [(kind, future) for kind, future in left if not future.done()]
+        self.left_looks = left
+        return claims
 
     def drain(self) -> None:
         """Also wait for a remote look still in flight (at most REMOTE_LOOK_SECONDS): what it took goes back to
@@ -130,7 +141,7 @@ class ContinuousRunner(BatchRunner):
         if self._looks is not None:
             self._looks.shutdown(wait=True)
             self._looks = None
-        left = self.left_claims()
+        left = self.left_claims()  # every look is done: what all of them took
         if left:
             self._release(left)
 
@@ -175,7 +186,14 @@ class _Loop:
         self.started = time.monotonic()
         self.look_elsewhere_at = self.started  # a backlog loop's first free row already asks the other queues
         self.newcomer_at = self.started
-        self.look: Look | None = None  # a claim in flight off the sampling thread
+        self.look: Look | None = None  # a claim of rows in flight off the sampling thread
+        self.newcomer_look: Look | None = None  # a gateway worker's long-poll for a key its sets hold nothing of
+        for kind, future in runner.left_looks:  # the last loop's, still waiting: what they take joins this loop
+            if kind == NEWCOMER:
+                self.newcomer_look = Look(future, 0, 0, self.started)
+            else:  # it holds no rows here: what does not fit goes back when it is collected
+                self.look = Look(future, 0, 0, self.started)
+        runner.left_looks = []
         self.wakeups = runner.wakeups
         self.looks = 0
         self.own_turn = False
@@ -279,6 +297,7 @@ class _Loop:
         if self.r.shutdown.requested:
             return
         self._collect_look(wait=not self.busy)
+        self._collect_newcomer()
         self._claim_woken_elsewhere()
         woken = self.wakeups.take(self.queue) if self.wakeups is not None else None
         if woken:
@@ -386,7 +405,7 @@ class _Loop:
         does for free rows, for a job of any queue the token serves (one of another queue opens its own set),
         and the set takes what the look found at the next pass."""
         store, direct = self.r.store, self.direct
-        if (self.look is not None and not direct) or len(self.members) > self.row_cap:
+        if (self.newcomer_look is not None and not direct) or len(self.members) > self.row_cap:
             return
         now = time.monotonic()
         if not woken and now < self.newcomer_at:
@@ -399,8 +418,8 @@ class _Loop:
                                         held, wait_seconds=wait_seconds)
 
         if not direct:
-            self.look = Look(self.r.look_aside(lambda: Found.of(self.r.store, self.r.objects, NEWCOMER, claim(REMOTE_LOOK_SECONDS))),
-                             0, 0, now)
+            self.newcomer_look = Look(self.r.look_aside(
+                lambda: Found.of(self.r.store, self.r.objects, NEWCOMER, claim(REMOTE_LOOK_SECONDS))), 0, 0, now)
             return
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
         claims = claim()
@@ -420,10 +439,6 @@ class _Loop:
         if found is None:
             self.newcomer_at = self.claimed_at = time.monotonic() + NEWCOMER_SAFETY_SECONDS
             return
-        if found.where == NEWCOMER:
-            if found.claims:
-                self._admit(found)
-            return
         rows, pixels = self._free()
         keep = 0
         for c in found.claims:  # in the policy's order: the first ones fit
@@ -438,14 +453,29 @@ class _Loop:
         self._took(replace(found, claims=found.claims[:keep]), look.asked_at)
         self.drained = self.drained and keep == len(found.claims)  # what went back is queued: not drained
 
+    def _collect_newcomer(self) -> None:
+        """Admit what a gateway worker's finished newcomer long-poll found: a job of a key the sets held nothing
+        of when it asked, into one row over the cap. After a failed one, the next waits a little."""
+        look = self.newcomer_look
+        if look is None or not look.future.done():
+            return
+        self.newcomer_look = None
+        found = look.future.result()
+        if found is None:
+            self.newcomer_at = time.monotonic() + NEWCOMER_SAFETY_SECONDS
+        elif found.claims:
+            self._admit(found)
+
     def _abandon_look(self) -> None:
-        """The loop ends with a look in flight. A gateway worker's is its next claim (`left_claims`); a direct
+        """The loop ends with looks in flight. A gateway worker's are its next claim (`left_claims`); a direct
         one's (a short query) is waited for and what it took goes back to the queue at once."""
         look, self.look = self.look, None
-        if look is None:
-            return
+        newcomer, self.newcomer_look = self.newcomer_look, None
         if not self.direct:
-            self.r.left_look = look.future
+            self.r.left_looks = [(kind, held.future) for kind, held in ((OWN, look), (NEWCOMER, newcomer))
+                                 if held is not None]
+            return
+        if look is None:
             return
         found = look.future.result()
         if found is not None and found.claims:
