@@ -36,7 +36,7 @@ from workers.runner.engine import Engine, ModelRequest, ModelResult, run_model
 from workers.runner.inputs import prepare
 from workers.runner.leases import LeaseKeeper
 from workers.runner.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
-from workers.runner.oom import halves, is_oom, release_cached_memory
+from workers.runner.oom import failure_code, halves, is_oom, release_cached_memory
 from workers.runner.pipeline import FinishPipeline
 from workers.runner.progress import CancelWatcher, ProgressReporter
 from workers.runner.results import LeaseLost, UploadFailed, WrittenResult, write_result
@@ -254,7 +254,7 @@ class BatchRunner:
             release_cached_memory()
         ids = [i.job.id for i in items]
         if len(items) == 1:
-            code = JobErrorCode.OUT_OF_MEMORY if oom else JobErrorCode.MODEL_ERROR
+            code = failure_code(exc)
             log.warning("job %s: %s: %s", ids[0], code, exc)
             self._fail(items[0].claim, code, str(exc) or type(exc).__name__)
             items[0].done = True

@@ -72,7 +72,7 @@ from workers.runner.loop_records import (
     Member,
     QueueClaims,
 )
-from workers.runner.oom import is_oom, release_cached_memory
+from workers.runner.oom import failure_code, is_oom, release_cached_memory
 from workers.runner.progress import MAX_CANCEL_POLL_SECONDS, BackgroundCancelWatcher, ProgressReporter
 from workers.runner.step_policy import SetShares, StepCosts, choose
 from workers.runner.wakeups import QueueWakeups
@@ -549,7 +549,7 @@ class _Loop:
                 self.row_cap = max(1, min(self.row_cap, len(self.members)))  # never up: a newcomer may be over it
                 self.r._release([item.claim])
             else:
-                code = JobErrorCode.OUT_OF_MEMORY if is_oom(exc) else JobErrorCode.MODEL_ERROR
+                code = failure_code(exc)
                 self.r._fail(item.claim, code, str(exc) or type(exc).__name__)
             return
         soft = soft_limit_seconds([(job.kind, job.params)], s.time_limit_floor_seconds,
@@ -703,7 +703,7 @@ class _Loop:
                 return
         if len(ids) == 1 or len(live) == 1:
             m = self.members[next(iter(ids))] if ids else live[0]
-            code = JobErrorCode.OUT_OF_MEMORY if is_oom(exc) else JobErrorCode.MODEL_ERROR
+            code = failure_code(exc)
             log.warning("job %s: %s: %s", m.id, code, exc)
             self.r._fail(m.claim, code, str(exc) or type(exc).__name__)
             self._remove(m)
@@ -758,7 +758,7 @@ class _Loop:
         except Exception as exc:  # noqa: BLE001 - this item's own failure; the loop goes on
             if is_oom(exc):
                 release_cached_memory()
-            code = JobErrorCode.OUT_OF_MEMORY if is_oom(exc) else JobErrorCode.MODEL_ERROR
+            code = failure_code(exc)
             log.warning("job %s: decoding its images failed: %s: %s", m.id, code, exc)
             self.r._fail(m.claim, code, str(exc) or type(exc).__name__)
             self._remove(m)

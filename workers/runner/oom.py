@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
+from storage.states import JobErrorCode
+
 T = TypeVar("T")
 
 
@@ -26,6 +28,11 @@ def is_oom(exc: BaseException) -> bool:
         text = str(exc).lower()
         return isinstance(exc, MemoryError) or "out of memory" in text or "failed to allocate" in text
     return False
+
+
+def failure_code(exc: BaseException) -> JobErrorCode:
+    """The error code of an item whose model call failed on its own: out of memory, or any other model error."""
+    return JobErrorCode.OUT_OF_MEMORY if is_oom(exc) else JobErrorCode.MODEL_ERROR
 
 
 def halves(items: Sequence[T]) -> list[list[T]]:
