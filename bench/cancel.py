@@ -3,7 +3,8 @@
 An in-process `workers.runner.continuous.ContinuousRunner` (the real store in a private Postgres schema, the
 real object store, the tiny model on CPU) serves, on a thread, a backlog of `--rows` + 1 compatible jobs
 (`--steps` steps at `--size` px): `--rows` fill its running set and one waits in the queue. Once the set has
-taken half its steps, one running item is canceled through `JobStore.request_cancel` (what the API calls).
+taken half its steps, one running item is canceled through `JobStore.request_cancel` (what the API calls; its
+commit sends the cancel hint on Redis, as the API's does, which the worker reads the request on).
 Per repeat, each on a fresh backlog:
 - steps: step calls of the set that ended after the request and before the item was dropped (the step in
   flight counts; target <= 1). The request commits somewhere inside its own call, so two counts bound it:
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import bench.worker as worker_bench
     from model.inference import load_engine
     from storage.db import make_engine, make_session_factory
+    from storage.jobs.events import attach_from_settings
     from storage.jobs.store import JobStore
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timed = TimedEngine(load_engine("tiny"))
     worker_bench.REDIS = worker_bench.REDIS or worker_bench.free_redis_db()  # Stack flushes its own db
     with worker_bench.Stack(args.storage) as stack:
-        store = JobStore(make_session_factory(make_engine(stack.settings)))
+        sessions = make_session_factory(make_engine(stack.settings))
+        attach_from_settings(sessions, stack.settings)  # the cancel's hint goes out on Redis, as the API's does
+        store = JobStore(sessions)
         owner_id = new_owner(store.sessions)
         runner = make_runner(stack, store, timed, "continuous", args.rows)
         warm = [create_job(store, owner_id, args.size, 2, 10**6 + i) for i in range(args.rows)]

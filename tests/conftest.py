@@ -216,6 +216,21 @@ def job_store(session_factory: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
+def publishing_store(engine: Any, settings: Any) -> Iterator[Any]:
+    """A store whose commits publish job events, queue wake-ups and cancel hints on Redis, as the API's does
+    (`job_store` publishes nothing): a running loop hears a job queued, or a cancel asked, through it."""
+    from storage.db import make_session_factory
+    from storage.jobs.events import RedisPublisher, attach
+    from storage.jobs.store import JobStore
+
+    sessions = make_session_factory(engine)
+    publisher = RedisPublisher(settings.redis_url)
+    attach(sessions, publisher)
+    yield JobStore(sessions)
+    publisher.close()
+
+
+@pytest.fixture(scope="session")
 def object_store(settings: Any) -> Any:
     """The S3 object store on the moto server."""
     from storage.objects.s3 import S3ObjectStore

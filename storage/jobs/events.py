@@ -12,7 +12,10 @@ Channels: `{prefix}ev:job:{job_id}` and, for a job of a batch, `{prefix}ev:batch
 JSON `{"type": "status"|"progress"|"update", "job_id", "batch_id", "custom_id", "status", "step", "total"}`.
 Queue wake-ups: a transaction that makes jobs claimable in a queue (created, requeued, released) also publishes
 `{"type": "queued", "queue", "jobs": n}` on `{prefix}ev:queue:{queue}`, once per queue with the count, so the
-gateway's long-polling claims of that queue wake instead of polling (`note_queued`).
+gateway's long-polling claims of that queue wake instead of polling (`note_queued`). Cancel hints: a transaction
+that asks running jobs to stop (`cancel_requested`) also publishes `{"type": "cancel", "job_ids": [...]}` on
+`{prefix}ev:cancel`, so a worker hears a cancel instead of reading Postgres every step for one (a fleet of workers
+polling once a step would cost the database thousands of reads a second for nothing).
 Without Redis (`settings.redis_url` empty: the embedded mode) nothing is attached and readers poll.
 Knows nothing of HTTP, streams or the API's fan-out (`api.events.hub`).
 """
@@ -40,6 +43,8 @@ CHANNEL_PREFIX = "ev:"
 PAUSE_AFTER_FAILURE_S = 2.0
 _NOTES = "unipic_job_events"
 _QUEUED = "unipic_queue_wakeups"
+_CANCELS = "unipic_cancel_hints"
+CANCEL_HINT_IDS = 1000  # job ids per cancel message: a canceled batch of thousands is a few messages
 _ATTACHED = "unipic_job_events_attached"
 
 
@@ -65,6 +70,11 @@ def batch_channel(prefix: str, batch_id: str) -> str:
 def queue_channel(prefix: str, queue: str) -> str:
     """The channel on which a queue's wake-ups (jobs became claimable there) go."""
     return f"{prefix}{CHANNEL_PREFIX}queue:{queue}"
+
+
+def cancel_channel(prefix: str) -> str:
+    """The channel on which cancel hints (running jobs asked to stop) go."""
+    return f"{prefix}{CHANNEL_PREFIX}cancel"
 
 
 def channel_pattern(prefix: str) -> str:
@@ -94,6 +104,8 @@ def note(s: Session, row: Job, values: Mapping[str, Any]) -> None:
     })
     if values.get("status") == JobStatus.QUEUED:  # requeued or released: claimable again
         note_queued(s, [row.queue])
+    if values.get("cancel_requested") is True:  # its worker should stop it at its next step
+        s.info.setdefault(_CANCELS, []).append(row.id)
 
 
 def note_queued(s: Session, queues: Iterable[str]) -> None:
@@ -108,6 +120,12 @@ def note_queued(s: Session, queues: Iterable[str]) -> None:
 def queued_events(counts: Mapping[str, int]) -> list[dict[str, Any]]:
     """The wake-up messages for a transaction's queue counts."""
     return [{"type": "queued", "queue": queue, "jobs": n} for queue, n in sorted(counts.items()) if n > 0]
+
+
+def cancel_events(job_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The cancel-hint messages for a transaction's running jobs asked to stop."""
+    return [{"type": "cancel", "job_ids": list(job_ids[i : i + CANCEL_HINT_IDS])}
+            for i in range(0, len(job_ids), CANCEL_HINT_IDS)]
 
 
 class Publisher(Protocol):
@@ -138,6 +156,9 @@ class RedisPublisher:
                 if ev.get("type") == "queued":
                     pipe.publish(queue_channel(self.prefix, ev["queue"]), body)
                     continue
+                if ev.get("type") == "cancel":
+                    pipe.publish(cancel_channel(self.prefix), body)
+                    continue
                 pipe.publish(job_channel(self.prefix, ev["job_id"]), body)
                 if ev.get("batch_id"):
                     pipe.publish(batch_channel(self.prefix, ev["batch_id"]), body)
@@ -161,12 +182,14 @@ def attach(sessions: sessionmaker[Session], publisher: Publisher) -> None:
     def after_commit(session: Session) -> None:
         events = session.info.pop(_NOTES, None) or []
         events += queued_events(session.info.pop(_QUEUED, None) or {})
+        events += cancel_events(session.info.pop(_CANCELS, None) or [])
         if events:
             publisher.publish(events)
 
     def after_rollback(session: Session) -> None:
         session.info.pop(_NOTES, None)
         session.info.pop(_QUEUED, None)
+        session.info.pop(_CANCELS, None)
 
     event.listen(sessions, "after_commit", after_commit)
     event.listen(sessions, "after_rollback", after_rollback)

@@ -270,7 +270,7 @@ class JobStore(JobQueries):
         now = utcnow()
         held = []
         with write_session(self.sessions) as s:
-            for claim in claims:
+            for claim in sorted(claims, key=lambda c: c.job_id):  # rows locked in id order, as set_progress_many
                 if _cas(s, claim.job_id, JobStatus.RUNNING, claim.lease_token,
                         lease_expires_at=now + timedelta(seconds=lease_seconds)) is not None:
                     held.append(claim)
@@ -284,6 +284,18 @@ class JobStore(JobQueries):
         with write_session(self.sessions) as s:
             return _cas(s, claim.job_id, JobStatus.RUNNING, claim.lease_token,
                         progress_step=max(0, min(step, total)), progress_total=total) is not None
+
+    def set_progress_many(self, reports: Sequence[tuple[Claim, int, int]]) -> set[str]:
+        """`set_progress` of several jobs in one transaction (a running set's items advance together: one commit
+        and one event publish for all of them instead of one each). Each row is fenced by its own lease: a stale
+        claim changes nothing and does not stop the others. Returns the ids whose claim held (or had no total)."""
+        held: set[str] = set()
+        with write_session(self.sessions) as s:  # rows locked in id order: a worker's renewals lock them so too
+            for claim, step, total in sorted(reports, key=lambda r: r[0].job_id):
+                if total <= 0 or _cas(s, claim.job_id, JobStatus.RUNNING, claim.lease_token,
+                                      progress_step=max(0, min(step, total)), progress_total=total) is not None:
+                    held.add(claim.job_id)
+        return held
 
     # ---- finishing ------------------------------------------------------------------------------------------
     def complete(

@@ -97,6 +97,24 @@ def test_progress_is_clamped_to_its_total(stores: Stores, compat: str) -> None:
     stores.jobs.release([claim])
 
 
+def test_progress_of_several_jobs_is_one_write_fenced_per_row(stores: Stores, compat: str) -> None:
+    # Given two running jobs, one of which another worker claimed again after this one lost its lease
+    kept_rec, lost_rec = (stores.jobs.create(job(stores.owner_id, compat)) for _ in range(2))
+    kept = claim_one(stores, kept_rec.id)
+    old = claim_one(stores, lost_rec.id, lease=0.001)
+    assert lost_rec.id in stores.jobs.requeue_expired(utcnow() + timedelta(seconds=1))
+    new = claim_one(stores, lost_rec.id)
+    # When the first worker reports both in one write
+    held = stores.jobs.set_progress_many([(kept, 1000, 8), (old, 5, 8)])
+    # Then its own job moved (clamped to its total) and the stale claim changed nothing, without failing the other
+    assert held == {kept_rec.id}
+    assert (stores.jobs.get(kept_rec.id).progress_step, stores.jobs.get(kept_rec.id).progress_total) == (8, 8)
+    assert stores.jobs.get(lost_rec.id).progress_step == 0  # as the new claim left it
+    assert stores.jobs.set_progress_many([(new, 2, 8), (kept, 3, 0)]) == {lost_rec.id, kept_rec.id}  # no total: kept
+    assert stores.jobs.get(lost_rec.id).progress_step == 2 and stores.jobs.get(kept_rec.id).progress_step == 8
+    stores.jobs.release([kept, new])
+
+
 def test_terminal_states_never_change(stores: Stores, compat: str) -> None:
     rec = stores.jobs.create(job(stores.owner_id, compat))
     claim = claim_one(stores, rec.id)

@@ -22,7 +22,8 @@ HELD_AT = 3  # UNIPIC_FAULT_HOLD_AFTER_STEPS=2: the worker's file gate holds the
 
 
 def test_a_job_queued_mid_set_takes_a_canceled_items_row_and_results_equal_alone(
-    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any, tmp_path: Path
+    start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any, tmp_path: Path,
+    publishing_store: Any,
 ) -> None:
     release = tmp_path / "release"
     worker = start_worker("continuous", UNIPIC_WORKER_BATCHING="continuous", UNIPIC_WORKER_MAX_BATCH="2",
@@ -38,7 +39,7 @@ def test_a_job_queued_mid_set_takes_a_canceled_items_row_and_results_equal_alone
 
     # When one of them is canceled and a new job is queued while the set is held
     late = make_job(job_store, object_store, owner_id, "generate", 64, seed=912, steps=STEPS, tag="continuous-late")
-    job_store.request_cancel(victim.id, owner_id)
+    publishing_store.request_cancel(victim.id, owner_id)  # as the API does: its cancel hint goes out on Redis
     enqueue(job_store, celery_app, [late])
     release.touch()
     done = wait_terminal(job_store, [keep.id, victim.id, late.id], workers=[worker])

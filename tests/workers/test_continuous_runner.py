@@ -72,20 +72,8 @@ def test_an_item_whose_lease_is_lost_leaves_the_set_and_writes_nothing(
 
 
 
-def _publishing_store(settings: Any) -> Any:
-    """A store whose commits publish job events and queue wake-ups on Redis, as the API's does (the session's
-    `job_store` publishes nothing): a running loop hears a job queued through it."""
-    from storage.db import make_engine, make_session_factory
-    from storage.jobs.events import RedisPublisher, attach
-    from storage.jobs.store import JobStore
-
-    sessions = make_session_factory(make_engine(settings))
-    attach(sessions, RedisPublisher(settings.redis_url))
-    return JobStore(sessions)
-
-
 def _newcomer_joins_a_held_set(runner: Any, release: Path, job_store: Any, object_store: Any, owner_id: str,
-                               session_factory: Any, settings: Any, seed: int, tag: str) -> tuple[list[Any], Any]:
+                               session_factory: Any, publishing_store: Any, seed: int, tag: str) -> tuple[list[Any], Any]:
     """Tenant A's two 8-step jobs run until the set is held after two steps; then tenant B queues one job of as
     many steps through a store that publishes queue wake-ups (as the API's does), the worker hears it, the set
     is released and runs to the end. Returns A's jobs and B's."""
@@ -96,7 +84,7 @@ def _newcomer_joins_a_held_set(runner: Any, release: Path, job_store: Any, objec
     wait_for(lambda: all((job_store.get(j.id).progress_step or 0) >= 2 for j in bulk), "A's set to take two steps")
     assert runner.wakeups is not None and runner.wakeups.listening.is_set()
     heard = runner.wakeups.heard(bulk[0].queue)
-    late = make_job(_publishing_store(settings), object_store, add_owner(session_factory), "generate", 64,
+    late = make_job(publishing_store, object_store, add_owner(session_factory), "generate", 64,
                     seed=seed + 9, steps=8, tag=f"{tag}-b")
     wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
     release.touch()
@@ -122,7 +110,7 @@ def _retirements(monkeypatch: Any) -> list[str]:
 
 def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
     make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
-    monkeypatch: Any, settings: Any,
+    monkeypatch: Any, publishing_store: Any,
 ) -> None:
     from workers.runner import continuous
 
@@ -137,7 +125,7 @@ def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
                          worker_step_companions=0)
     # When tenant B queues one job of as many steps (the worker hears the queue's wake-up) and the set goes on
     bulk, late = _newcomer_joins_a_held_set(runner, release, job_store, object_store, owner_id, session_factory,
-                                            settings, seed=940, tag="cont-sched")
+                                            publishing_store, seed=940, tag="cont-sched")
 
     # Then B's job joined and finished first: A's items paused for its steps (forced in only against starvation)
     done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), late.id])}
@@ -147,7 +135,7 @@ def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
 
 def test_an_understand_job_queued_mid_decode_joins_at_the_next_token_and_reads_as_alone(
     make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
-    monkeypatch: Any, settings: Any,
+    monkeypatch: Any, publishing_store: Any,
 ) -> None:
     retired = _retirements(monkeypatch)
     # Given an understand job of 24 tokens decoding in a set held after its second token
@@ -161,7 +149,7 @@ def test_an_understand_job_queued_mid_decode_joins_at_the_next_token_and_reads_a
     heard = runner.wakeups.heard(first.queue)
 
     # When another key queues a 6-token question (the worker hears the wake-up) and the set goes on
-    late = make_job(_publishing_store(settings), object_store, add_owner(session_factory), "understand", 64,
+    late = make_job(publishing_store, object_store, add_owner(session_factory), "understand", 64,
                     seed=956, max_new_tokens=6, tag="cont-ask-b")
     wait_for(lambda: runner.wakeups.heard(first.queue) > heard, "the worker to hear the wake-up")
     release.touch()
@@ -260,7 +248,7 @@ def test_a_job_released_under_the_loop_and_claimed_again_starts_over_on_its_new_
 
 
 def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_more_than_the_cap(
-    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, settings: Any,
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, publishing_store: Any,
     tmp_path: Path, monkeypatch: Any,
 ) -> None:
     from workers.runner.continuous import _Loop
@@ -280,7 +268,7 @@ def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_mo
                          worker_max_batch=2)
     # When tenant B queues one job and the worker has heard the queue's wake-up
     bulk, late = _newcomer_joins_a_held_set(runner, release, job_store, object_store, owner_id, session_factory,
-                                            settings, seed=960, tag="cont-full")
+                                            publishing_store, seed=960, tag="cont-full")
 
     # Then B's job joined the full set at once and finished first, and no step ran more than two items
     done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), late.id])}
@@ -315,7 +303,7 @@ class _LoggedSet(Forwarded):
 
 
 def test_a_job_heard_during_the_bulks_decodes_steps_between_them(
-    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, settings: Any
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, publishing_store: Any
 ) -> None:
     from tests.support.jobs import make_jobs
 
@@ -329,7 +317,7 @@ def test_a_job_heard_during_the_bulks_decodes_steps_between_them(
     def arrive() -> None:
         assert runner.wakeups is not None and runner.wakeups.listening.is_set()
         heard = runner.wakeups.heard(bulk[0].queue)
-        late.append(make_job(_publishing_store(settings), object_store, add_owner(session_factory), "generate", 64,
+        late.append(make_job(publishing_store, object_store, add_owner(session_factory), "generate", 64,
                              seed=994, steps=2, tag="cont-decodes"))
         wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
 
@@ -350,7 +338,7 @@ def test_a_job_heard_during_the_bulks_decodes_steps_between_them(
 
 
 def test_the_wake_up_of_a_job_its_messages_claim_took_starts_no_claim_on_the_sampling_thread(
-    make_runner: Any, job_store: Any, object_store: Any, session_factory: Any, settings: Any,
+    make_runner: Any, job_store: Any, object_store: Any, session_factory: Any, publishing_store: Any,
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a continuous worker that hears queue wake-ups, and one job queued (its wake-up heard) while it idles
@@ -365,7 +353,7 @@ def test_the_wake_up_of_a_job_its_messages_claim_took_starts_no_claim_on_the_sam
         return claim(*args, **kwargs)
 
     monkeypatch.setattr(job_store, "claim_for_message", observed)
-    job = make_job(_publishing_store(settings), object_store, add_owner(session_factory), "generate", 64, seed=995,
+    job = make_job(publishing_store, object_store, add_owner(session_factory), "generate", 64, seed=995,
                    steps=2, tag="cont-stale-wakeup")
     wait_for(lambda: runner.wakeups.heard(job.queue) > 0, "the worker to hear the wake-up")
 
@@ -380,3 +368,53 @@ def test_the_wake_up_of_a_job_its_messages_claim_took_starts_no_claim_on_the_sam
     assert claims_on[0] == (sampling, "queued"), claims_on
     assert [thread for thread, _ in claims_on].count(sampling) == 2, claims_on
     assert job_store.get(job.id).status == "succeeded"
+
+
+class _CancelsDuringAStep(WrappedSets):
+    """Runs `cancel()` inside the set's second step; logs each step's ids."""
+
+    def __init__(self, inner: Any, cancel: Any) -> None:
+        super().__init__(inner)
+        self.cancel, self.steps = cancel, list[set[str]]()
+
+    def wrap(self, rs: Any) -> Any:
+        return _CancelLoggedSet(rs, self)
+
+
+class _CancelLoggedSet(Forwarded):
+    def step(self, ids: Any = None, **options: Any) -> Any:
+        self.engine.steps.append(set(ids if ids is not None else self.inner.ids))
+        if len(self.engine.steps) == 2:
+            self.engine.cancel()
+        return self.inner.step(ids, **options)
+
+
+def test_a_canceled_items_row_is_taken_by_the_next_queued_job_at_the_very_next_step(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, publishing_store: Any
+) -> None:
+    from tests.support.jobs import make_jobs
+
+    # Given a set of two rows running two 6-step jobs, a third queued behind them
+    runner = make_runner(worker_batching="continuous", worker_max_batch=2)
+    kept, victim, waiting = make_jobs(job_store, object_store, owner_id, "generate", 64, [1000, 1001, 1002],
+                                      steps=6, tag="cont-cancel-row")
+
+    def cancel() -> None:  # as the API does: the request's hint goes out on Redis and the worker hears it
+        publishing_store.request_cancel(victim.id, owner_id)
+        hints = runner.cancel_hints
+        wait_for(lambda: hints.heard([victim.id]), "the worker to hear the cancel")
+
+    runner.engine = engine = _CancelsDuringAStep(runner.engine, cancel)
+    wait_for(lambda: runner.cancel_hints is not None and runner.cancel_hints.listening.is_set(),
+             "the worker to subscribe to cancel hints")
+
+    # When the owner cancels one of the running jobs during the set's second step
+    runner.run(kept.id)
+    runner.drain()
+
+    # Then the canceled job left after that step, and the queued one ran in its row at the very next step
+    assert engine.steps[:2] == [{kept.id, victim.id}] * 2
+    assert engine.steps[2] == {kept.id, waiting.id}, engine.steps
+    done = {j.id: j for j in job_store.get_many([kept.id, victim.id, waiting.id])}
+    assert done[victim.id].status == "canceled" and not object_store.page(f"results/{victim.id}/")
+    assert done[kept.id].status == "succeeded" and done[waiting.id].status == "succeeded"

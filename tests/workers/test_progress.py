@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from tests.support.claims import claim_job
@@ -64,3 +66,78 @@ def test_a_background_watcher_reads_cancels_off_the_loop_and_forgets_jobs_that_l
     seen = len(watched)  # the background thread has stopped
     watcher.check()
     assert len(watched) == seen  # nothing left to ask about: no query at all
+
+
+class _ReadLog:
+    """The store's cancel reads, with the thread each ran on (what a running set's sampling thread pays)."""
+
+    def __init__(self, job_store: Any) -> None:
+        self.store, self.threads = job_store, list[str]()
+
+    def cancel_requested_ids(self, job_ids: Any) -> set[str]:
+        self.threads.append(threading.current_thread().name)
+        return set(self.store.cancel_requested_ids(job_ids))
+
+
+def test_a_watcher_with_cancel_hints_reads_when_a_cancel_is_heard_not_every_step(
+    job_store: Any, publishing_store: Any, object_store: Any, owner_id: str, settings: Any, monkeypatch: Any
+) -> None:
+    from workers.runner import progress
+    from workers.runner.wakeups import CancelHints
+
+    monkeypatch.setattr(progress, "HINTED_CHECK_SECONDS", 3600.0)  # any read after the first is a hint's
+    hints = CancelHints(settings.redis_url).start()
+    reads = _ReadLog(job_store)
+    try:
+        wait_for(hints.listening.is_set, "the cancel hints to be subscribed")
+        claimed_after = time.monotonic()  # the claims clear cancel requests: hints cover everything after them
+        kept, canceled, early = (_claimed(job_store, object_store, owner_id, f"hinted-{i}") for i in range(3))
+        with progress.BackgroundCancelWatcher(reads, 0.01, hints) as watcher:  # type: ignore[arg-type]
+            watcher.watch([kept.job_id, canceled.job_id], claimed_after)
+            # Given a set stepping with nothing canceled: between its steps the loop asks, and no read is made
+            for _ in range(20):
+                assert watcher(time.monotonic()) == set()
+            assert reads.threads == []
+
+            # When an owner cancels one job through a store that publishes (the API's), it is seen off the loop
+            publishing_store.request_cancel(canceled.job_id, owner_id)
+            wait_for(lambda: watcher() == {canceled.job_id}, "the hinted read to see the cancel")
+            assert set(reads.threads) == {"cancel-watcher"}
+
+            # And a job canceled before the loop watched it (claimed just before) is read when it is watched
+            publishing_store.request_cancel(early.job_id, owner_id)
+            wait_for(lambda: hints.heard([early.job_id]), "the early cancel's hint")
+            watcher.watch([early.job_id], claimed_after)
+            wait_for(lambda: early.job_id in watcher(), "the early cancel to be seen")
+            assert "MainThread" not in reads.threads
+    finally:
+        hints.close()
+
+
+def test_a_watcher_whose_hints_are_lost_or_down_still_sees_every_cancel(
+    job_store: Any, object_store: Any, owner_id: str, settings: Any, monkeypatch: Any
+) -> None:
+    from workers.runner import progress
+    from workers.runner.wakeups import CancelHints
+
+    monkeypatch.setattr(progress, "HINTED_CHECK_SECONDS", 0.05)
+    lost, down = (_claimed(job_store, object_store, owner_id, f"unhinted-{i}") for i in range(2))
+    hints = CancelHints(settings.redis_url).start()
+    try:
+        wait_for(hints.listening.is_set, "the cancel hints to be subscribed")
+        with progress.BackgroundCancelWatcher(job_store, 0.01, hints) as watcher:
+            watcher.watch([lost.job_id])
+            # Given a cancel whose hint never went out (a store that publishes nothing, as when Redis failed it)
+            job_store.request_cancel(lost.job_id, owner_id)
+            # Then the watcher's reads every HINTED_CHECK_SECONDS still see it
+            wait_for(lambda: watcher() == {lost.job_id}, "the safety read to see the cancel")
+    finally:
+        hints.close()
+
+    # Given hints that are not subscribed (Redis down): a pass after a step reads on the loop's thread, as without
+    reads = _ReadLog(job_store)
+    with progress.BackgroundCancelWatcher(reads, 3600.0, CancelHints(settings.redis_url)) as watcher:  # type: ignore[arg-type]
+        watcher.watch([down.job_id])
+        job_store.request_cancel(down.job_id, owner_id)
+        assert watcher(time.monotonic()) == {down.job_id}
+        assert "MainThread" in reads.threads

@@ -4,7 +4,9 @@ for generate and edit (`model.engine.running_set`), a token for understand (`mod
 without `open_set` run whole-batch as before.
 
 Each pass of the loop: drop what must leave (cancel requested, lease lost, the job's own time limit, a shutdown
-that cannot wait for it) -> ask the store for more work of the queue the message woke (`claim_for_message`: the
+that cannot wait for it; a direct worker with Redis reads cancel requests when it hears one asked for,
+`workers.runner.wakeups.CancelHints`, else about once a step, off the sampling thread; a dropped item's row is
+claimed at once, so the next queued job takes it at the next step) -> ask the store for more work of the queue the message woke (`claim_for_message`: the
 one scheduling policy, over the direct store and the gateway alike) up to the free rows and pixels of the card's
 budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`), so a job queued now starts at the next
 step; a full set asks only for a key it holds nothing of, one job over the cap (`_claim_newcomer`). The rows a
@@ -75,7 +77,7 @@ from workers.runner.loop_records import (
 from workers.runner.oom import failure_code, is_oom, release_cached_memory
 from workers.runner.progress import MAX_CANCEL_POLL_SECONDS, BackgroundCancelWatcher, ProgressReporter
 from workers.runner.step_policy import SetShares, StepCosts, choose
-from workers.runner.wakeups import QueueWakeups
+from workers.runner.wakeups import CancelHints, QueueWakeups
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class ContinuousRunner(BatchRunner):
         super().__init__(**kwargs)
         self.step_costs: dict[tuple[str, int], StepCosts] = {}  # per (kind, size): outlives one loop
         self._wakeups: QueueWakeups | None = None
+        self._cancel_hints: CancelHints | None = None
         self._looks: ThreadPoolExecutor | None = None  # claims while sampling, off the sampling thread
         # a gateway loop's looks in flight when it ended (OWN: for rows, NEWCOMER: for a key it held nothing of):
         # the worker's next claim, and what that claim does not wait for the next loop adopts
@@ -152,6 +155,14 @@ class ContinuousRunner(BatchRunner):
             self._wakeups = QueueWakeups(self.settings.redis_url).start()
         return self._wakeups
 
+    @property
+    def cancel_hints(self) -> CancelHints | None:
+        """The process's cancel hints (direct transport with Redis): a running set reads cancel requests when one
+        is heard, and once a second anyway, instead of once a step (`BackgroundCancelWatcher`)."""
+        if self._cancel_hints is None and self.settings.redis_url and isinstance(self.store, QueueClaims):
+            self._cancel_hints = CancelHints(self.settings.redis_url).start()
+        return self._cancel_hints
+
     def _claim(self, job_id: str) -> list[Claim]:
         wakeups = self.wakeups
         self._heard_before_claim = wakeups.counts() if wakeups is not None else {}
@@ -197,6 +208,7 @@ class _Loop:
         self.wakeups = runner.wakeups
         self.looks = 0
         self.own_turn = False
+        self.dropped = False  # items left between steps (`_drop_leaving`): their rows are claimed at once
         self.fed = False  # the loop's own queue had more than the set held: a backlog loop (see _claim_more)
         self.drained = False  # its last claim found nothing: with wake-ups, ask again only when one comes
         self.recheck_at = self.started  # or at this time (a wake-up can be lost)
@@ -222,7 +234,8 @@ class _Loop:
         self.released: list[Claim] = []
         self.keeper = LeaseKeeper(runner.store, [], s.lease_seconds, stop_renewing=self._hung)
         self.reporter = ProgressReporter(runner.store, self.claims, s.progress_interval_ms / 1000, None, self.totals)
-        self.watcher = BackgroundCancelWatcher(runner.store, CANCEL_POLL_SECONDS)  # read between steps
+        # read off the sampling thread: when a cancel is heard (direct, with Redis), else about once a step
+        self.watcher = BackgroundCancelWatcher(runner.store, CANCEL_POLL_SECONDS, runner.cancel_hints)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self, claims: list[Claim]) -> None:
@@ -302,6 +315,9 @@ class _Loop:
         woken = self.wakeups.take(self.queue) if self.wakeups is not None else None
         if woken:
             self.drained = False
+        # rows a cancel (or a lost lease, a time limit) freed were not claimed ahead: claimed now, so the next
+        # queued job takes the row at the next step, not one step later (a drop is rare; a claim is one query)
+        urgent, self.dropped = woken or self.dropped, False
         rows, pixels = self._free()
         if rows <= 0 or pixels <= 0:
             self._claim_newcomer(woken)
@@ -309,13 +325,13 @@ class _Loop:
         now = time.monotonic()
         if self.drained and woken is False and self.busy and now < self.recheck_at:
             return  # the queue was empty and no job arrived since (wake-ups): no claim query this step
-        if self.busy and not woken and now < self.claimed_at + ADMIT_EVERY_SECONDS:
+        if self.busy and not urgent and now < self.claimed_at + ADMIT_EVERY_SECONDS:
             return  # polling (no wake-ups heard): at most this often; a job heard arriving is claimed at once
-        if self.busy and (not self.direct or (self.ahead and not woken)):  # the gateway, or nothing new heard
+        if self.busy and (not self.direct or (self.ahead and not urgent)):  # the gateway, or nothing new heard
             if self.look is None:  # the claim goes off the sampling thread; the next pass admits what it found
                 self._look(rows, pixels)
             return
-        for _ in range(2):  # a job heard arriving is claimed now, before the step; nothing live: nothing to overlap
+        for _ in range(2):  # a job heard arriving (or a dropped item's row) is claimed now; nothing live: no overlap
             found = self._ask(rows, pixels, self._elsewhere_first(), wait_seconds=0.0)()
             self._took(found, now)
             if self.members or found.where != ELSEWHERE:
@@ -393,7 +409,7 @@ class _Loop:
             self.claimed_at = asked_at
         if claims:
             self.fed = True
-            self._admit(found)
+            self._admit(found, asked_at)
 
     def _claim_newcomer(self, woken: bool | None) -> None:
         """A full set still takes one job of a key it holds none of, into one row over the cap: a step never runs
@@ -424,7 +440,7 @@ class _Loop:
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
         claims = claim()
         if claims:
-            self._admit(claims)
+            self._admit(claims, now)
 
     def _collect_look(self, wait: bool = False) -> None:
         """Admit what a finished look found (with `wait`, a direct worker's look is waited for: nothing is live
@@ -464,7 +480,7 @@ class _Loop:
         if found is None:
             self.newcomer_at = time.monotonic() + NEWCOMER_SAFETY_SECONDS
         elif found.claims:
-            self._admit(found)
+            self._admit(found, look.asked_at)
 
     def _abandon_look(self) -> None:
         """The loop ends with looks in flight. A gateway worker's are its next claim (`left_claims`); a direct
@@ -493,17 +509,18 @@ class _Loop:
         for queue in self.other_queues:
             if len(self.members) > self.row_cap or not wakeups.take(queue):
                 continue
-            rows, pixels = self._free()
+            rows, pixels, asked_at = *self._free(), time.monotonic()
             if rows > 0 and pixels > 0:
                 claims = store.claim_next(queue, self.r.worker_id, s.lease_seconds, rows, pixels)
             else:
                 claims = store.claim_newcomer(queue, self.r.worker_id, s.lease_seconds, s.worker_max_pixels,
                                               list(self.members))
             if claims:
-                self._admit(claims)
+                self._admit(claims, asked_at)
 
-    def _admit(self, found: Found | list[Claim]) -> None:
-        """Claims into the sets: a `Found` carries their records and requests, read with the claim."""
+    def _admit(self, found: Found | list[Claim], asked_at: float | None = None) -> None:
+        """Claims into the sets: a `Found` carries their records and requests, read with the claim; `asked_at`
+        is when the claim was asked (its jobs' cancel requests were cleared after it: `BackgroundCancelWatcher`)."""
         if not isinstance(found, Found):
             found = Found.of(self.r.store, self.r.objects, OWN, found)
         claims, jobs = found.claims, found.jobs
@@ -518,7 +535,7 @@ class _Loop:
         self.claimed += len(claims)
         self.claims.update({c.job_id: c for c in claims})
         self.keeper.add(claims)
-        self.watcher.watch([c.job_id for c in claims])
+        self.watcher.watch([c.job_id for c in claims], asked_at)
         self.r._observe_claimed(jobs[c.job_id] for c in claims)
         for claim in claims:
             item = self.r._prepare(claim, jobs[claim.job_id], found.requests.get(claim.job_id))
@@ -585,6 +602,7 @@ class _Loop:
             else:
                 continue
             self._remove(m)
+            self.dropped = True
 
     def _let_go(self, job_id: str) -> None:
         """This loop no longer renews the job's lease nor watches it for cancels (it ended or went back)."""

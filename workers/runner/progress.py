@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Self
 
 from storage.records import Claim
+from workers.runner.wakeups import CancelHints
 from workers.transport.base import JobPort
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,14 @@ class ProgressReporter:
                 return
             with self._lock:
                 batch, self._pending = self._pending, {}
-            for job_id, (step, total) in batch.items():
-                try:
-                    self._store.set_progress(self._claims[job_id], step, total)
-                except Exception:  # progress is best effort
-                    log.exception("progress update failed for job %s", job_id)
+            reports = [(self._claims[job_id], step, total) for job_id, (step, total) in batch.items()
+                       if job_id in self._claims]
+            if not reports:
+                continue
+            try:  # the jobs of a step in one write: one transaction, each row fenced by its own lease
+                self._store.set_progress_many(reports)
+            except Exception:  # progress is best effort
+                log.exception("progress update failed for jobs %s", sorted(batch))
 
 
 class CancelWatcher:
@@ -155,40 +159,92 @@ class CancelWatcher:
 
 MIN_CANCEL_POLL_SECONDS = 0.02
 MAX_CANCEL_POLL_SECONDS = 0.25
+HINTED_CHECK_SECONDS = 1.0  # with cancel hints heard, a read this often anyway (a hint can be lost)
 
 
 class BackgroundCancelWatcher(CancelWatcher):
     """A `CancelWatcher` whose store checks run on its own thread every `interval_seconds` (then about once a
     step: `pace`), so a running set's loop reads the latest answer between two steps without a query on the
-    sampling thread (one per step there cost as much as a small step on a busy CPU)."""
+    sampling thread (one per step there cost as much as a small step on a busy CPU).
 
-    def __init__(self, store: JobPort, interval_seconds: float) -> None:
+    With `hints` (a direct worker with Redis: `workers.runner.wakeups.CancelHints`) it reads when a cancel of a
+    job it watches is heard, and otherwise only every HINTED_CHECK_SECONDS (a hint can be lost: Redis pub/sub
+    keeps nothing for a publisher that failed): one read a second instead of one a step, which for a fleet of
+    busy workers is thousands of database reads a second for nothing. While no subscription is live, or since
+    it began no read was made, it polls by its pace as without hints."""
+
+    def __init__(self, store: JobPort, interval_seconds: float, hints: CancelHints | None = None) -> None:
         super().__init__(store, [], interval_seconds)
+        self._hints = hints
+        self._hint_at = 0.0  # when the last hint naming a watched job came (monotonic)
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cancel-watcher", daemon=True)
 
     def __enter__(self) -> BackgroundCancelWatcher:
+        if self._hints is not None:
+            self._hints.listen(self._heard)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._hints is not None:
+            self._hints.unlisten(self._heard)
         self._stop.set()
+        self._wake.set()
         self._thread.join(5)
 
     def __call__(self, since: float | None = None) -> set[str]:
         """The latest answer; checked here first when no background check began after `since` (the loop passes
         the start of its last step: a cancel requested before that step ended is seen now, even after a step
-        far longer than the pace)."""
-        if since is not None and self._check_started < since:
+        far longer than the pace) and no live hint subscription covers the time since the last check."""
+        if since is not None and self._check_started < since and not self._covered():
             self.check()
         with self._lock:
             return self._requested | self._local()
+
+    def watch(self, job_ids: Iterable[str], claimed_after: float | None = None) -> None:
+        """Also check these jobs, claimed after `claimed_after` (monotonic; None: not known). The claim cleared
+        their cancel requests, so hints cover them only if the subscription was live since then: else, or when
+        a hint named one of them before it was watched (canceled just after its claim), they are read now."""
+        job_ids = list(job_ids)
+        super().watch(job_ids)  # watched before `heard` is asked: a hint in between is seen by one of the two
+        if self._hints is None:
+            return
+        live = self._hints.live_since
+        if live is None or claimed_after is None or live > claimed_after or self._hints.heard(job_ids):
+            with self._lock:
+                self._hint_at = time.monotonic()
+            self._wake.set()
 
     def pace(self, seconds: float) -> None:
         """Check about this often from now on (the loop passes its step time: a cancel lands within a step or
         two, at one query per step, however long steps are)."""
         self._interval = min(MAX_CANCEL_POLL_SECONDS, max(MIN_CANCEL_POLL_SECONDS, seconds))
 
+    def _heard(self, job_ids: list[str]) -> None:
+        with self._lock:
+            if not any(j in self._ids for j in job_ids):
+                return
+            self._hint_at = time.monotonic()
+        self._wake.set()
+
+    def _covered(self) -> bool:
+        """Whether hints would have told of any cancel since the last check began: a subscription live since
+        before it, and no hint of a watched job after it."""
+        live = self._hints.live_since if self._hints is not None else None
+        return live is not None and live <= self._check_started and self._hint_at <= self._check_started
+
+    def _due(self) -> float:
+        if self._hint_at > self._check_started:
+            return self._hint_at  # at once
+        return self._check_started + (HINTED_CHECK_SECONDS if self._covered() else self._interval)
+
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._stop.is_set():
+            wait = self._due() - time.monotonic()
+            if wait > 0:
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue  # woken by a hint or the pace changed: what is due is worked out again
             self.check()

@@ -1,42 +1,52 @@
-"""Queue wake-ups heard by a worker: the Redis messages (`storage.jobs.events`, `{prefix}ev:queue:{queue}`) that
-say jobs became claimable in a queue, so a full running set asks for a newcomer only when one may be there.
+"""What a worker hears on Redis (`storage.jobs.events`): queue wake-ups (`{prefix}ev:queue:{queue}`: jobs became
+claimable in a queue, so a full running set asks for a newcomer only when one may be there) and cancel hints
+(`{prefix}ev:cancel`: running jobs asked to stop, so a running set reads cancel requests when one was asked for
+instead of every step: `workers.runner.progress.BackgroundCancelWatcher`).
 
 A busy worker polling the store for newcomers would cost the database a claim query per worker every fraction of
 a second, for nothing most of the time; with these it costs one query per job that arrives. One subscription per
 worker process, in a daemon thread that resubscribes after a Redis restart; while it is not subscribed, `take`
 says it does not know (None) and the caller falls back to polling. Messages can be lost (they are pub/sub), so
-callers still look now and then without one.
+callers still look now and then without one, and read Postgres (the truth) when one comes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from storage.jobs.events import channel_prefix, queue_channel
+from storage.jobs.events import cancel_channel, channel_prefix, queue_channel
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
+HEARD_CANCELS_KEPT = 10_000  # job ids of recent cancel hints, for a job claimed just before its hint came
 
 
-class QueueWakeups:
-    """Which queues were woken since a loop last asked (`take`)."""
+class _Subscription:
+    """One Redis pub/sub subscription in a daemon thread that resubscribes after a Redis restart. `live_since` is
+    when the current subscription began (monotonic; None while not subscribed): what was published before it, or
+    while none was live, was not heard."""
+
+    thread_name = "redis-hints"
 
     def __init__(self, redis_url: str) -> None:
         import redis
 
         self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, health_check_interval=30)
-        self.prefix = queue_channel(channel_prefix(redis_url), "")  # + the queue's name
-        self.pattern = self.prefix + "*"  # not the job channels: their progress events are many
+        self.prefix = channel_prefix(redis_url)
         self.listening = threading.Event()
+        self.live_since: float | None = None
         self._stop = threading.Event()
-        self._heard: dict[str, int] = {}
-        self._taken: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._listen, name="queue-wakeups", daemon=True)
+        self._thread = threading.Thread(target=self._listen, name=self.thread_name, daemon=True)
 
-    def start(self) -> QueueWakeups:
+    def start(self) -> Any:
         self._thread.start()
         return self
 
@@ -44,6 +54,57 @@ class QueueWakeups:
         self._stop.set()
         self._thread.join(5)
         self.client.close()
+
+    def _subscribe(self, pubsub: Any) -> None:
+        raise NotImplementedError
+
+    def _note(self, channel: str, data: Any) -> None:
+        raise NotImplementedError
+
+    def _listen(self) -> None:
+        import redis
+
+        while not self._stop.is_set():
+            pubsub = self.client.pubsub()
+            try:
+                self._subscribe(pubsub)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] in ("subscribe", "psubscribe"):  # confirmed: what is published now is heard
+                        self.live_since = time.monotonic()
+                        self.listening.set()
+                    elif message["type"] in ("message", "pmessage"):
+                        channel = message["channel"]
+                        self._note(channel.decode() if isinstance(channel, bytes) else channel, message["data"])
+            except (redis.RedisError, OSError) as exc:
+                if self.listening.is_set():
+                    log.warning("%s lost (%s); polling until Redis is back", self.thread_name, exc)
+                self.listening.clear()
+                self.live_since = None
+                self._stop.wait(RETRY_SECONDS)
+            finally:
+                pubsub.close()
+        self.listening.clear()
+        self.live_since = None
+
+
+class QueueWakeups(_Subscription):
+    """Which queues were woken since a loop last asked (`take`)."""
+
+    thread_name = "queue-wakeups"
+
+    def __init__(self, redis_url: str) -> None:
+        super().__init__(redis_url)
+        self.prefix = queue_channel(self.prefix, "")  # + the queue's name
+        self.pattern = self.prefix + "*"  # not the job channels: their progress events are many
+        self._heard: dict[str, int] = {}
+        self._taken: dict[str, int] = {}
+
+    def start(self) -> QueueWakeups:
+        super().start()
+        return self
 
     def take(self, queue: str) -> bool | None:
         """True if `queue` was woken since the last `take` of it, False if not, None while not subscribed."""
@@ -70,30 +131,62 @@ class QueueWakeups:
         with self._lock:
             return self._heard.get(queue, 0)
 
-    def _listen(self) -> None:
-        import redis
+    def _subscribe(self, pubsub: Any) -> None:
+        pubsub.psubscribe(self.pattern)
 
-        while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.psubscribe(self.pattern)
-                self.listening.set()
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        self._note(message["channel"])
-            except (redis.RedisError, OSError) as exc:
-                if self.listening.is_set():
-                    log.warning("queue wake-ups lost (%s); polling until Redis is back", exc)
-                self.listening.clear()
-                self._stop.wait(RETRY_SECONDS)
-            finally:
-                pubsub.close()
-        self.listening.clear()
-
-    def _note(self, channel: bytes | str) -> None:
-        name = channel.decode() if isinstance(channel, bytes) else channel
-        if name.startswith(self.prefix):
-            queue = name[len(self.prefix):]
+    def _note(self, channel: str, data: Any) -> None:
+        if channel.startswith(self.prefix):
+            queue = channel[len(self.prefix):]
             with self._lock:
                 self._heard[queue] = self._heard.get(queue, 0) + 1
+
+
+class CancelHints(_Subscription):
+    """Cancel requests of running jobs as they are made (any job's: a watcher keeps those it watches). The ids of
+    recent hints are kept (`heard`), so a job claimed just before its hint came still has it when it is watched."""
+
+    thread_name = "cancel-hints"
+
+    def __init__(self, redis_url: str) -> None:
+        super().__init__(redis_url)
+        self.channel = cancel_channel(self.prefix)
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._listeners: list[Callable[[list[str]], None]] = []
+
+    def start(self) -> CancelHints:
+        super().start()
+        return self
+
+    def listen(self, listener: Callable[[list[str]], None]) -> None:
+        """Call `listener(job_ids)` on this thread for every hint from now on (it must be quick)."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[list[str]], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def heard(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of `job_ids` a recent hint named."""
+        with self._lock:
+            return {j for j in job_ids if j in self._recent}
+
+    def _subscribe(self, pubsub: Any) -> None:
+        pubsub.subscribe(self.channel)
+
+    def _note(self, channel: str, data: Any) -> None:
+        try:
+            ids = [str(j) for j in json.loads(data)["job_ids"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable cancel hint on %s", channel)
+            return
+        with self._lock:  # kept before the listeners hear it: a job watched meanwhile finds it in `heard`
+            for job_id in ids:
+                self._recent[job_id] = None
+                self._recent.move_to_end(job_id)
+            while len(self._recent) > HEARD_CANCELS_KEPT:
+                self._recent.popitem(last=False)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(ids)

@@ -261,6 +261,11 @@ class GatewayJobs:
                                                "lease_token": claim.lease_token, "step": step, "total": total})
         return response.status_code == 200 and bool(response.json()["ok"])
 
+    def set_progress_many(self, reports: Sequence[tuple[Claim, int, int]]) -> set[str]:
+        """One request per job: the gateway's `progress` route takes one (a grouped route would save the round
+        trips; these run on the progress thread, never the sampling one)."""
+        return {claim.job_id for claim, step, total in reports if self.set_progress(claim, step, total)}
+
     def cancel_requested_ids(self, job_ids: Iterable[str]) -> set[str]:
         claims = [Claim(j, self._tokens[j]) for j in job_ids if j in self._tokens]
         if not claims:
