@@ -149,6 +149,8 @@ class MARSampler:
         cond_z, uncond_z (N, D): conditions (uncond_z None: no CFG for any row); scale (N, 1) float32 guidance
         per row; temperature (N, 1); init (N, C) and noise (K-1, N, C): the rows' own draws, on the device."""
         n = init.shape[0]
+        if n == 0:  # a step that commits no token: more steps than tokens (the schedule holds the last one back)
+            return init
         rows = max(HEAD_ROWS, -(-n // HEAD_ROWS) * HEAD_ROWS)
         if n == rows:
             return self._head(cond_z, uncond_z, scale, temperature, init, noise)
