@@ -2,7 +2,9 @@
 
 It only counts a job as accepted when the API answered 2xx with its id; 429/503 answers are retried after their
 `Retry-After`, and connection errors (a restarting API or database) are retried too, with the same
-`Idempotency-Key`, so a retried submission can never create a second job.
+`Idempotency-Key`, so a retried submission can never create a second job. With `cancel_every`, every so many single
+image jobs run `cancel_steps` steps and a canceller thread cancels each once the API shows it running (what a user
+who changes their mind does), recording when it asked and what the API answered (`LoadState.cancels`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -39,6 +42,19 @@ class LoadConfig:
     batch_every: int = 10  # one batch submission every N submissions
     batch_items: int = 5
     webhook_url: str | None = None
+    cancel_every: int = 0  # every N-th single image job is long and canceled once running (0: none)
+    cancel_steps: int = 32
+
+
+@dataclass(frozen=True)
+class CancelAsk:
+    """One cancel the canceller sent: when (UTC, just before sending), the answer's code and the job's status in
+    it (`running` with a cancel requested: its worker stops it at its next step); None: it finished first."""
+
+    job_id: str
+    asked_at: datetime
+    status_code: int | None
+    status: str | None
 
 
 @dataclass
@@ -48,6 +64,8 @@ class LoadState:
     batches: list[str] = field(default_factory=list)
     status_counts: dict[int, int] = field(default_factory=dict)
     server_errors: list[str] = field(default_factory=list)
+    to_cancel: list[str] = field(default_factory=list)
+    cancels: list[CancelAsk] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, status: int) -> None:
@@ -69,15 +87,21 @@ class LoadGenerator:
         self._n = 0
         self._n_lock = threading.Lock()
 
+    def to_cancel(self, i: int) -> bool:
+        """Whether single submission `i` is a long image job the canceller cancels once it runs."""
+        every = self.config.cancel_every
+        return bool(every) and i % every == every // 2 and i % 4 != 3  # not a question (i % 4 == 3)
+
     def job_body(self, i: int) -> dict[str, Any]:
         size = self.config.sizes[i % len(self.config.sizes)]
         kind = ("generate", "generate", "edit", "understand")[i % 4]
         body: dict[str, Any] = {"kind": kind, "seed": i}
+        steps = self.config.cancel_steps if self.to_cancel(i) else self.config.steps
         if kind == "generate":
-            body.update(prompt=f"a tiny test image number {i}", width=size, height=size, steps=self.config.steps)
+            body.update(prompt=f"a tiny test image number {i}", width=size, height=size, steps=steps)
         elif kind == "edit":
             body.update(image=tiny_png_data_url(i), instruction=f"make it brighter {i}", width=size, height=size,
-                        steps=self.config.steps)
+                        steps=steps)
         else:
             body.update(image=tiny_png_data_url(i), question="What colour is this?", size=size, max_new_tokens=4)
         if self.config.webhook_url:
@@ -133,6 +157,8 @@ class LoadGenerator:
         if resp is not None and resp.status_code < 300:
             with self.state.lock:
                 self.state.accepted.append(resp.json()["id"])
+                if self.to_cancel(i):
+                    self.state.to_cancel.append(resp.json()["id"])
                 if self.config.webhook_url:
                     self.state.subscribed[resp.json()["id"]] = body["webhook_events"]
 
@@ -151,12 +177,58 @@ class LoadGenerator:
                 self.submit_one(client, i)
                 time.sleep(max(0.0, 1.0 / rate_per_thread - (time.monotonic() - started)))
 
+    def _cancel_loop(self, submitters: list[threading.Thread]) -> None:
+        """Cancel each long job once the API shows it running; one that finished first is recorded as such.
+        Ends when the submitters have and nothing is left to cancel (or `stop()`)."""
+        with httpx.Client() as client:
+            while not self._stop.is_set():
+                with self.state.lock:
+                    pending = list(self.state.to_cancel)
+                if not pending and not any(t.is_alive() for t in submitters):
+                    return
+                for job_id in pending:
+                    ask = self._cancel_if_running(client, job_id)
+                    if ask is not None:
+                        with self.state.lock:
+                            self.state.to_cancel.remove(job_id)
+                            self.state.cancels.append(ask)
+                time.sleep(0.02)  # a client polling its jobs, not a test waiting on a state
+
+    def _cancel_if_running(self, client: httpx.Client, job_id: str) -> CancelAsk | None:
+        try:
+            status = client.get(f"{self.api_url}/v1/jobs/{job_id}", headers=self.headers, timeout=30
+                                ).json().get("status")
+        except (httpx.HTTPError, ValueError):
+            return None  # the API restarts: ask again on the next sweep
+        if status in ("succeeded", "failed", "canceled", "expired"):
+            return CancelAsk(job_id, datetime.now(UTC), None, None)
+        if status != "running":
+            return None
+        asked_at = datetime.now(UTC)
+        for _ in range(100):
+            try:
+                resp = client.post(f"{self.api_url}/v1/jobs/{job_id}/cancel", headers=self.headers, timeout=30)
+            except httpx.HTTPError:
+                time.sleep(0.2)
+                continue
+            self.state.count(resp.status_code)
+            if resp.status_code >= 500 or resp.status_code in (429, 503):
+                time.sleep(0.2)
+                continue
+            body = resp.json() if resp.status_code < 300 else {}
+            return CancelAsk(job_id, asked_at, resp.status_code, body.get("status"))
+        return CancelAsk(job_id, asked_at, None, None)
+
     def start(self, threads: int = 2, rate: float = 4.0, limit: int | None = None) -> None:
         """Submit at about `rate` submissions/s in total, until `stop()` or `limit` submissions."""
         for _ in range(threads):
             t = threading.Thread(target=self._loop, args=(rate / threads, limit), daemon=True)
             t.start()
             self._threads.append(t)
+        if self.config.cancel_every:
+            canceller = threading.Thread(target=self._cancel_loop, args=(list(self._threads),), daemon=True)
+            canceller.start()
+            self._threads.append(canceller)
 
     def wait(self) -> None:
         for t in self._threads:

@@ -11,20 +11,24 @@ turn. With `--gateway-workers N`, N remote workers (`unipic worker --gateway`, n
 run among the Celery workers, reaching the API and the bucket only through cutting proxies (`bench.proxy`), and
 chaos also: SIGKILLs a gateway worker, cuts uploads mid-body, cuts every connection in flight (both directions),
 drops a `complete` answer after the server acted, and takes their whole path down, briefly (retried through) or
-for longer than a lease (their leases are lost and the jobs run elsewhere). Prints the report table (with the
+for longer than a lease (their leases are lost and the jobs run elsewhere). Every `--cancel-every`-th single image
+job runs long and is canceled through the API once it shows running (`bench.loadgen`): the summary says what became
+of them and how long after the request each was canceled. Prints the report table (with the
 writes counted per served result key) and exits non-zero if any job was lost or duplicated, any object was an
-orphan, any webhook went undelivered, a served key was written by a worker not holding the job's lease, or any
+orphan, any webhook went undelivered, a canceled job kept results, a served key was written by a worker not holding the job's lease, or any
 other invariant failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import itertools
 import json
 import math
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +39,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bench.invariants import check, s3_client, wait_all_terminal
-from bench.loadgen import LoadConfig, LoadGenerator
+from bench.loadgen import CancelAsk, LoadConfig, LoadGenerator
 from bench.receiver import WebhookReceiver
 from bench.stack import ROOT, Stack, StackConfig
 
@@ -126,6 +130,8 @@ def main() -> int:
     parser.add_argument("--every", type=float, default=30.0, help="seconds between chaos actions")
     parser.add_argument("--model", default="", help="checkpoint dir (default: write a tiny one)")
     parser.add_argument("--settle", type=float, default=1800.0, help="seconds to wait for the backlog")
+    parser.add_argument("--cancel-every", type=int, default=20,
+                        help="every N-th single image job runs long and is canceled once running (0: none)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="unipic-soak-"))
@@ -140,7 +146,7 @@ def main() -> int:
         key = json.loads(subprocess.run([sys.executable, "-m", "cli.main", "keys", "create", "--name", "soak",
                                          "--json"], env=stack.env(), cwd=ROOT, check=True, capture_output=True,
                                         text=True).stdout.strip().splitlines()[-1])
-        config = LoadConfig(webhook_url=receiver.url)
+        config = LoadConfig(webhook_url=receiver.url, cancel_every=args.cancel_every)
         jobs_per_submission = 1 + (config.batch_items - 1) / config.batch_every
         load = LoadGenerator(stack.api_url, key["key"], config)
         started = time.monotonic()
@@ -165,9 +171,13 @@ def main() -> int:
             print(gateway_summary(engine, stack, load.state.accepted))
         print(f"webhook outbox drained: {drained}; deliveries retried after a failed attempt: "
               f"{_retried_events(engine)}")
+        cancels_ok = True
+        if args.cancel_every:
+            summary, cancels_ok = cancel_summary(engine, load.state.cancels)
+            print(summary)
         print("API answers:", dict(sorted(load.state.status_counts.items())),
               "5xx:", len(load.state.server_errors))
-        return 0 if report.ok and report.lost == 0 and report.duplicated == 0 else 1
+        return 0 if report.ok and report.lost == 0 and report.duplicated == 0 and cancels_ok else 1
     finally:
         stop.set()
         stack.close()
@@ -184,6 +194,24 @@ def gateway_summary(engine: sa.Engine, stack: Stack, job_ids: list[str]) -> str:
     return (f"succeeded on gateway workers: {remote}; connections cut (API / S3 path): {api.connections_cut} / "
             f"{s3.connections_cut}; refused during outages: {api.refused} / {s3.refused}; complete answers "
             f"dropped: {api.responses_dropped}")
+
+
+def cancel_summary(engine: sa.Engine, asks: list[CancelAsk]) -> tuple[str, bool]:
+    """What became of the jobs canceled while running: canceled (and how long after the request, by the job's
+    `finished_at`), or succeeded (the request came after its last step), or anything else (listed)."""
+    running = {a.job_id: a for a in asks if a.status_code == 200 and a.status == "running"}
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("select id, status, finished_at, result_keys from jobs where id = any(:ids)"),
+                            {"ids": list(running)}).all()
+    by_status = collections.Counter(r.status for r in rows)
+    latencies = sorted(1000 * (r.finished_at - running[r.id].asked_at).total_seconds()
+                       for r in rows if r.status == "canceled" and r.finished_at is not None)
+    kept_results = [r.id for r in rows if r.status == "canceled" and r.result_keys]
+    spread = (f"request -> canceled p50 {statistics.median(latencies):.0f} ms, max {latencies[-1]:.0f} ms"
+              if latencies else "none canceled")
+    return (f"cancels: {len(asks)} long jobs; asked while running: {len(running)} -> {dict(by_status)} "
+            f"({spread}); finished before the ask: {sum(a.status_code is None for a in asks)}; "
+            f"canceled with results: {len(kept_results)}"), not kept_results
 
 
 def wait_outbox_drained(engine: sa.Engine, timeout: float) -> bool:
