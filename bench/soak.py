@@ -201,17 +201,20 @@ def cancel_summary(engine: sa.Engine, asks: list[CancelAsk]) -> tuple[str, bool]
     `finished_at`), or succeeded (the request came after its last step), or anything else (listed)."""
     running = {a.job_id: a for a in asks if a.status_code == 200 and a.status == "running"}
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("select id, status, finished_at, result_keys from jobs where id = any(:ids)"),
-                            {"ids": list(running)}).all()
+        rows = conn.execute(sa.text("select id, status, finished_at, result_keys, worker_id from jobs "
+                                    "where id = any(:ids)"), {"ids": list(running)}).all()
     by_status = collections.Counter(r.status for r in rows)
     latencies = sorted(1000 * (r.finished_at - running[r.id].asked_at).total_seconds()
                        for r in rows if r.status == "canceled" and r.finished_at is not None)
     kept_results = [r.id for r in rows if r.status == "canceled" and r.result_keys]
+    # a request that came after the job's last step began cannot stop it: the worker, and when it finished
+    late = [f"{r.worker_id} +{1000 * (r.finished_at - running[r.id].asked_at).total_seconds():.0f} ms"
+            for r in rows if r.status == "succeeded" and r.finished_at is not None]
     spread = (f"request -> canceled p50 {statistics.median(latencies):.0f} ms, max {latencies[-1]:.0f} ms"
               if latencies else "none canceled")
     return (f"cancels: {len(asks)} long jobs; asked while running: {len(running)} -> {dict(by_status)} "
             f"({spread}); finished before the ask: {sum(a.status_code is None for a in asks)}; "
-            f"canceled with results: {len(kept_results)}"), not kept_results
+            f"canceled with results: {len(kept_results)}; succeeded after the ask: {late}"), not kept_results
 
 
 def wait_outbox_drained(engine: sa.Engine, timeout: float) -> bool:
