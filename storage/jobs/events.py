@@ -15,7 +15,9 @@ Queue wake-ups: a transaction that makes jobs claimable in a queue (created, req
 gateway's long-polling claims of that queue wake instead of polling (`note_queued`). Cancel hints: a transaction
 that asks running jobs to stop (`cancel_requested`) also publishes `{"type": "cancel", "job_ids": [...]}` on
 `{prefix}ev:cancel`, so a worker hears a cancel instead of reading Postgres every step for one (a fleet of workers
-polling once a step would cost the database thousands of reads a second for nothing).
+polling once a step would cost the database thousands of reads a second for nothing). A publisher that failed (or
+stayed quiet after a failure) sends `{"type": "resync"}` there with its next successful publish: hints may have been
+lost, and a worker that trusts them reads cancel requests at once.
 Without Redis (`settings.redis_url` empty: the embedded mode) nothing is attached and readers poll.
 Knows nothing of HTTP, streams or the API's fan-out (`api.events.hub`).
 """
@@ -143,14 +145,21 @@ class RedisPublisher:
         self.client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         self.prefix = channel_prefix(url)
         self._quiet_until = 0.0
+        self._lost = False  # events were dropped since the last successful publish: the next one says so
         self._lock = threading.Lock()
         self.published = 0
 
     def publish(self, events: Sequence[dict[str, Any]]) -> None:
-        if not events or time.monotonic() < self._quiet_until:
+        if not events:
             return
+        if time.monotonic() < self._quiet_until:
+            self._lost = True
+            return
+        lost = self._lost
         try:
             pipe = self.client.pipeline(transaction=False)
+            if lost:  # cancel hints may have been dropped: workers read cancel requests now
+                pipe.publish(cancel_channel(self.prefix), json.dumps({"type": "resync"}))
             for ev in events:
                 body = json.dumps(ev, separators=(",", ":"))
                 if ev.get("type") == "queued":
@@ -164,8 +173,11 @@ class RedisPublisher:
                     pipe.publish(batch_channel(self.prefix, ev["batch_id"]), body)
             pipe.execute()
             self.published += len(events)
+            if lost:
+                self._lost = False
         except Exception as exc:  # noqa: BLE001 - best effort: watchers reconcile from Postgres
             with self._lock:
+                self._lost = True
                 self._quiet_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
             log.warning("could not publish %d job events (%s); watchers will reconcile", len(events), exc)
 

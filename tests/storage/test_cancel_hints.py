@@ -51,3 +51,38 @@ def test_a_cancel_of_thousands_of_running_jobs_is_a_few_messages() -> None:
     assert [len(e["job_ids"]) for e in events] == [CANCEL_HINT_IDS, CANCEL_HINT_IDS, 5]
     assert [j for e in events for j in e["job_ids"]] == ids
     assert cancel_events([]) == []
+
+
+def test_a_publisher_that_failed_sends_a_resync_with_its_next_publish(settings: Any, monkeypatch: Any) -> None:
+    from storage.jobs import events
+    from storage.jobs.events import RedisPublisher
+
+    monkeypatch.setattr(events, "PAUSE_AFTER_FAILURE_S", 0.0)
+    channel = cancel_channel(channel_prefix(settings.redis_url))
+    pubsub = redis.Redis.from_url(settings.redis_url).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(channel)
+    publisher = RedisPublisher(settings.redis_url)
+    reachable = publisher.client
+    try:
+        wait_for(lambda: pubsub.get_message(timeout=0.05) is None and pubsub.subscribed, "the subscription")
+        # Given a publish that failed (Redis unreachable: the hint is lost)
+        publisher.client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+        publisher.publish(cancel_events(["lost-job"]))
+        # When the publisher can reach Redis again and publishes the next hint
+        publisher.client = reachable
+        publisher.publish(cancel_events(["next-job"]))
+        # Then a resync goes out first (workers read every cancel request), then the hint; and only once
+        publisher.publish(cancel_events(["after-job"]))
+        heard: list[dict[str, Any]] = []
+
+        def hear() -> bool:
+            while (message := pubsub.get_message(timeout=0.05)) is not None:
+                heard.append(json.loads(message["data"]))
+            return len(heard) >= 3
+
+        wait_for(hear, "the resync and the hints")
+        assert heard == [{"type": "resync"}, {"type": "cancel", "job_ids": ["next-job"]},
+                         {"type": "cancel", "job_ids": ["after-job"]}]
+    finally:
+        pubsub.close()
+        publisher.close()

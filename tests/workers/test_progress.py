@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
+
+import redis
 
 from tests.support.claims import claim_job
 from tests.support.jobs import make_job
@@ -82,10 +85,11 @@ class _ReadLog:
 def test_a_watcher_with_cancel_hints_reads_when_a_cancel_is_heard_not_every_step(
     job_store: Any, publishing_store: Any, object_store: Any, owner_id: str, settings: Any, monkeypatch: Any
 ) -> None:
-    from workers.runner import progress
+    from workers.runner import progress, wakeups
     from workers.runner.wakeups import CancelHints
 
     monkeypatch.setattr(progress, "HINTED_CHECK_SECONDS", 3600.0)  # any read after the first is a hint's
+    monkeypatch.setattr(wakeups, "TRUST_AFTER_SECONDS", 0.0)  # trusted once subscribed (tested below)
     hints = CancelHints(settings.redis_url).start()
     reads = _ReadLog(job_store)
     try:
@@ -110,6 +114,11 @@ def test_a_watcher_with_cancel_hints_reads_when_a_cancel_is_heard_not_every_step
             watcher.watch([early.job_id], claimed_after)
             wait_for(lambda: early.job_id in watcher(), "the early cancel to be seen")
             assert "MainThread" not in reads.threads
+
+            # And a resync (a publisher that failed says hints may have been lost) makes it read at once
+            before = len(reads.threads)
+            redis.Redis.from_url(settings.redis_url).publish(hints.channel, json.dumps({"type": "resync"}))
+            wait_for(lambda: len(reads.threads) > before, "the read a resync asks for")
     finally:
         hints.close()
 
@@ -117,11 +126,12 @@ def test_a_watcher_with_cancel_hints_reads_when_a_cancel_is_heard_not_every_step
 def test_a_watcher_whose_hints_are_lost_or_down_still_sees_every_cancel(
     job_store: Any, object_store: Any, owner_id: str, settings: Any, monkeypatch: Any
 ) -> None:
-    from workers.runner import progress
+    from workers.runner import progress, wakeups
     from workers.runner.wakeups import CancelHints
 
     monkeypatch.setattr(progress, "HINTED_CHECK_SECONDS", 0.05)
-    lost, down = (_claimed(job_store, object_store, owner_id, f"unhinted-{i}") for i in range(2))
+    monkeypatch.setattr(wakeups, "TRUST_AFTER_SECONDS", 0.0)
+    lost, down, settle = (_claimed(job_store, object_store, owner_id, f"unhinted-{i}") for i in range(3))
     hints = CancelHints(settings.redis_url).start()
     try:
         wait_for(hints.listening.is_set, "the cancel hints to be subscribed")
@@ -141,3 +151,19 @@ def test_a_watcher_whose_hints_are_lost_or_down_still_sees_every_cancel(
         job_store.request_cancel(down.job_id, owner_id)
         assert watcher(time.monotonic()) == {down.job_id}
         assert "MainThread" in reads.threads
+
+    # And hints just subscribed again (after a Redis restart the API's publisher may still be quiet) are not
+    # trusted yet: a pass reads on the loop's thread too
+    monkeypatch.setattr(wakeups, "TRUST_AFTER_SECONDS", 3600.0)
+    settling = CancelHints(settings.redis_url).start()
+    reads = _ReadLog(job_store)
+    try:
+        wait_for(settling.listening.is_set, "the cancel hints to be subscribed")
+        with progress.BackgroundCancelWatcher(reads, 3600.0, settling) as watcher:  # type: ignore[arg-type]
+            watcher.watch([settle.job_id], time.monotonic())
+            wait_for(lambda: "cancel-watcher" in reads.threads, "the watcher's first read")
+            before = reads.threads.count("MainThread")
+            watcher(time.monotonic())
+            assert reads.threads.count("MainThread") == before + 1
+    finally:
+        settling.close()

@@ -174,6 +174,8 @@ class BackgroundCancelWatcher(CancelWatcher):
     it began no read was made, it polls by its pace as without hints."""
 
     def __init__(self, store: JobPort, interval_seconds: float, hints: CancelHints | None = None) -> None:
+        # hints are trusted from `hints.trusted_since`: a few seconds after (re)subscribing, when a publisher that
+        # failed in the same Redis restart speaks again (and its first message is a resync: read now)
         super().__init__(store, [], interval_seconds)
         self._hints = hints
         self._hint_at = 0.0  # when the last hint naming a watched job came (monotonic)
@@ -211,7 +213,7 @@ class BackgroundCancelWatcher(CancelWatcher):
         super().watch(job_ids)  # watched before `heard` is asked: a hint in between is seen by one of the two
         if self._hints is None:
             return
-        live = self._hints.live_since
+        live = self._hints.trusted_since
         if live is None or claimed_after is None or live > claimed_after or self._hints.heard(job_ids):
             with self._lock:
                 self._hint_at = time.monotonic()
@@ -222,9 +224,10 @@ class BackgroundCancelWatcher(CancelWatcher):
         two, at one query per step, however long steps are)."""
         self._interval = min(MAX_CANCEL_POLL_SECONDS, max(MIN_CANCEL_POLL_SECONDS, seconds))
 
-    def _heard(self, job_ids: list[str]) -> None:
+    def _heard(self, job_ids: list[str] | None) -> None:
+        """A hint (None: a resync, any cancel may have been missed)."""
         with self._lock:
-            if not any(j in self._ids for j in job_ids):
+            if job_ids is not None and not any(j in self._ids for j in job_ids):
                 return
             self._hint_at = time.monotonic()
         self._wake.set()
@@ -232,7 +235,7 @@ class BackgroundCancelWatcher(CancelWatcher):
     def _covered(self) -> bool:
         """Whether hints would have told of any cancel since the last check began: a subscription live since
         before it, and no hint of a watched job after it."""
-        live = self._hints.live_since if self._hints is not None else None
+        live = self._hints.trusted_since if self._hints is not None else None
         return live is not None and live <= self._check_started and self._hint_at <= self._check_started
 
     def _due(self) -> float:

@@ -20,12 +20,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from storage.jobs.events import cancel_channel, channel_prefix, queue_channel
+from storage.jobs.events import PAUSE_AFTER_FAILURE_S, cancel_channel, channel_prefix, queue_channel
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
 HEARD_CANCELS_KEPT = 10_000  # job ids of recent cancel hints, for a job claimed just before its hint came
+# a (new) subscription is trusted this long after it began: a Redis restart also made the API's publisher fail, and
+# it stays quiet for PAUSE_AFTER_FAILURE_S after (its next publish then says so: a resync hint)
+TRUST_AFTER_SECONDS = PAUSE_AFTER_FAILURE_S + 0.5
 
 
 class _Subscription:
@@ -143,7 +146,8 @@ class QueueWakeups(_Subscription):
 
 class CancelHints(_Subscription):
     """Cancel requests of running jobs as they are made (any job's: a watcher keeps those it watches). The ids of
-    recent hints are kept (`heard`), so a job claimed just before its hint came still has it when it is watched."""
+    recent hints are kept (`heard`), so a job claimed just before its hint came still has it when it is watched.
+    Listeners get the ids of each hint, or None for a resync (a publisher dropped hints: read everything now)."""
 
     thread_name = "cancel-hints"
 
@@ -151,18 +155,25 @@ class CancelHints(_Subscription):
         super().__init__(redis_url)
         self.channel = cancel_channel(self.prefix)
         self._recent: OrderedDict[str, None] = OrderedDict()
-        self._listeners: list[Callable[[list[str]], None]] = []
+        self._listeners: list[Callable[[list[str] | None], None]] = []
 
     def start(self) -> CancelHints:
         super().start()
         return self
 
-    def listen(self, listener: Callable[[list[str]], None]) -> None:
+    @property
+    def trusted_since(self) -> float | None:
+        """From when hints tell of every cancel (monotonic; None while not subscribed): TRUST_AFTER_SECONDS after
+        the subscription began, so the quiet spell of a publisher that failed in the same Redis restart is over."""
+        live = self.live_since
+        return None if live is None else live + TRUST_AFTER_SECONDS
+
+    def listen(self, listener: Callable[[list[str] | None], None]) -> None:
         """Call `listener(job_ids)` on this thread for every hint from now on (it must be quick)."""
         with self._lock:
             self._listeners.append(listener)
 
-    def unlisten(self, listener: Callable[[list[str]], None]) -> None:
+    def unlisten(self, listener: Callable[[list[str] | None], None]) -> None:
         with self._lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
@@ -177,12 +188,15 @@ class CancelHints(_Subscription):
 
     def _note(self, channel: str, data: Any) -> None:
         try:
-            ids = [str(j) for j in json.loads(data)["job_ids"]]
-        except (ValueError, KeyError, TypeError):
+            message = json.loads(data)
+            ids = None if message.get("type") == "resync" else [str(j) for j in message["job_ids"]]
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("unreadable cancel hint on %s", channel)
             return
+        if ids is None:
+            log.info("cancel hints may have been lost (a publisher failed): watchers read now")
         with self._lock:  # kept before the listeners hear it: a job watched meanwhile finds it in `heard`
-            for job_id in ids:
+            for job_id in ids or ():
                 self._recent[job_id] = None
                 self._recent.move_to_end(job_id)
             while len(self._recent) > HEARD_CANCELS_KEPT:
