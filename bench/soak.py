@@ -13,10 +13,10 @@ chaos also: SIGKILLs a gateway worker, cuts uploads mid-body, cuts every connect
 drops a `complete` answer after the server acted, and takes their whole path down, briefly (retried through) or
 for longer than a lease (their leases are lost and the jobs run elsewhere). Every `--cancel-every`-th single image
 job runs long and is canceled through the API once it shows running (`bench.loadgen`): the summary says what became
-of them and how long after the request each was canceled. Prints the report table (with the
-writes counted per served result key) and exits non-zero if any job was lost or duplicated, any object was an
-orphan, any webhook went undelivered, a canceled job kept results, a served key was written by a worker not holding the job's lease, or any
-other invariant failed.
+of them and how long after the request each was canceled. Prints the report table (with the writes counted per
+served result key) and exits non-zero if any job was lost or duplicated, any object was an orphan, any webhook went
+undelivered, a canceled job kept results, a served key was written by a worker not holding the job's lease, or
+any other invariant failed.
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ def test_an_item_whose_lease_is_lost_leaves_the_set_and_writes_nothing(
 
 
 def _newcomer_joins_a_held_set(runner: Any, release: Path, job_store: Any, object_store: Any, owner_id: str,
-                               session_factory: Any, publishing_store: Any, seed: int, tag: str) -> tuple[list[Any], Any]:
+                               session_factory: Any, publishing_store: Any, seed: int, tag: str
+                               ) -> tuple[list[Any], Any]:
     """Tenant A's two 8-step jobs run until the set is held after two steps; then tenant B queues one job of as
     many steps through a store that publishes queue wake-ups (as the API's does), the worker hears it, the set
     is released and runs to the end. Returns A's jobs and B's."""

@@ -146,7 +146,8 @@ def test_a_watcher_whose_hints_are_lost_or_down_still_sees_every_cancel(
 
     # Given hints that are not subscribed (Redis down): a pass after a step reads on the loop's thread, as without
     reads = _ReadLog(job_store)
-    with progress.BackgroundCancelWatcher(reads, 3600.0, CancelHints(settings.redis_url)) as watcher:  # type: ignore[arg-type]
+    unsubscribed = CancelHints(settings.redis_url)  # never started
+    with progress.BackgroundCancelWatcher(reads, 3600.0, unsubscribed) as watcher:  # type: ignore[arg-type]
         watcher.watch([down.job_id])
         job_store.request_cancel(down.job_id, owner_id)
         assert watcher(time.monotonic()) == {down.job_id}

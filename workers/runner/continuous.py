@@ -6,10 +6,10 @@ without `open_set` run whole-batch as before.
 Each pass of the loop: drop what must leave (cancel requested, lease lost, the job's own time limit, a shutdown
 that cannot wait for it; a direct worker with Redis reads cancel requests when it hears one asked for,
 `workers.runner.wakeups.CancelHints`, else about once a step, off the sampling thread; a dropped item's row is
-claimed at once, so the next queued job takes it at the next step) -> ask the store for more work of the queue the message woke (`claim_for_message`: the
-one scheduling policy, over the direct store and the gateway alike) up to the free rows and pixels of the card's
-budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`), so a job queued now starts at the next
-step; a full set asks only for a key it holds nothing of, one job over the cap (`_claim_newcomer`). The rows a
+claimed at once, so the next queued job takes it at the next step) -> ask the store for more work of the queue
+the message woke (`claim_for_message`: the one scheduling policy, over the direct store and the gateway alike) up
+to the free rows and pixels of the card's budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`),
+so a job queued now starts at the next step; a full set asks only for a key it holds nothing of, one job over the cap (`_claim_newcomer`). The rows a
 step will free (its items at their last step) are claimed while it samples, on the runner's look thread, with
 their records and inputs read there too, and admitted before the next step (`_claim_ahead`,
 `UNIPIC_WORKER_CLAIM_AHEAD`), so the device does not wait for a claim's round trip or an input's download;
