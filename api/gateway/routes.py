@@ -16,7 +16,8 @@ overwrite a newer claim:
   holds) to keys none of them belongs to: a full running set's newcomer claim, which waits as an observer of
   the queue's wake-ups (it takes none from a claim that would claim the job);
 - `renew` (fresh result URLs for the renewed leases), `progress` (bounded by the job's own step count: 422
-  `invalid_progress` otherwise), `cancel-requests`: leases, progress and the owner's cancel requests of held jobs;
+  `invalid_progress` otherwise; `progress-many`: several jobs in one request and one transaction, each fenced by its
+  own lease), `cancel-requests`: leases, progress and the owner's cancel requests of held jobs;
 - `complete`: the declared objects (keys, sizes, sha256) are checked (`api.gateway.result_checks.verify_results`: the
   lease's own keys, fully decoded, the format and size the job asked for) before the job is marked succeeded;
   an invalid result is 422 with the refusal's code and the job stays running under the worker's lease; a retry
@@ -142,6 +143,16 @@ class ProgressIn(ClaimRef):
     worker: Annotated[str, Field(pattern=WORKER_NAME)]
     step: Annotated[int, Field(ge=0)]
     total: Annotated[int, Field(ge=0)]
+
+
+class StepReport(ClaimRef):
+    step: Annotated[int, Field(ge=0)]
+    total: Annotated[int, Field(ge=0)]
+
+
+class ProgressManyIn(_Body):
+    worker: Annotated[str, Field(pattern=WORKER_NAME)]
+    reports: Annotated[list[StepReport], Field(max_length=256)]
 
 
 class ObjectIn(_Body):
@@ -345,6 +356,26 @@ def cancel_requests(body: ClaimsIn, services: ServicesDep, caller: WorkerDep) ->
     claims = _owned(services, caller, body.claims)
     return HeldOut(held=[c.job_id for c in claims],
                    cancel_requested=sorted(services.jobs.cancel_requested_ids([c.job_id for c in claims])))
+
+
+@router.post("/progress-many", response_model=HeldOut, summary="Report the progress of several jobs")
+def progress_many(body: ProgressManyIn, services: ServicesDep, caller: WorkerDep) -> HeldOut:
+    """The progress of several held jobs in one request and one transaction (a running set's items advance
+    together): each as `progress` checks it (422 `invalid_progress` for a report past its job's own step count),
+    each row fenced by its own lease. `held` lists the jobs written; one whose lease is gone, or that was not
+    claimed under this token, is left out and changes nothing, without failing the others."""
+    jobs = {j.id: j for j in services.jobs.get_many([r.job_id for r in body.reports])}
+    reports = []
+    for report in body.reports:
+        job = jobs.get(report.job_id)
+        if job is None or not caller.owns(job.worker_id):
+            continue
+        total = progress_total(job.kind, job.params)
+        if report.total != total or report.step > total:
+            raise ApiError(422, "invalid_progress", f"job {job.id}: progress must be step <= total = {total} (this "
+                           f"job's steps), got {report.step}/{report.total}", "reports")
+        reports.append((Claim(job.id, report.lease_token), report.step, report.total))
+    return HeldOut(held=sorted(services.jobs.set_progress_many(reports)))
 
 
 @router.post("/progress", response_model=DoneOut, summary="Report progress")

@@ -488,3 +488,36 @@ def test_on_the_local_store_a_stale_lease_cannot_write_at_all(embedded_settings:
     done = services.jobs.get(job.id)
     assert done.result_keys == [key] and services.objects.page(f"results/{job.id}/") == [key]
     assert services.objects.get(key) == mine
+
+
+def test_progress_of_several_jobs_is_one_request_each_fenced_by_its_lease(
+    client: TestClient, services: Any, owner_id: str, make_token: TokenMaker,
+) -> None:
+    # Given two jobs claimed under token A and one under token B
+    _, a = make_token(name="many-a")
+    _, b = make_token(name="many-b")
+    claimed = []
+    for headers in (a, a, b):  # 2 steps each
+        job = _job(services, owner_id)
+        claimed.append((job, _claimed(client, headers, job.id, max_items=1)))
+    (first, mine0), (second, mine1), (theirs, other) = claimed
+    mine = [mine0, mine1]
+
+    def report(job_id: str, lease: str, step: int, total: int = 2) -> dict[str, Any]:
+        return {"job_id": job_id, "lease_token": lease, "step": step, "total": total}
+
+    # When A reports both of its jobs (one with a stale lease token) and B's job in one request
+    answer = client.post("/v1/worker/progress-many", headers=a, json={"worker": "gpu:1", "reports": [
+        report(first.id, mine[0]["lease_token"], 1), report(second.id, "f" * 32, 2),
+        report(theirs.id, other["lease_token"], 2)]})
+    # Then only its own job under its held lease moved; the stale one and B's are left out, the others unharmed
+    assert answer.status_code == 200 and answer.json()["held"] == [first.id]
+    assert services.jobs.get(first.id).progress_step == 1
+    assert services.jobs.get(second.id).progress_step == 0 and services.jobs.get(theirs.id).progress_step == 0
+    # And a report past a job's own step count is refused as a whole, changing nothing
+    bad = client.post("/v1/worker/progress-many", headers=a, json={"worker": "gpu:1", "reports": [
+        report(second.id, mine[1]["lease_token"], 2), report(first.id, mine[0]["lease_token"], 3)]})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_progress"
+    assert services.jobs.get(second.id).progress_step == 0
+    services.jobs.release([Claim(first.id, mine[0]["lease_token"]), Claim(second.id, mine[1]["lease_token"]),
+                           Claim(theirs.id, other["lease_token"])])

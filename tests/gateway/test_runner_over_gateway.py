@@ -280,3 +280,33 @@ def test_a_gateway_workers_newcomer_long_poll_never_keeps_its_freed_rows_empty(
                  tag="gw-refill-d")  # whatever still waits takes a job and ends: the worker can stop now
         runner.drain()
     assert services.jobs.get(last.id).status == "queued"
+
+
+def test_a_gateway_worker_reports_a_steps_progress_in_one_request(
+    client: TestClient, make_token: Any, services: Any, owner_id: str,
+) -> None:
+    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
+
+    _, headers = make_token(name="progress-many")
+    http = GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client)
+    jobs = GatewayJobs(http, GatewayObjects(), "progress:1")
+    # Given a gateway worker holding two jobs of one step count
+    for i in range(2):
+        make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=1010 + i, steps=4, tag="gw-many")
+    claims = jobs.claim(2, 2 * 64 * 64, kinds=["generate"], wait_seconds=0)
+    assert len(claims) == 2
+    sent: list[str] = []
+    post = http.post
+
+    def counted(path: str, body: Any) -> Any:  # observe: which routes the reports take
+        sent.append(path)
+        return post(path, body)
+
+    http.post = counted  # type: ignore[method-assign]
+    # When it reports a step of both
+    held = jobs.set_progress_many([(c, 3, 4) for c in claims])
+    # Then one request wrote both
+    assert sent == ["progress-many"] and held == {c.job_id for c in claims}
+    assert [(j.progress_step, j.progress_total) for j in services.jobs.get_many([c.job_id for c in claims])] == [
+        (3, 4), (3, 4)]
+    services.jobs.release(claims)
