@@ -12,6 +12,8 @@
              │     └── expire_overdue (past deadline_at) ──► expired     ──► failed (worker_lost)
              └── request_cancel ──► canceled        (request_cancel on running sets cancel_requested)
 ```
+A running job that leaves its worker with a cancel request the worker never acknowledged (released, or its lease
+lost) ends canceled, not queued: its owner asked to stop it, and a claim would forget the request.
 Terminal states (succeeded, failed, canceled, expired) are final. Every move is a compare-and-set
 `UPDATE ... WHERE id=:id AND status=:expected [AND lease_token=:token] RETURNING *`; a running job's writes are
 fenced by the `lease_token` its claim got, so a worker whose lease expired can never overwrite a newer state.
@@ -341,13 +343,23 @@ class JobStore(JobQueries):
         return True
 
     def release(self, claims: Iterable[Claim]) -> int:
-        """Graceful shutdown: running -> queued with attempts unchanged. Returns how many were released."""
+        """Graceful shutdown: running -> queued with attempts unchanged, or -> canceled when its owner asked to
+        cancel it (`_canceled_on_leaving`). Returns how many went back to the queue."""
         now = utcnow()
         n = 0
+        tokens = {c.job_id: c.lease_token for c in claims}
         with write_session(self.sessions) as s:
             back = []
-            for claim in claims:
-                row = _cas(s, claim.job_id, JobStatus.RUNNING, claim.lease_token, **_requeue_values(now))
+            outbox = OutboxWriter(s)
+            # locked first (in id order, as renewals lock them), so a cancel request cannot slip in between
+            rows = s.scalars(select(Job).where(Job.id.in_(list(tokens)), Job.status == JobStatus.RUNNING)
+                             .order_by(Job.id).with_for_update(), execution_options={"populate_existing": True})
+            for locked in list(rows):
+                token = tokens[locked.id]
+                if locked.cancel_requested:
+                    _canceled_on_leaving(s, outbox, locked.id, token, now)
+                    continue
+                row = _cas(s, locked.id, JobStatus.RUNNING, token, **_requeue_values(now))
                 if row is not None:
                     n += 1
                     back.append((row.queue, row.owner_id))
@@ -425,7 +437,9 @@ class JobStore(JobQueries):
             back: list[tuple[str, str]] = []
             for row in list(s.scalars(stmt)):
                 attempts, lost_worker = row.attempts + 1, row.worker_id
-                if attempts >= row.max_attempts:
+                if row.cancel_requested and row.lease_token is not None:  # locked: no request slips in between
+                    _canceled_on_leaving(s, outbox, row.id, row.lease_token, now)
+                elif attempts >= row.max_attempts:
                     failed = _cas(s, row.id, JobStatus.RUNNING, row.lease_token, status=JobStatus.FAILED,
                                   finished_at=now, attempts=attempts, lease_token=None, lease_expires_at=None,
                                   error_code=JobErrorCode.WORKER_LOST,
@@ -504,6 +518,19 @@ def _cas_batch(s: Session, batch_id: str, expected: JobStatus, **values: Any) ->
     for row in rows:
         job_events.note(s, row, values)
     return rows
+
+
+def _canceled_on_leaving(s: Session, outbox: OutboxWriter, job_id: str, token: str, now: datetime) -> Job | None:
+    """running -> canceled for a job that leaves its worker (released, or its lease lost) with a cancel request
+    the worker never acknowledged: its owner asked to stop it, so it must not run again (a claim clears the
+    request). The caller holds the row's lock."""
+    row = _cas(s, job_id, JobStatus.RUNNING, token, lease_token=None, lease_expires_at=None,
+               **_canceled_values(now, "canceled by request"))
+    if row is not None:
+        outbox.job_event(row, EventType.JOB_CANCELED, now)
+        finish_batch_if_done(s, outbox, row.batch_id, now)
+        log.info("job %s canceled: it left its worker with a cancel request", job_id)
+    return row
 
 
 def _canceled_values(now: datetime, message: str) -> dict[str, Any]:

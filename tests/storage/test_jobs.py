@@ -115,6 +115,26 @@ def test_progress_of_several_jobs_is_one_write_fenced_per_row(stores: Stores, co
     stores.jobs.release([kept, new])
 
 
+@pytest.mark.parametrize("leaves", ["released", "lease expired"])
+def test_a_running_job_asked_to_cancel_that_leaves_its_worker_ends_canceled_not_queued(
+    stores: Stores, compat: str, leaves: str,
+) -> None:
+    # Given a running job whose owner asked to cancel it, before its worker acknowledged the request
+    rec = stores.jobs.create(job(stores.owner_id, compat))
+    claim = claim_one(stores, rec.id, lease=0.001 if leaves == "lease expired" else 30.0)
+    stores.jobs.request_cancel(rec.id, stores.owner_id)
+    # When it leaves the worker: handed back (a shutdown, an out-of-memory split) or its lease lost
+    if leaves == "released":
+        assert stores.jobs.release([claim]) == 0
+    else:
+        assert stores.jobs.requeue_expired(utcnow() + timedelta(seconds=1)) == []
+    # Then it is canceled, and no claim runs it again
+    done = stores.jobs.get(rec.id)
+    assert (done.status, done.error_code, done.lease_token) == ("canceled", "canceled", None)
+    assert done.finished_at is not None
+    assert claim_queue_of(stores.jobs, rec.id, "w2", 30, 8) == []
+
+
 def test_terminal_states_never_change(stores: Stores, compat: str) -> None:
     rec = stores.jobs.create(job(stores.owner_id, compat))
     claim = claim_one(stores, rec.id)
