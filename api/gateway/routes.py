@@ -139,15 +139,13 @@ class HeldOut(BaseModel):
     result_urls: dict[str, dict[str, str]] = {}  # renew: fresh PUT URLs (key -> URL) per held job
 
 
-class ProgressIn(ClaimRef):
-    worker: Annotated[str, Field(pattern=WORKER_NAME)]
-    step: Annotated[int, Field(ge=0)]
-    total: Annotated[int, Field(ge=0)]
-
-
 class StepReport(ClaimRef):
     step: Annotated[int, Field(ge=0)]
     total: Annotated[int, Field(ge=0)]
+
+
+class ProgressIn(StepReport):
+    worker: Annotated[str, Field(pattern=WORKER_NAME)]
 
 
 class ProgressManyIn(_Body):
@@ -370,10 +368,8 @@ def progress_many(body: ProgressManyIn, services: ServicesDep, caller: WorkerDep
         job = jobs.get(report.job_id)
         if job is None or not caller.owns(job.worker_id):
             continue
-        total = progress_total(job.kind, job.params)
-        if report.total != total or report.step > total:
-            raise ApiError(422, "invalid_progress", f"job {job.id}: progress must be step <= total = {total} (this "
-                           f"job's steps), got {report.step}/{report.total}", "reports")
+        if (wrong := _wrong_progress(job, report)) is not None:
+            raise ApiError(422, "invalid_progress", f"job {job.id}: {wrong}", "reports")
         reports.append((Claim(job.id, report.lease_token), report.step, report.total))
     return HeldOut(held=sorted(services.jobs.set_progress_many(reports)))
 
@@ -383,10 +379,9 @@ def progress(body: ProgressIn, services: ServicesDep, caller: WorkerDep) -> Done
     """Progress of a held job, in its own steps: `total` must be the job's step count (`steps`, or
     `max_new_tokens` to understand) and `step` at most that (422 `invalid_progress` otherwise)."""
     claim, job = _held(services, caller, body)
-    total = progress_total(job.kind, job.params)
-    if body.total != total or body.step > total:
-        raise ApiError(422, "invalid_progress", f"progress must be step <= total = {total} (this job's steps), "
-                       f"got {body.step}/{body.total}", "step" if body.total == total else "total")
+    if (wrong := _wrong_progress(job, body)) is not None:
+        field = "step" if body.total == progress_total(job.kind, job.params) else "total"
+        raise ApiError(422, "invalid_progress", wrong, field)
     return DoneOut(ok=services.jobs.set_progress(claim, body.step, body.total))
 
 
@@ -502,6 +497,15 @@ def _held(services: Services, caller: WorkerCaller, ref: ClaimRef) -> tuple[Clai
     if job.status != JobStatus.RUNNING or job.lease_token != ref.lease_token:
         raise _stale(ref.job_id)
     return Claim(job.id, ref.lease_token), job
+
+
+def _wrong_progress(job: JobRecord, report: StepReport) -> str | None:
+    """Why a progress report does not fit its job (`total` must be the job's own step count, `step` at most that),
+    or None when it fits."""
+    total = progress_total(job.kind, job.params)
+    if report.total != total or report.step > total:
+        return f"progress must be step <= total = {total} (this job's steps), got {report.step}/{report.total}"
+    return None
 
 
 def _stale(job_id: str) -> ApiError:

@@ -281,11 +281,7 @@ class JobStore(JobQueries):
     def set_progress(self, claim: Claim, step: int, total: int) -> bool:
         """Record sampling progress (best effort; the caller throttles). The step is clamped to [0, total] and a
         report without a positive total is ignored (True: nothing to record). False if the claim is stale."""
-        if total <= 0:
-            return True
-        with write_session(self.sessions) as s:
-            return _cas(s, claim.job_id, JobStatus.RUNNING, claim.lease_token,
-                        progress_step=max(0, min(step, total)), progress_total=total) is not None
+        return claim.job_id in self.set_progress_many([(claim, step, total)])
 
     def set_progress_many(self, reports: Sequence[tuple[Claim, int, int]]) -> set[str]:
         """`set_progress` of several jobs in one transaction (a running set's items advance together: one commit

@@ -9,11 +9,11 @@ that cannot wait for it; a direct worker with Redis reads cancel requests when i
 claimed at once, so the next queued job takes it at the next step) -> ask the store for more work of the queue
 the message woke (`claim_for_message`: the one scheduling policy, over the direct store and the gateway alike) up
 to the free rows and pixels of the card's budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`),
-so a job queued now starts at the next step; a full set asks only for a key it holds nothing of, one job over the cap (`_claim_newcomer`). The rows a
-step will free (its items at their last step) are claimed while it samples, on the runner's look thread, with
-their records and inputs read there too, and admitted before the next step (`_claim_ahead`,
-`UNIPIC_WORKER_CLAIM_AHEAD`), so the device does not wait for a claim's round trip or an input's download;
-a claim heard arriving (a wake-up) is still made at once, on the sampling thread. With Redis,
+so a job queued now starts at the next step; a full set asks only for a key it holds nothing of, one job over the
+cap (`_claim_newcomer`). The rows a step will free (its items at their last step) are claimed while it samples,
+on the runner's look thread, with their records and inputs read there too, and admitted before the next step
+(`_claim_ahead`, `UNIPIC_WORKER_CLAIM_AHEAD`), so the device does not wait for a claim's round trip or an input's
+download; a claim heard arriving (a wake-up) is still made at once, on the sampling thread. With Redis,
 the worker hears its queues' wake-ups (`workers.runner.wakeups`), so once a claim found the queue empty the loop
 asks again only when a job arrived (or every NEWCOMER_SAFETY_SECONDS, and always before it ends): a claim query
 costs about as much as a small step on a busy CPU. A gateway worker hears no wake-ups: while its set samples, it
@@ -151,7 +151,7 @@ class ContinuousRunner(BatchRunner):
     @property
     def wakeups(self) -> QueueWakeups | None:
         """The process's queue wake-ups (direct transport with Redis), subscribed at the first loop."""
-        if self._wakeups is None and self.settings.redis_url and isinstance(self.store, QueueClaims):
+        if self._wakeups is None and self._hears_redis:
             self._wakeups = QueueWakeups(self.settings.redis_url).start()
         return self._wakeups
 
@@ -159,9 +159,14 @@ class ContinuousRunner(BatchRunner):
     def cancel_hints(self) -> CancelHints | None:
         """The process's cancel hints (direct transport with Redis): a running set reads cancel requests when one
         is heard, and once a second anyway, instead of once a step (`BackgroundCancelWatcher`)."""
-        if self._cancel_hints is None and self.settings.redis_url and isinstance(self.store, QueueClaims):
+        if self._cancel_hints is None and self._hears_redis:
             self._cancel_hints = CancelHints(self.settings.redis_url).start()
         return self._cancel_hints
+
+    @property
+    def _hears_redis(self) -> bool:
+        """The store is the database (a gateway worker hears nothing) and Redis carries its messages."""
+        return bool(self.settings.redis_url) and isinstance(self.store, QueueClaims)
 
     def _claim(self, job_id: str) -> list[Claim]:
         wakeups = self.wakeups

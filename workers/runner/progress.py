@@ -215,9 +215,7 @@ class BackgroundCancelWatcher(CancelWatcher):
             return
         live = self._hints.trusted_since
         if live is None or claimed_after is None or live > claimed_after or self._hints.heard(job_ids):
-            with self._lock:
-                self._hint_at = time.monotonic()
-            self._wake.set()
+            self._heard(None)  # read them now
 
     def pace(self, seconds: float) -> None:
         """Check about this often from now on (the loop passes its step time: a cancel lands within a step or

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 from storage.jobs.events import PAUSE_AFTER_FAILURE_S, cancel_channel, channel_prefix, queue_channel
 
@@ -49,7 +49,7 @@ class _Subscription:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._listen, name=self.thread_name, daemon=True)
 
-    def start(self) -> Any:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -105,10 +105,6 @@ class QueueWakeups(_Subscription):
         self._heard: dict[str, int] = {}
         self._taken: dict[str, int] = {}
 
-    def start(self) -> QueueWakeups:
-        super().start()
-        return self
-
     def take(self, queue: str) -> bool | None:
         """True if `queue` was woken since the last `take` of it, False if not, None while not subscribed."""
         with self._lock:
@@ -156,10 +152,6 @@ class CancelHints(_Subscription):
         self.channel = cancel_channel(self.prefix)
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._listeners: list[Callable[[list[str] | None], None]] = []
-
-    def start(self) -> CancelHints:
-        super().start()
-        return self
 
     @property
     def trusted_since(self) -> float | None:
