@@ -13,9 +13,10 @@ JSON `{"type": "status"|"progress"|"update", "job_id", "batch_id", "custom_id", 
 Queue wake-ups: a transaction that makes jobs claimable in a queue (created, requeued, released) also publishes
 `{"type": "queued", "queue", "jobs": n}` on `{prefix}ev:queue:{queue}`, once per queue with the count, so the
 gateway's long-polling claims of that queue wake instead of polling (`note_queued`). Cancel hints: a transaction
-that asks running jobs to stop (`cancel_requested`) also publishes `{"type": "cancel", "job_ids": [...]}` on
-`{prefix}ev:cancel`, so a worker hears a cancel instead of reading Postgres every step for one (a fleet of workers
-polling once a step would cost the database thousands of reads a second for nothing). A publisher that failed (or
+that asks running jobs to stop (`cancel_requested`) also publishes `{"type": "cancel", "job_ids": [...], "workers":
+[...]}` on `{prefix}ev:cancel` (`workers`: the worker ids running those jobs, so the API's hub wakes the long-polls
+of just those gateway workers: `api.events.hub`), so a worker hears a cancel instead of reading Postgres every step
+for one (a fleet of workers polling once a step would cost the database thousands of reads a second for nothing). A publisher that failed (or
 stayed quiet after a failure) sends `{"type": "resync"}` there with its next successful publish: hints may have been
 lost, and a worker that trusts them reads cancel requests at once.
 Without Redis (`settings.redis_url` empty: the embedded mode) nothing is attached and readers poll.
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "ev:"
 PAUSE_AFTER_FAILURE_S = 2.0
+# a (new) subscription to cancel hints is trusted this long after it began: a Redis restart also made publishers
+# fail, and each stays quiet for PAUSE_AFTER_FAILURE_S after (its next publish then says so: a resync hint)
+TRUST_HINTS_AFTER_S = PAUSE_AFTER_FAILURE_S + 0.5
 _NOTES = "unipic_job_events"
 _QUEUED = "unipic_queue_wakeups"
 _CANCELS = "unipic_cancel_hints"
@@ -107,7 +111,7 @@ def note(s: Session, row: Job, values: Mapping[str, Any]) -> None:
     if values.get("status") == JobStatus.QUEUED:  # requeued or released: claimable again
         note_queued(s, [row.queue])
     if values.get("cancel_requested") is True:  # its worker should stop it at its next step
-        s.info.setdefault(_CANCELS, []).append(row.id)
+        s.info.setdefault(_CANCELS, []).append((row.id, row.worker_id))
 
 
 def note_queued(s: Session, queues: Iterable[str]) -> None:
@@ -124,10 +128,14 @@ def queued_events(counts: Mapping[str, int]) -> list[dict[str, Any]]:
     return [{"type": "queued", "queue": queue, "jobs": n} for queue, n in sorted(counts.items()) if n > 0]
 
 
-def cancel_events(job_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The cancel-hint messages for a transaction's running jobs asked to stop."""
-    return [{"type": "cancel", "job_ids": list(job_ids[i : i + CANCEL_HINT_IDS])}
-            for i in range(0, len(job_ids), CANCEL_HINT_IDS)]
+def cancel_events(jobs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+    """The cancel-hint messages for a transaction's running jobs asked to stop, as (job id, worker id)."""
+    events = []
+    for i in range(0, len(jobs), CANCEL_HINT_IDS):
+        chunk = jobs[i : i + CANCEL_HINT_IDS]
+        events.append({"type": "cancel", "job_ids": [job_id for job_id, _ in chunk],
+                       "workers": sorted({worker for _, worker in chunk if worker})})
+    return events
 
 
 class Publisher(Protocol):

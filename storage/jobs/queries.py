@@ -111,6 +111,15 @@ class JobQueries:
         with self.sessions() as s:
             return set(s.scalars(stmt))
 
+    def cancel_requested_of(self, worker_id: str) -> set[str]:
+        """The running jobs of `worker_id` whose owner asked to cancel them: what a gateway worker's cancel
+        long-poll answers (`api.gateway.routes`), including jobs claimed after the poll began, which the worker
+        could not name yet. Running jobs are few (the fleet's rows), and the status index finds them."""
+        stmt = select(Job.id).where(Job.status == JobStatus.RUNNING, Job.worker_id == worker_id,
+                                    Job.cancel_requested.is_(True))
+        with self.sessions() as s:
+            return set(s.scalars(stmt))
+
     def stale_queued(self, older_than_seconds: float, limit: int = 1000) -> list[JobRecord]:
         """Queued jobs not enqueued for `older_than_seconds` (or never): their message may be lost."""
         cutoff = utcnow() - timedelta(seconds=older_than_seconds)

@@ -38,18 +38,19 @@ def test_a_running_jobs_cancel_sends_one_hint_naming_it_and_a_queued_jobs_none(
         publishing_store.request_cancel(queued.id, owner_id)
         publishing_store.request_cancel(running.id, owner_id)
 
-        # Then one hint went out, naming only the running job
+        # Then one hint went out, naming only the running job and the worker running it (whose long-poll it wakes)
         wait_for(hear, "the cancel hint")
-        assert heard == [{"type": "cancel", "job_ids": [running.id]}]
+        assert heard == [{"type": "cancel", "job_ids": [running.id], "workers": ["test-worker"]}]
     finally:
         pubsub.close()
 
 
 def test_a_cancel_of_thousands_of_running_jobs_is_a_few_messages() -> None:
     ids = [f"job-{i}" for i in range(2 * CANCEL_HINT_IDS + 5)]
-    events = cancel_events(ids)
+    events = cancel_events([(job_id, f"w{i % 3}") for i, job_id in enumerate(ids)])
     assert [len(e["job_ids"]) for e in events] == [CANCEL_HINT_IDS, CANCEL_HINT_IDS, 5]
     assert [j for e in events for j in e["job_ids"]] == ids
+    assert [e["workers"] for e in events] == [["w0", "w1", "w2"]] * 3  # each message names its jobs' workers
     assert cancel_events([]) == []
 
 
@@ -67,12 +68,12 @@ def test_a_publisher_that_failed_sends_a_resync_with_its_next_publish(settings: 
         wait_for(lambda: pubsub.get_message(timeout=0.05) is None and pubsub.subscribed, "the subscription")
         # Given a publish that failed (Redis unreachable: the hint is lost)
         publisher.client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-        publisher.publish(cancel_events(["lost-job"]))
+        publisher.publish(cancel_events([("lost-job", "w")]))
         # When the publisher can reach Redis again and publishes the next hint
         publisher.client = reachable
-        publisher.publish(cancel_events(["next-job"]))
+        publisher.publish(cancel_events([("next-job", "w")]))
         # Then a resync goes out first (workers read every cancel request), then the hint; and only once
-        publisher.publish(cancel_events(["after-job"]))
+        publisher.publish(cancel_events([("after-job", "w")]))
         heard: list[dict[str, Any]] = []
 
         def hear() -> bool:
@@ -81,8 +82,8 @@ def test_a_publisher_that_failed_sends_a_resync_with_its_next_publish(settings: 
             return len(heard) >= 3
 
         wait_for(hear, "the resync and the hints")
-        assert heard == [{"type": "resync"}, {"type": "cancel", "job_ids": ["next-job"]},
-                         {"type": "cancel", "job_ids": ["after-job"]}]
+        assert heard == [{"type": "resync"}, {"type": "cancel", "job_ids": ["next-job"], "workers": ["w"]},
+                         {"type": "cancel", "job_ids": ["after-job"], "workers": ["w"]}]
     finally:
         pubsub.close()
         publisher.close()
