@@ -23,6 +23,11 @@ passed, so an idle fleet costs the database about one look per queue per tick pe
 While one claim reads a queue not known to hold work, claims that come meanwhile wait for that read's outcome
 (`settled`) instead of reading too: empty, they skip it; it took jobs, they read it at once (a queue whose last
 read took jobs is a backlog, and every claim reads it without waiting on another).
+Cancel long-polls of gateway workers (`CancelPoll`, one per worker id: a newer one from the same worker ends the
+older) are woken by a cancel hint naming their worker (`{"type": "cancel", "job_ids", "workers"}` on the cancel
+channel), by a publisher's resync and by every resync of the subscription itself; `trusted` says whether the
+subscription has been live long enough that no publisher is still quiet after a Redis restart
+(`storage.jobs.events.TRUST_HINTS_AFTER_S`), i.e. whether a poll may wait on hints at all.
 Knows nothing of HTTP routes, rendering or Postgres.
 """
 
@@ -39,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from api.background import stop_task
-from storage.jobs.events import CHANNEL_PREFIX, channel_pattern, channel_prefix
+from storage.jobs.events import CHANNEL_PREFIX, TRUST_HINTS_AFTER_S, channel_pattern, channel_prefix
 from storage.settings import Settings
 
 if TYPE_CHECKING:  # redis is imported when the subscription starts
@@ -176,6 +181,45 @@ class QueueWaiter:
         self.close()
 
 
+class CancelPoll:
+    """One gateway worker's cancel long-poll: woken (`reason`) by a cancel of one of its worker's jobs
+    ("cancel"), a resync ("resync": hints may have been lost), a newer poll of the same worker ("superseded") or
+    the hub stopping ("closing"). Use as a context manager."""
+
+    def __init__(self, hub: EventHub, worker_id: str) -> None:
+        self.hub = hub
+        self.worker_id = worker_id
+        self.reason: str | None = None
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def wake(self, reason: str) -> None:
+        if self.reason not in ("superseded", "closing"):  # an ending is never taken back by a later cancel
+            self.reason = reason
+        self._wake.set()
+
+    async def wait(self, timeout: float) -> str | None:
+        """Why it was woken, or None after `timeout`; re-arms (an ending stays: it is returned again)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(timeout, 0.0))
+        reason = self.reason
+        if reason not in ("superseded", "closing"):
+            self.reason = None
+            self._wake.clear()
+        return reason
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.hub.release_cancel_poll(self)
+
+    def __enter__(self) -> CancelPoll:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
 class Reading:
     """One claim's read of one queue, in flight: when it is over, whether it found the queue empty."""
@@ -222,6 +266,9 @@ class EventHub:
         self._looking: dict[str, Reading] = {}  # queue -> the read in flight others wait on
         self._has_work: set[str] = set()  # queues whose last read took jobs (a backlog: every claim reads them)
         self._generation = 0  # +1 per resync: what was known empty before may not be any more
+        self._cancel_polls: dict[str, CancelPoll] = {}  # worker id -> its newest cancel long-poll
+        self._live_since: float | None = None  # when the current subscription was confirmed (monotonic)
+        self.cancel_wakeups = 0
         self.queue_wakeups = 0
         self.delivered = 0
         self.dropped = 0
@@ -381,6 +428,9 @@ class EventHub:
         """One message from Redis to the watches of its job or batch, or the claims waiting on its queue."""
         name = channel.decode() if isinstance(channel, bytes) else channel
         key = name.removeprefix(self.prefix + CHANNEL_PREFIX)
+        if key == "cancel":
+            self._dispatch_cancel(data)
+            return
         if key.startswith("queue:"):
             try:
                 jobs = int(json.loads(data).get("jobs", 1))
@@ -413,6 +463,51 @@ class EventHub:
         for waiters in list(self._by_key.values()):
             for watch in list(waiters):
                 watch.resync()
+        self._wake_cancel_polls(None, "resync")
+
+    # ---- gateway workers' cancel long-polls ---------------------------------------------------------------------
+    def cancel_poll(self, worker_id: str) -> CancelPoll:
+        """Register `worker_id`'s cancel long-poll; an older one of the same worker in this process ends
+        ("superseded": the worker sent a new one, so nobody waits for the old answer)."""
+        self.ensure_started()
+        poll = CancelPoll(self, worker_id)
+        older = self._cancel_polls.get(worker_id)
+        if older is not None:
+            older.wake("superseded")
+        self._cancel_polls[worker_id] = poll
+        return poll
+
+    def holds_cancel_poll(self, worker_id: str) -> bool:
+        """Whether a cancel long-poll of `worker_id` waits here now."""
+        return worker_id in self._cancel_polls
+
+    def release_cancel_poll(self, poll: CancelPoll) -> None:
+        if self._cancel_polls.get(poll.worker_id) is poll:
+            del self._cancel_polls[poll.worker_id]
+
+    def _wake_cancel_polls(self, workers: Iterable[str] | None, reason: str) -> None:
+        """Wake the polls of `workers` (None: every poll)."""
+        polls = list(self._cancel_polls.values()) if workers is None else \
+            [p for w in workers if (p := self._cancel_polls.get(w)) is not None]
+        for poll in polls:
+            poll.wake(reason)
+        self.cancel_wakeups += len(polls)
+
+    def _dispatch_cancel(self, data: bytes | str) -> None:
+        try:
+            message = json.loads(data)
+            workers = None if message.get("type") == "resync" else [str(w) for w in message.get("workers", [])]
+        except (ValueError, AttributeError, TypeError):
+            log.warning("unreadable cancel hint")
+            workers = None  # read again rather than miss one
+        self._wake_cancel_polls(workers, "resync" if workers is None else "cancel")
+
+    @property
+    def trusted(self) -> bool:
+        """Whether every cancel is heard now: the subscription is live and has been for TRUST_HINTS_AFTER_S (a
+        publisher that failed in the same Redis restart stays quiet that long, then sends a resync)."""
+        return self.live and self._live_since is not None \
+            and time.monotonic() - self._live_since >= TRUST_HINTS_AFTER_S
 
     # ---- the subscription ----------------------------------------------------------------------------------
     def ensure_started(self) -> None:
@@ -441,6 +536,7 @@ class EventHub:
         self.ensure_started()
 
     async def stop(self) -> None:
+        self._wake_cancel_polls(None, "closing")  # held polls answer now: the worker asks another process
         task, self._task = self._task, None
         await stop_task(task)
 
@@ -458,6 +554,7 @@ class EventHub:
                     if kind == "pmessage":
                         self.dispatch(message["channel"], message["data"])
                     elif kind == "psubscribe":  # (re)subscribed: what was published meanwhile is lost
+                        self._live_since = time.monotonic()
                         self.subscriptions += 1
                         subscribed.set()
                         backoff = RECONNECT_MIN_S
@@ -468,6 +565,7 @@ class EventHub:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis went away: reconnect; streams reconcile meanwhile
                 subscribed.clear()
+                self._live_since = None
                 log.warning("event hub lost its subscription (%s); reconnecting in %.1fs", exc, backoff)
                 self.resync_all()
             # not in `finally`: a loop torn down under us (GeneratorExit) must not await anything

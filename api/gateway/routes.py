@@ -18,6 +18,11 @@ overwrite a newer claim:
 - `renew` (fresh result URLs for the renewed leases), `progress` (bounded by the job's own step count: 422
   `invalid_progress` otherwise; `progress-many`: several jobs in one request and one transaction, each fenced by its
   own lease), `cancel-requests`: leases, progress and the owner's cancel requests of held jobs;
+- `cancels` (long-poll up to `wait_seconds`): the worker's running jobs whose owners asked to cancel them, but
+  those it says it `known`s already; it answers at once when there are any, else when a cancel hint names the
+  worker (`api.events.hub`), so a gateway worker keeps one poll in flight instead of reading cancel requests
+  every sampling step. `watching` says whether the gateway hears every cancel (its event subscription is live and
+  trusted): while false it answers at once and the worker reads as before;
 - `complete`: the declared objects (keys, sizes, sha256) are checked (`api.gateway.result_checks.verify_results`: the
   lease's own keys, fully decoded, the format and size the job asked for) before the job is marked succeeded;
   an invalid result is 422 with the refusal's code and the job stays running under the worker's lease; a retry
@@ -65,6 +70,7 @@ MAX_WAIT_SECONDS = 30.0
 # without wake-ups (embedded or poll mode, Redis down) an idle long-poll looks again after 20 ms, doubling up to
 # the safety tick: a worker asking right after a batch sees new work within tens of ms, an idle one costs little
 POLL_SECONDS = 0.02
+DISCONNECT_CHECK_SECONDS = 1.0  # how often a held cancel poll looks whether its worker is still there
 SETTLE_SECONDS = 1.0  # the longest even a claim that would not wait waits for another claim's read of its queue
 WORKER_NAME = r"^[A-Za-z0-9._:@-]{1,100}$"
 CLAIM_ID = r"^[A-Za-z0-9-]{8,64}$"
@@ -131,6 +137,22 @@ class ClaimOut(BaseModel):
 class ClaimsIn(_Body):
     worker: Annotated[str, Field(pattern=WORKER_NAME)]
     claims: Annotated[list[ClaimRef], Field(max_length=256)]
+
+
+class CancelsIn(_Body):
+    worker: Annotated[str, Field(pattern=WORKER_NAME)]
+    known: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=256, description=(
+        "Jobs whose cancel this worker heard already (it is stopping them): not answered again"))] = []
+    wait_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS, description=(
+        "How long to wait for a cancel request (0: answer at once, e.g. to learn `watching`)"))] = 20.0
+
+
+class CancelsOut(BaseModel):
+    cancel_requested: list[str] = Field(description="This worker's running jobs whose owners asked to cancel them")
+    watching: bool = Field(description=(
+        "The gateway heard every cancel request while it held this poll (and would hold the next one): a worker "
+        "with such a poll in flight need not read cancel requests itself. False: it answered without waiting "
+        "(events not live, or not for long enough after a Redis restart); read them yourself for now"))
 
 
 class HeldOut(BaseModel):
@@ -354,6 +376,39 @@ def cancel_requests(body: ClaimsIn, services: ServicesDep, caller: WorkerDep) ->
     claims = _owned(services, caller, body.claims)
     return HeldOut(held=[c.job_id for c in claims],
                    cancel_requested=sorted(services.jobs.cancel_requested_ids([c.job_id for c in claims])))
+
+
+@router.post("/cancels", response_model=CancelsOut, summary="Wait for cancel requests of this worker's jobs")
+async def cancels(body: CancelsIn, request: Request, services: ServicesDep, caller: WorkerDep) -> CancelsOut:
+    """The worker's running jobs with a cancel request (but `known`), as soon as there are any, waiting up to
+    `wait_seconds` on the hub's cancel hints; it reads Postgres once, then only when a hint names this worker."""
+    hub: EventHub = request.app.state.event_hub
+    worker_id = caller.worker_id(body.worker)
+    known = set(body.known)
+
+    def read() -> list[str]:
+        return sorted(services.jobs.cancel_requested_of(worker_id) - known)
+
+    deadline = time.monotonic() + body.wait_seconds
+    if body.wait_seconds > 0:
+        await hub.ready(min(1.0, body.wait_seconds))
+    with hub.cancel_poll(worker_id) as poll:  # registered before the read: a cancel after it wakes the poll
+        found = await run_in_threadpool(read)
+        watching = hub.trusted
+        while not found and watching and (left := deadline - time.monotonic()) > 0:
+            reason = await poll.wait(min(left, DISCONNECT_CHECK_SECONDS))
+            if reason is None:  # a worker that went away (killed) does not hold a server's shutdown for long
+                if await request.is_disconnected():
+                    break
+                continue
+            if reason == "superseded":  # the worker's newer poll covers its jobs
+                break
+            if reason == "closing":  # this process stops: the worker's next poll goes to another
+                watching = False
+                break
+            found = await run_in_threadpool(read)
+            watching = hub.trusted
+    return CancelsOut(cancel_requested=found, watching=watching)
 
 
 @router.post("/progress-many", response_model=HeldOut, summary="Report the progress of several jobs")

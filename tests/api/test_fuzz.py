@@ -43,8 +43,8 @@ OPERATIONS = [
     ("POST", "/v1/webhook-events/{event_id}/replay"), ("POST", "/v1/webhook-secret/rotate"), ("PUT", "/v1/objects/{key}"),
     ("PUT", "/v1/uploads/{upload_id}"), ("PUT", "/v1/webhook-endpoints/default"),
     # the worker gateway: an API key is not a worker token, so every call must be a clean 401
-    *[("POST", f"/v1/worker/{op}") for op in ("claim", "renew", "cancel-requests", "progress", "progress-many",
-                                              "complete", "fail", "release", "heartbeat")],
+    *[("POST", f"/v1/worker/{op}") for op in ("claim", "renew", "cancel-requests", "cancels", "progress",
+                                              "progress-many", "complete", "fail", "release", "heartbeat")],
 ]
 WITHOUT_INPUTS = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}  # nothing to negate
 CASES = [(m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS] + [

@@ -66,6 +66,7 @@ def remote(gateway: Gateway, tiny_engine: Any) -> Iterator[RemoteWorker]:
     yield RemoteWorker(jobs, runner, metrics)
     gateway.s3_proxy.up()
     gateway.api_proxy.up()
+    runner.drain()  # its cancel long-poll ends
     jobs.http.close()
     jobs.objects.close()
 

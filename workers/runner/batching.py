@@ -38,11 +38,19 @@ from workers.runner.leases import LeaseKeeper
 from workers.runner.limits import BatchClock, hard_limit_seconds, soft_limit_seconds
 from workers.runner.oom import failure_code, halves, is_oom, release_cached_memory
 from workers.runner.pipeline import FinishPipeline
-from workers.runner.progress import CancelWatcher, ProgressReporter
+from workers.runner.progress import BackgroundCancelWatcher, ProgressReporter
 from workers.runner.results import LeaseLost, UploadFailed, WrittenResult, write_result
 from workers.runner.traces import trace_failure, trace_success
+from workers.runner.wakeups import CancelHints
 from workers.shutdown import ShutdownGate
-from workers.transport.base import JobPort, ObjectPort, Unreachable
+from workers.transport.base import (
+    CancelHintSource,
+    HearsCancels,
+    JobPort,
+    ObjectPort,
+    QueueClaims,
+    Unreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +78,7 @@ class BatchState:
     clock: BatchClock
     keeper: LeaseKeeper
     reporter: ProgressReporter
-    watcher: CancelWatcher
+    watcher: BackgroundCancelWatcher
     released: list[Claim] = field(default_factory=list)
     deferred: bool = False  # pipelined: successes are finished after the call, beside the next batch
     finishing: list[tuple[Item, ModelResult, float, int]] = field(default_factory=list)
@@ -103,6 +111,19 @@ class BatchRunner:
         self.jobs_served = 0
         self._finishers = ThreadPoolExecutor(max_workers=FINISHING_THREADS, thread_name_prefix="finish")
         self.pipeline = FinishPipeline(pipeline)  # encode/upload/complete of batch N while N+1 samples
+        self._cancel_hints: CancelHintSource | None = None
+
+    @property
+    def cancel_hints(self) -> CancelHintSource | None:
+        """The process's cancel hints, started at the first batch: a gateway worker's cancel long-polls, or a
+        direct worker's Redis subscription. A running batch reads cancel requests when one is heard, and once a
+        second anyway, instead of every few steps (`BackgroundCancelWatcher`)."""
+        if self._cancel_hints is None:
+            if isinstance(self.store, HearsCancels):
+                self._cancel_hints = self.store.cancel_hints()
+            elif self.settings.redis_url and isinstance(self.store, QueueClaims):  # the database itself
+                self._cancel_hints = CancelHints(self.settings.redis_url).start()
+        return self._cancel_hints
 
     # ---- one message ----------------------------------------------------------------------------------------
     def run(self, job_id: str) -> int:
@@ -117,14 +138,16 @@ class BatchRunner:
         return self.run_claims(claims, started)
 
     def run_claims(self, claims: list[Claim], started: float | None = None) -> int:
-        """Run a batch already claimed (by `run`, or by the gateway's claim); returns how many jobs it held."""
+        """Run a batch already claimed (by `run`, or by the gateway's claim); returns how many jobs it held.
+        `started`: when the claim was asked (monotonic; None: not known), so cancel hints heard since cover it."""
+        asked_at = started
         started = time.monotonic() if started is None else started
         jobs = {j.id: j for j in self.store.get_many([c.job_id for c in claims])}
         self._observe_claimed(jobs.values())
         items = [item for item in (self._prepare(c, jobs[c.job_id]) for c in claims) if item is not None]
         if items:
             try:
-                self._run_items(claims, items)
+                self._run_items(claims, items, asked_at)
             except DeviceFatal:  # the device broke: the whole batch goes back (attempts unchanged); we exit
                 self.pipeline.drain()  # the previous batch's results still get written
                 self._release(claims)
@@ -162,7 +185,7 @@ class BatchRunner:
             self._fail(claim, JobErrorCode.INVALID_INPUT, str(exc))
             return None
 
-    def _run_items(self, claims: list[Claim], items: list[Item]) -> None:
+    def _run_items(self, claims: list[Claim], items: list[Item], asked_at: float | None = None) -> None:
         s = self.settings
         soft = soft_limit_seconds(
             [(i.job.kind, i.job.params) for i in items], s.time_limit_floor_seconds,
@@ -174,11 +197,11 @@ class BatchRunner:
         reporter = ProgressReporter(self.store, by_id, s.progress_interval_ms / 1000, self.faults.on_step, totals)
         keeper = LeaseKeeper(self.store, claims, s.lease_seconds, stop_renewing=clock.hard_expired).__enter__()
         try:
-            with reporter:
-                watcher = CancelWatcher(
-                    self.store, list(by_id), CANCEL_CHECK_SECONDS,
-                    local=lambda: self._local_drops(set(by_id), clock, keeper, reporter),
-                )
+            # cancel requests read off the sampling thread: when one is heard, else every CANCEL_CHECK_SECONDS
+            watcher = BackgroundCancelWatcher(self.store, CANCEL_CHECK_SECONDS, self.cancel_hints,
+                                              local=lambda: self._local_drops(set(by_id), clock, keeper, reporter))
+            with reporter, watcher:
+                watcher.watch(list(by_id), asked_at)
                 state = BatchState(by_id, clock, keeper, reporter, watcher, deferred=self.pipeline.enabled)
                 self._run_group(items, state)
         except BaseException:
@@ -208,8 +231,12 @@ class BatchRunner:
         return []
 
     def drain(self) -> None:
-        """Wait for the batch whose results are being written in the background (before exiting)."""
+        """Wait for the batch whose results are being written in the background (before exiting); the
+        transport's own cancel hints stop (a gateway worker's poll in flight ends now, not at its wait)."""
         self.pipeline.drain()
+        if isinstance(self.store, HearsCancels) and self._cancel_hints is not None:
+            self._cancel_hints = None
+            self.store.stop_cancel_hints()
 
     # ---- the model call, with out-of-memory splitting -------------------------------------------------------
     def _run_group(self, items: list[Item], state: BatchState) -> None:

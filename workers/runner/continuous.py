@@ -72,12 +72,12 @@ from workers.runner.loop_records import (
     Found,
     Look,
     Member,
-    QueueClaims,
 )
 from workers.runner.oom import failure_code, is_oom, release_cached_memory
 from workers.runner.progress import MAX_CANCEL_POLL_SECONDS, BackgroundCancelWatcher, ProgressReporter
 from workers.runner.step_policy import SetShares, StepCosts, choose
-from workers.runner.wakeups import CancelHints, QueueWakeups
+from workers.runner.wakeups import QueueWakeups
+from workers.transport.base import QueueClaims
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,6 @@ class ContinuousRunner(BatchRunner):
         super().__init__(**kwargs)
         self.step_costs: dict[tuple[str, int], StepCosts] = {}  # per (kind, size): outlives one loop
         self._wakeups: QueueWakeups | None = None
-        self._cancel_hints: CancelHints | None = None
         self._looks: ThreadPoolExecutor | None = None  # claims while sampling, off the sampling thread
         # a gateway loop's looks in flight when it ended (OWN: for rows, NEWCOMER: for a key it held nothing of):
         # the worker's next claim, and what that claim does not wait for the next loop adopts
@@ -156,14 +155,6 @@ class ContinuousRunner(BatchRunner):
         return self._wakeups
 
     @property
-    def cancel_hints(self) -> CancelHints | None:
-        """The process's cancel hints (direct transport with Redis): a running set reads cancel requests when one
-        is heard, and once a second anyway, instead of once a step (`BackgroundCancelWatcher`)."""
-        if self._cancel_hints is None and self._hears_redis:
-            self._cancel_hints = CancelHints(self.settings.redis_url).start()
-        return self._cancel_hints
-
-    @property
     def _hears_redis(self) -> bool:
         """The store is the database (a gateway worker hears nothing) and Redis carries its messages."""
         return bool(self.settings.redis_url) and isinstance(self.store, QueueClaims)
@@ -182,7 +173,7 @@ class ContinuousRunner(BatchRunner):
             self.wakeups.seen_by_claim(jobs[0].queue, heard)
         loop = _Loop(self, jobs[0])
         try:
-            loop.run(claims)
+            loop.run(claims, started)
         finally:
             self.batches_served += 1
             self.jobs_served += loop.claimed
@@ -243,12 +234,13 @@ class _Loop:
         self.watcher = BackgroundCancelWatcher(runner.store, CANCEL_POLL_SECONDS, runner.cancel_hints)
 
     # ---- the loop -------------------------------------------------------------------------------------------
-    def run(self, claims: list[Claim]) -> None:
+    def run(self, claims: list[Claim], asked_at: float | None = None) -> None:
+        """Serve the loop from its first `claims` (asked at `asked_at`, monotonic; None: not known)."""
         self.keeper.__enter__()
         try:
             with self.reporter, self.watcher:
                 self.fed = len(claims) >= self.row_cap
-                self._admit(claims)
+                self._admit(claims, asked_at)
                 while True:
                     self._drop_leaving()
                     self._claim_more()  # also when the last step emptied the set: its rows are free now

@@ -5,10 +5,9 @@ makes off the sampling thread (`Look`) and what they found (`Found`), and finish
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from model.engine.running_set import Finished
 from storage.records import Claim, JobRecord
@@ -21,15 +20,6 @@ from workers.runner.step_policy import STARVE_AFTER, Live
 log = logging.getLogger(__name__)
 
 OWN, ELSEWHERE, OWN_AFTER_ELSEWHERE, NEWCOMER = "own", "elsewhere", "own after elsewhere", "newcomer"  # Found.where
-
-
-@runtime_checkable
-class QueueClaims(Protocol):
-    """The direct transport's claim of one named queue (`storage.jobs.store.JobStore.claim_next`); the gateway
-    has none (the API picks among the token's queues)."""
-
-    def claim_next(self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
-                   claim_id: str | None = None, skip_owners: Collection[str] = ()) -> list[Claim]: ...
 
 
 @dataclass(frozen=True)

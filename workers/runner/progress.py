@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Self
 
 from storage.records import Claim
-from workers.runner.wakeups import CancelHints
-from workers.transport.base import JobPort
+from workers.transport.base import CancelHintSource, JobPort
 
 log = logging.getLogger(__name__)
 
@@ -167,16 +166,18 @@ class BackgroundCancelWatcher(CancelWatcher):
     step: `pace`), so a running set's loop reads the latest answer between two steps without a query on the
     sampling thread (one per step there cost as much as a small step on a busy CPU).
 
-    With `hints` (a direct worker with Redis: `workers.runner.wakeups.CancelHints`) it reads when a cancel of a
-    job it watches is heard, and otherwise only every HINTED_CHECK_SECONDS (a hint can be lost: Redis pub/sub
-    keeps nothing for a publisher that failed): one read a second instead of one a step, which for a fleet of
-    busy workers is thousands of database reads a second for nothing. While no subscription is live, or since
-    it began no read was made, it polls by its pace as without hints."""
+    With `hints` (a direct worker with Redis: `workers.runner.wakeups.CancelHints`; a gateway worker's cancel
+    long-polls: `workers.transport.gateway_cancels`) it reads when a cancel of a job it watches is heard, and
+    otherwise only every HINTED_CHECK_SECONDS (a hint can be lost: Redis pub/sub keeps nothing for a publisher
+    that failed): one read a second instead of one a step, which for a fleet of busy workers is thousands of
+    reads a second for nothing. While the hints are not trusted, or since they were no read was made, it polls by
+    its pace as without hints. `local`: the batch's own reasons to drop jobs, merged into every answer."""
 
-    def __init__(self, store: JobPort, interval_seconds: float, hints: CancelHints | None = None) -> None:
-        # hints are trusted from `hints.trusted_since`: a few seconds after (re)subscribing, when a publisher that
-        # failed in the same Redis restart speaks again (and its first message is a resync: read now)
-        super().__init__(store, [], interval_seconds)
+    def __init__(self, store: JobPort, interval_seconds: float, hints: CancelHintSource | None = None,
+                 local: Callable[[], set[str]] = set) -> None:
+        # hints are trusted from `hints.trusted_since`: for Redis, a few seconds after (re)subscribing, when a
+        # publisher that failed in the same Redis restart speaks again (and its first message is a resync: read now)
+        super().__init__(store, [], interval_seconds, local)
         self._hints = hints
         self._hint_at = 0.0  # when the last hint naming a watched job came (monotonic)
         self._stop = threading.Event()
@@ -210,12 +211,16 @@ class BackgroundCancelWatcher(CancelWatcher):
         their cancel requests, so hints cover them only if the subscription was live since then: else, or when
         a hint named one of them before it was watched (canceled just after its claim), they are read now."""
         job_ids = list(job_ids)
+        with self._lock:
+            first = not self._ids  # nothing else watched: nothing else's coverage depends on `_check_started`
         super().watch(job_ids)  # watched before `heard` is asked: a hint in between is seen by one of the two
         if self._hints is None:
             return
         live = self._hints.trusted_since
         if live is None or claimed_after is None or live > claimed_after or self._hints.heard(job_ids):
             self._heard(None)  # read them now
+        elif first and self._check_started < claimed_after:
+            self._check_started = claimed_after  # the claim cleared their requests: as good as a read then
 
     def pace(self, seconds: float) -> None:
         """Check about this often from now on (the loop passes its step time: a cancel lands within a step or

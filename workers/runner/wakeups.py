@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
-from storage.jobs.events import PAUSE_AFTER_FAILURE_S, cancel_channel, channel_prefix, queue_channel
+from storage.jobs.events import TRUST_HINTS_AFTER_S, cancel_channel, channel_prefix, queue_channel
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,58 @@ RETRY_SECONDS = 1.0
 HEARD_CANCELS_KEPT = 10_000  # job ids of recent cancel hints, for a job claimed just before its hint came
 # a (new) subscription is trusted this long after it began: a Redis restart also made the API's publisher fail, and
 # it stays quiet for PAUSE_AFTER_FAILURE_S after (its next publish then says so: a resync hint)
-TRUST_AFTER_SECONDS = PAUSE_AFTER_FAILURE_S + 0.5
+TRUST_AFTER_SECONDS = TRUST_HINTS_AFTER_S
+
+
+class HintBook:
+    """What a source of cancel hints keeps for the watchers (`workers.runner.progress.BackgroundCancelWatcher`):
+    the ids of recent hints (`heard`: a job claimed just before its hint came still has it when it is watched)
+    and the listeners, told the ids of each hint, or None for a resync (hints may have been lost: read now).
+    Shared by the direct worker's Redis subscription (`CancelHints`) and a gateway worker's cancel long-polls
+    (`workers.transport.gateway_cancels`)."""
+
+    def __init__(self) -> None:
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._listeners: list[Callable[[list[str] | None], None]] = []
+        self._book_lock = threading.Lock()
+
+    def listen(self, listener: Callable[[list[str] | None], None]) -> None:
+        """Call `listener(job_ids)` on the source's thread for every hint from now on (it must be quick)."""
+        with self._book_lock:
+            self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[list[str] | None], None]) -> None:
+        with self._book_lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def heard(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of `job_ids` a recent hint named."""
+        with self._book_lock:
+            return {j for j in job_ids if j in self._recent}
+
+    @property
+    def listened(self) -> bool:
+        """Whether a watcher listens now."""
+        with self._book_lock:
+            return bool(self._listeners)
+
+    def recent(self, limit: int) -> list[str]:
+        """The ids of the latest hints, newest last (at most `limit`)."""
+        with self._book_lock:
+            return list(self._recent)[-limit:] if limit > 0 else []
+
+    def _tell(self, ids: list[str] | None) -> None:
+        """A hint (None: a resync): kept before the listeners hear it, so a job watched meanwhile finds it."""
+        with self._book_lock:
+            for job_id in ids or ():
+                self._recent[job_id] = None
+                self._recent.move_to_end(job_id)
+            while len(self._recent) > HEARD_CANCELS_KEPT:
+                self._recent.popitem(last=False)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(ids)
 
 
 class _Subscription:
@@ -140,18 +191,16 @@ class QueueWakeups(_Subscription):
                 self._heard[queue] = self._heard.get(queue, 0) + 1
 
 
-class CancelHints(_Subscription):
-    """Cancel requests of running jobs as they are made (any job's: a watcher keeps those it watches). The ids of
-    recent hints are kept (`heard`), so a job claimed just before its hint came still has it when it is watched.
-    Listeners get the ids of each hint, or None for a resync (a publisher dropped hints: read everything now)."""
+class CancelHints(_Subscription, HintBook):
+    """Cancel requests of running jobs as they are made, heard on Redis (any job's: a watcher keeps those it
+    watches)."""
 
     thread_name = "cancel-hints"
 
     def __init__(self, redis_url: str) -> None:
-        super().__init__(redis_url)
+        _Subscription.__init__(self, redis_url)
+        HintBook.__init__(self)
         self.channel = cancel_channel(self.prefix)
-        self._recent: OrderedDict[str, None] = OrderedDict()
-        self._listeners: list[Callable[[list[str] | None], None]] = []
 
     @property
     def trusted_since(self) -> float | None:
@@ -159,21 +208,6 @@ class CancelHints(_Subscription):
         the subscription began, so the quiet spell of a publisher that failed in the same Redis restart is over."""
         live = self.live_since
         return None if live is None else live + TRUST_AFTER_SECONDS
-
-    def listen(self, listener: Callable[[list[str] | None], None]) -> None:
-        """Call `listener(job_ids)` on this thread for every hint from now on (it must be quick)."""
-        with self._lock:
-            self._listeners.append(listener)
-
-    def unlisten(self, listener: Callable[[list[str] | None], None]) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-    def heard(self, job_ids: Iterable[str]) -> set[str]:
-        """Those of `job_ids` a recent hint named."""
-        with self._lock:
-            return {j for j in job_ids if j in self._recent}
 
     def _subscribe(self, pubsub: Any) -> None:
         pubsub.subscribe(self.channel)
@@ -187,12 +221,4 @@ class CancelHints(_Subscription):
             return
         if ids is None:
             log.info("cancel hints may have been lost (a publisher failed): watchers read now")
-        with self._lock:  # kept before the listeners hear it: a job watched meanwhile finds it in `heard`
-            for job_id in ids or ():
-                self._recent[job_id] = None
-                self._recent.move_to_end(job_id)
-            while len(self._recent) > HEARD_CANCELS_KEPT:
-                self._recent.popitem(last=False)
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(ids)
+        self._tell(ids)

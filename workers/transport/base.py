@@ -17,8 +17,8 @@ the lease holds" from a refusal. This module holds no behaviour.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
-from typing import BinaryIO, Protocol
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from storage.records import Claim, JobRecord
 from storage.states import JobErrorCode
@@ -48,6 +48,36 @@ class JobPort(Protocol):
     def fail(self, claim: Claim, code: JobErrorCode, message: str) -> bool: ...
     def cancel_running(self, claim: Claim) -> bool: ...
     def release(self, claims: Iterable[Claim]) -> int: ...
+
+
+@runtime_checkable
+class QueueClaims(Protocol):
+    """The direct transport's claim of one named queue (`storage.jobs.store.JobStore.claim_next`); the gateway
+    has none (the API picks among the token's queues)."""
+
+    def claim_next(self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
+                   claim_id: str | None = None, skip_owners: Collection[str] = ()) -> list[Claim]: ...
+
+
+class CancelHintSource(Protocol):
+    """Where a running batch hears its jobs' cancel requests as they are made, instead of reading them every
+    step (`workers.runner.progress.BackgroundCancelWatcher`): the direct worker's Redis subscription
+    (`workers.runner.wakeups.CancelHints`) or a gateway worker's cancel long-polls
+    (`workers.transport.gateway_cancels`)."""
+
+    @property
+    def trusted_since(self) -> float | None: ...  # from when (monotonic) every cancel is heard; None: not now
+    def listen(self, listener: Callable[[list[str] | None], None]) -> None: ...  # ids of a hint; None: resync
+    def unlisten(self, listener: Callable[[list[str] | None], None]) -> None: ...
+    def heard(self, job_ids: Iterable[str]) -> set[str]: ...  # those a recent hint named
+
+
+@runtime_checkable
+class HearsCancels(Protocol):
+    """A transport that brings its own cancel hints (the gateway's long-poll); a direct worker's come from Redis."""
+
+    def cancel_hints(self) -> CancelHintSource | None: ...
+    def stop_cancel_hints(self) -> None: ...
 
 
 class ObjectPort(Protocol):

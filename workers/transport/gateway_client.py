@@ -35,6 +35,7 @@ from storage.errors import NotFound
 from storage.records import Claim, JobRecord
 from storage.states import JobErrorCode, JobStatus
 from workers.transport.base import Unreachable
+from workers.transport.gateway_cancels import CancelPollsUnsupported, GatewayCancelPolls, StopPolling
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,8 @@ class GatewayJobs:
         self._tokens: dict[str, str] = {}
         self._progress_many = True  # the gateway has the grouped progress route (until a 404 says not)
         self.lease_seconds: float | None = None
+        self._cancel_polls: GatewayCancelPolls | None = None
+        self._polls_lock = threading.Lock()
 
     # ---- claiming -------------------------------------------------------------------------------------------
     def claim(self, max_items: int, max_batch_pixels: int, max_image_pixels: int | None = None,
@@ -285,6 +288,34 @@ class GatewayJobs:
         response = self.http.post("cancel-requests", self._claims_body(claims))
         _check(response, "cancel-requests")
         return set(response.json()["cancel_requested"])
+
+    def wait_for_cancels(self, known: list[str], wait_seconds: float) -> tuple[list[str], bool]:
+        """This worker's running jobs with a cancel request (but `known`), long-polling up to `wait_seconds`, and
+        whether the gateway was watching (`cancels`); `CancelPollsUnsupported` from a gateway without the route."""
+        try:
+            response = self.http.post("cancels", {"worker": self.worker, "known": known,
+                                                  "wait_seconds": wait_seconds}, timeout=wait_seconds + 30)
+        except TokenRevoked as exc:
+            raise StopPolling(str(exc)) from exc
+        if response.status_code == 404:
+            raise CancelPollsUnsupported("the gateway has no cancels route")
+        _check(response, "cancels")
+        payload = response.json()
+        return [str(j) for j in payload["cancel_requested"]], bool(payload["watching"])
+
+    def cancel_hints(self) -> GatewayCancelPolls:
+        """This process's cancel long-polls, started at the first running batch that asks (`HearsCancels`)."""
+        with self._polls_lock:
+            if self._cancel_polls is None:
+                self._cancel_polls = GatewayCancelPolls(self.wait_for_cancels).start()
+            return self._cancel_polls
+
+    def stop_cancel_hints(self) -> None:
+        """Stop the cancel long-polls (the worker stops); a later `cancel_hints` starts them again."""
+        with self._polls_lock:
+            polls, self._cancel_polls = self._cancel_polls, None
+        if polls is not None:
+            polls.close()
 
     # ---- finishing ------------------------------------------------------------------------------------------
     def complete(self, claim: Claim, result_keys: Sequence[str], result_text: str | None = None,

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,10 +112,15 @@ class GatewayWorker:
         s = self.settings
         try:
             while not self.shutdown.requested:
+                asked: float | None = time.monotonic()
                 try:
-                    claims = self.runner.left_claims() or self.jobs.claim(
-                        s.worker_max_batch, s.worker_batch_pixel_budget, s.worker_max_pixels, s.worker_kinds,
-                        CLAIM_WAIT_SECONDS)
+                    claims = self.runner.left_claims()
+                    if claims:
+                        asked = None  # a look of the last loop took them, asked at a time not known here
+                    else:
+                        claims = self.jobs.claim(
+                            s.worker_max_batch, s.worker_batch_pixel_budget, s.worker_max_pixels, s.worker_kinds,
+                            CLAIM_WAIT_SECONDS)
                 except TokenRevoked:
                     raise
                 except GatewayError as exc:
@@ -127,7 +133,7 @@ class GatewayWorker:
                     self.jobs.release(claims)
                     break
                 try:
-                    self.runner.run_claims(claims)
+                    self.runner.run_claims(claims, asked)
                 except TokenRevoked:
                     raise
                 except GatewayError as exc:  # the gateway stayed unreachable: the leases expire, jobs go back
