@@ -29,13 +29,13 @@ class GatewayPath:
         self.stack, self.port = stack, port
         self.url = f"http://127.0.0.1:{port}"
 
-    def start(self, sessions: Any, timeout: float = 300) -> None:
+    def start(self, sessions: Any, timeout: float = 300, events_mode: str = "push") -> None:
         from storage.fleet.registry import WorkerRegistry
         from storage.fleet.tokens import WorkerTokenStore
 
         api = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app_from_env", "--host", "127.0.0.1",
                "--port", str(self.port), "--log-level", "warning"]
-        self._spawn(api, self.stack.env(), "api.log")
+        self._spawn(api, {**self.stack.env(), "UNIPIC_EVENTS_MODE": events_mode}, "api.log")
         _, token = WorkerTokenStore(sessions).create("bench")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("UNIPIC_", "AWS_"))}
         env.update(UNIPIC_MODEL="tiny", UNIPIC_MODEL_DTYPE="float32", UNIPIC_PROGRESS_INTERVAL_MS="250",
@@ -50,6 +50,19 @@ class GatewayPath:
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.stack.procs[-2:]):
                 raise SystemExit(f"gateway worker did not start; see {self.stack.tmp}")
             time.sleep(0.2)
+
+    def worker_requests(self) -> dict[str, float]:
+        """Requests the API has answered so far per worker-gateway route (its `unipic_http_requests` counter)."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(httpx.get(f"{self.url}/metrics", timeout=10).text):
+            for sample in family.samples:
+                route = sample.labels.get("route", "")
+                if sample.name == "unipic_http_requests_total" and route.startswith("/v1/worker/"):
+                    counts[route] = counts.get(route, 0) + sample.value
+        return counts
 
     def _spawn(self, cmd: list[str], env: dict[str, str], log: str) -> None:
         out = open(self.stack.tmp / log, "wb")  # noqa: SIM115 - lives as long as the process

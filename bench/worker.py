@@ -214,8 +214,8 @@ def bare_round_trip(sender: Celery, client: Any) -> float:
     return time.perf_counter() - started
 
 
-def one_job(store: Any, sender: Celery | None, owner_id: str, kind: str, seed: int, objects: Any
-            ) -> dict[str, float]:
+def one_job(store: Any, sender: Celery | None, owner_id: str, kind: str, seed: int, objects: Any,
+            steps: int = 2) -> dict[str, float]:
     """One job submitted and waited for; `sender=None`: no broker message (the gateway path claims by polling)."""
     from datetime import UTC, datetime
 
@@ -230,9 +230,9 @@ def one_job(store: Any, sender: Celery | None, owner_id: str, kind: str, seed: i
     key = None
     if kind == "generate":
         params = {"prompt": "a red cube", "negative_prompt": None, "width": 64, "height": 64, "num_images": 1,
-                  "steps": 2, "guidance_scale": 3.0, "guidance_schedule": "constant", "temperature": 1.0,
+                  "steps": steps, "guidance_scale": 3.0, "guidance_schedule": "constant", "temperature": 1.0,
                   "seed": seed, "output_format": "png"}
-        compat = "generate:64:2:3.0:constant"
+        compat = f"generate:64:{steps}:3.0:constant"
     else:
         params = {"question": "what is this?", "size": 64, "max_new_tokens": 4, "temperature": 0.0, "seed": seed}
         compat = "understand:64"
@@ -286,6 +286,9 @@ def main() -> None:
     parser.add_argument("--storage", choices=["s3", "local"], default="s3")
     parser.add_argument("--gap-ms", type=float, default=20.0, help="idle time between submissions")
     parser.add_argument("--no-gateway", action="store_true", help="skip the gateway path (bench.gateway)")
+    parser.add_argument("--steps", type=int, default=2, help="sampling steps of each generate job")
+    parser.add_argument("--gateway-events", choices=["push", "poll"], default="push",
+                        help="the gateway API's events mode (poll: no cancel long-polls, the worker reads per step)")
     args = parser.parse_args()
     global REDIS
     REDIS = REDIS or free_redis_db()
@@ -294,6 +297,7 @@ def main() -> None:
     import redis
 
     from storage.db import make_engine, make_session_factory
+    from storage.jobs.events import attach_from_settings
     from storage.jobs.ids import new_id
     from storage.jobs.store import JobStore
     from storage.objects.base import make_object_store
@@ -304,6 +308,7 @@ def main() -> None:
         stack.start("workers.gpu", "bench-gpu", "gpu.log")
         stack.start("bench.worker", "bench-noop", "noop.log")
         sessions = make_session_factory(make_engine(stack.settings))
+        attach_from_settings(sessions, stack.settings)  # as the API: creating a job wakes its queue's claims
         stack.wait_worker_registered(sessions)
         store = JobStore(sessions)
         objects = make_object_store(stack.settings)
@@ -317,7 +322,7 @@ def main() -> None:
         jobs: list[dict[str, float]] = []
         trips: list[float] = []
         for i in range(args.warmup + args.jobs):
-            job = one_job(store, sender, owner_id, args.kind, i, objects)
+            job = one_job(store, sender, owner_id, args.kind, i, objects, args.steps)
             time.sleep(args.gap_ms / 1000)
             trip = bare_round_trip(sender, client)
             time.sleep(args.gap_ms / 1000)
@@ -330,12 +335,18 @@ def main() -> None:
 
             stack.procs[0].terminate()  # the Celery model worker: the gateway worker alone serves now
             stack.procs[0].wait(timeout=60)
-            GatewayPath(stack, free_port()).start(sessions)
+            gateway = GatewayPath(stack, free_port())
+            gateway.start(sessions, events_mode=args.gateway_events)
             for i in range(args.warmup + args.jobs):
-                job = one_job(store, None, owner_id, args.kind, 100_000 + i, objects)
+                if i == args.warmup:
+                    requests_before = gateway.worker_requests()
+                job = one_job(store, None, owner_id, args.kind, 100_000 + i, objects, args.steps)
                 time.sleep(args.gap_ms / 1000)
                 if i >= args.warmup:
                     remote.append(job)
+            requests = gateway.worker_requests()
+            per_job = {route: round((n - requests_before.get(route, 0)) / len(remote), 2)
+                       for route, n in sorted(requests.items()) if n > requests_before.get(route, 0)}
 
     def ms(values: list[float], q: float) -> float:
         return round(1000 * percentile(values, q), 1)
@@ -362,6 +373,8 @@ def main() -> None:
                                  "p90": ms([j["claim_to_done"] for j in remote], 90),
                                  "p99": ms([j["claim_to_done"] for j in remote], 99)},
             "queue_wait_ms_p50": ms([j["queue"] for j in remote], 50),
+            "events": args.gateway_events,
+            "requests_per_job": per_job,  # worker gateway routes, from the API's request counter
         }
     print(f"{'':28}{'p50':>8}{'p90':>8}{'p99':>8}  (ms)")
     for label, block in (("job overhead (no model)", report["overhead_ms"]),
@@ -371,6 +384,9 @@ def main() -> None:
         for label, block in (("gateway job overhead", report["gateway"]["overhead_ms"]),
                              ("gateway claim-to-done", report["gateway"]["claim_to_done_ms"])):
             print(f"{label:28}{block['p50']:>8}{block['p90']:>8}{block['p99']:>8}")
+        print(f"gateway requests per job ({args.gateway_events} events, {args.steps} steps):")
+        for route, n in report["gateway"]["requests_per_job"].items():
+            print(f"  {route:34}{n:>8}")
     print(json.dumps(report))
 
 

@@ -112,6 +112,7 @@ class BatchRunner:
         self._finishers = ThreadPoolExecutor(max_workers=FINISHING_THREADS, thread_name_prefix="finish")
         self.pipeline = FinishPipeline(pipeline)  # encode/upload/complete of batch N while N+1 samples
         self._cancel_hints: CancelHintSource | None = None
+        self.left_asked_at: float | None = None  # when the claim of the last `left_claims` was asked
 
     @property
     def cancel_hints(self) -> CancelHintSource | None:
@@ -227,7 +228,7 @@ class BatchRunner:
 
     def left_claims(self) -> list[Claim]:
         """Jobs claimed for this worker that no batch runs yet (none here; a continuous gateway runner's last
-        look may have taken some)."""
+        look may have taken some, asked at `left_asked_at`)."""
         return []
 
     def drain(self) -> None:

@@ -101,7 +101,7 @@ class ContinuousRunner(BatchRunner):
         self._looks: ThreadPoolExecutor | None = None  # claims while sampling, off the sampling thread
         # a gateway loop's looks in flight when it ended (OWN: for rows, NEWCOMER: for a key it held nothing of):
         # the worker's next claim, and what that claim does not wait for the next loop adopts
-        self.left_looks: list[tuple[str, Future[Found | None]]] = []
+        self.left_looks: list[tuple[str, Look]] = []
         self._heard_before_claim: dict[str, int] = {}  # queue wake-ups heard before a message's claim
 
     def look_aside(self, claim: Callable[[], Found]) -> Future[Found | None]:
@@ -126,14 +126,17 @@ class ContinuousRunner(BatchRunner):
         """What the looks a gateway loop left in flight took, as soon as one of them took a job (waiting at most
         REMOTE_LOOK_SECONDS, less when a job arrives): the worker takes it as its next claim, so a look never
         takes a job from that claim; a look still waiting is adopted by the loop that runs it (`_Loop`)."""
-        left, claims = self.left_looks, list[Claim]()
+        left, claims, asked = self.left_looks, list[Claim](), list[float]()
         while left and not claims:
-            wait([future for _, future in left], return_when=FIRST_COMPLETED)
-            for _, future in left:
-                found = future.result() if future.done() else None
-                claims += found.claims if found is not None else []
-            left = [(kind, future) for kind, future in left if not future.done()]
+            wait([look.future for _, look in left], return_when=FIRST_COMPLETED)
+            for _, look in left:
+                found = look.future.result() if look.future.done() else None
+                if found is not None and found.claims:
+                    claims += found.claims
+                    asked.append(look.asked_at)
+            left = [(kind, look) for kind, look in left if not look.future.done()]
         self.left_looks = left
+        self.left_asked_at = min(asked, default=None)
         return claims
 
     def drain(self) -> None:
@@ -195,11 +198,11 @@ class _Loop:
         self.newcomer_at = self.started
         self.look: Look | None = None  # a claim of rows in flight off the sampling thread
         self.newcomer_look: Look | None = None  # a gateway worker's long-poll for a key its sets hold nothing of
-        for kind, future in runner.left_looks:  # the last loop's, still waiting: what they take joins this loop
+        for kind, left in runner.left_looks:  # the last loop's, still waiting: what they take joins this loop
             if kind == NEWCOMER:
-                self.newcomer_look = Look(future, 0, 0, self.started)
+                self.newcomer_look = Look(left.future, 0, 0, left.asked_at)
             else:  # it holds no rows here: what does not fit goes back when it is collected
-                self.look = Look(future, 0, 0, self.started)
+                self.look = Look(left.future, 0, 0, left.asked_at)
         runner.left_looks = []
         self.wakeups = runner.wakeups
         self.looks = 0
@@ -485,7 +488,7 @@ class _Loop:
         look, self.look = self.look, None
         newcomer, self.newcomer_look = self.newcomer_look, None
         if not self.direct:
-            self.r.left_looks = [(kind, held.future) for kind, held in ((OWN, look), (NEWCOMER, newcomer))
+            self.r.left_looks = [(kind, held) for kind, held in ((OWN, look), (NEWCOMER, newcomer))
                                  if held is not None]
             return
         if look is None:

@@ -116,7 +116,7 @@ class GatewayWorker:
                 try:
                     claims = self.runner.left_claims()
                     if claims:
-                        asked = None  # a look of the last loop took them, asked at a time not known here
+                        asked = self.runner.left_asked_at  # a look of the last loop took them
                     else:
                         claims = self.jobs.claim(
                             s.worker_max_batch, s.worker_batch_pixel_budget, s.worker_max_pixels, s.worker_kinds,
