@@ -193,6 +193,12 @@ class Job(Base):
 Index("ix_jobs_active_by_owner", Job.owner_id,
       postgresql_where=text("status IN ('queued', 'running')"), sqlite_where=text("status IN ('queued', 'running')"))
 
+# A gateway worker's cancel long-poll (storage.jobs.queries.cancel_requested_of) reads its running jobs with a cancel
+# request at every poll: only those rows (a handful at any time) are indexed, by worker.
+CANCEL_REQUESTED_RUNNING = "cancel_requested AND status = 'running'"
+Index("ix_jobs_cancel_requested_by_worker", Job.worker_id,
+      postgresql_where=text(CANCEL_REQUESTED_RUNNING), sqlite_where=text(CANCEL_REQUESTED_RUNNING))
+
 # The stale-results sweep (storage.lifecycle.store): finished jobs whose other attempts' objects are not yet deleted.
 Index("ix_jobs_unswept_finished", Job.finished_at,
       postgresql_where=text("results_swept_at IS NULL AND finished_at IS NOT NULL"),
