@@ -232,8 +232,12 @@ def test_a_running_batch_over_the_gateway_hears_a_cancel_without_reading_every_s
     held_runner: tuple[Any, Any, list[str], Path], services: Any, owner_id: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from workers.runner import progress
+    from workers.transport import gateway_cancels
 
-    monkeypatch.setattr(progress, "HINTED_CHECK_SECONDS", 3600.0)  # any read after the first is a hint's
+    # a direct worker's watcher would read every 10 ms in case a Redis hint was lost; a gateway poll re-reads when
+    # it starts (here every 0.2 s), so the watcher reads only when it hears a cancel
+    monkeypatch.setattr(progress, "HINTED_CHECK_SECONDS", 0.01)
+    monkeypatch.setattr(gateway_cancels, "POLL_WAIT_SECONDS", 0.2)
     jobs, runner, sent, release = held_runner
     hints = jobs.cancel_hints()  # the runner's too (one per worker process)
     wait_for(lambda: hints.trusted_since is not None, "the cancel polls to be trusted")
@@ -245,7 +249,10 @@ def test_a_running_batch_over_the_gateway_hears_a_cancel_without_reading_every_s
     thread = threading.Thread(target=runner.run_claims, args=(claims,), daemon=True)
     thread.start()
     wait_for(lambda: (services.jobs.get(kept.id).progress_step or 0) >= 20, "20 steps to run")
-    # Then in 20 steps it read cancel requests at most once (at its start), not once a step
+    polls = hints.polls
+    wait_for(lambda: hints.polls >= polls + 3, "three more polls (each re-reads) while the batch is held")
+    # Then in 20 steps and three polls it read cancel requests at most once (at its start): not once a step, and
+    # not every HINTED_CHECK_SECONDS either
     assert sent.count("cancel-requests") <= 1, sent
     # When the owner cancels one of them while the batch is held
     services.jobs.request_cancel(canceled.id, owner_id)

@@ -170,8 +170,9 @@ class BackgroundCancelWatcher(CancelWatcher):
     long-polls: `workers.transport.gateway_cancels`) it reads when a cancel of a job it watches is heard, and
     otherwise only every HINTED_CHECK_SECONDS (a hint can be lost: Redis pub/sub keeps nothing for a publisher
     that failed): one read a second instead of one a step, which for a fleet of busy workers is thousands of
-    reads a second for nothing. While the hints are not trusted, or since they were no read was made, it polls by
-    its pace as without hints. `local`: the batch's own reasons to drop jobs, merged into every answer."""
+    reads a second for nothing; not even that with hints that re-read the truth themselves (`rereads`: each
+    gateway poll reads when it starts). While the hints are not trusted, or since they were no read was made, it
+    polls by its pace as without hints. `local`: the batch's own reasons to drop jobs, merged into every answer."""
 
     def __init__(self, store: JobPort, interval_seconds: float, hints: CancelHintSource | None = None,
                  local: Callable[[], set[str]] = set) -> None:
@@ -241,16 +242,22 @@ class BackgroundCancelWatcher(CancelWatcher):
         live = self._hints.trusted_since if self._hints is not None else None
         return live is not None and live <= self._check_started and self._hint_at <= self._check_started
 
-    def _due(self) -> float:
+    def _due(self) -> float | None:
+        """When to read next; None: not until a hint (the hints re-read the truth themselves)."""
         if self._hint_at > self._check_started:
             return self._hint_at  # at once
-        return self._check_started + (HINTED_CHECK_SECONDS if self._covered() else self._interval)
+        if not self._covered():
+            return self._check_started + self._interval
+        if self._hints is not None and self._hints.rereads:
+            return None
+        return self._check_started + HINTED_CHECK_SECONDS
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            wait = self._due() - time.monotonic()
-            if wait > 0:
-                self._wake.wait(wait)
+            due = self._due()
+            wait = None if due is None else due - time.monotonic()
+            if wait is None or wait > 0:
+                self._wake.wait(wait)  # a hint, a resync or lost trust (told as a resync) wakes it
                 self._wake.clear()
                 continue  # woken by a hint or the pace changed: what is due is worked out again
             self.check()

@@ -202,6 +202,8 @@ class CancelHints(_Subscription, HintBook):
         HintBook.__init__(self)
         self.channel = cancel_channel(self.prefix)
 
+    rereads = False  # a hint lost by a publisher is never told: watchers read now and then anyway
+
     @property
     def trusted_since(self) -> float | None:
         """From when hints tell of every cancel (monotonic; None while not subscribed): TRUST_AFTER_SECONDS after

@@ -70,6 +70,9 @@ class CancelHintSource(Protocol):
     def listen(self, listener: Callable[[list[str] | None], None]) -> None: ...  # ids of a hint; None: resync
     def unlisten(self, listener: Callable[[list[str] | None], None]) -> None: ...
     def heard(self, job_ids: Iterable[str]) -> set[str]: ...  # those a recent hint named
+    @property
+    def rereads(self) -> bool: ...  # the source reads the truth itself now and then: watchers need no read of
+    # their own to catch a lost hint (a gateway poll reads when it starts; Redis pub/sub reads nothing)
 
 
 @runtime_checkable

@@ -50,12 +50,16 @@ Poll = Callable[[list[str], float], tuple[list[str], bool]]  # (known ids, wait 
 
 
 class GatewayCancelPolls(HintBook):
-    """Cancel hints from a chain of `cancels` long-polls, on one daemon thread per worker process."""
+    """Cancel hints from a chain of `cancels` long-polls, on one daemon thread per worker process. Each poll reads
+    the worker's cancel requests when it starts (at least every POLL_WAIT_SECONDS), so a hint the gateway never
+    heard is found by the next poll: watchers need no reads of their own (`rereads`)."""
 
-    def __init__(self, poll: Poll, wait_seconds: float = POLL_WAIT_SECONDS) -> None:
+    rereads = True
+
+    def __init__(self, poll: Poll, wait_seconds: float | None = None) -> None:
         super().__init__()
         self._poll = poll
-        self._wait = wait_seconds
+        self._wait = POLL_WAIT_SECONDS if wait_seconds is None else wait_seconds
         self._trusted_since: float | None = None
         self._stop = threading.Event()
         self._wanted = threading.Event()  # a watcher listens (polls resume)
