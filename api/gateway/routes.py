@@ -19,7 +19,7 @@ overwrite a newer claim:
   `invalid_progress` otherwise; `progress-many`: several jobs in one request and one transaction, each fenced by its
   own lease), `cancel-requests`: leases, progress and the owner's cancel requests of held jobs;
 - `cancels` (long-poll up to `wait_seconds`): the worker's running jobs whose owners asked to cancel them, but
-  those it says it `known`s already; it answers at once when there are any, else when a cancel hint names the
+  those it says it knows already (`known`); it answers at once when there are any, else when a cancel hint names the
   worker (`api.events.hub`), so a gateway worker keeps one poll in flight instead of reading cancel requests
   every sampling step. `watching` says whether the gateway hears every cancel (its event subscription is live and
   trusted): while false it answers at once and the worker reads as before;

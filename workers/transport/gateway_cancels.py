@@ -4,13 +4,14 @@ read every sampling step.
 A running set over the gateway read its jobs' cancel requests about once a step (an HTTPS request and a Postgres
 read each): for a fleet of remote workers, thousands of requests a second that almost always answer "none". The
 gateway's `cancels` route answers as soon as one of this worker's running jobs has a cancel request, waking on the
-API's cancel hints, so one poll in flight covers every job the worker holds, also those claimed after it was sent,
-and a new one follows each answer, while a batch runs and for LINGER_SECONDS after. Its first read sees every request made before it was sent, so a chain of polls
-covers the worker from the first one's sending (`trusted_since`), as long as each answer says the gateway was
-`watching` (its event subscription live and trusted). An answer that says not, a failed poll or a gateway that
-restarts breaks the chain: the watchers are told to read now (a resync), read by their pace meanwhile, and a poll
-that does not wait (a probe) asks after RETRY_SECONDS, then less and less often, whether the gateway watches again. A gateway without the
-route (404) gets no polls: the watchers read as before.
+API's cancel hints, so one poll in flight covers every job the worker holds, also those claimed after it was sent;
+a new one follows each answer while a batch runs and for LINGER_SECONDS after. Its first read sees every request
+made before it was sent, so a chain of polls covers the worker from the first one's sending (`trusted_since`), as
+long as each answer says the gateway was `watching` (its event subscription live and trusted). An answer that says
+not, a failed poll or a gateway that restarts breaks the chain: the watchers are told to read now (a resync) and
+read by their pace meanwhile, and a poll that does not wait (a probe) asks after RETRY_SECONDS, then less and less
+often, whether the gateway watches again. A gateway without the route (404) gets no polls: the watchers read as
+before.
 
 The answers feed the same `HintBook` as a direct worker's Redis hints, so `BackgroundCancelWatcher` treats both
 alike. Knows nothing of the runner's loop.
