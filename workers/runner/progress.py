@@ -218,8 +218,11 @@ class BackgroundCancelWatcher(CancelWatcher):
         if self._hints is None:
             return
         live = self._hints.trusted_since
-        if live is None or claimed_after is None or live > claimed_after or self._hints.heard(job_ids):
+        heard = self._hints.heard(job_ids)
+        if live is None or claimed_after is None or live > claimed_after:
             self._heard(None)  # read them now
+        elif heard:
+            self._heard(sorted(heard))
         elif first and self._check_started < claimed_after:
             self._check_started = claimed_after  # the claim cleared their requests: as good as a read then
 
@@ -229,10 +232,16 @@ class BackgroundCancelWatcher(CancelWatcher):
         self._interval = min(MAX_CANCEL_POLL_SECONDS, max(MIN_CANCEL_POLL_SECONDS, seconds))
 
     def _heard(self, job_ids: list[str] | None) -> None:
-        """A hint (None: a resync, any cancel may have been missed)."""
+        """A hint (None: a resync, any cancel may have been missed): read now; or, from hints that are reads'
+        answers (`rereads`: a gateway poll's), taken as read: the worker saves a round trip per cancel."""
         with self._lock:
-            if job_ids is not None and not any(j in self._ids for j in job_ids):
-                return
+            if job_ids is not None:
+                named = {j for j in job_ids if j in self._ids}
+                if not named:
+                    return
+                if self._hints is not None and self._hints.rereads:
+                    self._requested |= named
+                    return
             self._hint_at = time.monotonic()
         self._wake.set()
 

@@ -71,8 +71,9 @@ class CancelHintSource(Protocol):
     def unlisten(self, listener: Callable[[list[str] | None], None]) -> None: ...
     def heard(self, job_ids: Iterable[str]) -> set[str]: ...  # those a recent hint named
     @property
-    def rereads(self) -> bool: ...  # the source reads the truth itself now and then: watchers need no read of
-    # their own to catch a lost hint (a gateway poll reads when it starts; Redis pub/sub reads nothing)
+    def rereads(self) -> bool: ...  # the hints are answers of reads of the truth, made now and then anyway (a
+    # gateway poll reads when it starts): a watcher takes them as read, and needs no read in case one was lost;
+    # Redis pub/sub hints are only news (read when heard, and once a second in case)
 
 
 @runtime_checkable
