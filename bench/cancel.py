@@ -13,7 +13,11 @@ Per repeat, each on a fresh backlog:
 - row reused: the queued job was admitted after the drop and before the next step, which ran with every row
   live.
 
+With `--transport gateway` the runner reaches the jobs through the worker gateway instead (the API app served on
+a loopback port in this process, a worker token, `GatewayJobs`): it hears the cancel through its cancel long-poll.
+
     python -m bench.cancel [--repeats 10] [--rows 8] [--steps 16] [--size 128] [--storage s3|local]
+                           [--transport direct|gateway]
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from bench.pipeline import create_job, make_runner, new_owner
-from bench.stack import wait_until
+from bench.stack import free_port, wait_until
 from bench.timed import SetEvent, TimedEngine
 
 
@@ -74,6 +80,42 @@ def one_cancel(store: Any, runner: Any, timed: TimedEngine, owner_id: str, args:
     return out
 
 
+@contextmanager
+def served_api(settings: Any) -> Iterator[str]:
+    """The API app (`settings`) served by uvicorn on a loopback port in a thread; its base URL."""
+    import uvicorn
+
+    from api.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="bench-api", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 60, "the API to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def gateway_runner(url: str, store: Any, stack: Any, engine: TimedEngine, rows: int) -> Any:
+    """A continuous runner whose transport is the worker gateway at `url` (a fresh worker token)."""
+    from storage.fleet.tokens import WorkerTokenStore
+    from workers.metrics import WorkerMetrics
+    from workers.runner.continuous import ContinuousRunner
+    from workers.shutdown import ShutdownGate
+    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
+
+    _, token = WorkerTokenStore(store.sessions).create("bench-cancel")
+    jobs = GatewayJobs(GatewayHttp(url, token), GatewayObjects(), "bench-cancel:1")
+    settings = stack.settings.model_copy(update={"worker_max_batch": rows, "progress_interval_ms": 250,
+                                                 "worker_batching": "continuous"})
+    return ContinuousRunner(store=jobs, objects=jobs.objects, engine=engine, settings=settings,
+                            worker_id="bench-cancel:1", metrics=WorkerMetrics(), shutdown=ShutdownGate(30.0),
+                            enqueue=lambda jobs: None)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import bench.worker as worker_bench
     from model.inference import load_engine
@@ -87,7 +129,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--storage", choices=["s3", "local"], default="s3")
+    ap.add_argument("--transport", choices=["direct", "gateway"], default="direct")
     args = ap.parse_args(argv)
+    if args.transport == "gateway" and args.storage != "s3":
+        ap.error("--transport gateway needs --storage s3 (presigned URLs)")
     timed = TimedEngine(load_engine("tiny"))
     worker_bench.REDIS = worker_bench.REDIS or worker_bench.free_redis_db()  # Stack flushes its own db
     with worker_bench.Stack(args.storage) as stack:
@@ -95,15 +140,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         attach_from_settings(sessions, stack.settings)  # the cancel's hint goes out on Redis, as the API's does
         store = JobStore(sessions)
         owner_id = new_owner(store.sessions)
-        runner = make_runner(stack, store, timed, "continuous", args.rows)
-        warm = [create_job(store, owner_id, args.size, 2, 10**6 + i) for i in range(args.rows)]
-        runner.run(warm[0])  # warm-up (not counted)
-        runs = [one_cancel(store, runner, timed, owner_id, args, r) for r in range(args.repeats)]
+        with served_api(stack.settings) if args.transport == "gateway" else _nothing() as url:
+            runner = gateway_runner(url, store, stack, timed, args.rows) if url else \
+                make_runner(stack, store, timed, "continuous", args.rows)
+            warm = [create_job(store, owner_id, args.size, 2, 10**6 + i) for i in range(args.rows)]
+            runner.run(warm[0])  # warm-up (not counted)
+            runs = [one_cancel(store, runner, timed, owner_id, args, r) for r in range(args.repeats)]
     def spread(key: str) -> dict[str, float]:
         values = [r[key] for r in runs]
         return {"p50": round(statistics.median(values), 1), "max": max(values)}
 
-    report = {"rows": args.rows, "steps": args.steps, "size": args.size, "repeats": len(runs),
+    report = {"transport": args.transport, "rows": args.rows, "steps": args.steps, "size": args.size,
+              "repeats": len(runs),
               "latency_steps_from_sent": spread("steps_from_sent"),
               "latency_steps_from_returned": spread("steps_from_returned"),
               "latency_ms": spread("ms"), "request_ms": spread("request_ms"),
@@ -121,6 +169,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"victim live at the request {report['victim_was_live']}/{len(runs)}")
     print(json.dumps(report))
     return report
+
+
+@contextmanager
+def _nothing() -> Iterator[str]:
+    yield ""
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The transport a model worker runs batches over: the two small protocols `workers.runner.batching` depends on.
 
 `JobPort` is every job-state call the batch runner, its lease keeper, progress reporter and cancel watcher make;
-`ObjectPort` is how it reads a job's input and writes its results. Two transports implement them:
+`ObjectPort` is how it reads a job's input and writes its results. Beside them, what only one transport has:
+`QueueClaims` (the direct store claims a named queue) and `HearsCancels` (the gateway client brings its own
+`CancelHintSource`, its cancel long-polls; a direct worker hears Redis). Two transports implement them:
 
 - **direct** (LAN, one VPC): `storage.jobs.store.JobStore` and `storage.objects.base.ObjectStore` themselves, with the
   database, broker and bucket credentials in the worker's environment (`workers.runtime`);
