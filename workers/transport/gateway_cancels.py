@@ -9,9 +9,9 @@ a new one follows each answer while a batch runs and for LINGER_SECONDS after. I
 made before it was sent, so a chain of polls covers the worker from the first one's sending (`trusted_since`), as
 long as each answer says the gateway was `watching` (its event subscription live and trusted). An answer that says
 not, a failed poll or a gateway that restarts breaks the chain: the watchers are told to read now (a resync) and
-read by their pace meanwhile, and a poll that does not wait (a probe) asks after RETRY_SECONDS, then less and less
-often, whether the gateway watches again. A gateway without the route (404) gets no polls: the watchers read as
-before.
+read by their pace meanwhile, and a poll that does not wait (a probe) asks every RETRY_SECONDS, less and less
+often while no batch listens, whether the gateway watches again. A gateway without the route (404) gets no polls:
+the watchers read as before.
 
 The answers feed the same `HintBook` as a direct worker's Redis hints, so `BackgroundCancelWatcher` treats both
 alike. Knows nothing of the runner's loop.
@@ -33,8 +33,9 @@ POLL_WAIT_SECONDS = 5.0  # how long one poll is held when nothing is canceled: a
 # for the requests it holds (as for the claim long-poll, whose wait is as long), which bounds what it adds to a restart
 LINGER_SECONDS = 30.0  # polls go on this long after the last batch stopped listening (the next one is near), then
 # stop until a batch listens again: an idle worker costs the gateway nothing
-RETRY_SECONDS = 1.0  # after an answer that says the gateway does not watch, or a failed poll; doubling while it
-MAX_RETRY_SECONDS = 30.0  # stays so (an API without Redis never watches: its workers probe twice a minute)
+RETRY_SECONDS = 1.0  # after an answer that says the gateway does not watch, or a failed poll: while a batch
+# listens (it reads every step meanwhile, so a probe a second costs little and ends that soon after a Redis restart);
+MAX_RETRY_SECONDS = 30.0  # else doubling up to this (an idle worker of an API without Redis probes twice a minute)
 MIN_POLL_GAP_SECONDS = 0.05  # polls answered at once (cancels found) follow each other no faster
 KNOWN_SENT = 256  # hinted ids sent back as `known` (a worker holds at most 256 jobs)
 
@@ -130,7 +131,7 @@ class GatewayCancelPolls(HintBook):
             if not watching:
                 self._distrust()
                 self._stop.wait(pause)
-                pause = min(MAX_RETRY_SECONDS, 2 * pause)
+                pause = RETRY_SECONDS if self.listened else min(MAX_RETRY_SECONDS, 2 * pause)
                 continue
             pause = RETRY_SECONDS
             if time.monotonic() - sent < MIN_POLL_GAP_SECONDS:
