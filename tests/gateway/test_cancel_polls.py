@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.gateway.remote import remote_jobs, remote_runner, routes_sent
 from tests.support.jobs import make_job
 from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
@@ -136,12 +137,10 @@ def test_a_gateway_workers_polls_chain_hear_a_cancel_and_end_when_stopped(
     client: TestClient, app: Any, services: Any, make_token: Any, owner_id: str,
 ) -> None:
     from workers.transport.gateway_cancels import GatewayCancelPolls
-    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
 
     _trusted(app)
     record, headers = make_token(name="cancels-chain")
-    jobs = GatewayJobs(GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client),
-                       GatewayObjects(), "cp:6")
+    jobs = remote_jobs(client, headers["Authorization"].split()[1], "cp:6")
     job = make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=1120, tag="cp-chain")
     assert [c.job_id for c in jobs.claim(1, 64 * 64, wait_seconds=0)] == [job.id]
     polls = GatewayCancelPolls(jobs.wait_for_cancels, wait_seconds=HELD_WAIT_S)
@@ -169,13 +168,11 @@ def test_cancel_polls_stop_while_no_batch_listens_and_resume_for_the_next(
 ) -> None:
     from workers.transport import gateway_cancels
     from workers.transport.gateway_cancels import GatewayCancelPolls
-    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
 
     monkeypatch.setattr(gateway_cancels, "LINGER_SECONDS", 0.0)
     _trusted(app)
     _, headers = make_token(name="cancels-idle")
-    jobs = GatewayJobs(GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client),
-                       GatewayObjects(), "cp:7")
+    jobs = remote_jobs(client, headers["Authorization"].split()[1], "cp:7")
     polls = GatewayCancelPolls(jobs.wait_for_cancels, wait_seconds=1.0).start()
     heard: list[list[str] | None] = []
     try:
@@ -198,30 +195,13 @@ def test_cancel_polls_stop_while_no_batch_listens_and_resume_for_the_next(
 def held_runner(client: TestClient, app: Any, migrated: Any, tiny_engine: Any, make_token: Any, tmp_path: Path,
                 request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any, list[str], Path]]:
     """A gateway worker whose batches hold after 20 steps until `release` exists; the routes it posts, in order."""
-    from workers.metrics import WorkerMetrics
-    from workers.runner.continuous import runner_class
-    from workers.shutdown import ShutdownGate
-    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
-
     _, headers = make_token(name=f"cancels-{request.param}")
-    http = GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client)
-    jobs = GatewayJobs(http, GatewayObjects(), "cp:runner")
-    sent: list[str] = []
-    post = http.post
-
-    def counted(path: str, body: Any, *args: Any, **kwargs: Any) -> Any:  # observe which routes it takes
-        sent.append(path)
-        return post(path, body, *args, **kwargs)
-
-    http.post = counted  # type: ignore[method-assign]
     release = tmp_path / "release"
     settings = migrated.model_copy(update={"progress_interval_ms": 0, "worker_max_batch": 2,
                                            "worker_batching": request.param})
-    runner = runner_class(settings)(
-        store=jobs, objects=jobs.objects, engine=tiny_engine, settings=settings, worker_id="cp:runner",
-        metrics=WorkerMetrics(), shutdown=ShutdownGate(30.0), enqueue=lambda _: None,
-        faults=FaultInjector(hold_file=str(release), hold_after_steps=20),
-    )
+    jobs, runner = remote_runner(client, headers["Authorization"].split()[1], "cp:runner", settings, tiny_engine,
+                                 FaultInjector(hold_file=str(release), hold_after_steps=20))
+    sent = routes_sent(jobs)
     _trusted(app)
     yield jobs, runner, sent, release
     release.touch()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.gateway.remote import remote_runner, routes_sent
 from tests.support.jobs import make_job
 from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
@@ -42,32 +43,15 @@ def test_a_newer_worker_against_an_older_gateway_falls_back_route_by_route(
     older_client: TestClient, migrated: Any, tiny_engine: Any, tokens: Any, services: Any, owner_id: str,
     tmp_path: Path,
 ) -> None:
-    from workers.metrics import WorkerMetrics
-    from workers.runner.continuous import runner_class
-    from workers.shutdown import ShutdownGate
-    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
-
     _, plaintext = tokens.create("older-gateway")
-    http = GatewayHttp("http://testserver", plaintext, http=older_client)
-    jobs = GatewayJobs(http, GatewayObjects(), "older:1")
-    assert older_client.post("/v1/worker/cancels", headers=http.headers, json={"worker": "older:1"}).status_code \
-        == 404
-    sent: list[str] = []
-    post = http.post
-
-    def counted(path: str, body: Any, *args: Any, **kwargs: Any) -> Any:  # observe which routes it takes
-        sent.append(path)
-        return post(path, body, *args, **kwargs)
-
-    http.post = counted  # type: ignore[method-assign]
     release = tmp_path / "release"
     settings = migrated.model_copy(update={"progress_interval_ms": 0, "worker_max_batch": 2,
                                            "worker_batching": "continuous"})
-    runner = runner_class(settings)(
-        store=jobs, objects=jobs.objects, engine=tiny_engine, settings=settings, worker_id="older:1",
-        metrics=WorkerMetrics(), shutdown=ShutdownGate(30.0), enqueue=lambda _: None,
-        faults=FaultInjector(hold_file=str(release), hold_after_steps=4),
-    )
+    jobs, runner = remote_runner(older_client, plaintext, "older:1", settings, tiny_engine,
+                                 FaultInjector(hold_file=str(release), hold_after_steps=4))
+    assert older_client.post("/v1/worker/cancels", headers=jobs.http.headers,
+                             json={"worker": "older:1"}).status_code == 404
+    sent = routes_sent(jobs)
     try:
         # Given two 16-step jobs running on the worker, held after four steps
         kept, canceled = (make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=1200 + i,

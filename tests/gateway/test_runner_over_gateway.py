@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.gateway.remote import remote_jobs, remote_runner, routes_sent
 from tests.support import REPO
 from tests.support.jobs import decode, make_job
 from tests.support.storage import add_owner
@@ -25,20 +26,10 @@ from workers.faults import FaultInjector
 @pytest.fixture(params=["whole", "continuous"])
 def gateway_runner(client: TestClient, migrated: Any, tiny_engine: Any, make_token: Any,
                    request: pytest.FixtureRequest) -> Iterator[Any]:
-    from workers.metrics import WorkerMetrics
-    from workers.runner.continuous import runner_class
-    from workers.shutdown import ShutdownGate
-    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
-
     _, headers = make_token(name="in-process")
-    http = GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client)
-    jobs = GatewayJobs(http, GatewayObjects(), "in-process:1")
     settings = migrated.model_copy(update={"progress_interval_ms": 0, "worker_max_batch": 8,
                                            "worker_batching": request.param})
-    runner = runner_class(settings)(
-        store=jobs, objects=jobs.objects, engine=tiny_engine, settings=settings,
-        worker_id="in-process:1", metrics=WorkerMetrics(), shutdown=ShutdownGate(30.0), enqueue=lambda _: None,
-    )
+    jobs, runner = remote_runner(client, headers["Authorization"].split()[1], "in-process:1", settings, tiny_engine)
     yield jobs, runner
     runner.drain()  # a look a continuous loop left in flight hands back what it took, as a worker's exit does
 
@@ -171,11 +162,8 @@ def test_the_look_a_loop_leaves_in_flight_is_the_workers_next_claim(
 def test_claims_tag_each_key_opaquely_and_a_newcomer_claim_passes_over_the_held_keys(
     client: TestClient, migrated: Any, make_token: Any, services: Any, owner_id: str, session_factory: Any,
 ) -> None:
-    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
-
     _, headers = make_token(name="tags")
-    jobs = GatewayJobs(GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client),
-                       GatewayObjects(), "tags:1")
+    jobs = remote_jobs(client, headers["Authorization"].split()[1], "tags:1")
     other = add_owner(session_factory)
     # Given tenant A's three queued jobs (one of them urgent) and then one of tenant B, all of one queue
     a_jobs = [make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=990 + i, tag="gw-tags")
@@ -210,21 +198,10 @@ def test_claims_tag_each_key_opaquely_and_a_newcomer_claim_passes_over_the_held_
 
 def _continuous_gateway_runner(client: TestClient, migrated: Any, tiny_engine: Any, make_token: Any,
                                faults: Any) -> tuple[Any, Any]:
-    from workers.metrics import WorkerMetrics
-    from workers.runner.continuous import runner_class
-    from workers.shutdown import ShutdownGate
-    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
-
     _, headers = make_token(name="full-set")
-    http = GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client)
-    jobs = GatewayJobs(http, GatewayObjects(), "full-set:1")
     settings = migrated.model_copy(update={"progress_interval_ms": 0, "worker_max_batch": 2,
                                            "worker_batching": "continuous"})
-    runner = runner_class(settings)(
-        store=jobs, objects=jobs.objects, engine=tiny_engine, settings=settings, worker_id="full-set:1",
-        metrics=WorkerMetrics(), shutdown=ShutdownGate(30.0), enqueue=lambda _: None, faults=faults,
-    )
-    return jobs, runner
+    return remote_runner(client, headers["Authorization"].split()[1], "full-set:1", settings, tiny_engine, faults)
 
 
 def test_a_gateway_workers_newcomer_long_poll_never_keeps_its_freed_rows_empty(
@@ -285,24 +262,14 @@ def test_a_gateway_workers_newcomer_long_poll_never_keeps_its_freed_rows_empty(
 def test_a_gateway_worker_reports_a_steps_progress_in_one_request(
     client: TestClient, make_token: Any, services: Any, owner_id: str,
 ) -> None:
-    from workers.transport.gateway_client import GatewayHttp, GatewayJobs, GatewayObjects
-
     _, headers = make_token(name="progress-many")
-    http = GatewayHttp("http://testserver", headers["Authorization"].split()[1], http=client)
-    jobs = GatewayJobs(http, GatewayObjects(), "progress:1")
+    jobs = remote_jobs(client, headers["Authorization"].split()[1], "progress:1")
     # Given a gateway worker holding two jobs of one step count
     for i in range(2):
         make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=1010 + i, steps=4, tag="gw-many")
     claims = jobs.claim(2, 2 * 64 * 64, kinds=["generate"], wait_seconds=0)
     assert len(claims) == 2
-    sent: list[str] = []
-    post = http.post
-
-    def counted(path: str, body: Any) -> Any:  # observe: which routes the reports take
-        sent.append(path)
-        return post(path, body)
-
-    http.post = counted  # type: ignore[method-assign]
+    sent = routes_sent(jobs)  # which routes the reports take
     # When it reports a step of both
     held = jobs.set_progress_many([(c, 3, 4) for c in claims])
     # Then one request wrote both
