@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from api import auth_first
 from api.docs import install_docs
+from api.draining import drain_on_stop
 from api.errors import install_error_handlers
 from api.events.hub import EventHub
 from api.events.reconciler import JobReconciler
@@ -67,7 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.open()
         await hub.start()
-        yield
+        with drain_on_stop(hub.drain):  # SIGTERM ends held streams and long-polls first (api.draining)
+            yield
         await reconciler.stop()
         await hub.stop()
         heartbeats.stop()

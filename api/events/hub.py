@@ -28,6 +28,8 @@ older) are woken by a cancel hint naming their worker (`{"type": "cancel", "job_
 channel), by a publisher's resync and by every resync of the subscription itself; `trusted` says whether the
 subscription has been live long enough that no publisher is still quiet after a Redis restart
 (`storage.jobs.events.TRUST_HINTS_AFTER_S`), i.e. whether a poll may wait on hints at all.
+When the process stops (`drain`, on SIGTERM through `api.draining`), every waiter of each kind ends at once, and one
+registered after that ends as it begins, so no held request keeps the server from stopping.
 Knows nothing of HTTP routes, rendering or Postgres.
 """
 
@@ -109,6 +111,12 @@ class Watch:
             self._pending_since = now
         self._wake.set()
         return True
+
+    def end(self) -> None:
+        """The process stops: the waiter ends now, as for a dropped watch (a stream closes and its client
+        reconnects, reaching another process; a `?wait=` answers what it has)."""
+        self.dropped = True
+        self._wake.set()
 
     def resync(self) -> None:
         """Messages may have been lost: the waiter should re-read everything it watches."""
@@ -268,6 +276,7 @@ class EventHub:
         self._generation = 0  # +1 per resync: what was known empty before may not be any more
         self._cancel_polls: dict[str, CancelPoll] = {}  # worker id -> its newest cancel long-poll
         self._live_since: float | None = None  # when the current subscription was confirmed (monotonic)
+        self.closing = False  # the process stops (`drain`): every waiter ends, and one that comes ends at once
         self.cancel_wakeups = 0
         self.queue_wakeups = 0
         self.delivered = 0
@@ -288,6 +297,8 @@ class EventHub:
         self.ensure_started()
         keys = [f"job:{j}" for j in job_ids] + [f"batch:{b}" for b in batch_ids]
         watch = Watch(self, owner_id, keys)
+        if self.closing:
+            watch.end()
         self._open += 1
         self._per_owner[owner_id] += 1
         for key in keys:
@@ -319,6 +330,8 @@ class EventHub:
         an `observer` hears every wake-up without using one up."""
         self.ensure_started()
         waiter = QueueWaiter(self, list(queues), observer)
+        if self.closing:
+            waiter.wake()
         for queue in waiter.queues:
             self._queue_waiters.setdefault(queue, {})[waiter] = None
         return waiter
@@ -475,6 +488,8 @@ class EventHub:
         if older is not None:
             older.wake("superseded")
         self._cancel_polls[worker_id] = poll
+        if self.closing:
+            poll.wake("closing")
         return poll
 
     def holds_cancel_poll(self, worker_id: str) -> bool:
@@ -535,8 +550,23 @@ class EventHub:
     async def start(self) -> None:
         self.ensure_started()
 
-    async def stop(self) -> None:
+    def drain(self) -> None:
+        """The process is stopping (`api.draining`: SIGTERM, before the server waits for open requests): every
+        held request ends now instead of holding the stop for as long as it may wait (an event stream for hours,
+        a `?wait=` for a minute): streams close (clients reconnect, to another process behind the balancer),
+        `?wait=` and claim long-polls answer what they have, cancel polls answer "closing". A waiter that
+        registers after this ends at once."""
+        self.closing = True
+        for waiters in list(self._by_key.values()):
+            for watch in list(waiters):
+                watch.end()
+        for queue_waiters in list(self._queue_waiters.values()):
+            for waiter in list(queue_waiters):
+                waiter.wake()
         self._wake_cancel_polls(None, "closing")  # held polls answer now: the worker asks another process
+
+    async def stop(self) -> None:
+        self.drain()  # the lifespan ends (a server that drained already, or a test client): nothing waits on
         task, self._task = self._task, None
         await stop_task(task)
 

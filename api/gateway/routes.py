@@ -38,7 +38,6 @@ Knows nothing of the model; no SQL here.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import time
@@ -283,13 +282,15 @@ async def _wait_for_claims(request: Request, services: Services, queues: list[st
             if not claims and await hub.settled(look, max(deadline - time.monotonic(), SETTLE_SECONDS)):
                 continue  # another claim's read of a queue this one left to it found work: read it now
             left = deadline - time.monotonic()
-            if claims or left <= 0 or await request.is_disconnected():
+            if claims or left <= 0 or hub.closing or await request.is_disconnected():
                 return claims
             if hub.live:
                 await waiter.wait(min(left, tick * random.uniform(0.75, 1.25)))
-            else:
-                await asyncio.sleep(min(left, pause * random.uniform(0.75, 1.25)))
+            else:  # polling; the waiter still hears the process stopping
+                await waiter.wait(min(left, pause * random.uniform(0.75, 1.25)))
                 pause = min(tick, pause * 2)
+            if hub.closing:  # this process stops: the worker's next claim goes to another
+                return []
 
 
 def allowed_queues(caller: WorkerCaller, kinds: list[str] | None, max_image_pixels: int | None,
