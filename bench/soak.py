@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -46,6 +47,7 @@ from bench.stack import ROOT, Stack, StackConfig
 DIRECT_CHAOS = ["sigkill", "redis", "postgres", "receiver", "rolling"]
 GATEWAY_CHAOS = ["gw-sigkill", "cut-upload", "cut-all", "drop-complete", "outage", "gw-sigkill", "long-outage"]
 OUTAGE_SECONDS = 3.0  # shorter than a lease: the gateway workers retry through it
+SLOW_CANCEL = timedelta(seconds=1)  # a cancel slower than this is listed with its time, to match the chaos log
 LONG_OUTAGE_FACTOR = 1.5  # leases: the gateway workers cannot prove theirs, stop writing, and the jobs run elsewhere
 
 
@@ -212,6 +214,12 @@ def cancel_summary(engine: sa.Engine, asks: list[CancelAsk]) -> tuple[str, bool]
             for r in rows if r.status == "succeeded" and r.finished_at is not None]
     spread = (f"request -> canceled p50 {statistics.median(latencies):.0f} ms, max {latencies[-1]:.0f} ms"
               if latencies else "none canceled")
+    # the slow ones, by the time they were asked (local clock, as the chaos log) and the worker: beside which chaos
+    slow = sorted((running[r.id].asked_at, r) for r in rows if r.status == "canceled" and r.finished_at is not None
+                  and r.finished_at - running[r.id].asked_at > SLOW_CANCEL)
+    for asked, r in slow:
+        spread += (f"; slow: asked {asked.astimezone().strftime('%H:%M:%S.%f')[:-3]} on {r.worker_id} "
+                   f"+{1000 * (r.finished_at - asked).total_seconds():.0f} ms")
     return (f"cancels: {len(asks)} long jobs; asked while running: {len(running)} -> {dict(by_status)} "
             f"({spread}); finished before the ask: {sum(a.status_code is None for a in asks)}; "
             f"canceled with results: {len(kept_results)}; succeeded after the ask: {late}"), not kept_results
