@@ -123,6 +123,51 @@ def test_a_watcher_with_cancel_hints_reads_when_a_cancel_is_heard_not_every_step
         hints.close()
 
 
+class _SlowBackgroundReads(_ReadLog):
+    """The watcher thread's reads wait for `release` (a busy database); the loop's own reads do not."""
+
+    def __init__(self, job_store: Any) -> None:
+        super().__init__(job_store)
+        self.release, self.waiting = threading.Event(), threading.Event()
+
+    def cancel_requested_ids(self, job_ids: Any) -> set[str]:
+        if threading.current_thread().name == "cancel-watcher":
+            self.waiting.set()
+            self.release.wait(30)
+        return super().cancel_requested_ids(job_ids)
+
+
+def test_a_cancel_heard_during_a_step_is_seen_after_it_while_the_hinted_read_is_still_on_its_way(
+    job_store: Any, publishing_store: Any, object_store: Any, owner_id: str, settings: Any, monkeypatch: Any
+) -> None:
+    from workers.runner import progress, wakeups
+    from workers.runner.wakeups import CancelHints
+
+    monkeypatch.setattr(progress, "HINTED_CHECK_SECONDS", 3600.0)
+    monkeypatch.setattr(wakeups, "TRUST_AFTER_SECONDS", 0.0)
+    hints = CancelHints(settings.redis_url).start()
+    reads = _SlowBackgroundReads(job_store)
+    try:
+        wait_for(hints.listening.is_set, "the cancel hints to be subscribed")
+        claimed_after = time.monotonic()
+        job = _claimed(job_store, object_store, owner_id, "hinted-slow")
+        with progress.BackgroundCancelWatcher(reads, 0.01, hints) as watcher:  # type: ignore[arg-type]
+            watcher.watch([job.job_id], claimed_after)
+            # Given a step under way, and a cancel heard during it whose background read is held up
+            step_started = time.monotonic()
+            publishing_store.request_cancel(job.job_id, owner_id)
+            wait_for(lambda: hints.heard([job.job_id]), "the cancel's hint")
+            wait_for(reads.waiting.is_set, "the hinted read to begin")
+            # When the loop asks between that step and the next
+            # Then the cancel is seen now (read on the loop's thread), not a step later
+            assert watcher(step_started) == {job.job_id}
+            assert reads.threads == ["MainThread"]
+            reads.release.set()
+    finally:
+        reads.release.set()
+        hints.close()
+
+
 def test_a_watcher_whose_hints_are_lost_or_down_still_sees_every_cancel(
     job_store: Any, object_store: Any, owner_id: str, settings: Any, monkeypatch: Any
 ) -> None:

@@ -111,6 +111,7 @@ class CancelWatcher:
         # interval from now, so short jobs pay no query at all
         self._checked = time.monotonic()
         self._check_started = 0.0  # when the last store check began
+        self._read_through = 0.0  # when the last store check that has answered began
         self._lock = threading.Lock()
 
     @property
@@ -142,18 +143,24 @@ class CancelWatcher:
 
     def check(self) -> None:
         """Ask the store now which watched jobs have a cancel request."""
-        self._check_started = time.monotonic()
+        started = self._check_started = time.monotonic()
         with self._lock:
             pending = [j for j in self._ids if j not in self._requested]
         if not pending:
+            self._answered(started)
             return
         try:
             found = set(self._store.cancel_requested_ids(pending))
         except Exception:
             log.exception("cancel check failed for %s", pending)
-            found = set()
+            return
         with self._lock:
             self._requested |= found & set(self._ids)  # not one unwatched meanwhile
+        self._answered(started)
+
+    def _answered(self, started: float) -> None:
+        with self._lock:
+            self._read_through = max(self._read_through, started)
 
 
 MIN_CANCEL_POLL_SECONDS = 0.02
@@ -199,11 +206,16 @@ class BackgroundCancelWatcher(CancelWatcher):
         self._thread.join(5)
 
     def __call__(self, since: float | None = None) -> set[str]:
-        """The latest answer; checked here first when no background check began after `since` (the loop passes
+        """The latest answer; checked here first when no answered check began after `since` (the loop passes
         the start of its last step: a cancel requested before that step ended is seen now, even after a step
-        far longer than the pace) and no live hint subscription covers the time since the last check."""
-        if since is not None and self._check_started < since and not self._covered():
-            self.check()
+        far longer than the pace) and no live hint subscription covers the time since, or when a hint named a
+        watched job after the last answered check began (the background read it started may still be on its
+        way: the cancel heard during the step is seen now, not a step later)."""
+        if since is not None:
+            with self._lock:
+                read_through, hint_at = self._read_through, self._hint_at
+            if hint_at > read_through or (read_through < since and not self._covered(read_through)):
+                self.check()
         with self._lock:
             return self._requested | self._local()
 
@@ -245,11 +257,12 @@ class BackgroundCancelWatcher(CancelWatcher):
             self._hint_at = time.monotonic()
         self._wake.set()
 
-    def _covered(self) -> bool:
-        """Whether hints would have told of any cancel since the last check began: a subscription live since
-        before it, and no hint of a watched job after it."""
+    def _covered(self, read: float | None = None) -> bool:
+        """Whether hints would have told of any cancel since a read began (`read`; default: the last check's
+        start): a subscription live since before it, and no hint of a watched job after it."""
+        read = self._check_started if read is None else read
         live = self._hints.trusted_since if self._hints is not None else None
-        return live is not None and live <= self._check_started and self._hint_at <= self._check_started
+        return live is not None and live <= read and self._hint_at <= read
 
     def _due(self) -> float | None:
         """When to read next; None: not until a hint (the hints re-read the truth themselves)."""

@@ -44,7 +44,8 @@ class HintBook:
         self._book_lock = threading.Lock()
 
     def listen(self, listener: Callable[[list[str] | None], None]) -> None:
-        """Call `listener(job_ids)` on the source's thread for every hint from now on (it must be quick)."""
+        """Call `listener(job_ids)` on the source's thread for every hint from now on (it must be quick and
+        must not call back into the book: it runs under the book's lock)."""
         with self._book_lock:
             self._listeners.append(listener)
 
@@ -70,16 +71,16 @@ class HintBook:
             return list(self._recent)[-limit:] if limit > 0 else []
 
     def _tell(self, ids: list[str] | None) -> None:
-        """A hint (None: a resync): kept before the listeners hear it, so a job watched meanwhile finds it."""
+        """A hint (None: a resync): kept and told to the listeners under one lock, so a job watched meanwhile
+        finds it in `heard` or its watcher hears it, and `heard` says the listeners were told."""
         with self._book_lock:
             for job_id in ids or ():
                 self._recent[job_id] = None
                 self._recent.move_to_end(job_id)
             while len(self._recent) > HEARD_CANCELS_KEPT:
                 self._recent.popitem(last=False)
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(ids)
+            for listener in self._listeners:
+                listener(ids)
 
 
 class _Subscription:
