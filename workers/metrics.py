@@ -1,6 +1,7 @@
 """Prometheus metrics of a model worker, optionally served on `--metrics-port`.
 
-Batch sizes, queue wait, model seconds per item and end-to-end seconds (by kind and size class), OOM splits,
+Batch sizes, items per step, queue wait, model seconds per item and end-to-end seconds (by kind and size
+class), the time the model is busy (its rate: the busy fraction, what a continuous worker keeps near 1), OOM splits,
 job outcomes (succeeded, canceled, stale, or the failure's error code) and accelerator memory: what PyTorch
 holds (`allocated`/`reserved`) and, where NVML answers, the device's used/total memory and utilization. The
 collectors live in a registry of their own so a test process can build several workers' worth without clashes.
@@ -68,6 +69,12 @@ class WorkerMetrics:
                                     JOB_LABELS, buckets=_SECONDS, registry=r)
         self.end_to_end = Histogram("unipic_job_end_to_end_seconds", "Seconds from submission to success",
                                     JOB_LABELS, buckets=_SECONDS, registry=r)
+        self.step_items = Histogram("unipic_worker_step_items", "Items advanced per model step (a running set's "
+                                    "step or token; a whole batch: its size, once per call)", JOB_LABELS,
+                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), registry=r)
+        self.model_busy = Counter("unipic_worker_model_busy_seconds", "Seconds inside model calls (steps, decodes, "
+                                  "admissions, whole batches); its rate is the fraction of time the model is busy",
+                                  registry=r)
         self.oom_splits = Counter("unipic_worker_oom_splits", "Batches split after out of memory", registry=r)
         self.jobs = Counter("unipic_worker_jobs", "Jobs finished by outcome (error code for failures)",
                             ["outcome"], registry=r)
@@ -86,6 +93,12 @@ class WorkerMetrics:
         for job in jobs:
             if job.queue_seconds is not None:
                 self.queue_wait.labels(*job_labels(job)).observe(job.queue_seconds)
+
+    def observe_model_call(self, seconds: float, job: JobRecord | None = None, items: int = 0) -> None:
+        """A model call took `seconds`; a step (or a whole batch) advanced `items` items of `job`'s kind and size."""
+        self.model_busy.inc(max(0.0, seconds))
+        if job is not None and items:
+            self.step_items.labels(*job_labels(job)).observe(items)
 
     def observe_success(self, job: JobRecord, model_seconds_per_item: float, recorded: bool) -> None:
         """A job's result was written; `recorded` is False when its lease was lost (a stale claim)."""

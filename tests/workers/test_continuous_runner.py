@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.jobs import make_job
+from tests.support.jobs import make_job, make_jobs
 from tests.support.running_sets import Forwarded, WrappedSets
 from tests.support.storage import add_owner
 from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
+from workers.metrics import job_labels
 from workers.runner.leases import LeaseKeeper
 
 
@@ -68,8 +70,6 @@ def test_an_item_whose_lease_is_lost_leaves_the_set_and_writes_nothing(
     left = job_store.get(job.id)
     assert left.status == "running" and left.result_keys is None
     assert not object_store.page(f"results/{job.id}/")
-
-
 
 
 def _newcomer_joins_a_held_set(runner: Any, release: Path, job_store: Any, object_store: Any, owner_id: str,
@@ -419,3 +419,25 @@ def test_a_canceled_items_row_is_taken_by_the_next_queued_job_at_the_very_next_s
     done = {j.id: j for j in job_store.get_many([kept.id, victim.id, waiting.id])}
     assert done[victim.id].status == "canceled" and not object_store.page(f"results/{victim.id}/")
     assert done[kept.id].status == "succeeded" and done[waiting.id].status == "succeeded"
+
+
+@pytest.mark.parametrize("batching", ["whole", "continuous"])
+def test_the_worker_counts_its_model_time_and_the_items_each_step_advanced(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, batching: str
+) -> None:
+    # Given three 4-step jobs claimed together
+    runner = make_runner(worker_batching=batching)
+    jobs = make_jobs(job_store, object_store, owner_id, "generate", 64, range(960, 963), steps=4, tag="metered")
+    # When the worker runs them
+    started = time.monotonic()
+    assert runner.run(jobs[0].id) == 3
+    runner.drain()
+    wall = time.monotonic() - started
+    assert {job_store.get(j.id).status for j in jobs} == {"succeeded"}
+    # Then its model time is counted (within the run's wall time), and the items per step add up: a running set
+    # advanced each item once per step (3 x 4 item-steps), a whole batch is observed once per call (3 items)
+    registry, labels = runner.metrics.registry, dict(zip(("kind", "size"), job_labels(jobs[0]), strict=True))
+    busy = registry.get_sample_value("unipic_worker_model_busy_seconds_total")
+    assert busy is not None and 0 < busy <= wall
+    item_steps = registry.get_sample_value("unipic_worker_step_items_sum", labels)
+    assert item_steps == (12 if batching == "continuous" else 3)

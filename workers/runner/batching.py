@@ -254,9 +254,11 @@ class BatchRunner:
             self.faults.before_model_call(len(items), sum(i.job.pixels for i in items))
             results = run_model(self.engine, [i.request for i in items], state.reporter, state.watcher)
         except Exception as exc:  # noqa: BLE001 - classified below; the worker must survive any of it
+            self.metrics.observe_model_call(time.perf_counter() - started)
             self._on_model_error(items, state, exc)
             return
         seconds = time.perf_counter() - started
+        self.metrics.observe_model_call(seconds, items[0].job, len(items))
         by_id = {r.id: r for r in results}
         succeeded = []
         for item in items:

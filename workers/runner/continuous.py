@@ -552,6 +552,7 @@ class _Loop:
             rs = self.sets[key] = self.r.engine.open_set(*key)  # type: ignore[attr-defined]
             self.shares.opened(key)
             self.served.setdefault(key, {})
+        started = time.perf_counter()
         try:
             self._guarded(lambda: rs.admit([item.request]), 1)
         except DeviceFatal:
@@ -569,6 +570,8 @@ class _Loop:
                 code = failure_code(exc)
                 self.r._fail(item.claim, code, str(exc) or type(exc).__name__)
             return
+        finally:
+            self.r.metrics.observe_model_call(time.perf_counter() - started)  # its prompt's prefill
         soft = soft_limit_seconds([(job.kind, job.params)], s.time_limit_floor_seconds,
                                   s.time_limit_seconds_per_megapixel_step)
         self.totals[job.id] = progress_total(job.kind, job.params)
@@ -681,7 +684,10 @@ class _Loop:
                 finished = self._guarded(lambda: rs.step(ids, decode=decode), len(ids))
         finally:
             self.step_started = None
-        return finished, time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            first = self.members.get(next(iter(ids), ""))
+            self.r.metrics.observe_model_call(seconds, first.item.job if first is not None else None, len(ids))
+        return finished, seconds
 
     def _after_step(self, rs: Any, live: list[Member], ids: set[str], finished: list[Any], seconds: float) -> None:
         served = self.served[live[0].key]
@@ -783,6 +789,7 @@ class _Loop:
             return
         finally:
             self.step_started = None
+            self.r.metrics.observe_model_call(time.perf_counter() - started)
         seconds = time.perf_counter() - started
         self.decoding.remove(d)
         m.model_seconds += seconds
