@@ -556,6 +556,9 @@ class EventHub:
         a `?wait=` for a minute): streams close (clients reconnect, to another process behind the balancer),
         `?wait=` and claim long-polls answer what they have, cancel polls answer "closing". A waiter that
         registers after this ends at once."""
+        if not self.closing:
+            log.info("stopping: ending %d event streams and waits, %d claim and %d cancel long-polls",
+                     self._open, len({w for ws in self._queue_waiters.values() for w in ws}), len(self._cancel_polls))
         self.closing = True
         for waiters in list(self._by_key.values()):
             for watch in list(waiters):

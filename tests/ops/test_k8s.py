@@ -121,9 +121,13 @@ def test_images_and_commands_match_compose(rendered: list[dict[str, Any]]) -> No
 
 
 def test_api_probes_and_cpu_autoscaling(rendered: list[dict[str, Any]]) -> None:
-    api = by_kind(rendered, "Deployment")["unipic-api"]["spec"]["template"]["spec"]["containers"][0]
+    pod = by_kind(rendered, "Deployment")["unipic-api"]["spec"]["template"]["spec"]
+    api = pod["containers"][0]
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # out of the Service before SIGTERM (which ends held requests at once: api.draining), then room for uploads
+    pre_stop = float(api["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pre_stop > 0 and pod["terminationGracePeriodSeconds"] >= pre_stop + 30
     hpa = by_kind(rendered, "HorizontalPodAutoscaler")["unipic-api"]
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     assert by_kind(rendered, "Service")["unipic-api"]["spec"]["ports"][0]["port"] == 8000
