@@ -143,8 +143,7 @@ class LoadGenerator:
             resp = self._post(client, "/v1/batches", body)
             if resp is not None and resp.status_code < 300:
                 batch = resp.json()
-                jobs = client.get(f"{self.api_url}/v1/jobs", params={"batch_id": batch["id"], "limit": 100},
-                                  headers=self.headers, timeout=30).json()["data"]
+                jobs = self._batch_jobs(client, batch["id"])
                 with self.state.lock:
                     self.state.batches.append(batch["id"])
                     for job in jobs:
@@ -161,6 +160,18 @@ class LoadGenerator:
                     self.state.to_cancel.append(resp.json()["id"])
                 if self.config.webhook_url:
                     self.state.subscribed[resp.json()["id"]] = body["webhook_events"]
+
+    def _batch_jobs(self, client: httpx.Client, batch_id: str) -> list[dict[str, Any]]:
+        """The jobs of an accepted batch, asked again while the API restarts (they must all be checked)."""
+        while True:
+            try:
+                resp = client.get(f"{self.api_url}/v1/jobs", params={"batch_id": batch_id, "limit": 100},
+                                  headers=self.headers, timeout=30)
+                if resp.status_code == 200:
+                    return list(resp.json()["data"])
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
 
     def _next(self) -> int:
         with self._n_lock:

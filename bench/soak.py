@@ -44,7 +44,7 @@ from bench.loadgen import CancelAsk, LoadConfig, LoadGenerator
 from bench.receiver import WebhookReceiver
 from bench.stack import ROOT, Stack, StackConfig
 
-DIRECT_CHAOS = ["sigkill", "redis", "postgres", "receiver", "rolling"]
+DIRECT_CHAOS = ["sigkill", "redis", "postgres", "receiver", "rolling", "api"]
 GATEWAY_CHAOS = ["gw-sigkill", "cut-upload", "cut-all", "drop-complete", "outage", "gw-sigkill", "long-outage"]
 OUTAGE_SECONDS = 3.0  # shorter than a lease: the gateway workers retry through it
 SLOW_CANCEL = timedelta(seconds=1)  # a cancel slower than this is listed with its time, to match the chaos log
@@ -66,6 +66,9 @@ def chaos(stack: Stack, receiver: WebhookReceiver, every: float, stop: threading
             stack.redis.restart(down_seconds=1.0)
         elif action == "postgres":
             stack.pg.restart(down_seconds=2.0)
+        elif action == "api":  # a deploy of the API: SIGTERM (held long-polls end at once), then a new process
+            stopped = stack.restart_service("api", signal.SIGTERM)
+            log[-1] += f" (stopped in {stopped:.1f} s)"
         elif action == "receiver":
             receiver.down()
             time.sleep(3)

@@ -161,6 +161,7 @@ class Service:
     logdir: Path
     proc: subprocess.Popen | None = None
     starts: int = 0
+    stops: list[int | None] = field(default_factory=list)  # per stop, its exit code; None: it had to be killed
 
     def start(self) -> None:
         with open(self.logdir / f"{self.name}.log", "ab") as log:
@@ -185,6 +186,7 @@ class Service:
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
+        self.stops.append(self.proc.poll())
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
@@ -322,16 +324,20 @@ class Stack:
         svc.start()
         return svc
 
-    def restart_service(self, name: str, sig: int = signal.SIGTERM) -> None:
-        """Stop a service (gracefully with SIGTERM, or by SIGKILL) and start it again, as a supervisor would."""
+    def restart_service(self, name: str, sig: int = signal.SIGTERM) -> float:
+        """Stop a service (gracefully with SIGTERM, or by SIGKILL) and start it again, as a supervisor would;
+        the seconds it took to stop."""
         svc = self.services[name]
+        started = time.monotonic()
         if sig == signal.SIGKILL:
             svc.signal(signal.SIGKILL)
             svc.proc.wait(10) if svc.proc else None
         else:
             svc.stop()
+        stopped = time.monotonic() - started
         svc.start()
         self.restarts[name] = self.restarts.get(name, 0) + 1
+        return stopped
 
     def close(self) -> None:
         for svc in self.services.values():

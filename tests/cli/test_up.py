@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from PIL import Image
 
 from tests.support import REPO
 from tests.support.stack import Stack, clean_env, unipic_argv
+from tests.support.streams import EventFollower
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.system
@@ -191,7 +191,7 @@ def test_sigterm_stops_every_child_cleanly(stack: Stack) -> None:
     # Given: the running stack's children, and a client following the events of a job no worker of it runs
     pids = stack.child_pids()
     job_id = _ok(stack.cli("generate", "held", "--size", "2048", "--steps", "2", "--no-wait")).strip()
-    follower = _EventFollower(f"{stack.url}/v1/jobs/{job_id}/events", stack.key)
+    follower = EventFollower(f"{stack.url}/v1/jobs/{job_id}/events", stack.key)
     wait_for(follower.opened.is_set, "the event stream's first event")
     # When: the supervisor gets SIGTERM
     code = stack.stop(signal.SIGTERM)
@@ -217,24 +217,3 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
-
-
-class _EventFollower:
-    """Reads an event stream in a thread until it ends: `ended` says how ("cleanly", or the error)."""
-
-    def __init__(self, url: str, key: str) -> None:
-        self.opened = threading.Event()
-        self.ended: str | None = None
-        self.thread = threading.Thread(target=self._follow, args=(url, key), daemon=True)
-        self.thread.start()
-
-    def _follow(self, url: str, key: str) -> None:
-        try:
-            with httpx.stream("GET", url, headers={"Authorization": f"Bearer {key}"},
-                              timeout=httpx.Timeout(10, read=120)) as response:
-                for line in response.iter_lines():
-                    if line.startswith("event: "):
-                        self.opened.set()
-            self.ended = "cleanly"
-        except httpx.HTTPError as exc:
-            self.ended = repr(exc)

@@ -9,6 +9,7 @@ orphans, subscribed webhooks delivered under a stable id). Bounded for CI: a few
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import httpx
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 from bench.invariants import check, s3_client, wait_all_terminal
 from bench.loadgen import LoadConfig, LoadGenerator
 from bench.stack import wait_until
+from tests.support.streams import EventFollower
 from tests.system.conftest import create_key
 
 pytestmark = pytest.mark.system
@@ -160,6 +162,45 @@ def test_graceful_rolling_restart_of_workers(system):
 
     report, _ = run_scenario(system, "graceful rolling restart of workers", rolling_restart, submissions=24)
     assert report.succeeded == report.accepted
+
+
+def test_api_redeployed_under_load_with_clients_waiting(system):
+    from unipic_client import Client
+
+    stack = system["stack"]
+    key = system["keys"][0]["key"]
+    waited: dict[str, object] = {}
+
+    def redeploy_api(stack, load):
+        # Given a job far longer than the scenario (canceled by its owner after the redeploy), a client waiting
+        # for it through the SDK and another following its events, while the load runs
+        client = Client(stack.api_url, key)
+        job = client.submit({"kind": "generate", "prompt": "a long one", "width": 1024, "height": 1024,
+                             "steps": 128})
+        follower = EventFollower(f"{stack.api_url}/v1/jobs/{job.id}/events", key)
+        waiter = threading.Thread(target=lambda: waited.update(job=client.wait(job, timeout=SETTLE_TIMEOUT)),
+                                  daemon=True)
+        waiter.start()
+        wait_until(follower.opened.is_set, 60, "the event stream to open")
+        wait_until(lambda: len(load.state.accepted) >= 4, 60, "some of the load accepted")
+        # When the API is redeployed: SIGTERM, then a new process; then the owner cancels the long job
+        stack.restart_service("api", signal.SIGTERM)
+        wait_until(lambda: httpx.get(f"{stack.api_url}/readyz", timeout=2).status_code == 200, 60, "the new API")
+        follower.thread.join(30)
+        waited["stream"] = follower.ended
+        client.cancel_job(job.id)
+        waiter.join(SETTLE_TIMEOUT)
+
+    report, _ = run_scenario(system, "API redeployed under load", redeploy_api, submissions=24)
+    # Then nothing accepted is lost; the old process stopped by itself although the long job's stream was open
+    # (it closed the stream cleanly; killed at the end of its grace it would have cut it); and the SDK's wait
+    # went on across the restart to the job's end
+    assert report.succeeded == report.accepted
+    assert stack.services["api"].stops[-1] in (0, -signal.SIGTERM), stack.services["api"].log_tail()  # uvicorn
+    # re-raises the SIGTERM it handled once it has stopped; None would mean it was killed
+    assert waited["stream"] == "cleanly", waited
+    assert getattr(waited.get("job"), "status", None) == "canceled", waited
+
 
 
 def test_gateway_worker_sigkilled_mid_batch_and_cut_mid_upload(system):
