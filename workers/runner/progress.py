@@ -237,6 +237,7 @@ class BackgroundCancelWatcher(CancelWatcher):
             self._heard(sorted(heard))
         elif first and self._check_started < claimed_after:
             self._check_started = claimed_after  # the claim cleared their requests: as good as a read then
+            self._answered(claimed_after)
 
     def pace(self, seconds: float) -> None:
         """Check about this often from now on (the loop passes its step time: a cancel lands within a step or
