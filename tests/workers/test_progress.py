@@ -150,19 +150,31 @@ def test_a_cancel_heard_during_a_step_is_seen_after_it_while_the_hinted_read_is_
     try:
         wait_for(hints.listening.is_set, "the cancel hints to be subscribed")
         claimed_after = time.monotonic()
-        job = _claimed(job_store, object_store, owner_id, "hinted-slow")
+        held, quick = (_claimed(job_store, object_store, owner_id, f"hinted-slow-{i}") for i in range(2))
         with progress.BackgroundCancelWatcher(reads, 0.01, hints) as watcher:  # type: ignore[arg-type]
-            watcher.watch([job.job_id], claimed_after)
-            # Given a step under way, and a cancel heard during it whose background read is held up
+            watcher.watch([held.job_id, quick.job_id], claimed_after)
+            # Given a step under way, and a cancel heard during it whose background read is held up (a busy
+            # database: longer than the loop waits for a read on its way)
+            monkeypatch.setattr(progress, "IN_FLIGHT_WAIT_SECONDS", 0.05)
             step_started = time.monotonic()
-            publishing_store.request_cancel(job.job_id, owner_id)
-            wait_for(lambda: hints.heard([job.job_id]), "the cancel's hint")
+            publishing_store.request_cancel(held.job_id, owner_id)
+            wait_for(lambda: hints.heard([held.job_id]), "the cancel's hint")
             wait_for(reads.waiting.is_set, "the hinted read to begin")
             # When the loop asks between that step and the next
             # Then the cancel is seen now (read on the loop's thread), not a step later
-            assert watcher(step_started) == {job.job_id}
+            assert watcher(step_started) == {held.job_id}
             assert reads.threads == ["MainThread"]
             reads.release.set()
+            wait_for(lambda: reads.threads.count("cancel-watcher") == 1, "the held read to end")
+
+            # Given another cancel heard during the next step, whose background read answers at its pace
+            monkeypatch.setattr(progress, "IN_FLIGHT_WAIT_SECONDS", 30.0)
+            step_started = time.monotonic()
+            publishing_store.request_cancel(quick.job_id, owner_id)
+            wait_for(lambda: reads.threads.count("cancel-watcher") == 2, "the second hinted read to begin")
+            # When the loop asks, Then it waits for that read (or finds it answered) instead of reading again
+            assert watcher(step_started) == {held.job_id, quick.job_id}
+            assert reads.threads.count("MainThread") == 1, reads.threads
     finally:
         reads.release.set()
         hints.close()

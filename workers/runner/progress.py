@@ -113,6 +113,8 @@ class CancelWatcher:
         self._check_started = 0.0  # when the last store check began
         self._read_through = 0.0  # when the last store check that has answered began
         self._lock = threading.Lock()
+        self._read_ended = threading.Condition(self._lock)  # a check ended (answered or failed)
+        self._reads_ended = 0
 
     @property
     def requested(self) -> set[str]:
@@ -153,19 +155,25 @@ class CancelWatcher:
             found = set(self._store.cancel_requested_ids(pending))
         except Exception:
             log.exception("cancel check failed for %s", pending)
+            self._answered(None)
             return
         with self._lock:
             self._requested |= found & set(self._ids)  # not one unwatched meanwhile
         self._answered(started)
 
-    def _answered(self, started: float) -> None:
+    def _answered(self, started: float | None) -> None:
+        """A check ended: answered as of when it `started`, or failed (None)."""
         with self._lock:
-            self._read_through = max(self._read_through, started)
+            if started is not None:
+                self._read_through = max(self._read_through, started)
+            self._reads_ended += 1
+            self._read_ended.notify_all()
 
 
 MIN_CANCEL_POLL_SECONDS = 0.02
 MAX_CANCEL_POLL_SECONDS = 0.25
 HINTED_CHECK_SECONDS = 1.0  # with cancel hints heard, a read this often anyway (a hint can be lost)
+IN_FLIGHT_WAIT_SECONDS = 1.0  # the loop waits this long for a background read on its way, then reads itself
 
 
 class BackgroundCancelWatcher(CancelWatcher):
@@ -213,11 +221,24 @@ class BackgroundCancelWatcher(CancelWatcher):
         way: the cancel heard during the step is seen now, not a step later)."""
         if since is not None:
             with self._lock:
-                read_through, hint_at = self._read_through, self._hint_at
-            if hint_at > read_through or (read_through < since and not self._covered(read_through)):
+                needed = self._read_needed(since)
+                if needed is not None and self._check_started >= needed:  # the read is on its way: its answer
+                    ended = self._reads_ended  # is waited for rather than asked twice
+                    self._read_ended.wait_for(lambda: self._reads_ended > ended, IN_FLIGHT_WAIT_SECONDS)
+                    needed = self._read_needed(since)
+            if needed is not None:
                 self.check()
         with self._lock:
             return self._requested | self._local()
+
+    def _read_needed(self, since: float) -> float | None:
+        """(under the lock) The time a read must have begun after for the answer to be current: the last hint of a
+        watched job, or `since` when no hint subscription covers it; None when the last answer is current."""
+        if self._hint_at > self._read_through:
+            return self._hint_at
+        if self._read_through < since and not self._covered(self._read_through):
+            return since
+        return None
 
     def watch(self, job_ids: Iterable[str], claimed_after: float | None = None) -> None:
         """Also check these jobs, claimed after `claimed_after` (monotonic; None: not known). The claim cleared
