@@ -3,8 +3,7 @@
 `JobStore`'s compare-and-set helpers call `note(s, row, values)` for every job row they change; the notes live in
 the session (`Session.info`) until it commits. A session factory that has a publisher attached
 (`attach(sessions, publisher)`, done once per process by whoever builds the factory: the API, a worker, the
-sweeper) then publishes them, on a thread of its own (`BackgroundPublisher`), so a committing thread never waits
-for Redis; a rollback drops them. Publishing is best effort: an
+sweeper) then publishes them, one pipeline per transaction; a rollback drops them. Publishing is best effort: an
 error is logged and never fails (or undoes) the state change, and after one failure the publisher stays quiet for
 `PAUSE_AFTER_FAILURE_S` so a Redis outage costs the state machine nothing. Readers treat an event as a hint to
 re-read Postgres (the truth) and reconcile on a slow timer, so a lost message only delays a stream.
@@ -28,8 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import queue
 import threading
 import time
 from collections import Counter
@@ -54,8 +51,6 @@ _NOTES = "unipic_job_events"
 _QUEUED = "unipic_queue_wakeups"
 _CANCELS = "unipic_cancel_hints"
 CANCEL_HINT_IDS = 1000  # job ids per cancel message: a canceled batch of thousands is a few messages
-EVENTS_PER_PIPELINE = 1000  # a background publisher joins the calls queued meanwhile up to about this many events
-CLOSE_WAIT_S = 5.0  # the most `BackgroundPublisher.close` waits for what is queued
 _ATTACHED = "unipic_job_events_attached"
 
 
@@ -150,13 +145,12 @@ class Publisher(Protocol):
 
 
 class RedisPublisher:
-    """PUBLISH each event on its job channel (and batch channel), one pipeline per call, best effort, on the
-    caller's thread (`BackgroundPublisher` runs it on its own)."""
+    """PUBLISH each event on its job channel (and batch channel), one pipeline per call, best effort."""
 
-    def __init__(self, url: str, timeout_s: float = 1.0) -> None:
+    def __init__(self, url: str) -> None:
         import redis
 
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         self.prefix = channel_prefix(url)
         self._quiet_until = 0.0
         self._lost = False  # events were dropped since the last successful publish: the next one says so
@@ -195,82 +189,8 @@ class RedisPublisher:
                 self._quiet_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
             log.warning("could not publish %d job events (%s); watchers will reconcile", len(events), exc)
 
-    def lose(self) -> None:
-        """Events were dropped before reaching this publisher: its next publish sends the resync."""
-        with self._lock:
-            self._lost = True
-
     def close(self) -> None:
         self.client.close()
-
-
-class BackgroundPublisher:
-    """A `RedisPublisher` on a thread of its own, so no committing thread waits for Redis: a partitioned Redis
-    (packets dropped, not refused) held each committing thread up to the socket timeout once per quiet spell: an
-    API request, a worker's sampling thread on its claims and cancels. Events keep their order (one thread, one
-    queue); a call's events go out together; what queues up while one publish is in flight goes out in the next
-    pipeline. A full queue drops the events and counts them lost (the next publish sends the resync, as after a
-    failure). The thread is per process: one that finds itself in a forked child starts its own."""
-
-    def __init__(self, inner: RedisPublisher, max_pending: int = 10_000) -> None:
-        self.inner = inner
-        self.max_pending = max_pending
-        self._lock = threading.Lock()
-        self._pid = 0
-        self._thread: threading.Thread | None = None
-        self._queue: queue.SimpleQueue[list[dict[str, Any]] | None] = queue.SimpleQueue()
-        self._pending = 0  # calls queued, not yet handed to the inner publisher
-        self.in_flight = 0  # calls the thread is publishing now (tests and benchmarks wait on it)
-
-    @property
-    def pending(self) -> int:
-        """Calls not yet published (queued or in flight)."""
-        with self._lock:
-            return self._pending + self.in_flight
-
-    def publish(self, events: Sequence[dict[str, Any]]) -> None:
-        if not events:
-            return
-        with self._lock:
-            if self._pid != os.getpid():  # first use in this process (a fork keeps no threads)
-                self._pid, self._queue, self._pending = os.getpid(), queue.SimpleQueue(), 0
-                self._thread = threading.Thread(target=self._run, args=(self._queue,), name="event-publisher",
-                                                daemon=True)
-                self._thread.start()
-            if self._pending >= self.max_pending:
-                self.inner.lose()
-                return
-            self._pending += 1
-            self._queue.put(list(events))
-
-    def _run(self, calls: queue.SimpleQueue[list[dict[str, Any]] | None]) -> None:
-        while True:
-            first = calls.get()
-            if first is None:
-                return
-            events, taken = list(first), 1
-            while not calls.empty() and len(events) < EVENTS_PER_PIPELINE:  # what queued meanwhile: one pipeline
-                more = calls.get()
-                if more is None:
-                    calls.put(None)
-                    break
-                events += more
-                taken += 1
-            with self._lock:
-                self._pending -= taken
-                self.in_flight = taken
-            self.inner.publish(events)  # never raises
-            with self._lock:
-                self.in_flight = 0
-
-    def close(self) -> None:
-        """Publish what is queued (the thread ends after it), then close the connection."""
-        with self._lock:
-            thread = self._thread if self._pid == os.getpid() else None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(CLOSE_WAIT_S)
-        self.inner.close()
 
 
 def attach(sessions: sessionmaker[Session], publisher: Publisher) -> None:
@@ -299,6 +219,6 @@ def attach_from_settings(sessions: sessionmaker[Session], settings: Settings) ->
     """Attach a Redis publisher when `settings.redis_url` is set (else nothing: readers poll); returns it."""
     if not settings.redis_url:
         return None
-    publisher = BackgroundPublisher(RedisPublisher(settings.redis_url))
+    publisher = RedisPublisher(settings.redis_url)
     attach(sessions, publisher)
     return publisher
