@@ -8,6 +8,7 @@ orphans, subscribed webhooks delivered under a stable id). Bounded for CI: a few
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -219,8 +220,16 @@ def test_gateway_worker_sigkilled_mid_batch_and_cut_mid_upload(system):
         # (a continuous worker finishes results in the background while it takes new work: the cut upload's
         # retry completes before the kill)
         wait_until(lambda: _finished_on(engine, name), 60, "the gateway worker to finish a job")
-        wait_until(lambda: _leases_on(engine, name, early=True), 60, "a batch early on the gateway worker",
-                   interval=0.05)
+        extra = itertools.count(100_000)
+        with httpx.Client() as http:
+
+            def early_batch() -> dict[str, str]:
+                leases = _leases_on(engine, name, early=True)
+                if not leases and not _queued(engine):  # the load may be over: keep one job queued until the
+                    load.submit_one(http, next(extra))  # gateway worker takes a batch (its jobs are checked too)
+                return leases
+
+            wait_until(early_batch, 60, "a batch early on the gateway worker", interval=0.05)
         stack.restart_service(name, signal.SIGKILL)
         killed.update(_leases_on(engine, name))  # what it held when it died: no write of its can follow
 
@@ -241,6 +250,11 @@ def test_gateway_worker_sigkilled_mid_batch_and_cut_mid_upload(system):
     assert all(keys and all(f"/{lease}/" not in k for k in keys) for job, lease in killed.items()
                for keys in [served[job]])
     assert remote >= 1, "the gateway worker finished jobs (the one whose upload was cut among them)"
+
+
+def _queued(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("select count(*) from jobs where status = 'queued'")).scalar_one())
 
 
 def _finished_on(engine: sa.Engine, name: str) -> bool:
