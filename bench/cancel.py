@@ -28,7 +28,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         attach_from_settings(sessions, stack.settings)  # the cancel's hint goes out on Redis, as the API's does
         store = JobStore(sessions)
         owner_id = new_owner(store.sessions)
-        with served_api(stack.settings) if args.transport == "gateway" else _nothing() as url:
+        with served_api(stack.settings) if args.transport == "gateway" else nullcontext("") as url:
             runner = gateway_runner(url, store, stack, timed, args.rows) if url else \
                 make_runner(stack, store, timed, "continuous", args.rows)
             warm = [create_job(store, owner_id, args.size, 2, 10**6 + i) for i in range(args.rows)]
@@ -169,11 +169,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"victim live at the request {report['victim_was_live']}/{len(runs)}")
     print(json.dumps(report))
     return report
-
-
-@contextmanager
-def _nothing() -> Iterator[str]:
-    yield ""
 
 
 if __name__ == "__main__":
