@@ -259,6 +259,55 @@ def test_a_gateway_workers_newcomer_long_poll_never_keeps_its_freed_rows_empty(
     assert services.jobs.get(last.id).status == "queued"
 
 
+def test_a_gateway_workers_row_freed_by_a_cancel_is_taken_by_the_next_queued_job_at_the_very_next_step(
+    client: TestClient, app: Any, migrated: Any, tiny_engine: Any, make_token: Any, services: Any, owner_id: str,
+) -> None:
+    from tests.support.jobs import make_jobs
+    from tests.support.running_sets import CancelsDuringAStep
+
+    wait_for(lambda: app.state.event_hub.trusted, "the hub's event subscription to be trusted", timeout=30)
+    # Given a continuous gateway worker of two rows running two 6-step jobs, a third of the same key queued
+    jobs, runner = _continuous_gateway_runner(client, migrated, tiny_engine, make_token, FaultInjector())
+    kept, victim, waiting = make_jobs(services.jobs, services.objects, owner_id, "generate", 64, [1200, 1201, 1202],
+                                      steps=6, tag="gw-cancel-row")
+    hints = jobs.cancel_hints()
+    looks: list[Any] = []  # the claims the loop begins off the sampling thread, from the cancel on
+    look_aside = runner.look_aside
+
+    def observed(claim: Any) -> Any:
+        future = look_aside(claim)
+        looks.append(future)
+        return future
+
+    def took_waiting() -> bool:
+        return any(f.done() and f.result() is not None and waiting.id in {c.job_id for c in f.result().claims}
+                   for f in list(looks))
+
+    def cancel() -> None:  # the owner cancels; the worker hears it through its cancel poll, mid-step
+        looks.clear()
+        services.jobs.request_cancel(victim.id, owner_id)
+        wait_for(lambda: hints.heard([victim.id]), "the worker to hear the cancel")
+        # the claim of the row it frees was begun when the cancel was heard and answers while the step runs
+        wait_for(took_waiting, "a claim begun mid-step to take the queued job")
+
+    runner.look_aside = observed
+    runner.engine = engine = CancelsDuringAStep(runner.engine, cancel)
+    first = jobs.claim(2, 8 * 1024 * 1024, kinds=["generate"], wait_seconds=0)
+    assert sorted(c.job_id for c in first) == sorted([kept.id, victim.id])
+    try:
+        # When the owner cancels one of the running jobs during the set's second step
+        runner.run_claims(first)
+    finally:
+        runner.drain()
+
+    # Then the canceled job left after that step, and the queued one ran in its row at the very next step
+    assert engine.steps[:2] == [{kept.id, victim.id}] * 2
+    assert engine.steps[2] == {kept.id, waiting.id}, engine.steps
+    done = {j.id: j for j in services.jobs.get_many([kept.id, victim.id, waiting.id])}
+    assert done[victim.id].status == "canceled" and not services.objects.page(f"results/{victim.id}/")
+    assert done[kept.id].status == "succeeded" and done[waiting.id].status == "succeeded"
+
+
 def test_a_gateway_worker_reports_a_steps_progress_in_one_request(
     client: TestClient, make_token: Any, services: Any, owner_id: str,
 ) -> None:

@@ -55,3 +55,22 @@ class Forwarded:
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
+
+
+class CancelsDuringAStep(WrappedSets):
+    """Runs `cancel()` inside the set's second step; logs each step's ids."""
+
+    def __init__(self, inner, cancel) -> None:
+        super().__init__(inner)
+        self.cancel, self.steps = cancel, list[set[str]]()
+
+    def wrap(self, rs):
+        return _CancelLoggedSet(rs, self)
+
+
+class _CancelLoggedSet(Forwarded):
+    def step(self, ids=None, **options):
+        self.engine.steps.append(set(ids if ids is not None else self.inner.ids))
+        if len(self.engine.steps) == 2:
+            self.engine.cancel()
+        return self.inner.step(ids, **options)

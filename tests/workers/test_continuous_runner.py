@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.support.jobs import make_job, make_jobs
-from tests.support.running_sets import Forwarded, WrappedSets
+from tests.support.running_sets import CancelsDuringAStep, Forwarded, WrappedSets
 from tests.support.storage import add_owner
 from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
@@ -371,25 +371,6 @@ def test_the_wake_up_of_a_job_its_messages_claim_took_starts_no_claim_on_the_sam
     assert job_store.get(job.id).status == "succeeded"
 
 
-class _CancelsDuringAStep(WrappedSets):
-    """Runs `cancel()` inside the set's second step; logs each step's ids."""
-
-    def __init__(self, inner: Any, cancel: Any) -> None:
-        super().__init__(inner)
-        self.cancel, self.steps = cancel, list[set[str]]()
-
-    def wrap(self, rs: Any) -> Any:
-        return _CancelLoggedSet(rs, self)
-
-
-class _CancelLoggedSet(Forwarded):
-    def step(self, ids: Any = None, **options: Any) -> Any:
-        self.engine.steps.append(set(ids if ids is not None else self.inner.ids))
-        if len(self.engine.steps) == 2:
-            self.engine.cancel()
-        return self.inner.step(ids, **options)
-
-
 def test_a_canceled_items_row_is_taken_by_the_next_queued_job_at_the_very_next_step(
     make_runner: Any, job_store: Any, object_store: Any, owner_id: str, publishing_store: Any
 ) -> None:
@@ -405,7 +386,7 @@ def test_a_canceled_items_row_is_taken_by_the_next_queued_job_at_the_very_next_s
         hints = runner.cancel_hints
         wait_for(lambda: hints.heard([victim.id]), "the worker to hear the cancel")
 
-    runner.engine = engine = _CancelsDuringAStep(runner.engine, cancel)
+    runner.engine = engine = CancelsDuringAStep(runner.engine, cancel)
     wait_for(lambda: runner.cancel_hints is not None and runner.cancel_hints.listening.is_set(),
              "the worker to subscribe to cancel hints")
 

@@ -6,7 +6,8 @@ without `open_set` run whole-batch as before.
 Each pass of the loop: drop what must leave (cancel requested, lease lost, the job's own time limit, a shutdown
 that cannot wait for it; a direct worker with Redis reads cancel requests when it hears one asked for,
 `workers.runner.wakeups.CancelHints`, else about once a step, off the sampling thread; a dropped item's row is
-claimed at once, so the next queued job takes it at the next step) -> ask the store for more work of the queue
+claimed at once, so the next queued job takes it at the next step; a gateway worker claims a canceled item's row
+when its cancel poll hears the cancel, mid-step, `_cancel_heard`) -> ask the store for more work of the queue
 the message woke (`claim_for_message`: the one scheduling policy, over the direct store and the gateway alike) up
 to the free rows and pixels of the card's budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`),
 so a job queued now starts at the next step; a full set asks only for a key it holds nothing of, one job over the
@@ -44,6 +45,7 @@ items that raise it. A device-fatal error releases every live item and ends the 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -99,6 +101,7 @@ class ContinuousRunner(BatchRunner):
         self.step_costs: dict[tuple[str, int], StepCosts] = {}  # per (kind, size): outlives one loop
         self._wakeups: QueueWakeups | None = None
         self._looks: ThreadPoolExecutor | None = None  # claims while sampling, off the sampling thread
+        self._looks_lock = threading.Lock()
         # a gateway loop's looks in flight when it ended (OWN: for rows, NEWCOMER: for a key it held nothing of):
         # the worker's next claim, and what that claim does not wait for the next loop adopts
         self.left_looks: list[tuple[str, Look]] = []
@@ -108,10 +111,13 @@ class ContinuousRunner(BatchRunner):
         """A claim while a set samples (`_Loop`: the rows a step frees, free rows, a gateway worker's newcomer),
         on this runner's look threads, so the sampling thread waits for no round trip: a plain claim on the
         direct transport, a long-poll of up to REMOTE_LOOK_SECONDS over the gateway (which costs the gateway
-        nothing between wake-ups). Two threads: a gateway worker's newcomer long-poll waits for another key's job
-        while the claim of the rows a step frees goes on beside it. None when the claim failed."""
-        if self._looks is None:
-            self._looks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="claim-look")
+        nothing between wake-ups). Three threads: a gateway worker's newcomer long-poll waits for another key's
+        job while the claim of the rows a step frees goes on beside it, and so does the claim of rows a cancel
+        heard mid-step frees (`_Loop._cancel_heard`). None when the claim failed."""
+        with self._looks_lock:  # a cancel poll's thread asks too
+            if self._looks is None:
+                self._looks = ThreadPoolExecutor(max_workers=3, thread_name_prefix="claim-look")
+            looks = self._looks
 
         def look() -> Found | None:
             try:
@@ -120,7 +126,7 @@ class ContinuousRunner(BatchRunner):
                 log.warning("a claim while sampling failed: %s", exc)
                 return None
 
-        return self._looks.submit(look)
+        return looks.submit(look)
 
     def left_claims(self) -> list[Claim]:
         """What the looks a gateway loop left in flight took, as soon as one of them took a job (waiting at most
@@ -143,9 +149,10 @@ class ContinuousRunner(BatchRunner):
         """Also wait for a remote look still in flight (at most REMOTE_LOOK_SECONDS): what it took goes back to
         the queue before the worker exits, not when its lease runs out."""
         super().drain()
-        if self._looks is not None:
-            self._looks.shutdown(wait=True)
-            self._looks = None
+        with self._looks_lock:
+            looks, self._looks = self._looks, None
+        if looks is not None:
+            looks.shutdown(wait=True)
         left = self.left_claims()  # every look is done: what all of them took
         if left:
             self._release(left)
@@ -198,11 +205,17 @@ class _Loop:
         self.newcomer_at = self.started
         self.look: Look | None = None  # a claim of rows in flight off the sampling thread
         self.newcomer_look: Look | None = None  # a gateway worker's long-poll for a key its sets hold nothing of
+        # a gateway worker's claim of the rows of jobs heard canceled mid-step (`_cancel_heard`, the hint thread)
+        self.cancel_look: Look | None = None
+        self.cancel_lock = threading.Lock()  # the hint thread sets cancel_look, the sampling thread takes it
+        self.closed = False  # (under cancel_lock) the loop ends: no more cancel looks
         for kind, left in runner.left_looks:  # the last loop's, still waiting: what they take joins this loop
             if kind == NEWCOMER:
                 self.newcomer_look = Look(left.future, 0, 0, left.asked_at)
-            else:  # it holds no rows here: what does not fit goes back when it is collected
+            elif self.look is None:  # it holds no rows here: what does not fit goes back when it is collected
                 self.look = Look(left.future, 0, 0, left.asked_at)
+            else:
+                self.cancel_look = Look(left.future, 0, 0, left.asked_at)
         runner.left_looks = []
         self.wakeups = runner.wakeups
         self.looks = 0
@@ -234,7 +247,8 @@ class _Loop:
         self.keeper = LeaseKeeper(runner.store, [], s.lease_seconds, stop_renewing=self._hung)
         self.reporter = ProgressReporter(runner.store, self.claims, s.progress_interval_ms / 1000, None, self.totals)
         # read off the sampling thread: when a cancel is heard (direct, with Redis), else about once a step
-        self.watcher = BackgroundCancelWatcher(runner.store, CANCEL_POLL_SECONDS, runner.cancel_hints)
+        self.watcher = BackgroundCancelWatcher(runner.store, CANCEL_POLL_SECONDS, runner.cancel_hints,
+                                               on_requested=None if self.direct else self._cancel_heard)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self, claims: list[Claim], asked_at: float | None = None) -> None:
@@ -295,11 +309,16 @@ class _Loop:
 
     # ---- admission ------------------------------------------------------------------------------------------
     def _free(self) -> tuple[int, int]:
-        """Rows and pixels of the card's budget no live item holds and no claim in flight may fill."""
-        look = self.look
+        """Rows and pixels of the card's budget no live item holds and no claim in flight may fill (a cancel
+        look's rows are held for it once the canceled items left them)."""
+        look, cancel = self.look, self.cancel_look
         rows = self.row_cap - len(self.members) - (look.rows if look is not None else 0)
         pixels = self.s.worker_batch_pixel_budget - sum(m.item.job.pixels for m in self.members.values())
-        return rows, pixels - (look.pixels if look is not None else 0)
+        pixels -= look.pixels if look is not None else 0
+        if cancel is not None:
+            left = [px for job_id, px in cancel.frees.items() if job_id not in self.members]
+            rows, pixels = rows - len(left), pixels - sum(left)
+        return rows, pixels
 
     @property
     def direct(self) -> bool:
@@ -442,15 +461,41 @@ class _Loop:
         if claims:
             self._admit(claims, now)
 
+    def _cancel_heard(self, job_ids: set[str]) -> None:
+        """(the hint thread, mid-step) A gateway worker heard jobs of this loop canceled: the rows they will free
+        are claimed now, off the sampling thread, so the next queued job takes one at the very next step. The loop
+        drops them at its next pass (`_drop_leaving`), and a claim begun only then (a round trip over the gateway)
+        would be admitted a step later; a direct worker claims at that pass instead (`dropped`: one query)."""
+        with self.cancel_lock:
+            if self.closed or self.cancel_look is not None or self.r.shutdown.requested:
+                return  # one at a time: a second cancel's rows are claimed at the drop, as before
+            freed = {m.id: m.item.job.pixels for m in map(self.members.get, job_ids) if m is not None}
+            if freed:
+                ask = self._ask(len(freed), sum(freed.values()), elsewhere_first=False, wait_seconds=0.0)
+                self.cancel_look = Look(self.r.look_aside(ask), len(freed), sum(freed.values()), time.monotonic(),
+                                        frees=freed)
+
     def _collect_look(self, wait: bool = False) -> None:
-        """Admit what a finished look found (with `wait`, a direct worker's look is waited for: nothing is live
-        to step meanwhile); after a failed one, the next claim waits a little. A look may have found more than
-        the rows free now (a step that raised retired nothing; a heard newcomer took a row meanwhile): the rest
-        go back to the queue at once, in the policy's order (the last found go first)."""
+        """Admit what finished looks found (with `wait`, a direct worker's look is waited for: nothing is live
+        to step meanwhile); a cancel look's first, the rows it was for are free now."""
+        with self.cancel_lock:
+            cancel = self.cancel_look
+            if cancel is not None and cancel.future.done():
+                self.cancel_look = None
+            else:
+                cancel = None
+        if cancel is not None:
+            self._collected(cancel)
         look = self.look
         if look is None or not (look.future.done() or (wait and self.direct)):
             return
         self.look = None
+        self._collected(look)
+
+    def _collected(self, look: Look) -> None:
+        """Admit what a look found; after a failed one, the next claim waits a little. A look may have found
+        more than the rows free now (a step that raised retired nothing; a heard newcomer took a row meanwhile):
+        the rest go back to the queue at once, in the policy's order (the last found go first)."""
         found = look.future.result()
         if found is None:
             self.newcomer_at = self.claimed_at = time.monotonic() + NEWCOMER_SAFETY_SECONDS
@@ -485,10 +530,13 @@ class _Loop:
     def _abandon_look(self) -> None:
         """The loop ends with looks in flight. A gateway worker's are its next claim (`left_claims`); a direct
         one's (a short query) is waited for and what it took goes back to the queue at once."""
+        with self.cancel_lock:
+            self.closed = True
+            cancel, self.cancel_look = self.cancel_look, None
         look, self.look = self.look, None
         newcomer, self.newcomer_look = self.newcomer_look, None
         if not self.direct:
-            self.r.left_looks = [(kind, held) for kind, held in ((OWN, look), (NEWCOMER, newcomer))
+            self.r.left_looks = [(kind, held) for kind, held in ((OWN, look), (NEWCOMER, newcomer), (OWN, cancel))
                                  if held is not None]
             return
         if look is None:

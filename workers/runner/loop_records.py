@@ -54,6 +54,8 @@ class Look:
     rows: int
     pixels: int
     asked_at: float
+    frees: dict[str, int] = field(default_factory=dict)  # a cancel look's: the canceled jobs whose rows it fills
+    # (their pixels); held for it only once they left (`_Loop._free`)
 
 
 @dataclass

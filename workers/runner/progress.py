@@ -190,11 +190,13 @@ class BackgroundCancelWatcher(CancelWatcher):
     polls by its pace as without hints. `local`: the batch's own reasons to drop jobs, merged into every answer."""
 
     def __init__(self, store: JobPort, interval_seconds: float, hints: CancelHintSource | None = None,
-                 local: Callable[[], set[str]] = set) -> None:
+                 local: Callable[[], set[str]] = set,
+                 on_requested: Callable[[set[str]], None] | None = None) -> None:
         # hints are trusted from `hints.trusted_since`: for Redis, a few seconds after (re)subscribing, when a
         # publisher that failed in the same Redis restart speaks again (and its first message is a resync: read now)
         super().__init__(store, [], interval_seconds, local)
         self._hints = hints
+        self._on_requested = on_requested  # told on the hint's thread of jobs a rereading hint named canceled
         self._hint_at = 0.0  # when the last hint naming a watched job came (monotonic)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -267,14 +269,17 @@ class BackgroundCancelWatcher(CancelWatcher):
 
     def _heard(self, job_ids: list[str] | None) -> None:
         """A hint (None: a resync, any cancel may have been missed): read now; or, from hints that are reads'
-        answers (`rereads`: a gateway poll's), taken as read: the worker saves a round trip per cancel."""
+        answers (`rereads`: a gateway poll's), taken as read: the worker saves a round trip per cancel, and
+        `on_requested` hears of them at once, mid-step (a running set claims the rows they will free)."""
         with self._lock:
             if job_ids is not None:
                 named = {j for j in job_ids if j in self._ids}
                 if not named:
                     return
                 if self._hints is not None and self._hints.rereads:
-                    self._requested |= named
+                    new, self._requested = named - self._requested, self._requested | named
+                    if new and self._on_requested is not None:
+                        self._on_requested(new)  # under the lock: told before anyone reads the answer
                     return
             self._hint_at = time.monotonic()
         self._wake.set()
