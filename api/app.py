@@ -61,6 +61,8 @@ def create_app(settings: Settings) -> FastAPI:
     metrics.watch_fleet(services.fleet.snapshot)
 
     hub = EventHub.from_settings(settings)  # one Redis subscription per process (api.events.hub)
+    if services.publisher is not None:  # its own commits' queue wake-ups count at once (storage.jobs.publishing)
+        services.publisher.listen_locally(hub.heard_locally)
     reconciler = JobReconciler(services.jobs.get_many, settings.events_reconcile_seconds)
     heartbeats = HeartbeatBatcher(services.registry, min(2.0, settings.heartbeat_seconds / 5))  # api.gateway.heartbeats
 

@@ -32,6 +32,7 @@ from storage.fleet.registry import WorkerRegistry
 from storage.fleet.token_cache import WorkerTokenCache
 from storage.fleet.tokens import WorkerTokenStore
 from storage.jobs.events import attach_from_settings
+from storage.jobs.publishing import BackgroundPublisher
 from storage.jobs.store import JobStore
 from storage.keys import KeyStore
 from storage.lifecycle.store import Lifecycle
@@ -70,6 +71,7 @@ class Services:
     models: ModelCatalog
     positions: QueuePositions
     manifests: Manifests
+    publisher: BackgroundPublisher | None  # job events, on their own thread (None: no Redis)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -77,7 +79,7 @@ class Services:
             settings.ensure_data_dir()
         engine = make_engine(settings)
         sessions = make_session_factory(engine)
-        attach_from_settings(sessions, settings)  # job events go out after commit (storage.jobs.events)
+        publisher = attach_from_settings(sessions, settings)  # job events go out after commit (storage.jobs.events)
         jobs = JobStore(sessions)
         ephemeral = make_ephemeral(settings, sessions)
         configure_pil(settings.max_upload_pixels)
@@ -101,6 +103,7 @@ class Services:
             status=StatusQueries(sessions), activity=ActivityQueries(sessions),
             fleet=FleetQueries(sessions, stale_after), coverage=coverage, models=models,
             positions=QueuePositions(sessions), manifests=Manifests(sessions, batches, objects, settings),
+            publisher=publisher,
         )
 
     def presign(self, key: str) -> tuple[str, datetime]:
@@ -117,4 +120,6 @@ class Services:
         close = getattr(self.ephemeral, "close", None)
         if close is not None:
             close()
+        if self.publisher is not None:
+            self.publisher.close()  # what the last requests committed goes out before the process ends
         self.engine.dispose()

@@ -41,7 +41,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -436,6 +436,31 @@ class EventHub:
                 waiter.wake()
                 woken += 1
         self.queue_wakeups += woken
+
+    def heard_locally(self, events: Sequence[dict[str, Any]]) -> None:
+        """(any thread, at the commit) This process's own transaction made jobs claimable: the wake-up is counted
+        now, without waking anyone (its message does that when it arrives). Its message goes out on the
+        publisher's thread (`storage.jobs.publishing`), so a claim that comes first must not skip the queue a look
+        had found empty just before the commit (`known_empty`), nor may a look that began before it end empty."""
+        queues = [str(ev["queue"]) for ev in events if ev.get("type") == "queued"]
+        loop = self._loop
+        if not queues or loop is None:
+            return
+
+        def count() -> None:
+            for queue in queues:
+                self._queue_wakes[queue] += 1
+                self._empty_since.pop(queue, None)
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            count()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: nothing waits to be told
+            loop.call_soon_threadsafe(count)
 
     def dispatch(self, channel: str, data: bytes | str) -> None:
         """One message from Redis to the watches of its job or batch, or the claims waiting on its queue."""

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.jobs.publishing import BackgroundPublisher
 from storage.settings import Settings
 from storage.states import JobStatus
 from storage.tables import Job
@@ -163,7 +164,8 @@ class RedisPublisher:
         if time.monotonic() < self._quiet_until:
             self._lost = True
             return
-        lost = self._lost
+        with self._lock:
+            lost, self._lost = self._lost, False  # a loss told from now on is told by the next publish
         try:
             pipe = self.client.pipeline(transaction=False)
             if lost:  # cancel hints may have been dropped: workers read cancel requests now
@@ -181,13 +183,16 @@ class RedisPublisher:
                     pipe.publish(batch_channel(self.prefix, ev["batch_id"]), body)
             pipe.execute()
             self.published += len(events)
-            if lost:
-                self._lost = False
         except Exception as exc:  # noqa: BLE001 - best effort: watchers reconcile from Postgres
             with self._lock:
                 self._lost = True
                 self._quiet_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
             log.warning("could not publish %d job events (%s); watchers will reconcile", len(events), exc)
+
+    def mark_lost(self) -> None:
+        """Events were dropped before reaching `publish` (`storage.jobs.publishing`): the next publish says so."""
+        with self._lock:
+            self._lost = True
 
     def close(self) -> None:
         self.client.close()
@@ -215,10 +220,11 @@ def attach(sessions: sessionmaker[Session], publisher: Publisher) -> None:
     event.listen(sessions, "after_rollback", after_rollback)
 
 
-def attach_from_settings(sessions: sessionmaker[Session], settings: Settings) -> Publisher | None:
-    """Attach a Redis publisher when `settings.redis_url` is set (else nothing: readers poll); returns it."""
+def attach_from_settings(sessions: sessionmaker[Session], settings: Settings) -> BackgroundPublisher | None:
+    """Attach a Redis publisher when `settings.redis_url` is set (else nothing: readers poll); returns it. It
+    publishes on its own thread (`storage.jobs.publishing`): a commit never waits for Redis."""
     if not settings.redis_url:
         return None
-    publisher = RedisPublisher(settings.redis_url)
+    publisher = BackgroundPublisher(RedisPublisher(settings.redis_url))
     attach(sessions, publisher)
     return publisher

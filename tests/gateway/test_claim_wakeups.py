@@ -257,3 +257,29 @@ def test_heartbeats_of_many_workers_are_written_together(slow_app: Any, slow_url
     for worker_id, worker in after.items():
         assert worker.last_heartbeat_at > before[worker_id].last_heartbeat_at
         assert (worker.batches_served, worker.jobs_served) == (2, 4)
+
+
+def test_a_claim_right_after_this_process_commits_a_job_reads_the_queue_before_the_wake_up_arrives(
+    slow_app: Any, slow_url: str, headers: dict[str, str], owner_id: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a queue a claim just found empty (the hub skips it until a wake-up), and the API process's job events
+    # held on their way to Redis (its publisher's thread waits: Redis slow to answer)
+    hub = slow_app.state.event_hub
+    services = slow_app.state.services
+    wait_for(lambda: hub.waiting(QUEUE) == 0 and hub.live, "earlier claims to end", timeout=30)
+    answers, thread = _claims(slow_url, headers, 1, wait_seconds=0)
+    thread.join(timeout=30)
+    assert answers[0][0] == 200 and answers[0][1]["jobs"] == [] and hub.known_empty(QUEUE, SLOW_TICK_S)
+    inner, gate = services.publisher.inner, threading.Event()
+    publish = inner.publish
+    monkeypatch.setattr(inner, "publish", lambda events: (gate.wait(60), publish(events)))
+    try:
+        # When this process commits a job into it and a claim comes before the wake-up could reach the hub
+        job = make_job(services.jobs, services.objects, owner_id, "generate", 256, seed=7)
+        answers, thread = _claims(slow_url, headers, 1, wait_seconds=0)
+        thread.join(timeout=30)
+        # Then the claim read the queue (the commit counted as a wake-up in its own process) and took the job
+        [(status, body, _)] = answers
+        assert status == 200 and [j["job_id"] for j in body["jobs"]] == [job.id]
+    finally:
+        gate.set()
