@@ -462,10 +462,11 @@ class _Loop:
             self._admit(claims, now)
 
     def _cancel_heard(self, job_ids: set[str]) -> None:
-        """(the hint thread, mid-step) A gateway worker heard jobs of this loop canceled: the rows they will free
-        are claimed now, off the sampling thread, so the next queued job takes one at the very next step. The loop
-        drops them at its next pass (`_drop_leaving`), and a claim begun only then (a round trip over the gateway)
-        would be admitted a step later; a direct worker claims at that pass instead (`dropped`: one query)."""
+        """(the thread that learned it, mid-step: a cancel poll's or the watcher's read) A gateway worker found
+        jobs of this loop canceled: the rows they will free are claimed now, off the sampling thread, so the next
+        queued job takes one at the very next step. The loop drops them at its next pass (`_drop_leaving`), and a
+        claim begun only then (a round trip over the gateway) would be admitted a step later; a direct worker
+        claims at that pass instead (`dropped`: one query)."""
         with self.cancel_lock:
             if self.closed or self.cancel_look is not None or self.r.shutdown.requested:
                 return  # one at a time: a second cancel's rows are claimed at the drop, as before

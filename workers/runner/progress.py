@@ -101,11 +101,15 @@ class CancelWatcher:
         job_ids: Iterable[str],
         interval_seconds: float = 0.25,
         local: Callable[[], set[str]] = set,
+        on_requested: Callable[[set[str]], None] | None = None,
     ) -> None:
         self._store = store
         self._ids = list(job_ids)
         self._interval = interval_seconds
         self._local = local
+        # told (under the lock, on the thread that learned it: a read's or a hint's) of watched jobs newly found
+        # canceled, before any answer includes them: a running set claims the rows they will free
+        self._on_requested = on_requested
         self._requested: set[str] = set()
         # the claim just cleared cancel flags and a queued cancel never reaches a worker: first look one
         # interval from now, so short jobs pay no query at all
@@ -158,8 +162,14 @@ class CancelWatcher:
             self._answered(None)
             return
         with self._lock:
-            self._requested |= found & set(self._ids)  # not one unwatched meanwhile
+            self._found(found & set(self._ids))  # not one unwatched meanwhile
         self._answered(started)
+
+    def _found(self, requested: set[str]) -> None:
+        """(under the lock) These watched jobs have a cancel request: in every answer from now on."""
+        new, self._requested = requested - self._requested, self._requested | requested
+        if new and self._on_requested is not None:
+            self._on_requested(new)
 
     def _answered(self, started: float | None) -> None:
         """A check ended: answered as of when it `started`, or failed (None)."""
@@ -194,9 +204,8 @@ class BackgroundCancelWatcher(CancelWatcher):
                  on_requested: Callable[[set[str]], None] | None = None) -> None:
         # hints are trusted from `hints.trusted_since`: for Redis, a few seconds after (re)subscribing, when a
         # publisher that failed in the same Redis restart speaks again (and its first message is a resync: read now)
-        super().__init__(store, [], interval_seconds, local)
+        super().__init__(store, [], interval_seconds, local, on_requested)
         self._hints = hints
-        self._on_requested = on_requested  # told on the hint's thread of jobs a rereading hint named canceled
         self._hint_at = 0.0  # when the last hint naming a watched job came (monotonic)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -269,17 +278,14 @@ class BackgroundCancelWatcher(CancelWatcher):
 
     def _heard(self, job_ids: list[str] | None) -> None:
         """A hint (None: a resync, any cancel may have been missed): read now; or, from hints that are reads'
-        answers (`rereads`: a gateway poll's), taken as read: the worker saves a round trip per cancel, and
-        `on_requested` hears of them at once, mid-step (a running set claims the rows they will free)."""
+        answers (`rereads`: a gateway poll's), taken as read: the worker saves a round trip per cancel."""
         with self._lock:
             if job_ids is not None:
                 named = {j for j in job_ids if j in self._ids}
                 if not named:
                     return
                 if self._hints is not None and self._hints.rereads:
-                    new, self._requested = named - self._requested, self._requested | named
-                    if new and self._on_requested is not None:
-                        self._on_requested(new)  # under the lock: told before anyone reads the answer
+                    self._found(named)
                     return
             self._hint_at = time.monotonic()
         self._wake.set()
