@@ -79,28 +79,37 @@ class BackgroundPublisher:
                 self.dropped += len(events)
                 self.inner.mark_lost()
                 return
-            self._pending.append(events)
             if self._thread is None:
-                self._stopping = False
-                self._thread = threading.Thread(target=self._run, name="job-events", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="job-events", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # the interpreter is shutting down: no new threads; publish here
+                    self.inner.publish(events)
+                    return
+                self._thread, self._stopping = thread, False
+            self._pending.append(events)
             self._cond.notify()
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._stopping, IDLE_SECONDS)
-                if not self._pending:  # stopping or idle, and everything went out: the next publish starts another
-                    self._thread = None
-                    return
-                calls, self._sending = list(self._pending), True
-                self._pending.clear()
-            try:
-                self.inner.publish([event for call in calls for event in call])
-            finally:
+        try:
+            while True:
                 with self._cond:
-                    self._sending = False
-                    self._cond.notify_all()
+                    self._cond.wait_for(lambda: self._pending or self._stopping, IDLE_SECONDS)
+                    if not self._pending:  # stopping or idle, and everything went out: the next publish starts one
+                        self._thread = None  # under the lock: a publish from now on sees no thread
+                        return
+                    calls, self._sending = list(self._pending), True
+                    self._pending.clear()
+                try:
+                    self.inner.publish([event for call in calls for event in call])
+                finally:
+                    with self._cond:
+                        self._sending = False
+                        self._cond.notify_all()
+        finally:
+            with self._cond:  # ended by an error: the next publish starts a thread (never a queue nobody drains)
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
     def flush(self, timeout: float) -> bool:
         """Wait until every event handed over so far went out (or failed); False after `timeout`."""

@@ -150,3 +150,22 @@ def test_what_waits_at_exit_goes_out(settings: Any, heard: _Heard) -> None:
     # Then its event was published before it did
     assert done.returncode == 0
     wait_for(lambda: any(body.get("job_id") == "at-exit" for _, body in heard.take()), "the event sent at exit")
+
+
+def test_a_publisher_whose_thread_ended_idle_starts_another(
+    settings: Any, heard: _Heard, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from storage.jobs import publishing
+
+    # Given a publisher whose thread ended after its idle spell
+    monkeypatch.setattr(publishing, "IDLE_SECONDS", 0.01)
+    publisher = BackgroundPublisher(RedisPublisher(settings.redis_url))
+    try:
+        publisher.publish([_status("before", "running")])
+        wait_for(lambda: publisher._thread is None, "the thread to end, idle")
+        # When the next transaction commits
+        publisher.publish([_status("after", "running")])
+        # Then its events go out too
+        wait_for(lambda: [body["job_id"] for _, body in heard.take()] == ["before", "after"], "both events")
+    finally:
+        publisher.close()
