@@ -1,7 +1,8 @@
 """A stopping API process ends its long-held requests at once instead of waiting for them.
 
-uvicorn stops by closing its listeners, then waits for every open request to finish (without bound unless
-`timeout_graceful_shutdown`), and only then runs the app's lifespan shutdown. An event stream may stay open for
+uvicorn stops by closing its listeners, then waits for every open request to finish (up to
+`timeout_graceful_shutdown`: `UNIPIC_API_SHUTDOWN_GRACE_SECONDS`, set by `unipic api`), and only then runs the app's
+lifespan shutdown. An event stream may stay open for
 a day, a `?wait=` for a minute, a gateway worker's claim and cancel long-polls for seconds: an API process with
 one open event stream did not stop within 25 s of SIGTERM (measured; Kubernetes kills it at the end of its
 grace period, cutting every stream, and `unipic up` after `--grace`). ASGI has no message for "the server began

@@ -164,6 +164,9 @@ class Settings(BaseSettings):
           description="A pushed stream re-reads Postgres about this often (jittered 0.75-1.5x)")
     gateway_claim_tick_seconds: float = Field(default=5.0, gt=0,
           description="A waiting gateway claim re-reads its queues about this often without a wake-up (jittered)")
+    api_shutdown_grace_seconds: int = Field(default=30, ge=1,
+          description="On SIGTERM an API process waits this long for ordinary requests in flight, then ends them "
+                      "(held streams and long-polls end at once)")
 
     @field_validator("worker_kinds", mode="before")
     @classmethod

@@ -109,6 +109,10 @@ def api(
                                "access_log": level == "DEBUG", **SERVER_LIMITS}
     # every open event stream holds a connection: leave room for them plus ordinary requests (api.events.hub)
     options["limit_concurrency"] = max(options["limit_concurrency"], settings.events_max_streams + 1024)
+    # on SIGTERM the held streams and long-polls end at once (api.draining); a request still in flight after this
+    # (a stuck handler, a client that stopped sending its body) is ended, so the process stops by itself: else
+    # uvicorn waits without bound and Kubernetes (or `unipic up`) kills it at the end of its grace period
+    options["timeout_graceful_shutdown"] = settings.api_shutdown_grace_seconds
     if workers == 1:
         from api.app import create_app
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -188,19 +189,28 @@ def test_a_killed_worker_is_restarted_and_serves_again(stack: Stack, tmp_path: P
 
 
 def test_sigterm_stops_every_child_cleanly(stack: Stack) -> None:
-    # Given: the running stack's children, and a client following the events of a job no worker of it runs
+    # Given: the running stack's children, a client following the events of a job no worker of it runs, and a
+    # client that sent a job's request head and part of its body, then stopped sending (read by the API: a
+    # request in flight, which uvicorn waits for at a stop)
     pids = stack.child_pids()
     job_id = _ok(stack.cli("generate", "held", "--size", "2048", "--steps", "2", "--no-wait")).strip()
     follower = EventFollower(f"{stack.url}/v1/jobs/{job_id}/events", stack.key)
     wait_for(follower.opened.is_set, "the event stream's first event")
+    port = int(stack.url.rsplit(":", 1)[1])
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=60)
+    stalled.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {stack.key}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"prompt\": \"".encode())
+    wait_for(lambda: _unread_by_server(port, stalled.getsockname()[1]) == 0, "the API to read the request head")
     # When: the supervisor gets SIGTERM
     code = stack.stop(signal.SIGTERM)
     # Then: it exits 0 after every child is gone; the open stream did not hold the API (api.draining): it was
-    # closed cleanly, and the API stopped by itself, not killed at the end of the grace period
+    # closed cleanly; nor did the stalled request, ended after UNIPIC_API_SHUTDOWN_GRACE_SECONDS (2 s here); the
+    # API stopped by itself, not killed at the end of the supervisor's grace period (20 s)
     assert code == 0, stack.log()[-3000:]
     follower.thread.join(timeout=30)
     assert follower.ended == "cleanly", follower.ended
     assert "did not stop within" not in stack.log(), stack.log()[-3000:]
+    stalled.close()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
         time.sleep(0.1)
@@ -208,6 +218,17 @@ def test_sigterm_stops_every_child_cleanly(stack: Stack) -> None:
     assert "stopped" in stack.log().splitlines()[-1]
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{stack.url}/healthz", timeout=2)
+
+
+def _unread_by_server(port: int, client_port: int) -> int | None:
+    """Bytes the server's end of a loopback connection has not read yet (Linux /proc/net/tcp: its receive queue);
+    None while the connection is not listed. uvicorn parses what it reads at once: 0 means the head was parsed."""
+    local, remote = f"0100007F:{port:04X}", f"0100007F:{client_port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[2] == remote:
+            return int(fields[4].split(":")[1], 16)
+    return None
 
 
 def _alive(pid: int) -> bool:

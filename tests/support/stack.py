@@ -96,7 +96,8 @@ def start_stack(tmp_root: Path, extra_env: dict[str, str] | None = None, key: st
     log_path = tmp_root / "up.log"
     port = free_port()
     env = clean_env(UNIPIC_ALLOWED_SIZES=TEST_SIZES, UNIPIC_MODEL_DTYPE="float32",
-                    UNIPIC_HEARTBEAT_SECONDS="2", UNIPIC_SWEEP_INTERVAL_SECONDS="2")
+                    UNIPIC_HEARTBEAT_SECONDS="2", UNIPIC_SWEEP_INTERVAL_SECONDS="2",
+                    UNIPIC_API_SHUTDOWN_GRACE_SECONDS="2")  # a request held at a stop ends within 2 s, not `--grace`
     env.update(extra_env or {})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
