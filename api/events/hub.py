@@ -422,8 +422,7 @@ class EventHub:
         """`jobs` became claimable in `queue`: wake that many of its waiters (the longest waiting first).
         `count=False` passes on a wake-up already counted (its waiter ended without using it)."""
         if count:
-            self._queue_wakes[queue] += 1
-            self._empty_since.pop(queue, None)
+            self._count_wake(queue)
         waiters = self._queue_waiters.get(queue)
         if not waiters:
             return
@@ -437,6 +436,11 @@ class EventHub:
                 woken += 1
         self.queue_wakeups += woken
 
+    def _count_wake(self, queue: str) -> None:
+        """A wake-up of `queue`: what a look found empty before it no longer counts (`known_empty`, `end_look`)."""
+        self._queue_wakes[queue] += 1
+        self._empty_since.pop(queue, None)
+
     def heard_locally(self, events: Sequence[dict[str, Any]]) -> None:
         """(any thread, at the commit) This process's own transaction made jobs claimable: the wake-up is counted
         now, without waking anyone (its message does that when it arrives). Its message goes out on the
@@ -449,8 +453,7 @@ class EventHub:
 
         def count() -> None:
             for queue in queues:
-                self._queue_wakes[queue] += 1
-                self._empty_since.pop(queue, None)
+                self._count_wake(queue)
 
         try:
             running = asyncio.get_running_loop()
