@@ -116,7 +116,6 @@ def test_events_redis_cannot_take_are_dropped_and_the_next_publish_tells_of_it(s
         publisher.close()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
 def test_a_forked_child_publishes_on_a_thread_of_its_own(settings: Any, heard: _Heard) -> None:
     # Given a publisher whose thread is busy (held) when the process forks
     inner = _HeldRedis(settings.redis_url)
