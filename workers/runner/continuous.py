@@ -7,7 +7,7 @@ Each pass of the loop: drop what must leave (cancel requested, lease lost, the j
 that cannot wait for it; a direct worker with Redis reads cancel requests when it hears one asked for,
 `workers.runner.wakeups.CancelHints`, else about once a step, off the sampling thread; a dropped item's row is
 claimed at once, so the next queued job takes it at the next step; a gateway worker claims a canceled item's row
-when its cancel poll hears the cancel, mid-step, `_cancel_heard`) -> ask the store for more work of the queue
+as soon as its watcher learns of the cancel, mid-step, `_cancel_heard`) -> ask the store for more work of the queue
 the message woke (`claim_for_message`: the one scheduling policy, over the direct store and the gateway alike) up
 to the free rows and pixels of the card's budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`),
 so a job queued now starts at the next step; a full set asks only for a key it holds nothing of, one job over the
@@ -205,9 +205,9 @@ class _Loop:
         self.newcomer_at = self.started
         self.look: Look | None = None  # a claim of rows in flight off the sampling thread
         self.newcomer_look: Look | None = None  # a gateway worker's long-poll for a key its sets hold nothing of
-        # a gateway worker's claim of the rows of jobs heard canceled mid-step (`_cancel_heard`, the hint thread)
+        # a gateway worker's claim of the rows of jobs found canceled mid-step (`_cancel_heard`, off this thread)
         self.cancel_look: Look | None = None
-        self.cancel_lock = threading.Lock()  # the hint thread sets cancel_look, the sampling thread takes it
+        self.cancel_lock = threading.Lock()  # the watcher's threads set cancel_look, the sampling thread takes it
         self.closed = False  # (under cancel_lock) the loop ends: no more cancel looks
         for kind, left in runner.left_looks:  # the last loop's, still waiting: what they take joins this loop
             if kind == NEWCOMER:
@@ -472,9 +472,9 @@ class _Loop:
                 return  # one at a time: a second cancel's rows are claimed at the drop, as before
             freed = {m.id: m.item.job.pixels for m in map(self.members.get, job_ids) if m is not None}
             if freed:
-                ask = self._ask(len(freed), sum(freed.values()), elsewhere_first=False, wait_seconds=0.0)
-                self.cancel_look = Look(self.r.look_aside(ask), len(freed), sum(freed.values()), time.monotonic(),
-                                        frees=freed)
+                rows, pixels = len(freed), sum(freed.values())
+                ask = self._ask(rows, pixels, elsewhere_first=False, wait_seconds=0.0)
+                self.cancel_look = Look(self.r.look_aside(ask), rows, pixels, time.monotonic(), frees=freed)
 
     def _collect_look(self, wait: bool = False) -> None:
         """Admit what finished looks found (with `wait`, a direct worker's look is waited for: nothing is live
