@@ -13,7 +13,8 @@ overwrite a newer claim:
   (only a retry looks the id up: the first send says `first_try`). Each job also carries an opaque `tenant`
   tag of its key, its priority and its creation time, so a continuous worker's step policy shares steps across
   keys as a direct worker's does; `queue` narrows a claim to one queue and `skip_owners_of` (jobs the worker
-  holds) to keys none of them belongs to: a full running set's newcomer claim, which waits as an observer of
+  holds) to keys none of them belongs to, or to such a key's jobs above every priority they have there: a full
+  running set's newcomer claim, which waits as an observer of
   the queue's wake-ups (it takes none from a claim that would claim the job);
 - `renew` (fresh result URLs for the renewed leases), `progress` (bounded by the job's own step count: 422
   `invalid_progress` otherwise; `progress-many`: several jobs in one request and one transaction, each fenced by its
@@ -99,8 +100,9 @@ class ClaimIn(_Body):
     queue: Annotated[str | None, Field(max_length=200, description=(
         "Claim from this one queue only (one the token serves): a running set asking for compatible work"))] = None
     skip_owners_of: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=256, description=(
-        "Jobs this worker holds: claim only a job of a key none of them belongs to (a full running set taking a "
-        "newcomer over its cap, `workers.runner.continuous`); the keys stay the gateway's to know"))] = []
+        "Jobs this worker holds: claim only a job of a key none of them belongs to, or of such a key above every "
+        "priority they have there (a full running set taking a newcomer over its cap, `workers.runner.continuous`); "
+        "the keys stay the gateway's to know"))] = []
 
 
 class ClaimRef(_Body):
@@ -246,14 +248,14 @@ async def claim(body: ClaimIn, request: Request, services: ServicesDep, caller: 
                            f"queue {body.queue!r}", "queue")
         queues = [body.queue]
     skip = (await run_in_threadpool(services.jobs.owners_held, body.skip_owners_of, worker_id)
-            if body.skip_owners_of else set())
+            if body.skip_owners_of else {})
     claims = await _wait_for_claims(request, services, queues, worker_id, body, skip)
     jobs = await run_in_threadpool(_claimed_jobs, services, caller, claims) if claims else []
     return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=jobs)
 
 
 async def _wait_for_claims(request: Request, services: Services, queues: list[str], worker_id: str,
-                           body: ClaimIn, skip: set[str]) -> list[Claim]:
+                           body: ClaimIn, skip: dict[str, int]) -> list[Claim]:
     """Claim now, else wait for a wake-up of one of `queues` (`api.events.hub`: published after the commit that
     made a job claimable there) and claim again, until `wait_seconds`. The database is read only when woken, on
     the slow jittered safety tick (`gateway_claim_tick_seconds`: a lost message costs at most that), and then
@@ -309,13 +311,13 @@ def _model(services: Services, name: str | None) -> str | None:
 
 
 def _claim_once(services: Services, queues: list[str], worker_id: str, body: ClaimIn,
-                skip: set[str]) -> tuple[list[Claim], list[str], str | None]:
+                skip: dict[str, int]) -> tuple[list[Claim], list[str], str | None]:
     """The first batch found, the queues in random order (no queue starves another); the queues read empty; and
     the queue the batch came from."""
     empty: list[str] = []
     for queue in random.sample(queues, len(queues)):
         claims = services.jobs.claim_next(queue, worker_id, services.settings.lease_seconds, body.max_items,
-                                          body.max_batch_pixels, claim_id=body.claim_id, skip_owners=skip)
+                                          body.max_batch_pixels, claim_id=body.claim_id, above=skip)
         if claims:
             return claims, empty, queue
         empty.append(queue)

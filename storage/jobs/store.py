@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, case, insert, select, update
+from sqlalchemy import Table, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -170,15 +170,15 @@ class JobStore(JobQueries):
     @retry_deadlocks
     def claim_next(
         self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
-        claim_id: str | None = None, skip_owners: Collection[str] = (),
+        claim_id: str | None = None, skip_owners: Collection[str] = (), above: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """Claim the next batch of `queue` as `storage.scheduling.policy` decides (fair share across keys, then
         priority and age; compatible batch-mates in the same order), charging each key in the same transaction.
         `claim_id` (the worker's id for this claim) is stored with the lease (`claimed_by`). Empty only when the
-        queue has no claimable job (of a key not in `skip_owners`)."""
+        queue has no claimable job (of a key not in `skip_owners`; of a key in `above`, above its priority there)."""
         now = utcnow()
         with write_session(self.sessions) as s:
-            picked = scheduling.pick(s, queue, now, max_items, max_pixels, skip_owners)
+            picked = scheduling.pick(s, queue, now, max_items, max_pixels, skip_owners, above)
             claims = self._start(s, picked.rows, worker_id, lease_seconds, now, claim_id)
             _charge(s, picked.rows, claims, now, picked.weights)
         if picked.idle_owners:
@@ -215,22 +215,26 @@ class JobStore(JobQueries):
 
     def claim_newcomer(self, queue: str | None, worker_id: str, lease_seconds: float, max_pixels: int,
                        held: Collection[str], wait_seconds: float = 0.0) -> list[Claim]:
-        """One job of `queue` of a key none of the `held` jobs (this worker's) belongs to: a full running set's
-        newcomer (`workers.runner.continuous`). Never waits: a direct worker hears the queue's wake-ups, each
-        queue's (so it names one; only a gateway, which knows the token's queues, takes None)."""
+        """One job of `queue` of a key none of the `held` jobs (this worker's) belongs to, or of such a key above
+        every priority the held jobs have there: a full running set's newcomer (`workers.runner.continuous`), which
+        leads the steps of the set (a key's interactive job beside its own bulk). Never waits: a direct worker
+        hears the queue's wake-ups, each queue's (so it names one; only a gateway, which knows the token's queues,
+        takes None)."""
         if queue is None:
             raise ValueError("a direct newcomer claim names its queue")
         return self.claim_next(queue, worker_id, lease_seconds, 1, max_pixels,
-                               skip_owners=self.owners_held(held, worker_id))
+                               above=self.owners_held(held, worker_id))
 
-    def owners_held(self, job_ids: Collection[str], worker_id: str) -> set[str]:
-        """The keys of those of `job_ids` this worker holds (running under its id): what a remote worker's
-        running set already serves, without the worker knowing the keys."""
+    def owners_held(self, job_ids: Collection[str], worker_id: str) -> dict[str, int]:
+        """The keys of those of `job_ids` this worker holds (running under its id), each with the highest priority
+        held of it: what a remote worker's running set already serves, without the worker knowing the keys."""
         if not job_ids:
-            return set()
+            return {}
         with self.sessions() as s:
-            return set(s.scalars(select(Job.owner_id).where(
-                Job.id.in_(list(job_ids)), Job.worker_id == worker_id, Job.status == JobStatus.RUNNING).distinct()))
+            rows = s.execute(select(Job.owner_id, func.max(Job.priority)).where(
+                Job.id.in_(list(job_ids)), Job.worker_id == worker_id, Job.status == JobStatus.RUNNING,
+            ).group_by(Job.owner_id)).tuples().all()
+        return {owner: int(priority) for owner, priority in rows}
 
     def _forget_idle(self, queue: str, owner_ids: list[str]) -> None:
         """Drop the fair-share rows of keys a claim found with nothing queued (own transaction, best effort)."""

@@ -27,9 +27,11 @@ jobs. A claim takes its head (and its batch-mates further along it); queue posit
 4. **Models:** a queue holds one model's jobs (`storage.routing`: the queue name carries the model), and
    `claimable` also requires the job's model to be the queue's, so a worker (which reads only its own model's
    queues) never claims another model's job; fair share, positions and estimates are per queue, so per model.
-5. **Passing over keys:** a running set that is full asks for one job of a key it holds nothing of
-   (`workers.runner.continuous`): `pick(..., skip_owners=...)` serves the policy's order without those keys, and
-   finds nothing rather than fall back to scanning their backlog.
+5. **Passing over keys:** a running set that is full asks for one job of a key it holds nothing of, or of a key it
+   holds above every priority it holds of that key (`workers.runner.continuous`: a key's interactive job beside its
+   own bulk): `pick(..., above={key: priority})` serves the policy's order with only those keys' jobs above those
+   priorities (`skip_owners`: without the keys at all), and finds nothing rather than fall back to scanning their
+   backlog.
 6. **Liveness:** every message claims at least one job while Q has a claimable one: rows locked by someone else
    are skipped (SKIP LOCKED) while looking by policy, and when that finds nothing the claim takes any claimable
    job of Q, waiting for row locks if it must (short: the API stamping `last_enqueued_at`, another claim), one
@@ -44,7 +46,7 @@ Knows nothing of leases, webhooks or HTTP; it selects and locks rows, and `JobSt
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -183,13 +185,15 @@ class Pick:
 
 
 def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int,
-         skip_owners: Collection[str] = ()) -> Pick:
+         skip_owners: Collection[str] = (), above: Mapping[str, int] | None = None) -> Pick:
     """Choose and lock (FOR UPDATE SKIP LOCKED) the next batch of `queue` under the policy, passing over the keys
-    in `skip_owners` (a running set looking for a key it does not hold yet: `workers.runner.continuous`)."""
+    in `skip_owners` and, of the keys in `above`, over their jobs of that priority or lower (a running set
+    looking for a newcomer: `workers.runner.continuous`)."""
     result = Pick()
-    seed, key = _seed_by_policy(s, queue, now, result.idle_owners, skip_owners)
-    if seed is None and skip_owners:  # no liveness fallback: its scan would read the skipped keys' whole backlog,
-        return result                 # and a key is active from its first queued job (fair_share.activate)
+    above = above or {}
+    seed, key = _seed_by_policy(s, queue, now, result.idle_owners, skip_owners, above)
+    if seed is None and (skip_owners or above):  # no liveness fallback: its scan would read the passed keys'
+        return result  # whole backlog, and a key is active from its first queued job (fair_share.activate)
     if seed is None:
         seed = _any_claimable(s, queue, now)
         if seed is None:
@@ -200,17 +204,22 @@ def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int,
     result.weights[key.owner_id] = key.weight
     if max_items > 1:
         result.rows += _fill(s, queue, seed, key, now, max_items - 1, max_pixels - seed.pixels, result.weights,
-                             [*result.idle_owners, *skip_owners])
+                             [*result.idle_owners, *skip_owners, *above])
     return result
 
 
-def _seed_by_policy(s: Session, queue: str, now: datetime, idle: list[str],
-                    skip: Collection[str] = ()) -> tuple[Job | None, KeyShare | None]:
-    """The head of `service_order`, its row locked: each key's best claimable job is probed (SKIP LOCKED) in
-    rank order until one is found; keys with nothing queued on the way are noted in `idle`."""
+def _seed_by_policy(s: Session, queue: str, now: datetime, idle: list[str], skip: Collection[str] = (),
+                    above: Mapping[str, int] | None = None) -> tuple[Job | None, KeyShare | None]:
+    """The head of `service_order`, its row locked: each key's best claimable job (above its priority in `above`)
+    is probed (SKIP LOCKED) in rank order until one is found; keys with nothing queued on the way are noted in
+    `idle`."""
+    above = above or {}
 
     def head(key: KeyShare) -> list[Job]:
-        row = s.scalars(select(Job).where(*claimable(queue, now), Job.owner_id == key.owner_id)
+        conditions = [*claimable(queue, now), Job.owner_id == key.owner_id]
+        if key.owner_id in above:
+            conditions.append(Job.priority > above[key.owner_id])
+        row = s.scalars(select(Job).where(*conditions)
                         .order_by(*within_key()).limit(1).with_for_update(skip_locked=True)).first()
         if row is None and not s.scalar(select(exists().where(Job.queue == queue, Job.owner_id == key.owner_id,
                                                               Job.status == "queued"))):

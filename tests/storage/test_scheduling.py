@@ -241,6 +241,23 @@ def test_estimated_start_uses_measured_throughput_and_live_workers(stores: Store
         registry.stop(f"{WORKER}-{queue}-{n}")
 
 
+def test_a_full_sets_newcomer_claim_takes_a_held_keys_job_only_above_the_priorities_it_holds(stores: Stores) -> None:
+    # Given a running set holding two of A's batch items (priority -10), with more of them queued
+    queue, a = _queue(), stores.new_owner()
+    _submit(stores, a, queue, 6, priority=-10)
+    held = [c.job_id for c in stores.jobs.claim_next(queue, WORKER, 60, 2, 10**9)]
+    assert stores.jobs.owners_held(held, WORKER) == {a: -10}
+    # When A submits an interactive job (priority 0) and the full set asks for a newcomer
+    [urgent] = _submit(stores, a, queue, 1, priority=0)
+    first = stores.jobs.claim_newcomer(queue, WORKER, 60, 10**9, held)
+    # Then it gets that job, and once it holds it, nothing more: A's other jobs are at or below what it holds
+    assert [c.job_id for c in first] == [urgent]
+    [level] = _submit(stores, a, queue, 1, priority=0)
+    assert stores.jobs.claim_newcomer(queue, WORKER, 60, 10**9, [*held, urgent]) == []
+    # And a plain claim still takes them in the key's order
+    assert [c.job_id for c in stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9)] == [level]
+
+
 def test_a_claim_can_pass_over_keys_and_finds_the_next_key_by_policy(stores: Stores) -> None:
     # Given A's backlog (served least so far), then B's and C's single jobs
     queue, a, b, c = _queue(), stores.new_owner(), stores.new_owner(), stores.new_owner()

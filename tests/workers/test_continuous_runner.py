@@ -73,11 +73,11 @@ def test_an_item_whose_lease_is_lost_leaves_the_set_and_writes_nothing(
 
 
 def _newcomer_joins_a_held_set(runner: Any, release: Path, job_store: Any, object_store: Any, owner_id: str,
-                               session_factory: Any, publishing_store: Any, seed: int, tag: str
-                               ) -> tuple[list[Any], Any]:
-    """Tenant A's two 8-step jobs run until the set is held after two steps; then tenant B queues one job of as
-    many steps through a store that publishes queue wake-ups (as the API's does), the worker hears it, the set
-    is released and runs to the end. Returns A's jobs and B's."""
+                               session_factory: Any, publishing_store: Any, seed: int, tag: str,
+                               same_key_priority: int | None = None) -> tuple[list[Any], Any]:
+    """Tenant A's two 8-step jobs run until the set is held after two steps; then tenant B (or A itself, at
+    `same_key_priority`) queues one job of as many steps through a store that publishes queue wake-ups (as the
+    API's does), the worker hears it, the set is released and runs to the end. Returns A's jobs and the new one."""
     bulk = [make_job(job_store, object_store, owner_id, "generate", 64, seed=seed + i, steps=8, tag=tag)
             for i in range(2)]
     thread = threading.Thread(target=lambda: runner.run(bulk[0].id))
@@ -85,8 +85,12 @@ def _newcomer_joins_a_held_set(runner: Any, release: Path, job_store: Any, objec
     wait_for(lambda: all((job_store.get(j.id).progress_step or 0) >= 2 for j in bulk), "A's set to take two steps")
     assert runner.wakeups is not None and runner.wakeups.listening.is_set()
     heard = runner.wakeups.heard(bulk[0].queue)
-    late = make_job(publishing_store, object_store, add_owner(session_factory), "generate", 64,
-                    seed=seed + 9, steps=8, tag=f"{tag}-b")
+    if same_key_priority is None:
+        late = make_job(publishing_store, object_store, add_owner(session_factory), "generate", 64,
+                        seed=seed + 9, steps=8, tag=f"{tag}-b")
+    else:
+        late = make_job(publishing_store, object_store, owner_id, "generate", 64, seed=seed + 9, steps=8,
+                        priority=same_key_priority, tag=tag)
     wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
     release.touch()
     thread.join(120)
@@ -132,6 +136,30 @@ def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
     done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), late.id])}
     assert all(j.status == "succeeded" for j in done.values())
     assert retired[0] == late.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
+
+
+def test_a_keys_higher_priority_job_runs_its_steps_alone_while_its_own_bulk_pauses(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
+    monkeypatch: Any, publishing_store: Any,
+) -> None:
+    from workers.runner import continuous
+
+    retired = _retirements(monkeypatch)
+    monkeypatch.setattr(continuous, "ADMIT_EVERY_SECONDS", 30.0)  # claimed because it was heard (see above)
+    # Given tenant A's two jobs in a set held after two steps, on a worker that runs the policy's head with no
+    # companions
+    release = tmp_path / "release"
+    runner = make_runner(FaultInjector(hold_file=str(release), hold_after_steps=1), worker_batching="continuous",
+                         worker_step_companions=0)
+    # When A itself queues a job of as many steps at a higher priority, and the set goes on
+    bulk, urgent = _newcomer_joins_a_held_set(runner, release, job_store, object_store, owner_id, session_factory,
+                                              publishing_store, seed=945, tag="cont-prio", same_key_priority=5)
+
+    # Then it joined two steps behind A's others and still finished first: they paused for its steps (forced in
+    # only against starvation), as A's priority orders its claims
+    done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), urgent.id])}
+    assert all(j.status == "succeeded" for j in done.values())
+    assert retired[0] == urgent.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
 
 
 def test_an_understand_job_queued_mid_decode_joins_at_the_next_token_and_reads_as_alone(
@@ -248,9 +276,10 @@ def test_a_job_released_under_the_loop_and_claimed_again_starts_over_on_its_new_
     assert not object_store.page(f"results/{taken.id}/{first.lease_token}/")
 
 
+@pytest.mark.parametrize("same_key_priority", [None, 5], ids=["another key's job", "the key's own urgent job"])
 def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_more_than_the_cap(
     make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, publishing_store: Any,
-    tmp_path: Path, monkeypatch: Any,
+    tmp_path: Path, monkeypatch: Any, same_key_priority: int | None,
 ) -> None:
     from workers.runner.continuous import _Loop
 
@@ -267,15 +296,17 @@ def test_a_full_set_takes_a_woken_newcomers_job_over_the_cap_and_no_step_runs_mo
     release = tmp_path / "release"
     runner = make_runner(FaultInjector(hold_file=str(release), hold_after_steps=1), worker_batching="continuous",
                          worker_max_batch=2)
-    # When tenant B queues one job and the worker has heard the queue's wake-up
+    # When tenant B queues one job (or A one above its two's priority) and the worker has heard the wake-up
     bulk, late = _newcomer_joins_a_held_set(runner, release, job_store, object_store, owner_id, session_factory,
-                                            publishing_store, seed=960, tag="cont-full")
+                                            publishing_store, seed=960, tag="cont-full",
+                                            same_key_priority=same_key_priority)
 
-    # Then B's job joined the full set at once and finished first, and no step ran more than two items
+    # Then that job joined the full set at once and finished first, and no step ran more than two items
     done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), late.id])}
     assert all(j.status == "succeeded" for j in done.values())
     assert retired[0] == late.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
     assert max(step_sizes) == 2
+
 
 class _ArrivesDuringDecodes(WrappedSets):
     """The engine, with its sets' calls logged (("step", ids) or ("decode", id)); the first decode of a finished

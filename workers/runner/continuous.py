@@ -11,7 +11,8 @@ as soon as its watcher learns of the cancel, mid-step, `_cancel_heard`) -> ask t
 the message woke (`claim_for_message`: the one scheduling policy, over the direct store and the gateway alike) up
 to the free rows and pixels of the card's budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`),
 so a job queued now starts at the next step; a full set asks only for a key it holds nothing of, one job over the
-cap (`_claim_newcomer`). The rows a step will free (its items at their last step) are claimed while it samples,
+cap (`_claim_newcomer`; or a job of a key it holds above every priority it holds of that key: a key's
+interactive job beside its own bulk, which then leads the steps). The rows a step will free (its items at their last step) are claimed while it samples,
 on the runner's look thread, with their records and inputs read there too, and admitted before the next step
 (`_claim_ahead`, `UNIPIC_WORKER_CLAIM_AHEAD`), so the device does not wait for a claim's round trip or an input's
 download; a claim heard arriving (a wake-up) is still made at once, on the sampling thread. With Redis,
@@ -431,7 +432,8 @@ class _Loop:
             self._admit(found, asked_at)
 
     def _claim_newcomer(self, woken: bool | None) -> None:
-        """A full set still takes one job of a key it holds none of, into one row over the cap: a step never runs
+        """A full set still takes one job of a key it holds none of (or of a key it holds, above every priority it
+        holds of it: the key's interactive job beside its bulk), into one row over the cap: a step never runs
         more than the cap (`_step_rows`), so that job pauses someone else's item instead of waiting for a row
         to free (a whole wave of the bulk's items, often). The direct transport asks when the queue was woken
         since the last look (`workers.runner.wakeups`: a job arrived), else every NEWCOMER_SAFETY_SECONDS, or
@@ -804,17 +806,23 @@ class _Loop:
         """The decode to run now, if one goes before the next step: a finished image's VAE decode is work of its
         key like a step (for a wave of eight small images it takes far longer than their last MAR iteration), so
         it is ranked as `SetShares` ranks sets: the least-served key first (model time charged per key in this
-        loop), a decode before a step of a key served as much (it finishes a job), decodes in the order their
-        steps ended. Each decode is its own pass of the loop, so a job heard arriving is claimed and stepped
-        between two decodes of the bulk instead of after all of them."""
+        loop), then, inside a key, the higher priority (a key's interactive job steps before its bulk's decodes,
+        as it leads the bulk's steps: `step_policy.choose`), a decode before a step of a key and priority served
+        as much (it finishes a job), decodes in the order their steps ended. Each decode is its own pass of the
+        loop, so a job heard arriving is claimed and stepped between two decodes of the bulk instead of after all
+        of them."""
         if not self.decoding:
             return None
         owners = self.shares.owners
-        first = min(self.decoding, key=lambda d: owners.get(d.member.item.job.owner_id, 0.0))  # stable: in order
+
+        def rank(m: Member) -> tuple[float, int]:
+            return owners.get(m.item.job.owner_id, 0.0), -m.item.job.priority
+
+        first = min(self.decoding, key=lambda d: rank(d.member))  # stable: in the order their steps ended
         if not self.sets:
             return first
-        least = min(owners.get(o, 0.0) for o in self._owners_of(self.shares.next(self.sets, self._owners_of)))
-        return first if owners.get(first.member.item.job.owner_id, 0.0) <= least else None
+        stepping = self.sets[self.shares.next(self.sets, self._owners_of)]
+        return first if rank(first.member) <= min(rank(self.members[i]) for i in stepping.ids) else None
 
     def _forget_decode(self, job_id: str) -> None:
         self.decoding = [d for d in self.decoding if d.member.id != job_id]
