@@ -2,7 +2,7 @@
 
     python -m bench.fairness [--bulk 5000] [--b-jobs 30] [--interval 1.5] [--workers 1] [--compatible]
                              [--batching whole|continuous|both] [--companions auto,0,7] [--gateway]
-                             [--b-kind generate|understand]
+                             [--b-kind generate|understand] [--same-key]
 
 Starts the whole stack as separate processes (`bench.stack`: private Postgres and Redis, S3 server, API, model
 workers with the tiny model, webhook worker, sweeper) and two API keys. Phase 1: B alone submits one job every
@@ -15,6 +15,7 @@ batch. B's jobs are 2 steps and A's 4 (not batch-compatible for whole-batch exec
 shares a running set), or with `--compatible` the same size and steps as A's, or with `--b-kind understand`
 16-token questions about a 64 px image (continuous: a token-level decode set beside A's image set). `--gateway`: the workers are
 `unipic worker --gateway` workers that reach only the API (through its proxy), not Celery workers.
+`--same-key`: the stream is A's own single jobs (priority 0) beside A's batch (priority -10): priority inside a key.
 `--batching both` runs the same workload with whole-batch and then continuous workers and prints them side by side. Prints a table and a JSON
 line per run.
 """
@@ -149,7 +150,7 @@ def _now() -> datetime:
 
 def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path, root: Path,
         batching: str = "whole", compatible: bool = False, companions: str = "auto",
-        gateway: bool = False, b_kind: str = "generate") -> dict[str, Any]:
+        gateway: bool = False, b_kind: str = "generate", same_key: bool = False) -> dict[str, Any]:
     env = {"UNIPIC_WORKER_BATCHING": batching, "UNIPIC_WORKER_STEP_COMPANIONS": companions}
     label = (batching if batching == "whole" else f"{batching}/{companions}") + ("/gw" if gateway else "")
     config = StackConfig(checkpoint=checkpoint, workers=0 if gateway else workers,
@@ -158,7 +159,8 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
     b_body = _b_body(compatible, b_kind)
     try:
         stack.start()
-        key_a, key_b = _key(stack, "tenant-a"), _key(stack, "tenant-b")
+        key_a = _key(stack, "tenant-a")
+        key_b = key_a if same_key else _key(stack, "tenant-b")  # A's own single jobs: priority 0, its batch's -10
         with httpx.Client(base_url=stack.api_url, timeout=120) as client:
             _latencies(client, key_b, _stream(client, key_b, 2, 0.0, b_body), 600)  # warm-up: first calls
             alone_ids = _stream(client, key_b, b_jobs, interval, b_body)
@@ -181,7 +183,7 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
         a_alone = _a_rate(stack.pg.url, batch_id, a_alone_from, a_alone_to)
         a_during = _a_rate(stack.pg.url, batch_id, a_alone_to, a_during_to)
         result = {"bulk": bulk, "b_jobs": b_jobs, "interval": interval, "workers": workers, "batching": label,
-                  "gateway": gateway, "b_kind": b_kind,
+                  "gateway": gateway, "b_kind": b_kind, "same_key": same_key,
                   "compatible": compatible, "b_alone_s": _stats(alone), "b_during_bulk_s": _stats(contended),
                   "a_alone_images_per_s": a_alone, "a_during_b_images_per_s": a_during,
                   "a_counts_when_b_done": counts, **order}
@@ -226,6 +228,9 @@ def main() -> None:
                     help="B's jobs have A's size and steps (batch-compatible); default: B 2 steps, A 4")
     ap.add_argument("--b-kind", choices=("generate", "understand"), default="generate",
                     help=f"understand: B asks {B_ASK_TOKENS}-token questions about a 64 px image instead")
+    ap.add_argument("--same-key", action="store_true",
+                    help="B's stream is A's own single jobs (A's key, priority 0 against its batch's -10), not "
+                         "another tenant's")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="unipic-fairness-"))
     if args.model:
@@ -239,13 +244,14 @@ def main() -> None:
     runs = []
     for mode, companions in [(m, c) for m in modes for c in (args.companions.split(",") if m != "whole" else ["auto"])]:
         out = run(args.bulk, args.b_jobs, args.interval, args.workers, checkpoint, root, mode, args.compatible,
-                  companions, args.gateway, args.b_kind)
+                  companions, args.gateway, args.b_kind, args.same_key)
         print(json.dumps(out), flush=True)
         runs.append(out)
     b = _b_body(args.compatible, args.b_kind)
     what = (f"questions of {b['max_new_tokens']} tokens about a 64 px image" if args.b_kind == "understand"
             else f"jobs of {b['width']} px, {b['steps']} steps")
-    print(f"tenant B: {args.b_jobs} {what}, one every {args.interval}s; "
+    who = "tenant A's own single jobs" if args.same_key else "tenant B"
+    print(f"{who}: {args.b_jobs} {what}, one every {args.interval}s; "
           f"tenant A: {args.bulk}-item batch of {A_BODY['width']} px, {A_BODY['steps']} steps; "
           f"{args.workers} {'gateway' if args.gateway else 'Celery'} worker(s); "
           f"{'batch-compatible' if args.compatible else 'not batch-compatible'}")

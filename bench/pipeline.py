@@ -10,7 +10,8 @@ CPU) works through the same workload of `--batches` groups of `--batch` jobs (gr
   (conditioning) are the model calls;
 - continuous inline: the same, claiming between steps on the sampling thread (`UNIPIC_WORKER_CLAIM_AHEAD=false`).
 It reports the fraction of wall time the model was computing (target under backlog: >= 95 %), the idle gap
-between model calls, and images/s. By default the workload is a backlog queued before the clock starts, one
+between model calls, images/s, and each job's latency (creation to result, p50 / p95; the JSON adds creation to
+claim). By default the workload is a backlog queued before the clock starts, one
 message per group. With `--arrival-gap-ms G` a background thread creates the jobs G ms apart (the clock starts
 with the first) and each job sends its own message, as the API does; the runner serves them in arrival order.
 
@@ -158,6 +159,8 @@ def run_one(stack: Any, engine: Any, mode: str, args: argparse.Namespace) -> dic
     busy = sum(end - start for start, end in calls)
     gaps = [calls[i + 1][0] - calls[i][1] for i in range(len(calls) - 1)]
     steps = [e for e in timed.events if e.what == "step"]
+    queued = sorted((j.started_at - j.created_at).total_seconds() for j in done)  # type: ignore[operator]
+    waits = sorted((j.finished_at - j.created_at).total_seconds() for j in done)  # type: ignore[operator]
     return {"model_ms_per_image": round(1000 * busy / len(ids), 1),
             # a running set's model time by call (a step that finishes one image decodes it too); whole: none
             "set_calls_s": {what: round(sum(e.end - e.start for e in timed.events if e.what == what), 3)
@@ -168,6 +171,10 @@ def run_one(stack: Any, engine: Any, mode: str, args: argparse.Namespace) -> dic
             "gap_between_calls_ms_p50": round(1000 * statistics.median(gaps), 1) if gaps else 0.0,
             "gap_between_calls_ms_mean": round(1000 * statistics.fmean(gaps), 1) if gaps else 0.0,
             "images_per_s": round(len(ids) / wall, 3),
+            # a job's time from its creation to its result (queued, sampled, decoded, written), and to its claim
+            "latency_ms_p50": round(1000 * statistics.median(waits)),
+            "latency_ms_p95": round(1000 * waits[int(0.95 * (len(waits) - 1))]),
+            "queued_ms_p50": round(1000 * statistics.median(queued)),
             "waited_for_previous_finish_s": round(runner.pipeline.wait_seconds, 3)}
 
 
@@ -207,11 +214,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for mode in modes:
                 rows.append(run_one(stack, engine, mode, args))
     print(f"{'mode':>24}{'wall s':>9}{'model busy':>12}{'gap p50 ms':>12}{'gap mean ms':>13}{'img/s':>8}"
-          f"{'model ms/img':>14}{'calls':>7}")
+          f"{'model ms/img':>14}{'calls':>7}{'p50 ms':>8}{'p95 ms':>8}")
     for r in rows:
         print(f"{r['mode']:>24}{r['wall_s']:>9}{r['model_busy_fraction']:>12}{r['gap_between_calls_ms_p50']:>12}"
               f"{r['gap_between_calls_ms_mean']:>13}{r['images_per_s']:>8}{r['model_ms_per_image']:>14}"
-              f"{r['model_calls']:>7}")
+              f"{r['model_calls']:>7}{r['latency_ms_p50']:>8}{r['latency_ms_p95']:>8}")
     medians = {}
     if args.repeat > 1:
         for mode in modes:
