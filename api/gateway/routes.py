@@ -14,8 +14,8 @@ overwrite a newer claim:
   tag of its key, its priority and its creation time, so a continuous worker's step policy shares steps across
   keys as a direct worker's does; `queue` narrows a claim to one queue and `skip_owners_of` (jobs the worker
   holds) to keys none of them belongs to, or to such a key's jobs above every priority they have there: a full
-  running set's newcomer claim, which waits as an observer of
-  the queue's wake-ups (it takes none from a claim that would claim the job);
+  running set's newcomer claim, which waits as an observer of the queue's wake-ups (it takes none from a claim
+  that would claim the job);
 - `renew` (fresh result URLs for the renewed leases), `progress` (bounded by the job's own step count: 422
   `invalid_progress` otherwise; `progress-many`: several jobs in one request and one transaction, each fenced by its
   own lease), `cancel-requests`: leases, progress and the owner's cancel requests of held jobs;

@@ -92,7 +92,7 @@ def run_sets(shares: SetShares, cost: dict, owners: dict, passes: int) -> list:
     """Step the set `shares` picks `passes` times; each step of a set costs `cost[set]` seconds."""
     picked = []
     for _ in range(passes):
-        key = shares.next(list(owners), lambda k: owners[k])
+        key = shares.next(list(owners), lambda k: [(o, 0) for o in owners[k]])
         shares.stepped(key, owners[key], cost[key])
         picked.append(key)
     return picked
@@ -137,11 +137,11 @@ def test_a_decode_serves_its_set_and_key_like_a_step_even_after_the_set_closed()
     shares.opened(TOKENS)
     owners[TOKENS] = ["B"]
     assert run_sets(shares, {IMAGE: 10.0, TOKENS: 1.0}, owners, STARVE_AFTER * 10) == [TOKENS] * (STARVE_AFTER * 10)
-    assert shares.next(list(owners), lambda k: owners[k]) == IMAGE
+    assert shares.next(list(owners), lambda k: [(o, 0) for o in owners[k]]) == IMAGE
     # When one of A's finished images is decoded (2 s)
     shares.decoded(IMAGE, "A", 2.0)
     # Then A's set is no longer starving, A is charged the time, and B's tokens wait for it
-    assert shares.next(list(owners), lambda k: owners[k]) == TOKENS
+    assert shares.next(list(owners), lambda k: [(o, 0) for o in owners[k]]) == TOKENS
     assert shares.owners["A"] == 102.0 and shares.waited[TOKENS] == 2.0
     # and a decode for a set already closed charges its key only
     shares.closed(IMAGE)
@@ -168,3 +168,26 @@ def test_the_heads_equals_lead_together_whatever_their_age_or_phase() -> None:
     bulk = [live(f"a{i}", "A", age=i) for i in range(3)]
     b = [live("b0", "B", age=5, phase=(2, 8)), live("b1", "B", age=6, phase=(0, 8)), live("b2", "B", -1, age=1)]
     assert choose([*bulk, *b], {"A": 3.0, "B": 0.5}, {}, companions=0) == {"b0", "b1"}
+
+
+def test_of_one_keys_sets_the_one_holding_its_higher_priority_goes_first_and_the_other_is_not_starved() -> None:
+    # Given key A's image batch (priority -10) that has run alone for a while, and A's own question (priority 0)
+    # opening a token set
+    shares = SetShares()
+    shares.opened(IMAGE)
+    owners = {IMAGE: [("A", -10), ("A", -10)]}
+
+    def step(passes: int) -> list:
+        picked = []
+        for _ in range(passes):
+            key = shares.next(list(owners), lambda k: owners[k])
+            shares.stepped(key, [o for o, _ in owners[key]], {IMAGE: 10.0, TOKENS: 1.0}[key])
+            picked.append(key)
+        return picked
+
+    assert step(5) == [IMAGE] * 5
+    shares.opened(TOKENS)
+    owners[TOKENS] = [("A", 0)]
+    # Then the question's tokens run first, and the batch's set steps when it sat out STARVE_AFTER of its step times
+    picked = step(STARVE_AFTER * 10 + 1)
+    assert picked[: STARVE_AFTER * 10] == [TOKENS] * (STARVE_AFTER * 10) and picked[-1] == IMAGE

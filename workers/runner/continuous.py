@@ -11,9 +11,9 @@ as soon as its watcher learns of the cancel, mid-step, `_cancel_heard`) -> ask t
 the message woke (`claim_for_message`: the one scheduling policy, over the direct store and the gateway alike) up
 to the free rows and pixels of the card's budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`),
 so a job queued now starts at the next step; a full set asks only for a key it holds nothing of, one job over the
-cap (`_claim_newcomer`; or a job of a key it holds above every priority it holds of that key: a key's
-interactive job beside its own bulk, which then leads the steps). The rows a step will free (its items at their last step) are claimed while it samples,
-on the runner's look thread, with their records and inputs read there too, and admitted before the next step
+cap (`_claim_newcomer`; or for a job of a key it holds above every priority it holds of that key: a key's
+interactive job beside its own bulk, which then leads the steps). The rows a step will free (its items at their
+last step) are claimed while it samples, on the runner's look thread, with their records and inputs read there too, and admitted before the next step
 (`_claim_ahead`, `UNIPIC_WORKER_CLAIM_AHEAD`), so the device does not wait for a claim's round trip or an input's
 download; a claim heard arriving (a wake-up) is still made at once, on the sampling thread. With Redis,
 the worker hears its queues' wake-ups (`workers.runner.wakeups`), so once a claim found the queue empty the loop
@@ -676,8 +676,9 @@ class _Loop:
         self.sets.pop(key, None)
         self.shares.closed(key)
 
-    def _owners_of(self, key: tuple[str, int]) -> list[str]:
-        return [self.members[i].item.job.owner_id for i in self.sets[key].ids]
+    def _owners_of(self, key: tuple[str, int]) -> list[tuple[str, int]]:
+        """(owner, priority) of each live item of the set `key` (`SetShares.next`)."""
+        return [(self.members[i].item.job.owner_id, self.members[i].item.job.priority) for i in self.sets[key].ids]
 
     def _progress(self) -> dict[str, float]:
         out: dict[str, float] = {d.member.id: 1.0 for d in self.decoding}

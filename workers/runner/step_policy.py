@@ -128,10 +128,11 @@ class StepCosts:
 @dataclass
 class SetShares:
     """Which running set of a loop steps next when it holds several (kinds or sizes): the set holding the least-served
-    key (the model time charged to each key in this loop: a step's time split among the items it advanced), then
-    the set that had the least model time. Sets share the device by time, not by step: an understand set's step is
-    one token, a small fraction of an image step, so a question behind an image bulk takes many tokens per image
-    step instead of one. A set opens at the least time of the open ones (it banks nothing and owes nothing), and one
+    key (the model time charged to each key in this loop: a step's time split among the items it advanced), then of
+    one key's sets the one holding its highest priority (a key's question, priority 0, before its own image batch,
+    -10, as `choose` does inside a set), then the set that had the least model time. Sets share the device by time,
+    not by step: an understand set's step is one token, a small fraction of an image step, so a question behind an
+    image bulk takes many tokens per image step instead of one. A set opens at the least time of the open ones (it banks nothing and owes nothing), and one
     that sat out for STARVE_AFTER of its own step times is forced in, so nothing starves. Pure, like `choose`."""
 
     used: dict[tuple[str, int], float] = field(default_factory=dict)  # model seconds per open set
@@ -166,8 +167,9 @@ class SetShares:
             self.waited[other] += seconds
         self.owners[owner] = self.owners.get(owner, 0.0) + seconds
 
-    def next(self, keys: Iterable[tuple[str, int]], owners_of: Callable[[tuple[str, int]], list[str]]
-             ) -> tuple[str, int]:
+    def next(self, keys: Iterable[tuple[str, int]],
+             owners_of: Callable[[tuple[str, int]], list[tuple[str, int]]]) -> tuple[str, int]:
+        """The set to step next; `owners_of(set)` lists (owner, priority) of its live items."""
         keys = list(keys)
         if len(keys) == 1:
             return keys[0]
@@ -176,8 +178,8 @@ class SetShares:
         if starving:
             return max(starving, key=lambda k: self.waited[k])
 
-        def rank(key: tuple[str, int]) -> tuple[float, float]:
-            least = min((self.owners.get(o, 0.0) for o in owners_of(key)), default=0.0)
+        def rank(key: tuple[str, int]) -> tuple[tuple[float, int], float]:
+            least = min(((self.owners.get(o, 0.0), -priority) for o, priority in owners_of(key)), default=(0.0, 0))
             return least, self.used.get(key, 0.0)
 
         return min(keys, key=rank)
