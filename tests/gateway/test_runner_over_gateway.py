@@ -165,7 +165,7 @@ def test_claims_tag_each_key_opaquely_and_a_newcomer_claim_passes_over_the_held_
     _, headers = make_token(name="tags")
     jobs = remote_jobs(client, headers["Authorization"].split()[1], "tags:1")
     other = add_owner(session_factory)
-    # Given tenant A's three queued jobs (one of them urgent) and then one of tenant B, all of one queue
+    # Given tenant A's three queued jobs and then one of tenant B, all of one queue
     a_jobs = [make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=990 + i, tag="gw-tags")
               for i in range(3)]
     b_job = make_job(services.jobs, services.objects, other, "generate", 64, seed=995, tag="gw-tags-b")
@@ -184,6 +184,13 @@ def test_claims_tag_each_key_opaquely_and_a_newcomer_claim_passes_over_the_held_
     assert sorted(c.job_id for c in again) == sorted(j.id for j in a_jobs if j.id != held.id)
     tags = {j.owner_id for j in jobs.get_many([c.job_id for c in again])}
     assert tags == {got[0].owner_id}
+    # And of a held key, a newcomer claim takes only a job above every priority held of it (A's interactive call
+    # beside its own bulk), passing over A's job of the held priority
+    level = make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=993, tag="gw-tags")
+    urgent = make_job(services.jobs, services.objects, owner_id, "generate", 64, seed=994, priority=5, tag="gw-tags")
+    assert [c.job_id for c in jobs.claim_newcomer(held.queue, "tags:1", 30.0, 64 * 64, [held.id])] == [urgent.id]
+    assert jobs.claim_newcomer(held.queue, "tags:1", 30.0, 64 * 64, [held.id, urgent.id]) == []
+    assert [c.job_id for c in jobs.claim(1, 64 * 64, kinds=["generate"], wait_seconds=0)] == [level.id]
     # And a newcomer claim of a queue the token does not serve is refused with a code
     refused = client.post("/v1/worker/claim", headers=headers, json={
         "worker": "tags:1", "queue": "unipic.gpu.understand.nowhere", "skip_owners_of": [held.id], "wait_seconds": 0})
