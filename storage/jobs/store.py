@@ -216,8 +216,8 @@ class JobStore(JobQueries):
     def claim_newcomer(self, queue: str | None, worker_id: str, lease_seconds: float, max_pixels: int,
                        held: Collection[str], wait_seconds: float = 0.0) -> list[Claim]:
         """One job of `queue` of a key none of the `held` jobs (this worker's) belongs to, or of such a key above
-        every priority the held jobs have there: a full running set's newcomer (`workers.runner.continuous`), which
-        leads the steps of the set (a key's interactive job beside its own bulk). Never waits: a direct worker
+        every priority the held jobs have there: a full running set's newcomer (`workers.runner.continuous`: a key's
+        interactive job beside its own bulk). Never waits: a direct worker
         hears the queue's wake-ups, each queue's (so it names one; only a gateway, which knows the token's queues,
         takes None)."""
         if queue is None:

@@ -138,30 +138,6 @@ def test_a_less_served_keys_job_runs_its_steps_alone_while_the_bulk_pauses(
     assert retired[0] == late.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
 
 
-def test_a_keys_higher_priority_job_runs_its_steps_alone_while_its_own_bulk_pauses(
-    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
-    monkeypatch: Any, publishing_store: Any,
-) -> None:
-    from workers.runner import continuous
-
-    retired = _retirements(monkeypatch)
-    monkeypatch.setattr(continuous, "ADMIT_EVERY_SECONDS", 30.0)  # claimed because it was heard (see above)
-    # Given tenant A's two jobs in a set held after two steps, on a worker that runs the policy's head with no
-    # companions
-    release = tmp_path / "release"
-    runner = make_runner(FaultInjector(hold_file=str(release), hold_after_steps=1), worker_batching="continuous",
-                         worker_step_companions=0)
-    # When A itself queues a job of as many steps at a higher priority, and the set goes on
-    bulk, urgent = _newcomer_joins_a_held_set(runner, release, job_store, object_store, owner_id, session_factory,
-                                              publishing_store, seed=945, tag="cont-prio", same_key_priority=5)
-
-    # Then it joined two steps behind A's others and still finished first: they paused for its steps (forced in
-    # only against starvation), as A's priority orders its claims
-    done = {j.id: j for j in job_store.get_many([*(j.id for j in bulk), urgent.id])}
-    assert all(j.status == "succeeded" for j in done.values())
-    assert retired[0] == urgent.id and sorted(retired[1:]) == sorted(j.id for j in bulk)
-
-
 def test_an_understand_job_queued_mid_decode_joins_at_the_next_token_and_reads_as_alone(
     make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any, tmp_path: Path,
     monkeypatch: Any, publishing_store: Any,

@@ -149,27 +149,6 @@ def test_a_decode_serves_its_set_and_key_like_a_step_even_after_the_set_closed()
     assert shares.owners["A"] == 104.0 and IMAGE not in shares.used and shares.waited[TOKENS] == 4.0
 
 
-def test_a_keys_higher_priority_item_leads_its_own_bulk_with_at_most_n_companions() -> None:
-    # Given one key's bulk (batch items, priority -10) in one phase, and its interactive job (priority 0)
-    bulk = [live(f"a{i}", "A", priority=-10, age=i, phase=(3, 8)) for i in range(4)]
-    urgent = live("a9", "A", priority=0, age=9)
-    # Then the interactive job leads: alone, or with whole phases of the bulk as companions; the bulk is forced in
-    # against starvation
-    assert choose([*bulk, urgent], {"A": 4.0}, {}, companions=0) == {"a9"}
-    assert choose([*bulk, urgent], {"A": 4.0}, {}, companions=4) == {"a9", "a0", "a1", "a2", "a3"}
-    assert choose([*bulk, urgent], {"A": 4.0}, {"a2": STARVE_AFTER}, companions=0) == {"a9", "a2"}
-
-
-def test_the_heads_equals_lead_together_whatever_their_age_or_phase() -> None:
-    # Given one key's jobs of one priority at different steps: every one advances (age pauses no one)
-    items = [live("a0", "A", age=0, phase=(6, 8)), live("a1", "A", age=1, phase=(1, 8))]
-    assert choose(items, {"A": 1.0}, {}, companions=0) == {"a0", "a1"}
-    # And a less-served key's two jobs lead together while the other key's bulk pauses
-    bulk = [live(f"a{i}", "A", age=i) for i in range(3)]
-    b = [live("b0", "B", age=5, phase=(2, 8)), live("b1", "B", age=6, phase=(0, 8)), live("b2", "B", -1, age=1)]
-    assert choose([*bulk, *b], {"A": 3.0, "B": 0.5}, {}, companions=0) == {"b0", "b1"}
-
-
 def test_of_one_keys_sets_the_one_holding_its_higher_priority_goes_first_and_the_other_is_not_starved() -> None:
     # Given key A's image batch (priority -10) that has run alone for a while, and A's own question (priority 0)
     # opening a token set

@@ -12,8 +12,8 @@ the message woke (`claim_for_message`: the one scheduling policy, over the direc
 to the free rows and pixels of the card's budget (`UNIPIC_WORKER_MAX_BATCH`, `UNIPIC_WORKER_BATCH_PIXEL_BUDGET`),
 so a job queued now starts at the next step; a full set asks only for a key it holds nothing of, one job over the
 cap (`_claim_newcomer`; or for a job of a key it holds above every priority it holds of that key: a key's
-interactive job beside its own bulk, which then leads the steps). The rows a step will free (its items at their
-last step) are claimed while it samples, on the runner's look thread, with their records and inputs read there too, and admitted before the next step
+interactive job beside its own bulk). The rows a step will free (its items at their last step) are claimed while
+it samples, on the runner's look thread, with their records and inputs read there too, and admitted before the next step
 (`_claim_ahead`, `UNIPIC_WORKER_CLAIM_AHEAD`), so the device does not wait for a claim's round trip or an input's
 download; a claim heard arriving (a wake-up) is still made at once, on the sampling thread. With Redis,
 the worker hears its queues' wake-ups (`workers.runner.wakeups`), so once a claim found the queue empty the loop
@@ -807,23 +807,18 @@ class _Loop:
         """The decode to run now, if one goes before the next step: a finished image's VAE decode is work of its
         key like a step (for a wave of eight small images it takes far longer than their last MAR iteration), so
         it is ranked as `SetShares` ranks sets: the least-served key first (model time charged per key in this
-        loop), then, inside a key, the higher priority (a key's interactive job steps before its bulk's decodes,
-        as it leads the bulk's steps: `step_policy.choose`), a decode before a step of a key and priority served
-        as much (it finishes a job), decodes in the order their steps ended. Each decode is its own pass of the
-        loop, so a job heard arriving is claimed and stepped between two decodes of the bulk instead of after all
-        of them."""
+        loop), a decode before a step of a key served as much (it finishes a job), decodes in the order their
+        steps ended. Each decode is its own pass of the loop, so a job heard arriving is claimed and stepped
+        between two decodes of the bulk instead of after all of them."""
         if not self.decoding:
             return None
         owners = self.shares.owners
-
-        def rank(m: Member) -> tuple[float, int]:
-            return owners.get(m.item.job.owner_id, 0.0), -m.item.job.priority
-
-        first = min(self.decoding, key=lambda d: rank(d.member))  # stable: in the order their steps ended
+        first = min(self.decoding, key=lambda d: owners.get(d.member.item.job.owner_id, 0.0))  # stable: in order
         if not self.sets:
             return first
-        stepping = self.sets[self.shares.next(self.sets, self._owners_of)]
-        return first if rank(first.member) <= min(rank(self.members[i]) for i in stepping.ids) else None
+        stepping = self.shares.next(self.sets, self._owners_of)
+        least = min(owners.get(owner, 0.0) for owner, _ in self._owners_of(stepping))
+        return first if owners.get(first.member.item.job.owner_id, 0.0) <= least else None
 
     def _forget_decode(self, job_id: str) -> None:
         self.decoding = [d for d in self.decoding if d.member.id != job_id]

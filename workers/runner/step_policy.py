@@ -2,15 +2,12 @@
 
 The one scheduling policy decides (`storage.scheduling.policy.service_order`: fair share across keys, priority then age
 inside a key). Here the keys are the owners of the set's live items, charged with the work the set already did
-for them (megapixel-steps, weight 1), so a key that just joined is the least served. The policy's head leads, with
-every live item the policy ranks as its equal (its key's items of its priority: age among them pauses no one);
-the others join as at most `companions` companions in policy order, whole phases at a time (items at the same step
-of the same schedule; a split phase would pad every later step), and the rest pause with their state kept. So a
-less-served key's item runs at about its own speed beside another key's bulk, and so does a key's interactive job
-(priority 0) beside its own bulk (batch items, priority -10): priority holds inside a running set, not only at the
-claim. An item paused `STARVE_AFTER` steps in a row is forced in, so nothing starves. With one key and one
-priority live every item advances. A step never runs more than the card's rows (a full set may hold one newcomer
-over them). Pure: no clocks, no store, no model.
+for them (megapixel-steps, weight 1), so a key that just joined is the least served. When more than one key is
+live, the step runs the policy's first item with at most `companions` others in policy order, whole phases at a
+time (items at the same step; a split phase would pad every later step); the rest pause with their state kept.
+An item paused `STARVE_AFTER` steps in a row is forced in, so nothing starves. With one key live every item
+advances. A step never runs more than the card's rows (a full set may hold one newcomer over them). Pure: no
+clocks, no store, no model.
 """
 
 from __future__ import annotations
@@ -53,34 +50,21 @@ def step_order(items: Iterable[Live], served: Mapping[str, float]) -> list[str]:
 
 def choose(items: list[Live], served: Mapping[str, float], paused: Mapping[str, int], companions: int,
            max_rows: int | None = None) -> set[str]:
-    """Ids that advance in the next step: the policy's head and its equals (`leaders`), with at most
-    `companions` others in policy order, plus every item paused `STARVE_AFTER` steps in a row; everything when
-    all are equals (one key, one priority). Never more than `max_rows` (what one step may hold on the card; a set
-    can hold one item more, a newcomer's): then the starving go first, longest paused first, then policy order,
-    so every item still advances."""
-    if not items:
-        return set()
-    order = step_order(items, served)
-    lead = leaders(items, order)
-    if len(lead) == len(items):
-        chosen = set(lead)
+    """Ids that advance in the next step: everything when one key is live; otherwise the policy's head with at
+    most `companions` others in policy order, plus every item paused `STARVE_AFTER` steps in a row. Never more
+    than `max_rows` (what one step may hold on the card; a set can hold one item more, a newcomer's): then the
+    starving go first, longest paused first, then policy order, so every item still advances."""
+    if len({i.owner_id for i in items}) <= 1:
+        chosen = {i.id for i in items}
     else:
-        chosen = {*lead, *_whole_phases(items, [i for i in order if i not in lead], companions)}
+        order = step_order(items, served)
+        chosen = {order[0], *_whole_phases(items, order[1:], companions)}
         chosen |= {i.id for i in items if paused.get(i.id, 0) >= STARVE_AFTER}
     if max_rows is None or len(chosen) <= max_rows:
         return chosen
-    rank = {item_id: n for n, item_id in enumerate(order)}
+    rank = {item_id: n for n, item_id in enumerate(step_order(items, served))}
     first = sorted(chosen, key=lambda i: (paused.get(i, 0) < STARVE_AFTER, -paused.get(i, 0), rank[i]))
     return set(first[: max(1, max_rows)])
-
-
-def leaders(items: list[Live], order: list[str]) -> set[str]:
-    """The policy's head (`order[0]`) and the items it ranks as the head's equals: the head's key's items of the
-    head's priority. Age inside a key orders its claims, but once its jobs are live, pausing the older of two
-    equals for the younger (or the reverse) only trades one's latency for the other's."""
-    by_id = {i.id: i for i in items}
-    head = by_id[order[0]]
-    return {i.id for i in items if i.owner_id == head.owner_id and i.priority == head.priority}
 
 
 def _whole_phases(items: list[Live], order: list[str], room: int) -> list[str]:
@@ -130,10 +114,11 @@ class SetShares:
     """Which running set of a loop steps next when it holds several (kinds or sizes): the set holding the least-served
     key (the model time charged to each key in this loop: a step's time split among the items it advanced), then of
     one key's sets the one holding its highest priority (a key's question, priority 0, before its own image batch,
-    -10, as `choose` does inside a set), then the set that had the least model time. Sets share the device by time,
-    not by step: an understand set's step is one token, a small fraction of an image step, so a question behind an
-    image bulk takes many tokens per image step instead of one. A set opens at the least time of the open ones (it banks nothing and owes nothing), and one
-    that sat out for STARVE_AFTER of its own step times is forced in, so nothing starves. Pure, like `choose`."""
+    -10), then the set that had the least model time. Sets share the device by time, not by step: an understand
+    set's step is one token, a small fraction of an image step, so a question behind an image bulk takes many
+    tokens per image step instead of one. A set opens at the least time of the open ones (it banks nothing and owes
+    nothing), and one that sat out for STARVE_AFTER of its own step times is forced in, so nothing starves. Pure,
+    like `choose`."""
 
     used: dict[tuple[str, int], float] = field(default_factory=dict)  # model seconds per open set
     waited: dict[tuple[str, int], float] = field(default_factory=dict)  # seconds others stepped since it last did
