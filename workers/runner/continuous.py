@@ -13,9 +13,9 @@ to the free rows and pixels of the card's budget (`UNIPIC_WORKER_MAX_BATCH`, `UN
 so a job queued now starts at the next step; a full set asks only for a key it holds nothing of, one job over the
 cap (`_claim_newcomer`; or for a job of a key it holds above every priority it holds of that key: a key's
 interactive job beside its own bulk). The rows a step will free (its items at their last step) are claimed while
-it samples, on the runner's look thread, with their records and inputs read there too, and admitted before the next step
-(`_claim_ahead`, `UNIPIC_WORKER_CLAIM_AHEAD`), so the device does not wait for a claim's round trip or an input's
-download; a claim heard arriving (a wake-up) is still made at once, on the sampling thread. With Redis,
+it samples, on the runner's look thread, with their records and inputs read there too, and admitted before the
+next step (`_claim_ahead`, `UNIPIC_WORKER_CLAIM_AHEAD`), so the device does not wait for a claim's round trip or
+an input's download; a claim heard arriving (a wake-up) is still made at once, on the sampling thread. With Redis,
 the worker hears its queues' wake-ups (`workers.runner.wakeups`), so once a claim found the queue empty the loop
 asks again only when a job arrived (or every NEWCOMER_SAFETY_SECONDS, and always before it ends): a claim query
 costs about as much as a small step on a busy CPU. A gateway worker hears no wake-ups: while its set samples, it
