@@ -170,15 +170,15 @@ class JobStore(JobQueries):
     @retry_deadlocks
     def claim_next(
         self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
-        claim_id: str | None = None, skip_owners: Collection[str] = (), above: Mapping[str, int] | None = None,
+        claim_id: str | None = None, above: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """Claim the next batch of `queue` as `storage.scheduling.policy` decides (fair share across keys, then
         priority and age; compatible batch-mates in the same order), charging each key in the same transaction.
         `claim_id` (the worker's id for this claim) is stored with the lease (`claimed_by`). Empty only when the
-        queue has no claimable job (of a key not in `skip_owners`; of a key in `above`, above its priority there)."""
+        queue has no claimable job (of a key in `above`, above its priority there)."""
         now = utcnow()
         with write_session(self.sessions) as s:
-            picked = scheduling.pick(s, queue, now, max_items, max_pixels, skip_owners, above)
+            picked = scheduling.pick(s, queue, now, max_items, max_pixels, above)
             claims = self._start(s, picked.rows, worker_id, lease_seconds, now, claim_id)
             _charge(s, picked.rows, claims, now, picked.weights)
         if picked.idle_owners:
@@ -217,9 +217,8 @@ class JobStore(JobQueries):
                        held: Collection[str], wait_seconds: float = 0.0) -> list[Claim]:
         """One job of `queue` of a key none of the `held` jobs (this worker's) belongs to, or of such a key above
         every priority the held jobs have there: a full running set's newcomer (`workers.runner.continuous`: a key's
-        interactive job beside its own bulk). Never waits: a direct worker
-        hears the queue's wake-ups, each queue's (so it names one; only a gateway, which knows the token's queues,
-        takes None)."""
+        interactive job beside its own bulk). Never waits: a direct worker hears the queue's wake-ups, each
+        queue's (so it names one; only a gateway, which knows the token's queues, takes None)."""
         if queue is None:
             raise ValueError("a direct newcomer claim names its queue")
         return self.claim_next(queue, worker_id, lease_seconds, 1, max_pixels,

@@ -30,8 +30,7 @@ jobs. A claim takes its head (and its batch-mates further along it); queue posit
 5. **Passing over keys:** a running set that is full asks for one job of a key it holds nothing of, or of a key it
    holds above every priority it holds of that key (`workers.runner.continuous`: a key's interactive job beside its
    own bulk): `pick(..., above={key: priority})` serves the policy's order with only those keys' jobs above those
-   priorities (`skip_owners`: without the keys at all), and finds nothing rather than fall back to scanning their
-   backlog.
+   priorities, and finds nothing rather than fall back to scanning their backlog.
 6. **Liveness:** every message claims at least one job while Q has a claimable one: rows locked by someone else
    are skipped (SKIP LOCKED) while looking by policy, and when that finds nothing the claim takes any claimable
    job of Q, waiting for row locks if it must (short: the API stamping `last_enqueued_at`, another claim), one
@@ -46,7 +45,7 @@ Knows nothing of leases, webhooks or HTTP; it selects and locks rows, and `JobSt
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -149,13 +148,12 @@ def service_order(keys: Iterable[KeyShare], jobs_of: Callable[[KeyShare], Iterab
             break
 
 
-def active_keys(s: Session, queue: str, limit: int | None = None,
-                skip: Iterable[str] = ()) -> Iterator[KeyShare]:
-    """Q's active keys in rank order, but those in `skip` (paged, so a claim reads only as many as it needs)."""
+def active_keys(s: Session, queue: str, limit: int | None = None) -> Iterator[KeyShare]:
+    """Q's active keys in rank order (paged, so a claim reads only as many as it needs)."""
     offset = 0
     while limit is None or offset < limit:
         size = KEYS_PER_PAGE if limit is None else min(KEYS_PER_PAGE, limit - offset)
-        stmt = _keys(queue, skip).offset(offset).limit(size)
+        stmt = _keys(queue).offset(offset).limit(size)
         page = s.execute(stmt).tuples().all()
         for owner_id, vtime, served, weight in page:
             yield KeyShare(owner_id, float(vtime), float(weight), int(served))
@@ -185,15 +183,15 @@ class Pick:
 
 
 def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int,
-         skip_owners: Collection[str] = (), above: Mapping[str, int] | None = None) -> Pick:
-    """Choose and lock (FOR UPDATE SKIP LOCKED) the next batch of `queue` under the policy, passing over the keys
-    in `skip_owners` and, of the keys in `above`, over their jobs of that priority or lower (a running set
-    looking for a newcomer: `workers.runner.continuous`)."""
+         above: Mapping[str, int] | None = None) -> Pick:
+    """Choose and lock (FOR UPDATE SKIP LOCKED) the next batch of `queue` under the policy, passing over the jobs
+    of the keys in `above` of that priority or lower (a running set looking for a newcomer:
+    `workers.runner.continuous`)."""
     result = Pick()
     above = above or {}
-    seed, key = _seed_by_policy(s, queue, now, result.idle_owners, skip_owners, above)
-    if seed is None and (skip_owners or above):  # no liveness fallback: its scan would read the passed keys'
-        return result  # whole backlog, and a key is active from its first queued job (fair_share.activate)
+    seed, key = _seed_by_policy(s, queue, now, result.idle_owners, above)
+    if seed is None and above:  # no liveness fallback: its scan would read the passed keys' whole backlog,
+        return result           # and a key is active from its first queued job (fair_share.activate)
     if seed is None:
         seed = _any_claimable(s, queue, now)
         if seed is None:
@@ -204,16 +202,15 @@ def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int,
     result.weights[key.owner_id] = key.weight
     if max_items > 1:
         result.rows += _fill(s, queue, seed, key, now, max_items - 1, max_pixels - seed.pixels, result.weights,
-                             [*result.idle_owners, *skip_owners, *above])
+                             [*result.idle_owners, *above])
     return result
 
 
-def _seed_by_policy(s: Session, queue: str, now: datetime, idle: list[str], skip: Collection[str] = (),
-                    above: Mapping[str, int] | None = None) -> tuple[Job | None, KeyShare | None]:
+def _seed_by_policy(s: Session, queue: str, now: datetime, idle: list[str],
+                    above: Mapping[str, int]) -> tuple[Job | None, KeyShare | None]:
     """The head of `service_order`, its row locked: each key's best claimable job (above its priority in `above`)
     is probed (SKIP LOCKED) in rank order until one is found; keys with nothing queued on the way are noted in
     `idle`."""
-    above = above or {}
 
     def head(key: KeyShare) -> list[Job]:
         conditions = [*claimable(queue, now), Job.owner_id == key.owner_id]
@@ -226,7 +223,7 @@ def _seed_by_policy(s: Session, queue: str, now: datetime, idle: list[str], skip
             idle.append(key.owner_id)
         return [] if row is None else [row]
 
-    for key, row in service_order(active_keys(s, queue, skip=skip), head, job_work):
+    for key, row in service_order(active_keys(s, queue), head, job_work):
         return row, key
     return None, None
 

@@ -264,11 +264,11 @@ def test_a_claim_can_pass_over_keys_and_finds_the_next_key_by_policy(stores: Sto
     _submit(stores, a, queue, 20, priority=-10)
     [b_job] = _submit(stores, b, queue, 1)
     [c_job] = _submit(stores, c, queue, 1)
-    # When a running set that holds A's and B's items asks for a key it does not hold
-    claims = stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9, skip_owners={a, b})
+    # When a running set that holds A's and B's items (at their priorities) asks for a key it does not hold
+    claims = stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9, above={a: -10, b: 0})
     # Then it gets C's job and only that (no batch-mates of the skipped keys), B's waits for the next claim
     assert [cl.job_id for cl in claims] == [c_job]
-    assert stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9, skip_owners={a})[0].job_id == b_job
+    assert stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9, above={a: -10})[0].job_id == b_job
     # And with every queued key skipped it claims nothing (no fallback over the skipped backlog)
-    assert stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9, skip_owners={a}) == []
+    assert stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9, above={a: -10}) == []
     assert len(stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9)) == 4

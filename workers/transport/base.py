@@ -19,7 +19,7 @@ the lease holds" from a refusal. This module holds no behaviour.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from storage.records import Claim, JobRecord
@@ -58,7 +58,7 @@ class QueueClaims(Protocol):
     has none (the API picks among the token's queues)."""
 
     def claim_next(self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
-                   claim_id: str | None = None, skip_owners: Collection[str] = ()) -> list[Claim]: ...
+                   claim_id: str | None = None, above: Mapping[str, int] | None = None) -> list[Claim]: ...
 
 
 class CancelHintSource(Protocol):
