@@ -247,22 +247,23 @@ async def claim(body: ClaimIn, request: Request, services: ServicesDep, caller: 
             raise ApiError(403, "queue_not_allowed", f"this worker token (or the worker's limits) does not serve "
                            f"queue {body.queue!r}", "queue")
         queues = [body.queue]
-    skip = (await run_in_threadpool(services.jobs.owners_held, body.skip_owners_of, worker_id)
-            if body.skip_owners_of else {})
-    claims = await _wait_for_claims(request, services, queues, worker_id, body, skip)
+    above = (await run_in_threadpool(services.jobs.owners_held, body.skip_owners_of, worker_id)
+             if body.skip_owners_of else {})
+    claims = await _wait_for_claims(request, services, queues, worker_id, body, above)
     jobs = await run_in_threadpool(_claimed_jobs, services, caller, claims) if claims else []
     return ClaimOut(worker_id=worker_id, lease_seconds=lease, jobs=jobs)
 
 
 async def _wait_for_claims(request: Request, services: Services, queues: list[str], worker_id: str,
-                           body: ClaimIn, skip: dict[str, int]) -> list[Claim]:
+                           body: ClaimIn, above: dict[str, int]) -> list[Claim]:
     """Claim now, else wait for a wake-up of one of `queues` (`api.events.hub`: published after the commit that
     made a job claimable there) and claim again, until `wait_seconds`. The database is read only when woken, on
     the slow jittered safety tick (`gateway_claim_tick_seconds`: a lost message costs at most that), and then
     only for queues no other claim of this process has just found empty. Without a live subscription (embedded
-    mode, poll mode, Redis down) it polls, 20 ms doubling to the tick. A claim that passes over the keys in `skip`
-    tells the hub nothing of the queues it found without such a job (they may hold the skipped keys' backlog) and
-    waits as an observer: it hears every wake-up and takes none from a claim that would claim that job."""
+    mode, poll mode, Redis down) it polls, 20 ms doubling to the tick. A newcomer claim takes a held key's job only
+    above the priority the worker holds of it (`above`: key -> that priority), so it tells the hub nothing of the
+    queues it found without such a job (they may hold the held keys' backlog) and waits as an observer: it hears
+    every wake-up and takes none from a claim that would claim that job."""
     hub: EventHub = request.app.state.event_hub
     tick = services.settings.gateway_claim_tick_seconds
     deadline = time.monotonic() + body.wait_seconds
@@ -270,7 +271,7 @@ async def _wait_for_claims(request: Request, services: Services, queues: list[st
     if body.wait_seconds > 0:
         await hub.ready(min(1.0, body.wait_seconds))  # so no wake-up published after the first look is missed
     # registered before the first look: nothing falls in between
-    with hub.queue_waiter(queues, observer=bool(skip)) as waiter:
+    with hub.queue_waiter(queues, observer=bool(above)) as waiter:
         while True:
             look = hub.begin_look(queues, tick)
             claims: list[Claim] = []
@@ -278,9 +279,9 @@ async def _wait_for_claims(request: Request, services: Services, queues: list[st
             try:
                 if look.queues:
                     claims, empty, took = await run_in_threadpool(_claim_once, services, look.queues, worker_id, body,
-                                                                  skip)
+                                                                  above)
             finally:
-                hub.end_look(look, [] if skip else empty, took)
+                hub.end_look(look, [] if above else empty, took)
             if not claims and await hub.settled(look, max(deadline - time.monotonic(), SETTLE_SECONDS)):
                 continue  # another claim's read of a queue this one left to it found work: read it now
             left = deadline - time.monotonic()
@@ -311,13 +312,13 @@ def _model(services: Services, name: str | None) -> str | None:
 
 
 def _claim_once(services: Services, queues: list[str], worker_id: str, body: ClaimIn,
-                skip: dict[str, int]) -> tuple[list[Claim], list[str], str | None]:
+                above: dict[str, int]) -> tuple[list[Claim], list[str], str | None]:
     """The first batch found, the queues in random order (no queue starves another); the queues read empty; and
     the queue the batch came from."""
     empty: list[str] = []
     for queue in random.sample(queues, len(queues)):
         claims = services.jobs.claim_next(queue, worker_id, services.settings.lease_seconds, body.max_items,
-                                          body.max_batch_pixels, claim_id=body.claim_id, above=skip)
+                                          body.max_batch_pixels, claim_id=body.claim_id, above=above)
         if claims:
             return claims, empty, queue
         empty.append(queue)

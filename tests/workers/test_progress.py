@@ -12,7 +12,7 @@ import redis
 from tests.support.claims import claim_job
 from tests.support.jobs import make_job
 from tests.support.waiting import wait_for
-from workers.runner.progress import CancelWatcher, ProgressReporter
+from workers.runner.progress import BackgroundCancelWatcher, ProgressReporter
 
 
 def _claimed(job_store: Any, object_store: Any, owner_id: str, tag: str) -> Any:
@@ -37,17 +37,17 @@ def test_progress_is_written_at_most_once_per_interval(job_store: Any, object_st
 
 def test_cancel_requests_reach_the_watcher(job_store: Any, object_store: Any, owner_id: str) -> None:
     claim = _claimed(job_store, object_store, owner_id, "cancel-watch")
-    watcher = CancelWatcher(job_store, [claim.job_id], interval_seconds=0.05, local=lambda: {"local-drop"})
-    assert watcher() == {"local-drop"}
-    job_store.request_cancel(claim.job_id, owner_id)
-    wait_for(lambda: claim.job_id in watcher(), "the cancel request to be seen")
-    assert watcher.requested == {claim.job_id}
+    with BackgroundCancelWatcher(job_store, 0.05, local=lambda: {"local-drop"}) as watcher:
+        watcher.watch([claim.job_id])
+        assert watcher() == {"local-drop"}
+        job_store.request_cancel(claim.job_id, owner_id)
+        wait_for(lambda: claim.job_id in watcher(), "the cancel request to be seen by the background reads")
+        assert watcher.requested == {claim.job_id}
 
 
 def test_a_background_watcher_reads_cancels_off_the_loop_and_forgets_jobs_that_left(
     job_store: Any, object_store: Any, owner_id: str
 ) -> None:
-    from workers.runner.progress import BackgroundCancelWatcher
 
     kept, canceled = (_claimed(job_store, object_store, owner_id, f"bg-cancel-{i}") for i in range(2))
     watched: list[list[str]] = []
@@ -89,7 +89,7 @@ def test_a_watcher_with_cancel_hints_reads_when_a_cancel_is_heard_not_every_step
     from workers.runner.wakeups import CancelHints
 
     monkeypatch.setattr(progress, "HINTED_CHECK_SECONDS", 3600.0)  # any read after the first is a hint's
-    monkeypatch.setattr(wakeups, "TRUST_AFTER_SECONDS", 0.0)  # trusted once subscribed (tested below)
+    monkeypatch.setattr(wakeups, "TRUST_HINTS_AFTER_S", 0.0)  # trusted once subscribed (tested below)
     hints = CancelHints(settings.redis_url).start()
     reads = _ReadLog(job_store)
     try:
@@ -144,7 +144,7 @@ def test_a_cancel_heard_during_a_step_is_seen_after_it_while_the_hinted_read_is_
     from workers.runner.wakeups import CancelHints
 
     monkeypatch.setattr(progress, "HINTED_CHECK_SECONDS", 3600.0)
-    monkeypatch.setattr(wakeups, "TRUST_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(wakeups, "TRUST_HINTS_AFTER_S", 0.0)
     hints = CancelHints(settings.redis_url).start()
     reads = _SlowBackgroundReads(job_store)
     try:
@@ -187,7 +187,7 @@ def test_a_watcher_whose_hints_are_lost_or_down_still_sees_every_cancel(
     from workers.runner.wakeups import CancelHints
 
     monkeypatch.setattr(progress, "HINTED_CHECK_SECONDS", 0.05)
-    monkeypatch.setattr(wakeups, "TRUST_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(wakeups, "TRUST_HINTS_AFTER_S", 0.0)
     lost, down, settle = (_claimed(job_store, object_store, owner_id, f"unhinted-{i}") for i in range(3))
     hints = CancelHints(settings.redis_url).start()
     try:
@@ -212,7 +212,7 @@ def test_a_watcher_whose_hints_are_lost_or_down_still_sees_every_cancel(
 
     # And hints just subscribed again (after a Redis restart the API's publisher may still be quiet) are not
     # trusted yet: a pass reads on the loop's thread too
-    monkeypatch.setattr(wakeups, "TRUST_AFTER_SECONDS", 3600.0)
+    monkeypatch.setattr(wakeups, "TRUST_HINTS_AFTER_S", 3600.0)
     settling = CancelHints(settings.redis_url).start()
     reads = _ReadLog(job_store)
     try:

@@ -32,7 +32,7 @@ of another kind or size open their own set -> one step of the set `step_policy.S
 key's, sets of one key sharing the device by time), advancing the items `step_policy.choose` picks (the others
 pause with their state kept) -> images that took their last step in a step of the bulk (every live item
 advanced) leave the set undecoded, their rows free, and each VAE decode is then a pass of its own, ranked with
-the steps by key (`_next_decode`): a job heard arriving is claimed and takes its steps between two decodes of a
+the steps by key (`_next_work`): a job heard arriving is claimed and takes its steps between two decodes of a
 wave instead of after all of them (eight 64 px images: 115-135 ms of decodes in a 125-145 ms last step on the
 CPU); a step that ran the policy's choice ahead of paused items decodes what it finished at once -> retired
 items are encoded, uploaded and completed in the background by `BatchRunner._succeed`, the same finishing path
@@ -264,11 +264,11 @@ class _Loop:
                     self._claim_more()  # also when the last step emptied the set: its rows are free now
                     if not self.busy:
                         break
-                    pending = self._next_decode()
-                    if pending is not None:
-                        self._decode(pending)
+                    work = self._next_work()
+                    if isinstance(work, Decode):
+                        self._decode(work)
                         continue
-                    self._step(self.shares.next(self.sets, self._owners_of))
+                    self._step(work)
                     self._guarded(self.r.faults.on_step, max(1, len(self.members)))  # a lost device is fatal
         except DeviceFatal:  # the device broke: every live item goes back (attempts unchanged); we exit
             self._wait_finishing()
@@ -702,7 +702,7 @@ class _Loop:
                      {m.id: m.paused for m in live}, companions, rows)
         ending = [i for i in ids if phases[i][0] + 1 >= phases[i][1]]  # items at their last step (or token limit)
         self._claim_ahead(ending)
-        # a wave of the bulk leaves undecoded: each decode is then its own unit of work (`_next_decode`); one image,
+        # a wave of the bulk leaves undecoded: each decode is then its own unit of work (`_next_work`); one image,
         # or a step that ran the policy's choice ahead of paused items, is decoded at once (a pass between costs a
         # finished job a cancel read, a round trip over the gateway)
         decode = len(ending) <= 1 or len(ids) < len(live)
@@ -803,22 +803,23 @@ class _Loop:
         self._after_step(rs, [m], {item_id}, finished, seconds)
 
     # ---- decoding -------------------------------------------------------------------------------------------
-    def _next_decode(self) -> Decode | None:
-        """The decode to run now, if one goes before the next step: a finished image's VAE decode is work of its
-        key like a step (for a wave of eight small images it takes far longer than their last MAR iteration), so
-        it is ranked as `SetShares` ranks sets: the least-served key first (model time charged per key in this
+    def _next_work(self) -> Decode | tuple[str, int]:
+        """The decode to run now, else the set to step (`SetShares.next`). A finished image's VAE decode is work of
+        its key like a step (for a wave of eight small images it takes far longer than their last MAR iteration),
+        so it is ranked as `SetShares` ranks sets: the least-served key first (model time charged per key in this
         loop), a decode before a step of a key served as much (it finishes a job), decodes in the order their
         steps ended. Each decode is its own pass of the loop, so a job heard arriving is claimed and stepped
         between two decodes of the bulk instead of after all of them."""
+        stepping = self.shares.next(self.sets, self._owners_of) if self.sets else None
         if not self.decoding:
-            return None
+            assert stepping is not None, "the loop asks only while it is busy"
+            return stepping
         owners = self.shares.owners
         first = min(self.decoding, key=lambda d: owners.get(d.member.item.job.owner_id, 0.0))  # stable: in order
-        if not self.sets:
+        if stepping is None:
             return first
-        stepping = self.shares.next(self.sets, self._owners_of)
         least = min(owners.get(owner, 0.0) for owner, _ in self._owners_of(stepping))
-        return first if owners.get(first.member.item.job.owner_id, 0.0) <= least else None
+        return first if owners.get(first.member.item.job.owner_id, 0.0) <= least else stepping
 
     def _forget_decode(self, job_id: str) -> None:
         self.decoding = [d for d in self.decoding if d.member.id != job_id]

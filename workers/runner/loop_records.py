@@ -60,7 +60,7 @@ class Look:
 
 @dataclass
 class Decode:
-    """An item whose last step is done, waiting for its VAE decode (`_Loop._next_decode`); its row is free."""
+    """An item whose last step is done, waiting for its VAE decode (`_Loop._next_work`); its row is free."""
 
     member: Member
     rs: Any  # the RunningSet it left (its model and grid decode it, even after the set closed)

@@ -1,9 +1,10 @@
 """Progress reports and cancellation checks of a running batch, both throttled.
 
 `ProgressReporter` is the engine's `progress(ids, step, total)` callback: it forwards step/total per job to the
-store at most every `interval` per job, from a background thread (the sampler never waits on a write). `CancelWatcher` is the engine's `should_cancel()`: it asks the store which
-jobs of the batch have a cancel request, at most every `interval`, and merges in the jobs the batch must drop
-for its own reasons (lost leases, time limit, shutdown). Neither knows the model; errors here are logged and
+store at most every `interval` per job, from a background thread (the sampler never waits on a write).
+`BackgroundCancelWatcher` is the engine's `should_cancel()`: it asks the store which jobs of the batch have a
+cancel request, off the sampling thread (when a cancel hint is heard, else about once a step), and merges in the
+jobs the batch must drop for its own reasons (lost leases, time limit, shutdown). Neither knows the model; errors here are logged and
 never fail a batch.
 """
 
@@ -93,7 +94,8 @@ class ProgressReporter:
 
 
 class CancelWatcher:
-    """Which jobs of the batch to drop now: cancel requests (throttled) plus local reasons."""
+    """Which watched jobs have a cancel request, as of the last store check (`check`); the reads' schedule and
+    the answer merged with a batch's local reasons are `BackgroundCancelWatcher`'s."""
 
     def __init__(
         self,
@@ -111,9 +113,6 @@ class CancelWatcher:
         # canceled, before any answer includes them: a running set claims the rows they will free
         self._on_requested = on_requested
         self._requested: set[str] = set()
-        # the claim just cleared cancel flags and a queued cancel never reaches a worker: first look one
-        # interval from now, so short jobs pay no query at all
-        self._checked = time.monotonic()
         self._check_started = 0.0  # when the last store check began
         self._read_through = 0.0  # when the last store check that has answered began
         self._lock = threading.Lock()
@@ -138,14 +137,6 @@ class CancelWatcher:
         with self._lock:
             self._ids = [j for j in self._ids if j not in gone]
             self._requested -= gone
-
-    def __call__(self) -> set[str]:
-        now = time.monotonic()
-        if now - self._checked >= self._interval:
-            self._checked = now
-            self.check()
-        with self._lock:
-            return self._requested | self._local()
 
     def check(self) -> None:
         """Ask the store now which watched jobs have a cancel request."""

@@ -26,9 +26,6 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
 HEARD_CANCELS_KEPT = 10_000  # job ids of recent cancel hints, for a job claimed just before its hint came
-# a (new) subscription is trusted this long after it began: a Redis restart also made the API's publisher fail, and
-# it stays quiet for PAUSE_AFTER_FAILURE_S after (its next publish then says so: a resync hint)
-TRUST_AFTER_SECONDS = TRUST_HINTS_AFTER_S
 
 
 class HintBook:
@@ -207,10 +204,10 @@ class CancelHints(_Subscription, HintBook):
 
     @property
     def trusted_since(self) -> float | None:
-        """From when hints tell of every cancel (monotonic; None while not subscribed): TRUST_AFTER_SECONDS after
+        """From when hints tell of every cancel (monotonic; None while not subscribed): TRUST_HINTS_AFTER_S after
         the subscription began, so the quiet spell of a publisher that failed in the same Redis restart is over."""
         live = self.live_since
-        return None if live is None else live + TRUST_AFTER_SECONDS
+        return None if live is None else live + TRUST_HINTS_AFTER_S
 
     def _subscribe(self, pubsub: Any) -> None:
         pubsub.subscribe(self.channel)
