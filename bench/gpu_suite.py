@@ -13,8 +13,8 @@ section that fails records its error and the run goes on):
 - `parts`: per-part time split (LLM, MAR encoder, MAR decoder, head, VAE, host; `bench.parts`) -> parts.json.
 - `continuous`: issue 25 on the device: a running set's step time by the items it advances (what
   `UNIPIC_WORKER_STEP_COMPANIONS=auto` measures), whole batches vs a running set on the same staggered arrivals
-  (`bench.running_set`: images/s, latency, padding % of the MAR token rows, an upper bound of its share of the
-  FLOPs) per size, and whole batches vs a decode set for questions (`bench.decode_set`) -> continuous.json.
+  (`bench.running_set`: images/s, latency, the share of steps run ragged (packed: no padding FLOPs) and the
+  token rows padding would have added; a ragged step's time against an aligned one's) per size, and whole batches vs a decode set for questions (`bench.decode_set`) -> continuous.json.
 - `profile`: `torch.profiler` top ops by device time for one image at the largest size -> profile.json.
 - `memory`: peak memory per kind, size and batch 1..8, in the format of `workers/device/card_fit_table.json`
   (measured cells, `estimated: false`) -> memory_table.json.
@@ -133,8 +133,12 @@ def continuous(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
     from model.inference import GenerateRequest
 
     steps, n, rows = a.continuous_steps, a.continuous_requests, 8
-    out: dict[str, Any] = {"steps": steps, "max_items": rows, "step_seconds": [], "images": [], "questions": []}
+    out: dict[str, Any] = {"steps": steps, "max_items": rows, "step_seconds": [], "ragged_step": [], "images": [],
+                           "questions": []}
     for size in a.continuous_sizes:
+        aligned, ragged = images.ragged_step_cost(engine, size, steps, rows, repeats=3, sync=lambda: sync(a.device))
+        out["ragged_step"].append({"size": size, "aligned_s": aligned, "ragged_s": ragged, "ratio": ragged / aligned})
+        print(f"  {size}px a step of {rows} items at different steps / in one phase: {ragged / aligned:.2f}", flush=True)
         by_rows = {}
         for count in (1, 2, 4, rows):  # every item in phase: no padding, so this is the rows' own cost
             rs = engine.open_set("generate", size)
@@ -155,9 +159,10 @@ def continuous(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
             result = run(engine, reqs, at, rows)
             out["images"].append({"size": size, "mode": mode, "images_per_s": result.images_per_s,
                                   "p50_s": result.p50, "p95_s": result.p95, "busy": result.busy,
-                                  "padding_of_token_rows": result.padding})
+                                  "ragged_steps": result.ragged, "padding_avoided_of_token_rows": result.pad_avoided})
             print(f"  {size}px {mode:10} {result.images_per_s:7.2f} img/s  p50 {result.p50:6.2f} s  "
-                  f"padding {100 * result.padding:5.1f} %", flush=True)
+                  f"ragged steps {100 * result.ragged:5.1f} %  padding avoided {100 * result.pad_avoided:5.1f} %",
+                  flush=True)
     size = max(a.continuous_sizes)
     rng = random.Random(0)
     questions = asks.workload(n, size, a.continuous_tokens, rng)

@@ -76,15 +76,17 @@ class PrefixRun:
 @dataclass
 class ChunkGroup:
     """Rows [a, b) of a chunk pass that are alike: prefix length t (K/V from `runs`, in row order), chunk length
-    n (the chunk's later tokens are padding)."""
+    n; packed, their (b-a)·n tokens start at token `first` of the pass."""
 
     a: int
     b: int
     t: int
     n: int
     runs: list[PrefixRun]
+    first: int = 0
 
 
+# attend(layer, q, k, v) with q (*lead, nh, hd), k and v (*lead, nkv, hd), rotated -> (*lead, nh, hd)
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -101,7 +103,7 @@ class QwenRunner:
         return self.llm.model.embed_tokens(ids)
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (R, 1, Q, hd) for positions (R, Q), read from a table of every position up to a multiple of
+        """cos, sin (*lead, 1, hd) for positions (*lead), read from a table of every position up to a multiple of
         ROPE_BLOCK: a position's values then never depend on which other positions share the call (vectorized
         cos/sin round differently in a tensor's scalar tail)."""
         dev, top = positions.device, int(positions.max()) + 1 if positions.numel() else 1
@@ -115,7 +117,7 @@ class QwenRunner:
             emb = torch.cat([freqs, freqs], dim=-1)  # (N, hd)
             table = (emb.cos().to(dtype), emb.sin().to(dtype))
             self._rope_table[(dev, dtype)] = table
-        return table[0][positions][:, None], table[1][positions][:, None]  # (R, 1, Q, hd)
+        return table[0][positions].unsqueeze(-2), table[1][positions].unsqueeze(-2)  # (*lead, 1, hd)
 
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -124,30 +126,30 @@ class QwenRunner:
         return x * cos + rotated * sin
 
     def _layers(self, x: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
-        """Run all layers on x (R, Q, H) at these positions (R, Q); `attend(layer, q, k, v)` -> (R, nh, Q, hd)."""
-        r, q_len, hidden = x.shape
+        """Run all layers on x (*lead, H) at these positions (*lead): rows (R, Q, H), or packed tokens (N, H)
+        whose `attend` knows the rows."""
+        lead, hidden = x.shape[:-1], x.shape[-1]
         nh, nkv, hd = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
         cos, sin = self._rope(positions, x.dtype)
         for i, layer in enumerate(self.llm.model.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(r, q_len, nh, hd).transpose(1, 2)  # (R, nh, Q, hd)
-            k = attn.k_proj(h).view(r, q_len, nkv, hd).transpose(1, 2)  # (R, nkv, Q, hd)
-            v = attn.v_proj(h).view(r, q_len, nkv, hd).transpose(1, 2)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+            q = self._rotate(attn.q_proj(h).view(*lead, nh, hd), cos, sin)
+            k = self._rotate(attn.k_proj(h).view(*lead, nkv, hd), cos, sin)
+            v = attn.v_proj(h).view(*lead, nkv, hd)
             out = attend(i, q, k, v)
             del q, k, v, h
-            x = x + attn.o_proj(out.transpose(1, 2).reshape(r, q_len, hidden))
+            x = x + attn.o_proj(out.reshape(*lead, hidden))
             del out
             x = x + self._mlp(layer, x)
         return self.llm.model.norm(x)
 
     def _mlp(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The layer's norm + SwiGLU MLP over x (R, Q, H), at most `mlp_rows` token rows per call: contiguous
-        slices of the flat (R·Q, H) view, sizes within one of each other (never a small remainder: BLAS rounds
+        """The layer's norm + SwiGLU MLP over x (*lead, H), at most `mlp_rows` token rows per call: contiguous
+        slices of the flat (tokens, H) view, sizes within one of each other (never a small remainder: BLAS rounds
         differently below 4 rows), so each row meets the same kernels as in one call."""
-        r, q_len, hidden = x.shape
-        rows = r * q_len
+        hidden = x.shape[-1]
+        rows = x.numel() // hidden
         if self.mlp_rows is None or rows <= self.mlp_rows:
             return layer.mlp(layer.post_attention_layernorm(x))
         parts = -(-rows // self.mlp_rows)
@@ -156,27 +158,29 @@ class QwenRunner:
         for i in range(parts):
             s, e = i * rows // parts, (i + 1) * rows // parts
             out[s:e] = layer.mlp(layer.post_attention_layernorm(flat[s:e]))
-        return out.view(r, q_len, hidden)
+        return out.view(x.shape)
 
     def _cached(self, kv: KVBuffer) -> Attend:
         """Causal attention from slot 0 that writes the pass's K/V at slots [0, Q) of `kv` (the prefix pass)."""
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            end = q.shape[2]
-            kv.keys[i][:, :, :end] = k
-            kv.values[i][:, :, :end] = v
+            end = q.shape[1]
+            kv.keys[i][:, :, :end] = k.transpose(1, 2)
+            kv.values[i][:, :, :end] = v.transpose(1, 2)
             keys, values = kv.keys[i][:, :, :end], kv.values[i][:, :, :end]
-            return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, is_causal=True, enable_gqa=True)
+            return out.transpose(1, 2)
 
         return attend
 
     def _grouped(self, groups: list[ChunkGroup], masks: list[torch.Tensor]) -> Attend:
-        """Attention of each row group over its own prefix (read where it is held) and its first n chunk tokens:
-        the shapes it has alone, so batch-mates and padding change none of its bits. Zeros at padding."""
+        """Attention of each row group over its own prefix (read where it is held) and its n chunk tokens, on
+        packed tokens (N, heads, hd): the shapes it has alone, so batch-mates change none of its bits."""
         nh, nkv = self.cfg.num_heads, self.cfg.num_kv_heads
 
         def expanded(i: int, g: ChunkGroup, chunk: torch.Tensor, which: str) -> torch.Tensor:
-            """(b-a, nh, t+n, hd): the group's prefix K (or V) then its chunk's, kv heads repeated for GQA."""
+            """(b-a, nh, t+n, hd): the group's prefix K (or V) then its chunk's (b-a, n, nkv, hd), kv heads
+            repeated for GQA."""
             b, hd = g.b - g.a, chunk.shape[-1]
             out = chunk.new_empty(b, nkv, nh // nkv, g.t + g.n, hd)
             row = 0
@@ -184,15 +188,18 @@ class QwenRunner:
                 src = getattr(run.kv, which)[i][run.first : run.first + run.count, :, : g.t]  # (count, nkv, t, hd)
                 out[row : row + run.count, :, :, : g.t] = src[:, :, None]
                 row += run.count
-            out[:, :, :, g.t :] = chunk[g.a : g.b, :, None, : g.n]
+            out[:, :, :, g.t :] = chunk.transpose(1, 2)[:, :, None]
             return out.view(b, nh, g.t + g.n, hd)
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros_like(q)
+            out = torch.empty_like(q)
             for g, mask in zip(groups, masks, strict=True):
-                keys, values = expanded(i, g, k, "keys"), expanded(i, g, v, "values")
-                out[g.a : g.b, :, : g.n] = F.scaled_dot_product_attention(q[g.a : g.b, :, : g.n], keys, values,
-                                                                         attn_mask=mask)
+                span, rows = slice(g.first, g.first + (g.b - g.a) * g.n), (g.b - g.a, g.n)
+                keys = expanded(i, g, k[span].view(*rows, nkv, -1), "keys")
+                values = expanded(i, g, v[span].view(*rows, nkv, -1), "values")
+                part = F.scaled_dot_product_attention(q[span].view(*rows, nh, -1).transpose(1, 2), keys, values,
+                                                      attn_mask=mask)  # (b-a, nh, n, hd)
+                out[span] = part.transpose(1, 2).reshape(-1, nh, part.shape[-1])
             return out
 
         return attend
@@ -232,36 +239,32 @@ class QwenRunner:
         in_order = rows == list(range(first, first + r))  # the usual case: a slice, not a gather
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            kv.keys[i][index, :, slots] = k[:, :, 0]
-            kv.values[i][index, :, slots] = v[:, :, 0]
+            kv.keys[i][index, :, slots] = k[:, 0]
+            kv.values[i][index, :, slots] = v[:, 0]
             if in_order:
                 keys, values = kv.keys[i][first : first + r, :, :width], kv.values[i][first : first + r, :, :width]
             else:
                 keys = kv.keys[i][:, :, :width].index_select(0, index)
                 values = kv.values[i][:, :, :width].index_select(0, index)
             keys, values = (t.repeat_interleave(nh // nkv, dim=1) for t in (keys, values))
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            return F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask).transpose(1, 2)
 
         return self._layers(x, slots[:, None], attend)
 
     def chunk(self, x: torch.Tensor, text_mask: torch.Tensor, groups: list[ChunkGroup]) -> torch.Tensor:
-        """A MAR step's chunk x (R, Q, H) over ragged rows: rows [a, b) of each group attend to their t real
-        prefix tokens (pads excluded by `text_mask` (R, T)) and causally to their first n chunk tokens; positions
-        continue from each row's real length. The chunk's K/V are never stored (nothing reuses them)."""
-        q_len = x.shape[1]
-        masks = []
+        """A MAR step's chunk over ragged rows, packed: x (N, H) holds each group's (b-a)·n tokens from its
+        `first` on, rows one after another. Rows [a, b) of a group attend to their t real prefix tokens (pads
+        excluded by `text_mask` (R, T)) and causally to their n chunk tokens; positions continue from each row's
+        real length. -> (N, H). The chunk's K/V are never stored (nothing reuses them)."""
+        masks, positions = [], []
+        lengths = text_mask.sum(dim=1)  # (R,) T_r
         for g in groups:
             causal = torch.ones(g.n, g.n, dtype=torch.bool, device=x.device).tril()
             mask = torch.cat([text_mask[g.a : g.b, None, : g.t].expand(-1, g.n, -1),
                               causal.expand(g.b - g.a, -1, -1)], dim=2)
             masks.append(mask[:, None])  # (b-a, 1, n, t+n)
-        positions = self._chunk_positions(text_mask, q_len)
-        return self._layers(x, positions, self._grouped(groups, masks))
-
-    @staticmethod
-    def _chunk_positions(text_mask: torch.Tensor, q_len: int) -> torch.Tensor:
-        lengths = text_mask.sum(dim=1)  # (R,) T_r
-        return lengths[:, None] + torch.arange(q_len, device=text_mask.device)[None]  # (R, Q)
+            positions.append((lengths[g.a : g.b, None] + torch.arange(g.n, device=x.device)).reshape(-1))
+        return self._layers(x, torch.cat(positions), self._grouped(groups, masks))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.llm.lm_head(hidden)

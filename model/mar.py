@@ -13,16 +13,29 @@ from torch import nn
 from model.config import DiffLossConfig, MARConfig
 from model.diffloss import DiffLoss
 
-Segments = list[tuple[int, int, int]]  # (first row, end row, length): rows [a, b) hold `length` real tokens
+Segments = list[tuple[int, int, int]]  # (first row, end row, length): rows [a, b) hold `length` real tokens each
+Spans = list[tuple[int, int, int]]  # packed rows: (first token, rows, length), in order, covering a flat (N, D)
 
 
-@torch.compiler.disable  # a Python loop over ragged groups: compiled blocks call it eagerly
-def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments) -> torch.Tensor:
-    """Attention of each row group over its own real length only (q, k, v (B, h, N, hd) -> (B, h, N, hd), zeros
-    at padding). Each group gets exactly the shapes it would have alone, so padding changes none of its bits."""
-    out = torch.zeros_like(q)
-    for a, b, n in segments:
-        out[a:b, :, :n] = F.scaled_dot_product_attention(q[a:b, :, :n], k[a:b, :, :n], v[a:b, :, :n])
+def packed_spans(segments: Segments) -> Spans:
+    """Where each segment's rows lie in the flat layout that holds every row's real tokens one after another."""
+    spans, first = [], 0
+    for a, b, length in segments:
+        spans.append((first, b - a, length))
+        first += (b - a) * length
+    return spans
+
+
+@torch.compiler.disable  # a Python loop over ragged spans: compiled blocks call it eagerly
+def packed_attention(qkv: torch.Tensor, spans: Spans, num_heads: int) -> torch.Tensor:
+    """qkv (N, 3D) of packed rows -> (N, D): the rows of each span attend over their own tokens only, with the
+    shapes they have alone, and no padding is computed anywhere (the row-wise layers run on the N real tokens)."""
+    d = qkv.shape[1] // 3
+    out = qkv.new_empty(qkv.shape[0], d)
+    for first, rows, n in spans:
+        end = first + rows * n
+        q, k, v = qkv[first:end].view(rows, n, 3, num_heads, d // num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out[first:end] = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(rows * n, d)
     return out
 
 
@@ -33,15 +46,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, segments: Segments | None = None) -> torch.Tensor:
-        """x (B, N, D); segments: ragged rows (see `ragged_attention`), or None when every row is N long."""
+    def forward(self, x: torch.Tensor, spans: Spans | None = None) -> torch.Tensor:
+        """x (B, N, D); or packed ragged rows x (N, D) with their `spans` (see `packed_attention`)."""
+        if spans is not None and len(spans) > 1:
+            return self.proj(packed_attention(self.qkv(x), spans, self.num_heads))
+        if spans is not None:  # one span: alike rows, the plain batched attention (compiles whole with the block)
+            _, rows, length = spans[0]
+            return self.attend(x.view(rows, length, -1)).view(rows * length, -1)
+        return self.attend(x)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, N, D), every row N long."""
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)  # (B, N, 3, h, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, hd)
-        if segments is None:
-            out = F.scaled_dot_product_attention(q, k, v)  # scale hd^-1/2, no mask
-        else:
-            out = ragged_attention(q, k, v, segments)
+        out = F.scaled_dot_product_attention(q, k, v)  # scale hd^-1/2, no mask
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -66,8 +85,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, segments: Segments | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), segments)
+    def forward(self, x: torch.Tensor, spans: Spans | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), spans)
         return x + self.mlp(self.norm2(x))
 
 
@@ -119,29 +138,36 @@ class MAR(nn.Module):
             )
         return self._pos_cache[key]
 
-    def encode(self, tokens: torch.Tensor, visible: torch.Tensor | None, grid: tuple[int, int],
-               segments: Segments | None = None) -> torch.Tensor:
-        """tokens (R, L, C); visible (R, V) ascending raster indices, or None for all L -> (R, P+V, D).
-
-        Ragged rows: a row with fewer visible tokens pads `visible` with the index L, and `segments` give each
-        row group's real length P+V_g; attention then never reaches the padding (its outputs are never used)."""
+    def encode(self, tokens: torch.Tensor, visible: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor:
+        """tokens (R, L, C); visible (R, V) ascending raster indices, or None for all L -> (R, P+V, D)."""
         r, length = tokens.shape[:2]
+        n = self.buffer_size + (length if visible is None else visible.shape[1])
+        return self.encode_packed(tokens, visible, grid, [(0, r, n)]).view(r, n, -1)
+
+    def encode_packed(self, tokens: torch.Tensor, visible: torch.Tensor | None, grid: tuple[int, int],
+                      segments: Segments) -> torch.Tensor:
+        """Rows that see different numbers of visible tokens, packed: rows [a, b) of a segment (a, b, P+v) see the
+        first v indices of their `visible` row (R, V) (None: all L) -> (N, D), each row's P+v tokens after the
+        previous row's, no padding (`packed_spans(segments)` says where each segment's rows lie)."""
         enc_pos = self.pos_embeds(grid)[0]  # (1, P+L, D)
         p, d = self.buffer_size, enc_pos.shape[-1]
-        img_pos = enc_pos[:, p:].expand(r, -1, -1)
         # z_proj on all L tokens, then the gather (as the reference): a row count of R·V could fall below BLAS's
         # small-matrix threshold (fewer than 4 rows round differently), and then a row's result would depend on
         # how many rows share the call
         img = self.z_proj(tokens)  # (R, L, D)
-        if visible is not None:
-            index = visible if segments is None else visible.clamp(max=length - 1)  # pads read a real slot
-            img = torch.gather(img, 1, index[..., None].expand(-1, -1, d))  # (R, V, D)
-            img_pos = torch.gather(img_pos, 1, index[..., None].expand(-1, -1, d))  # (R, V, D)
-        img = img + img_pos
-        buf = (self.fake_latent + enc_pos[0, :p]).expand(r, -1, -1)  # (R, P, D)
-        x = self.z_proj_ln(torch.cat([buf, img], dim=1))
+        buf = self.fake_latent + enc_pos[0, :p]  # (P, D)
+        parts = []
+        for a, b, n in segments:
+            if visible is None:
+                part = img[a:b] + enc_pos[:, p:]  # (b-a, L, D)
+            else:
+                index = visible[a:b, : n - p, None].expand(-1, -1, d)
+                part = torch.gather(img[a:b], 1, index) + torch.gather(enc_pos[:, p:].expand(b - a, -1, -1), 1, index)
+            parts.append(torch.cat([buf.expand(b - a, -1, -1), part], dim=1).reshape(-1, d))
+        x = self.z_proj_ln(torch.cat(parts) if len(parts) > 1 else parts[0])  # (N, D)
+        spans = packed_spans(segments)
         for block in self.encoder_blocks:
-            x = block(x, segments)
+            x = block(x, spans)
         return self.encoder_norm(x)
 
     def decode(
@@ -150,24 +176,27 @@ class MAR(nn.Module):
         visible: torch.Tensor | None,
         grid: tuple[int, int],
         con_embed: torch.Tensor | None = None,
+        segments: Segments | None = None,
     ) -> torch.Tensor:
-        """x_enc (R, P+V, D) -> z (R, L, D). con_embed: decoder_embed(x_con) (R, P+L, D) for editing.
-        Padding slots of ragged rows (visible index L) land in a spare last slot that is dropped."""
+        """x_enc (R, P+V, D), or packed (N, D) with the `segments` (a, b, P+v) of `encode_packed` -> z (R, L, D).
+        con_embed: decoder_embed(x_con) (R, P+L, D) for editing; visible None: x_enc holds all L tokens."""
         _, dec_pos, diff_pos = self.pos_embeds(grid)
         p = self.buffer_size
         y = self.decoder_embed(x_enc)
-        r, _, d = y.shape
-        length = grid[0] * grid[1]
+        d = y.shape[-1]
         if visible is None:
             full = y
         else:
-            if con_embed is None:
-                full = self.mask_token.to(y.dtype).expand(r, p + length + 1, d).clone()
-            else:
-                full = torch.cat([con_embed.expand(r, -1, -1), y.new_zeros(r, 1, d)], dim=1)  # (R, P+L+1, D)
-            full[:, :p] = y[:, :p]
-            full.scatter_(1, (visible + p)[..., None].expand(-1, -1, d), y[:, p:])
-            full = full[:, : p + length]  # (R, P+L, D): the spare slot goes
+            r, length = visible.shape[0], grid[0] * grid[1]
+            if segments is None:
+                segments = [(0, r, y.shape[1])]
+                y = y.reshape(-1, d)
+            fill = self.mask_token.to(y.dtype).expand(r, p + length, d) if con_embed is None else con_embed
+            full = fill.expand(r, -1, -1).clone()  # (R, P+L, D), written below
+            for (first, rows, n), (a, b, _) in zip(packed_spans(segments), segments, strict=True):
+                part = y[first : first + rows * n].view(rows, n, d)
+                full[a:b, :p] = part[:, :p]
+                full[a:b].scatter_(1, (visible[a:b, : n - p] + p)[..., None].expand(-1, -1, d), part[:, p:])
         x = full + dec_pos
         for block in self.decoder_blocks:
             x = block(x)

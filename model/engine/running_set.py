@@ -6,9 +6,9 @@ state kept); every step returns the items that finished, with their decoded imag
 its own state: step index and schedule (`steps`, so the masked count), orders, latent tokens, prefix K/V,
 edit conditioning, generator, temperature and guidance, so items with different `steps`, `guidance_scale` or
 CFG on/off share a step. Rows are item after item (n cond rows, then n uncond rows with CFG); rows that see
-fewer visible tokens are padded, and every attention runs per group of alike rows over their own lengths
-(`model.engine.sampler`), so an item's result does not depend on when it joined or who shared its steps
-(tests/model/test_running_set.py).
+different numbers of visible tokens are packed (no padding), and every attention runs per group of alike rows
+over their own lengths (`model.engine.sampler`), so an item's result does not depend on when it joined or who
+shared its steps (tests/model/test_running_set.py).
 It knows nothing of jobs, queues, leases or progress reporting.
 """
 
@@ -93,11 +93,13 @@ class Layout:
 
 @dataclass
 class StepStats:
-    """Token rows run through the encoder, LLM chunk and decoder, and how many of them were padding."""
+    """Token rows run through the encoder, LLM chunk and decoder; steps whose rows stood at different steps of
+    their own (ragged: packed, `model.engine.sampler`), and the rows padding them to the widest would have cost."""
 
     steps: int = 0
+    ragged_steps: int = 0
     token_rows: int = 0
-    pad_rows: int = 0
+    pad_rows_saved: int = 0
 
 
 @dataclass
@@ -260,12 +262,12 @@ class RunningSet:
                 groups[-1] = (groups[-1][0], a + it.total_rows, t, n)
             else:
                 groups.append((a, a + it.total_rows, t, n))
-        lengths = torch.tensor([v for a, b, _, v in groups for _ in range(b - a)], device=vis.device)  # (R,)
-        r = vis.shape[0]
         self.stats.steps += 1
-        self.stats.token_rows += r * (2 * (p + width) + p + length)  # encoder, LLM chunk, decoder
-        self.stats.pad_rows += 2 * sum((b - a) * (width - v) for a, b, _, v in groups)  # host numbers: no sync
-        return StepRows(tokens, vis, lengths, groups, layout.prefixes, layout.text_mask, layout.con_embed)
+        self.stats.ragged_steps += len({v for *_, v in groups}) > 1
+        # encoder and LLM chunk: each row's own P+V tokens (packed); decoder: P+L. Host numbers: no sync
+        self.stats.token_rows += sum((b - a) * (2 * (p + v) + p + length) for a, b, _, v in groups)
+        self.stats.pad_rows_saved += 2 * sum((b - a) * (width - v) for a, b, _, v in groups)
+        return StepRows(tokens, vis, groups, layout.prefixes, layout.text_mask, layout.con_embed)
 
     def _sample(self, chosen: list[ItemState], layout: Layout, z: torch.Tensor, commits: list[torch.Tensor]
                 ) -> list[torch.Tensor]:

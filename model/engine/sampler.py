@@ -2,10 +2,11 @@
 
 Owns the network flow of one MAR iteration: encoder -> proj_in -> LLM chunk over the read-only prefix ->
 proj_out residual -> decoder, for a batch whose rows see different numbers of visible tokens and prompts of
-different lengths (ragged rows are padded with the index L, and every attention runs per group of alike rows
-over that group's own lengths, so a row's result does not depend on its batch-mates), plus the head's reverse
-loop over committed tokens with per-row guidance and temperature. It draws no random numbers (callers
-pass each item's draws) and knows nothing of items, schedules or steps; `model.engine.running_set` does.
+different lengths, plus the head's reverse loop over committed tokens with per-row guidance and temperature.
+Ragged rows are packed: the encoder's and the chunk's row-wise layers run on each row's real tokens only (a
+set whose items stand at different steps pays no padding), and every attention runs per group of alike rows over
+that group's own lengths, so a row's result does not depend on its batch-mates. It draws no random numbers
+(callers pass each item's draws) and knows nothing of items, schedules or steps; `model.engine.running_set` does.
 """
 
 from __future__ import annotations
@@ -27,24 +28,23 @@ class StepRows:
     """One MAR iteration's input rows, item after item (its n cond rows, then its n uncond rows with CFG)."""
 
     tokens: torch.Tensor  # (R, L, C)
-    visible: torch.Tensor  # (R, V) ascending raster indices; a row with fewer visible tokens is padded with L
-    lengths: torch.Tensor  # (R,) visible tokens per row
+    visible: torch.Tensor  # (R, V) ascending raster indices; a row's first V_g count (the rest: L, never read)
     groups: list[tuple[int, int, int, int]]  # (first row, end row, prefix T, visible V): rows alike, in order
     prefixes: list[PrefixRun]  # where each row's prefix K/V are held, covering the R rows in order
     text_mask: torch.Tensor  # (R, T) bool, T the longest prefix
     con_embed: torch.Tensor | None  # (R, P+L, D) decoder_embed(x_con), editing
 
     @property
-    def padded(self) -> bool:
-        """Whether some row sees fewer visible tokens than the widest (else the plain, unpadded MAR path)."""
-        return any(v < self.visible.shape[1] for *_, v in self.groups)
+    def ragged(self) -> bool:
+        """Whether rows see different numbers of visible tokens (items at different steps)."""
+        return len({v for *_, v in self.groups}) > 1
 
     def rows(self, a: int, b: int) -> StepRows:
         """Rows [a, b) alone (as if only they were stepped; shapes other than the row count unchanged)."""
         groups = [(max(g, a) - a, min(e, b) - a, t, v) for g, e, t, v in self.groups if max(g, a) < min(e, b)]
         con = None if self.con_embed is None else self.con_embed[a:b]
-        return StepRows(self.tokens[a:b], self.visible[a:b], self.lengths[a:b], groups,
-                        prefix_runs(self.prefixes, a, b), self.text_mask[a:b], con)
+        return StepRows(self.tokens[a:b], self.visible[a:b], groups, prefix_runs(self.prefixes, a, b),
+                        self.text_mask[a:b], con)
 
     def encoder_segments(self, p: int) -> list[tuple[int, int, int]]:
         """(first row, end row, P+V) with neighbouring groups of the same V merged."""
@@ -68,20 +68,15 @@ def prefix_runs(runs: list[PrefixRun], a: int, b: int) -> list[PrefixRun]:
     return out
 
 
-def chunk_order(lengths: torch.Tensor, p: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row gathers between the encoder layout [P buffers, V_r visible, pads] and the LLM chunk layout
-    [V_r visible, P buffers, pads] (pads last, so causal attention keeps them out of every real token).
-    -> (to_chunk, from_chunk), each (R, P+V) long."""
-    j = torch.arange(p + width, device=lengths.device)[None]  # (1, P+V)
-    v = lengths[:, None]  # (R, 1)
-    to_chunk = torch.where(j < v, j + p, torch.where(j < v + p, j - v, j))
-    from_chunk = torch.where(j < p, j + v, torch.where(j < p + v, j - p, j))
-    return to_chunk, from_chunk
-
-
-def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (R, S, F), index (R, S) -> x[r, index[r, s]] (R, S, F)."""
-    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
+def to_chunk_layout(x: torch.Tensor, groups: list[ChunkGroup], p: int, back: bool = False) -> torch.Tensor:
+    """Packed rows (N, F) from the encoder's layout [P buffers, V visible] to the LLM chunk's [V visible, P
+    buffers], or back (`back`): one copy, each group's rows at their own length."""
+    parts = []
+    for g in groups:
+        rows = x[g.first : g.first + (g.b - g.a) * g.n].view(g.b - g.a, g.n, -1)
+        cut = g.n - p if back else p
+        parts.append(torch.cat([rows[:, cut:], rows[:, :cut]], dim=1).reshape(-1, x.shape[-1]))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 # The head's rows are padded to a multiple of this: BLAS takes other kernels below 4 rows, and vectorized exp/silu
@@ -114,7 +109,7 @@ class MARSampler:
         """Steps 1-6 of spec §5.4 -> per-position head conditions z (R, L, D).
 
         Every attention runs per row group over that group's own lengths (`StepRows.groups`), and row-wise
-        layers see padding only as extra rows, so a row's result does not depend on its batch-mates. That is
+        layers run on each row's own tokens (packed), so a row's result does not depend on its batch-mates. That is
         what lets `passes` > 1 run the rows in that many passes of contiguous rows (about R/passes each: with CFG
         and 2 passes, an item's cond rows, then its uncond rows) when the activations of all rows at once do not
         fit: the same z, for a peak that the step's transients add only R/passes rows' worth to."""
@@ -127,20 +122,16 @@ class MARSampler:
 
     def _conditions(self, rows: StepRows, grid: tuple[int, int]) -> torch.Tensor:
         mar, p = self.model.mar, self.model.cfg.mar.buffer_size
-        padded = rows.padded
-        x_enc = mar.encode(rows.tokens, rows.visible, grid, rows.encoder_segments(p) if padded else None)  # (R, P+V, D)
-        u = self.model.proj_in(x_enc)  # (R, P+V, H)
-        chunks = [ChunkGroup(a, b, t, v + p, prefix_runs(rows.prefixes, a, b)) for a, b, t, v in rows.groups]
-        if padded:
-            to_chunk, from_chunk = chunk_order(rows.lengths, p, rows.visible.shape[1])
-            h = self.runner.chunk(gather_rows(u, to_chunk), rows.text_mask, chunks)  # (R, V+P, H)
-            h = gather_rows(h, from_chunk)  # (R, P+V, H) buffers first again
-        else:
-            u = torch.cat([u[:, p:], u[:, :p]], dim=1)  # visible tokens, then buffers
-            h = self.runner.chunk(u, rows.text_mask, chunks)  # (R, V+P, H)
-            h = torch.cat([h[:, -p:], h[:, :-p]], dim=1)  # buffers first again
-        x_enc = x_enc + self.model.proj_out(h)
-        return mar.decode(x_enc, rows.visible, grid, rows.con_embed)  # (R, L, D)
+        segments = rows.encoder_segments(p)
+        x_enc = mar.encode_packed(rows.tokens, rows.visible, grid, segments)  # (N, D): each row's P+V_r tokens
+        chunks, first = [], 0
+        for a, b, t, v in rows.groups:
+            chunks.append(ChunkGroup(a, b, t, v + p, prefix_runs(rows.prefixes, a, b), first))
+            first += (b - a) * (v + p)
+        u = to_chunk_layout(self.model.proj_in(x_enc), chunks, p)  # (N, H): visible tokens, then buffers
+        h = self.runner.chunk(u, rows.text_mask, chunks)  # (N, H)
+        x_enc = x_enc + self.model.proj_out(to_chunk_layout(h, chunks, p, back=True))  # buffers first again
+        return mar.decode(x_enc, rows.visible, grid, rows.con_embed, segments)  # (R, L, D)
 
     def sample_head(self, cond_z: torch.Tensor, uncond_z: torch.Tensor | None, scale: torch.Tensor,
                     temperature: torch.Tensor, init: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

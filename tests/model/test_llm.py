@@ -88,15 +88,22 @@ def test_chunk_reads_each_prefix_where_held_with_the_bits_of_a_copied_buffer():
     chunk = torch.randn(3, 6, 64)
     with torch.no_grad():
         held = [run.prefix(x)[1], run.prefix(y)[1]]
-        old = copied_buffer_attention(held, mask, [(0, 2, 7, 6), (2, 3, 5, 4)])
-        ref = run._layers(chunk, run._chunk_positions(mask, 6), old)
-        out = run.chunk(chunk, mask, [ChunkGroup(0, 2, 7, 6, [PrefixRun(held[0], 0, 2)]),
-                                      ChunkGroup(2, 3, 5, 4, [PrefixRun(held[1], 0, 1)])])
-        assert torch.equal(out, ref)
+        copied = copied_buffer_attention(held, mask, [(0, 2, 7, 6), (2, 3, 5, 4)])
+
+        def old(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # rows (R, Q, heads, hd)
+            return copied(i, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+        ref = run._layers(chunk, mask.sum(dim=1)[:, None] + torch.arange(6), old)  # padded rows (3, 6, 64)
+        # packed: the first group's 2 x 6 tokens, then the second's 1 x 4 (no padding)
+        packed = torch.cat([chunk[:2].reshape(-1, 64), chunk[2, :4]])
+        out = run.chunk(packed, mask, [ChunkGroup(0, 2, 7, 6, [PrefixRun(held[0], 0, 2)], 0),
+                                       ChunkGroup(2, 3, 5, 4, [PrefixRun(held[1], 0, 1)], 12)])
+        assert out.shape == (16, 64)
+        assert torch.equal(out, torch.cat([ref[:2].reshape(-1, 64), ref[2, :4]]))
         # a group may take its rows from several buffers, or from part of one
-        parts = run.chunk(chunk[:2], mask[:2], [ChunkGroup(0, 2, 7, 6, [PrefixRun(held[0], 0, 1),
-                                                                       PrefixRun(held[0], 1, 1)])])
-        assert torch.equal(parts, run.chunk(chunk[:2], mask[:2], [ChunkGroup(0, 2, 7, 6, [PrefixRun(held[0], 0, 2)])]))
+        two = chunk[:2].reshape(-1, 64)
+        parts = run.chunk(two, mask[:2], [ChunkGroup(0, 2, 7, 6, [PrefixRun(held[0], 0, 1), PrefixRun(held[0], 1, 1)])])
+        assert torch.equal(parts, run.chunk(two, mask[:2], [ChunkGroup(0, 2, 7, 6, [PrefixRun(held[0], 0, 2)])]))
 
 
 def test_mlp_in_row_slices_has_the_bits_of_one_call():

@@ -120,7 +120,9 @@ def test_paused_items_keep_their_state_and_progress(engine):
     assert rs.progress() == {"a": (2, 3), "b": (0, 2)}
     assert [f.id for f in rs.step()] == ["a"]
     assert [f.id for f in rs.step()] == ["b"] and not rs.items
-    assert rs.stats.steps == 4 and rs.stats.pad_rows > 0  # "a" at step 2 and "b" at step 0 shared a padded step
+    # "a" at step 2 and "b" at step 0 shared one ragged step: packed, where padding "b" to "a"'s width would have
+    # cost rows
+    assert rs.stats.steps == 4 and rs.stats.ragged_steps == 1 and rs.stats.pad_rows_saved > 0
 
 
 def test_an_item_left_undecoded_frees_its_rows_and_decodes_to_the_same_images(engine):
