@@ -345,6 +345,41 @@ def test_a_job_heard_during_the_bulks_decodes_steps_between_them(
     assert all(j.status == "succeeded" for j in done), [(j.status, j.error_message) for j in done]
 
 
+def test_a_keys_urgent_job_heard_during_its_own_bulks_decodes_runs_to_its_image_before_the_rest_of_them(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, publishing_store: Any
+) -> None:
+    from tests.support.jobs import make_jobs
+
+    # Given a wave of four 2-step batch items (priority -10) of one key that take their last step together, and
+    # the same key's single job (priority 0) queued while the first of the wave's images is being decoded
+    runner = make_runner(worker_batching="continuous", worker_max_batch=4)
+    bulk = make_jobs(job_store, object_store, owner_id, "generate", 64, [980, 981, 982, 983], steps=2,
+                     priority=-10, tag="cont-own-decodes")
+    late: list[Any] = []
+
+    def arrive() -> None:
+        assert runner.wakeups is not None and runner.wakeups.listening.is_set()
+        heard = runner.wakeups.heard(bulk[0].queue)
+        late.append(make_job(publishing_store, object_store, owner_id, "generate", 64, seed=984, steps=2,
+                             priority=0, tag="cont-own-decodes"))
+        wait_for(lambda: runner.wakeups.heard(bulk[0].queue) > heard, "the worker to hear the wake-up")
+
+    runner.engine = engine = _ArrivesDuringDecodes(runner.engine, arrive)
+
+    # When the worker serves one message of the queue
+    runner.run(bulk[0].id)
+    runner.drain()
+
+    # Then the urgent job's two steps (a lone image is decoded within its last step) went before the three bulk
+    # decodes still pending (the bulk's rows were free: nothing of it waited for a row), and every job succeeded
+    first = next(n for n, (what, _) in enumerate(engine.calls) if what == "decode")
+    rest = engine.calls[first + 1 :]
+    assert rest[:2] == [("step", frozenset({late[0].id}))] * 2, engine.calls
+    assert sorted(rest[2:]) == sorted(("decode", j.id) for j in bulk if j.id != engine.calls[first][1]), engine.calls
+    done = job_store.get_many([*(j.id for j in bulk), late[0].id])
+    assert all(j.status == "succeeded" for j in done), [(j.status, j.error_message) for j in done]
+
+
 def test_the_wake_up_of_a_job_its_messages_claim_took_starts_no_claim_on_the_sampling_thread(
     make_runner: Any, job_store: Any, object_store: Any, session_factory: Any, publishing_store: Any,
     monkeypatch: pytest.MonkeyPatch

@@ -78,7 +78,7 @@ from workers.runner.loop_records import (
 )
 from workers.runner.oom import failure_code, is_oom, release_cached_memory
 from workers.runner.progress import MAX_CANCEL_POLL_SECONDS, BackgroundCancelWatcher, ProgressReporter
-from workers.runner.step_policy import SetShares, StepCosts, choose
+from workers.runner.step_policy import STARVE_AFTER, SetShares, StepCosts, choose
 from workers.runner.wakeups import QueueWakeups
 from workers.transport.base import QueueClaims
 
@@ -807,19 +807,31 @@ class _Loop:
         """The decode to run now, else the set to step (`SetShares.next`). A finished image's VAE decode is work of
         its key like a step (for a wave of eight small images it takes far longer than their last MAR iteration),
         so it is ranked as `SetShares` ranks sets: the least-served key first (model time charged per key in this
-        loop), a decode before a step of a key served as much (it finishes a job), decodes in the order their
-        steps ended. Each decode is its own pass of the loop, so a job heard arriving is claimed and stepped
-        between two decodes of the bulk instead of after all of them."""
+        loop), then of one key the higher priority (a key's interactive job's step or decode before its bulk's
+        decodes), a decode before a step of a key and priority served as much (it finishes a job), decodes in the
+        order their steps ended. A decode passed over STARVE_AFTER times goes next, so a stream of urgent work
+        delays the bulk's decodes by a few steps at most. Each decode is its own pass of the loop, so a job heard
+        arriving is claimed and stepped between two decodes of the bulk instead of after all of them."""
         stepping = self.shares.next(self.sets, self._owners_of) if self.sets else None
         if not self.decoding:
             assert stepping is not None, "the loop asks only while it is busy"
             return stepping
         owners = self.shares.owners
-        first = min(self.decoding, key=lambda d: owners.get(d.member.item.job.owner_id, 0.0))  # stable: in order
-        if stepping is None:
+
+        def rank(owner: str, priority: int) -> tuple[float, int]:
+            return owners.get(owner, 0.0), -priority
+
+        starving = [d for d in self.decoding if d.passed_over >= STARVE_AFTER]
+        first = starving[0] if starving else min(  # stable: in the order their steps ended
+            self.decoding, key=lambda d: rank(d.member.item.job.owner_id, d.member.item.job.priority))
+        if stepping is None or starving:
             return first
-        least = min(owners.get(owner, 0.0) for owner, _ in self._owners_of(stepping))
-        return first if owners.get(first.member.item.job.owner_id, 0.0) <= least else stepping
+        least = min(rank(owner, priority) for owner, priority in self._owners_of(stepping))
+        if rank(first.member.item.job.owner_id, first.member.item.job.priority) <= least:
+            return first
+        for d in self.decoding:
+            d.passed_over += 1
+        return stepping
 
     def _forget_decode(self, job_id: str) -> None:
         self.decoding = [d for d in self.decoding if d.member.id != job_id]

@@ -66,6 +66,7 @@ class Decode:
     rs: Any  # the RunningSet it left (its model and grid decode it, even after the set closed)
     finished: Finished  # images None
     call_size: int  # items its last step advanced
+    passed_over: int = 0  # steps that went before it (`_Loop._next_work` bounds them)
 
 
 @dataclass
