@@ -4,8 +4,8 @@
 store at most every `interval` per job, from a background thread (the sampler never waits on a write).
 `BackgroundCancelWatcher` is the engine's `should_cancel()`: it asks the store which jobs of the batch have a
 cancel request, off the sampling thread (when a cancel hint is heard, else about once a step), and merges in the
-jobs the batch must drop for its own reasons (lost leases, time limit, shutdown). Neither knows the model; errors here are logged and
-never fail a batch.
+jobs the batch must drop for its own reasons (lost leases, time limit, shutdown). Neither knows the model;
+errors here are logged and never fail a batch.
 """
 
 from __future__ import annotations
