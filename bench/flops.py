@@ -90,3 +90,24 @@ def achieved_tflops(cfg: UniPicConfig, size: int, steps: int, guidance_scale: fl
                     seconds: float) -> float:
     """TFLOP/s achieved by `images` images of `size`² in `seconds` of wall time."""
     return image_flops(cfg, size, steps, guidance_scale).total * images / seconds / 1e12
+
+
+def ragged_padding_share(cfg: UniPicConfig, size: int, steps: int, items: int,
+                         guidance_scale: float = 3.0) -> float:
+    """What padding ragged rows cost, as a share of the FLOPs a stream of images needs: a running set of `items`
+    items spread evenly over the `steps` steps (a steady stream: one joins as one leaves), each step padding every
+    row's visible tokens through the LLM chunk's and the MAR encoder's linear layers to the widest row's (as the
+    running set did before rows were packed; attention already ran per group over real lengths). Over one full
+    cycle of the phases every item passes every phase once, so the real work is `steps` cycles' images."""
+    seq_len, p = cfg.tokens_for(size), cfg.mar.buffer_size
+    per_token = _llm_token_flops(cfg) + _vit_token_flops(cfg.mar.width, cfg.mar.mlp_ratio, cfg.mar.encoder_depth)
+    masked = [seq_len, *masked_after(seq_len, steps)][:steps]  # masked before each phase
+    chunk = [seq_len - m + p for m in masked]  # visible + buffers per row, by phase
+    rows = 2 if guidance_scale != 1.0 else 1
+    padding = 0.0
+    for shift in range(steps):  # the set at each step of a cycle: items at phases shift, shift + gap, ...
+        phases = sorted({(shift + i * steps // items) % steps for i in range(items)})
+        widest = max(chunk[k] for k in phases)
+        padding += sum(widest - chunk[k] for k in phases) * per_token * rows * (items / len(phases))
+    images = items  # each cycle of `steps` steps finishes `items` images
+    return padding / (padding + images * image_flops(cfg, size, steps, guidance_scale).total)

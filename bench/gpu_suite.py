@@ -130,6 +130,7 @@ def continuous(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
 
     from bench import decode_set as asks
     from bench import running_set as images
+    from bench.flops import ragged_padding_share
     from model.inference import GenerateRequest
 
     steps, n, rows = a.continuous_steps, a.continuous_requests, 8
@@ -137,7 +138,8 @@ def continuous(engine: Any, a: argparse.Namespace) -> dict[str, Any]:
                            "questions": []}
     for size in a.continuous_sizes:
         aligned, ragged = images.ragged_step_cost(engine, size, steps, rows, repeats=3, sync=lambda: sync(a.device))
-        out["ragged_step"].append({"size": size, "aligned_s": aligned, "ragged_s": ragged, "ratio": ragged / aligned})
+        out["ragged_step"].append({"size": size, "aligned_s": aligned, "ragged_s": ragged, "ratio": ragged / aligned,
+                                   "padding_share_if_unpacked": ragged_padding_share(engine.config, size, steps, rows)})
         print(f"  {size}px a step of {rows} items at different steps / in one phase: {ragged / aligned:.2f}", flush=True)
         by_rows = {}
         for count in (1, 2, 4, rows):  # every item in phase: no padding, so this is the rows' own cost
