@@ -262,12 +262,13 @@ class RunningSet:
                 groups[-1] = (groups[-1][0], a + it.total_rows, t, n)
             else:
                 groups.append((a, a + it.total_rows, t, n))
+        rows = StepRows(tokens, vis, groups, layout.prefixes, layout.text_mask, layout.con_embed)
         self.stats.steps += 1
-        self.stats.ragged_steps += len({v for *_, v in groups}) > 1
+        self.stats.ragged_steps += rows.ragged
         # encoder and LLM chunk: each row's own P+V tokens (packed); decoder: P+L. Host numbers: no sync
         self.stats.token_rows += sum((b - a) * (2 * (p + v) + p + length) for a, b, _, v in groups)
         self.stats.pad_rows_saved += 2 * sum((b - a) * (width - v) for a, b, _, v in groups)
-        return StepRows(tokens, vis, groups, layout.prefixes, layout.text_mask, layout.con_embed)
+        return rows
 
     def _sample(self, chosen: list[ItemState], layout: Layout, z: torch.Tensor, commits: list[torch.Tensor]
                 ) -> list[torch.Tensor]:
