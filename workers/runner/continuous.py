@@ -816,11 +816,7 @@ class _Loop:
         if not self.decoding:
             assert stepping is not None, "the loop asks only while it is busy"
             return stepping
-        owners = self.shares.owners
-
-        def rank(owner: str, priority: int) -> tuple[float, int]:
-            return owners.get(owner, 0.0), -priority
-
+        rank = self.shares.rank
         starving = [d for d in self.decoding if d.passed_over >= STARVE_AFTER]
         first = starving[0] if starving else min(  # stable: in the order their steps ended
             self.decoding, key=lambda d: rank(d.member.item.job.owner_id, d.member.item.job.priority))

@@ -164,7 +164,12 @@ class SetShares:
             return max(starving, key=lambda k: self.waited[k])
 
         def rank(key: tuple[str, int]) -> tuple[tuple[float, int], float]:
-            least = min(((self.owners.get(o, 0.0), -priority) for o, priority in owners_of(key)), default=(0.0, 0))
+            least = min((self.rank(o, priority) for o, priority in owners_of(key)), default=(0.0, 0))
             return least, self.used.get(key, 0.0)
 
         return min(keys, key=rank)
+
+    def rank(self, owner: str, priority: int) -> tuple[float, int]:
+        """Work of `owner` at `priority` in the loop's order: the least-served key first, then its higher
+        priority (the loop ranks decodes against steps by it too)."""
+        return self.owners.get(owner, 0.0), -priority
