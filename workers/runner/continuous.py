@@ -329,10 +329,13 @@ class _Loop:
     def _claim_more(self) -> None:
         if self.r.shutdown.requested:
             return
-        self._collect_look(wait=not self.busy)
+        woken = self.wakeups.take(self.queue) if self.wakeups is not None else None
+        # a job heard arriving while a claim ahead is in flight: that claim (a direct one is one query) may be the
+        # one taking it, or it holds the rows the job needs; either way it is waited for, so the job is admitted
+        # at this pass, before the next step or decode, not one pass later
+        self._collect_look(wait=not self.busy or bool(woken))
         self._collect_newcomer()
         self._claim_woken_elsewhere()
-        woken = self.wakeups.take(self.queue) if self.wakeups is not None else None
         if woken:
             self.drained = False
         # rows a cancel (or a lost lease, a time limit) freed were not claimed ahead: claimed now, so the next
@@ -480,7 +483,7 @@ class _Loop:
 
     def _collect_look(self, wait: bool = False) -> None:
         """Admit what finished looks found (with `wait`, a direct worker's look is waited for: nothing is live
-        to step meanwhile); a cancel look's first, the rows it was for are free now."""
+        to step meanwhile, or a job was heard arriving); a cancel look's first, the rows it was for are free now."""
         with self.cancel_lock:
             cancel = self.cancel_look
             if cancel is not None and cancel.future.done():
