@@ -80,8 +80,8 @@ class Settings(BaseSettings):
           description="continuous: while a less-served key's job is live, how many others share its steps; auto: "
                       "none on a CPU; on a GPU as many as keep a step within 20 % of its time alone, measured")
     worker_claim_ahead: bool = Field(default=True,
-          description="continuous: claim the rows a step frees (and read their inputs) while it samples, off the "
-                      "sampling thread; false: between steps, on it")
+          description="continuous: claim the rows a step frees, and a job heard arriving, (and read their inputs) "
+                      "while the model runs, off the sampling thread; false: between steps, on it")
     worker_host_memory_reuse: bool = Field(default=True,
           description="Keep freed host memory in the worker for the next model call (glibc malloc: large blocks "
                       "from the heap, not mapped and zeroed again each call; a 256 px decode on a CPU 25 % faster); "

@@ -57,20 +57,28 @@ class Forwarded:
         return getattr(self.inner, name)
 
 
-class CancelsDuringAStep(WrappedSets):
+class ActsDuringSteps(WrappedSets):
+    """Runs `actions[n]()` inside the sets' `n`-th step (1-based, across sets); logs each step's ids."""
+
+    def __init__(self, inner, actions) -> None:
+        super().__init__(inner)
+        self.actions, self.steps = actions, list[set[str]]()
+
+    def wrap(self, rs):
+        return _ActingSet(rs, self)
+
+
+class CancelsDuringAStep(ActsDuringSteps):
     """Runs `cancel()` inside the set's second step; logs each step's ids."""
 
     def __init__(self, inner, cancel) -> None:
-        super().__init__(inner)
-        self.cancel, self.steps = cancel, list[set[str]]()
-
-    def wrap(self, rs):
-        return _CancelLoggedSet(rs, self)
+        super().__init__(inner, {2: cancel})
 
 
-class _CancelLoggedSet(Forwarded):
+class _ActingSet(Forwarded):
     def step(self, ids=None, **options):
         self.engine.steps.append(set(ids if ids is not None else self.inner.ids))
-        if len(self.engine.steps) == 2:
-            self.engine.cancel()
+        action = self.engine.actions.get(len(self.engine.steps))
+        if action is not None:
+            action()
         return self.inner.step(ids, **options)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.support.jobs import make_job, make_jobs
-from tests.support.running_sets import CancelsDuringAStep, Forwarded, WrappedSets
+from tests.support.running_sets import ActsDuringSteps, CancelsDuringAStep, Forwarded, WrappedSets
 from tests.support.storage import add_owner
 from tests.support.waiting import wait_for
 from workers.faults import FaultInjector
@@ -442,6 +442,55 @@ def test_a_canceled_items_row_is_taken_by_the_next_queued_job_at_the_very_next_s
     done = {j.id: j for j in job_store.get_many([kept.id, victim.id, waiting.id])}
     assert done[victim.id].status == "canceled" and not object_store.page(f"results/{victim.id}/")
     assert done[kept.id].status == "succeeded" and done[waiting.id].status == "succeeded"
+
+
+@pytest.mark.parametrize("into", ["a free row", "a full set"])
+def test_a_job_heard_arriving_during_a_step_is_claimed_during_it_off_the_sampling_thread_and_steps_next(
+    into: str, make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any,
+    publishing_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a set of two rows running two 6-step jobs of one key (for "a free row", one of them canceled during
+    # the second step, so the third runs one item), with the store's claims observed by thread
+    runner = make_runner(worker_batching="continuous", worker_max_batch=2)
+    kept, other = make_jobs(job_store, object_store, owner_id, "generate", 64, [1010, 1011], steps=6,
+                            tag="cont-heard-claim")
+    claims_on: list[tuple[str, list[str]]] = []
+    claim_next = job_store.claim_next
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        claims = claim_next(*args, **kwargs)
+        claims_on.append((threading.current_thread().name, [c.job_id for c in claims]))
+        return claims
+
+    monkeypatch.setattr(job_store, "claim_next", observed)
+    late: list[Any] = []
+
+    def cancel() -> None:
+        publishing_store.request_cancel(other.id, owner_id)
+        wait_for(lambda: runner.cancel_hints.heard([other.id]), "the worker to hear the cancel")
+
+    def arrive() -> None:  # another key's job, its wake-up published; the step goes on once it is claimed
+        late.append(make_job(publishing_store, object_store, add_owner(session_factory), "generate", 64,
+                             seed=1012, steps=2, tag="cont-heard-claim"))
+        wait_for(lambda: job_store.get(late[0].id).status == "running", "the job's claim while the step runs")
+
+    at = 3 if into == "a free row" else 2
+    runner.engine = engine = ActsDuringSteps(runner.engine, {2: cancel, 3: arrive} if at == 3 else {2: arrive})
+    wait_for(lambda: runner.wakeups is not None and runner.wakeups.listening.is_set()
+             and runner.cancel_hints is not None and runner.cancel_hints.listening.is_set(),
+             "the worker to subscribe to wake-ups and cancel hints")
+
+    # When a job arrives during a step (the action waits inside the step until the job is claimed)
+    runner.run(kept.id)
+    runner.drain()
+
+    # Then it was claimed during that step by a thread other than the sampling one, and stepped at the next step
+    assert engine.steps[at - 1] == ({kept.id} if at == 3 else {kept.id, other.id}), engine.steps
+    assert late[0].id in engine.steps[at], engine.steps
+    (took,) = [thread for thread, ids in claims_on if late[0].id in ids]
+    assert took != threading.current_thread().name, claims_on
+    ids = [kept.id, late[0].id] + ([] if at == 3 else [other.id])
+    assert {j.status for j in job_store.get_many(ids)} == {"succeeded"}
 
 
 @pytest.mark.parametrize("batching", ["whole", "continuous"])

@@ -56,6 +56,20 @@ class Look:
     asked_at: float
     frees: dict[str, int] = field(default_factory=dict)  # a cancel look's: the canceled jobs whose rows it fills
     # (their pixels); held for it only once they left (`_Loop._free`)
+    heard: int = 0  # a heard look's (`_Loop._wake_heard`): the queue's wake-ups it answers (counted so far)
+
+
+@dataclass(frozen=True)
+class ClaimView:
+    """What a claim made off the sampling thread while a model call runs may take (`_Loop._wake_heard`): the rows
+    and pixels free when the call began (the call only frees more) and the keys live with their highest priority
+    (a full set's newcomer is of a key above those), set by the sampling thread, which changes none of it before
+    the call ends."""
+
+    rows: int
+    pixels: int
+    owners: dict[str, int]
+    over_cap: bool  # a newcomer already holds the one row over the cap
 
 
 @dataclass

@@ -153,6 +153,17 @@ class QueueWakeups(_Subscription):
         self.pattern = self.prefix + "*"  # not the job channels: their progress events are many
         self._heard: dict[str, int] = {}
         self._taken: dict[str, int] = {}
+        self._listeners: dict[str, Callable[[int], None]] = {}
+
+    def listen(self, queue: str, listener: Callable[[int], None] | None) -> None:
+        """Call `listener(count)` on the subscription's thread at each wake-up of `queue` (None: no longer), with
+        the queue's count of wake-ups heard so far. It runs under the lock `take` takes, so a `take` that reports
+        the wake-up comes after the listener acted on it; it must be quick and must not call back in here."""
+        with self._lock:
+            if listener is None:
+                self._listeners.pop(queue, None)
+            else:
+                self._listeners[queue] = listener
 
     def take(self, queue: str) -> bool | None:
         """True if `queue` was woken since the last `take` of it, False if not, None while not subscribed."""
@@ -186,7 +197,13 @@ class QueueWakeups(_Subscription):
         if channel.startswith(self.prefix):
             queue = channel[len(self.prefix):]
             with self._lock:
-                self._heard[queue] = self._heard.get(queue, 0) + 1
+                count = self._heard[queue] = self._heard.get(queue, 0) + 1
+                listener = self._listeners.get(queue)
+                if listener is not None:
+                    try:
+                        listener(count)
+                    except Exception:  # the subscription goes on; callers still take() the wake-up
+                        log.exception("a queue wake-up listener failed")
 
 
 class CancelHints(_Subscription, HintBook):
