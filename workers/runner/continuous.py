@@ -237,6 +237,8 @@ class _Loop:
         self.other_queues = [q for q in gpu_queues(s.worker_kinds, s.worker_max_pixels, model_of_queue(self.queue))
                              if q != self.queue]
         self.ahead = s.worker_claim_ahead  # claims while a step samples (`_claim_ahead`), off the sampling thread
+        # a direct worker with Redis claims a job heard arriving while a model call runs (`_wake_heard`)
+        self.hears = self.wakeups is not None and self.direct and self.ahead
         self.sets: dict[tuple[str, int], Any] = {}  # (kind, size) -> RunningSet or DecodeSet (model.engine)
         self.shares = SetShares()  # which set steps next
         self.members: dict[str, Member] = {}
@@ -262,8 +264,7 @@ class _Loop:
     def run(self, claims: list[Claim], asked_at: float | None = None) -> None:
         """Serve the loop from its first `claims` (asked at `asked_at`, monotonic; None: not known)."""
         self.keeper.__enter__()
-        hears = self.wakeups is not None and self.direct and self.ahead
-        if hears:
+        if self.hears:
             self.wakeups.listen(self.queue, self._wake_heard)  # type: ignore[union-attr]
         try:
             with self.reporter, self.watcher:
@@ -296,7 +297,7 @@ class _Loop:
             self.released = []
             raise
         finally:
-            if hears:
+            if self.hears:
                 self.wakeups.listen(self.queue, None)  # type: ignore[union-attr]
             self._abandon_look()
             self._wait_finishing()
@@ -397,7 +398,10 @@ class _Loop:
             self._look(rows, pixels)
 
     def _open_view(self) -> None:
-        """(before a model call) What a job heard arriving during it may be claimed into (`_wake_heard`)."""
+        """(before a model call) What a job heard arriving during it may be claimed into (`_wake_heard`); nothing
+        for a loop that hears no wake-ups (a gateway worker, no Redis, claims ahead off)."""
+        if not self.hears:
+            return
         rows, pixels = self._free()
         owners: dict[str, int] = {}
         for m in self.members.values():
@@ -409,6 +413,8 @@ class _Loop:
     def _close_view(self) -> None:
         """(after the call) The sampling thread changes the members now: no claim off it until the next call; one
         started before this is in `heard_look`, so the pass that takes its wake-up collects it (`_take_woken`)."""
+        if not self.hears:
+            return
         with self.cancel_lock:
             self.view = None
 
