@@ -216,12 +216,19 @@ def test_gateway_worker_sigkilled_mid_batch_and_cut_mid_upload(system):
 
     def cut_then_kill(stack, load):
         # When its connection is cut mid-upload, and later it is SIGKILLed mid-batch (its supervisor restarts it)
-        wait_until(stack.s3_proxy.cut_done.is_set, 60, "an upload of the gateway worker to be cut")
-        # (a continuous worker finishes results in the background while it takes new work: the cut upload's
-        # retry completes before the kill)
-        wait_until(lambda: _finished_on(engine, name), 60, "the gateway worker to finish a job")
         extra = itertools.count(100_000)
         with httpx.Client() as http:
+
+            def cut() -> bool:
+                done = stack.s3_proxy.cut_done.is_set()
+                if not done and not _queued(engine):  # the Celery workers may have taken all of the load: keep one
+                    load.submit_one(http, next(extra))  # job queued until the gateway worker takes one and uploads
+                return done
+
+            wait_until(cut, 60, "an upload of the gateway worker to be cut", interval=0.05)
+            # (a continuous worker finishes results in the background while it takes new work: the cut upload's
+            # retry completes before the kill)
+            wait_until(lambda: _finished_on(engine, name), 60, "the gateway worker to finish a job")
 
             def early_batch() -> dict[str, str]:
                 leases = _leases_on(engine, name, early=True)
