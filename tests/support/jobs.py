@@ -86,6 +86,11 @@ def make_jobs(store: JobStore, objects: Any, owner_id: str, kind: str, size: int
     return store.create_many([new_job(objects, owner_id, kind, size, seed, **options) for seed in seeds])[1]
 
 
+def make_together(store: JobStore, jobs: Iterable[NewJob]) -> list[JobRecord]:
+    """Insert jobs of different options (`new_job`'s) in ONE transaction, for the reason `make_jobs` gives."""
+    return store.create_many(list(jobs))[1]
+
+
 def enqueue(store: JobStore, celery: Any, jobs: Iterable[JobRecord], *, stamp_first: bool = False) -> None:
     """Send one `run_batch` message per job and stamp `last_enqueued_at`.
 

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.jobs import decode, enqueue, make_job
+from tests.support.jobs import decode, enqueue, make_job, make_jobs, make_together, new_job
 from tests.support.waiting import wait_for, wait_terminal
 
 pytestmark = pytest.mark.system  # starts model-worker processes
@@ -35,9 +35,11 @@ def test_cancel_while_queued_and_while_running_leaves_batch_mates_unchanged(
 ) -> None:
     worker = start_worker("cancel", UNIPIC_FAULT_STEP_DELAY_MS="200", UNIPIC_WORKER_BATCHING="whole")
 
-    # Given four compatible jobs, one of them canceled while still queued
-    jobs = [make_job(job_store, object_store, owner_id, "generate", 64, seed=500 + i, steps=STEPS, tag="cancel")
-            for i in range(4)]
+    # Given four compatible jobs, one of them canceled while still queued (made in one transaction: the worker
+    # may be taking a stale wake-up of this queue, and one taken between separate inserts would claim only the
+    # jobs made so far)
+    jobs = make_jobs(job_store, object_store, owner_id, "generate", 64, seeds=range(500, 504), steps=STEPS,
+                     tag="cancel")
     keep_a, victim, keep_b, queued_victim = jobs
     assert job_store.request_cancel(queued_victim.id, owner_id).status == "canceled"
 
@@ -75,8 +77,10 @@ def test_out_of_memory_splits_the_batch_and_an_item_that_cannot_fit_fails_alone(
     port = free_port()
     worker = start_worker("oom", UNIPIC_FAULT_OOM_ABOVE="1", UNIPIC_FAULT_OOM_ABOVE_PIXELS=str(64 * 64),
                           UNIPIC_WORKER_METRICS_PORT=str(port), UNIPIC_WORKER_BATCHING="whole")
-    small = [make_job(job_store, object_store, owner_id, "generate", 64, seed=700 + i, tag="oom") for i in range(4)]
-    big = make_job(job_store, object_store, owner_id, "generate", 128, seed=777, tag="oom")
+    *small, big = make_together(job_store, [
+        *(new_job(object_store, owner_id, "generate", 64, seed=700 + i, tag="oom") for i in range(4)),
+        new_job(object_store, owner_id, "generate", 128, seed=777, tag="oom"),
+    ])
 
     # When a batch of four small jobs and one large job arrive
     enqueue(job_store, celery_app, [small[0], big])

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.support.jobs import decode, enqueue, make_job
+from tests.support.jobs import decode, enqueue, make_job, make_together, new_job
 from tests.support.waiting import wait_terminal
 
 pytestmark = pytest.mark.system  # starts a model-worker process
@@ -67,10 +67,13 @@ def test_forty_mixed_jobs_all_succeed_in_compatible_batches(
 def test_an_undecodable_input_fails_only_its_own_job(
     module_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
 ) -> None:
-    # Given three edit jobs of one batch, one of whose input is not an image
-    good = [make_job(job_store, object_store, owner_id, "edit", 64, seed=s, tag="bad-input") for s in (1, 2)]
-    bad = make_job(job_store, object_store, owner_id, "edit", 64, seed=3, input_bytes=b"not an image",
-                   tag="bad-input")
+    # Given three edit jobs of one batch, one of whose input is not an image (made in one transaction: the
+    # module's worker may be taking a stale wake-up of this queue, and one taken between separate inserts would
+    # claim only the jobs made so far)
+    *good, bad = make_together(job_store, [
+        *(new_job(object_store, owner_id, "edit", 64, seed=s, tag="bad-input") for s in (1, 2)),
+        new_job(object_store, owner_id, "edit", 64, seed=3, input_bytes=b"not an image", tag="bad-input"),
+    ])
 
     # When a worker takes the batch
     enqueue(job_store, celery_app, [good[0]])
