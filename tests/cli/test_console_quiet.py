@@ -4,17 +4,24 @@ no Celery banners, no superuser warning, no per-claim, per-task or per-request l
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.stack import Stack
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.system
 
 CHATTER = ("superuser privileges", "-------------- celery@", "[queues]", ".> app:", " claimed ", "Received task",
            "succeeded in", "Sending due task", "HTTP Request:", '"POST /v1/jobs', " accepted kind=", " succeeded\n")
+
+
+def _worker_started(log: str) -> bool:
+    """The model worker's last start-up line (Celery's `ready.`) follows its latest start."""
+    return re.search(r"^worker +\| .* ready\.$", log[log.rfind("started worker (pid"):], re.MULTILINE) is not None
 
 
 def _ok(result) -> str:  # type: ignore[no-untyped-def]
@@ -23,6 +30,9 @@ def _ok(result) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_the_console_carries_one_line_per_finished_batch(stack: Stack, tmp_path: Path) -> None:
+    # a stack started just now (this test its first user) may still be printing its model worker's start-up lines:
+    # Celery's `ready.` comes after the worker registered, which is all the stack waits for
+    wait_for(lambda: _worker_started(stack.log()), "the model worker's start-up lines", timeout=60)
     start = len(stack.log())
     # When a user pushes jobs: two single jobs and a batch of two
     for i in range(2):

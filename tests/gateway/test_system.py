@@ -115,12 +115,14 @@ def test_gateway_worker_runs_all_kinds_next_to_a_celery_worker(
 
 def test_sigkill_mid_batch_requeues_and_finishes_elsewhere(
     gateway: Gateway, start_gateway_worker: Any, start_worker: WorkerStarter, celery_app: Any, owner_id: str,
-    object_store: Any,
+    object_store: Any, tmp_path: Path,
 ) -> None:
     from workers.sweeper import Sweeper
 
-    # Given a slow gateway worker holding a batch
-    remote = start_gateway_worker("killed", UNIPIC_FAULT_STEP_DELAY_MS="400")
+    # Given a gateway worker holding a batch: its file gate (never released) holds it after its first step, so the
+    # batch is still running when the kill lands (with slow steps only, it could finish between the wait and the
+    # kill on a loaded machine, and a held job would have succeeded on the gateway worker)
+    remote = start_gateway_worker("killed", UNIPIC_FAULT_HOLD_FILE=str(tmp_path / "never-released"))
     jobs = _jobs(gateway, owner_id, ("generate",) * 3, seed=20)
     services = gateway.services
     wait_for(lambda: any(j.status == "running" and (j.progress_step or 0) >= 1

@@ -33,15 +33,14 @@ def free_port() -> int:
 def test_cancel_while_queued_and_while_running_leaves_batch_mates_unchanged(
     start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
 ) -> None:
-    worker = start_worker("cancel", UNIPIC_FAULT_STEP_DELAY_MS="200", UNIPIC_WORKER_BATCHING="whole")
-
-    # Given four compatible jobs, one of them canceled while still queued (made in one transaction: the worker
-    # may be taking a stale wake-up of this queue, and one taken between separate inserts would claim only the
-    # jobs made so far)
+    # Given four compatible jobs, one of them canceled while still queued (made in one transaction, and before
+    # the worker starts: a worker taking a stale wake-up of this queue would claim only the jobs made so far
+    # between separate inserts, or all four between the insert and the cancel)
     jobs = make_jobs(job_store, object_store, owner_id, "generate", 64, seeds=range(500, 504), steps=STEPS,
                      tag="cancel")
     keep_a, victim, keep_b, queued_victim = jobs
     assert job_store.request_cancel(queued_victim.id, owner_id).status == "canceled"
+    worker = start_worker("cancel", UNIPIC_FAULT_STEP_DELAY_MS="200", UNIPIC_WORKER_BATCHING="whole")
 
     # When the other three run as one batch and one of them is canceled mid-run
     # (stamped before sending: a stamp still holding a batch-mate's row lock when the worker claims would make
@@ -83,14 +82,23 @@ def test_out_of_memory_splits_the_batch_and_an_item_that_cannot_fit_fails_alone(
     ])
 
     # When a batch of four small jobs and one large job arrive
-    enqueue(job_store, celery_app, [small[0], big])
+    # (all stamped before sending, in one statement: a stamp still holding some of the four's row locks when the
+    # worker claims, for our message or a stale one, would make the claim skip them, SKIP LOCKED)
+    enqueue(job_store, celery_app, [*small, big], stamp_first=True)
     done = wait_terminal(job_store, [j.id for j in [*small, big]], workers=[worker])
 
     # Then the batch was split down to single items that all succeeded
     for job in small:
         assert done[job.id].status == "succeeded" and done[job.id].batch_size == 4
         assert decode(object_store, done[job.id].result_keys[0]).size == (64, 64)
-    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+    def metrics_text() -> str:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+    # (the worker counts a failure just after writing it: the last job may be terminal a moment before)
+    wait_for(lambda: 'unipic_worker_jobs_total{outcome="out_of_memory"} 1.0' in metrics_text(),
+             "the worker to count the out-of-memory failure")
+    metrics = metrics_text()
     assert "unipic_worker_oom_splits_total 3.0" in metrics  # 4 -> 2+2 -> 1+1, 1+1
     assert 'unipic_worker_jobs_total{outcome="out_of_memory"} 1.0' in metrics
     # And the single item that cannot fit failed with out_of_memory

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.jobs import enqueue, make_job
+from tests.support.jobs import enqueue, make_job, make_jobs
 from tests.support.storage import add_owner
 from tests.support.waiting import wait_for, wait_terminal
 
@@ -29,9 +29,10 @@ def test_one_job_of_tenant_b_runs_within_a_few_batches_while_tenant_a_bulk_waits
     worker = start_worker("fair", UNIPIC_WORKER_MAX_BATCH="4", UNIPIC_FAULT_STEP_DELAY_MS="20")
     tenant_a, tenant_b = add_owner(session_factory), add_owner(session_factory)
 
-    # Given tenant A's bulk of 200 (batch priority), with the worker busy on it
-    bulk = [make_job(job_store, object_store, tenant_a, "generate", 64, seed=i, steps=4, priority=-10,
-                     tag="fair-bulk") for i in range(BULK)]
+    # Given tenant A's bulk of 200 (batch priority), with the worker busy on it (made in one transaction, as the
+    # API makes a batch: a worker taking a stale wake-up of this queue would run jobs made one by one as they came)
+    bulk = make_jobs(job_store, object_store, tenant_a, "generate", 64, seeds=range(BULK), steps=4, priority=-10,
+                     tag="fair-bulk")
     enqueue(job_store, celery_app, bulk, stamp_first=True)
     wait_for(lambda: job_store.counts_by_status(tenant_a)["running"] > 0, "A's bulk to start")
 

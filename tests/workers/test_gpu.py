@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.support.jobs import decode, enqueue, make_job, make_together, new_job
+from tests.support.jobs import decode, enqueue, make_together, new_job
 from tests.support.waiting import wait_terminal
 
 pytestmark = pytest.mark.system  # starts a model-worker process
@@ -19,14 +19,17 @@ pytestmark = pytest.mark.system  # starts a model-worker process
 def test_forty_mixed_jobs_all_succeed_in_compatible_batches(
     module_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any
 ) -> None:
-    # Given 40 jobs of three kinds at two resolutions, all created before any is enqueued
+    # Given 40 jobs of three kinds at two resolutions, all created before any is enqueued (in one transaction:
+    # the module's worker may be taking stale wake-ups of these queues, and would run jobs made one by one as
+    # they came, one per claim)
     specs = [(kind, size) for kind in ("generate", "edit", "understand") for size in (64, 128)]
-    jobs = []
+    news = []
     for i in range(40):
         kind, size = specs[i % len(specs)]
         fmt = ("png", "webp", "jpeg")[i % 3]
-        jobs.append(make_job(job_store, object_store, owner_id, kind, size, seed=1000 + i,
-                             num_images=2 if i % 7 == 0 else 1, output_format=fmt, tag="mixed"))
+        news.append(new_job(object_store, owner_id, kind, size, seed=1000 + i,
+                            num_images=2 if i % 7 == 0 else 1, output_format=fmt, tag="mixed"))
+    jobs = make_together(job_store, news)
     enqueue(job_store, celery_app, jobs)
 
     # When a worker serves them
@@ -75,8 +78,9 @@ def test_an_undecodable_input_fails_only_its_own_job(
         new_job(object_store, owner_id, "edit", 64, seed=3, input_bytes=b"not an image", tag="bad-input"),
     ])
 
-    # When a worker takes the batch
-    enqueue(job_store, celery_app, [good[0]])
+    # When a worker takes the batch (all three stamped before sending, in one statement: a stamp still holding
+    # one's row lock when the worker claims, for our message or a stale one, would make the claim skip it)
+    enqueue(job_store, celery_app, [*good, bad], stamp_first=True)
     done = wait_terminal(job_store, [j.id for j in [*good, bad]], workers=[module_worker])
 
     # Then only the bad one failed, with invalid_input

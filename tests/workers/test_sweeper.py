@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,12 +21,13 @@ from workers.sweeper import Sweeper
 @pytest.mark.system  # starts model-worker processes
 def test_a_worker_killed_mid_batch_loses_nothing(
     start_worker: Any, job_store: Any, object_store: Any, owner_id: str, celery_app: Any, registry: Any,
-    settings: Any,
+    settings: Any, tmp_path: Path,
 ) -> None:
     # Given a batch of four running on a worker with short leases (the four made in one transaction: the worker
     # may be taking stale wake-ups of this queue left by earlier tests, and one taken between four separate
-    # inserts would claim only the jobs made so far)
-    doomed = start_worker("doomed", UNIPIC_LEASE_SECONDS="2", UNIPIC_FAULT_STEP_DELAY_MS="300")
+    # inserts would claim only the jobs made so far), held after its first step by a file gate never released,
+    # so the kill lands mid-batch however long the wait for that step takes on a loaded machine
+    doomed = start_worker("doomed", UNIPIC_LEASE_SECONDS="2", UNIPIC_FAULT_HOLD_FILE=str(tmp_path / "never-released"))
     jobs = make_jobs(job_store, object_store, owner_id, "generate", 64, seeds=range(300, 304), steps=6, tag="kill")
     ids = [j.id for j in jobs]
     enqueue(job_store, celery_app, jobs, stamp_first=True)  # no stamp lock of ours may split the batch
