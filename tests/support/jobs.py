@@ -97,7 +97,8 @@ def enqueue(store: JobStore, celery: Any, jobs: Iterable[JobRecord], *, stamp_fi
     By default the production contract (storage/routing.py): send, then stamp, so the worker's claim can meet
     the stamp's row locks (a batch-mate the stamp still locks is skipped and left for its own message).
     `stamp_first` stamps before sending, so no lock of ours is held while a worker claims: use it when a test
-    asserts which jobs share a batch.
+    asserts which jobs share a batch, and pass every batch-mate (a stamp that covers only some of them may be
+    met by a claim for a stale wake-up, which skips the ones it locks).
     """
     from storage.routing import RunBatchSender, send_and_stamp
 
