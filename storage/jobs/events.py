@@ -11,8 +11,11 @@ re-read Postgres (the truth) and reconcile on a slow timer, so a lost message on
 Channels: `{prefix}ev:job:{job_id}` and, for a job of a batch, `{prefix}ev:batch:{batch_id}` too. A message is
 JSON `{"type": "status"|"progress"|"update", "job_id", "batch_id", "custom_id", "status", "step", "total"}`.
 Queue wake-ups: a transaction that makes jobs claimable in a queue (created, requeued, released) also publishes
-`{"type": "queued", "queue", "jobs": n}` on `{prefix}ev:queue:{queue}`, once per queue with the count, so the
-gateway's long-polling claims of that queue wake instead of polling (`note_queued`). Cancel hints: a transaction
+`{"type": "queued", "queue", "jobs": n, "owners": {owner id: highest priority}}` on `{prefix}ev:queue:{queue}`,
+once per queue with the count, so the gateway's long-polling claims of that queue wake instead of polling
+(`note_queued`); `owners` (the keys whose jobs became claimable, left out above WAKEUP_OWNERS_MAX of them) lets a
+full running set that holds every one of those keys at that priority skip its newcomer claim, which could only
+find nothing (`workers.runner.continuous`). Cancel hints: a transaction
 that asks running jobs to stop (`cancel_requested`) also publishes `{"type": "cancel", "job_ids": [...], "workers":
 [...]}` on `{prefix}ev:cancel` (`workers`: the worker ids running those jobs, so the API's hub wakes the long-polls
 of just those gateway workers: `api.events.hub`), so a worker hears a cancel instead of reading Postgres every step
@@ -29,8 +32,8 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import event
@@ -51,6 +54,7 @@ TRUST_HINTS_AFTER_S = PAUSE_AFTER_FAILURE_S + 0.5
 _NOTES = "unipic_job_events"
 _QUEUED = "unipic_queue_wakeups"
 _CANCELS = "unipic_cancel_hints"
+WAKEUP_OWNERS_MAX = 32  # keys named in one queue wake-up; a transaction of more names none (a listener claims)
 CANCEL_HINT_IDS = 1000  # job ids per cancel message: a canceled batch of thousands is a few messages
 _ATTACHED = "unipic_job_events_attached"
 
@@ -110,23 +114,41 @@ def note(s: Session, row: Job, values: Mapping[str, Any]) -> None:
         "status": str(row.status), "step": row.progress_step, "total": row.progress_total,
     })
     if values.get("status") == JobStatus.QUEUED:  # requeued or released: claimable again
-        note_queued(s, [row.queue])
+        note_queued(s, [(row.queue, row.owner_id, row.priority)])
     if values.get("cancel_requested") is True:  # its worker should stop it at its next step
         s.info.setdefault(_CANCELS, []).append((row.id, row.worker_id))
 
 
-def note_queued(s: Session, queues: Iterable[str]) -> None:
-    """Remember that one job per item of `queues` became claimable in this transaction; after commit each queue
-    gets one wake-up message carrying its count."""
+@dataclass(slots=True)
+class QueuedNote:
+    """One queue's claimable jobs of a transaction: how many, and each key's highest priority among them."""
+
+    jobs: int = 0
+    owners: dict[str, int] = field(default_factory=dict)
+
+
+def note_queued(s: Session, jobs: Iterable[tuple[str, str, int]]) -> None:
+    """Remember that these jobs, (queue, owner id, priority) each, became claimable in this transaction; after
+    commit each queue gets one wake-up message carrying its count and the keys with their highest priority."""
     if not s.info.get(_ATTACHED):
         return
-    counts: Counter[str] = s.info.setdefault(_QUEUED, Counter())
-    counts.update(queues)
+    queued: dict[str, QueuedNote] = s.info.setdefault(_QUEUED, {})
+    for queue, owner, priority in jobs:
+        note = queued.setdefault(queue, QueuedNote())
+        note.jobs += 1
+        note.owners[owner] = max(note.owners.get(owner, priority), priority)
 
 
-def queued_events(counts: Mapping[str, int]) -> list[dict[str, Any]]:
-    """The wake-up messages for a transaction's queue counts."""
-    return [{"type": "queued", "queue": queue, "jobs": n} for queue, n in sorted(counts.items()) if n > 0]
+def queued_events(queued: Mapping[str, QueuedNote]) -> list[dict[str, Any]]:
+    """The wake-up messages for a transaction's queues."""
+    events = []
+    for queue, note in sorted(queued.items()):
+        if note.jobs > 0:
+            message: dict[str, Any] = {"type": "queued", "queue": queue, "jobs": note.jobs}
+            if len(note.owners) <= WAKEUP_OWNERS_MAX:
+                message["owners"] = note.owners
+            events.append(message)
+    return events
 
 
 def cancel_events(jobs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:

@@ -99,7 +99,7 @@ class JobStore(JobQueries):
                 s.add(row)
                 s.flush()
                 fair_share.activate(s, [(row.queue, row.owner_id)])
-                job_events.note_queued(s, [row.queue])  # wakes the queue's long-polling claims after commit
+                job_events.note_queued(s, [(row.queue, row.owner_id, row.priority)])  # wakes the queue's long-polling claims after commit
                 record = JobRecord.of(row)
         except IntegrityError:
             if new.idempotency_key:  # lost a race with the same key
@@ -148,7 +148,7 @@ class JobStore(JobQueries):
             if values:
                 s.execute(insert(_JOBS_TABLE), [_column_values(v) for v in values])
                 fair_share.activate(s, {(v["queue"], v["owner_id"]) for v in values}, now)
-                job_events.note_queued(s, [v["queue"] for v in values])
+                job_events.note_queued(s, [(v["queue"], v["owner_id"], v["priority"]) for v in values])
         records = [_record_from_values(v) for v in values]
         log.info("created %d jobs batch=%s", len(records), batch_id)
         return batch_record, records

@@ -513,3 +513,55 @@ def test_the_worker_counts_its_model_time_and_the_items_each_step_advanced(
     assert busy is not None and 0 < busy <= wall
     item_steps = registry.get_sample_value("unipic_worker_step_items_sum", labels)
     assert item_steps == (12 if batching == "continuous" else 3)
+
+
+@pytest.mark.parametrize("arriving", ["a held key's job", "another key's job"])
+def test_a_full_set_woken_by_a_job_of_a_key_it_holds_at_that_priority_makes_no_newcomer_claim(
+    arriving: str, make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any,
+    publishing_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.runner.continuous as continuous
+
+    # Given a full set of two rows running two 6-step jobs of one key, newcomer claims observed, and no newcomer
+    # claim but a wake-up's after the loop's first (the safety tick pushed out of the run)
+    monkeypatch.setattr(continuous, "NEWCOMER_SAFETY_SECONDS", 3600.0)
+    runner = make_runner(worker_batching="continuous", worker_max_batch=2)
+    held = make_jobs(job_store, object_store, owner_id, "generate", 64, [1020, 1021], steps=6, tag="cont-said")
+    newcomer_claims: list[list[str]] = []  # after the arrival
+    late: list[Any] = []
+    claim_next = job_store.claim_next
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        claims = claim_next(*args, **kwargs)
+        if late and kwargs.get("above") is not None:
+            newcomer_claims.append([c.job_id for c in claims])
+        return claims
+
+    monkeypatch.setattr(job_store, "claim_next", observed)
+
+    def arrive() -> None:  # a job queued as the API queues one (its wake-up names its key), heard by the worker
+        owner = owner_id if arriving == "a held key's job" else add_owner(session_factory)
+        queue = held[0].queue
+        before = runner.wakeups.heard(queue)
+        late.append(make_job(publishing_store, object_store, owner, "generate", 64, seed=1022, steps=2,
+                             tag="cont-said"))
+        wait_for(lambda: runner.wakeups.heard(queue) > before, "the worker to hear the wake-up")
+
+    marks: list[int] = []
+    runner.engine = engine = ActsDuringSteps(runner.engine, {2: arrive, 4: lambda: marks.append(len(newcomer_claims))})
+    wait_for(lambda: runner.wakeups is not None and runner.wakeups.listening.is_set(),
+             "the worker to subscribe to wake-ups")
+
+    # When the job arrives during the set's second step
+    runner.run(held[0].id)
+    runner.drain()
+
+    # Then by the fourth step a held key's job (same priority) started no claim, and took a row once one was free;
+    # another key's job was claimed as a newcomer at once
+    if arriving == "a held key's job":
+        assert marks == [0], newcomer_claims
+        assert all(late[0].id not in step for step in engine.steps[:6]), engine.steps
+    else:
+        assert marks == [1] and newcomer_claims[0] == [late[0].id], newcomer_claims
+        assert late[0].id in engine.steps[2], engine.steps
+    assert {j.status for j in job_store.get_many([*(j.id for j in held), late[0].id])} == {"succeeded"}

@@ -82,7 +82,7 @@ from workers.runner.loop_records import (
 from workers.runner.oom import failure_code, is_oom, release_cached_memory
 from workers.runner.progress import MAX_CANCEL_POLL_SECONDS, BackgroundCancelWatcher, ProgressReporter
 from workers.runner.step_policy import STARVE_AFTER, SetShares, StepCosts, choose
-from workers.runner.wakeups import QueueWakeups
+from workers.runner.wakeups import Owners, QueueWakeups
 from workers.transport.base import QueueClaims
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,7 @@ class _Loop:
         self.cancel_look: Look | None = None
         # a direct worker's claim of a job heard arriving, made while a model call runs (`_wake_heard`)
         self.heard_look: Look | None = None
+        self.woken_owners: Owners | None = None  # the keys of the wake-ups the last pass took (None: not said)
         self.view: ClaimView | None = None  # what `heard_look` may claim; None but while a model call runs
         # other threads (the watcher's, the wake-ups') set cancel_look and heard_look, the sampling thread takes them
         self.cancel_lock = threading.Lock()
@@ -359,8 +360,8 @@ class _Loop:
         # queued job takes the row at the next step, not one step later (a drop is rare; a claim is one query)
         urgent, self.dropped = woken or self.dropped, False
         rows, pixels = self._free()
-        if rows <= 0 or pixels <= 0:
-            self._claim_newcomer(woken)
+        if rows <= 0 or pixels <= 0:  # a wake-up of only keys held at that priority has no newcomer for us
+            self._claim_newcomer(False if woken and self._holds_all(self.woken_owners) else woken)
             return
         now = time.monotonic()
         if self.drained and woken is False and self.busy and now < self.recheck_at:
@@ -417,6 +418,14 @@ class _Loop:
             owners[job.owner_id] = max(owners.get(job.owner_id, job.priority), job.priority)
         return owners
 
+    def _holds_all(self, owners: Owners | None, held: dict[str, int] | None = None) -> bool:
+        """Whether the loop holds every key of a wake-up (`owners`, None: not said) at its priority there or
+        above (`held`: the keys held, else read now): a newcomer claim for it could only find nothing."""
+        if owners is None:
+            return False
+        held = self._held_owners() if held is None else held
+        return all(owner in held and priority <= held[owner] for owner, priority in owners.items())
+
     def _close_view(self) -> None:
         """(after the call) The sampling thread changes the members now: no claim off it until the next call; one
         started before this is in `heard_look`, so the pass that takes its wake-up collects it (`_take_woken`)."""
@@ -425,11 +434,12 @@ class _Loop:
         with self.cancel_lock:
             self.view = None
 
-    def _wake_heard(self, count: int) -> None:
+    def _wake_heard(self, count: int, owners: Owners | None) -> None:
         """(the wake-ups thread, at the loop's queue's `count`-th wake-up) The job that arrived is claimed now, off
         the sampling thread while a model call runs, into the rows free when the call began, or when there are
         none, as a newcomer one row over the cap (`_claim_newcomer`'s rule, the keys held read from the view, not
-        the store); the next pass admits it without waiting. A claim made there, on the sampling thread, kept the
+        the store; none when the wake-up's `owners` are all held at their priority there: it could only find
+        nothing); the next pass admits it without waiting. A claim made there, on the sampling thread, kept the
         device idle for its round trip at every arrival: at ten arrivals a second on the 2-core CPU, 67 claims of
         10-15 ms each, 4 % of the model's time (`bench.worker --model-busy`, 256 px). Not between calls (the
         sampling thread claims then), nor while another claim of the queue is in flight (it may be taking the job:
@@ -442,6 +452,8 @@ class _Loop:
             if view is None or self.closed or self.heard_look is not None or self.look is not None:
                 return
             if self.r.shutdown.requested or (view.over_cap and view.rows <= 0):
+                return
+            if (view.rows <= 0 or view.pixels <= 0) and self._holds_all(owners, view.owners):
                 return
             queue, objects, max_pixels = self.queue, self.r.objects, self.s.worker_max_pixels
             rows, pixels = (view.rows, view.pixels) if view.rows > 0 and view.pixels > 0 else (0, 0)
@@ -468,7 +480,7 @@ class _Loop:
                 heard, self.heard_look = self.heard_look, None
             if heard is not None and self._collect_heard(heard):
                 wakeups.seen_by_claim(self.queue, {self.queue: heard.heard})
-            woken = wakeups.take(self.queue)
+            woken, self.woken_owners = wakeups.take_owners(self.queue)
             if not woken or self.heard_look is None:
                 break
         return woken
@@ -665,11 +677,16 @@ class _Loop:
         if wakeups is None or not isinstance(store, QueueClaims):
             return
         for queue in self.other_queues:
-            if len(self.members) > self.row_cap or not wakeups.take(queue):
+            if len(self.members) > self.row_cap:
+                continue
+            woken, owners = wakeups.take_owners(queue)
+            if not woken:
                 continue
             rows, pixels, asked_at = *self._free(), time.monotonic()
             if rows > 0 and pixels > 0:
                 claims = store.claim_next(queue, self.r.worker_id, s.lease_seconds, rows, pixels)
+            elif self._holds_all(owners):
+                continue  # a wake-up of only keys held at that priority: no newcomer for us there
             else:
                 claims = store.claim_next(queue, self.r.worker_id, s.lease_seconds, 1, s.worker_max_pixels,
                                           above=self._held_owners())

@@ -25,6 +25,8 @@ from storage.jobs.events import TRUST_HINTS_AFTER_S, cancel_channel, channel_pre
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
+OWNERS_KEPT = 256  # per queue, the keys of wake-ups not taken yet; beyond, a take hears "not said"
+Owners = dict[str, int]  # a wake-up's keys (owner ids), each with the highest priority of its jobs there
 HEARD_CANCELS_KEPT = 10_000  # job ids of recent cancel hints, for a job claimed just before its hint came
 
 
@@ -153,12 +155,14 @@ class QueueWakeups(_Subscription):
         self.pattern = self.prefix + "*"  # not the job channels: their progress events are many
         self._heard: dict[str, int] = {}
         self._taken: dict[str, int] = {}
-        self._listeners: dict[str, Callable[[int], None]] = {}
+        self._owners: dict[str, list[tuple[int, Owners | None]]] = {}  # per wake-up not taken: (count, its keys)
+        self._listeners: dict[str, Callable[[int, Owners | None], None]] = {}
 
-    def listen(self, queue: str, listener: Callable[[int], None] | None) -> None:
-        """Call `listener(count)` on the subscription's thread at each wake-up of `queue` (None: no longer), with
-        the queue's count of wake-ups heard so far. It runs under the lock `take` takes, so a `take` that reports
-        the wake-up comes after the listener acted on it; it must be quick and must not call back in here."""
+    def listen(self, queue: str, listener: Callable[[int, Owners | None], None] | None) -> None:
+        """Call `listener(count, owners)` on the subscription's thread at each wake-up of `queue` (None: no
+        longer), with the queue's count of wake-ups heard so far and the keys whose jobs it announced, each with
+        their highest priority (None: not said). It runs under the lock `take` takes, so a `take` that reports the
+        wake-up comes after the listener acted on it; it must be quick and must not call back in here."""
         with self._lock:
             if listener is None:
                 self._listeners.pop(queue, None)
@@ -167,11 +171,26 @@ class QueueWakeups(_Subscription):
 
     def take(self, queue: str) -> bool | None:
         """True if `queue` was woken since the last `take` of it, False if not, None while not subscribed."""
+        return self.take_owners(queue)[0]
+
+    def take_owners(self, queue: str) -> tuple[bool | None, Owners | None]:
+        """`take`, and the keys the wake-ups it reports announced jobs of, each with their highest priority (None
+        when one of them did not say): a full running set holding all of them at that priority has no newcomer
+        to claim."""
         with self._lock:
-            heard = self._heard.get(queue, 0)
-            new = heard != self._taken.get(queue, 0)
+            heard, taken = self._heard.get(queue, 0), self._taken.get(queue, 0)
+            new = heard != taken
             self._taken[queue] = heard
-        return new if self.listening.is_set() else None
+            owners: Owners | None = {}
+            for count, said in self._owners.pop(queue, ()):
+                if count <= taken:
+                    continue
+                if said is None or owners is None:
+                    owners = None
+                    continue
+                for owner, priority in said.items():
+                    owners[owner] = max(owners.get(owner, priority), priority)
+        return (new if self.listening.is_set() else None), owners
 
     def counts(self) -> dict[str, int]:
         """Wake-ups heard so far, per queue: read before a claim, then `seen_by_claim` after it."""
@@ -183,7 +202,9 @@ class QueueWakeups(_Subscription):
         `take` no longer reports them. Else a loop's first pass would claim again, on its sampling thread, for
         the very job its message's claim took (a lone job waited 9-12 ms for that query before its first step)."""
         with self._lock:
-            self._taken[queue] = max(self._taken.get(queue, 0), counts.get(queue, 0))
+            self._taken[queue] = taken = max(self._taken.get(queue, 0), counts.get(queue, 0))
+            if queue in self._owners:
+                self._owners[queue] = [(count, said) for count, said in self._owners[queue] if count > taken]
 
     def heard(self, queue: str) -> int:
         """Wake-ups of `queue` heard so far (for tests and benchmarks that wait on one)."""
@@ -196,14 +217,31 @@ class QueueWakeups(_Subscription):
     def _note(self, channel: str, data: Any) -> None:
         if channel.startswith(self.prefix):
             queue = channel[len(self.prefix):]
+            owners = _owners_said(data)
             with self._lock:
                 count = self._heard[queue] = self._heard.get(queue, 0) + 1
+                unseen = self._owners.setdefault(queue, [])
+                if len(unseen) >= OWNERS_KEPT:  # not taken for long (no loop of this queue): not said, from here
+                    unseen[:] = [(unseen[-1][0], None)]
+                unseen.append((count, owners))
                 listener = self._listeners.get(queue)
                 if listener is not None:
                     try:
-                        listener(count)
+                        listener(count, owners)
                     except Exception:  # the subscription goes on; callers still take() the wake-up
                         log.exception("a queue wake-up listener failed")
+
+
+def _owners_said(data: Any) -> Owners | None:
+    """The keys a queue wake-up names with their highest priority (`storage.jobs.events.queued_events`); None
+    when it names none (too many keys, an older publisher) or is unreadable."""
+    try:
+        said = json.loads(data).get("owners")
+        if isinstance(said, dict) and all(isinstance(p, int) and not isinstance(p, bool) for p in said.values()):
+            return {str(owner): int(priority) for owner, priority in said.items()}
+    except (ValueError, TypeError, AttributeError):
+        log.warning("unreadable queue wake-up")
+    return None
 
 
 class CancelHints(_Subscription, HintBook):
