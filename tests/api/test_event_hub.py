@@ -190,7 +190,9 @@ def test_redis_restart_resyncs_every_watch(tmp_path: Any) -> None:
             await asyncio.to_thread(RedisPublisher(redis.url).publish, [{"type": "status", "job_id": "j",
                                                                          "status": "running"}])
             wake = await watch.wait(LIVENESS_S)
+            deadline = time.monotonic() + LIVENESS_S
             while not wake.events:  # a late resync may come first
+                assert time.monotonic() < deadline, "the event was not heard"  # wallclock-ok: bounded wait, not a speed claim
                 wake = await watch.wait(LIVENESS_S)
             assert wake.events[0]["status"] == "running"
         await hub.stop()
