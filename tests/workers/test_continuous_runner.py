@@ -565,3 +565,50 @@ def test_a_full_set_woken_by_a_job_of_a_key_it_holds_at_that_priority_makes_no_n
         assert marks == [1] and newcomer_claims[0] == [late[0].id], newcomer_claims
         assert late[0].id in engine.steps[2], engine.steps
     assert {j.status for j in job_store.get_many([*(j.id for j in held), late[0].id])} == {"succeeded"}
+
+
+def test_a_newcomer_heard_while_a_claim_ahead_is_in_flight_is_claimed_beside_it_off_the_sampling_thread(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any,
+    publishing_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a full set of two rows (two 2-step jobs of one key, claimed together) and a third job of that key
+    # queued, so the rows they free are claimed ahead while their last step runs; the store's claims observed
+    runner = make_runner(worker_batching="continuous", worker_max_batch=2)
+    first, second, queued = make_jobs(job_store, object_store, owner_id, "generate", 64, [1030, 1031, 1032],
+                                      steps=2, tag="cont-beside")
+    claims_on: list[tuple[str, list[str]]] = []
+    claim_next = job_store.claim_next
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        claims = claim_next(*args, **kwargs)
+        claims_on.append((threading.current_thread().name, [c.job_id for c in claims]))
+        return claims
+
+    monkeypatch.setattr(job_store, "claim_next", observed)
+    late: list[Any] = []
+
+    def arrive() -> None:  # once the claim ahead took the queued job (its look stays in flight until the next
+        # pass collects it), another key's job arrives, its wake-up published; the step goes on once it is claimed
+        wait_for(lambda: job_store.get(queued.id).status == "running", "the claim ahead")
+        late.append(make_job(publishing_store, object_store, add_owner(session_factory), "generate", 64,
+                             seed=1033, steps=2, tag="cont-beside"))
+        wait_for(lambda: job_store.get(late[0].id).status == "running", "the job's claim while the step runs")
+
+    runner.engine = engine = ActsDuringSteps(runner.engine, {2: arrive})
+    wait_for(lambda: runner.wakeups is not None and runner.wakeups.listening.is_set(),
+             "the worker to subscribe to wake-ups")
+
+    # When that job arrives during their last step (the action waits inside it until the job is claimed)
+    runner.run(first.id)
+    runner.drain()
+
+    # Then it was claimed during that step, off the sampling thread, and stepped at the next step (the less
+    # served key's item first, `step_policy`); the job claimed ahead took a freed row (claimed once: nothing went
+    # back to the queue)
+    assert engine.steps[1] == {first.id, second.id}, engine.steps
+    assert late[0].id in engine.steps[2], engine.steps
+    (took,) = [thread for thread, ids in claims_on if late[0].id in ids]
+    assert took != threading.current_thread().name, claims_on
+    assert sum(queued.id in ids for _, ids in claims_on) == 1, claims_on
+    done = job_store.get_many([first.id, second.id, queued.id, late[0].id])
+    assert {j.status for j in done} == {"succeeded"} and {j.attempts for j in done} == {0}

@@ -442,16 +442,20 @@ class _Loop:
         nothing); the next pass admits it without waiting. A claim made there, on the sampling thread, kept the
         device idle for its round trip at every arrival: at ten arrivals a second on the 2-core CPU, 67 claims of
         10-15 ms each, 4 % of the model's time (`bench.worker --model-busy`, 256 px). Not between calls (the
-        sampling thread claims then), nor while another claim of the queue is in flight (it may be taking the job:
-        that pass waits for it)."""
+        sampling thread claims then), nor for free rows while a claim ahead is in flight (it asks for them and may
+        be taking the job: that pass waits for it); a newcomer's claim goes on beside one (it takes one row over
+        the cap, not the rows the claim ahead fills; whichever of the two gets the job, the pass collects the
+        claim ahead first, `_collect_heard`)."""
         store, lease, worker = self.r.store, self.s.lease_seconds, self.r.worker_id
         if not isinstance(store, QueueClaims):
             return
         with self.cancel_lock:
             view = self.view
-            if view is None or self.closed or self.heard_look is not None or self.look is not None:
+            if view is None or self.closed or self.heard_look is not None:
                 return
             if self.r.shutdown.requested or (view.over_cap and view.rows <= 0):
+                return
+            if self.look is not None and view.rows > 0 and view.pixels > 0:
                 return
             if (view.rows <= 0 or view.pixels <= 0) and self._holds_all(owners, view.owners):
                 return
@@ -493,6 +497,8 @@ class _Loop:
             return found is not None
         # a newcomer claim answers for the keys it could take: a held key's job may be queued for a free row
         self.drained = False
+        if self.look is not None:  # a claim ahead began before it: admitted first, into the rows it was for (the
+            self._collect_look(wait=True)  # newcomer takes one over the cap); it may be the one that got the job
         self.newcomer_at = time.monotonic() + NEWCOMER_SAFETY_SECONDS
         if found.claims:
             self._admit(found, look.asked_at)
