@@ -17,7 +17,8 @@ it samples, on the runner's look thread, with their records and inputs read ther
 next step (`_claim_ahead`, `UNIPIC_WORKER_CLAIM_AHEAD`), so the device does not wait for a claim's round trip or
 an input's download. A job heard arriving (a wake-up) while a model call runs is claimed at once on a look thread,
 into the rows free when the call began or as a full set's newcomer (`_wake_heard`), and admitted at the next pass;
-between calls, or while another claim is in flight, the next pass claims it on the sampling thread. With Redis,
+between calls, or for free rows while a claim ahead is in flight (it asks for them), the next pass claims it on
+the sampling thread; a newcomer is claimed beside a claim ahead. With Redis,
 the worker hears its queues' wake-ups (`workers.runner.wakeups`), so once a claim found the queue empty the loop
 asks again only when a job arrived (or every NEWCOMER_SAFETY_SECONDS, and always before it ends): a claim query
 costs about as much as a small step on a busy CPU. A gateway worker hears no wake-ups: while its set samples, it
