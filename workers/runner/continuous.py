@@ -496,10 +496,11 @@ class _Loop:
         if found is None or found.where != NEWCOMER:
             self._collected(look)
             return found is not None
-        # a newcomer claim answers for the keys it could take: a held key's job may be queued for a free row
-        self.drained = False
         if self.look is not None:  # a claim ahead began before it: admitted first, into the rows it was for (the
             self._collect_look(wait=True)  # newcomer takes one over the cap); it may be the one that got the job
+        # a newcomer claim answers for the keys it could take: a held key's job may be queued for a free row (also
+        # when the claim ahead, asked before the wake-up, found the queue empty)
+        self.drained = False
         self.newcomer_at = time.monotonic() + NEWCOMER_SAFETY_SECONDS
         if found.claims:
             self._admit(found, look.asked_at)
