@@ -444,6 +444,20 @@ def test_a_canceled_items_row_is_taken_by_the_next_queued_job_at_the_very_next_s
     assert done[kept.id].status == "succeeded" and done[waiting.id].status == "succeeded"
 
 
+def _claims_by_thread(job_store: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
+    """The store's `claim_next` observed: (the claiming thread's name, the job ids it took), appended per call."""
+    claims_on: list[tuple[str, list[str]]] = []
+    claim_next = job_store.claim_next
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        claims = claim_next(*args, **kwargs)
+        claims_on.append((threading.current_thread().name, [c.job_id for c in claims]))
+        return claims
+
+    monkeypatch.setattr(job_store, "claim_next", observed)
+    return claims_on
+
+
 @pytest.mark.parametrize("into", ["a free row", "a full set"])
 def test_a_job_heard_arriving_during_a_step_is_claimed_during_it_off_the_sampling_thread_and_steps_next(
     into: str, make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any,
@@ -454,15 +468,7 @@ def test_a_job_heard_arriving_during_a_step_is_claimed_during_it_off_the_samplin
     runner = make_runner(worker_batching="continuous", worker_max_batch=2)
     kept, other = make_jobs(job_store, object_store, owner_id, "generate", 64, [1010, 1011], steps=6,
                             tag="cont-heard-claim")
-    claims_on: list[tuple[str, list[str]]] = []
-    claim_next = job_store.claim_next
-
-    def observed(*args: Any, **kwargs: Any) -> Any:
-        claims = claim_next(*args, **kwargs)
-        claims_on.append((threading.current_thread().name, [c.job_id for c in claims]))
-        return claims
-
-    monkeypatch.setattr(job_store, "claim_next", observed)
+    claims_on = _claims_by_thread(job_store, monkeypatch)
     late: list[Any] = []
 
     def cancel() -> None:
@@ -576,15 +582,7 @@ def test_a_newcomer_heard_while_a_claim_ahead_is_in_flight_is_claimed_beside_it_
     runner = make_runner(worker_batching="continuous", worker_max_batch=2)
     first, second, queued = make_jobs(job_store, object_store, owner_id, "generate", 64, [1030, 1031, 1032],
                                       steps=2, tag="cont-beside")
-    claims_on: list[tuple[str, list[str]]] = []
-    claim_next = job_store.claim_next
-
-    def observed(*args: Any, **kwargs: Any) -> Any:
-        claims = claim_next(*args, **kwargs)
-        claims_on.append((threading.current_thread().name, [c.job_id for c in claims]))
-        return claims
-
-    monkeypatch.setattr(job_store, "claim_next", observed)
+    claims_on = _claims_by_thread(job_store, monkeypatch)
     late: list[Any] = []
 
     def arrive() -> None:  # once the claim ahead took the queued job (its look stays in flight until the next

@@ -460,14 +460,13 @@ class _Loop:
                 return
             if (view.rows <= 0 or view.pixels <= 0) and self._holds_all(owners, view.owners):
                 return
-            queue, objects, max_pixels = self.queue, self.r.objects, self.s.worker_max_pixels
+            queue, objects = self.queue, self.r.objects
             rows, pixels = (view.rows, view.pixels) if view.rows > 0 and view.pixels > 0 else (0, 0)
 
             def claim() -> Found:
                 if rows:
                     return Found.of(store, objects, OWN, store.claim_next(queue, worker, lease, rows, pixels))
-                return Found.of(store, objects, NEWCOMER,
-                                store.claim_next(queue, worker, lease, 1, max_pixels, above=view.owners))
+                return Found.of(store, objects, NEWCOMER, self._newcomer_of(store, queue, view.owners))
 
             self.heard_look = Look(self.r.look_aside(claim), rows, pixels, time.monotonic(), heard=count)
 
@@ -586,9 +585,15 @@ class _Loop:
             self.newcomer_look = Look(self.r.look_aside(look), 0, 0, now)
             return
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
-        claims = store.claim_next(self.queue, worker, lease, 1, max_pixels, above=self._held_owners())
+        claims = self._newcomer_of(store, self.queue, self._held_owners())
         if claims:
             self._admit(claims, now)
+
+    def _newcomer_of(self, store: QueueClaims, queue: str, held: dict[str, int]) -> list[Claim]:
+        """A direct worker's newcomer claim (any thread): one job of `queue` of a key not in `held` (the keys held,
+        with their highest priority), or above that priority, into one row over the cap."""
+        return store.claim_next(queue, self.r.worker_id, self.s.lease_seconds, 1, self.s.worker_max_pixels,
+                                above=held)
 
     def _cancel_heard(self, job_ids: set[str]) -> None:
         """(the thread that learned it, mid-step: a cancel poll's or the watcher's read) A gateway worker found
@@ -696,8 +701,7 @@ class _Loop:
             elif self._holds_all(owners):
                 continue  # a wake-up of only keys held at that priority: no newcomer for us there
             else:
-                claims = store.claim_next(queue, self.r.worker_id, s.lease_seconds, 1, s.worker_max_pixels,
-                                          above=self._held_owners())
+                claims = self._newcomer_of(store, queue, self._held_owners())
             if claims:
                 self._admit(claims, asked_at)
 
