@@ -17,7 +17,8 @@ shares a running set), or with `--compatible` the same size and steps as A's, or
 `unipic worker --gateway` workers that reach only the API (through its proxy), not Celery workers.
 `--same-key`: the stream is A's own single jobs (priority 0) beside A's batch (priority -10): priority inside a key.
 `--batching both` runs the same workload with whole-batch and then continuous workers and prints them side by side. Prints a table and a JSON
-line per run.
+line per run; the JSON also splits B's run into its model calls, its encode + upload and the rest (`b_run_parts_s`),
+and gives B's five slowest jobs in parts (`b_slowest`): a tail is found there before it is looked for in logs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -107,7 +109,8 @@ def _claim_order(pg_url: str, b_ids: list[str], batch_id: str, alone_ids: list[s
     try:
         with engine.connect() as conn:
             b_rows, alone_rows = (conn.execute(sa.text(
-                "select created_at, started_at, finished_at from jobs where id = any(:ids)"), {"ids": ids}).all()
+                "select created_at, started_at, finished_at, coalesce(model_seconds, 0), "
+                "coalesce(upload_seconds, 0) from jobs where id = any(:ids)"), {"ids": ids}).all()
                 for ids in (b_ids, alone_ids))
             a_starts = [r[0] for r in conn.execute(sa.text(
                 "select distinct started_at from jobs where batch_id = :b and started_at is not null"),
@@ -117,16 +120,36 @@ def _claim_order(pg_url: str, b_ids: list[str], batch_id: str, alone_ids: list[s
                 "where batch_id = :b and model_seconds is not null"), {"b": batch_id}).scalar()
     finally:
         engine.dispose()
-    passed = [sum(1 for t in a_starts if created < t < started) for created, started, _ in b_rows]
-    waits = [(started - created).total_seconds() for created, started, _ in b_rows]
-    runs = [(finished - started).total_seconds() for _, started, finished in b_rows]
-    alone_waits = [(started - created).total_seconds() for created, started, _ in alone_rows]
-    alone_runs = [(finished - started).total_seconds() for _, started, finished in alone_rows]
+    passed = [sum(1 for t in a_starts if created < t < started) for created, started, *_ in b_rows]
+    waits = [(started - created).total_seconds() for created, started, *_ in b_rows]
+    runs = [(finished - started).total_seconds() for _, started, finished, *_ in b_rows]
+    alone_waits = [(started - created).total_seconds() for created, started, *_ in alone_rows]
+    alone_runs = [(finished - started).total_seconds() for _, started, finished, *_ in alone_rows]
     return {"b_wait_to_start_s": _stats(waits), "b_start_to_finish_s": _stats(runs),
             "b_alone_wait_to_start_s": _stats(alone_waits), "b_alone_start_to_finish_s": _stats(alone_runs),
+            "b_run_parts_s": _run_parts(b_rows), "b_alone_run_parts_s": _run_parts(alone_rows),
+            "b_slowest": _slowest(b_rows, 5),
             "a_batches_started_while_b_queued_max": max(passed, default=0),
             "a_batches_started_while_b_queued_mean": round(sum(passed) / max(1, len(passed)), 2),
             "a_batch_seconds_p50": round(float(a_batch or 0.0), 3)}
+
+
+def _run_parts(rows: Sequence[Any]) -> dict[str, dict[str, float]]:
+    """A job's run (claimed -> result written) in three parts: the model calls it took part in (its steps and its
+    decode), its encode + upload, and the rest (paused steps, waiting for a decode or a finishing thread, the
+    completion write)."""
+    model = [float(r[3]) for r in rows]
+    upload = [float(r[4]) for r in rows]
+    rest = [(r[2] - r[1]).total_seconds() - float(r[3]) - float(r[4]) for r in rows]
+    return {"model": _stats(model), "upload": _stats(upload), "rest": _stats(rest)}
+
+
+def _slowest(rows: Sequence[Any], n: int) -> list[dict[str, float]]:
+    """The `n` slowest jobs, each in parts: queued, model, upload, rest (seconds)."""
+    ranked = sorted(rows, key=lambda r: (r[2] - r[0]).total_seconds(), reverse=True)[:n]
+    return [{"total": round((r[2] - r[0]).total_seconds(), 3), "queued": round((r[1] - r[0]).total_seconds(), 3),
+             "model": round(float(r[3]), 3), "upload": round(float(r[4]), 3),
+             "rest": round((r[2] - r[1]).total_seconds() - float(r[3]) - float(r[4]), 3)} for r in ranked]
 
 
 def _a_rate(pg_url: str, batch_id: str, start: datetime, end: datetime) -> float:

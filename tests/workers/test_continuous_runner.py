@@ -610,3 +610,74 @@ def test_a_newcomer_heard_while_a_claim_ahead_is_in_flight_is_claimed_beside_it_
     assert sum(queued.id in ids for _, ids in claims_on) == 1, claims_on
     done = job_store.get_many([first.id, second.id, queued.id, late[0].id])
     assert {j.status for j in done} == {"succeeded"} and {j.attempts for j in done} == {0}
+
+
+class _ActsDuringFirstDecode(WrappedSets):
+    """Runs `action()` inside the first VAE decode of a wave that left its set undecoded."""
+
+    def __init__(self, inner: Any, action: Any) -> None:
+        super().__init__(inner)
+        self.action = action
+
+    def wrap(self, rs: Any) -> Any:
+        engine = self
+
+        class Decoding(Forwarded):
+            def decode(self, finished: Any) -> Any:
+                action, engine.action = engine.action, None
+                if action is not None:
+                    action()
+                return self.inner.decode(finished)
+
+        return Decoding(rs, self)
+
+
+def test_a_newcomer_heard_while_the_sets_items_wait_for_their_decodes_passes_over_their_key(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any,
+    publishing_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.runner.continuous as continuous
+
+    # Given a full set of two rows (two 2-step jobs of key A, claimed together: a wave, decoded one pass each after
+    # its last step) and two more of A's jobs queued, whose claim ahead (of the rows the wave frees) stays in
+    # flight until the newcomer below was claimed; no newcomer claim but a wake-up's after the loop's first
+    monkeypatch.setattr(continuous, "NEWCOMER_SAFETY_SECONDS", 3600.0)
+    runner = make_runner(worker_batching="continuous", worker_max_batch=2)
+    first, second, *queued = make_jobs(job_store, object_store, owner_id, "generate", 64, [1040, 1041, 1042, 1043],
+                                       steps=2, tag="cont-decoding")
+    late: list[Any] = []
+    newcomer_claims: list[tuple[dict[str, int], list[str]]] = []  # after the arrival: (passed over, took)
+    newcomer_claimed = threading.Event()
+    claim_next = job_store.claim_next
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        above = kwargs.get("above")
+        if above is None and threading.current_thread() is not threading.main_thread():  # the claim ahead
+            assert newcomer_claimed.wait(60), "the newcomer's claim"
+        claims = claim_next(*args, **kwargs)
+        if late and above is not None:
+            newcomer_claims.append((dict(above), [c.job_id for c in claims]))
+            newcomer_claimed.set()
+        return claims
+
+    monkeypatch.setattr(job_store, "claim_next", observed)
+
+    def arrive() -> None:  # during the wave's first decode: its rows are free, their claim ahead in flight
+        late.append(make_job(publishing_store, object_store, add_owner(session_factory), "generate", 64,
+                             seed=1044, steps=2, tag="cont-decoding"))
+        wait_for(lambda: job_store.get(late[0].id).status == "running", "the newcomer's claim during the decode")
+
+    runner.engine = _ActsDuringFirstDecode(runner.engine, arrive)
+    wait_for(lambda: runner.wakeups is not None and runner.wakeups.listening.is_set(),
+             "the worker to subscribe to wake-ups")
+
+    # When another key's job arrives while the wave is decoded
+    runner.run(first.id)
+    runner.drain()
+
+    # Then its newcomer claim passed over A's key at the priority the loop holds of it (the wave waiting for its
+    # decodes is held: a claim free to take A's next job takes it whenever A's last charge is not yet committed)
+    # and took the new job; the claim ahead took A's queued jobs, nothing claimed twice
+    assert newcomer_claims == [({owner_id: first.priority}, [late[0].id])], newcomer_claims
+    done = job_store.get_many([first.id, second.id, *(j.id for j in queued), late[0].id])
+    assert {j.status for j in done} == {"succeeded"} and {j.attempts for j in done} == {0}
