@@ -51,7 +51,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from storage import dialect
 from storage.routing import model_of_queue
@@ -120,6 +120,17 @@ def claimable(queue: str, now: datetime) -> list[ColumnElement[bool]]:
     model = model_of_queue(queue)
     return [Job.queue == queue, Job.status == "queued", or_(Job.deadline_at.is_(None), Job.deadline_at > now),
             Job.model.is_(None) if model is None else Job.model == model]
+
+
+def worth_claiming(queue: Any) -> ColumnElement[bool]:
+    """Whether a claim of `queue` (a column or a value) could do anything: take a queued job there, or forget a key's
+    fair-share row there (a claim that finds a key idle forgets it; a row left behind would let that key bank
+    credit against the others when it comes back, see `fair_share`). False once the queue is empty and tidied:
+    the Celery messages a continuous loop's bulk left behind (each job keeps its message after the loop took it
+    in passing) are then one read each instead of a claim transaction."""
+    queued = aliased(Job)
+    return or_(exists().where(queued.queue == queue, queued.status == "queued"),
+               exists().where(FairShare.queue == queue))
 
 
 def service_order(keys: Iterable[KeyShare], jobs_of: Callable[[KeyShare], Iterable[J]],

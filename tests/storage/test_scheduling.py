@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from storage.keys import KeyStore
 from storage.tables import FairShare
@@ -161,6 +161,39 @@ def test_a_message_whose_job_was_taken_still_claims_from_its_queue(stores: Store
     assert [c.job_id for c in stores.jobs.claim_for_message(first, WORKER, 60, 1, 10**9)] == [second]
     assert stores.jobs.claim_for_message(first, WORKER, 60, 1, 10**9) == []  # queue empty: a no-op
     assert stores.jobs.claim_for_message("no-such-job", WORKER, 60, 1, 10**9) == []
+
+
+def test_a_message_for_an_emptied_queue_is_one_read_once_its_keys_are_forgotten(stores: Stores) -> None:
+    # Given a queue whose two jobs one message claimed (both messages stay: the second is left over)
+    queue, a = _queue(), stores.new_owner()
+    first, second = _submit(stores, a, queue, 2)
+    assert len(stores.jobs.claim_for_message(first, WORKER, 60, 8, 10**9)) == 2
+    statements: list[str] = []
+    engine = stores.sessions.kw["bind"]
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.split(None, 1)[0].upper() in ("SELECT", "INSERT", "UPDATE", "DELETE"):  # not SQLite's BEGIN
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        # When the left-over message arrives, and then another
+        assert stores.jobs.claim_for_message(second, WORKER, 60, 8, 10**9) == []
+        tidied = list(statements)
+        statements.clear()
+        assert stores.jobs.claim_for_message(second, WORKER, 60, 8, 10**9) == []
+        after = list(statements)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+    # Then the first still claimed (it forgot A's fair-share row: A banks no credit while idle), the second was one
+    # read; and a job queued later is claimed by a message again
+    assert len(tidied) > 1
+    with stores.sessions() as s:
+        assert s.scalars(select(FairShare.owner_id).where(FairShare.queue == queue)).all() == []
+    assert len(after) == 1, after
+    [third] = _submit(stores, a, queue, 1)
+    assert [c.job_id for c in stores.jobs.claim_for_message(second, WORKER, 60, 8, 10**9)] == [third]
 
 
 def test_a_message_claims_only_from_its_own_queue_and_kinds(stores: Stores) -> None:
