@@ -15,7 +15,8 @@ back, the sweeper, all through `JobRef`s):
 2. one `run_batch(job_id)` message goes to `JobRef.queue`;
 3. then `JobStore.mark_enqueued` stamps `last_enqueued_at` on the ids actually sent.
 Send, then stamp: a stamp only ever records a send that happened, so a failed send leaves the row looking
-unsent and the sweeper re-sends it (`JobStore.stale_queued`); a lost stamp only costs a duplicate message,
+unsent and the sweeper re-sends it (`workers.sweeper.Sweeper.reenqueue_lost`: a queue with fewer messages in the
+broker than queued jobs is sent its shortfall, for its jobs longest unsent); a lost stamp only costs a duplicate message,
 which is a no-op (the claim is a compare-and-set). A stamp may still hold the job's row lock when a worker
 claims: the claim (`JobStore.claim_for_message`) waits for locked rows before it gives up, so
 it never turns into a no-op because of a stamp.

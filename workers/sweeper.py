@@ -4,7 +4,8 @@ Each pass (a Celery beat task in `workers.cpu`, or a plain loop with `unipic swe
 1. running jobs whose lease expired go back to `queued` with attempts+1 (or fail `worker_lost` at the maximum)
    and get a fresh message;
 2. queued jobs past their deadline become `expired`;
-3. queued jobs with no recent message (`requeue_after_seconds`, e.g. after Redis lost its data) are re-enqueued;
+3. queued jobs with no live message (e.g. after Redis lost its data, or a send failed) are re-enqueued: a queue
+   whose broker holds fewer messages than it has queued jobs is sent the difference (`reenqueue_lost`);
 4. workers whose heartbeat is older than three intervals are marked gone;
 5. the data lifecycle (storage.lifecycle.store): expired upload slots and results older than `result_ttl` are
    deleted, and so are the objects stale attempts wrote under a finished job's `results/{job}/` that it does not
@@ -18,8 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from storage.db import make_engine, make_session_factory
 from storage.fleet.registry import WorkerRegistry
@@ -36,6 +39,7 @@ from workers.app import make_celery
 log = logging.getLogger(__name__)
 
 HEARTBEATS_BEFORE_GONE = 3
+REENQUEUE_PER_PASS = 1000  # messages a pass sends to queues short of them
 # a stale lease's presigned PUT lives at most one lease length, a direct worker's proof of its lease less than one:
 # two lease lengths after a job finished, nothing can write under its results any more
 STALE_WRITE_LEASES = 2
@@ -73,7 +77,7 @@ class Sweeper:
         if report.requeued:
             self._enqueue([j for j in self.store.get_many(report.requeued) if j.status == JobStatus.QUEUED])
         report.expired = self.store.expire_overdue()
-        report.reenqueued = self._enqueue(self.store.stale_queued(self.settings.requeue_after_seconds))
+        report.reenqueued = self.reenqueue_lost()
         report.workers_gone = self._mark_gone_workers()
         report.uploads_expired, report.purged = self._apply_lifecycle()
         if any((report.requeued, report.expired, report.reenqueued, report.workers_gone)):
@@ -82,6 +86,44 @@ class Sweeper:
                 report.requeued, report.expired, len(report.reenqueued), report.workers_gone,
             )
         return report
+
+    def reenqueue_lost(self) -> list[str]:
+        """Send queued jobs whose messages are gone a fresh one; returns their ids. A message is a wake-up for its
+        queue (any message claims the queue's best jobs), so what counts is how many messages a queue has against
+        how many jobs it holds queued, not which job a message names: a queue whose broker holds at least as many
+        messages as queued jobs lost none, however old its backlog. (Judged by age alone, every job of a backlog
+        older than `requeue_after_seconds` was sent again, REENQUEUE_PER_PASS a pass for as long as the backlog
+        lasted: `bench.fairness`'s 9,000-item bulk got 1,000 duplicate messages a second, each a claim later, and
+        their stamps locked rows the claims then skip.) A queue short of messages is sent the shortfall, for its
+        jobs longest without a send and older than `requeue_after_seconds` (a job whose API send is still in
+        flight is not raced), at most REENQUEUE_PER_PASS in all per pass."""
+        queued = self.store.queued_by_queue()
+        depths = self._broker_depths(sorted(queued))
+        jobs: list[JobRecord] = []
+        for queue, count in sorted(queued.items()):
+            missing = min(count - depths.get(queue, 0), REENQUEUE_PER_PASS - len(jobs))
+            if missing > 0:
+                jobs += self.store.stale_queued(self.settings.requeue_after_seconds, limit=missing, queue=queue)
+        return self._enqueue(jobs)
+
+    def _broker_depths(self, queues: list[str]) -> dict[str, int]:
+        """Messages waiting in the broker for each queue (kombu's passive declare: every priority's Redis list, the
+        SQLAlchemy transport's visible rows); a queue the broker does not know holds none. Messages a worker holds
+        unacknowledged are not counted (a queue may be sent a few more than it lacked; a duplicate is a no-op).
+        When the broker cannot be asked: none known, so every stale job is sent again, as before."""
+        depths: dict[str, int] = {}
+        try:
+            with self.celery.connection_for_read() as conn:
+                channel: Any = conn.default_channel  # a virtual (Redis, SQLAlchemy) or AMQP channel
+                for queue in queues:
+                    try:
+                        depths[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
+                    except ChannelError:  # never declared, or emptied (Redis drops an empty list)
+                        depths[queue] = 0
+        except Exception as exc:  # noqa: BLE001 - the broker is down: the sends below fail and are retried too
+            log.warning("could not read the broker's queue depths (%s): re-enqueueing by age alone", exc)
+            return {}
+        return depths
 
     def _enqueue(self, jobs: list[JobRecord]) -> list[str]:
         # send, then stamp (the enqueue contract in storage.routing)

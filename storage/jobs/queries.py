@@ -120,10 +120,17 @@ class JobQueries:
         with self.sessions() as s:
             return set(s.scalars(stmt))
 
-    def stale_queued(self, older_than_seconds: float, limit: int = 1000) -> list[JobRecord]:
-        """Queued jobs not enqueued for `older_than_seconds` (or never): their message may be lost."""
+    def queued_by_queue(self) -> dict[str, int]:
+        """How many jobs each queue holds queued (the rows of the partial index `ix_jobs_queued_by_owner`)."""
+        stmt = select(Job.queue, func.count()).where(Job.status == JobStatus.QUEUED).group_by(Job.queue)
+        with self.sessions() as s:
+            return {queue: int(n) for queue, n in s.execute(stmt).tuples()}
+
+    def stale_queued(self, older_than_seconds: float, limit: int = 1000, queue: str | None = None) -> list[JobRecord]:
+        """Queued jobs (of `queue`, or any) not enqueued for `older_than_seconds` (or never): their message may be
+        lost."""
         cutoff = utcnow() - timedelta(seconds=older_than_seconds)
-        stmt = (select(Job).where(Job.status == JobStatus.QUEUED)
+        stmt = (select(Job).where(Job.status == JobStatus.QUEUED, *([Job.queue == queue] if queue else []))
                 # a job just created may still be on its way to the broker: judge it by its age until the API
                 # has stamped its send, so the sweeper does not race fresh submissions
                 .where(func.coalesce(Job.last_enqueued_at, Job.created_at) < cutoff)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import update
 
-from storage.routing import queue_for
+from storage.routing import queue_for, send_and_stamp
+from storage.tables import Job, utcnow
 from tests.support import REPO
 from tests.support.jobs import enqueue, make_job, make_jobs
+from tests.support.storage import job
 from tests.support.waiting import wait_for, wait_terminal
 from workers.sweeper import Sweeper
 
@@ -87,3 +92,34 @@ def test_jobs_survive_the_broker_losing_every_message(
     for job in done.values():
         assert job.status == "succeeded" and job.attempts == 0, (job.id, job.error_message)
 
+
+
+def test_an_old_backlog_whose_messages_wait_in_the_broker_is_not_sent_again(
+    job_store: Any, celery_app: Any, registry: Any, object_store: Any, settings: Any, owner_id: str,
+    redis_url: str, session_factory: Any,
+) -> None:
+    # Given five queued jobs of a queue of their own, each one's message sent and waiting in the broker, all sent
+    # longer ago than the sweeper's re-enqueue age (a backlog no worker has reached yet)
+    queue = f"unipic.generate.t{secrets.token_hex(4)}"
+    _, jobs = job_store.create_many([job(owner_id, queue=queue) for _ in range(5)])
+    ids = {j.id for j in jobs}
+    send_and_stamp(celery_app, job_store, [j.ref for j in jobs])
+    with session_factory.begin() as s:
+        s.execute(update(Job).where(Job.id.in_(ids)).values(last_enqueued_at=utcnow() - timedelta(hours=1)))
+    broker = redis.Redis.from_url(redis_url)
+    sweeper = Sweeper(job_store, registry, celery_app, settings.model_copy(update={"requeue_after_seconds": 60.0}),
+                      object_store)
+    try:
+        # When the sweeper passes, then none is sent again (the shared schema's other queues are not ours to judge)
+        assert ids & set(sweeper.reenqueue_lost()) == set()
+        assert broker.llen(queue) == 5
+
+        # When the broker loses two of the messages, then the next pass sends exactly two, and the one after none
+        broker.ltrim(queue, 0, 2)
+        assert len(ids & set(sweeper.reenqueue_lost())) == 2
+        assert broker.llen(queue) == 5
+        assert ids & set(sweeper.reenqueue_lost()) == set()
+    finally:
+        broker.delete(queue)
+        for j in jobs:
+            job_store.request_cancel(j.id, owner_id)
