@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=20,
           description="Runs a job gets after lost workers before failing `worker_lost`")
     sweep_interval_seconds: float = Field(default=10.0, gt=0, description="Seconds between sweeper passes")
-    requeue_after_seconds: float = Field(default=120.0, gt=0, description="queued with no live message")
+    requeue_after_seconds: float = Field(default=120.0, gt=0,
+                                         description="unsent this long, a queued job of a queue short of messages is sent again")
     progress_interval_ms: int = Field(default=250, ge=0, description="At most one progress update per job this often")
     time_limit_floor_seconds: float = Field(default=120.0, gt=0,
           description="A batch's time limit is never below this")

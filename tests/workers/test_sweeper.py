@@ -18,7 +18,7 @@ from storage.routing import queue_for, send_and_stamp
 from storage.tables import Job, utcnow
 from tests.support import REPO
 from tests.support.jobs import enqueue, make_job, make_jobs
-from tests.support.storage import job
+from tests.support.storage import job as new_job
 from tests.support.waiting import wait_for, wait_terminal
 from workers.sweeper import Sweeper
 
@@ -101,7 +101,7 @@ def test_an_old_backlog_whose_messages_wait_in_the_broker_is_not_sent_again(
     # Given five queued jobs of a queue of their own, each one's message sent and waiting in the broker, all sent
     # longer ago than the sweeper's re-enqueue age (a backlog no worker has reached yet)
     queue = f"unipic.generate.t{secrets.token_hex(4)}"
-    _, jobs = job_store.create_many([job(owner_id, queue=queue) for _ in range(5)])
+    _, jobs = job_store.create_many([new_job(owner_id, queue=queue) for _ in range(5)])
     ids = {j.id for j in jobs}
     send_and_stamp(celery_app, job_store, [j.ref for j in jobs])
     with session_factory.begin() as s:
