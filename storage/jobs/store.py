@@ -194,7 +194,7 @@ class JobStore(JobQueries):
         the job's own state; never waits (`wait_seconds` is the gateway's: a direct worker hears wake-ups).
         Empty for an unknown job, a kind this worker does not serve, a queue of a model this store does not hold
         (`held`), or an empty queue; the read of the job says whether the queue is worth a claim at all
-        (`scheduling.worth_claiming`), so a bulk's left-over messages cost one statement each, not a claim's six."""
+        (`scheduling.worth_claiming`), so a bulk's left-over messages cost one statement each, not a claim's four."""
         with self.sessions() as s:
             found = s.execute(select(Job.queue, Job.kind, scheduling.worth_claiming(Job.queue).label("worth"))
                               .where(Job.id == job_id)).first()
@@ -208,6 +208,17 @@ class JobStore(JobQueries):
                         job_id, found.queue, self.held.key or "(default)")
             return []
         return self.claim_next(found.queue, worker_id, lease_seconds, max_items, max_pixels)
+
+    def queues_worth_claiming(self, queues: Sequence[str]) -> set[str]:
+        """Those of `queues` a claim could do anything in (`scheduling.worth_claiming`), in one read of an index
+        probe each: a continuous loop that asks the worker's other queues in turn (`workers.runner.continuous`)
+        claims only these, instead of one empty claim transaction per idle queue ahead of its own claim."""
+        if not queues:
+            return set()
+        names = list(dict.fromkeys(queues))
+        with self.sessions() as s:
+            row = s.execute(select(*(scheduling.worth_claiming(q) for q in names))).one()
+        return {q for q, worth in zip(names, row, strict=True) if worth}
 
     def claimed_by(self, claim_id: str, worker_id: str) -> list[Claim]:
         """The jobs a claim with this id already took for this worker and still holds (a retried claim whose

@@ -196,6 +196,21 @@ def test_a_message_for_an_emptied_queue_is_one_read_once_its_keys_are_forgotten(
     assert [c.job_id for c in stores.jobs.claim_for_message(second, WORKER, 60, 8, 10**9)] == [third]
 
 
+def test_queues_worth_claiming_hold_a_queued_job_or_a_key_left_to_forget(stores: Stores) -> None:
+    # Given a queue with queued jobs, one whose last job was claimed (its key's fair-share row not yet forgotten),
+    # one emptied and tidied by a claim that found nothing, and one never used
+    busy, untidy, tidied, unused, a = _queue(), _queue(), _queue(), _queue(), stores.new_owner()
+    _submit(stores, a, busy, 2)
+    for queue in (untidy, tidied):
+        _submit(stores, a, queue, 1)
+        assert len(stores.jobs.claim_next(queue, WORKER, 60, 1, 10**9)) == 1
+    assert stores.jobs.claim_next(tidied, WORKER, 60, 1, 10**9) == []  # forgets A there
+
+    # Then one read names the two a claim could do anything in
+    assert stores.jobs.queues_worth_claiming([busy, untidy, tidied, unused, busy]) == {busy, untidy}
+    assert stores.jobs.queues_worth_claiming([]) == set()
+
+
 def test_a_message_claims_only_from_its_own_queue_and_kinds(stores: Stores) -> None:
     queue, other, a = _queue(), _queue(), stores.new_owner()
     [mine] = _submit(stores, a, queue, 1)

@@ -204,17 +204,27 @@ def test_a_shutdown_that_cannot_wait_hands_live_items_back_and_claims_nothing_mo
 
 
 def test_a_loop_over_a_backlog_takes_turns_with_the_workers_other_queues(
-    make_runner: Any, job_store: Any, object_store: Any, owner_id: str
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.support.jobs import make_jobs
 
     # Given a backlog of four generate jobs for a worker that runs two at a time, and an edit job and an
-    # understand job waiting in two of the worker's other queues
+    # understand job waiting in two of the worker's other queues; the claims of other queues observed (whether
+    # the queue held anything a claim could take or tidy, as the claim began)
     runner = make_runner(worker_batching="continuous", worker_max_batch=2)
     bulk = make_jobs(job_store, object_store, owner_id, "generate", 64, [960, 961, 962, 963], steps=4,
                      tag="cont-elsewhere")
     edit = make_job(job_store, object_store, owner_id, "edit", 64, seed=964, steps=4, tag="cont-elsewhere")
     ask = make_job(job_store, object_store, owner_id, "understand", 64, seed=965, tag="cont-elsewhere")
+    elsewhere: list[tuple[str, bool]] = []
+    claim_next = job_store.claim_next
+
+    def observed(queue: str, *args: Any, **kwargs: Any) -> Any:
+        if queue != bulk[0].queue:
+            elsewhere.append((queue, queue in job_store.queues_worth_claiming([queue])))
+        return claim_next(queue, *args, **kwargs)
+
+    monkeypatch.setattr(job_store, "claim_next", observed)
 
     # When the worker serves one message of the generate queue
     runner.run(bulk[0].id)
@@ -225,6 +235,9 @@ def test_a_loop_over_a_backlog_takes_turns_with_the_workers_other_queues(
     assert all(j.status == "succeeded" for j in done.values()), [(j.kind, j.status, j.error_code, j.error_message) for j in done.values()]
     last = max(done[j.id].started_at for j in bulk)
     assert done[edit.id].started_at < last and done[ask.id].started_at < last
+    # and it made no claim of an idle queue of the worker's (one read tells which are worth a claim)
+    assert {edit.queue, ask.queue} <= {queue for queue, _ in elsewhere}
+    assert all(worth for _, worth in elsewhere), elsewhere
 
 
 def test_a_job_released_under_the_loop_and_claimed_again_starts_over_on_its_new_lease(

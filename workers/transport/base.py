@@ -59,6 +59,7 @@ class QueueClaims(Protocol):
 
     def claim_next(self, queue: str, worker_id: str, lease_seconds: float, max_items: int, max_pixels: int,
                    claim_id: str | None = None, above: Mapping[str, int] | None = None) -> list[Claim]: ...
+    def queues_worth_claiming(self, queues: Sequence[str]) -> set[str]: ...  # one read for several queues
 
 
 class CancelHintSource(Protocol):
