@@ -694,3 +694,45 @@ def test_a_newcomer_heard_while_the_sets_items_wait_for_their_decodes_passes_ove
     assert newcomer_claims == [({owner_id: first.priority}, [late[0].id])], newcomer_claims
     done = job_store.get_many([first.id, second.id, *(j.id for j in queued), late[0].id])
     assert {j.status for j in done} == {"succeeded"} and {j.attempts for j in done} == {0}
+
+
+def test_a_full_sets_safety_newcomer_claim_runs_off_the_sampling_thread(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.runner.continuous as continuous
+
+    # Given a full set of two rows running two 8-step jobs of key A on a worker that hears wake-ups, with a safety
+    # newcomer claim due at every pass (a wake-up can be lost), the store's claims observed by thread and kind
+    monkeypatch.setattr(continuous, "NEWCOMER_SAFETY_SECONDS", 0.0)
+    runner = make_runner(worker_batching="continuous", worker_max_batch=2)
+    held = make_jobs(job_store, object_store, owner_id, "generate", 64, [1050, 1051], steps=8, tag="cont-safety")
+    newcomer_claims: list[tuple[str, list[str]]] = []
+    claim_next = job_store.claim_next
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        claims = claim_next(*args, **kwargs)
+        if kwargs.get("above") is not None:
+            newcomer_claims.append((threading.current_thread().name, [c.job_id for c in claims]))
+        return claims
+
+    monkeypatch.setattr(job_store, "claim_next", observed)
+    late: list[Any] = []
+
+    def arrive() -> None:  # another key's job, queued without a wake-up (the store publishes none): lost, in effect
+        late.append(make_job(job_store, object_store, add_owner(session_factory), "generate", 64, seed=1052, steps=2,
+                             tag="cont-safety"))
+
+    runner.engine = ActsDuringSteps(runner.engine, {2: arrive})
+    wait_for(lambda: runner.wakeups is not None and runner.wakeups.listening.is_set(),
+             "the worker to subscribe to wake-ups")
+
+    # When the job arrives during the set's second step
+    runner.run(held[0].id)
+    runner.drain()
+
+    # Then a safety newcomer claim took it, off the sampling thread, and it ran to the end like the others
+    (took,) = [thread for thread, ids in newcomer_claims if late[0].id in ids]
+    assert took != threading.current_thread().name, newcomer_claims
+    done = job_store.get_many([*(j.id for j in held), late[0].id])
+    assert {j.status for j in done} == {"succeeded"} and {j.attempts for j in done} == {0}
