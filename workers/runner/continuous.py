@@ -209,9 +209,7 @@ class _Loop:
         self.look_elsewhere_at = self.started  # a backlog loop's first free row already asks the other queues
         self.newcomer_at = self.started
         self.look: Look | None = None  # a claim of rows in flight off the sampling thread
-        # a claim for a key the sets hold nothing of, off the sampling thread: a gateway worker's long-poll, or a
-        # direct worker's safety claim (no wake-up heard for it)
-        self.newcomer_look: Look | None = None
+        self.newcomer_look: Look | None = None  # a gateway worker's long-poll for a key its sets hold nothing of
         # a gateway worker's claim of the rows of jobs found canceled mid-step (`_cancel_heard`, off this thread)
         self.cancel_look: Look | None = None
         # a direct worker's claim of a job heard arriving, made while a model call runs (`_wake_heard`)
@@ -464,9 +462,8 @@ class _Loop:
                 return
             if self.look is not None and view.rows > 0 and view.pixels > 0:
                 return
-            if (view.rows <= 0 or view.pixels <= 0) and (self.newcomer_look is not None
-                                                         or self._holds_all(owners, view.owners)):
-                return  # a newcomer claim in flight (the next pass waits for it), or none could find anything
+            if (view.rows <= 0 or view.pixels <= 0) and self._holds_all(owners, view.owners):
+                return
             queue, objects = self.queue, self.r.objects
             rows, pixels = (view.rows, view.pixels) if view.rows > 0 and view.pixels > 0 else (0, 0)
 
@@ -579,22 +576,13 @@ class _Loop:
         every NEWCOMER_SECONDS without Redis. A gateway worker hears no wake-ups and a round trip may cost more
         than a step: it long-polls the gateway off the sampling thread (`ContinuousRunner.look_aside`), as it
         does for free rows, for a job of any queue the token serves (one of another queue opens its own set),
-        and the set takes what the look found at the next pass. A direct worker's safety claim (no wake-up heard)
-        goes off the sampling thread too: it finds nothing nearly always, and on the sampling thread it kept the
-        device idle for a claim's round trip every NEWCOMER_SAFETY_SECONDS (5-10 ms each on the 2-core CPU). A
-        job heard arriving while it is in flight waits for it, then is claimed here if it did not take that job."""
+        and the set takes what the look found at the next pass."""
         store, worker, lease, max_pixels = self.r.store, self.r.worker_id, self.s.lease_seconds, self.s.worker_max_pixels
         if (self.newcomer_look is not None and not self.direct) or len(self.members) > self.row_cap:
             return
         now = time.monotonic()
         if not woken and now < self.newcomer_at:
             return
-        if self.newcomer_look is not None:  # a direct worker's safety claim is in flight
-            if not woken:
-                return
-            self._collect_newcomer(wait=True)  # it may be taking the job heard: admitted first, one row over
-            if len(self.members) > self.row_cap:
-                return
         if not isinstance(store, QueueClaims):  # the gateway reads the held jobs' keys; the look spans its queues
             held = [m.id for m in self._live()]  # with the items waiting for their decode (`_held_owners`)
 
@@ -605,13 +593,7 @@ class _Loop:
             self.newcomer_look = Look(self.r.look_aside(look), 0, 0, now)
             return
         self.newcomer_at = now + (NEWCOMER_SECONDS if woken is None else NEWCOMER_SAFETY_SECONDS)
-        owners, queue, objects = self._held_owners(), self.queue, self.r.objects
-        if woken is False and self.hears:  # the safety claim: off the sampling thread, admitted at a later pass
-            with self.cancel_lock:  # `_wake_heard` makes no newcomer claim beside it
-                self.newcomer_look = Look(self.r.look_aside(
-                    lambda: Found.of(store, objects, NEWCOMER, self._newcomer_of(store, queue, owners))), 0, 0, now)
-            return
-        claims = self._newcomer_of(store, queue, owners)
+        claims = self._newcomer_of(store, self.queue, self._held_owners())
         if claims:
             self._admit(claims, now)
 
@@ -675,15 +657,13 @@ class _Loop:
         self._took(replace(found, claims=found.claims[:keep]), look.asked_at)
         self.drained = self.drained and keep == len(found.claims)  # what went back is queued: not drained
 
-    def _collect_newcomer(self, wait: bool = False) -> None:
-        """Admit what a finished newcomer look found (a gateway worker's long-poll, a direct worker's safety
-        claim; `wait`: waited for): a job of a key the sets held nothing of when it asked, into one row over the
-        cap. After a failed one, the next waits a little."""
+    def _collect_newcomer(self) -> None:
+        """Admit what a gateway worker's finished newcomer long-poll found: a job of a key the sets held nothing
+        of when it asked, into one row over the cap. After a failed one, the next waits a little."""
         look = self.newcomer_look
-        if look is None or (not wait and not look.future.done()):
+        if look is None or not look.future.done():
             return
-        with self.cancel_lock:
-            self.newcomer_look = None
+        self.newcomer_look = None
         found = look.future.result()
         if found is None:
             self.newcomer_at = time.monotonic() + NEWCOMER_SAFETY_SECONDS
@@ -703,7 +683,7 @@ class _Loop:
             self.r.left_looks = [(kind, held) for kind, held in ((OWN, look), (NEWCOMER, newcomer), (OWN, cancel))
                                  if held is not None]
             return
-        for direct in (look, heard, newcomer):
+        for direct in (look, heard):
             found = direct.future.result() if direct is not None else None
             if found is not None and found.claims:
                 self.r._release(found.claims)
@@ -729,9 +709,6 @@ class _Loop:
             elif self._holds_all(owners):
                 continue  # a wake-up of only keys held at that priority: no newcomer for us there
             else:
-                self._collect_newcomer(wait=True)  # a safety claim in flight may be taking the one row over
-                if len(self.members) > self.row_cap:
-                    continue  # it did: the job waits for a free row (or its own message, another worker's)
                 claims = self._newcomer_of(store, queue, self._held_owners())
             if claims:
                 self._admit(claims, asked_at)
