@@ -34,6 +34,7 @@ from storage.records import JobRecord
 from storage.routing import SWEEP_TASK, send_and_stamp
 from storage.settings import Settings
 from storage.states import JobStatus
+from storage.status.queries import StatusQueries
 from workers.app import make_celery
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ class Sweeper:
         their stamps locked rows the claims then skip.) A queue short of messages is sent the shortfall, for its
         jobs longest without a send and older than `requeue_after_seconds` (a job whose API send is still in
         flight is not raced), at most REENQUEUE_PER_PASS in all per pass."""
-        queued = self.store.queued_by_queue()
+        queued = {queue: n["queued"] for queue, n in StatusQueries(self.store.sessions).active_by_queue().items()
+                  if n["queued"]}  # the status page's count per queue
         depths = self._broker_depths(sorted(queued))
         jobs: list[JobRecord] = []
         for queue, count in sorted(queued.items()):

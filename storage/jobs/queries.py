@@ -120,12 +120,6 @@ class JobQueries:
         with self.sessions() as s:
             return set(s.scalars(stmt))
 
-    def queued_by_queue(self) -> dict[str, int]:
-        """How many jobs each queue holds queued (the rows of the partial index `ix_jobs_queued_by_owner`)."""
-        stmt = select(Job.queue, func.count()).where(Job.status == JobStatus.QUEUED).group_by(Job.queue)
-        with self.sessions() as s:
-            return {queue: int(n) for queue, n in s.execute(stmt).tuples()}
-
     def stale_queued(self, older_than_seconds: float, limit: int = 1000, queue: str | None = None) -> list[JobRecord]:
         """Queued jobs (of `queue`, or any) not enqueued for `older_than_seconds` (or never): their message may be
         lost."""
