@@ -62,7 +62,7 @@ class WorkerRuntime:
     @classmethod
     def start(cls, settings: Settings, celery: Celery, hostname: str | None = None) -> WorkerRuntime:
         """Load, warm up, register. Raises `workers.startup.StartupFailure` when the worker cannot serve."""
-        from workers.startup import held_model, load_ready_engine  # torch arrives here, after any fork
+        from workers.startup import freeze_startup_heap, held_model, load_ready_engine  # torch, after a fork
 
         worker_id = worker_id_for(settings, hostname)
         log.info("worker %s loading model %s on %s", worker_id, settings.model, settings.worker_device)
@@ -98,6 +98,7 @@ class WorkerRuntime:
         heartbeat = Heartbeat(sessions, info, settings.heartbeat_seconds, counts=lambda: (
             runner.batches_served, runner.jobs_served), health=lambda: with_choice(streak.snapshot()))
         heartbeat.start()
+        freeze_startup_heap()
         log.info("worker %s ready: %s", worker_id, info)
         return cls(settings, worker_id, store, runner, heartbeat, shutdown, metrics, engine, streak)
 

@@ -7,6 +7,7 @@ S3; the machine's torch has no CUDA, so `--device cuda` is the "no CUDA" case.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from typing import Any
@@ -100,3 +101,7 @@ def test_a_healthy_worker_started_after_a_failed_one_gets_the_job(
     done = wait_terminal(job_store, [job.id], workers=[healthy])[job.id]
     assert done.status == "succeeded" and done.attempts == 0
     assert done.worker_id is not None and done.worker_id.endswith(f":{healthy.pid}")
+    # And before its first claim it froze what it held out of the garbage collector's full passes (torch, the
+    # model, the stores: a full pass over them held the GIL for 0.24-0.52 s, `workers.startup.freeze_startup_heap`)
+    frozen = re.search(r"(\d+) long-lived objects frozen", healthy.log())
+    assert frozen is not None and int(frozen.group(1)) > 100_000, healthy.log()[-3000:]

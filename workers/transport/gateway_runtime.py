@@ -80,7 +80,7 @@ class GatewayWorker:
     def start(cls, settings: Settings, gateway_url: str, token: str) -> GatewayWorker:
         """Load, warm up, register with the gateway. Raises `workers.startup.StartupFailure` (cannot serve),
         `TokenRevoked` (bad token) or `GatewayError` (gateway unreachable)."""
-        from workers.startup import held_model, load_ready_engine  # torch arrives here
+        from workers.startup import freeze_startup_heap, held_model, load_ready_engine  # torch arrives here
 
         name = f"{settings.worker_name or socket.gethostname()}:{os.getpid()}"
         http = GatewayHttp(gateway_url, token)
@@ -103,6 +103,7 @@ class GatewayWorker:
         worker = cls(settings, jobs, objects, runner, engine, shutdown, name, threading.Event(),
                      held.checkpoint_hash)
         worker._beat(start=True)
+        freeze_startup_heap()
         log.info("gateway worker %s ready (gateway %s)", first["worker_id"], gateway_url)
         return worker
 
