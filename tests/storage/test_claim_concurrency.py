@@ -215,6 +215,28 @@ def test_a_claim_waits_for_a_job_locked_by_someone_else_and_takes_it(storage_job
     _retire(storage_jobs, queue)
 
 
+def test_a_newcomer_claim_waits_for_a_job_locked_by_someone_else_and_takes_it(storage_jobs: JobStore) -> None:
+    # Given tenant A's bulk queued and held by a full running set, and tenant B's one job, its row locked by a
+    # transaction that leaves it queued (the API stamping `last_enqueued_at` after its message went out: the
+    # worker heard the job arrive and claims it as the set's newcomer at that moment)
+    queue = f"unipic.generate.c{secrets.token_hex(4)}"
+    a, b = add_owner(storage_jobs.sessions), add_owner(storage_jobs.sessions)
+    storage_jobs.create_many([job(a, priority=-10, queue=queue) for _ in range(3)])
+    _, (b_job,) = storage_jobs.create_many([job(b, queue=queue)])
+    answer: queues.Queue[list[str]] = queues.Queue()
+    claimer = threading.Thread(target=lambda: answer.put(
+        [c.job_id for c in storage_jobs.claim_next(queue, "w", 60, 1, 10**9, above={a: -10})]))
+    with _holder(storage_jobs.sessions, b_job.id, last_enqueued_at=utcnow()) as pid:
+        # When the newcomer claim (passing over A's key) runs meanwhile, Then it waits for the lock instead of
+        # finding nothing (B's job then waited for the next wake-up: a quarter of a second in `bench.fairness`)
+        claimer.start()
+        wait_for(lambda: _blocked_by(storage_jobs.sessions, pid), "the newcomer claim to wait for the row lock")
+    # And once the holder commits, it takes B's job, none of A's
+    assert answer.get(timeout=WAIT) == [b_job.id]
+    claimer.join()
+    _retire(storage_jobs, queue)
+
+
 def test_a_claim_keeps_no_lock_on_a_job_someone_else_took_while_it_waited(storage_jobs: JobStore) -> None:
     # Given the only queued job of a queue, locked by another claim that is taking it
     queue, (job_id,) = _create(storage_jobs, 1, owners=1)
