@@ -625,6 +625,88 @@ def test_a_newcomer_heard_while_a_claim_ahead_is_in_flight_is_claimed_beside_it_
     assert {j.status for j in done} == {"succeeded"} and {j.attempts for j in done} == {0}
 
 
+def test_a_job_heard_while_the_set_holds_its_newcomer_is_claimed_once_that_one_leaves(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, session_factory: Any,
+    publishing_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.runner.continuous as continuous
+
+    # Given a full set of two rows running two 8-step jobs of one key, and no newcomer claim but a wake-up's (the
+    # safety tick pushed out of the run)
+    monkeypatch.setattr(continuous, "NEWCOMER_SAFETY_SECONDS", 3600.0)
+    runner = make_runner(worker_batching="continuous", worker_max_batch=2)
+    held = make_jobs(job_store, object_store, owner_id, "generate", 64, [1050, 1051], steps=8, tag="cont-owed")
+    other = add_owner(session_factory)
+    late: list[Any] = []
+
+    def arrive() -> None:  # another key's 2-step job queued as the API queues one, heard by the worker
+        queue = held[0].queue
+        before = runner.wakeups.heard(queue)
+        late.append(make_job(publishing_store, object_store, other, "generate", 64, seed=1052 + len(late),
+                             steps=2, tag="cont-owed"))
+        wait_for(lambda: runner.wakeups.heard(queue) > before, "the worker to hear the wake-up")
+
+    def arrive_claimed() -> None:
+        arrive()
+        wait_for(lambda: job_store.get(late[0].id).status == "running", "the newcomer's claim")
+
+    runner.engine = engine = ActsDuringSteps(runner.engine, {2: arrive_claimed, 3: arrive})
+    wait_for(lambda: runner.wakeups is not None and runner.wakeups.listening.is_set(),
+             "the worker to subscribe to wake-ups")
+
+    # When that key's first job arrives during the second step (claimed as the set's newcomer, one over the cap)
+    # and its second during the newcomer's first step
+    runner.run(held[0].id)
+    runner.drain()
+
+    # Then the newcomer took its two steps, and the second job, heard while the set held it, stepped right after
+    # them, not after the bulk's remaining steps (its wake-up was spent while the set was over its cap)
+    first, second = late
+    assert engine.steps[2] == {first.id} and engine.steps[3] == {first.id}, engine.steps
+    names = {held[0].id: "a1", held[1].id: "a2", first.id: "b1", second.id: "b2"}
+    assert engine.steps[4] == {second.id}, [sorted(names[i] for i in st) for st in engine.steps]
+    done = job_store.get_many([*(j.id for j in held), first.id, second.id])
+    assert {j.status for j in done} == {"succeeded"}
+
+
+def test_a_set_whose_claim_of_free_rows_is_in_flight_makes_no_newcomer_claim_of_its_own(
+    make_runner: Any, job_store: Any, object_store: Any, owner_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given one 4-step job alone in a set of two rows, so its free row is claimed off the sampling thread, and that
+    # claim held in flight until the third step; the store's claims observed
+    runner = make_runner(worker_batching="continuous", worker_max_batch=2)
+    (alone,) = make_jobs(job_store, object_store, owner_id, "generate", 64, [1040], steps=4, tag="cont-no-newcomer")
+    release = threading.Event()
+    sampling = threading.current_thread().name
+    newcomer_claims: list[str] = []
+    claim_next, claim_for_message = job_store.claim_next, job_store.claim_for_message
+
+    def held(*args: Any, **kwargs: Any) -> Any:  # a claim of free rows, in flight until released
+        if threading.current_thread().name != sampling:
+            release.wait(60.0)
+        return claim_for_message(*args, **kwargs)
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == sampling and kwargs.get("above") is not None:
+            newcomer_claims.append(threading.current_thread().name)
+        return claim_next(*args, **kwargs)
+
+    monkeypatch.setattr(job_store, "claim_for_message", held)
+    monkeypatch.setattr(job_store, "claim_next", observed)
+    runner.engine = engine = ActsDuringSteps(runner.engine, {3: release.set})
+    wait_for(lambda: runner.wakeups is not None and runner.wakeups.listening.is_set(),
+             "the worker to subscribe to wake-ups")
+
+    # When the job runs with no other job arriving
+    runner.run(alone.id)
+    runner.drain()
+
+    # Then while that claim was in flight its rows counted as taken, yet no newcomer claim ran on the sampling
+    # thread (the claim in flight takes any key's job: each single job paid 5-20 ms of idle device for one)
+    assert len(engine.steps) == 4 and newcomer_claims == [], newcomer_claims
+    assert job_store.get(alone.id).status == "succeeded"
+
+
 class _ActsDuringFirstDecode(WrappedSets):
     """Runs `action()` inside the first VAE decode of a wave that left its set undecoded."""
 

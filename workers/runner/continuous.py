@@ -199,6 +199,17 @@ class ContinuousRunner(BatchRunner):
         return loop.claimed
 
 
+def _merged(owners: list[Owners | None]) -> Owners | None:
+    """The keys of several wake-ups, each with its highest priority among them (None: one did not say)."""
+    merged: Owners = {}
+    for said in owners:
+        if said is None:
+            return None
+        for owner, priority in said.items():
+            merged[owner] = max(priority, merged.get(owner, priority))
+    return merged
+
+
 class _Loop:
     """One woken queue served until no item is live and nothing more is claimable."""
 
@@ -232,6 +243,9 @@ class _Loop:
         self.own_turn = False
         self.dropped = False  # items left between steps (`_drop_leaving`): their rows are claimed at once
         self.fed = False  # the loop's own queue had more than the set held: a backlog loop (see _claim_more)
+        # the keys of wake-ups taken while the set held its newcomer, one over the cap (None: not said), answered
+        # once it is back at the cap
+        self.owed: list[Owners | None] = []
         self.drained = False  # its last claim found nothing: with wake-ups, ask again only when one comes
         self.recheck_at = self.started  # or at this time (a wake-up can be lost)
         self.claimed_at = self.started - ADMIT_EVERY_SECONDS  # the last claim of the own queue
@@ -349,6 +363,9 @@ class _Loop:
         if self.r.shutdown.requested:
             return
         woken = self._take_woken()
+        if self.owed and len(self.members) <= self.row_cap:  # the newcomer it waited for left: their turn now
+            owed = [*self.owed, self.woken_owners] if woken else self.owed
+            woken, self.owed, self.woken_owners = True, [], _merged(owed)
         # a job heard arriving while a claim ahead is in flight: that claim (a direct one is one query) may be the
         # one taking it, or it holds the rows the job needs; either way it is waited for, so the job is admitted
         # at this pass, before the next step or decode, not one pass later
@@ -362,6 +379,14 @@ class _Loop:
         urgent, self.dropped = woken or self.dropped, False
         rows, pixels = self._free()
         if rows <= 0 or pixels <= 0:  # a wake-up of only keys held at that priority has no newcomer for us
+            if not woken and self.look is not None and self.look.rows > 0:
+                return  # a claim of free rows is in flight: it takes any key's job, a newcomer's too
+            if woken and len(self.members) > self.row_cap:
+                # the set holds a newcomer (one over the cap): this wake-up is answered once it leaves, when its
+                # keys may no longer be held (the newcomer's own key's next job, often: tenant B's next job then
+                # waited for the wake-up of the one after it, `bench.fairness`)
+                self.owed.append(self.woken_owners)
+                return
             self._claim_newcomer(False if woken and self._holds_all(self.woken_owners) else woken)
             return
         now = time.monotonic()
