@@ -128,7 +128,7 @@ def _claim_order(pg_url: str, b_ids: list[str], batch_id: str, alone_ids: list[s
     return {"b_wait_to_start_s": _stats(waits), "b_start_to_finish_s": _stats(runs),
             "b_alone_wait_to_start_s": _stats(alone_waits), "b_alone_start_to_finish_s": _stats(alone_runs),
             "b_run_parts_s": _run_parts(b_rows), "b_alone_run_parts_s": _run_parts(alone_rows),
-            "b_slowest": _slowest(b_rows, 5),
+            "b_slowest": _slowest(b_rows, 5), "b_model_seconds_total": sum(float(r[3]) for r in b_rows),
             "a_batches_started_while_b_queued_max": max(passed, default=0),
             "a_batches_started_while_b_queued_mean": round(sum(passed) / max(1, len(passed)), 2),
             "a_batch_seconds_p50": round(float(a_batch or 0.0), 3)}
@@ -167,6 +167,14 @@ def _a_rate(pg_url: str, batch_id: str, start: datetime, end: datetime) -> float
     return round(done / max(1e-9, (end - start).total_seconds()), 2)
 
 
+def _box_busy() -> tuple[float, float]:
+    """The machine's CPU time so far, busy and in all (`/proc/stat`, every core): B's stream alone keeps the box
+    this busy, and on a CPU worker that work (API, database, claims, encode and upload, model) comes out of A's."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -186,7 +194,9 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
         key_b = key_a if same_key else _key(stack, "tenant-b")  # A's own single jobs: priority 0, its batch's -10
         with httpx.Client(base_url=stack.api_url, timeout=120) as client:
             _latencies(client, key_b, _stream(client, key_b, 2, 0.0, b_body), 600)  # warm-up: first calls
+            busy_from = _box_busy()
             alone_ids = _stream(client, key_b, b_jobs, interval, b_body)
+            busy_to = _box_busy()
             alone = _latencies(client, key_b, alone_ids, 600)
             a_headers = {"Authorization": f"Bearer {key_a}"}
             r = client.post("/v1/batches", json=[{**A_BODY, "seed": i} for i in range(bulk)], headers=a_headers)
@@ -213,6 +223,15 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
         result["ratio_p50"] = round(result["b_during_bulk_s"]["p50"] / result["b_alone_s"]["p50"], 2)
         result["ratio_p99"] = round(result["b_during_bulk_s"]["p99"] / result["b_alone_s"]["p99"], 2)
         result["a_share"] = round(a_during / a_alone, 2) if a_alone else 0.0
+        # the model time B's calls took in A's window (they run alone on a compute-bound CPU: each is time A's
+        # items paused): A keeps at most 1 - this of its alone rate, whatever the scheduling
+        window = (a_during_to - a_alone_to).total_seconds()
+        b_model = order.pop("b_model_seconds_total")
+        result["b_model_share"] = round(b_model / window, 3) if window > 0 else 0.0
+        bound = 1.0 - result["b_model_share"]
+        result["a_share_of_bound"] = round(result["a_share"] / bound, 2) if bound > 0 else 0.0
+        total = busy_to[1] - busy_from[1]
+        result["b_alone_box_busy"] = round((busy_to[0] - busy_from[0]) / total, 3) if total > 0 else 0.0
         return result
     finally:
         stack.close()
@@ -221,7 +240,8 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
 def table(runs: list[dict[str, Any]]) -> str:
     """The runs side by side: B's latency alone and during A's bulk, their ratio, A's throughput share."""
     head = (f"{'batching':16}{'B alone p50/p99 s':>20}{'B during A p50/p99 s':>23}{'ratio p50':>11}{'ratio p99':>11}"
-            f"{'A alone img/s':>15}{'A during B':>12}{'A share':>9}{'A queued past B max':>21}"
+            f"{'A alone img/s':>15}{'A during B':>12}{'A share':>9}{'B model':>9}{'A/bound':>9}{'B box':>7}"
+            f"{'A queued past B max':>21}"
             f"{'B wait/run p50 s, alone -> during A':>37}")
     lines = [head]
     for r in runs:
@@ -229,6 +249,7 @@ def table(runs: list[dict[str, Any]]) -> str:
         lines.append(f"{r['batching']:16}{alone['p50']:>10}/{alone['p99']:<9}{during['p50']:>12}/{during['p99']:<10}"
                      f"{r['ratio_p50']:>11}{r['ratio_p99']:>11}{r['a_alone_images_per_s']:>15}"
                      f"{r['a_during_b_images_per_s']:>12}{r['a_share']:>9}"
+                     f"{r['b_model_share']:>9}{r['a_share_of_bound']:>9}{r['b_alone_box_busy']:>7}"
                      f"{r['a_batches_started_while_b_queued_max']:>21}"
                      f"{r['b_alone_wait_to_start_s']['p50']:>16}/{r['b_alone_start_to_finish_s']['p50']} -> "
                      f"{r['b_wait_to_start_s']['p50']}/{r['b_start_to_finish_s']['p50']}")
@@ -280,6 +301,9 @@ def main() -> None:
           f"{'batch-compatible' if args.compatible else 'not batch-compatible'}")
     print(table(runs))
     print("targets (continuous): ratio p50 <= 1.3, p99 <= 1.6; A share >= 0.8")
+    print("B model: the model time of B's calls over A's window (whole: of the batches B's jobs ran in); A/bound: "
+          "A share / (1 - B model), what A kept of the model time B's own calls left it; B box: the machine's CPU "
+          "busy (all cores) while B's stream ran alone: on a CPU worker, about what B's stream takes from A")
 
 
 if __name__ == "__main__":
