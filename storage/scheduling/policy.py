@@ -203,8 +203,10 @@ def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int,
     above = above or {}
     locked: list[tuple[KeyShare, list[ColumnElement[bool]]]] | None = [] if above else None
     seed, key = _seed_by_policy(s, queue, now, result.idle_owners, above, locked)
-    if seed is None and above:  # no scan of the queue: it would read the passed keys' whole backlog, and a key is
-        seed, key = _wait_for_locked_head(s, locked or [])  # active from its first queued job (fair_share.activate)
+    if seed is None and above:
+        # no scan of the queue (it would read the passed keys' whole backlog; a key is active from its first
+        # queued job, fair_share.activate, so every key it may take was probed): a locked head is waited for
+        seed, key = _wait_for_locked_head(s, locked or [])
         if seed is None:
             return result
     if seed is None:
