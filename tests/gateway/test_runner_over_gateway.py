@@ -118,13 +118,25 @@ def test_a_full_set_over_the_gateway_takes_another_keys_job_over_the_cap(
                      tag="gw-full") for i in range(2)]
     claims = jobs.claim(2, 8 * 1024 * 1024, kinds=["generate"], wait_seconds=0)
     assert sorted(c.job_id for c in claims) == sorted(j.id for j in bulk)
+    looks: list[Any] = []  # the futures of the worker's looks (`ContinuousRunner.look_aside`), observed
+    look_aside = runner.look_aside
+
+    def observed_look(claim: Any) -> Any:
+        looks.append(look_aside(claim))
+        return looks[-1]
+
+    monkeypatch.setattr(runner, "look_aside", observed_look)
     thread = threading.Thread(target=runner.run_claims, args=(claims,))
     thread.start()
     # When tenant B queues one job while the set is held
     late = make_job(services.jobs, services.objects, add_owner(session_factory), "generate", 64, seed=979, steps=8,
                     tag="gw-full-b")
-    # Then the worker's newcomer look (off the sampling thread, the set still held) claims it
+    # Then the worker's newcomer look (off the sampling thread, the set still held) claims it, and has its answer
+    # before the set goes on (its job's status says running as soon as the claim commits; under load the answer
+    # came back only after the bulk's last step, and the job was the worker's next claim instead)
     wait_for(lambda: services.jobs.get(late.id).status == "running", "the newcomer look to claim B's job")
+    wait_for(lambda: any(f.done() and f.result() is not None and late.id in {c.job_id for c in f.result().claims}
+                         for f in list(looks)), "the newcomer look's answer")
     release.touch()
     thread.join(120)
     runner.drain()
