@@ -205,12 +205,12 @@ def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int,
     `workers.runner.continuous`)."""
     result = Pick()
     above = above or {}
-    locked: list[tuple[KeyShare, list[ColumnElement[bool]]]] | None = [] if above else None
+    locked: list[tuple[KeyShare, list[ColumnElement[bool]]]] = []
     seed, key = _seed_by_policy(s, queue, now, result.idle_owners, above, locked)
     if seed is None and above:
         # no scan of the queue (it would read the passed keys' whole backlog; a key is active from its first
         # queued job, fair_share.activate, so every key it may take was probed): a locked head is waited for
-        seed, key = _wait_for_locked_head(s, locked or [])
+        seed, key = _wait_for_locked_head(s, locked)
         if seed is None:
             return result
     if seed is None:
@@ -228,11 +228,11 @@ def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int,
 
 
 def _seed_by_policy(s: Session, queue: str, now: datetime, idle: list[str], above: Mapping[str, int],
-                    locked: list[tuple[KeyShare, list[ColumnElement[bool]]]] | None = None,
+                    locked: list[tuple[KeyShare, list[ColumnElement[bool]]]],
                     ) -> tuple[Job | None, KeyShare | None]:
     """The head of `service_order`, its row locked: each key's best claimable job (above its priority in `above`)
     is probed (SKIP LOCKED) in rank order until one is found; keys with nothing queued on the way are noted in
-    `idle`, and with `locked`, the keys whose probe found nothing while they have queued jobs, in rank order,
+    `idle`, and in `locked` the keys whose probe found nothing while they have queued jobs, in rank order,
     each with its probe's conditions (their head may be locked by someone else: `_wait_for_locked_head`)."""
 
     def head(key: KeyShare) -> list[Job]:
@@ -245,7 +245,7 @@ def _seed_by_policy(s: Session, queue: str, now: datetime, idle: list[str], abov
             if not s.scalar(select(exists().where(Job.queue == queue, Job.owner_id == key.owner_id,
                                                   Job.status == "queued"))):
                 idle.append(key.owner_id)
-            elif locked is not None:
+            else:
                 locked.append((key, conditions))
         return [] if row is None else [row]
 
