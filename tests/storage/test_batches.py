@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from storage.errors import IllegalTransition, NotFound
 from storage.jobs.store import JobStore
@@ -82,3 +82,34 @@ def test_concurrent_finishes_complete_the_batch_once(storage_jobs: JobStore, com
     from storage.batches.store import BatchStore
 
     assert BatchStore(job_store.sessions).get(batch.id).status == "completed"
+
+
+def test_finishing_a_job_that_is_not_the_batchs_last_counts_nothing(storage_jobs: JobStore, compat: str) -> None:
+    # Given a running batch of three jobs, and every statement the store sends recorded
+    owner = add_owner(storage_jobs.sessions)
+    batch, recs = storage_jobs.create_many([job(owner, compat) for _ in range(3)], NewBatch(owner))
+    assert batch is not None
+    claims = claim_job(storage_jobs, recs[0].id, "w")
+    claims += [c for _ in recs[1:] for c in storage_jobs.claim_next(recs[0].queue, "w", 60, 1, 10**9)]
+    engine = storage_jobs.sessions.kw["bind"]
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement.lower())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        # When all but the last finish: each looks for an open job of the batch, and counts none of its jobs
+        # (a count of a 10,000-job batch at every finish, under the batch's lock, made finishing it quadratic)
+        for claim in claims[:-1]:
+            assert storage_jobs.complete(claim, lease_keys(claim))
+        assert sent and not any("count(" in s for s in sent)
+        # Then the last one counts once, for the batch.completed event
+        assert storage_jobs.complete(claims[-1], lease_keys(claims[-1]))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert sum("count(" in s for s in sent) == 1
+    from storage.batches.store import BatchStore
+
+    done = BatchStore(storage_jobs.sessions).get(batch.id)
+    assert done.status == "completed" and done.counts["succeeded"] == 3
