@@ -205,6 +205,7 @@ def pick(s: Session, queue: str, now: datetime, max_items: int, max_pixels: int,
     `workers.runner.continuous`)."""
     result = Pick()
     above = above or {}
+    dialect.read_in_index_order(s)
     locked: list[tuple[KeyShare, list[ColumnElement[bool]]]] = []
     seed, key = _seed_by_policy(s, queue, now, result.idle_owners, above, locked)
     if seed is None and above:

@@ -9,13 +9,18 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import event, select
+import pytest
+from sqlalchemy import event, select, text
 
+from storage.batches.store import BatchStore
+from storage.db import make_engine, make_session_factory
+from storage.jobs.store import JobStore
 from storage.keys import KeyStore
 from storage.tables import FairShare
-from tests.support.storage import Stores, job
+from tests.support.storage import Stores, add_owner, job
 
 WORKER = "sched-test"
 
@@ -320,3 +325,57 @@ def test_a_claim_can_pass_over_keys_and_finds_the_next_key_by_policy(stores: Sto
     # And with every queued key skipped it claims nothing (no fallback over the skipped backlog)
     assert stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9, above={a: -10}) == []
     assert len(stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9)) == 4
+
+
+
+@pytest.fixture
+def planned_stores(storage_settings: Any, pg_url: str) -> Iterator[Stores]:
+    """Stores over a Postgres schema of their own whose jobs table the test's statistics describe alone."""
+    import psycopg
+
+    from storage.migrate import upgrade
+
+    fresh = storage_settings.model_copy(update={"db_schema": storage_settings.db_schema + "_plan"})
+    upgrade(fresh)
+    engine = make_engine(fresh)
+    sessions = make_session_factory(engine)
+    try:
+        yield Stores("postgres", sessions, JobStore(sessions), BatchStore(sessions), add_owner(sessions))
+    finally:
+        engine.dispose()
+        with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{fresh.db_schema}" CASCADE')
+
+
+def test_a_claim_walks_the_index_of_a_keys_queued_jobs_even_before_statistics_saw_its_backlog(
+        planned_stores: Stores) -> None:
+    # Given a jobs table whose statistics were taken over finished jobs only, and then a key's backlog of 3,000
+    # (autoanalyze waits for a tenth of the table to change, so a large batch is planned as if it were one row)
+    stores = planned_stores
+    queue, a = _queue(), stores.new_owner()
+    for owner in [stores.new_owner() for _ in range(4)]:
+        _submit(stores, owner, queue, 500)
+    with stores.sessions() as s:
+        s.execute(text("UPDATE jobs SET status = 'succeeded'"))
+        s.commit()
+        s.execute(text("ANALYZE jobs"))
+        s.commit()
+    ids = _submit(stores, a, queue, 3000)
+    engine = stores.sessions.kw["bind"]
+    plans: list[str] = []
+
+    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if statement.startswith("SELECT jobs.") and "ORDER BY" in statement:  # a read of one key's queued jobs
+            cursor.execute("EXPLAIN " + statement, parameters)  # its plan, in the claim's transaction and settings
+            plans.append("\n".join(row[0] for row in cursor.fetchall()))
+
+    event.listen(engine, "before_cursor_execute", explain)
+    try:
+        # When a worker claims a batch of eight
+        claims = stores.jobs.claim_next(queue, WORKER, 60, 8, 10**9)
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
+    # Then it took the eight oldest, and no read of the key's jobs sorted its backlog: each walked an index in order
+    # (Postgres took the smaller partial index of a key's active jobs and sorted all 3,000 at every claim)
+    assert sorted(c.job_id for c in claims) == ids[:8]
+    assert plans and not [p for p in plans if "Sort" in p], plans
