@@ -10,6 +10,7 @@ already serializes writers), `RETURNING`, and JSON subscripts (`Job.params["step
 - `rows_per_group`: the first rows of each group in one statement (Postgres `LATERAL`); SQLite has no LATERAL,
   so it reads the groups and then runs one small statement per group;
 - `naive_datetimes`: whether the backend stores timestamps without a zone (SQLite), for `tables.UTCDateTime`;
+- `refresh_statistics`: what the planner knows of a table, after a bulk insert (Postgres `ANALYZE`);
 - `read_in_index_order`: for the rest of the transaction, ordered reads walk an index in that order (Postgres
   `SET LOCAL enable_sort = off`); SQLite's planner already does.
 Knows nothing of the schema: callers pass tables and statements.
@@ -23,6 +24,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, literal, select, text, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Subquery
 
@@ -57,6 +59,25 @@ def try_lock(s: Session, lock_id: int) -> bool:
     if _is_sqlite(s):
         return True
     return bool(s.scalar(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": lock_id}))
+
+
+def refresh_statistics(s: Session, table: str, lock_timeout_ms: int = 200) -> bool:
+    """Re-read the planner's statistics of `table` (Postgres `ANALYZE`; SQLite's planner needs none here), as
+    Postgres advises after a bulk load: autoanalyze waits for a tenth of the table to change, so a 9,000-job batch
+    into a table of finished jobs stayed "one row" to the planner, and claims walked the whole queue (a lookup of
+    8 claimed ids by primary key became a scan of every queued row, 3 ms each; prepared statements kept such
+    plans). Gives up (False) rather than wait past `lock_timeout_ms` behind another ANALYZE of the table, which
+    sees the rows too. Commits."""
+    if _is_sqlite(s):
+        return False
+    s.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"))
+    try:
+        s.execute(text(f'ANALYZE "{table}"'))
+    except OperationalError:  # lock_not_available: another ANALYZE holds the table
+        s.rollback()
+        return False
+    s.commit()
+    return True
 
 
 def read_in_index_order(s: Session) -> None:

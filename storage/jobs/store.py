@@ -41,6 +41,7 @@ from sqlalchemy import Table, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage import dialect
 from storage.batches.completion import finish_batch_if_done
 from storage.db import retry_deadlocks, write_session
 from storage.errors import Conflict, ForeignResultKeys, IdempotencyConflict, IllegalTransition, NotFound
@@ -58,6 +59,8 @@ from storage.tables import Batch, Job, utcnow
 from storage.webhooks.outbox import OutboxWriter
 
 log = logging.getLogger(__name__)
+
+ANALYZE_AFTER_ROWS = 1000  # a bulk insert of this many jobs refreshes the planner's statistics of the table
 
 __all__ = ["Claim", "HeldModel", "JobRecord", "JobStore", "NewBatch", "NewJob", "pixels_of"]
 
@@ -151,7 +154,18 @@ class JobStore(JobQueries):
                 job_events.note_queued(s, [(v["queue"], v["owner_id"], v["priority"]) for v in values])
         records = [_record_from_values(v) for v in values]
         log.info("created %d jobs batch=%s", len(records), batch_id)
+        if len(records) >= ANALYZE_AFTER_ROWS:
+            self._refresh_statistics()
         return batch_record, records
+
+    def _refresh_statistics(self) -> None:
+        """Show the planner a bulk insert at once (`dialect.refresh_statistics`); the jobs are committed already,
+        so nothing here may fail the submission."""
+        try:
+            with self.sessions() as s:
+                dialect.refresh_statistics(s, Job.__tablename__)
+        except Exception as exc:  # noqa: BLE001 - autoanalyze gets there later; the claims are only slower meanwhile
+            log.warning("could not refresh the jobs table's statistics: %s", exc)
 
     @staticmethod
     def _values(new: NewJob, now: datetime, batch_id: str | None) -> dict[str, Any]:
