@@ -61,19 +61,21 @@ def try_lock(s: Session, lock_id: int) -> bool:
     return bool(s.scalar(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": lock_id}))
 
 
-def refresh_statistics(s: Session, table: str, lock_timeout_ms: int = 200) -> bool:
+def refresh_statistics(s: Session, table: str, lock_timeout_ms: int = 200, timeout_ms: int = 2000) -> bool:
     """Re-read the planner's statistics of `table` (Postgres `ANALYZE`; SQLite's planner needs none here), as
     Postgres advises after a bulk load: autoanalyze waits for a tenth of the table to change, so a 9,000-job batch
     into a table of finished jobs stayed "one row" to the planner, and claims walked the whole queue (a lookup of
     8 claimed ids by primary key became a scan of every queued row, 3 ms each; prepared statements kept such
-    plans). Gives up (False) rather than wait past `lock_timeout_ms` behind another ANALYZE of the table, which
-    sees the rows too. Commits."""
+    plans). Bounded, as its caller holds a submission's messages until it returns: gives up (False) rather than
+    wait past `lock_timeout_ms` behind another ANALYZE of the table (which sees the rows too) or sample for longer
+    than `timeout_ms` (a very large table; autoanalyze gets there later). Ends the session's transaction."""
     if _is_sqlite(s):
         return False
     s.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"))
+    s.execute(text(f"SET LOCAL statement_timeout = '{int(timeout_ms)}ms'"))
     try:
         s.execute(text(f'ANALYZE "{table}"'))
-    except OperationalError:  # lock_not_available: another ANALYZE holds the table
+    except OperationalError:  # lock_not_available or query_canceled
         s.rollback()
         return False
     s.commit()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, text
 
+from storage import dialect
 from storage.batches.store import BatchStore
 from storage.db import make_engine, make_session_factory
 from storage.jobs.store import JobStore
@@ -402,3 +403,19 @@ def test_a_bulk_insert_shows_the_planner_its_rows_at_once(planned_stores: Stores
     # scanned every queued job through the status index, 3 ms a claim at 9,000)
     assert claimed == ids[:8]
     assert len(plans) == 1 and "Index Scan using pk_jobs" in plans[0], plans
+
+
+def test_refreshing_statistics_gives_up_behind_another_analyze_of_the_table(planned_stores: Stores) -> None:
+    # Given another transaction holding the lock an ANALYZE of the jobs table takes
+    with planned_stores.sessions() as holder:
+        holder.execute(text("LOCK TABLE jobs IN SHARE UPDATE EXCLUSIVE MODE"))
+        # When a bulk insert's refresh runs meanwhile
+        with planned_stores.sessions() as s:
+            refreshed = dialect.refresh_statistics(s, "jobs", lock_timeout_ms=50)
+            # Then it gave up instead of holding the submission, and its session is usable
+            assert refreshed is False
+            assert s.execute(text("SELECT 1")).scalar() == 1
+        holder.rollback()
+    # And once the lock is gone it refreshes
+    with planned_stores.sessions() as s:
+        assert dialect.refresh_statistics(s, "jobs") is True
