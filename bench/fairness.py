@@ -7,8 +7,9 @@
 Starts the whole stack as separate processes (`bench.stack`: private Postgres and Redis, S3 server, API, model
 workers with the tiny model, webhook worker, sweeper) and two API keys. Phase 1: B alone submits one job every
 `--interval` seconds (after two warm-up jobs). Phase 2: A submits a batch of `--bulk` items; once the worker is
-busy with it, A runs alone for as long as B's stream will take (A's throughput alone), then B submits the same
-stream again (A's throughput during B's stream: A's images finished in that window). B's latency is
+busy with it, A runs alone for as long as B's stream will take, then B submits the same stream again (A's
+throughput during B's stream: A's images finished in that window), then A runs alone as long again (A's throughput
+alone: the mean of the windows before and after B's, as A's rate moves over a run). B's latency is
 `finished_at - created_at` as the API reports it. Prints p50/p99 for both phases and their ratio (targets with
 continuous batching: p50 <= 1.3x, p99 <= 1.6x; A during B >= 80 % of A alone), then cancels what is left of A's
 batch. B's jobs are 2 steps and A's 4 (not batch-compatible for whole-batch execution; continuous batching
@@ -209,16 +210,25 @@ def run(bulk: int, b_jobs: int, interval: float, workers: int, checkpoint: Path,
             a_alone_to = _now()
             contended_ids = _stream(client, key_b, b_jobs, interval, b_body)
             a_during_to = _now()
+            # A alone again, as long: its rate moves over a run (the bulk's first minute, the box), so its share is
+            # read against both windows around B's
+            time.sleep(1.0)  # B's last jobs finish
+            a_after_from = _now()
+            time.sleep(b_jobs * interval)
+            a_after_to = _now()
             contended = _latencies(client, key_b, contended_ids, 1800)
             counts = client.get(f"/v1/batches/{batch_id}", headers=a_headers).json()["counts"]
             client.post(f"/v1/batches/{batch_id}/cancel", headers=a_headers)
         order = _claim_order(stack.pg.url, contended_ids, batch_id, alone_ids)
-        a_alone = _a_rate(stack.pg.url, batch_id, a_alone_from, a_alone_to)
+        a_before = _a_rate(stack.pg.url, batch_id, a_alone_from, a_alone_to)
+        a_after = _a_rate(stack.pg.url, batch_id, a_after_from, a_after_to)
+        a_alone = round((a_before + a_after) / 2, 2)
         a_during = _a_rate(stack.pg.url, batch_id, a_alone_to, a_during_to)
         result = {"bulk": bulk, "b_jobs": b_jobs, "interval": interval, "workers": workers, "batching": label,
                   "gateway": gateway, "b_kind": b_kind, "same_key": same_key,
                   "compatible": compatible, "b_alone_s": _stats(alone), "b_during_bulk_s": _stats(contended),
-                  "a_alone_images_per_s": a_alone, "a_during_b_images_per_s": a_during,
+                  "a_alone_images_per_s": a_alone, "a_alone_before_after_images_per_s": [a_before, a_after],
+                  "a_during_b_images_per_s": a_during,
                   "a_counts_when_b_done": counts, **order}
         result["ratio_p50"] = round(result["b_during_bulk_s"]["p50"] / result["b_alone_s"]["p50"], 2)
         result["ratio_p99"] = round(result["b_during_bulk_s"]["p99"] / result["b_alone_s"]["p99"], 2)
