@@ -1,7 +1,8 @@
 """The scheduling policy (storage.scheduling.policy) at the store level, on Postgres and SQLite: fair share across keys,
 weights, idle keys restarting at the minimum, priority inside a key, batch fill, liveness and exactly-once.
 
-Every test uses a queue of its own, so the policy never sees other tests' jobs in the shared storage schema.
+Every test uses a queue of its own, so the policy never sees other tests' jobs in the shared storage schema; the
+tests of the planner's choices (Postgres) use a schema of their own, whose statistics they set up.
 Claims are driven by loops, never by timing."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import event, select, text
 
@@ -20,6 +22,7 @@ from storage.batches.store import BatchStore
 from storage.db import make_engine, make_session_factory
 from storage.jobs.store import JobStore
 from storage.keys import KeyStore
+from storage.migrate import upgrade
 from storage.tables import FairShare
 from tests.support.storage import Stores, add_owner, job
 
@@ -328,14 +331,9 @@ def test_a_claim_can_pass_over_keys_and_finds_the_next_key_by_policy(stores: Sto
     assert len(stores.jobs.claim_next(queue, WORKER, 60, 4, 10**9)) == 4
 
 
-
 @pytest.fixture
 def planned_stores(storage_settings: Any, pg_url: str) -> Iterator[Stores]:
     """Stores over a Postgres schema of their own whose jobs table the test's statistics describe alone."""
-    import psycopg
-
-    from storage.migrate import upgrade
-
     fresh = storage_settings.model_copy(update={"db_schema": storage_settings.db_schema + "_plan"})
     upgrade(fresh)
     engine = make_engine(fresh)
@@ -402,7 +400,7 @@ def test_a_bulk_insert_shows_the_planner_its_rows_at_once(planned_stores: Stores
     # Then the claim's write finds its eight rows by primary key (with statistics that had not seen the batch it
     # scanned every queued job through the status index, 3 ms a claim at 9,000)
     assert claimed == ids[:8]
-    assert len(plans) == 1 and "Index Scan using pk_jobs" in plans[0], plans
+    assert len(plans) == 1 and "pk_jobs" in plans[0], plans
 
 
 def test_refreshing_statistics_gives_up_behind_another_analyze_of_the_table(planned_stores: Stores) -> None:
