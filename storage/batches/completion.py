@@ -13,13 +13,11 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from storage.states import TERMINAL_STATUSES, BatchStatus, EventType, JobStatus
+from storage.states import ACTIVE_STATUSES, BatchStatus, EventType, JobStatus
 from storage.tables import Batch, Job
 from storage.webhooks.outbox import OutboxWriter
 
 log = logging.getLogger(__name__)
-
-_OPEN = [status.value for status in JobStatus if status not in TERMINAL_STATUSES]
 
 
 def batch_counts(s: Session, batch_id: str) -> dict[str, int]:
@@ -41,7 +39,7 @@ def finish_batch_if_done(s: Session, outbox: OutboxWriter, batch_id: str | None,
         return False
     # one probe of the (batch_id, status) index, not a count of the whole batch: this runs at every job's finish,
     # under the batch row's lock, and counting a 10,000-job batch each time made finishing it quadratic
-    open_job = select(Job.id).where(Job.batch_id == batch_id, Job.status.in_(_OPEN)).limit(1)
+    open_job = select(Job.id).where(Job.batch_id == batch_id, Job.status.in_(ACTIVE_STATUSES)).limit(1)
     if s.scalars(open_job).first() is not None:
         return False
     counts = batch_counts(s, batch_id)

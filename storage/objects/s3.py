@@ -1,8 +1,8 @@
 """The S3 object store: any S3-compatible endpoint (AWS, MinIO, R2, moto) through boto3.
 
 `s3://bucket/prefix` names the bucket and a key prefix; credentials come from the standard AWS variables.
-Small objects go up in one PUT, large ones in parts (boto3 TransferConfig), each object carries its sha256 as user metadata
-(`x-amz-meta-sha256`), and presigned GET/PUT URLs come back with their explicit expiry time.
+Small objects go up in one PUT, large ones in parts (boto3 TransferConfig), each object carries its sha256 as
+user metadata (`x-amz-meta-sha256`), and presigned GET/PUT URLs come back with their explicit expiry time.
 """
 
 from __future__ import annotations
